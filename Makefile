@@ -1,0 +1,73 @@
+# graft — `make run` starts the server, `make test` runs every test. Both set up what
+# they need on a fresh machine: the ONNX Runtime library, the Python fixture tools,
+# and the reference model from ../shared/models when that folder exists.
+
+ORT_VERSION   ?= 1.31.1
+ORT_VARIANT   ?= cpu
+ORT_PACKAGE   := $(if $(filter gpu,$(ORT_VARIANT)),onnxruntime-gpu,onnxruntime)
+ORT_DIR       := .ort/$(ORT_VARIANT)
+ORT_LIB       := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
+PYTHON        ?= python3
+VENV          := .venv
+SHARED_MODELS ?= ../shared/models
+FIXTURES      := tests/fixtures/generated
+CARGO         ?= cargo
+GRAFT_ARGS    ?=
+
+ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
+export ORT_DYLIB_PATH
+
+.PHONY: all build release run test lint ort models fixtures keras-models clean
+
+all: build
+
+build: ort
+	$(CARGO) build
+
+release: ort
+	$(CARGO) build --release
+
+## The server on :8080 with every model whose file is present.
+run: ort models
+	$(CARGO) run --release -- serve $(GRAFT_ARGS)
+
+## Every test: unit, integration over HTTP, preprocessing parity, the real model when present.
+test: ort fixtures
+	$(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## The ONNX Runtime shared library, from the onnxruntime (ORT_VARIANT=gpu: onnxruntime-gpu) wheel.
+ort: $(ORT_LIB)
+$(ORT_LIB):
+	$(PYTHON) scripts/fetch_ort.py --package $(ORT_PACKAGE) --version $(ORT_VERSION) --dest $(ORT_DIR)
+
+## Model files for the shipped manifests that can be had offline (EfficientNet-Lite0 from ../shared/models).
+models: ort
+	@if [ -f $(SHARED_MODELS)/efficientnet_lite0.onnx ]; then \
+		$(CARGO) run --release --quiet -- models pull efficientnet_lite0 --url file://$(abspath $(SHARED_MODELS))/efficientnet_lite0.onnx; \
+	else echo "no $(SHARED_MODELS)/efficientnet_lite0.onnx: see README.md for getting models"; fi
+
+$(VENV)/.installed: tests/fixtures/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r tests/fixtures/requirements.txt
+	touch $@
+
+## Fixture models, images and reference outputs (generated, never committed).
+fixtures: $(FIXTURES)/.done
+$(FIXTURES)/.done: $(VENV)/.installed tests/fixtures/make_fixtures.py
+	$(VENV)/bin/python tests/fixtures/make_fixtures.py $(FIXTURES) \
+		$(if $(wildcard $(SHARED_MODELS)/efficientnet_lite0.onnx),--real-model $(SHARED_MODELS)/efficientnet_lite0.onnx)
+	touch $@
+
+## Keras ResNet50 and Xception exports (random weights offline; see README.md).
+keras-models:
+	$(PYTHON) -m venv .venv-keras
+	.venv-keras/bin/pip install --quiet tensorflow-cpu tf2onnx onnx
+	.venv-keras/bin/python models/export_keras.py resnet50 --weights none
+	.venv-keras/bin/python models/export_keras.py xception --weights none
+
+clean:
+	rm -rf target $(FIXTURES) .ort

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Exports Keras applications.ResNet50 or Xception to ONNX and writes a checked manifest.
+
+    python models/export_keras.py resnet50 --weights imagenet   # needs internet for the weights
+    python models/export_keras.py xception --weights none       # random weights, works offline
+
+Needs tensorflow-cpu, tf2onnx and onnx (`make keras-models` installs them in .venv-keras).
+The manifest written beside the model names the input, the probabilities output and the
+pooled-feature tensor (the GlobalAveragePool output) as found in the exported graph, and
+the sha256 of the file; the export is then run once with onnxruntime when available.
+"""
+
+import argparse
+import hashlib
+from pathlib import Path
+
+SPECS = {
+    # name: (keras constructor, input size, normalisation)
+    "resnet50": ("ResNet50", 224, "caffe"),
+    "xception": ("Xception", 299, "tf"),
+}
+
+MANIFEST = """description = "Keras applications.{cls} ({weights} weights) exported with models/export_keras.py"
+file = "{file}"
+sha256 = "{sha}"
+
+[input]
+name = "input"
+layout = "NHWC"
+height = {size}
+width = {size}
+resize = "pad"
+normalize = "{normalize}"
+
+[output]
+name = "{output}"
+kind = "probabilities"
+labels = "imagenet_classes.tsv"
+features = "{features}"
+"""
+
+
+def pooled_feature_tensor(model_proto):
+    """The output of the global-average-pool node (tf2onnx writes it as ReduceMean or GlobalAveragePool)."""
+    candidates = [n.output[0] for n in model_proto.graph.node
+                  if n.op_type in ("GlobalAveragePool", "ReduceMean") and "avg_pool" in n.name]
+    if len(candidates) != 1:
+        raise SystemExit(f"expected one avg_pool node, found {candidates}")
+    return candidates[0]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model", choices=sorted(SPECS))
+    parser.add_argument("--weights", choices=["imagenet", "none"], default="imagenet")
+    parser.add_argument("--out-dir", type=Path, default=Path(__file__).parent)
+    args = parser.parse_args()
+
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    cls, size, normalize = SPECS[args.model]
+    weights = None if args.weights == "none" else "imagenet"
+    model = getattr(tf.keras.applications, cls)(weights=weights)
+    spec = (tf.TensorSpec((None, size, size, 3), tf.float32, name="input"),)
+    path = args.out_dir / f"{args.model}.onnx"
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, output_path=str(path))
+
+    output = proto.graph.output[0].name
+    features = pooled_feature_tensor(proto)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest = args.out_dir / f"{args.model}.toml"
+    manifest.write_text(MANIFEST.format(cls=cls, weights=args.weights, file=path.name, sha=sha, size=size,
+                                        normalize=normalize, output=output, features=features))
+    onnx.checker.check_model(str(path))
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        probs = session.run([output], {"input": np.zeros((1, size, size, 3), np.float32)})[0]
+        assert probs.shape == (1, 1000) and abs(float(probs.sum()) - 1) < 1e-3, probs.shape
+        print(f"onnxruntime check: output {output} {probs.shape}, sums to {probs.sum():.4f}")
+    except ImportError:
+        print("onnxruntime is not installed: skipped the run check (graft models check does it)")
+    print(f"wrote {path} and {manifest} (features: {features})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+//! The API room: HTTP only. Routes, request extraction, JSON shapes and the
+//! mapping of domain errors to problem+json. Everything else is called from here.
+
+mod classify;
+mod health;
+mod images;
+mod models;
+mod problem;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Limits;
+use crate::zoo::ModelRegistry;
+
+pub use problem::Problem;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<ModelRegistry>,
+    pub limits: Limits,
+}
+
+/// The whole HTTP surface, ready to serve or to test with `tower::ServiceExt::oneshot`.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/models", get(models::list_models))
+        .route("/v1/models/{model}", get(models::get_model))
+        .route("/v1/models/{model}/classify", post(classify::classify))
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(problem::panic_to_problem))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

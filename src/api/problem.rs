@@ -1,0 +1,116 @@
+//! RFC 9457 problem details: every error answer is `application/problem+json`
+//! with a status, a short title and a human sentence in `detail`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::vision::VisionError;
+
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, slug: &str, detail: impl Into<String>) -> Self {
+        Self {
+            kind: format!("urn:graft:problem:{slug}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(&self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<&Error> for Problem {
+    fn from(err: &Error) -> Self {
+        let (status, slug) = match err {
+            Error::UnknownModel(_) => (StatusCode::NOT_FOUND, "unknown-model"),
+            Error::ModelLoading { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model-loading"),
+            Error::ModelFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model-failed"),
+            Error::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
+            Error::Image {
+                error: VisionError::UnsupportedFormat(_),
+                ..
+            } => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-image-format",
+            ),
+            Error::Image {
+                error: VisionError::NotAnImage,
+                ..
+            } => (StatusCode::UNPROCESSABLE_ENTITY, "not-an-image"),
+            Error::Image {
+                error: VisionError::TooManyPixels { .. },
+                ..
+            } => (StatusCode::UNPROCESSABLE_ENTITY, "image-too-large"),
+            Error::Image { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-image"),
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            Error::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!("{err}");
+        }
+        Problem::new(status, slug, err.to_string())
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        Problem::from(&self).into_response()
+    }
+}
+
+pub async fn not_found(uri: axum::http::Uri) -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!("there is no resource at {}", uri.path()),
+    )
+}
+
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+pub fn panic_to_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "graft hit an internal error; the request was not completed",
+    )
+    .into_response()
+}

@@ -1,0 +1,87 @@
+//! Settings: every flag is also an environment variable, and the defaults make
+//! `graft serve` work on its own (models from `./models`, CPU, port 8080).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::runtime::{Device, SessionOptions};
+
+/// Where ONNX Runtime comes from and which provider it runs on.
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeSettings {
+    /// Path to libonnxruntime.so (default: .ort/cpu/ from `make ort`, or lib/ next to the binary).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_library: Option<PathBuf>,
+    /// Execution provider: cpu, cuda, cuda:N, or auto (CUDA when it starts, else CPU).
+    #[arg(long, env = "GRAFT_DEVICE", default_value = "cpu")]
+    pub device: Device,
+    /// Threads ONNX Runtime uses within one operator (0 = one per core).
+    #[arg(long, env = "GRAFT_INTRA_THREADS", default_value_t = 0)]
+    pub intra_threads: usize,
+}
+
+impl RuntimeSettings {
+    pub fn session_options(&self) -> SessionOptions {
+        SessionOptions {
+            device: self.device,
+            intra_threads: self.intra_threads,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelSettings {
+    /// Folder of model manifests (*.toml) and, by default, their model files.
+    #[arg(long, env = "GRAFT_MODEL_DIR", default_value = "models")]
+    pub model_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeSettings {
+    /// Address to listen on.
+    #[arg(long, env = "GRAFT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub models: ModelSettings,
+    /// Models to serve, comma-separated (default: every manifest whose model file is present).
+    #[arg(long = "serve-models", env = "GRAFT_MODELS", value_delimiter = ',')]
+    pub serve_models: Vec<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeSettings,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Largest request body in bytes.
+    #[arg(long, env = "GRAFT_MAX_BODY_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest image in pixels (width × height), checked from the header before decoding.
+    #[arg(long, env = "GRAFT_MAX_PIXELS", default_value_t = 40_000_000)]
+    pub max_pixels: u64,
+    /// Most images one request may carry.
+    #[arg(long, env = "GRAFT_MAX_IMAGES_PER_REQUEST", default_value_t = 64)]
+    pub max_images_per_request: usize,
+    /// Most images ONNX Runtime runs in one batch.
+    #[arg(long, env = "GRAFT_MAX_BATCH_SIZE", default_value_t = 8)]
+    pub max_batch_size: usize,
+    /// Requests that may wait per model before new ones get 429.
+    #[arg(long, env = "GRAFT_QUEUE_CAPACITY", default_value_t = 256)]
+    pub queue_capacity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 20 * 1024 * 1024,
+            max_pixels: 40_000_000,
+            max_images_per_request: 64,
+            max_batch_size: 8,
+            queue_capacity: 256,
+        }
+    }
+}

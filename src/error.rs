@@ -1,0 +1,43 @@
+//! The one domain error of the request paths. `api/` maps it to HTTP statuses and
+//! problem+json bodies in one place; nothing else knows about status codes.
+
+use crate::runtime::InferenceError;
+use crate::vision::VisionError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("there is no model named {0:?}; GET /v1/models lists them")]
+    UnknownModel(String),
+    #[error("model {name} is still loading; try again when GET /readyz answers 200")]
+    ModelLoading { name: String },
+    #[error("model {name} failed to load: {reason}")]
+    ModelFailed { name: String, reason: String },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{source_name}: {error}")]
+    Image {
+        source_name: String,
+        error: VisionError,
+    },
+    /// A malformed request: query parameters, request shape.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A well-formed request whose content cannot be used (bad base64, no images).
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("the request body is over the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<InferenceError> for Error {
+    fn from(err: InferenceError) -> Self {
+        match err {
+            InferenceError::Overloaded => Self::Overloaded(err.to_string()),
+            InferenceError::Stopped | InferenceError::Runtime(_) => Self::Internal(err.to_string()),
+        }
+    }
+}

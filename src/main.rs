@@ -1,0 +1,162 @@
+//! The `graft` command line: `serve` (the default), and `models list|pull|check`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use graft::config::{ModelSettings, RuntimeSettings, ServeSettings};
+use graft::zoo::{Manifest, PullOutcome, load_manifest_dir, pull_model};
+
+#[derive(Parser)]
+#[command(
+    name = "graft",
+    version,
+    about = "Serve and fine-tune ImageNet ONNX models over HTTP"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default command).
+    Serve(Box<ServeSettings>),
+    /// Model manifests and files.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List the manifests and whether each model file is present.
+    List(ModelSettings),
+    /// Download a model file from its manifest's URL and verify its sha256.
+    Pull {
+        name: String,
+        /// Fetch from this URL instead of the manifest's (http://, https:// or file://).
+        #[arg(long)]
+        url: Option<String>,
+        /// Download even if a file with the right checksum is present.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        models: ModelSettings,
+    },
+    /// Load a model with ONNX Runtime and check it against its manifest.
+    Check {
+        name: String,
+        #[command(flatten)]
+        models: ModelSettings,
+        #[command(flatten)]
+        runtime: RuntimeSettings,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,ort=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let command =
+        cli.command
+            .unwrap_or_else(|| match Cli::parse_from(["graft", "serve"]).command {
+                Some(command) => command,
+                None => unreachable!("`serve` parses to the serve command"),
+            });
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(settings) => graft::serve(*settings).await,
+        Command::Models(ModelsCommand::List(models)) => {
+            for manifest in load_manifest_dir(&models.model_dir)? {
+                let present = if manifest.file.is_file() {
+                    "present"
+                } else {
+                    "missing"
+                };
+                println!(
+                    "{:<24} {:<8} {}",
+                    manifest.name,
+                    present,
+                    manifest.file.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Models(ModelsCommand::Pull {
+            name,
+            url,
+            force,
+            models,
+        }) => {
+            let manifest = find_manifest(&models, &name)?;
+            let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let (path, outcome) =
+                pull_model(&manifest, url.as_deref(), force, show_progress).await?;
+            match outcome {
+                PullOutcome::AlreadyPresent => println!(
+                    "{name}: {} is present and its sha256 matches",
+                    path.display()
+                ),
+                PullOutcome::Downloaded { bytes, sha256 } => {
+                    println!(
+                        "{name}: wrote {} ({bytes} bytes, sha256 {sha256})",
+                        path.display()
+                    )
+                }
+            }
+            Ok(())
+        }
+        Command::Models(ModelsCommand::Check {
+            name,
+            models,
+            runtime,
+        }) => {
+            let manifest = Arc::new(find_manifest(&models, &name)?);
+            let library = graft::runtime::find_library(runtime.ort_library.as_deref())?;
+            let env = graft::runtime::init_runtime(&library)?;
+            let model = tokio::task::spawn_blocking(move || {
+                graft::zoo::load_model(&env, manifest, &runtime.session_options(), 1, 1)
+            })
+            .await?
+            .map_err(|reason| anyhow::anyhow!("{name} does not match its manifest: {reason}"))?;
+            println!(
+                "{name}: ok ({} classes, {})",
+                model.labels.len(),
+                model.provider
+            );
+            Ok(())
+        }
+    }
+}
+
+fn find_manifest(models: &ModelSettings, name: &str) -> anyhow::Result<Manifest> {
+    let path = models.model_dir.join(format!("{name}.toml"));
+    if !path.is_file() {
+        anyhow::bail!(
+            "no manifest {} (GET /v1/models or `graft models list` shows the known models)",
+            path.display()
+        );
+    }
+    Ok(Manifest::load(&path)?)
+}

@@ -1,0 +1,121 @@
+//! Opening an ONNX Runtime session on the requested execution provider.
+
+use std::path::Path;
+
+use ort::environment::Environment;
+use ort::ep;
+use ort::session::Session;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::value::{TensorElementType, ValueType};
+
+use super::Device;
+
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub device: Device,
+    /// Threads ONNX Runtime uses inside one operator; 0 lets it choose (one per core).
+    pub intra_threads: usize,
+}
+
+/// Name, element type and shape (−1 for a dynamic dimension) of a graph input or output.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub element_type: String,
+    pub shape: Vec<i64>,
+    #[serde(skip)]
+    pub is_float32: bool,
+}
+
+pub struct ModelSession {
+    pub session: Session,
+    /// The execution provider the session runs on, e.g. `CPUExecutionProvider`.
+    pub provider: &'static str,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("CUDA could not be started on device {device}: {reason}")]
+    Cuda { device: i32, reason: String },
+    #[error("ONNX Runtime could not load {path}: {reason}")]
+    Load { path: String, reason: String },
+}
+
+pub fn open_session(
+    env: &Environment,
+    model: &Path,
+    options: &SessionOptions,
+) -> Result<ModelSession, SessionError> {
+    let load_error = |reason: String| SessionError::Load {
+        path: model.display().to_string(),
+        reason,
+    };
+    let base = || -> Result<SessionBuilder, SessionError> {
+        Session::builder(env)
+            .and_then(|b| {
+                b.with_optimization_level(GraphOptimizationLevel::Level3)
+                    .map_err(Into::into)
+            })
+            .and_then(|b| {
+                b.with_intra_threads(options.intra_threads)
+                    .map_err(Into::into)
+            })
+            .map_err(|e| load_error(e.to_string()))
+    };
+    let with_cuda = |device: i32| -> Result<SessionBuilder, SessionError> {
+        base()?
+            .with_execution_providers([ep::CUDA::default()
+                .with_device_id(device)
+                .build()
+                .error_on_failure()])
+            .map_err(|e| SessionError::Cuda {
+                device,
+                reason: e.to_string(),
+            })
+    };
+    let (builder, provider) = match options.device {
+        Device::Cpu => (base()?, "CPUExecutionProvider"),
+        Device::Cuda(device) => (with_cuda(device)?, "CUDAExecutionProvider"),
+        Device::Auto => match with_cuda(0) {
+            Ok(builder) => (builder, "CUDAExecutionProvider"),
+            Err(err) => {
+                tracing::info!("--device auto: {err}; using the CPU");
+                (base()?, "CPUExecutionProvider")
+            }
+        },
+    };
+    let mut builder = builder;
+    let session = builder
+        .commit_from_file(model)
+        .map_err(|e| load_error(e.to_string()))?;
+    let describe =
+        |outlets: &[ort::value::Outlet]| outlets.iter().map(tensor_spec).collect::<Vec<_>>();
+    let inputs = describe(session.inputs());
+    let outputs = describe(session.outputs());
+    tracing::info!(model = %model.display(), provider, "session ready");
+    Ok(ModelSession {
+        session,
+        provider,
+        inputs,
+        outputs,
+    })
+}
+
+fn tensor_spec(outlet: &ort::value::Outlet) -> TensorSpec {
+    match outlet.dtype() {
+        ValueType::Tensor { ty, shape, .. } => TensorSpec {
+            name: outlet.name().to_owned(),
+            element_type: format!("{ty:?}").to_lowercase(),
+            shape: shape.to_vec(),
+            is_float32: *ty == TensorElementType::Float32,
+        },
+        other => TensorSpec {
+            name: outlet.name().to_owned(),
+            element_type: format!("{other:?}"),
+            shape: vec![],
+            is_float32: false,
+        },
+    }
+}

@@ -1,0 +1,266 @@
+//! Preprocessing: resize (pad / crop / stretch), colour order, normalisation and
+//! layout, written in one pass into the caller's tensor slice.
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::RgbImage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Layout {
+    #[serde(rename = "NCHW")]
+    Nchw,
+    #[serde(rename = "NHWC")]
+    Nhwc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorOrder {
+    Rgb,
+    Bgr,
+}
+
+/// How the image is brought to the model's input size.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum ResizeMode {
+    /// Keep the aspect ratio, fit inside, pad with black — `tf.image.resize_with_pad`'s geometry.
+    Pad,
+    /// Resize the shorter side to `size / fraction`, then take the centre — torchvision's
+    /// `Resize(256)` + `CenterCrop(224)` for fraction 0.875.
+    Crop { fraction: f64 },
+    /// Resize to the input size, ignoring the aspect ratio.
+    Stretch,
+}
+
+/// `value = (pixel · scale − mean[c]) / std[c]`, pixel in 0..255, channels in the model's colour order.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Normalization {
+    pub scale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// Keras `preprocess_input(mode="caffe")` (ResNet50): BGR, minus the ImageNet BGR means.
+    pub const CAFFE: Self = Self {
+        scale: 1.0,
+        mean: [103.939, 116.779, 123.68],
+        std: [1.0; 3],
+    };
+    /// Keras `preprocess_input(mode="tf")` (Xception): x / 127.5 − 1.
+    pub const TF: Self = Self {
+        scale: 1.0 / 127.5,
+        mean: [1.0; 3],
+        std: [1.0; 3],
+    };
+    /// torchvision: (x / 255 − mean) / std with the ImageNet RGB statistics.
+    pub const TORCH: Self = Self {
+        scale: 1.0 / 255.0,
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
+}
+
+/// Everything needed to turn an RGB image into one model input.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Preprocessing {
+    pub width: u32,
+    pub height: u32,
+    pub layout: Layout,
+    pub color: ColorOrder,
+    pub resize: ResizeMode,
+    pub normalization: Normalization,
+}
+
+/// The geometry of one resize: the whole image is scaled to `resized`, then the
+/// rectangle at `source_offset` of size `region` is placed at `target_offset` of the
+/// input canvas. Kept so that coordinates can be mapped back to the original image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ResizePlan {
+    pub original: (u32, u32),
+    pub resized: (u32, u32),
+    pub source_offset: (u32, u32),
+    pub region: (u32, u32),
+    pub target_offset: (u32, u32),
+}
+
+impl ResizePlan {
+    pub fn new(original: (u32, u32), target: (u32, u32), mode: ResizeMode) -> Self {
+        let (w, h) = (f64::from(original.0), f64::from(original.1));
+        let (tw, th) = target;
+        match mode {
+            ResizeMode::Stretch => Self {
+                original,
+                resized: target,
+                source_offset: (0, 0),
+                region: target,
+                target_offset: (0, 0),
+            },
+            ResizeMode::Pad => {
+                // As tf.image.resize_with_pad: the larger ratio decides, sizes and padding floor.
+                let ratio = (w / f64::from(tw)).max(h / f64::from(th));
+                let (rw_f, rh_f) = (w / ratio, h / ratio);
+                let resized = (
+                    (rw_f.floor() as u32).clamp(1, tw),
+                    (rh_f.floor() as u32).clamp(1, th),
+                );
+                let pad_left = ((f64::from(tw) - rw_f) / 2.0).floor().max(0.0) as u32;
+                let pad_top = ((f64::from(th) - rh_f) / 2.0).floor().max(0.0) as u32;
+                let target_offset = (pad_left.min(tw - resized.0), pad_top.min(th - resized.1));
+                Self {
+                    original,
+                    resized,
+                    source_offset: (0, 0),
+                    region: resized,
+                    target_offset,
+                }
+            }
+            ResizeMode::Crop { fraction } => {
+                // Shorter side to round(size / fraction), the other side truncated as torchvision does.
+                let crop_side_w = (f64::from(tw) / fraction).round();
+                let crop_side_h = (f64::from(th) / fraction).round();
+                let resized = if w <= h {
+                    let rw = crop_side_w.max(f64::from(tw));
+                    (rw as u32, ((rw * h / w) as u32).max(th))
+                } else {
+                    let rh = crop_side_h.max(f64::from(th));
+                    (((rh * w / h) as u32).max(tw), rh as u32)
+                };
+                // torchvision's CenterCrop: int(round((size - crop) / 2)), Python rounding (ties to even).
+                let left = (f64::from(resized.0 - tw) / 2.0).round_ties_even() as u32;
+                let top = (f64::from(resized.1 - th) / 2.0).round_ties_even() as u32;
+                Self {
+                    original,
+                    resized,
+                    source_offset: (left, top),
+                    region: target,
+                    target_offset: (0, 0),
+                }
+            }
+        }
+    }
+}
+
+/// Number of f32 values one image occupies in the model input.
+pub fn tensor_len(spec: &Preprocessing) -> usize {
+    spec.width as usize * spec.height as usize * 3
+}
+
+/// Resizes `image` per `spec` and writes the normalised tensor of one image into `out`
+/// (length `width·height·3`, in the spec's layout). Returns the geometry used.
+pub fn preprocess_into(image: &RgbImage, spec: &Preprocessing, out: &mut [f32]) -> ResizePlan {
+    assert_eq!(
+        out.len(),
+        tensor_len(spec),
+        "output slice must hold exactly one image"
+    );
+    let plan = ResizePlan::new(image.dimensions(), (spec.width, spec.height), spec.resize);
+    let resized = resize_rgb(image, plan.resized);
+    let (tw, th) = (spec.width as usize, spec.height as usize);
+    let plane = tw * th;
+    let norm = &spec.normalization;
+    // Per output channel: pixel · a + b, with the channel read from RGB in the spec's order.
+    let source_channel: [usize; 3] = match spec.color {
+        ColorOrder::Rgb => [0, 1, 2],
+        ColorOrder::Bgr => [2, 1, 0],
+    };
+    let a: [f32; 3] = std::array::from_fn(|c| norm.scale / norm.std[c]);
+    let b: [f32; 3] = std::array::from_fn(|c| -norm.mean[c] / norm.std[c]);
+
+    let (rw, _) = plan.resized;
+    let pixels = resized.as_raw();
+    let (sx, sy) = plan.source_offset;
+    let (dx, dy) = plan.target_offset;
+    let (region_w, region_h) = plan.region;
+    for y in 0..th {
+        for x in 0..tw {
+            let inside = x >= dx as usize
+                && x < (dx + region_w) as usize
+                && y >= dy as usize
+                && y < (dy + region_h) as usize;
+            let rgb = if inside {
+                let src = ((y - dy as usize + sy as usize) * rw as usize
+                    + (x - dx as usize + sx as usize))
+                    * 3;
+                [pixels[src], pixels[src + 1], pixels[src + 2]]
+            } else {
+                [0, 0, 0]
+            };
+            for c in 0..3 {
+                let value = f32::from(rgb[source_channel[c]]) * a[c] + b[c];
+                let index = match spec.layout {
+                    Layout::Nchw => c * plane + y * tw + x,
+                    Layout::Nhwc => (y * tw + x) * 3 + c,
+                };
+                out[index] = value;
+            }
+        }
+    }
+    plan
+}
+
+/// Antialiased bilinear resize (the same filter as Pillow's `Image.resize(BILINEAR)`).
+fn resize_rgb(image: &RgbImage, size: (u32, u32)) -> std::borrow::Cow<'_, RgbImage> {
+    if image.dimensions() == size {
+        return std::borrow::Cow::Borrowed(image);
+    }
+    let src = ImageRef::new(
+        image.width(),
+        image.height(),
+        image.as_raw(),
+        PixelType::U8x3,
+    )
+    .expect("an RgbImage buffer always matches its dimensions");
+    let mut dst = Image::new(size.0, size.1, PixelType::U8x3);
+    Resizer::new()
+        .resize(
+            &src,
+            &mut dst,
+            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+        )
+        .expect("source and destination are both U8x3 and non-empty");
+    let resized = RgbImage::from_raw(size.0, size.1, dst.into_vec())
+        .expect("the destination buffer has w·h·3 bytes");
+    std::borrow::Cow::Owned(resized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pad_plan_follows_tf_resize_with_pad() {
+        // 640×427 into 224×224: ratio = 640/224; height 427·224/640 = 149.45 → 149; pad (224 − 149.45)/2 = 37.27 → 37.
+        let plan = ResizePlan::new((640, 427), (224, 224), ResizeMode::Pad);
+        assert_eq!(plan.resized, (224, 149));
+        assert_eq!(plan.target_offset, (0, 37));
+    }
+
+    #[test]
+    fn crop_plan_follows_torchvision() {
+        // Shorter side 427 → 256, longer 640·256/427 = 383.7 → 383; left (383 − 224)/2 = 79.5 → 80 (ties to even), top (256 − 224)/2 = 16.
+        let plan = ResizePlan::new((640, 427), (224, 224), ResizeMode::Crop { fraction: 0.875 });
+        assert_eq!(plan.resized, (383, 256));
+        assert_eq!(plan.source_offset, (80, 16));
+    }
+
+    #[test]
+    fn caffe_normalisation_swaps_to_bgr_and_subtracts_means() {
+        let image = RgbImage::from_pixel(2, 2, image::Rgb([10, 20, 30]));
+        let spec = Preprocessing {
+            width: 2,
+            height: 2,
+            layout: Layout::Nhwc,
+            color: ColorOrder::Bgr,
+            resize: ResizeMode::Stretch,
+            normalization: Normalization::CAFFE,
+        };
+        let mut out = vec![0.0; 12];
+        preprocess_into(&image, &spec, &mut out);
+        let expected = [30.0 - 103.939, 20.0 - 116.779, 10.0 - 123.68];
+        for (got, want) in out[..3].iter().zip(expected) {
+            assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        }
+    }
+}

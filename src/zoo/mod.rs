@@ -1,0 +1,12 @@
+//! The model zoo: manifests that describe models, their label files, pulling model
+//! files with a checksum, and the registry of loaded models the API serves from.
+
+mod labels;
+mod manifest;
+mod pull;
+mod registry;
+
+pub use labels::{Label, Labels};
+pub use manifest::{Manifest, ManifestError, OutputKind, load_manifest_dir};
+pub use pull::{PullError, PullOutcome, pull_model, sha256_file};
+pub use registry::{LoadedModel, ModelRegistry, ModelState, load_model};

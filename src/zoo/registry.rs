@@ -1,0 +1,265 @@
+//! The registry of configured models and their state: loading, ready (with a warm
+//! session runner) or failed with the reason. The API serves only ready models.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use ort::environment::Environment;
+
+use super::{Labels, Manifest};
+use crate::runtime::{
+    ModelRunner, ModelSession, RunnerConfig, SessionOptions, TensorSpec, open_session,
+};
+use crate::vision::Layout;
+
+/// A model that answered its warm-up run and can serve.
+pub struct LoadedModel {
+    pub manifest: Arc<Manifest>,
+    pub labels: Labels,
+    pub runner: ModelRunner,
+    pub provider: &'static str,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+#[derive(Clone)]
+pub enum ModelState {
+    Loading,
+    Ready(Arc<LoadedModel>),
+    Failed(String),
+}
+
+impl ModelState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Loading => "loading",
+            Self::Ready(_) => "ready",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct ModelRegistry {
+    entries: RwLock<BTreeMap<String, (Arc<Manifest>, ModelState)>>,
+}
+
+impl ModelRegistry {
+    /// Registers the models to serve, all in the loading state.
+    pub fn new(manifests: impl IntoIterator<Item = Manifest>) -> Self {
+        let entries = manifests
+            .into_iter()
+            .map(|m| (m.name.clone(), (Arc::new(m), ModelState::Loading)))
+            .collect();
+        Self {
+            entries: RwLock::new(entries),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<(Arc<Manifest>, ModelState)> {
+        self.entries
+            .read()
+            .expect("registry lock")
+            .get(name)
+            .cloned()
+    }
+
+    pub fn list(&self) -> Vec<(Arc<Manifest>, ModelState)> {
+        self.entries
+            .read()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn set_state(&self, name: &str, state: ModelState) {
+        if let Some(entry) = self.entries.write().expect("registry lock").get_mut(name) {
+            entry.1 = state;
+        }
+    }
+
+    /// Ready when every registered model is ready.
+    pub fn all_ready(&self) -> bool {
+        self.entries
+            .read()
+            .expect("registry lock")
+            .values()
+            .all(|(_, state)| matches!(state, ModelState::Ready(_)))
+    }
+
+    /// Loads every registered model in turn, recording each outcome.
+    pub fn load_all(
+        &self,
+        env: &Environment,
+        options: &SessionOptions,
+        max_batch_size: usize,
+        queue_capacity: usize,
+    ) {
+        for (manifest, _) in self.list() {
+            let state = match load_model(
+                env,
+                manifest.clone(),
+                options,
+                max_batch_size,
+                queue_capacity,
+            ) {
+                Ok(model) => {
+                    tracing::info!(model = %manifest.name, provider = model.provider, "model ready");
+                    ModelState::Ready(Arc::new(model))
+                }
+                Err(reason) => {
+                    tracing::error!(model = %manifest.name, "model refused: {reason}");
+                    ModelState::Failed(reason)
+                }
+            };
+            self.set_state(&manifest.name, state);
+        }
+    }
+}
+
+/// Opens the model's session, checks it against its manifest, starts its runner and
+/// warms it up at batch 1 and at the largest batch.
+pub fn load_model(
+    env: &Environment,
+    manifest: Arc<Manifest>,
+    options: &SessionOptions,
+    max_batch_size: usize,
+    queue_capacity: usize,
+) -> Result<LoadedModel, String> {
+    if !manifest.file.is_file() {
+        return Err(format!(
+            "the model file {} is missing; run `graft models pull {}` to fetch it",
+            manifest.file.display(),
+            manifest.name
+        ));
+    }
+    let labels = Labels::read(&manifest.labels_file)?;
+    let session = open_session(env, &manifest.file, options).map_err(|e| e.to_string())?;
+    let (image_dims, batch_limit) = check_io(&manifest, &session, labels.len())?;
+    let max_batch_size = batch_limit
+        .map_or(max_batch_size, |fixed| fixed.min(max_batch_size))
+        .max(1);
+    let provider = session.provider;
+    let (inputs, outputs) = (session.inputs.clone(), session.outputs.clone());
+    let config = RunnerConfig {
+        input_name: manifest.input_name.clone(),
+        output_name: manifest.output_name.clone(),
+        image_dims,
+        max_batch_size,
+        queue_capacity,
+    };
+    let runner = ModelRunner::spawn(&manifest.name, session, config).map_err(|e| e.to_string())?;
+    let image_len = runner.image_len();
+    for batch in [1, max_batch_size] {
+        let rows = runner
+            .infer_blocking(vec![0.0; image_len * batch], batch)
+            .map_err(|e| format!("warm-up failed: {e}"))?;
+        if rows[0].len() != labels.len() {
+            return Err(format!(
+                "output `{}` has {} values per image but the labels file has {} classes",
+                manifest.output_name,
+                rows[0].len(),
+                labels.len()
+            ));
+        }
+    }
+    Ok(LoadedModel {
+        manifest,
+        labels,
+        runner,
+        provider,
+        inputs,
+        outputs,
+    })
+}
+
+/// Compares the session's graph inputs/outputs with the manifest. Returns the
+/// per-image input dimensions and the batch size when the graph fixes it.
+fn check_io(
+    manifest: &Manifest,
+    session: &ModelSession,
+    classes: usize,
+) -> Result<([usize; 3], Option<usize>), String> {
+    let names = |specs: &[TensorSpec]| {
+        specs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let input = session
+        .inputs
+        .iter()
+        .find(|s| s.name == manifest.input_name)
+        .ok_or_else(|| {
+            format!(
+                "the manifest's input `{}` is not an input of the model (it has: {})",
+                manifest.input_name,
+                names(&session.inputs)
+            )
+        })?;
+    if !input.is_float32 {
+        return Err(format!(
+            "input `{}` is {}, graft feeds float32",
+            input.name, input.element_type
+        ));
+    }
+    let pre = &manifest.preprocessing;
+    let (h, w) = (pre.height as i64, pre.width as i64);
+    let expected: [i64; 3] = match pre.layout {
+        Layout::Nchw => [3, h, w],
+        Layout::Nhwc => [h, w, 3],
+    };
+    if input.shape.len() != 4 {
+        return Err(format!(
+            "input `{}` has rank {}, an image input has rank 4",
+            input.name,
+            input.shape.len()
+        ));
+    }
+    for (axis, (&got, &want)) in input.shape[1..].iter().zip(&expected).enumerate() {
+        if got >= 0 && got != want {
+            return Err(format!(
+                "input `{}` has shape {:?} but the manifest ({:?}, {}×{}) needs {:?} after the batch axis (axis {} differs)",
+                input.name,
+                input.shape,
+                pre.layout,
+                pre.height,
+                pre.width,
+                expected,
+                axis + 1
+            ));
+        }
+    }
+    let output = session
+        .outputs
+        .iter()
+        .find(|s| s.name == manifest.output_name)
+        .ok_or_else(|| {
+            format!(
+                "the manifest's output `{}` is not an output of the model (it has: {})",
+                manifest.output_name,
+                names(&session.outputs)
+            )
+        })?;
+    if !output.is_float32 {
+        return Err(format!(
+            "output `{}` is {}, graft reads float32",
+            output.name, output.element_type
+        ));
+    }
+    if let Some(&last) = output.shape.last()
+        && last >= 0
+        && last as usize != classes
+    {
+        return Err(format!(
+            "output `{}` has {last} classes but the labels file {} has {classes}",
+            output.name,
+            manifest.labels_file.display()
+        ));
+    }
+    let batch = input.shape[0];
+    let image_dims = expected.map(|d| d as usize);
+    Ok((image_dims, (batch > 0).then_some(batch as usize)))
+}

@@ -1,0 +1,100 @@
+//! Shared test plumbing: fixture paths and a real graft server on an ephemeral port.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use graft::config::Limits;
+use graft::runtime::{Device, SessionOptions, find_library, init_runtime};
+use graft::zoo::{ModelRegistry, load_manifest_dir};
+use graft::{AppState, app};
+
+pub fn fixtures() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/generated");
+    assert!(
+        dir.join(".done").is_file() || dir.join("models").is_dir(),
+        "fixtures are missing: run `make fixtures`"
+    );
+    dir
+}
+
+pub fn fixture_models() -> PathBuf {
+    fixtures().join("models")
+}
+
+pub fn image(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("images").join(name)).unwrap()
+}
+
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// The ONNX Runtime environment, from ORT_DYLIB_PATH (set by .cargo/config.toml).
+pub fn runtime() -> ort::environment::Environment {
+    let explicit = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
+    let library = find_library(explicit.as_deref()).expect("run `make ort`");
+    init_runtime(&library).unwrap()
+}
+
+pub fn cpu() -> SessionOptions {
+    SessionOptions {
+        device: Device::Cpu,
+        intra_threads: 1,
+    }
+}
+
+pub struct TestServer {
+    pub url: String,
+    pub registry: Arc<ModelRegistry>,
+}
+
+/// Starts graft with every manifest in `model_dir`, loaded and warm, on 127.0.0.1:0.
+pub async fn start_server(model_dir: &Path, limits: Limits) -> TestServer {
+    let env = runtime();
+    let registry = Arc::new(ModelRegistry::new(load_manifest_dir(model_dir).unwrap()));
+    {
+        let registry = registry.clone();
+        let limits = limits.clone();
+        tokio::task::spawn_blocking(move || {
+            registry.load_all(&env, &cpu(), limits.max_batch_size, limits.queue_capacity)
+        })
+        .await
+        .unwrap();
+    }
+    let state = AppState {
+        registry: registry.clone(),
+        limits,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+    TestServer { url, registry }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// Asserts a problem+json answer with `status`, and returns its body.
+pub async fn expect_problem(response: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(response.status().as_u16(), status, "unexpected status");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(
+        body["detail"].as_str().is_some_and(|d| d.len() > 10),
+        "a human sentence: {body}"
+    );
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:graft:problem:")),
+        "{body}"
+    );
+    body
+}
