@@ -24,10 +24,7 @@ pub struct RuntimeSettings {
 
 impl RuntimeSettings {
     pub fn session_options(&self) -> SessionOptions {
-        SessionOptions {
-            device: self.device,
-            intra_threads: self.intra_threads,
-        }
+        SessionOptions { device: self.device, intra_threads: self.intra_threads }
     }
 }
 

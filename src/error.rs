@@ -15,10 +15,7 @@ pub enum Error {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{source_name}: {error}")]
-    Image {
-        source_name: String,
-        error: VisionError,
-    },
+    Image { source_name: String, error: VisionError },
     /// A malformed request: query parameters, request shape.
     #[error("{0}")]
     BadRequest(String),

@@ -21,8 +21,7 @@ use zoo::{Manifest, ModelRegistry, load_manifest_dir};
 /// Chooses the models to serve: the ones named, or else every manifest whose model file is present.
 pub fn select_models(manifests: Vec<Manifest>, names: &[String]) -> anyhow::Result<Vec<Manifest>> {
     if names.is_empty() {
-        let (present, missing): (Vec<_>, Vec<_>) =
-            manifests.into_iter().partition(|m| m.file.is_file());
+        let (present, missing): (Vec<_>, Vec<_>) = manifests.into_iter().partition(|m| m.file.is_file());
         for manifest in missing {
             tracing::info!(
                 "not serving {}: {} is missing (`graft models pull {}` fetches it)",
@@ -37,11 +36,7 @@ pub fn select_models(manifests: Vec<Manifest>, names: &[String]) -> anyhow::Resu
         manifests.into_iter().map(|m| (m.name.clone(), m)).collect();
     names
         .iter()
-        .map(|name| {
-            by_name
-                .remove(name)
-                .with_context(|| format!("no manifest for model {name:?} in the model folder"))
-        })
+        .map(|name| by_name.remove(name).with_context(|| format!("no manifest for model {name:?} in the model folder")))
         .collect()
 }
 
@@ -59,29 +54,19 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         );
     }
     let registry = Arc::new(ModelRegistry::new(selected));
-    let state = AppState {
-        registry: registry.clone(),
-        limits: settings.limits.clone(),
-    };
+    let state = AppState { registry: registry.clone(), limits: settings.limits.clone() };
 
     let session_options = settings.runtime.session_options();
     let limits = settings.limits.clone();
     tokio::task::spawn_blocking(move || {
-        registry.load_all(
-            &env,
-            &session_options,
-            limits.max_batch_size,
-            limits.queue_capacity,
-        );
+        registry.load_all(&env, &session_options, limits.max_batch_size, limits.queue_capacity);
     });
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     tracing::info!("graft listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
     tracing::info!("graft stopped");
     Ok(())
 }

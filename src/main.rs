@@ -8,11 +8,7 @@ use graft::config::{ModelSettings, RuntimeSettings, ServeSettings};
 use graft::zoo::{Manifest, PullOutcome, load_manifest_dir, pull_model};
 
 #[derive(Parser)]
-#[command(
-    name = "graft",
-    version,
-    about = "Serve and fine-tune ImageNet ONNX models over HTTP"
-)]
+#[command(name = "graft", version, about = "Serve and fine-tune ImageNet ONNX models over HTTP")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -56,18 +52,15 @@ enum ModelsCommand {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ort=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let command =
-        cli.command
-            .unwrap_or_else(|| match Cli::parse_from(["graft", "serve"]).command {
-                Some(command) => command,
-                None => unreachable!("`serve` parses to the serve command"),
-            });
+    let command = cli.command.unwrap_or_else(|| match Cli::parse_from(["graft", "serve"]).command {
+        Some(command) => command,
+        None => unreachable!("`serve` parses to the serve command"),
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -89,49 +82,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(settings) => graft::serve(*settings).await,
         Command::Models(ModelsCommand::List(models)) => {
             for manifest in load_manifest_dir(&models.model_dir)? {
-                let present = if manifest.file.is_file() {
-                    "present"
-                } else {
-                    "missing"
-                };
-                println!(
-                    "{:<24} {:<8} {}",
-                    manifest.name,
-                    present,
-                    manifest.file.display()
-                );
+                let present = if manifest.file.is_file() { "present" } else { "missing" };
+                println!("{:<24} {:<8} {}", manifest.name, present, manifest.file.display());
             }
             Ok(())
         }
-        Command::Models(ModelsCommand::Pull {
-            name,
-            url,
-            force,
-            models,
-        }) => {
+        Command::Models(ModelsCommand::Pull { name, url, force, models }) => {
             let manifest = find_manifest(&models, &name)?;
             let show_progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let (path, outcome) =
-                pull_model(&manifest, url.as_deref(), force, show_progress).await?;
+            let (path, outcome) = pull_model(&manifest, url.as_deref(), force, show_progress).await?;
             match outcome {
-                PullOutcome::AlreadyPresent => println!(
-                    "{name}: {} is present and its sha256 matches",
-                    path.display()
-                ),
+                PullOutcome::AlreadyPresent => println!("{name}: {} is present and its sha256 matches", path.display()),
                 PullOutcome::Downloaded { bytes, sha256 } => {
-                    println!(
-                        "{name}: wrote {} ({bytes} bytes, sha256 {sha256})",
-                        path.display()
-                    )
+                    println!("{name}: wrote {} ({bytes} bytes, sha256 {sha256})", path.display())
                 }
             }
             Ok(())
         }
-        Command::Models(ModelsCommand::Check {
-            name,
-            models,
-            runtime,
-        }) => {
+        Command::Models(ModelsCommand::Check { name, models, runtime }) => {
             let manifest = Arc::new(find_manifest(&models, &name)?);
             let library = graft::runtime::find_library(runtime.ort_library.as_deref())?;
             let env = graft::runtime::init_runtime(&library)?;
@@ -140,11 +108,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await?
             .map_err(|reason| anyhow::anyhow!("{name} does not match its manifest: {reason}"))?;
-            println!(
-                "{name}: ok ({} classes, {})",
-                model.labels.len(),
-                model.provider
-            );
+            println!("{name}: ok ({} classes, {})", model.labels.len(), model.provider);
             Ok(())
         }
     }
@@ -153,10 +117,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 fn find_manifest(models: &ModelSettings, name: &str) -> anyhow::Result<Manifest> {
     let path = models.model_dir.join(format!("{name}.toml"));
     if !path.is_file() {
-        anyhow::bail!(
-            "no manifest {} (GET /v1/models or `graft models list` shows the known models)",
-            path.display()
-        );
+        anyhow::bail!("no manifest {} (GET /v1/models or `graft models list` shows the known models)", path.display());
     }
     Ok(Manifest::load(&path)?)
 }

@@ -39,8 +39,7 @@ pub async fn classify(
     mut request: Request,
 ) -> Result<Json<ClassifyResponse>, Error> {
     let model = ready_model(&state, &name)?;
-    let Query(params) =
-        params.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let Query(params) = params.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
     let classes = model.labels.len();
     let top_k = params.top_k.unwrap_or(5.min(classes));
     if top_k == 0 || top_k > classes {
@@ -48,53 +47,27 @@ pub async fn classify(
             "top_k must be between 1 and {classes} (the model's class count); got {top_k}"
         )));
     }
-    request
-        .extensions_mut()
-        .insert(BodyLimitHint(state.limits.max_body_bytes));
+    request.extensions_mut().insert(BodyLimitHint(state.limits.max_body_bytes));
     let images = read_images(request, state.limits.max_images_per_request).await?;
-    let decode_limits = DecodeLimits {
-        max_pixels: state.limits.max_pixels,
-    };
+    let decode_limits = DecodeLimits { max_pixels: state.limits.max_pixels };
     let max_batch = model.runner.config().max_batch_size;
 
     let batches = {
         let model = model.clone();
-        tokio::task::spawn_blocking(move || {
-            preprocess_batches(&model, &images, &decode_limits, max_batch)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("preprocessing stopped: {e}")))??
+        tokio::task::spawn_blocking(move || preprocess_batches(&model, &images, &decode_limits, max_batch))
+            .await
+            .map_err(|e| Error::Internal(format!("preprocessing stopped: {e}")))??
     };
-    let outputs = try_join_all(
-        batches
-            .into_iter()
-            .map(|(pixels, count)| model.runner.infer(pixels, count)),
-    )
-    .await?;
-    let predictions = outputs
-        .into_iter()
-        .flatten()
-        .map(|row| top_predictions(&model, row, top_k))
-        .collect();
-    Ok(Json(ClassifyResponse {
-        model: name,
-        predictions,
-    }))
+    let outputs = try_join_all(batches.into_iter().map(|(pixels, count)| model.runner.infer(pixels, count))).await?;
+    let predictions = outputs.into_iter().flatten().map(|row| top_predictions(&model, row, top_k)).collect();
+    Ok(Json(ClassifyResponse { model: name, predictions }))
 }
 
-pub(super) fn ready_model(
-    state: &AppState,
-    name: &str,
-) -> Result<std::sync::Arc<LoadedModel>, Error> {
+pub(super) fn ready_model(state: &AppState, name: &str) -> Result<std::sync::Arc<LoadedModel>, Error> {
     match state.registry.get(name) {
         None => Err(Error::UnknownModel(name.to_owned())),
-        Some((_, ModelState::Loading)) => Err(Error::ModelLoading {
-            name: name.to_owned(),
-        }),
-        Some((_, ModelState::Failed(reason))) => Err(Error::ModelFailed {
-            name: name.to_owned(),
-            reason,
-        }),
+        Some((_, ModelState::Loading)) => Err(Error::ModelLoading { name: name.to_owned() }),
+        Some((_, ModelState::Failed(reason))) => Err(Error::ModelFailed { name: name.to_owned(), reason }),
         Some((_, ModelState::Ready(model))) => Ok(model),
     }
 }
@@ -112,10 +85,8 @@ fn preprocess_batches(
         .map(|chunk| {
             let mut pixels = vec![0.0f32; image_len * chunk.len()];
             for (image, slot) in chunk.iter().zip(pixels.chunks_mut(image_len)) {
-                let rgb = decode_image(&image.bytes, limits).map_err(|error| Error::Image {
-                    source_name: image.source.clone(),
-                    error,
-                })?;
+                let rgb = decode_image(&image.bytes, limits)
+                    .map_err(|error| Error::Image { source_name: image.source.clone(), error })?;
                 preprocess_into(&rgb, &model.manifest.preprocessing, slot);
             }
             Ok((pixels, chunk.len()))

@@ -20,14 +20,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         .map(|(manifest, model)| (manifest.name.clone(), json!(model.name())))
         .collect();
     if state.registry.all_ready() {
-        (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "models": models })),
-        )
+        (StatusCode::OK, Json(json!({ "status": "ready", "models": models })))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready", "models": models })),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "models": models })))
     }
 }

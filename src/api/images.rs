@@ -10,14 +10,8 @@ use serde::Deserialize;
 use crate::error::Error;
 
 /// Raw image bodies graft accepts; `application/octet-stream` is sniffed.
-const RAW_IMAGE_TYPES: [&str; 6] = [
-    "image/jpeg",
-    "image/png",
-    "image/webp",
-    "image/gif",
-    "image/bmp",
-    "application/octet-stream",
-];
+const RAW_IMAGE_TYPES: [&str; 6] =
+    ["image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "application/octet-stream"];
 
 /// One encoded image and how the request named it, for error messages.
 pub struct EncodedImage {
@@ -44,23 +38,14 @@ pub async fn read_images(request: Request, max_images: usize) -> Result<Vec<Enco
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
         .unwrap_or_default();
     let limit = max_body_hint(&request);
     let images = match content_type.as_str() {
         "multipart/form-data" => read_multipart(request, limit, max_images).await?,
         "application/json" => read_json(request, limit).await?,
         raw if RAW_IMAGE_TYPES.contains(&raw) => {
-            vec![EncodedImage {
-                source: "the body".into(),
-                bytes: read_body(request, limit).await?,
-            }]
+            vec![EncodedImage { source: "the body".into(), bytes: read_body(request, limit).await? }]
         }
         "" => {
             return Err(Error::UnsupportedMediaType(
@@ -87,10 +72,7 @@ pub async fn read_images(request: Request, max_images: usize) -> Result<Vec<Enco
 
 /// The limit is applied by `DefaultBodyLimit`; this only carries it into error messages.
 fn max_body_hint(request: &Request) -> usize {
-    request
-        .extensions()
-        .get::<BodyLimitHint>()
-        .map_or(0, |hint| hint.0)
+    request.extensions().get::<BodyLimitHint>().map_or(0, |hint| hint.0)
 }
 
 /// Set by the classify handler so that 413 answers can name the limit.
@@ -98,26 +80,19 @@ fn max_body_hint(request: &Request) -> usize {
 pub struct BodyLimitHint(pub usize);
 
 async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
-    Bytes::from_request(request, &())
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge { limit }
-            } else {
-                Error::BadRequest(format!(
-                    "the request body could not be read: {}",
-                    rejection.body_text()
-                ))
-            }
-        })
+    Bytes::from_request(request, &()).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge { limit }
+        } else {
+            Error::BadRequest(format!("the request body could not be read: {}", rejection.body_text()))
+        }
+    })
 }
 
 async fn read_json(request: Request, limit: usize) -> Result<Vec<EncodedImage>, Error> {
     let body = read_body(request, limit).await?;
     let parsed: JsonImages = serde_json::from_slice(&body).map_err(|e| {
-        Error::Unprocessable(format!(
-            "the JSON body must be {{\"images\": [{{\"b64\": \"…\"}}]}}: {e}"
-        ))
+        Error::Unprocessable(format!("the JSON body must be {{\"images\": [{{\"b64\": \"…\"}}]}}: {e}"))
     })?;
     parsed
         .images
@@ -126,33 +101,19 @@ async fn read_json(request: Request, limit: usize) -> Result<Vec<EncodedImage>, 
         .map(|(index, image)| {
             let data = image.b64.trim();
             // Accept data URLs as browsers produce them.
-            let data = data
-                .split_once(";base64,")
-                .map_or(data, |(_, payload)| payload);
+            let data = data.split_once(";base64,").map_or(data, |(_, payload)| payload);
             base64::engine::general_purpose::STANDARD
                 .decode(data)
-                .map(|bytes| EncodedImage {
-                    source: format!("images[{index}]"),
-                    bytes: bytes.into(),
-                })
-                .map_err(|e| {
-                    Error::Unprocessable(format!("images[{index}].b64 is not valid base64: {e}"))
-                })
+                .map(|bytes| EncodedImage { source: format!("images[{index}]"), bytes: bytes.into() })
+                .map_err(|e| Error::Unprocessable(format!("images[{index}].b64 is not valid base64: {e}")))
         })
         .collect()
 }
 
-async fn read_multipart(
-    request: Request,
-    limit: usize,
-    max_images: usize,
-) -> Result<Vec<EncodedImage>, Error> {
-    let mut multipart = Multipart::from_request(request, &()).await.map_err(|r| {
-        Error::BadRequest(format!(
-            "the multipart body could not be read: {}",
-            r.body_text()
-        ))
-    })?;
+async fn read_multipart(request: Request, limit: usize, max_images: usize) -> Result<Vec<EncodedImage>, Error> {
+    let mut multipart = Multipart::from_request(request, &())
+        .await
+        .map_err(|r| Error::BadRequest(format!("the multipart body could not be read: {}", r.body_text())))?;
     let mut images = Vec::new();
     loop {
         let field = match multipart.next_field().await {
@@ -162,10 +123,7 @@ async fn read_multipart(
                 return Err(Error::PayloadTooLarge { limit });
             }
             Err(e) => {
-                return Err(Error::BadRequest(format!(
-                    "the multipart body is malformed: {}",
-                    e.body_text()
-                )));
+                return Err(Error::BadRequest(format!("the multipart body is malformed: {}", e.body_text())));
             }
         };
         let source = match (field.name(), field.file_name()) {
@@ -182,9 +140,7 @@ async fn read_multipart(
         })?;
         images.push(EncodedImage { source, bytes });
         if images.len() > max_images {
-            return Err(Error::Unprocessable(format!(
-                "the request carries more than {max_images} images"
-            )));
+            return Err(Error::Unprocessable(format!("the request carries more than {max_images} images")));
         }
     }
     Ok(images)

@@ -11,19 +11,11 @@ use crate::error::Error;
 use crate::zoo::{Manifest, ModelState};
 
 pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
-    let models: Vec<Value> = state
-        .registry
-        .list()
-        .iter()
-        .map(|(manifest, model)| describe(manifest, model))
-        .collect();
+    let models: Vec<Value> = state.registry.list().iter().map(|(manifest, model)| describe(manifest, model)).collect();
     Json(json!({ "models": models }))
 }
 
-pub async fn get_model(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, Error> {
+pub async fn get_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, Error> {
     let (manifest, model) = state.registry.get(&name).ok_or(Error::UnknownModel(name))?;
     Ok(Json(describe(&manifest, &model)))
 }

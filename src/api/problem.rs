@@ -32,14 +32,9 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(&self)).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -51,24 +46,14 @@ impl From<&Error> for Problem {
             Error::UnknownModel(_) => (StatusCode::NOT_FOUND, "unknown-model"),
             Error::ModelLoading { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model-loading"),
             Error::ModelFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model-failed"),
-            Error::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
+            Error::Image { error: VisionError::UnsupportedFormat(_), .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-image-format")
             }
-            Error::Image {
-                error: VisionError::UnsupportedFormat(_),
-                ..
-            } => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-image-format",
-            ),
-            Error::Image {
-                error: VisionError::NotAnImage,
-                ..
-            } => (StatusCode::UNPROCESSABLE_ENTITY, "not-an-image"),
-            Error::Image {
-                error: VisionError::TooManyPixels { .. },
-                ..
-            } => (StatusCode::UNPROCESSABLE_ENTITY, "image-too-large"),
+            Error::Image { error: VisionError::NotAnImage, .. } => (StatusCode::UNPROCESSABLE_ENTITY, "not-an-image"),
+            Error::Image { error: VisionError::TooManyPixels { .. }, .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "image-too-large")
+            }
             Error::Image { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-image"),
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
             Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
@@ -90,11 +75,7 @@ impl IntoResponse for Error {
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "not-found",
-        format!("there is no resource at {}", uri.path()),
-    )
+    Problem::new(StatusCode::NOT_FOUND, "not-found", format!("there is no resource at {}", uri.path()))
 }
 
 pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Problem {

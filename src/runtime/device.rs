@@ -51,11 +51,6 @@ mod tests {
         assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
         assert_eq!("auto".parse(), Ok(Device::Auto));
         assert!("cuda:-1".parse::<Device>().is_err());
-        assert!(
-            "gpu"
-                .parse::<Device>()
-                .unwrap_err()
-                .contains("cpu, cuda, cuda:N or auto")
-        );
+        assert!("gpu".parse::<Device>().unwrap_err().contains("cpu, cuda, cuda:N or auto"));
     }
 }

@@ -15,9 +15,7 @@ pub enum LibraryError {
         "the ONNX Runtime library was not found (looked in {looked}); run `make ort` to fetch it, or pass --ort-library /path/to/{LIBRARY_FILE}"
     )]
     NotFound { looked: String },
-    #[error(
-        "the ONNX Runtime library {path} could not be loaded ({reason}); run `make ort` to fetch a fresh copy"
-    )]
+    #[error("the ONNX Runtime library {path} could not be loaded ({reason}); run `make ort` to fetch a fresh copy")]
     Unloadable { path: PathBuf, reason: String },
 }
 
@@ -28,26 +26,15 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, LibraryError> {
         Some(path) => vec![path.to_owned()],
         None => {
             let mut paths = vec![PathBuf::from(".ort/cpu").join(LIBRARY_FILE)];
-            if let Some(exe_dir) = std::env::current_exe()
-                .ok()
-                .and_then(|exe| exe.parent().map(Path::to_owned))
-            {
+            if let Some(exe_dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_owned)) {
                 paths.push(exe_dir.join("lib").join(LIBRARY_FILE));
             }
             paths
         }
     };
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| LibraryError::NotFound {
-            looked: candidates
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| LibraryError::NotFound {
+        looked: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+    })
 }
 
 static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
@@ -58,16 +45,10 @@ pub fn init_runtime(library: &Path) -> Result<Environment, LibraryError> {
     ENVIRONMENT
         .get_or_init(|| {
             let builder = ort::init_from(library).map_err(|e| e.to_string())?;
-            builder
-                .with_name("graft")
-                .build()
-                .map_err(|e| e.to_string())
+            builder.with_name("graft").build().map_err(|e| e.to_string())
         })
         .clone()
-        .map_err(|reason| LibraryError::Unloadable {
-            path: library.to_owned(),
-            reason,
-        })
+        .map_err(|reason| LibraryError::Unloadable { path: library.to_owned(), reason })
 }
 
 #[cfg(test)]
@@ -76,12 +57,7 @@ mod tests {
 
     #[test]
     fn missing_library_names_the_fix() {
-        let err = find_library(Some(Path::new("/nonexistent/libonnxruntime.so")))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("make ort") && err.contains("/nonexistent/libonnxruntime.so"),
-            "{err}"
-        );
+        let err = find_library(Some(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err().to_string();
+        assert!(err.contains("make ort") && err.contains("/nonexistent/libonnxruntime.so"), "{err}");
     }
 }

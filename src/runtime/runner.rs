@@ -49,9 +49,7 @@ impl ModelRunner {
     pub fn spawn(name: &str, session: ModelSession, config: RunnerConfig) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
         let thread_config = config.clone();
-        thread::Builder::new()
-            .name(format!("ort-{name}"))
-            .spawn(move || run_loop(session, receiver, thread_config))?;
+        thread::Builder::new().name(format!("ort-{name}")).spawn(move || run_loop(session, receiver, thread_config))?;
         Ok(Self { sender, config })
     }
 
@@ -64,21 +62,13 @@ impl ModelRunner {
     }
 
     /// Runs `count` preprocessed images (at most `max_batch_size`) and returns one output row per image.
-    pub async fn infer(
-        &self,
-        pixels: Vec<f32>,
-        count: usize,
-    ) -> Result<Vec<Vec<f32>>, InferenceError> {
+    pub async fn infer(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<Vec<f32>>, InferenceError> {
         let reply = self.submit(pixels, count)?;
         reply.await.map_err(|_| InferenceError::Stopped)?
     }
 
     /// As [`infer`](Self::infer), for callers outside the async runtime.
-    pub fn infer_blocking(
-        &self,
-        pixels: Vec<f32>,
-        count: usize,
-    ) -> Result<Vec<Vec<f32>>, InferenceError> {
+    pub fn infer_blocking(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<Vec<f32>>, InferenceError> {
         let reply = self.submit(pixels, count)?;
         reply.blocking_recv().map_err(|_| InferenceError::Stopped)?
     }
@@ -88,35 +78,18 @@ impl ModelRunner {
         pixels: Vec<f32>,
         count: usize,
     ) -> Result<oneshot::Receiver<Result<Vec<Vec<f32>>, InferenceError>>, InferenceError> {
-        assert!(
-            count >= 1 && count <= self.config.max_batch_size,
-            "callers split requests into batches"
-        );
-        assert_eq!(
-            pixels.len(),
-            count * self.image_len(),
-            "pixels must hold `count` whole images"
-        );
+        assert!(count >= 1 && count <= self.config.max_batch_size, "callers split requests into batches");
+        assert_eq!(pixels.len(), count * self.image_len(), "pixels must hold `count` whole images");
         let (reply, receiver) = oneshot::channel();
-        self.sender
-            .try_send(Request {
-                pixels,
-                count,
-                reply,
-            })
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => InferenceError::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => InferenceError::Stopped,
-            })?;
+        self.sender.try_send(Request { pixels, count, reply }).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => InferenceError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => InferenceError::Stopped,
+        })?;
         Ok(receiver)
     }
 }
 
-fn run_loop(
-    mut session: ModelSession,
-    mut receiver: mpsc::Receiver<Request>,
-    config: RunnerConfig,
-) {
+fn run_loop(mut session: ModelSession, mut receiver: mpsc::Receiver<Request>, config: RunnerConfig) {
     let mut carried: Option<Request> = None;
     loop {
         let Some(first) = carried.take().or_else(|| receiver.blocking_recv()) else {
@@ -169,29 +142,17 @@ fn run_batch(
         pixels.extend_from_slice(&request.pixels);
     }
     let [a, b, c] = config.image_dims;
-    let input = Tensor::from_array(([count, a, b, c], pixels))
-        .map_err(|e| InferenceError::Runtime(e.to_string()))?;
+    let input = Tensor::from_array(([count, a, b, c], pixels)).map_err(|e| InferenceError::Runtime(e.to_string()))?;
     let outputs = session
         .session
         .run(ort::inputs![config.input_name.as_str() => input])
         .map_err(|e| InferenceError::Runtime(e.to_string()))?;
-    let output = outputs.get(&config.output_name).ok_or_else(|| {
-        InferenceError::Runtime(format!(
-            "the model produced no output named {}",
-            config.output_name
-        ))
-    })?;
-    let (_, values) = output
-        .try_extract_tensor::<f32>()
-        .map_err(|e| InferenceError::Runtime(e.to_string()))?;
+    let output = outputs
+        .get(&config.output_name)
+        .ok_or_else(|| InferenceError::Runtime(format!("the model produced no output named {}", config.output_name)))?;
+    let (_, values) = output.try_extract_tensor::<f32>().map_err(|e| InferenceError::Runtime(e.to_string()))?;
     if values.is_empty() || values.len() % count != 0 {
-        return Err(InferenceError::Runtime(format!(
-            "output has {} values for {count} images",
-            values.len()
-        )));
+        return Err(InferenceError::Runtime(format!("output has {} values for {count} images", values.len())));
     }
-    Ok(values
-        .chunks(values.len() / count)
-        .map(<[f32]>::to_vec)
-        .collect())
+    Ok(values.chunks(values.len() / count).map(<[f32]>::to_vec).collect())
 }

@@ -43,37 +43,18 @@ pub enum SessionError {
     Load { path: String, reason: String },
 }
 
-pub fn open_session(
-    env: &Environment,
-    model: &Path,
-    options: &SessionOptions,
-) -> Result<ModelSession, SessionError> {
-    let load_error = |reason: String| SessionError::Load {
-        path: model.display().to_string(),
-        reason,
-    };
+pub fn open_session(env: &Environment, model: &Path, options: &SessionOptions) -> Result<ModelSession, SessionError> {
+    let load_error = |reason: String| SessionError::Load { path: model.display().to_string(), reason };
     let base = || -> Result<SessionBuilder, SessionError> {
         Session::builder(env)
-            .and_then(|b| {
-                b.with_optimization_level(GraphOptimizationLevel::Level3)
-                    .map_err(Into::into)
-            })
-            .and_then(|b| {
-                b.with_intra_threads(options.intra_threads)
-                    .map_err(Into::into)
-            })
+            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+            .and_then(|b| b.with_intra_threads(options.intra_threads).map_err(Into::into))
             .map_err(|e| load_error(e.to_string()))
     };
     let with_cuda = |device: i32| -> Result<SessionBuilder, SessionError> {
         base()?
-            .with_execution_providers([ep::CUDA::default()
-                .with_device_id(device)
-                .build()
-                .error_on_failure()])
-            .map_err(|e| SessionError::Cuda {
-                device,
-                reason: e.to_string(),
-            })
+            .with_execution_providers([ep::CUDA::default().with_device_id(device).build().error_on_failure()])
+            .map_err(|e| SessionError::Cuda { device, reason: e.to_string() })
     };
     let (builder, provider) = match options.device {
         Device::Cpu => (base()?, "CPUExecutionProvider"),
@@ -87,20 +68,12 @@ pub fn open_session(
         },
     };
     let mut builder = builder;
-    let session = builder
-        .commit_from_file(model)
-        .map_err(|e| load_error(e.to_string()))?;
-    let describe =
-        |outlets: &[ort::value::Outlet]| outlets.iter().map(tensor_spec).collect::<Vec<_>>();
+    let session = builder.commit_from_file(model).map_err(|e| load_error(e.to_string()))?;
+    let describe = |outlets: &[ort::value::Outlet]| outlets.iter().map(tensor_spec).collect::<Vec<_>>();
     let inputs = describe(session.inputs());
     let outputs = describe(session.outputs());
     tracing::info!(model = %model.display(), provider, "session ready");
-    Ok(ModelSession {
-        session,
-        provider,
-        inputs,
-        outputs,
-    })
+    Ok(ModelSession { session, provider, inputs, outputs })
 }
 
 fn tensor_spec(outlet: &ort::value::Outlet) -> TensorSpec {

@@ -6,13 +6,8 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 /// Formats graft decodes; anything else is refused before decoding.
-const SUPPORTED: [ImageFormat; 5] = [
-    ImageFormat::Jpeg,
-    ImageFormat::Png,
-    ImageFormat::WebP,
-    ImageFormat::Gif,
-    ImageFormat::Bmp,
-];
+const SUPPORTED: [ImageFormat; 5] =
+    [ImageFormat::Jpeg, ImageFormat::Png, ImageFormat::WebP, ImageFormat::Gif, ImageFormat::Bmp];
 
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeLimits {
@@ -22,9 +17,7 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self {
-            max_pixels: 40_000_000,
-        }
+        Self { max_pixels: 40_000_000 }
     }
 }
 
@@ -34,15 +27,8 @@ pub enum VisionError {
     NotAnImage,
     #[error("{0} images are not supported; send JPEG, PNG, WebP, GIF or BMP")]
     UnsupportedFormat(String),
-    #[error(
-        "the image is {width}×{height} = {pixels} pixels, over the budget of {max_pixels} pixels"
-    )]
-    TooManyPixels {
-        width: u32,
-        height: u32,
-        pixels: u64,
-        max_pixels: u64,
-    },
+    #[error("the image is {width}×{height} = {pixels} pixels, over the budget of {max_pixels} pixels")]
+    TooManyPixels { width: u32, height: u32, pixels: u64, max_pixels: u64 },
     #[error("the image has a zero dimension ({width}×{height})")]
     Empty { width: u32, height: u32 },
     #[error("the image is corrupt or truncated: {0}")]
@@ -56,23 +42,14 @@ pub enum VisionError {
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, VisionError> {
     let format = image::guess_format(bytes).map_err(|_| VisionError::NotAnImage)?;
     if !SUPPORTED.contains(&format) {
-        return Err(VisionError::UnsupportedFormat(
-            format!("{format:?}").to_uppercase(),
-        ));
+        return Err(VisionError::UnsupportedFormat(format!("{format:?}").to_uppercase()));
     }
     let reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| VisionError::Corrupt(e.to_string()))?;
+    let mut decoder = reader.into_decoder().map_err(|e| VisionError::Corrupt(e.to_string()))?;
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
-        return Err(VisionError::TooManyPixels {
-            width,
-            height,
-            pixels,
-            max_pixels: limits.max_pixels,
-        });
+        return Err(VisionError::TooManyPixels { width, height, pixels, max_pixels: limits.max_pixels });
     }
     if pixels == 0 {
         return Err(VisionError::Empty { width, height });
@@ -80,15 +57,10 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Vis
     let mut decoder_limits = Limits::default();
     // Room for the widest colour type (RGBA, 16 bits per channel) plus the decoder's scratch.
     decoder_limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
-    decoder
-        .set_limits(decoder_limits)
-        .map_err(|e| VisionError::Corrupt(e.to_string()))?;
+    decoder.set_limits(decoder_limits).map_err(|e| VisionError::Corrupt(e.to_string()))?;
     // A broken EXIF block is no reason to refuse the pixels: treat it as upright.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image =
-        DynamicImage::from_decoder(decoder).map_err(|e| VisionError::Corrupt(e.to_string()))?;
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| VisionError::Corrupt(e.to_string()))?;
     image.apply_orientation(orientation);
     Ok(to_rgb8(image))
 }
@@ -122,25 +94,14 @@ mod tests {
 
     #[test]
     fn text_is_not_an_image() {
-        assert_eq!(
-            decode_image(b"hello, world", &DecodeLimits::default()),
-            Err(VisionError::NotAnImage)
-        );
+        assert_eq!(decode_image(b"hello, world", &DecodeLimits::default()), Err(VisionError::NotAnImage));
     }
 
     #[test]
     fn pixel_budget_is_checked_before_decoding() {
         let png = encode(&DynamicImage::new_rgb8(300, 200), ImageFormat::Png);
         let err = decode_image(&png, &DecodeLimits { max_pixels: 59_999 }).unwrap_err();
-        assert_eq!(
-            err,
-            VisionError::TooManyPixels {
-                width: 300,
-                height: 200,
-                pixels: 60_000,
-                max_pixels: 59_999
-            }
-        );
+        assert_eq!(err, VisionError::TooManyPixels { width: 300, height: 200, pixels: 60_000, max_pixels: 59_999 });
         assert!(decode_image(&png, &DecodeLimits { max_pixels: 60_000 }).is_ok());
     }
 

@@ -5,6 +5,4 @@ mod decode;
 mod preprocess;
 
 pub use decode::{DecodeLimits, VisionError, decode_image};
-pub use preprocess::{
-    ColorOrder, Layout, Normalization, Preprocessing, ResizeMode, ResizePlan, preprocess_into,
-};
+pub use preprocess::{ColorOrder, Layout, Normalization, Preprocessing, ResizeMode, ResizePlan, preprocess_into};

@@ -43,23 +43,11 @@ pub struct Normalization {
 
 impl Normalization {
     /// Keras `preprocess_input(mode="caffe")` (ResNet50): BGR, minus the ImageNet BGR means.
-    pub const CAFFE: Self = Self {
-        scale: 1.0,
-        mean: [103.939, 116.779, 123.68],
-        std: [1.0; 3],
-    };
+    pub const CAFFE: Self = Self { scale: 1.0, mean: [103.939, 116.779, 123.68], std: [1.0; 3] };
     /// Keras `preprocess_input(mode="tf")` (Xception): x / 127.5 − 1.
-    pub const TF: Self = Self {
-        scale: 1.0 / 127.5,
-        mean: [1.0; 3],
-        std: [1.0; 3],
-    };
+    pub const TF: Self = Self { scale: 1.0 / 127.5, mean: [1.0; 3], std: [1.0; 3] };
     /// torchvision: (x / 255 − mean) / std with the ImageNet RGB statistics.
-    pub const TORCH: Self = Self {
-        scale: 1.0 / 255.0,
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-    };
+    pub const TORCH: Self = Self { scale: 1.0 / 255.0, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 }
 
 /// Everything needed to turn an RGB image into one model input.
@@ -90,31 +78,18 @@ impl ResizePlan {
         let (w, h) = (f64::from(original.0), f64::from(original.1));
         let (tw, th) = target;
         match mode {
-            ResizeMode::Stretch => Self {
-                original,
-                resized: target,
-                source_offset: (0, 0),
-                region: target,
-                target_offset: (0, 0),
-            },
+            ResizeMode::Stretch => {
+                Self { original, resized: target, source_offset: (0, 0), region: target, target_offset: (0, 0) }
+            }
             ResizeMode::Pad => {
                 // As tf.image.resize_with_pad: the larger ratio decides, sizes and padding floor.
                 let ratio = (w / f64::from(tw)).max(h / f64::from(th));
                 let (rw_f, rh_f) = (w / ratio, h / ratio);
-                let resized = (
-                    (rw_f.floor() as u32).clamp(1, tw),
-                    (rh_f.floor() as u32).clamp(1, th),
-                );
+                let resized = ((rw_f.floor() as u32).clamp(1, tw), (rh_f.floor() as u32).clamp(1, th));
                 let pad_left = ((f64::from(tw) - rw_f) / 2.0).floor().max(0.0) as u32;
                 let pad_top = ((f64::from(th) - rh_f) / 2.0).floor().max(0.0) as u32;
                 let target_offset = (pad_left.min(tw - resized.0), pad_top.min(th - resized.1));
-                Self {
-                    original,
-                    resized,
-                    source_offset: (0, 0),
-                    region: resized,
-                    target_offset,
-                }
+                Self { original, resized, source_offset: (0, 0), region: resized, target_offset }
             }
             ResizeMode::Crop { fraction } => {
                 // Shorter side to round(size / fraction), the other side truncated as torchvision does.
@@ -130,13 +105,7 @@ impl ResizePlan {
                 // torchvision's CenterCrop: int(round((size - crop) / 2)), Python rounding (ties to even).
                 let left = (f64::from(resized.0 - tw) / 2.0).round_ties_even() as u32;
                 let top = (f64::from(resized.1 - th) / 2.0).round_ties_even() as u32;
-                Self {
-                    original,
-                    resized,
-                    source_offset: (left, top),
-                    region: target,
-                    target_offset: (0, 0),
-                }
+                Self { original, resized, source_offset: (left, top), region: target, target_offset: (0, 0) }
             }
         }
     }
@@ -150,11 +119,7 @@ pub fn tensor_len(spec: &Preprocessing) -> usize {
 /// Resizes `image` per `spec` and writes the normalised tensor of one image into `out`
 /// (length `width·height·3`, in the spec's layout). Returns the geometry used.
 pub fn preprocess_into(image: &RgbImage, spec: &Preprocessing, out: &mut [f32]) -> ResizePlan {
-    assert_eq!(
-        out.len(),
-        tensor_len(spec),
-        "output slice must hold exactly one image"
-    );
+    assert_eq!(out.len(), tensor_len(spec), "output slice must hold exactly one image");
     let plan = ResizePlan::new(image.dimensions(), (spec.width, spec.height), spec.resize);
     let resized = resize_rgb(image, plan.resized);
     let (tw, th) = (spec.width as usize, spec.height as usize);
@@ -175,14 +140,10 @@ pub fn preprocess_into(image: &RgbImage, spec: &Preprocessing, out: &mut [f32]) 
     let (region_w, region_h) = plan.region;
     for y in 0..th {
         for x in 0..tw {
-            let inside = x >= dx as usize
-                && x < (dx + region_w) as usize
-                && y >= dy as usize
-                && y < (dy + region_h) as usize;
+            let inside =
+                x >= dx as usize && x < (dx + region_w) as usize && y >= dy as usize && y < (dy + region_h) as usize;
             let rgb = if inside {
-                let src = ((y - dy as usize + sy as usize) * rw as usize
-                    + (x - dx as usize + sx as usize))
-                    * 3;
+                let src = ((y - dy as usize + sy as usize) * rw as usize + (x - dx as usize + sx as usize)) * 3;
                 [pixels[src], pixels[src + 1], pixels[src + 2]]
             } else {
                 [0, 0, 0]
@@ -205,23 +166,13 @@ fn resize_rgb(image: &RgbImage, size: (u32, u32)) -> std::borrow::Cow<'_, RgbIma
     if image.dimensions() == size {
         return std::borrow::Cow::Borrowed(image);
     }
-    let src = ImageRef::new(
-        image.width(),
-        image.height(),
-        image.as_raw(),
-        PixelType::U8x3,
-    )
-    .expect("an RgbImage buffer always matches its dimensions");
+    let src = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3)
+        .expect("an RgbImage buffer always matches its dimensions");
     let mut dst = Image::new(size.0, size.1, PixelType::U8x3);
     Resizer::new()
-        .resize(
-            &src,
-            &mut dst,
-            &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
-        )
+        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)))
         .expect("source and destination are both U8x3 and non-empty");
-    let resized = RgbImage::from_raw(size.0, size.1, dst.into_vec())
-        .expect("the destination buffer has w·h·3 bytes");
+    let resized = RgbImage::from_raw(size.0, size.1, dst.into_vec()).expect("the destination buffer has w·h·3 bytes");
     std::borrow::Cow::Owned(resized)
 }
 

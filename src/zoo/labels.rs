@@ -43,27 +43,14 @@ impl Labels {
             }
             let fields: Vec<&str> = line.split('\t').collect();
             let [index, class_id, label] = fields[..] else {
-                return Err(format!(
-                    "line {}: expected 3 tab-separated fields (index, class id, name)",
-                    line_no + 1
-                ));
+                return Err(format!("line {}: expected 3 tab-separated fields (index, class id, name)", line_no + 1));
             };
-            let index: usize = index
-                .trim()
-                .parse()
-                .map_err(|_| format!("line {}: index {index:?} is not a number", line_no + 1))?;
+            let index: usize =
+                index.trim().parse().map_err(|_| format!("line {}: index {index:?} is not a number", line_no + 1))?;
             if index != labels.len() {
-                return Err(format!(
-                    "line {}: expected index {}, found {index}",
-                    line_no + 1,
-                    labels.len()
-                ));
+                return Err(format!("line {}: expected index {}, found {index}", line_no + 1, labels.len()));
             }
-            labels.push(Label {
-                index,
-                class_id: class_id.trim().to_owned(),
-                label: label.trim().to_owned(),
-            });
+            labels.push(Label { index, class_id: class_id.trim().to_owned(), label: label.trim().to_owned() });
         }
         if labels.is_empty() {
             return Err("no labels after the header line".into());
@@ -85,15 +72,7 @@ mod tests {
 
     #[test]
     fn refuses_gaps_and_short_rows() {
-        assert!(
-            Labels::parse("h\n0\tn01\tcat\n2\tn02\tdog\n")
-                .unwrap_err()
-                .contains("expected index 1")
-        );
-        assert!(
-            Labels::parse("h\n0\tcat\n")
-                .unwrap_err()
-                .contains("3 tab-separated")
-        );
+        assert!(Labels::parse("h\n0\tn01\tcat\n2\tn02\tdog\n").unwrap_err().contains("expected index 1"));
+        assert!(Labels::parse("h\n0\tcat\n").unwrap_err().contains("3 tab-separated"));
     }
 }

@@ -41,11 +41,7 @@ pub enum ManifestError {
     #[error("{file}: {message}")]
     Unreadable { file: PathBuf, message: String },
     #[error("{file}: field `{field}`: {message}")]
-    Field {
-        file: PathBuf,
-        field: &'static str,
-        message: String,
-    },
+    Field { file: PathBuf, field: &'static str, message: String },
 }
 
 #[derive(Deserialize)]
@@ -105,18 +101,17 @@ struct RawOutput {
 impl Manifest {
     /// Reads and validates `path`; the model name is the file stem.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let unreadable = |message: String| ManifestError::Unreadable {
-            file: path.to_owned(),
-            message,
-        };
+        let unreadable = |message: String| ManifestError::Unreadable { file: path.to_owned(), message };
         let text = fs_err::read_to_string(path).map_err(|e| unreadable(e.to_string()))?;
-        let raw: RawManifest = toml::from_str(&text)
-            .map_err(|e| unreadable(e.message().to_owned() + &span_hint(&text, e.span())))?;
+        let raw: RawManifest =
+            toml::from_str(&text).map_err(|e| unreadable(e.message().to_owned() + &span_hint(&text, e.span())))?;
         let name = path
             .file_stem()
             .and_then(|s| s.to_str())
             .filter(|s| is_valid_model_name(s))
-            .ok_or_else(|| unreadable("the file name must be <name>.toml with a name of letters, digits, '-', '_' or '.'".into()))?
+            .ok_or_else(|| {
+                unreadable("the file name must be <name>.toml with a name of letters, digits, '-', '_' or '.'".into())
+            })?
             .to_owned();
         Self::validate(name, path, raw)
     }
@@ -136,9 +131,7 @@ impl Manifest {
             return Err(field("sha256", "must be 64 hexadecimal digits"));
         }
         if let Some(url) = &raw.url
-            && !["http://", "https://", "file://"]
-                .iter()
-                .any(|scheme| url.starts_with(scheme))
+            && !["http://", "https://", "file://"].iter().any(|scheme| url.starts_with(scheme))
         {
             return Err(field("url", "must start with http://, https:// or file://"));
         }
@@ -146,10 +139,7 @@ impl Manifest {
             return Err(field("input.height", "height and width must be positive"));
         }
         if input.height > 4096 || input.width > 4096 {
-            return Err(field(
-                "input.height",
-                "height and width must be at most 4096",
-            ));
+            return Err(field("input.height", "height and width must be at most 4096"));
         }
         let resize = match (input.resize, input.crop_fraction) {
             (RawResize::Crop, fraction) => {
@@ -160,10 +150,7 @@ impl Manifest {
                 ResizeMode::Crop { fraction }
             }
             (_, Some(_)) => {
-                return Err(field(
-                    "input.crop_fraction",
-                    "only applies to resize = \"crop\"",
-                ));
+                return Err(field("input.crop_fraction", "only applies to resize = \"crop\""));
             }
             (RawResize::Pad, None) => ResizeMode::Pad,
             (RawResize::Stretch, None) => ResizeMode::Stretch,
@@ -178,25 +165,16 @@ impl Manifest {
                     ));
                 };
                 if std.iter().any(|s| !s.is_finite() || *s == 0.0) {
-                    return Err(field(
-                        "input.std",
-                        "every value must be finite and non-zero",
-                    ));
+                    return Err(field("input.std", "every value must be finite and non-zero"));
                 }
                 let scale = input.scale.unwrap_or(1.0);
                 if !scale.is_finite() || scale == 0.0 || mean.iter().any(|m| !m.is_finite()) {
-                    return Err(field(
-                        "input.scale",
-                        "scale and mean must be finite, scale non-zero",
-                    ));
+                    return Err(field("input.scale", "scale and mean must be finite, scale non-zero"));
                 }
                 (Normalization { scale, mean, std }, ColorOrder::Rgb)
             }
             _ if custom_given => {
-                return Err(field(
-                    "input.mean",
-                    "mean, std and scale are only read with normalize = \"custom\"",
-                ));
+                return Err(field("input.mean", "mean, std and scale are only read with normalize = \"custom\""));
             }
             RawNormalize::Caffe => (Normalization::CAFFE, ColorOrder::Bgr),
             RawNormalize::Tf => (Normalization::TF, ColorOrder::Rgb),
@@ -217,10 +195,7 @@ impl Manifest {
         }
         let labels_file = dir.join(&raw.output.labels);
         if !labels_file.is_file() {
-            return Err(field(
-                "output.labels",
-                &format!("{} does not exist", labels_file.display()),
-            ));
+            return Err(field("output.labels", &format!("{} does not exist", labels_file.display())));
         }
 
         Ok(Self {
@@ -252,27 +227,20 @@ pub fn is_valid_model_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     match span {
-        Some(span) => format!(
-            " (line {})",
-            text[..span.start.min(text.len())].lines().count().max(1)
-        ),
+        Some(span) => format!(" (line {})", text[..span.start.min(text.len())].lines().count().max(1)),
         None => String::new(),
     }
 }
 
 /// Every `*.toml` in `dir`, sorted by name. The first invalid manifest is an error.
 pub fn load_manifest_dir(dir: &Path) -> Result<Vec<Manifest>, ManifestError> {
-    let entries = fs_err::read_dir(dir).map_err(|e| ManifestError::Unreadable {
-        file: dir.to_owned(),
-        message: e.to_string(),
-    })?;
+    let entries = fs_err::read_dir(dir)
+        .map_err(|e| ManifestError::Unreadable { file: dir.to_owned(), message: e.to_string() })?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|ext| ext == "toml"))
@@ -320,62 +288,27 @@ labels = "labels.tsv"
     fn inconsistent_fields_name_the_file_and_field() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            (
-                GOOD.replace(
-                    "normalize = \"caffe\"",
-                    "normalize = \"caffe\"\ncolor = \"rgb\"",
-                ),
-                "input.color",
-            ),
-            (
-                GOOD.replace(
-                    "normalize = \"caffe\"",
-                    "normalize = \"custom\"\nmean = [1.0, 2.0, 3.0]",
-                ),
-                "input.mean",
-            ),
-            (
-                GOOD.replace(
-                    "normalize = \"caffe\"",
-                    "normalize = \"tf\"\nstd = [1.0, 1.0, 1.0]",
-                ),
-                "input.mean",
-            ),
-            (
-                GOOD.replace("resize = \"pad\"", "resize = \"pad\"\ncrop_fraction = 0.9"),
-                "input.crop_fraction",
-            ),
+            (GOOD.replace("normalize = \"caffe\"", "normalize = \"caffe\"\ncolor = \"rgb\""), "input.color"),
+            (GOOD.replace("normalize = \"caffe\"", "normalize = \"custom\"\nmean = [1.0, 2.0, 3.0]"), "input.mean"),
+            (GOOD.replace("normalize = \"caffe\"", "normalize = \"tf\"\nstd = [1.0, 1.0, 1.0]"), "input.mean"),
+            (GOOD.replace("resize = \"pad\"", "resize = \"pad\"\ncrop_fraction = 0.9"), "input.crop_fraction"),
             (GOOD.replace("labels.tsv", "missing.tsv"), "output.labels"),
-            (
-                GOOD.replace("file = \"m.onnx\"", "file = \"m.onnx\"\nsha256 = \"abc\""),
-                "sha256",
-            ),
+            (GOOD.replace("file = \"m.onnx\"", "file = \"m.onnx\"\nsha256 = \"abc\""), "sha256"),
         ];
         for (body, field) in cases {
-            let err = Manifest::load(&write(dir.path(), "bad.toml", &body))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains("bad.toml") && err.contains(field),
-                "{field}: {err}"
-            );
+            let err = Manifest::load(&write(dir.path(), "bad.toml", &body)).unwrap_err().to_string();
+            assert!(err.contains("bad.toml") && err.contains(field), "{field}: {err}");
         }
     }
 
     #[test]
     fn unknown_fields_and_bad_values_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let err = Manifest::load(&write(
-            dir.path(),
-            "x.toml",
-            &GOOD.replace("layout = \"NHWC\"", "layout = \"HWC\""),
-        ))
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("x.toml") && err.contains("HWC"), "{err}");
-        let err = Manifest::load(&write(dir.path(), "y.toml", &format!("colour = 1\n{GOOD}")))
+        let err = Manifest::load(&write(dir.path(), "x.toml", &GOOD.replace("layout = \"NHWC\"", "layout = \"HWC\"")))
             .unwrap_err()
             .to_string();
+        assert!(err.contains("x.toml") && err.contains("HWC"), "{err}");
+        let err = Manifest::load(&write(dir.path(), "y.toml", &format!("colour = 1\n{GOOD}"))).unwrap_err().to_string();
         assert!(err.contains("y.toml") && err.contains("colour"), "{err}");
     }
 }

@@ -18,14 +18,8 @@ pub enum PullError {
     Scheme(String),
     #[error("download of {url} failed: {reason}")]
     Download { url: String, reason: String },
-    #[error(
-        "checksum mismatch for {url}: expected sha256 {expected}, got {actual}; nothing was written"
-    )]
-    Checksum {
-        url: String,
-        expected: String,
-        actual: String,
-    },
+    #[error("checksum mismatch for {url}: expected sha256 {expected}, got {actual}; nothing was written")]
+    Checksum { url: String, expected: String, actual: String },
     #[error("{path}: {reason}")]
     Io { path: PathBuf, reason: String },
 }
@@ -44,17 +38,11 @@ pub async fn pull_model(
     force: bool,
     show_progress: bool,
 ) -> Result<(PathBuf, PullOutcome), PullError> {
-    let url = url
-        .or(manifest.url.as_deref())
-        .ok_or_else(|| PullError::NoUrl(manifest.name.clone()))?
-        .to_owned();
+    let url = url.or(manifest.url.as_deref()).ok_or_else(|| PullError::NoUrl(manifest.name.clone()))?.to_owned();
     let target = manifest.file.clone();
     let io = |path: &Path| {
         let path = path.to_owned();
-        move |e: std::io::Error| PullError::Io {
-            path,
-            reason: e.to_string(),
-        }
+        move |e: std::io::Error| PullError::Io { path, reason: e.to_string() }
     };
     if !force
         && target.is_file()
@@ -65,11 +53,7 @@ pub async fn pull_model(
     }
     let dir = target.parent().unwrap_or(Path::new(".")).to_owned();
     fs_err::create_dir_all(&dir).map_err(io(&dir))?;
-    let mut temp = tempfile::Builder::new()
-        .prefix(".pull-")
-        .suffix(".part")
-        .tempfile_in(&dir)
-        .map_err(io(&dir))?;
+    let mut temp = tempfile::Builder::new().prefix(".pull-").suffix(".part").tempfile_in(&dir).map_err(io(&dir))?;
     let mut hasher = Sha256::new();
     let mut sink = |chunk: &[u8], file: &mut std::fs::File| -> std::io::Result<()> {
         hasher.update(chunk);
@@ -77,19 +61,16 @@ pub async fn pull_model(
     };
 
     let bytes = if let Some(path) = url.strip_prefix("file://") {
-        let mut source = fs_err::File::open(path).map_err(|e| PullError::Download {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut source =
+            fs_err::File::open(path).map_err(|e| PullError::Download { url: url.clone(), reason: e.to_string() })?;
         let total = source.metadata().map(|m| m.len()).unwrap_or(0);
         let bar = progress_bar(show_progress, Some(total));
         let mut buffer = vec![0u8; 1 << 20];
         let mut done = 0u64;
         loop {
-            let n = source.read(&mut buffer).map_err(|e| PullError::Download {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+            let n = source
+                .read(&mut buffer)
+                .map_err(|e| PullError::Download { url: url.clone(), reason: e.to_string() })?;
             if n == 0 {
                 break;
             }
@@ -100,13 +81,8 @@ pub async fn pull_model(
         bar.finish_and_clear();
         done
     } else if url.starts_with("http://") || url.starts_with("https://") {
-        let failed = |reason: String| PullError::Download {
-            url: url.clone(),
-            reason,
-        };
-        let mut response = reqwest::get(&url)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let failed = |reason: String| PullError::Download { url: url.clone(), reason };
+        let mut response = reqwest::get(&url).await.map_err(|e| failed(e.to_string()))?;
         if !response.status().is_success() {
             return Err(failed(format!("the server answered {}", response.status())));
         }
@@ -126,30 +102,14 @@ pub async fn pull_model(
     let actual = hex::encode(hasher.finalize());
     match &manifest.sha256 {
         Some(expected) if *expected != actual => {
-            return Err(PullError::Checksum {
-                url,
-                expected: expected.clone(),
-                actual,
-            });
+            return Err(PullError::Checksum { url, expected: expected.clone(), actual });
         }
         Some(_) => {}
-        None => tracing::warn!(
-            "the manifest of {} has no sha256; the file pulled has sha256 {actual}",
-            manifest.name
-        ),
+        None => tracing::warn!("the manifest of {} has no sha256; the file pulled has sha256 {actual}", manifest.name),
     }
     temp.as_file().sync_all().map_err(io(temp.path()))?;
-    temp.persist(&target).map_err(|e| PullError::Io {
-        path: target.clone(),
-        reason: e.error.to_string(),
-    })?;
-    Ok((
-        target,
-        PullOutcome::Downloaded {
-            bytes,
-            sha256: actual,
-        },
-    ))
+    temp.persist(&target).map_err(|e| PullError::Io { path: target.clone(), reason: e.error.to_string() })?;
+    Ok((target, PullOutcome::Downloaded { bytes, sha256: actual }))
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
@@ -163,9 +123,7 @@ fn progress_bar(show: bool, total: Option<u64>) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
-    let bar = total
-        .filter(|t| *t > 0)
-        .map_or_else(ProgressBar::new_spinner, ProgressBar::new);
+    let bar = total.filter(|t| *t > 0).map_or_else(ProgressBar::new_spinner, ProgressBar::new);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),

@@ -7,9 +7,7 @@ use std::sync::{Arc, RwLock};
 use ort::environment::Environment;
 
 use super::{Labels, Manifest};
-use crate::runtime::{
-    ModelRunner, ModelSession, RunnerConfig, SessionOptions, TensorSpec, open_session,
-};
+use crate::runtime::{ModelRunner, ModelSession, RunnerConfig, SessionOptions, TensorSpec, open_session};
 use crate::vision::Layout;
 
 /// A model that answered its warm-up run and can serve.
@@ -47,30 +45,16 @@ pub struct ModelRegistry {
 impl ModelRegistry {
     /// Registers the models to serve, all in the loading state.
     pub fn new(manifests: impl IntoIterator<Item = Manifest>) -> Self {
-        let entries = manifests
-            .into_iter()
-            .map(|m| (m.name.clone(), (Arc::new(m), ModelState::Loading)))
-            .collect();
-        Self {
-            entries: RwLock::new(entries),
-        }
+        let entries = manifests.into_iter().map(|m| (m.name.clone(), (Arc::new(m), ModelState::Loading))).collect();
+        Self { entries: RwLock::new(entries) }
     }
 
     pub fn get(&self, name: &str) -> Option<(Arc<Manifest>, ModelState)> {
-        self.entries
-            .read()
-            .expect("registry lock")
-            .get(name)
-            .cloned()
+        self.entries.read().expect("registry lock").get(name).cloned()
     }
 
     pub fn list(&self) -> Vec<(Arc<Manifest>, ModelState)> {
-        self.entries
-            .read()
-            .expect("registry lock")
-            .values()
-            .cloned()
-            .collect()
+        self.entries.read().expect("registry lock").values().cloned().collect()
     }
 
     pub fn set_state(&self, name: &str, state: ModelState) {
@@ -81,29 +65,13 @@ impl ModelRegistry {
 
     /// Ready when every registered model is ready.
     pub fn all_ready(&self) -> bool {
-        self.entries
-            .read()
-            .expect("registry lock")
-            .values()
-            .all(|(_, state)| matches!(state, ModelState::Ready(_)))
+        self.entries.read().expect("registry lock").values().all(|(_, state)| matches!(state, ModelState::Ready(_)))
     }
 
     /// Loads every registered model in turn, recording each outcome.
-    pub fn load_all(
-        &self,
-        env: &Environment,
-        options: &SessionOptions,
-        max_batch_size: usize,
-        queue_capacity: usize,
-    ) {
+    pub fn load_all(&self, env: &Environment, options: &SessionOptions, max_batch_size: usize, queue_capacity: usize) {
         for (manifest, _) in self.list() {
-            let state = match load_model(
-                env,
-                manifest.clone(),
-                options,
-                max_batch_size,
-                queue_capacity,
-            ) {
+            let state = match load_model(env, manifest.clone(), options, max_batch_size, queue_capacity) {
                 Ok(model) => {
                     tracing::info!(model = %manifest.name, provider = model.provider, "model ready");
                     ModelState::Ready(Arc::new(model))
@@ -137,9 +105,7 @@ pub fn load_model(
     let labels = Labels::read(&manifest.labels_file)?;
     let session = open_session(env, &manifest.file, options).map_err(|e| e.to_string())?;
     let (image_dims, batch_limit) = check_io(&manifest, &session, labels.len())?;
-    let max_batch_size = batch_limit
-        .map_or(max_batch_size, |fixed| fixed.min(max_batch_size))
-        .max(1);
+    let max_batch_size = batch_limit.map_or(max_batch_size, |fixed| fixed.min(max_batch_size)).max(1);
     let provider = session.provider;
     let (inputs, outputs) = (session.inputs.clone(), session.outputs.clone());
     let config = RunnerConfig {
@@ -152,9 +118,8 @@ pub fn load_model(
     let runner = ModelRunner::spawn(&manifest.name, session, config).map_err(|e| e.to_string())?;
     let image_len = runner.image_len();
     for batch in [1, max_batch_size] {
-        let rows = runner
-            .infer_blocking(vec![0.0; image_len * batch], batch)
-            .map_err(|e| format!("warm-up failed: {e}"))?;
+        let rows =
+            runner.infer_blocking(vec![0.0; image_len * batch], batch).map_err(|e| format!("warm-up failed: {e}"))?;
         if rows[0].len() != labels.len() {
             return Err(format!(
                 "output `{}` has {} values per image but the labels file has {} classes",
@@ -164,14 +129,7 @@ pub fn load_model(
             ));
         }
     }
-    Ok(LoadedModel {
-        manifest,
-        labels,
-        runner,
-        provider,
-        inputs,
-        outputs,
-    })
+    Ok(LoadedModel { manifest, labels, runner, provider, inputs, outputs })
 }
 
 /// Compares the session's graph inputs/outputs with the manifest. Returns the
@@ -181,29 +139,16 @@ fn check_io(
     session: &ModelSession,
     classes: usize,
 ) -> Result<([usize; 3], Option<usize>), String> {
-    let names = |specs: &[TensorSpec]| {
-        specs
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let input = session
-        .inputs
-        .iter()
-        .find(|s| s.name == manifest.input_name)
-        .ok_or_else(|| {
-            format!(
-                "the manifest's input `{}` is not an input of the model (it has: {})",
-                manifest.input_name,
-                names(&session.inputs)
-            )
-        })?;
+    let names = |specs: &[TensorSpec]| specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
+    let input = session.inputs.iter().find(|s| s.name == manifest.input_name).ok_or_else(|| {
+        format!(
+            "the manifest's input `{}` is not an input of the model (it has: {})",
+            manifest.input_name,
+            names(&session.inputs)
+        )
+    })?;
     if !input.is_float32 {
-        return Err(format!(
-            "input `{}` is {}, graft feeds float32",
-            input.name, input.element_type
-        ));
+        return Err(format!("input `{}` is {}, graft feeds float32", input.name, input.element_type));
     }
     let pre = &manifest.preprocessing;
     let (h, w) = (pre.height as i64, pre.width as i64);
@@ -212,11 +157,7 @@ fn check_io(
         Layout::Nhwc => [h, w, 3],
     };
     if input.shape.len() != 4 {
-        return Err(format!(
-            "input `{}` has rank {}, an image input has rank 4",
-            input.name,
-            input.shape.len()
-        ));
+        return Err(format!("input `{}` has rank {}, an image input has rank 4", input.name, input.shape.len()));
     }
     for (axis, (&got, &want)) in input.shape[1..].iter().zip(&expected).enumerate() {
         if got >= 0 && got != want {
@@ -232,22 +173,15 @@ fn check_io(
             ));
         }
     }
-    let output = session
-        .outputs
-        .iter()
-        .find(|s| s.name == manifest.output_name)
-        .ok_or_else(|| {
-            format!(
-                "the manifest's output `{}` is not an output of the model (it has: {})",
-                manifest.output_name,
-                names(&session.outputs)
-            )
-        })?;
+    let output = session.outputs.iter().find(|s| s.name == manifest.output_name).ok_or_else(|| {
+        format!(
+            "the manifest's output `{}` is not an output of the model (it has: {})",
+            manifest.output_name,
+            names(&session.outputs)
+        )
+    })?;
     if !output.is_float32 {
-        return Err(format!(
-            "output `{}` is {}, graft reads float32",
-            output.name, output.element_type
-        ));
+        return Err(format!("output `{}` is {}, graft reads float32", output.name, output.element_type));
     }
     if let Some(&last) = output.shape.last()
         && last >= 0

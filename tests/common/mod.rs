@@ -11,10 +11,7 @@ use graft::{AppState, app};
 
 pub fn fixtures() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/generated");
-    assert!(
-        dir.join(".done").is_file() || dir.join("models").is_dir(),
-        "fixtures are missing: run `make fixtures`"
-    );
+    assert!(dir.join(".done").is_file() || dir.join("models").is_dir(), "fixtures are missing: run `make fixtures`");
     dir
 }
 
@@ -38,10 +35,7 @@ pub fn runtime() -> ort::environment::Environment {
 }
 
 pub fn cpu() -> SessionOptions {
-    SessionOptions {
-        device: Device::Cpu,
-        intra_threads: 1,
-    }
+    SessionOptions { device: Device::Cpu, intra_threads: 1 }
 }
 
 pub struct TestServer {
@@ -62,10 +56,7 @@ pub async fn start_server(model_dir: &Path, limits: Limits) -> TestServer {
         .await
         .unwrap();
     }
-    let state = AppState {
-        registry: registry.clone(),
-        limits,
-    };
+    let state = AppState { registry: registry.clone(), limits };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
@@ -79,22 +70,11 @@ pub fn client() -> reqwest::Client {
 /// Asserts a problem+json answer with `status`, and returns its body.
 pub async fn expect_problem(response: reqwest::Response, status: u16) -> serde_json::Value {
     assert_eq!(response.status().as_u16(), status, "unexpected status");
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
     assert_eq!(content_type, "application/problem+json");
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], status);
-    assert!(
-        body["detail"].as_str().is_some_and(|d| d.len() > 10),
-        "a human sentence: {body}"
-    );
-    assert!(
-        body["type"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("urn:graft:problem:")),
-        "{body}"
-    );
+    assert!(body["detail"].as_str().is_some_and(|d| d.len() > 10), "a human sentence: {body}");
+    assert!(body["type"].as_str().is_some_and(|t| t.starts_with("urn:graft:problem:")), "{body}");
     body
 }

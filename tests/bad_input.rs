@@ -1,0 +1,172 @@
+//! Bad input never panics: each case answers problem+json with the right status, and
+//! the server answers the next good request.
+
+mod common;
+
+use common::*;
+use graft::config::Limits;
+use serde_json::json;
+
+/// A PNG whose header claims `width × height`, followed by the start of pixel data that
+/// never finishes: only a decoder that reads the header first can answer "too large".
+fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32(&ihdr).to_be_bytes());
+    let idat = b"IDAT\x78\x9c\x00\x00\x00\xff\xff".to_vec();
+    png.extend(((idat.len() - 4) as u32).to_be_bytes());
+    png.extend(&idat);
+    png.extend(crc32(&idat).to_be_bytes());
+    png
+}
+
+async fn assert_still_serving(server: &TestServer) {
+    let response = client()
+        .post(format!("{}/v1/models/tiny_nchw/classify", server.url))
+        .header("content-type", "image/png")
+        .body(image("img0.png"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the server must keep answering after bad input");
+}
+
+#[tokio::test]
+async fn each_bad_request_gets_a_problem_and_the_server_goes_on() {
+    let limits = Limits { max_body_bytes: 64 * 1024, max_pixels: 40_000_000, ..Limits::default() };
+    let server = start_server(&fixture_models(), limits).await;
+    let http = client();
+    let classify = format!("{}/v1/models/tiny_nchw/classify", server.url);
+    let truncated_jpeg = {
+        let jpeg = image("img0.jpg");
+        jpeg[..jpeg.len() / 2].to_vec()
+    };
+    let mut corrupt_png = image("img0.png");
+    let middle = corrupt_png.len() / 2;
+    corrupt_png[middle..middle + 16].copy_from_slice(&[0xAB; 16]);
+
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        ("text body", http.post(&classify).header("content-type", "text/plain").body("hello"), 415, "unsupported-media-type"),
+        ("no content type", http.post(&classify).body(image("img0.png")), 415, "unsupported-media-type"),
+        ("text as png", http.post(&classify).header("content-type", "image/png").body("not an image at all"), 422, "not-an-image"),
+        (
+            "tiff",
+            http.post(&classify).header("content-type", "application/octet-stream").body(b"II*\x00\x08\x00\x00\x00".to_vec()),
+            415,
+            "unsupported-image-format",
+        ),
+        ("truncated jpeg", http.post(&classify).header("content-type", "image/jpeg").body(truncated_jpeg), 422, "invalid-image"),
+        ("corrupt png", http.post(&classify).header("content-type", "image/png").body(corrupt_png), 422, "invalid-image"),
+        (
+            "48 megapixels, refused from the header",
+            http.post(&classify).header("content-type", "image/png").body(png_header_only(8000, 6000)),
+            422,
+            "image-too-large",
+        ),
+        (
+            "raw body over the limit",
+            http.post(&classify).header("content-type", "image/png").body(vec![0u8; 100 * 1024]),
+            413,
+            "payload-too-large",
+        ),
+        (
+            "multipart over the limit",
+            http.post(&classify).multipart(
+                reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(vec![0u8; 100 * 1024])),
+            ),
+            413,
+            "payload-too-large",
+        ),
+        (
+            "json over the limit",
+            http.post(&classify).json(&json!({ "images": [{ "b64": "A".repeat(100 * 1024) }] })),
+            413,
+            "payload-too-large",
+        ),
+        (
+            "unknown model",
+            http.post(format!("{}/v1/models/nope/classify", server.url))
+                .header("content-type", "image/png")
+                .body(image("img0.png")),
+            404,
+            "unknown-model",
+        ),
+        ("top_k zero", http.post(format!("{classify}?top_k=0")).header("content-type", "image/png").body(image("img0.png")), 400, "bad-request"),
+        (
+            "top_k above the class count",
+            http.post(format!("{classify}?top_k=11")).header("content-type", "image/png").body(image("img0.png")),
+            400,
+            "bad-request",
+        ),
+        ("top_k not a number", http.post(format!("{classify}?top_k=five")).header("content-type", "image/png").body(image("img0.png")), 400, "bad-request"),
+        ("bad base64", http.post(&classify).json(&json!({ "images": [{ "b64": "%%%" }] })), 422, "unprocessable"),
+        ("malformed json", http.post(&classify).header("content-type", "application/json").body("{\"images\": ["), 422, "unprocessable"),
+        ("no images in json", http.post(&classify).json(&json!({ "images": [] })), 422, "unprocessable"),
+        (
+            "text part in multipart",
+            http.post(&classify).multipart(reqwest::multipart::Form::new().text("note", "a daisy")),
+            422,
+            "not-an-image",
+        ),
+        ("unknown route", http.get(format!("{}/v2/nothing", server.url)), 404, "not-found"),
+        ("wrong method", http.get(&classify), 405, "method-not-allowed"),
+    ];
+    for (name, request, status, slug) in cases {
+        let response = request.send().await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let body = expect_problem(response, status).await;
+        assert_eq!(body["type"], format!("urn:graft:problem:{slug}"), "{name}: {body}");
+        assert_still_serving(&server).await;
+    }
+}
+
+#[tokio::test]
+async fn a_small_pixel_budget_refuses_ordinary_images() {
+    let limits = Limits { max_pixels: 1000, ..Limits::default() };
+    let server = start_server(&fixture_models(), limits).await;
+    let response = client()
+        .post(format!("{}/v1/models/tiny_nchw/classify", server.url))
+        .header("content-type", "image/png")
+        .body(image("img0.png"))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(response, 422).await;
+    assert!(body["detail"].as_str().unwrap().contains("32×32 = 1024 pixels, over the budget of 1000"), "{body}");
+}
+
+#[tokio::test]
+async fn a_model_still_loading_is_unavailable_and_not_ready() {
+    // A registry whose models were never loaded: readiness is 503, classify is 503.
+    let registry = std::sync::Arc::new(graft::zoo::ModelRegistry::new(
+        graft::zoo::load_manifest_dir(&fixture_models()).unwrap(),
+    ));
+    let state = graft::AppState { registry, limits: Limits::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, graft::app(state)).await.unwrap() });
+    let ready = client().get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let response = client()
+        .post(format!("{url}/v1/models/tiny_nchw/classify"))
+        .header("content-type", "image/png")
+        .body(image("img0.png"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(response, 503).await;
+}
