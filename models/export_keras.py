@@ -6,8 +6,9 @@
 
 Needs tensorflow-cpu, tf2onnx and onnx (`make keras-models` installs them in .venv-keras).
 The manifest written beside the model names the input, the probabilities output and the
-pooled-feature tensor (the GlobalAveragePool output) as found in the exported graph, and
-the sha256 of the file; the export is then run once with onnxruntime when available.
+pooled-feature tensor (the GlobalAveragePool output) as found in the exported graph; it
+carries no sha256 because every export is a new file (the script prints the file's hash).
+The export is then run once with onnxruntime when it is installed.
 """
 
 import argparse
@@ -20,9 +21,8 @@ SPECS = {
     "xception": ("Xception", 299, "tf"),
 }
 
-MANIFEST = """description = "Keras applications.{cls} ({weights} weights) exported with models/export_keras.py"
+MANIFEST = """description = "Keras applications.{cls} exported with models/export_keras.py (NHWC, {normalize} preprocessing)"
 file = "{file}"
-sha256 = "{sha}"
 
 [input]
 name = "input"
@@ -71,8 +71,8 @@ def main():
     features = pooled_feature_tensor(proto)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest = args.out_dir / f"{args.model}.toml"
-    manifest.write_text(MANIFEST.format(cls=cls, weights=args.weights, file=path.name, sha=sha, size=size,
-                                        normalize=normalize, output=output, features=features))
+    manifest.write_text(MANIFEST.format(cls=cls, file=path.name, size=size, normalize=normalize, output=output,
+                                        features=features))
     onnx.checker.check_model(str(path))
     try:
         import numpy as np
@@ -83,7 +83,7 @@ def main():
         print(f"onnxruntime check: output {output} {probs.shape}, sums to {probs.sum():.4f}")
     except ImportError:
         print("onnxruntime is not installed: skipped the run check (graft models check does it)")
-    print(f"wrote {path} and {manifest} (features: {features})")
+    print(f"wrote {path} (sha256 {sha}) and {manifest} (features: {features})")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let registry = Arc::new(ModelRegistry::new(selected));
     let state = AppState { registry: registry.clone(), limits: settings.limits.clone() };
 
-    let session_options = settings.runtime.session_options();
+    let mut session_options = settings.runtime.session_options();
+    session_options.device = runtime::resolve_device(&env, session_options.device)?;
     let limits = settings.limits.clone();
     tokio::task::spawn_blocking(move || {
         registry.load_all(&env, &session_options, limits.max_batch_size, limits.queue_capacity);

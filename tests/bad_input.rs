@@ -61,17 +61,39 @@ async fn each_bad_request_gets_a_problem_and_the_server_goes_on() {
     corrupt_png[middle..middle + 16].copy_from_slice(&[0xAB; 16]);
 
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
-        ("text body", http.post(&classify).header("content-type", "text/plain").body("hello"), 415, "unsupported-media-type"),
+        (
+            "text body",
+            http.post(&classify).header("content-type", "text/plain").body("hello"),
+            415,
+            "unsupported-media-type",
+        ),
         ("no content type", http.post(&classify).body(image("img0.png")), 415, "unsupported-media-type"),
-        ("text as png", http.post(&classify).header("content-type", "image/png").body("not an image at all"), 422, "not-an-image"),
+        (
+            "text as png",
+            http.post(&classify).header("content-type", "image/png").body("not an image at all"),
+            422,
+            "not-an-image",
+        ),
         (
             "tiff",
-            http.post(&classify).header("content-type", "application/octet-stream").body(b"II*\x00\x08\x00\x00\x00".to_vec()),
+            http.post(&classify)
+                .header("content-type", "application/octet-stream")
+                .body(b"II*\x00\x08\x00\x00\x00".to_vec()),
             415,
             "unsupported-image-format",
         ),
-        ("truncated jpeg", http.post(&classify).header("content-type", "image/jpeg").body(truncated_jpeg), 422, "invalid-image"),
-        ("corrupt png", http.post(&classify).header("content-type", "image/png").body(corrupt_png), 422, "invalid-image"),
+        (
+            "truncated jpeg",
+            http.post(&classify).header("content-type", "image/jpeg").body(truncated_jpeg),
+            422,
+            "invalid-image",
+        ),
+        (
+            "corrupt png",
+            http.post(&classify).header("content-type", "image/png").body(corrupt_png),
+            422,
+            "invalid-image",
+        ),
         (
             "48 megapixels, refused from the header",
             http.post(&classify).header("content-type", "image/png").body(png_header_only(8000, 6000)),
@@ -106,16 +128,31 @@ async fn each_bad_request_gets_a_problem_and_the_server_goes_on() {
             404,
             "unknown-model",
         ),
-        ("top_k zero", http.post(format!("{classify}?top_k=0")).header("content-type", "image/png").body(image("img0.png")), 400, "bad-request"),
+        (
+            "top_k zero",
+            http.post(format!("{classify}?top_k=0")).header("content-type", "image/png").body(image("img0.png")),
+            400,
+            "bad-request",
+        ),
         (
             "top_k above the class count",
             http.post(format!("{classify}?top_k=11")).header("content-type", "image/png").body(image("img0.png")),
             400,
             "bad-request",
         ),
-        ("top_k not a number", http.post(format!("{classify}?top_k=five")).header("content-type", "image/png").body(image("img0.png")), 400, "bad-request"),
+        (
+            "top_k not a number",
+            http.post(format!("{classify}?top_k=five")).header("content-type", "image/png").body(image("img0.png")),
+            400,
+            "bad-request",
+        ),
         ("bad base64", http.post(&classify).json(&json!({ "images": [{ "b64": "%%%" }] })), 422, "unprocessable"),
-        ("malformed json", http.post(&classify).header("content-type", "application/json").body("{\"images\": ["), 422, "unprocessable"),
+        (
+            "malformed json",
+            http.post(&classify).header("content-type", "application/json").body("{\"images\": ["),
+            422,
+            "unprocessable",
+        ),
         ("no images in json", http.post(&classify).json(&json!({ "images": [] })), 422, "unprocessable"),
         (
             "text part in multipart",
@@ -152,9 +189,8 @@ async fn a_small_pixel_budget_refuses_ordinary_images() {
 #[tokio::test]
 async fn a_model_still_loading_is_unavailable_and_not_ready() {
     // A registry whose models were never loaded: readiness is 503, classify is 503.
-    let registry = std::sync::Arc::new(graft::zoo::ModelRegistry::new(
-        graft::zoo::load_manifest_dir(&fixture_models()).unwrap(),
-    ));
+    let registry =
+        std::sync::Arc::new(graft::zoo::ModelRegistry::new(graft::zoo::load_manifest_dir(&fixture_models()).unwrap()));
     let state = graft::AppState { registry, limits: Limits::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -94,8 +94,11 @@ fn special_images_decode_to_the_reference_rgb() {
 #[test]
 fn real_photo_decodes_like_pillow() {
     let got = decode_image(&image("china.jpg"), &DecodeLimits::default()).unwrap();
-    let want = decode_image(&std::fs::read(fixtures().join("preprocess/china_decoded.png")).unwrap(), &DecodeLimits::default())
-        .unwrap();
+    let want = decode_image(
+        &std::fs::read(fixtures().join("preprocess/china_decoded.png")).unwrap(),
+        &DecodeLimits::default(),
+    )
+    .unwrap();
     assert_eq!(got.dimensions(), (640, 427));
     assert_eq!(got.dimensions(), want.dimensions());
     let diffs: Vec<u8> = got.as_raw().iter().zip(want.as_raw()).map(|(g, w)| g.abs_diff(*w)).collect();

@@ -10,4 +10,4 @@ mod session;
 pub use device::Device;
 pub use library::{LibraryError, find_library, init_runtime};
 pub use runner::{InferenceError, ModelRunner, RunnerConfig};
-pub use session::{ModelSession, SessionError, SessionOptions, TensorSpec, open_session};
+pub use session::{ModelSession, SessionError, SessionOptions, TensorSpec, open_session, resolve_device};

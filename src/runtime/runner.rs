@@ -32,11 +32,14 @@ pub enum InferenceError {
     Runtime(String),
 }
 
+/// One output row per image, or why the batch failed.
+type Reply = Result<Vec<Vec<f32>>, InferenceError>;
+
 struct Request {
     /// `count` images, each `image_len` values, back to back.
     pixels: Vec<f32>,
     count: usize,
-    reply: oneshot::Sender<Result<Vec<Vec<f32>>, InferenceError>>,
+    reply: oneshot::Sender<Reply>,
 }
 
 #[derive(Clone)]
@@ -73,11 +76,7 @@ impl ModelRunner {
         reply.blocking_recv().map_err(|_| InferenceError::Stopped)?
     }
 
-    fn submit(
-        &self,
-        pixels: Vec<f32>,
-        count: usize,
-    ) -> Result<oneshot::Receiver<Result<Vec<Vec<f32>>, InferenceError>>, InferenceError> {
+    fn submit(&self, pixels: Vec<f32>, count: usize) -> Result<oneshot::Receiver<Reply>, InferenceError> {
         assert!(count >= 1 && count <= self.config.max_batch_size, "callers split requests into batches");
         assert_eq!(pixels.len(), count * self.image_len(), "pixels must hold `count` whole images");
         let (reply, receiver) = oneshot::channel();

@@ -37,10 +37,39 @@ pub struct ModelSession {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("CUDA could not be started on device {device}: {reason}")]
+    #[error(
+        "CUDA could not be started on device {device}: {reason} (CUDA needs the GPU build of ONNX Runtime, `make ort ORT_VARIANT=gpu`, with the CUDA 13 runtime, cuBLAS and cuDNN 9 libraries)"
+    )]
     Cuda { device: i32, reason: String },
     #[error("ONNX Runtime could not load {path}: {reason}")]
     Load { path: String, reason: String },
+}
+
+/// Starts the requested execution provider once, before any model loads, so that
+/// `--device cuda` on a machine without a working CUDA stack fails at start-up.
+/// Returns the device sessions will use (`auto` resolves to CUDA or CPU, logged).
+pub fn resolve_device(env: &Environment, device: Device) -> Result<Device, SessionError> {
+    let cuda_starts = |id: i32| -> Result<(), SessionError> {
+        Session::builder(env)
+            .map_err(|e| SessionError::Cuda { device: id, reason: e.to_string() })?
+            .with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()])
+            .map(drop)
+            .map_err(|e| SessionError::Cuda { device: id, reason: e.to_string() })
+    };
+    match device {
+        Device::Cpu => Ok(Device::Cpu),
+        Device::Cuda(id) => cuda_starts(id).map(|()| device),
+        Device::Auto => match cuda_starts(0) {
+            Ok(()) => {
+                tracing::info!("--device auto: using CUDA device 0");
+                Ok(Device::Cuda(0))
+            }
+            Err(err) => {
+                tracing::info!("--device auto: {err}; using the CPU");
+                Ok(Device::Cpu)
+            }
+        },
+    }
 }
 
 pub fn open_session(env: &Environment, model: &Path, options: &SessionOptions) -> Result<ModelSession, SessionError> {

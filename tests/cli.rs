@@ -1,0 +1,114 @@
+//! The `graft` binary: start-up errors that say what to do, the device choice, and a
+//! graceful shutdown on SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn graft() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_graft"));
+    command.env("RUST_LOG", "info");
+    command
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn a_missing_runtime_library_names_the_fix() {
+    let output = graft().args(["serve", "--ort-library", "/nonexistent/libonnxruntime.so.1.31.1"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("run `make ort`") && stderr.contains("/nonexistent/libonnxruntime.so.1.31.1"), "{stderr}");
+}
+
+#[test]
+fn cuda_that_cannot_start_is_a_start_up_error_and_auto_falls_back() {
+    // The CPU build of ONNX Runtime has no CUDA provider.
+    let dir = fixture_models();
+    let output = graft()
+        .args(["serve", "--device", "cuda", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--model-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CUDA could not be started on device 0"), "{stderr}");
+
+    let output = graft()
+        .args(["models", "check", "tiny_nchw", "--device", "auto"])
+        .arg("--model-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("using the CPU"), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("tiny_nchw: ok (10 classes, CPUExecutionProvider)"));
+}
+
+#[test]
+fn a_bad_manifest_stops_start_up_naming_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("labels.tsv"), "index\tid\tname\n0\ta\tcat\n").unwrap();
+    std::fs::write(
+        dir.path().join("broken.toml"),
+        "file = \"m.onnx\"\n[input]\nname = \"x\"\nlayout = \"NCHW\"\nheight = 8\nwidth = 8\nresize = \"crop\"\ncrop_fraction = 1.5\nnormalize = \"tf\"\n[output]\nname = \"y\"\nkind = \"logits\"\nlabels = \"labels.tsv\"\n",
+    )
+    .unwrap();
+    let output = graft()
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--model-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("broken.toml") && stderr.contains("input.crop_fraction"), "{stderr}");
+}
+
+#[tokio::test]
+async fn serves_until_sigterm_then_exits_cleanly() {
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--model-dir")
+        .arg(fixture_models())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(response) = client().get(format!("{url}/readyz")).send().await
+            && response.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "graft did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let response = client()
+        .post(format!("{url}/v1/models/tiny_nhwc/classify"))
+        .header("content-type", "image/png")
+        .body(image("img1.png"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status =
+        tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("graft did not stop").unwrap();
+    assert!(status.success(), "{status}");
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).await.unwrap();
+    assert!(stderr.contains("shutting down") && stderr.contains("graft stopped"), "{stderr}");
+}

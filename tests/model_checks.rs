@@ -1,0 +1,74 @@
+//! A model whose ONNX inputs/outputs do not match its manifest is refused with the reason.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use graft::zoo::{Manifest, load_model};
+
+/// Writes a variant of the fixture manifest `base` into `dir`, edited by `edit`.
+fn variant(dir: &Path, base: &str, edit: impl Fn(String) -> String) -> Manifest {
+    let models = fixture_models();
+    let text = std::fs::read_to_string(models.join(format!("{base}.toml"))).unwrap();
+    let text =
+        text.replace(&format!("file = \"{base}.onnx\""), &format!("file = {:?}", models.join(format!("{base}.onnx"))));
+    let path = dir.join(format!("{base}.toml"));
+    std::fs::write(&path, edit(text)).unwrap();
+    if !dir.join("fixture_labels.tsv").exists() {
+        std::fs::copy(models.join("fixture_labels.tsv"), dir.join("fixture_labels.tsv")).unwrap();
+    }
+    Manifest::load(&path).unwrap()
+}
+
+fn refusal(manifest: Manifest) -> String {
+    match load_model(&runtime(), Arc::new(manifest), &cpu(), 4, 4) {
+        Ok(_) => panic!("the model was accepted"),
+        Err(reason) => reason,
+    }
+}
+
+#[test]
+fn the_fixture_manifests_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    for base in ["tiny_nchw", "tiny_nhwc"] {
+        let model = load_model(&runtime(), Arc::new(variant(dir.path(), base, |t| t)), &cpu(), 4, 4).unwrap();
+        assert_eq!(model.labels.len(), 10);
+        assert_eq!(model.runner.config().max_batch_size, 4);
+    }
+}
+
+#[test]
+fn mismatches_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let reason = refusal(variant(dir.path(), "tiny_nchw", |t| t.replace("layout = \"NCHW\"", "layout = \"NHWC\"")));
+    assert!(
+        reason.contains("pixels") && reason.contains("[-1, 3, 32, 32]") && reason.contains("[32, 32, 3]"),
+        "{reason}"
+    );
+
+    let reason = refusal(variant(dir.path(), "tiny_nchw", |t| t.replace("height = 32", "height = 64")));
+    assert!(reason.contains("[3, 64, 32]"), "{reason}");
+
+    let reason = refusal(variant(dir.path(), "tiny_nchw", |t| t.replace("name = \"pixels\"", "name = \"image\"")));
+    assert!(reason.contains("`image` is not an input") && reason.contains("pixels"), "{reason}");
+
+    let reason = refusal(variant(dir.path(), "tiny_nhwc", |t| t.replace("name = \"probs\"", "name = \"scores\"")));
+    assert!(reason.contains("`scores` is not an output") && reason.contains("probs"), "{reason}");
+
+    let nine = tempfile::tempdir().unwrap();
+    let labels: String = std::fs::read_to_string(fixture_models().join("fixture_labels.tsv"))
+        .unwrap()
+        .lines()
+        .take(10)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(nine.path().join("fixture_labels.tsv"), labels).unwrap();
+    let reason = refusal(variant(nine.path(), "tiny_nchw", |t| t));
+    assert!(reason.contains("10 classes") && reason.contains("has 9"), "{reason}");
+
+    let reason =
+        refusal(variant(dir.path(), "tiny_nhwc", |t| t.replace("file = ", "file = \"/nonexistent/x.onnx\"\n#")));
+    assert!(reason.contains("missing") && reason.contains("graft models pull tiny_nhwc"), "{reason}");
+}
