@@ -161,7 +161,7 @@ async fn each_bad_request_gets_a_problem_and_the_server_goes_on() {
             "not-an-image",
         ),
         ("unknown route", http.get(format!("{}/v2/nothing", server.url)), 404, "not-found"),
-        ("wrong method", http.get(&classify), 405, "method-not-allowed"),
+        ("wrong method", http.delete(&classify), 405, "method-not-allowed"),
     ];
     for (name, request, status, slug) in cases {
         let response = request.send().await.unwrap_or_else(|e| panic!("{name}: {e}"));

@@ -35,7 +35,8 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::get_model))
-        .route("/v1/models/{model}/classify", post(classify::classify))
+        // PUT too, so that `curl -T photo.jpg` (an upload with PUT) works as well as POST.
+        .route("/v1/models/{model}/classify", post(classify::classify).put(classify::classify))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -107,6 +107,10 @@ pub async fn pull_model(
         Some(_) => {}
         None => tracing::warn!("the manifest of {} has no sha256; the file pulled has sha256 {actual}", manifest.name),
     }
+    // Temporary files are private (0600); the model file is an ordinary readable file.
+    let mut perms = temp.as_file().metadata().map_err(io(temp.path()))?.permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    temp.as_file().set_permissions(perms).map_err(io(temp.path()))?;
     temp.as_file().sync_all().map_err(io(temp.path()))?;
     temp.persist(&target).map_err(|e| PullError::Io { path: target.clone(), reason: e.error.to_string() })?;
     Ok((target, PullOutcome::Downloaded { bytes, sha256: actual }))

@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# graft: multi-stage build. CPU (default):
+#   docker build -t graft .
+# CUDA (the onnxruntime-gpu library on a CUDA 13 + cuDNN 9 runtime image):
+#   docker build -t graft:cuda --build-arg VARIANT=gpu \
+#     --build-arg RUNTIME_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 .
+# Model files are not in the image: mount a folder holding them next to the manifests,
+#   docker run -p 8080:8080 -v "$PWD/models:/opt/graft/models:ro" graft
+
+ARG VARIANT=cpu
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+ARG ORT_VERSION=1.31.1
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY migrations migrations
+RUN cargo build --release --locked --bin graft
+
+FROM python:3.12-slim AS onnxruntime
+ARG VARIANT
+ARG ORT_VERSION
+COPY scripts/fetch_ort.py /fetch_ort.py
+RUN package=$([ "$VARIANT" = gpu ] && echo onnxruntime-gpu || echo onnxruntime) \
+ && python /fetch_ort.py --package "$package" --version "$ORT_VERSION" --dest /ort
+
+FROM ${RUNTIME_IMAGE}
+ARG ORT_VERSION
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/graft --create-home graft
+COPY --from=build /src/target/release/graft /usr/local/bin/graft
+COPY --from=onnxruntime /ort/ /usr/local/lib/graft/
+COPY models/*.toml models/*.tsv /opt/graft/models/
+ENV ORT_DYLIB_PATH=/usr/local/lib/graft/libonnxruntime.so.${ORT_VERSION} \
+    GRAFT_MODEL_DIR=/opt/graft/models \
+    GRAFT_LISTEN=0.0.0.0:8080
+USER graft
+WORKDIR /var/lib/graft
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
+  CMD curl -fsS http://127.0.0.1:8080/readyz >/dev/null || exit 1
+ENTRYPOINT ["graft"]
+CMD ["serve"]
