@@ -43,7 +43,7 @@ pub struct ServeSettings {
     #[command(flatten)]
     pub models: ModelSettings,
     /// Models to serve, comma-separated (default: every manifest whose model file is present).
-    #[arg(long = "serve-models", env = "GRAFT_MODELS", value_delimiter = ',')]
+    #[arg(long = "models", value_name = "NAMES", env = "GRAFT_MODELS", value_delimiter = ',')]
     pub serve_models: Vec<String>,
     #[command(flatten)]
     pub runtime: RuntimeSettings,
