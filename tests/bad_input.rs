@@ -36,13 +36,7 @@ fn png_header_only(width: u32, height: u32) -> Vec<u8> {
 }
 
 async fn assert_still_serving(server: &TestServer) {
-    let response = client()
-        .post(format!("{}/v1/models/tiny_nchw/classify", server.url))
-        .header("content-type", "image/png")
-        .body(image("img0.png"))
-        .send()
-        .await
-        .unwrap();
+    let response = post_image(&server.url, "tiny_nchw", "image/png", "img0.png").await;
     assert_eq!(response.status(), 200, "the server must keep answering after bad input");
 }
 
@@ -175,13 +169,7 @@ async fn each_bad_request_gets_a_problem_and_the_server_goes_on() {
 async fn a_small_pixel_budget_refuses_ordinary_images() {
     let limits = Limits { max_pixels: 1000, ..Limits::default() };
     let server = start_server(&fixture_models(), limits).await;
-    let response = client()
-        .post(format!("{}/v1/models/tiny_nchw/classify", server.url))
-        .header("content-type", "image/png")
-        .body(image("img0.png"))
-        .send()
-        .await
-        .unwrap();
+    let response = post_image(&server.url, "tiny_nchw", "image/png", "img0.png").await;
     let body = expect_problem(response, 422).await;
     assert!(body["detail"].as_str().unwrap().contains("32×32 = 1024 pixels, over the budget of 1000"), "{body}");
 }
@@ -191,18 +179,9 @@ async fn a_model_still_loading_is_unavailable_and_not_ready() {
     // A registry whose models were never loaded: readiness is 503, classify is 503.
     let registry =
         std::sync::Arc::new(graft::zoo::ModelRegistry::new(graft::zoo::load_manifest_dir(&fixture_models()).unwrap()));
-    let state = graft::AppState { registry, limits: Limits::default() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, graft::app(state)).await.unwrap() });
+    let url = serve_app(graft::AppState { registry, limits: Limits::default() }).await;
     let ready = client().get(format!("{url}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
-    let response = client()
-        .post(format!("{url}/v1/models/tiny_nchw/classify"))
-        .header("content-type", "image/png")
-        .body(image("img0.png"))
-        .send()
-        .await
-        .unwrap();
+    let response = post_image(&url, "tiny_nchw", "image/png", "img0.png").await;
     expect_problem(response, 503).await;
 }

@@ -94,13 +94,7 @@ async fn serves_until_sigterm_then_exits_cleanly() {
         assert!(Instant::now() < deadline, "graft did not become ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let response = client()
-        .post(format!("{url}/v1/models/tiny_nhwc/classify"))
-        .header("content-type", "image/png")
-        .body(image("img1.png"))
-        .send()
-        .await
-        .unwrap();
+    let response = post_image(&url, "tiny_nhwc", "image/png", "img1.png").await;
     assert_eq!(response.status(), 200);
 
     let pid = child.id().unwrap().to_string();

@@ -64,16 +64,8 @@ async fn real_photos_get_the_reference_top5() {
         }
     }
     // The photos are what they are: a temple and a daisy.
-    let daisy = client()
-        .post(format!("{}/v1/models/efficientnet_lite0/classify?top_k=1", server.url))
-        .header("content-type", "image/jpeg")
-        .body(image("flower.jpg"))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let daisy: Value =
+        post_image(&server.url, "efficientnet_lite0", "image/jpeg", "flower.jpg").await.json().await.unwrap();
     assert_eq!(daisy["predictions"][0][0]["class_id"], "n11939491");
     assert_eq!(daisy["predictions"][0][0]["label"], "daisy");
 }

@@ -56,11 +56,27 @@ pub async fn start_server(model_dir: &Path, limits: Limits) -> TestServer {
         .await
         .unwrap();
     }
-    let state = AppState { registry: registry.clone(), limits };
+    let url = serve_app(AppState { registry: registry.clone(), limits }).await;
+    TestServer { url, registry }
+}
+
+/// Serves `state` on 127.0.0.1:0 in the background; returns the base URL.
+pub async fn serve_app(state: AppState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
-    TestServer { url, registry }
+    url
+}
+
+/// Sends the fixture image `name` as a raw body to `model`'s classify endpoint.
+pub async fn post_image(base_url: &str, model: &str, content_type: &str, name: &str) -> reqwest::Response {
+    client()
+        .post(format!("{base_url}/v1/models/{model}/classify"))
+        .header("content-type", content_type)
+        .body(image(name))
+        .send()
+        .await
+        .unwrap()
 }
 
 pub fn client() -> reqwest::Client {
