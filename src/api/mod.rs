@@ -13,7 +13,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::config::Limits;
 use crate::zoo::ModelRegistry;
@@ -41,6 +41,8 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(problem::panic_to_problem))
-        .layer(TraceLayer::new_for_http())
+        // Failures are logged where they are understood (problem.rs logs 500s); a 503 from
+        // /readyz while models load is expected and must not read as an error.
+        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
         .with_state(state)
 }
