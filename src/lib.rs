@@ -5,8 +5,10 @@
 
 pub mod api;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod runtime;
+pub mod train;
 pub mod vision;
 pub mod zoo;
 
