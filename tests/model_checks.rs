@@ -36,7 +36,18 @@ fn the_fixture_manifests_are_accepted() {
         let model = load_model(&runtime(), Arc::new(variant(dir.path(), base, |t| t)), &cpu(), 4, 4).unwrap();
         assert_eq!(model.labels.len(), 10);
         assert_eq!(model.runner.config().max_batch_size, 4);
+        // The pooled features (GlobalAveragePool of an 8-channel conv) are exposed by graph surgery.
+        assert_eq!(model.features, Ok(8));
     }
+}
+
+#[test]
+fn a_wrong_feature_tensor_still_serves_scores_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = variant(dir.path(), "tiny_nchw", |t| t.replace("features = \"pooled\"", "features = \"pooling\""));
+    let model = load_model(&runtime(), Arc::new(manifest), &cpu(), 4, 4).unwrap();
+    let reason = model.features.unwrap_err();
+    assert!(reason.contains("`pooling`") && reason.contains("pooled"), "{reason}");
 }
 
 #[test]

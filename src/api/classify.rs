@@ -59,7 +59,8 @@ pub async fn classify(
             .map_err(|e| Error::Internal(format!("preprocessing stopped: {e}")))??
     };
     let outputs = try_join_all(batches.into_iter().map(|(pixels, count)| model.runner.infer(pixels, count))).await?;
-    let predictions = outputs.into_iter().flatten().map(|row| top_predictions(&model, row, top_k)).collect();
+    let predictions =
+        outputs.into_iter().flatten().map(|mut image| top_predictions(&model, image.swap_remove(0), top_k)).collect();
     Ok(Json(ClassifyResponse { model: name, predictions }))
 }
 

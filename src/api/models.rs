@@ -45,6 +45,10 @@ fn describe(manifest: &Arc<Manifest>, state: &ModelState) -> Value {
             out["provider"] = json!(model.provider);
             out["classes"] = json!(model.labels.len());
             out["max_batch_size"] = json!(model.runner.config().max_batch_size);
+            match &model.features {
+                Ok(width) => out["output"]["feature_width"] = json!(width),
+                Err(reason) => out["output"]["features_unavailable"] = json!(reason),
+            }
             out["graph"] = json!({ "inputs": model.inputs, "outputs": model.outputs });
         }
         ModelState::Failed(reason) => out["reason"] = json!(reason),

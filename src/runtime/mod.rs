@@ -9,5 +9,6 @@ mod session;
 
 pub use device::Device;
 pub use library::{LibraryError, find_library, init_runtime};
-pub use runner::{InferenceError, ModelRunner, RunnerConfig};
-pub use session::{ModelSession, SessionError, SessionOptions, TensorSpec, open_session, resolve_device};
+pub use runner::{ImageOutputs, InferenceError, ModelRunner, RunnerConfig};
+pub use session::{ModelSession, ModelSource, SessionError, SessionOptions, TensorSpec, open_session, resolve_device};
+pub mod graph;

@@ -14,7 +14,8 @@ use super::ModelSession;
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     pub input_name: String,
-    pub output_name: String,
+    /// Outputs returned for every image, in this order (e.g. the scores, then the pooled features).
+    pub output_names: Vec<String>,
     /// The dimensions of one image after the batch dimension, in the model's layout.
     pub image_dims: [usize; 3],
     pub max_batch_size: usize,
@@ -32,8 +33,11 @@ pub enum InferenceError {
     Runtime(String),
 }
 
-/// One output row per image, or why the batch failed.
-type Reply = Result<Vec<Vec<f32>>, InferenceError>;
+/// Per image: one vector per configured output, in `output_names` order.
+pub type ImageOutputs = Vec<Vec<f32>>;
+
+/// One entry per image, or why the batch failed.
+type Reply = Result<Vec<ImageOutputs>, InferenceError>;
 
 struct Request {
     /// `count` images, each `image_len` values, back to back.
@@ -64,14 +68,14 @@ impl ModelRunner {
         self.config.image_dims.iter().product()
     }
 
-    /// Runs `count` preprocessed images (at most `max_batch_size`) and returns one output row per image.
-    pub async fn infer(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<Vec<f32>>, InferenceError> {
+    /// Runs `count` preprocessed images (at most `max_batch_size`) and returns each image's outputs.
+    pub async fn infer(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<ImageOutputs>, InferenceError> {
         let reply = self.submit(pixels, count)?;
         reply.await.map_err(|_| InferenceError::Stopped)?
     }
 
     /// As [`infer`](Self::infer), for callers outside the async runtime.
-    pub fn infer_blocking(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<Vec<f32>>, InferenceError> {
+    pub fn infer_blocking(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<ImageOutputs>, InferenceError> {
         let reply = self.submit(pixels, count)?;
         reply.blocking_recv().map_err(|_| InferenceError::Stopped)?
     }
@@ -130,11 +134,7 @@ fn run_loop(mut session: ModelSession, mut receiver: mpsc::Receiver<Request>, co
     }
 }
 
-fn run_batch(
-    session: &mut ModelSession,
-    batch: &[Request],
-    config: &RunnerConfig,
-) -> Result<Vec<Vec<f32>>, InferenceError> {
+fn run_batch(session: &mut ModelSession, batch: &[Request], config: &RunnerConfig) -> Reply {
     let count: usize = batch.iter().map(|r| r.count).sum();
     let mut pixels = Vec::with_capacity(count * config.image_dims.iter().product::<usize>());
     for request in batch {
@@ -146,12 +146,18 @@ fn run_batch(
         .session
         .run(ort::inputs![config.input_name.as_str() => input])
         .map_err(|e| InferenceError::Runtime(e.to_string()))?;
-    let output = outputs
-        .get(&config.output_name)
-        .ok_or_else(|| InferenceError::Runtime(format!("the model produced no output named {}", config.output_name)))?;
-    let (_, values) = output.try_extract_tensor::<f32>().map_err(|e| InferenceError::Runtime(e.to_string()))?;
-    if values.is_empty() || values.len() % count != 0 {
-        return Err(InferenceError::Runtime(format!("output has {} values for {count} images", values.len())));
+    let mut per_image: Vec<ImageOutputs> = vec![Vec::with_capacity(config.output_names.len()); count];
+    for name in &config.output_names {
+        let output = outputs
+            .get(name)
+            .ok_or_else(|| InferenceError::Runtime(format!("the model produced no output named {name}")))?;
+        let (_, values) = output.try_extract_tensor::<f32>().map_err(|e| InferenceError::Runtime(e.to_string()))?;
+        if values.is_empty() || values.len() % count != 0 {
+            return Err(InferenceError::Runtime(format!("output {name} has {} values for {count} images", values.len())));
+        }
+        for (image, row) in per_image.iter_mut().zip(values.chunks(values.len() / count)) {
+            image.push(row.to_vec());
+        }
     }
-    Ok(values.chunks(values.len() / count).map(<[f32]>::to_vec).collect())
+    Ok(per_image)
 }

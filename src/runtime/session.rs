@@ -72,7 +72,16 @@ pub fn resolve_device(env: &Environment, device: Device) -> Result<Device, Sessi
     }
 }
 
-pub fn open_session(env: &Environment, model: &Path, options: &SessionOptions) -> Result<ModelSession, SessionError> {
+/// Where a session's graph comes from: the file as it is, or edited bytes of it.
+pub enum ModelSource<'a> {
+    File(&'a Path),
+    Edited { path: &'a Path, bytes: &'a [u8] },
+}
+
+pub fn open_session(env: &Environment, source: ModelSource<'_>, options: &SessionOptions) -> Result<ModelSession, SessionError> {
+    let model = match source {
+        ModelSource::File(path) | ModelSource::Edited { path, .. } => path,
+    };
     let load_error = |reason: String| SessionError::Load { path: model.display().to_string(), reason };
     let base = || -> Result<SessionBuilder, SessionError> {
         Session::builder(env)
@@ -97,7 +106,11 @@ pub fn open_session(env: &Environment, model: &Path, options: &SessionOptions) -
         },
     };
     let mut builder = builder;
-    let session = builder.commit_from_file(model).map_err(|e| load_error(e.to_string()))?;
+    let session = match source {
+        ModelSource::File(path) => builder.commit_from_file(path),
+        ModelSource::Edited { bytes, .. } => builder.commit_from_memory(bytes),
+    }
+    .map_err(|e| load_error(e.to_string()))?;
     let describe = |outlets: &[ort::value::Outlet]| outlets.iter().map(tensor_spec).collect::<Vec<_>>();
     let inputs = describe(session.inputs());
     let outputs = describe(session.outputs());

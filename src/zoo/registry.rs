@@ -7,17 +7,26 @@ use std::sync::{Arc, RwLock};
 use ort::environment::Environment;
 
 use super::{Labels, Manifest};
-use crate::runtime::{ModelRunner, ModelSession, RunnerConfig, SessionOptions, TensorSpec, open_session};
+use crate::runtime::graph::expose_outputs;
+use crate::runtime::{ModelRunner, ModelSession, ModelSource, RunnerConfig, SessionOptions, TensorSpec, open_session};
 use crate::vision::Layout;
 
 /// A model that answered its warm-up run and can serve.
 pub struct LoadedModel {
     pub manifest: Arc<Manifest>,
     pub labels: Labels,
+    /// Returns per image the scores, then (when `features` is `Ok`) the pooled features.
     pub runner: ModelRunner,
     pub provider: &'static str,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// The width of the pooled-feature vector heads train on, or why there is none.
+    pub features: Result<usize, String>,
+}
+
+impl LoadedModel {
+    /// Index of the pooled features in each image's outputs.
+    pub const FEATURES_OUTPUT: usize = 1;
 }
 
 #[derive(Clone)]
@@ -103,33 +112,55 @@ pub fn load_model(
         ));
     }
     let labels = Labels::read(&manifest.labels_file)?;
-    let session = open_session(env, &manifest.file, options).map_err(|e| e.to_string())?;
+    // Expose the pooled-feature tensor as a second output so that one session serves
+    // both ImageNet scores and every head trained on this base.
+    let edited = match &manifest.features {
+        None => Err(format!("the manifest of {} names no `features` tensor", manifest.name)),
+        Some(tensor) => fs_err::read(&manifest.file)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| expose_outputs(&bytes, &[tensor]).map_err(|e| e.to_string())),
+    };
+    let source = match &edited {
+        Ok(bytes) => ModelSource::Edited { path: &manifest.file, bytes },
+        Err(reason) => {
+            tracing::warn!(model = %manifest.name, "serving without pooled features: {reason}");
+            ModelSource::File(&manifest.file)
+        }
+    };
+    let session = open_session(env, source, options).map_err(|e| e.to_string())?;
     let (image_dims, batch_limit) = check_io(&manifest, &session, labels.len())?;
     let max_batch_size = batch_limit.map_or(max_batch_size, |fixed| fixed.min(max_batch_size)).max(1);
     let provider = session.provider;
     let (inputs, outputs) = (session.inputs.clone(), session.outputs.clone());
+    let mut output_names = vec![manifest.output_name.clone()];
+    output_names.extend(edited.is_ok().then(|| manifest.features.clone()).flatten());
     let config = RunnerConfig {
         input_name: manifest.input_name.clone(),
-        output_name: manifest.output_name.clone(),
+        output_names,
         image_dims,
         max_batch_size,
         queue_capacity,
     };
     let runner = ModelRunner::spawn(&manifest.name, session, config).map_err(|e| e.to_string())?;
     let image_len = runner.image_len();
+    let mut features = edited.map(|_| 0);
     for batch in [1, max_batch_size] {
-        let rows =
+        let images =
             runner.infer_blocking(vec![0.0; image_len * batch], batch).map_err(|e| format!("warm-up failed: {e}"))?;
-        if rows[0].len() != labels.len() {
+        let scores = &images[0][0];
+        if scores.len() != labels.len() {
             return Err(format!(
                 "output `{}` has {} values per image but the labels file has {} classes",
                 manifest.output_name,
-                rows[0].len(),
+                scores.len(),
                 labels.len()
             ));
         }
+        if let Ok(width) = features.as_mut() {
+            *width = images[0][LoadedModel::FEATURES_OUTPUT].len();
+        }
     }
-    Ok(LoadedModel { manifest, labels, runner, provider, inputs, outputs })
+    Ok(LoadedModel { manifest, labels, runner, provider, inputs, outputs, features })
 }
 
 /// Compares the session's graph inputs/outputs with the manifest. Returns the
