@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod runtime;
+pub mod store;
 pub mod train;
 pub mod vision;
 pub mod zoo;

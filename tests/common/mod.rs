@@ -1,6 +1,8 @@
 //! Shared test plumbing: fixture paths and a real graft server on an ephemeral port.
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -1,0 +1,137 @@
+//! Blobs — dataset images, cached features, head weights, checkpoints — as files under
+//! one storage root. Keys are validated so that no key can name a path outside the
+//! root, and writes go through a temporary file and a rename so a reader never sees
+//! half a blob. This is the one interface an object store would replace.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("invalid blob key {0:?}")]
+    InvalidKey(String),
+    #[error("blob {key}: {reason}")]
+    Io { key: String, reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+impl BlobStore {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, BlobError> {
+        let root = root.into();
+        fs_err::create_dir_all(root.join(".tmp")).map_err(|e| BlobError::Io { key: String::new(), reason: e.to_string() })?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A key is `/`-separated segments of `[A-Za-z0-9._-]`, none empty, `.` or `..`.
+    fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
+        let valid = !key.is_empty()
+            && key.len() <= 512
+            && key.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && !seg.starts_with('.')
+                    && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            });
+        if valid { Ok(self.root.join(key)) } else { Err(BlobError::InvalidKey(key.to_owned())) }
+    }
+
+    fn io(key: &str) -> impl Fn(std::io::Error) -> BlobError + '_ {
+        move |e| BlobError::Io { key: key.to_owned(), reason: e.to_string() }
+    }
+
+    /// Writes `bytes` under `key` atomically. Returns false if the blob already existed
+    /// (content-addressed keys make that a no-op).
+    pub fn put(&self, key: &str, bytes: &[u8]) -> Result<bool, BlobError> {
+        let path = self.path(key)?;
+        if path.is_file() {
+            return Ok(false);
+        }
+        self.replace(key, bytes)?;
+        Ok(true)
+    }
+
+    /// Writes `bytes` under `key` atomically, replacing what was there.
+    pub fn replace(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError> {
+        let path = self.path(key)?;
+        let parent = path.parent().expect("a key has at least one segment under the root");
+        fs_err::create_dir_all(parent).map_err(Self::io(key))?;
+        let mut temp = tempfile::NamedTempFile::new_in(self.root.join(".tmp")).map_err(Self::io(key))?;
+        temp.write_all(bytes).map_err(Self::io(key))?;
+        temp.persist(&path).map_err(|e| Self::io(key)(e.error))?;
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> Result<Vec<u8>, BlobError> {
+        fs_err::read(self.path(key)?).map_err(Self::io(key))
+    }
+
+    /// `None` when the blob does not exist.
+    pub fn try_get(&self, key: &str) -> Result<Option<Vec<u8>>, BlobError> {
+        match std::fs::read(self.path(key)?) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::io(key)(e)),
+        }
+    }
+
+    pub fn exists(&self, key: &str) -> Result<bool, BlobError> {
+        Ok(self.path(key)?.is_file())
+    }
+
+    /// Removes the blob; a missing blob is not an error.
+    pub fn delete(&self, key: &str) -> Result<(), BlobError> {
+        match std::fs::remove_file(self.path(key)?) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Self::io(key)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every key under `prefix` (a directory key), for tests and cleanup.
+    pub fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        let dir = self.path(prefix)?;
+        let mut keys = Vec::new();
+        let mut stack = vec![dir];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&self.root) {
+                    keys.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_cannot_leave_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        for key in ["../x", "a/../../x", "/etc/passwd", "a//b", "", "a/./b", ".tmp/x", "a\\b", "a/b c"] {
+            assert!(matches!(store.put(key, b"x"), Err(BlobError::InvalidKey(_))), "{key}");
+        }
+        assert!(store.put("images/ab/abcdef", b"hello").unwrap());
+        assert!(!store.put("images/ab/abcdef", b"hello").unwrap());
+        assert_eq!(store.get("images/ab/abcdef").unwrap(), b"hello");
+        assert_eq!(store.list("images").unwrap(), ["images/ab/abcdef"]);
+        store.delete("images/ab/abcdef").unwrap();
+        assert_eq!(store.try_get("images/ab/abcdef").unwrap(), None);
+    }
+}

@@ -1,0 +1,218 @@
+//! Dataset rows: the dataset, its classes, and one item per stored image.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::db::{Db, StoreError, now_ms};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ItemRecord {
+    pub sha256: String,
+    pub class_idx: i64,
+    pub split: String,
+    pub path: String,
+    pub width: i64,
+    pub height: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDataset {
+    pub id: String,
+    pub name: String,
+    pub seed: i64,
+    pub splits: [f64; 3],
+    pub report: serde_json::Value,
+    pub classes: Vec<String>,
+    pub items: Vec<ItemRecord>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetRecord {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+    pub seed: i64,
+    pub splits: [f64; 3],
+    pub report: serde_json::Value,
+    pub classes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClassCount {
+    pub class_idx: i64,
+    pub split: String,
+    pub count: i64,
+}
+
+/// Rows per multi-row INSERT: 7 parameters each stays under SQLite's and PostgreSQL's limits.
+const INSERT_CHUNK: usize = 500;
+
+fn placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn json(text: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+impl Db {
+    /// Inserts the dataset, its classes and items in one transaction: all or nothing.
+    pub async fn insert_dataset(&self, dataset: &NewDataset) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO datasets (id, name, created_at, seed, split_train, split_valid, split_test, report) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&dataset.id)
+        .bind(&dataset.name)
+        .bind(now_ms())
+        .bind(dataset.seed)
+        .bind(dataset.splits[0])
+        .bind(dataset.splits[1])
+        .bind(dataset.splits[2])
+        .bind(dataset.report.to_string())
+        .execute(&mut *tx)
+        .await?;
+        for (idx, name) in dataset.classes.iter().enumerate() {
+            sqlx::query("INSERT INTO dataset_classes (dataset_id, idx, name) VALUES ($1, $2, $3)")
+                .bind(&dataset.id)
+                .bind(idx as i64)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for chunk in dataset.items.chunks(INSERT_CHUNK) {
+            let sql = format!(
+                "INSERT INTO dataset_items (dataset_id, sha256, class_idx, split, path, width, height) VALUES {}",
+                placeholders(chunk.len(), 7)
+            );
+            let mut query = sqlx::query(&sql);
+            for item in chunk {
+                query = query
+                    .bind(&dataset.id)
+                    .bind(&item.sha256)
+                    .bind(item.class_idx)
+                    .bind(&item.split)
+                    .bind(&item.path)
+                    .bind(item.width)
+                    .bind(item.height);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM datasets WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        match row {
+            Some(row) => Ok(Some(self.dataset_from_row(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn datasets(&self) -> Result<Vec<DatasetRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM datasets ORDER BY created_at, id").fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.dataset_from_row(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn dataset_from_row(&self, row: AnyRow) -> Result<DatasetRecord, StoreError> {
+        let id: String = row.try_get("id")?;
+        let classes = sqlx::query("SELECT name FROM dataset_classes WHERE dataset_id = $1 ORDER BY idx")
+            .bind(&id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| r.try_get::<String, _>("name"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(DatasetRecord {
+            name: row.try_get("name")?,
+            created_at: row.try_get("created_at")?,
+            seed: row.try_get("seed")?,
+            splits: [row.try_get("split_train")?, row.try_get("split_valid")?, row.try_get("split_test")?],
+            report: json(&row.try_get::<String, _>("report")?)?,
+            classes,
+            id,
+        })
+    }
+
+    pub async fn dataset_counts(&self, id: &str) -> Result<Vec<ClassCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT class_idx, split, COUNT(*) AS n FROM dataset_items WHERE dataset_id = $1 \
+             GROUP BY class_idx, split ORDER BY class_idx, split",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok(ClassCount { class_idx: r.try_get("class_idx")?, split: r.try_get("split")?, count: r.try_get("n")? }))
+            .collect()
+    }
+
+    pub async fn dataset_items(&self, id: &str) -> Result<Vec<ItemRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sha256, class_idx, split, path, width, height FROM dataset_items WHERE dataset_id = $1 ORDER BY sha256",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(ItemRecord {
+                    sha256: r.try_get("sha256")?,
+                    class_idx: r.try_get("class_idx")?,
+                    split: r.try_get("split")?,
+                    path: r.try_get("path")?,
+                    width: r.try_get("width")?,
+                    height: r.try_get("height")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes the dataset and its rows; returns the image hashes no other dataset uses
+    /// (their blobs can go).
+    pub async fn delete_dataset(&self, id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let orphans = sqlx::query(
+            "SELECT sha256 FROM dataset_items i WHERE dataset_id = $1 AND NOT EXISTS \
+             (SELECT 1 FROM dataset_items o WHERE o.sha256 = i.sha256 AND o.dataset_id <> $2)",
+        )
+        .bind(id)
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| r.try_get::<String, _>("sha256"))
+        .collect::<Result<Vec<_>, _>>()?;
+        // Children first: the same order works with and without foreign-key cascades.
+        sqlx::query("DELETE FROM dataset_items WHERE dataset_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM dataset_classes WHERE dataset_id = $1").bind(id).execute(&mut *tx).await?;
+        let deleted = sqlx::query("DELETE FROM datasets WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        if deleted.rows_affected() == 0 {
+            return Ok(None);
+        }
+        tx.commit().await?;
+        Ok(Some(orphans))
+    }
+
+    /// Whether any dataset holds an image with this hash.
+    pub async fn image_in_use(&self, sha256: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM dataset_items WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+}

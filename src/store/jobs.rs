@@ -1,0 +1,357 @@
+//! Job rows: the durable queue. A worker claims a job by taking its lease (a row
+//! update, `FOR UPDATE SKIP LOCKED` on PostgreSQL; SQLite serialises writers), keeps
+//! it with heartbeats, and a job whose lease ran out is claimed again by the next
+//! worker. Every write a worker makes is conditional on still holding the lease.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::db::{Backend, Db, StoreError, now_ms};
+use super::models::TrainedModelRecord;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            other => return Err(StoreError::Malformed(format!("job state {other:?}"))),
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub dataset_id: String,
+    pub base_model: String,
+    pub model_name: String,
+    pub spec: serde_json::Value,
+    pub state: JobState,
+    pub failure: Option<String>,
+    pub progress: serde_json::Value,
+    pub evaluation: Option<serde_json::Value>,
+    pub cancel_requested: bool,
+    pub worker: Option<String>,
+    pub lease_until: Option<i64>,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EpochRow {
+    pub epoch: i64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub valid_loss: f64,
+    pub valid_accuracy: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobEvent {
+    pub seq: i64,
+    pub at: i64,
+    pub kind: String,
+    pub data: serde_json::Value,
+}
+
+fn json(text: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        dataset_id: row.try_get("dataset_id")?,
+        base_model: row.try_get("base_model")?,
+        model_name: row.try_get("model_name")?,
+        spec: json(&row.try_get::<String, _>("spec")?)?,
+        state: JobState::parse(&row.try_get::<String, _>("state")?)?,
+        failure: row.try_get("failure")?,
+        progress: json(&row.try_get::<String, _>("progress")?)?,
+        evaluation: row.try_get::<Option<String>, _>("evaluation")?.as_deref().map(json).transpose()?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        worker: row.try_get("worker")?,
+        lease_until: row.try_get("lease_until")?,
+        attempts: row.try_get("attempts")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+/// What a heartbeat learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// False when another worker has taken the job over (this one must stop).
+    pub held: bool,
+    pub cancel_requested: bool,
+}
+
+impl Db {
+    pub async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO jobs (id, dataset_id, base_model, model_name, spec, state, progress, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&job.id)
+        .bind(&job.dataset_id)
+        .bind(&job.base_model)
+        .bind(&job.model_name)
+        .bind(job.spec.to_string())
+        .bind(job.state.as_str())
+        .bind(job.progress.to_string())
+        .bind(job.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs ORDER BY created_at DESC, id").fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Jobs not yet finished that use `dataset_id`.
+    pub async fn active_jobs_on_dataset(&self, dataset_id: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE dataset_id = $1 AND state IN ('queued', 'running')")
+            .bind(dataset_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Whether a queued or running job will register `model_name`.
+    pub async fn model_name_pending(&self, model_name: &str) -> Result<bool, StoreError> {
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE model_name = $1 AND state IN ('queued', 'running')")
+                .bind(model_name)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    /// Takes the oldest queued job, or a running one whose lease has expired, for `worker`.
+    pub async fn claim_job(&self, worker: &str, lease_ms: i64) -> Result<Option<JobRecord>, StoreError> {
+        let now = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1, \
+             started_at = COALESCE(started_at, $3) \
+             WHERE id = (SELECT id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < $4) \
+                         ORDER BY created_at, id LIMIT 1 {lock}) \
+             RETURNING *"
+        );
+        let row = sqlx::query(&sql)
+            .bind(worker)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    /// Extends the lease if `worker` still holds it.
+    pub async fn heartbeat(&self, id: &str, worker: &str, lease_ms: i64) -> Result<Lease, StoreError> {
+        let updated = sqlx::query("UPDATE jobs SET lease_until = $1 WHERE id = $2 AND worker = $3 AND state = 'running'")
+            .bind(now_ms() + lease_ms)
+            .bind(id)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT cancel_requested FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        let cancel_requested = match row {
+            Some(row) => row.try_get::<i64, _>("cancel_requested")? != 0,
+            None => true,
+        };
+        Ok(Lease { held: updated.rows_affected() == 1, cancel_requested })
+    }
+
+    /// Writes the job's progress document if `worker` holds it.
+    pub async fn set_progress(&self, id: &str, worker: &str, progress: &serde_json::Value) -> Result<bool, StoreError> {
+        let updated = sqlx::query("UPDATE jobs SET progress = $1 WHERE id = $2 AND worker = $3 AND state = 'running'")
+            .bind(progress.to_string())
+            .bind(id)
+            .bind(worker)
+            .execute(&self.pool)
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Records an epoch's metrics; a resumed job overwrites the epoch it repeats.
+    pub async fn record_epoch(&self, id: &str, row: &EpochRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO job_epochs (job_id, epoch, train_loss, train_accuracy, valid_loss, valid_accuracy) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (job_id, epoch) DO UPDATE SET train_loss = excluded.train_loss, \
+             train_accuracy = excluded.train_accuracy, valid_loss = excluded.valid_loss, \
+             valid_accuracy = excluded.valid_accuracy",
+        )
+        .bind(id)
+        .bind(row.epoch)
+        .bind(row.train_loss)
+        .bind(row.train_accuracy)
+        .bind(row.valid_loss)
+        .bind(row.valid_accuracy)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn epochs(&self, id: &str) -> Result<Vec<EpochRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM job_epochs WHERE job_id = $1 ORDER BY epoch").bind(id).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EpochRow {
+                    epoch: r.try_get("epoch")?,
+                    train_loss: r.try_get("train_loss")?,
+                    train_accuracy: r.try_get("train_accuracy")?,
+                    valid_loss: r.try_get("valid_loss")?,
+                    valid_accuracy: r.try_get("valid_accuracy")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Appends an event with the next sequence number of the job.
+    pub async fn append_event(&self, id: &str, kind: &str, data: &serde_json::Value) -> Result<(), StoreError> {
+        // Two writers (the worker and a cancel request) may race for a number: retry once.
+        for attempt in 0..3 {
+            let result = sqlx::query(
+                "INSERT INTO job_events (job_id, seq, at, kind, data) \
+                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4 FROM job_events WHERE job_id = $5",
+            )
+            .bind(id)
+            .bind(now_ms())
+            .bind(kind)
+            .bind(data.to_string())
+            .bind(id)
+            .execute(&self.pool)
+            .await;
+            match result {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < 2 && is_unique_violation(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    pub async fn events_after(&self, id: &str, seq: i64) -> Result<Vec<JobEvent>, StoreError> {
+        let rows = sqlx::query("SELECT seq, at, kind, data FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq")
+            .bind(id)
+            .bind(seq)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobEvent {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    data: json(&r.try_get::<String, _>("data")?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Ends a job this worker holds as failed or cancelled. False if the lease was lost.
+    pub async fn end_job(&self, id: &str, worker: &str, state: JobState, failure: Option<&str>) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = $1, failure = $2, finished_at = $3, lease_until = NULL \
+             WHERE id = $4 AND worker = $5 AND state = 'running'",
+        )
+        .bind(state.as_str())
+        .bind(failure)
+        .bind(now_ms())
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    /// Marks the job succeeded and registers its model in one transaction. False (and
+    /// nothing written) if this worker no longer holds the job.
+    pub async fn complete_job(
+        &self,
+        id: &str,
+        worker: &str,
+        evaluation: &serde_json::Value,
+        model: &TrainedModelRecord,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = 'succeeded', evaluation = $1, finished_at = $2, lease_until = NULL \
+             WHERE id = $3 AND worker = $4 AND state = 'running'",
+        )
+        .bind(evaluation.to_string())
+        .bind(now_ms())
+        .bind(id)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Ok(false);
+        }
+        self.insert_trained_model(&mut tx, model).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Cancels a queued job at once; asks a running one to stop. Returns the state after.
+    pub async fn cancel_job(&self, id: &str) -> Result<Option<JobState>, StoreError> {
+        sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = $1 WHERE id = $2 AND state = 'queued'")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = $1 AND state = 'running'")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(self.job(id).await?.map(|job| job.state))
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}

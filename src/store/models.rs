@@ -1,0 +1,74 @@
+//! Trained-model rows: a head on a base model, its classes and its evaluation.
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::db::{Db, StoreError};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainedModelRecord {
+    pub name: String,
+    pub job_id: String,
+    pub base_model: String,
+    pub dataset_id: String,
+    pub classes: Vec<String>,
+    pub head_blob: String,
+    pub evaluation: serde_json::Value,
+    pub created_at: i64,
+}
+
+fn from_row(row: &AnyRow) -> Result<TrainedModelRecord, StoreError> {
+    let malformed = |e: serde_json::Error| StoreError::Malformed(e.to_string());
+    Ok(TrainedModelRecord {
+        name: row.try_get("name")?,
+        job_id: row.try_get("job_id")?,
+        base_model: row.try_get("base_model")?,
+        dataset_id: row.try_get("dataset_id")?,
+        classes: serde_json::from_str(&row.try_get::<String, _>("classes")?).map_err(malformed)?,
+        head_blob: row.try_get("head_blob")?,
+        evaluation: serde_json::from_str(&row.try_get::<String, _>("evaluation")?).map_err(malformed)?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl Db {
+    pub(super) async fn insert_trained_model(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        model: &TrainedModelRecord,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO trained_models (name, job_id, base_model, dataset_id, classes, head_blob, evaluation, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&model.name)
+        .bind(&model.job_id)
+        .bind(&model.base_model)
+        .bind(&model.dataset_id)
+        .bind(serde_json::to_string(&model.classes).map_err(|e| StoreError::Malformed(e.to_string()))?)
+        .bind(&model.head_blob)
+        .bind(model.evaluation.to_string())
+        .bind(model.created_at)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn trained_models(&self) -> Result<Vec<TrainedModelRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM trained_models ORDER BY name").fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    pub async fn trained_model(&self, name: &str) -> Result<Option<TrainedModelRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM trained_models WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Removes the row; returns it so the caller can delete its blob.
+    pub async fn delete_trained_model(&self, name: &str) -> Result<Option<TrainedModelRecord>, StoreError> {
+        let Some(model) = self.trained_model(name).await? else { return Ok(None) };
+        sqlx::query("DELETE FROM trained_models WHERE name = $1").bind(name).execute(&self.pool).await?;
+        Ok(Some(model))
+    }
+}

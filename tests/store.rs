@@ -1,0 +1,180 @@
+//! The repositories on both databases: datasets, the job queue's claim/lease/heartbeat
+//! rules, events, and the all-or-nothing completion that registers a model.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::db::{both_databases, fresh_postgres_url};
+use graft::store::{Db, ItemRecord, JobRecord, JobState, NewDataset, TrainedModelRecord, now_ms};
+use serde_json::json;
+
+fn item(sha: &str, class_idx: i64, split: &str) -> ItemRecord {
+    ItemRecord { sha256: sha.into(), class_idx, split: split.into(), path: format!("c{class_idx}/{sha}.jpg"), width: 10, height: 8 }
+}
+
+fn job(id: &str, created_at: i64) -> JobRecord {
+    JobRecord {
+        id: id.into(),
+        dataset_id: "d1".into(),
+        base_model: "tiny".into(),
+        model_name: format!("model-{id}"),
+        spec: json!({"epochs": 3}),
+        state: JobState::Queued,
+        failure: None,
+        progress: json!({"phase": "queued"}),
+        evaluation: None,
+        cancel_requested: false,
+        worker: None,
+        lease_until: None,
+        attempts: 0,
+        created_at,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+fn model(name: &str, job_id: &str) -> TrainedModelRecord {
+    TrainedModelRecord {
+        name: name.into(),
+        job_id: job_id.into(),
+        base_model: "tiny".into(),
+        dataset_id: "d1".into(),
+        classes: vec!["a".into(), "b".into()],
+        head_blob: format!("heads/{job_id}.bin"),
+        evaluation: json!({"accuracy": 1.0}),
+        created_at: now_ms(),
+    }
+}
+
+#[tokio::test]
+async fn datasets_round_trip_and_delete_reports_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    for (backend, db) in both_databases(dir.path()).await {
+        let mut first = NewDataset {
+            id: "d1".into(),
+            name: "flowers".into(),
+            seed: 7,
+            splits: [0.75, 0.15, 0.10],
+            report: json!({"rejected": []}),
+            classes: vec!["daisy".into(), "rose".into()],
+            items: (0..1200).map(|i| item(&format!("{i:064x}"), i % 2, if i % 10 == 0 { "test" } else { "train" })).collect(),
+        };
+        db.insert_dataset(&first).await.unwrap();
+        first.id = "d2".into();
+        first.items.truncate(10); // shares ten images with d1
+        db.insert_dataset(&first).await.unwrap();
+
+        let stored = db.dataset("d1").await.unwrap().unwrap();
+        assert_eq!(stored.classes, ["daisy", "rose"], "{backend}");
+        assert_eq!(stored.splits, [0.75, 0.15, 0.10], "{backend}");
+        assert_eq!(db.dataset_items("d1").await.unwrap().len(), 1200, "{backend}");
+        let counts = db.dataset_counts("d1").await.unwrap();
+        let total: i64 = counts.iter().map(|c| c.count).sum();
+        assert_eq!(total, 1200, "{backend}");
+        assert_eq!(counts.iter().filter(|c| c.split == "test").map(|c| c.count).sum::<i64>(), 120, "{backend}");
+
+        let orphans = db.delete_dataset("d1").await.unwrap().unwrap();
+        assert_eq!(orphans.len(), 1190, "{backend}: the ten shared images stay");
+        assert!(db.dataset("d1").await.unwrap().is_none());
+        assert!(db.dataset_items("d1").await.unwrap().is_empty());
+        assert!(db.delete_dataset("d1").await.unwrap().is_none());
+        assert!(db.image_in_use(&format!("{:064x}", 3)).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn leases_heartbeats_and_takeover() {
+    let dir = tempfile::tempdir().unwrap();
+    for (backend, db) in both_databases(dir.path()).await {
+        db.insert_job(&job("j1", 1)).await.unwrap();
+        let claimed = db.claim_job("w1", 60_000).await.unwrap().unwrap();
+        assert_eq!((claimed.id.as_str(), claimed.state, claimed.attempts), ("j1", JobState::Running, 1), "{backend}");
+        assert!(db.claim_job("w2", 60_000).await.unwrap().is_none(), "{backend}: a held job is not claimed twice");
+        assert!(db.heartbeat("j1", "w1", 60_000).await.unwrap().held);
+
+        // w1 stops heart-beating: a lease in the past lets w2 take the job over.
+        assert!(db.heartbeat("j1", "w1", -1).await.unwrap().held);
+        let taken = db.claim_job("w2", 60_000).await.unwrap().unwrap();
+        assert_eq!((taken.worker.as_deref(), taken.attempts), (Some("w2"), 2), "{backend}");
+        assert!(!db.heartbeat("j1", "w1", 60_000).await.unwrap().held, "{backend}: w1 learns it lost the job");
+        assert!(!db.end_job("j1", "w1", JobState::Failed, Some("late")).await.unwrap(), "{backend}");
+        assert!(!db.set_progress("j1", "w1", &json!({"phase": "x"})).await.unwrap());
+
+        // Completion registers the model once, atomically.
+        assert!(db.complete_job("j1", "w2", &json!({"accuracy": 1.0}), &model("m", "j1")).await.unwrap(), "{backend}");
+        let done = db.job("j1").await.unwrap().unwrap();
+        assert_eq!(done.state, JobState::Succeeded);
+        assert_eq!(db.trained_model("m").await.unwrap().unwrap().classes, ["a", "b"]);
+        assert!(!db.complete_job("j1", "w2", &json!({}), &model("m2", "j1")).await.unwrap(), "{backend}: only once");
+        assert!(db.trained_model("m2").await.unwrap().is_none());
+
+        // A duplicate model name fails the transaction and leaves the job running.
+        db.insert_job(&job("j2", 2)).await.unwrap();
+        db.claim_job("w3", 60_000).await.unwrap().unwrap();
+        assert!(db.complete_job("j2", "w3", &json!({}), &model("m", "j2")).await.is_err(), "{backend}");
+        assert_eq!(db.job("j2").await.unwrap().unwrap().state, JobState::Running, "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn events_epochs_and_cancellation() {
+    let dir = tempfile::tempdir().unwrap();
+    for (backend, db) in both_databases(dir.path()).await {
+        db.insert_job(&job("j1", 1)).await.unwrap();
+        db.insert_job(&job("j2", 2)).await.unwrap();
+        for i in 0..3 {
+            db.append_event("j1", "progress", &json!({"i": i})).await.unwrap();
+        }
+        let events = db.events_after("j1", 1).await.unwrap();
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3], "{backend}");
+        assert_eq!(events[1].data["i"], 2);
+
+        let row = graft::store::EpochRow { epoch: 1, train_loss: 0.5, train_accuracy: 0.8, valid_loss: 0.6, valid_accuracy: 0.7 };
+        db.record_epoch("j1", &row).await.unwrap();
+        db.record_epoch("j1", &graft::store::EpochRow { valid_accuracy: 0.75, ..row.clone() }).await.unwrap();
+        let epochs = db.epochs("j1").await.unwrap();
+        assert_eq!(epochs.len(), 1, "{backend}: a repeated epoch is overwritten, not duplicated");
+        assert_eq!(epochs[0].valid_accuracy, 0.75);
+
+        assert_eq!(db.cancel_job("j2").await.unwrap(), Some(JobState::Cancelled), "{backend}: queued → cancelled");
+        db.claim_job("w1", 60_000).await.unwrap().unwrap();
+        assert_eq!(db.cancel_job("j1").await.unwrap(), Some(JobState::Running), "{backend}");
+        assert!(db.heartbeat("j1", "w1", 60_000).await.unwrap().cancel_requested, "{backend}");
+        assert!(db.end_job("j1", "w1", JobState::Cancelled, None).await.unwrap());
+        assert_eq!(db.cancel_job("nope").await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn two_workers_on_postgres_claim_distinct_jobs() {
+    let url = fresh_postgres_url().await;
+    let db = Db::connect(&url).await.unwrap();
+    let ids: Vec<String> = (0..40).map(|i| format!("job{i:02}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        db.insert_job(&job(id, i as i64)).await.unwrap();
+    }
+    let mut workers = Vec::new();
+    for worker in ["w1", "w2"] {
+        // Each worker has its own pool, as two processes would.
+        let db = Db::connect(&url).await.unwrap();
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            while let Some(job) = db.claim_job(worker, 600_000).await.unwrap() {
+                mine.push(job.id);
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut counts = Vec::new();
+    for worker in workers {
+        let mine = worker.await.unwrap();
+        counts.push(mine.len());
+        for id in mine {
+            assert!(seen.insert(id.clone()), "{id} was claimed twice");
+        }
+    }
+    assert_eq!(seen.len(), 40, "every job claimed once");
+    assert!(counts.iter().all(|&c| c > 0), "both workers got work: {counts:?}");
+}
