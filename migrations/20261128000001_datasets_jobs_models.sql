@@ -56,8 +56,8 @@ CREATE TABLE job_epochs (
     epoch          BIGINT NOT NULL,
     train_loss     DOUBLE PRECISION NOT NULL,
     train_accuracy DOUBLE PRECISION NOT NULL,
-    valid_loss     DOUBLE PRECISION NOT NULL,
-    valid_accuracy DOUBLE PRECISION NOT NULL,
+    valid_loss     DOUBLE PRECISION,
+    valid_accuracy DOUBLE PRECISION,
     PRIMARY KEY (job_id, epoch)
 );
 

@@ -49,6 +49,93 @@ pub struct ServeSettings {
     pub runtime: RuntimeSettings,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub storage: StorageSettings,
+    #[command(flatten)]
+    pub workers: WorkerSettings,
+    #[command(flatten)]
+    pub datasets: DatasetSettings,
+}
+
+/// `graft worker`: what a training worker process needs (no HTTP).
+#[derive(Debug, Clone, Args)]
+pub struct WorkerCommandSettings {
+    #[command(flatten)]
+    pub models: ModelSettings,
+    /// Base models to load, comma-separated (default: every manifest whose model file is present).
+    #[arg(long = "models", value_name = "NAMES", env = "GRAFT_MODELS", value_delimiter = ',')]
+    pub serve_models: Vec<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeSettings,
+    #[command(flatten)]
+    pub limits: Limits,
+    #[command(flatten)]
+    pub storage: StorageSettings,
+    #[command(flatten)]
+    pub workers: WorkerSettings,
+}
+
+/// Where state lives: the database and the blob store.
+#[derive(Debug, Clone, Args)]
+pub struct StorageSettings {
+    /// Folder for the default SQLite database and blob store.
+    #[arg(long, env = "GRAFT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// sqlite://… or postgres://… (default: sqlite://<data-dir>/graft.db).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Root of the blob store: images, cached features, trained heads (default: <data-dir>/blobs).
+    #[arg(long, env = "GRAFT_STORAGE_ROOT")]
+    pub storage_root: Option<PathBuf>,
+}
+
+impl StorageSettings {
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("graft.db").display()))
+    }
+
+    pub fn storage_root(&self) -> PathBuf {
+        self.storage_root.clone().unwrap_or_else(|| self.data_dir.join("blobs"))
+    }
+}
+
+/// Training workers.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerSettings {
+    /// Training workers in this process (0: only queue jobs; run `graft worker` elsewhere).
+    #[arg(long, env = "GRAFT_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Seconds a worker holds a job without a heartbeat before another may take it over.
+    #[arg(long, env = "GRAFT_LEASE_SECONDS", default_value_t = 30)]
+    pub lease_seconds: u64,
+}
+
+/// Dataset uploads and imports.
+#[derive(Debug, Clone, Args)]
+pub struct DatasetSettings {
+    /// Folder under which `{"path": …}` imports may read (imports are off without it).
+    #[arg(long, env = "GRAFT_IMPORT_ROOT")]
+    pub import_root: Option<PathBuf>,
+    /// Largest dataset upload in bytes.
+    #[arg(long, env = "GRAFT_MAX_UPLOAD_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+    /// Largest single file inside an archive, in bytes.
+    #[arg(long, env = "GRAFT_MAX_ARCHIVE_ENTRY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_entry_bytes: u64,
+    /// Largest total of the files inside an archive, in bytes (a zip bomb stops here).
+    #[arg(long, env = "GRAFT_MAX_ARCHIVE_BYTES", default_value_t = 16 * 1024 * 1024 * 1024)]
+    pub max_archive_bytes: u64,
+}
+
+impl Default for DatasetSettings {
+    fn default() -> Self {
+        Self {
+            import_root: None,
+            max_upload_bytes: 4 * 1024 * 1024 * 1024,
+            max_entry_bytes: 64 * 1024 * 1024,
+            max_archive_bytes: 16 * 1024 * 1024 * 1024,
+        }
+    }
 }
 
 /// Request limits.

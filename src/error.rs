@@ -26,8 +26,20 @@ pub enum Error {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     Overloaded(String),
+    /// A dataset, job or other resource that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts the current state (a name taken, a dataset in use).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<crate::store::StoreError> for Error {
+    fn from(err: crate::store::StoreError) -> Self {
+        Self::Internal(err.to_string())
+    }
 }
 
 impl From<InferenceError> for Error {

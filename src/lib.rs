@@ -1,12 +1,15 @@
 //! graft: serve and fine-tune ImageNet ONNX models over HTTP.
 //!
 //! The rooms: `vision` (bytes → tensor), `runtime` (ONNX Runtime), `zoo` (manifests
-//! and the model registry), `api` (HTTP). This file wires them into a server.
+//! and the model registry), `data` (datasets), `train` (the head trainer), `store`
+//! (database and blobs), `jobs` (the training queue), `api` (HTTP). This file wires
+//! them into a server and a worker.
 
 pub mod api;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod jobs;
 pub mod runtime;
 pub mod store;
 pub mod train;
@@ -18,7 +21,9 @@ use std::sync::Arc;
 use anyhow::Context;
 
 pub use api::{AppState, app};
-use config::ServeSettings;
+use config::{Limits, RuntimeSettings, ServeSettings, StorageSettings, WorkerCommandSettings, WorkerSettings};
+use jobs::JobContext;
+use store::{BlobStore, Db};
 use zoo::{Manifest, ModelRegistry, load_manifest_dir};
 
 /// Chooses the models to serve: the ones named, or else every manifest whose model file is present.
@@ -43,35 +48,137 @@ pub fn select_models(manifests: Vec<Manifest>, names: &[String]) -> anyhow::Resu
         .collect()
 }
 
-/// Runs the HTTP server until SIGINT or SIGTERM, loading models in the background.
-pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
-    let library = runtime::find_library(settings.runtime.ort_library.as_deref())?;
+/// Opens the database (running migrations) and the blob store.
+pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<(Db, BlobStore)> {
+    if settings.database_url.is_none() {
+        fs_err::create_dir_all(&settings.data_dir)?;
+    }
+    let url = settings.database_url();
+    let db = Db::connect(&url).await.with_context(|| format!("cannot open the database {}", redact(&url)))?;
+    let blobs = BlobStore::open(settings.storage_root())?;
+    Ok((db, blobs))
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// ONNX Runtime, the manifests to serve and the device sessions will use.
+fn prepare_models(
+    runtime: &RuntimeSettings,
+    model_dir: &std::path::Path,
+    names: &[String],
+) -> anyhow::Result<(ort::environment::Environment, Vec<Manifest>, runtime::SessionOptions)> {
+    let library = runtime::find_library(runtime.ort_library.as_deref())?;
     let env = runtime::init_runtime(&library)?;
     tracing::info!(library = %library.display(), "ONNX Runtime loaded");
-    let manifests = load_manifest_dir(&settings.models.model_dir)?;
-    let selected = select_models(manifests, &settings.serve_models)?;
+    let selected = select_models(load_manifest_dir(model_dir)?, names)?;
     if selected.is_empty() {
-        tracing::warn!(
-            "no model files are present in {}; `make models` fetches the default ones",
-            settings.models.model_dir.display()
-        );
+        tracing::warn!("no model files are present in {}; `make models` fetches the default ones", model_dir.display());
     }
-    let registry = Arc::new(ModelRegistry::new(selected));
-    let state = AppState { registry: registry.clone(), limits: settings.limits.clone() };
+    let mut options = runtime.session_options();
+    options.device = runtime::resolve_device(&env, options.device)?;
+    Ok((env, selected, options))
+}
 
-    let mut session_options = settings.runtime.session_options();
-    session_options.device = runtime::resolve_device(&env, session_options.device)?;
+/// Starts `count` workers sharing `registry`; they stop when `shutdown` turns true.
+fn spawn_workers(
+    count: usize,
+    db: &Db,
+    blobs: &BlobStore,
+    registry: &Arc<ModelRegistry>,
+    settings: &WorkerSettings,
+    limits: &Limits,
+    wake: &Arc<tokio::sync::Notify>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let host = hostname();
+    (0..count)
+        .map(|i| {
+            let ctx = JobContext {
+                db: db.clone(),
+                blobs: blobs.clone(),
+                registry: registry.clone(),
+                worker_id: format!("{host}:{}:{i}:{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+                lease: std::time::Duration::from_secs(settings.lease_seconds.max(1)),
+                decode_limits: vision::DecodeLimits { max_pixels: limits.max_pixels },
+            };
+            tokio::spawn(jobs::worker_loop(ctx, wake.clone(), shutdown.clone()))
+        })
+        .collect()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "graft".into())
+}
+
+/// Runs the HTTP server until SIGINT or SIGTERM, loading models in the background and
+/// running `--workers` training workers.
+pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
+    let (env, selected, session_options) =
+        prepare_models(&settings.runtime, &settings.models.model_dir, &settings.serve_models)?;
+    let (db, blobs) = open_storage(&settings.storage).await?;
+    let registry = Arc::new(ModelRegistry::new(selected));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let state = AppState {
+        registry: registry.clone(),
+        limits: settings.limits.clone(),
+        db: db.clone(),
+        blobs: blobs.clone(),
+        datasets: settings.datasets.clone(),
+        wake_workers: wake.clone(),
+    };
+
     let limits = settings.limits.clone();
-    tokio::task::spawn_blocking(move || {
-        registry.load_all(&env, &session_options, limits.max_batch_size, limits.queue_capacity);
-    });
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    {
+        let (registry, db, blobs, wake, shutdown) = (registry.clone(), db.clone(), blobs.clone(), wake.clone(), shutdown_rx.clone());
+        let (workers, worker_settings) = (settings.workers.workers, settings.workers.clone());
+        tokio::spawn(async move {
+            let loading = {
+                let (registry, limits) = (registry.clone(), limits.clone());
+                tokio::task::spawn_blocking(move || {
+                    registry.load_all(&env, &session_options, limits.max_batch_size, limits.queue_capacity)
+                })
+            };
+            let _ = loading.await;
+            spawn_workers(workers, &db, &blobs, &registry, &worker_settings, &limits, &wake, &shutdown);
+        });
+    }
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     tracing::info!("graft listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    let _ = shutdown_tx.send(true);
     tracing::info!("graft stopped");
+    Ok(())
+}
+
+/// `graft worker`: training workers without the HTTP server, for other machines or processes.
+pub async fn run_workers(settings: WorkerCommandSettings) -> anyhow::Result<()> {
+    let (env, selected, session_options) = prepare_models(&settings.runtime, &settings.models.model_dir, &settings.serve_models)?;
+    let (db, blobs) = open_storage(&settings.storage).await?;
+    let registry = Arc::new(ModelRegistry::new(selected));
+    let limits = settings.limits.clone();
+    {
+        let (registry, limits) = (registry.clone(), limits.clone());
+        tokio::task::spawn_blocking(move || registry.load_all(&env, &session_options, limits.max_batch_size, limits.queue_capacity))
+            .await?;
+    }
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let handles = spawn_workers(settings.workers.workers.max(1), &db, &blobs, &registry, &settings.workers, &limits, &wake, &shutdown_rx);
+    shutdown_signal().await;
+    let _ = shutdown_tx.send(true);
+    for handle in handles {
+        let _ = handle.await;
+    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use graft::config::{ModelSettings, RuntimeSettings, ServeSettings};
+use graft::config::{ModelSettings, RuntimeSettings, ServeSettings, WorkerCommandSettings};
 use graft::zoo::{Manifest, PullOutcome, load_manifest_dir, pull_model};
 
 #[derive(Parser)]
@@ -18,6 +18,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP server (the default command).
     Serve(Box<ServeSettings>),
+    /// Run training workers only (no HTTP), against the same database and blob store.
+    Worker(Box<WorkerCommandSettings>),
     /// Model manifests and files.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(settings) => graft::serve(*settings).await,
+        Command::Worker(settings) => graft::run_workers(*settings).await,
         Command::Models(ModelsCommand::List(models)) => {
             for manifest in load_manifest_dir(&models.model_dir)? {
                 let present = if manifest.file.is_file() { "present" } else { "missing" };

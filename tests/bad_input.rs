@@ -179,7 +179,16 @@ async fn a_model_still_loading_is_unavailable_and_not_ready() {
     // A registry whose models were never loaded: readiness is 503, classify is 503.
     let registry =
         std::sync::Arc::new(graft::zoo::ModelRegistry::new(graft::zoo::load_manifest_dir(&fixture_models()).unwrap()));
-    let url = serve_app(graft::AppState { registry, limits: Limits::default() }).await;
+    let data = tempfile::tempdir().unwrap();
+    let state = graft::AppState {
+        registry,
+        limits: Limits::default(),
+        db: graft::store::Db::connect(&common::db::sqlite_url(data.path())).await.unwrap(),
+        blobs: graft::store::BlobStore::open(data.path().join("blobs")).unwrap(),
+        datasets: graft::config::DatasetSettings::default(),
+        wake_workers: std::sync::Arc::new(tokio::sync::Notify::new()),
+    };
+    let url = serve_app(state).await;
     let ready = client().get(format!("{url}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     let response = post_image(&url, "tiny_nchw", "image/png", "img0.png").await;

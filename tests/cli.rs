@@ -75,8 +75,11 @@ fn a_bad_manifest_stops_start_up_naming_file_and_field() {
 #[tokio::test]
 async fn serves_until_sigterm_then_exits_cleanly() {
     let port = free_port();
+    let data = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_graft"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data.path())
         .arg("--model-dir")
         .arg(fixture_models())
         .stderr(Stdio::piped())

@@ -130,12 +130,18 @@ async fn events_epochs_and_cancellation() {
         assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3], "{backend}");
         assert_eq!(events[1].data["i"], 2);
 
-        let row = graft::store::EpochRow { epoch: 1, train_loss: 0.5, train_accuracy: 0.8, valid_loss: 0.6, valid_accuracy: 0.7 };
+        let row = graft::store::EpochRow {
+            epoch: 1,
+            train_loss: 0.5,
+            train_accuracy: 0.8,
+            valid_loss: Some(0.6),
+            valid_accuracy: Some(0.7),
+        };
         db.record_epoch("j1", &row).await.unwrap();
-        db.record_epoch("j1", &graft::store::EpochRow { valid_accuracy: 0.75, ..row.clone() }).await.unwrap();
+        db.record_epoch("j1", &graft::store::EpochRow { valid_accuracy: Some(0.75), ..row.clone() }).await.unwrap();
         let epochs = db.epochs("j1").await.unwrap();
         assert_eq!(epochs.len(), 1, "{backend}: a repeated epoch is overwritten, not duplicated");
-        assert_eq!(epochs[0].valid_accuracy, 0.75);
+        assert_eq!(epochs[0].valid_accuracy, Some(0.75));
 
         assert_eq!(db.cancel_job("j2").await.unwrap(), Some(JobState::Cancelled), "{backend}: queued → cancelled");
         db.claim_job("w1", 60_000).await.unwrap().unwrap();

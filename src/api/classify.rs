@@ -6,11 +6,16 @@ use axum::extract::{Path, Query, Request, State};
 use futures_util::future::try_join_all;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use ndarray::Array2;
+
 use super::AppState;
+use super::models::trained_model;
 use super::images::{BodyLimitHint, EncodedImage, read_images};
 use crate::error::Error;
 use crate::vision::{DecodeLimits, decode_image, preprocess_into};
-use crate::zoo::{LoadedModel, ModelState, OutputKind};
+use crate::zoo::{LoadedModel, ModelState, OutputKind, TrainedModel};
 
 #[derive(Deserialize)]
 pub struct ClassifyParams {
@@ -32,45 +37,119 @@ pub struct ClassifyResponse {
     pub predictions: Vec<Vec<Prediction>>,
 }
 
+/// What a name serves: a pretrained classifier, or a trained head on a base model.
+enum Target {
+    Pretrained(Arc<LoadedModel>),
+    Trained { base: Arc<LoadedModel>, model: Arc<TrainedModel> },
+}
+
+impl Target {
+    fn base(&self) -> &Arc<LoadedModel> {
+        match self {
+            Self::Pretrained(model) | Self::Trained { base: model, .. } => model,
+        }
+    }
+
+    fn classes(&self) -> usize {
+        match self {
+            Self::Pretrained(model) => model.labels.len(),
+            Self::Trained { model, .. } => model.record.classes.len(),
+        }
+    }
+}
+
+async fn resolve(state: &AppState, name: &str) -> Result<Target, Error> {
+    if state.registry.get(name).is_some() {
+        return ready_model(state, name).map(Target::Pretrained);
+    }
+    let model = trained_model(state, name).await?.ok_or_else(|| Error::UnknownModel(name.to_owned()))?;
+    let base = ready_model(state, &model.record.base_model).map_err(|e| match e {
+        Error::UnknownModel(base) => {
+            Error::ModelFailed { name: name.to_owned(), reason: format!("its base model {base} is not served here") }
+        }
+        other => other,
+    })?;
+    Ok(Target::Trained { base, model })
+}
+
 pub async fn classify(
     State(state): State<AppState>,
     Path(name): Path<String>,
     params: Result<Query<ClassifyParams>, QueryRejection>,
     mut request: Request,
 ) -> Result<Json<ClassifyResponse>, Error> {
-    let model = ready_model(&state, &name)?;
+    let target = resolve(&state, &name).await?;
     let Query(params) = params.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
-    let classes = model.labels.len();
+    let classes = target.classes();
     let top_k = params.top_k.unwrap_or(5.min(classes));
     if top_k == 0 || top_k > classes {
-        return Err(Error::BadRequest(format!(
-            "top_k must be between 1 and {classes} (the model's class count); got {top_k}"
-        )));
+        return Err(Error::BadRequest(format!("top_k must be between 1 and {classes} (the model's class count); got {top_k}")));
     }
     request.extensions_mut().insert(BodyLimitHint(state.limits.max_body_bytes));
     let images = read_images(request, state.limits.max_images_per_request).await?;
     let decode_limits = DecodeLimits { max_pixels: state.limits.max_pixels };
-    let max_batch = model.runner.config().max_batch_size;
+    let base = target.base().clone();
+    let max_batch = base.runner.config().max_batch_size;
 
     let batches = {
-        let model = model.clone();
-        tokio::task::spawn_blocking(move || preprocess_batches(&model, &images, &decode_limits, max_batch))
+        let base = base.clone();
+        tokio::task::spawn_blocking(move || preprocess_batches(&base, &images, &decode_limits, max_batch))
             .await
             .map_err(|e| Error::Internal(format!("preprocessing stopped: {e}")))??
     };
-    let outputs = try_join_all(batches.into_iter().map(|(pixels, count)| model.runner.infer(pixels, count))).await?;
-    let predictions =
-        outputs.into_iter().flatten().map(|mut image| top_predictions(&model, image.swap_remove(0), top_k)).collect();
+    let outputs = try_join_all(batches.into_iter().map(|(pixels, count)| base.runner.infer(pixels, count))).await?;
+    let images = outputs.into_iter().flatten();
+    let predictions = match &target {
+        Target::Pretrained(model) => images.map(|mut image| top_predictions(model, image.swap_remove(0), top_k)).collect(),
+        Target::Trained { model, .. } => {
+            let features: Vec<Vec<f32>> = images.map(|mut image| image.swap_remove(LoadedModel::FEATURES_OUTPUT)).collect();
+            head_predictions(model, &features, top_k)?
+        }
+    };
     Ok(Json(ClassifyResponse { model: name, predictions }))
 }
 
-pub(super) fn ready_model(state: &AppState, name: &str) -> Result<std::sync::Arc<LoadedModel>, Error> {
+pub(super) fn ready_model(state: &AppState, name: &str) -> Result<Arc<LoadedModel>, Error> {
     match state.registry.get(name) {
         None => Err(Error::UnknownModel(name.to_owned())),
         Some((_, ModelState::Loading)) => Err(Error::ModelLoading { name: name.to_owned() }),
         Some((_, ModelState::Failed(reason))) => Err(Error::ModelFailed { name: name.to_owned(), reason }),
         Some((_, ModelState::Ready(model))) => Ok(model),
     }
+}
+
+/// A trained head on the base's pooled features: probabilities over the dataset's classes.
+fn head_predictions(model: &TrainedModel, features: &[Vec<f32>], top_k: usize) -> Result<Vec<Vec<Prediction>>, Error> {
+    let width = features.first().map_or(0, Vec::len);
+    let flat: Vec<f32> = features.iter().flatten().copied().collect();
+    let x = Array2::from_shape_vec((features.len(), width), flat).map_err(|e| Error::Internal(e.to_string()))?;
+    let probabilities = model
+        .head
+        .try_forward(x.view())
+        .map_err(|e| Error::Internal(format!("the head of {} does not fit its base: {e}", model.record.name)))?;
+    Ok(probabilities
+        .rows()
+        .into_iter()
+        .map(|row| {
+            ranked(row.as_slice().unwrap_or(&row.to_vec()), top_k)
+                .into_iter()
+                .map(|index| Prediction {
+                    index,
+                    class_id: model.record.classes[index].clone(),
+                    label: model.record.classes[index].clone(),
+                    score: row[index],
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// Indices of the `k` highest scores, best first (ties by index).
+fn ranked(scores: &[f32], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    order
 }
 
 /// Decodes and preprocesses every image into batches of at most `max_batch` images.
@@ -99,11 +178,8 @@ fn top_predictions(model: &LoadedModel, mut scores: Vec<f32>, top_k: usize) -> V
     if model.manifest.output_kind == OutputKind::Logits {
         softmax_in_place(&mut scores);
     }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-    order
+    ranked(&scores, top_k)
         .into_iter()
-        .take(top_k)
         .filter_map(|index| {
             model.labels.get(index).map(|label| Prediction {
                 index,

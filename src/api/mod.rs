@@ -2,8 +2,10 @@
 //! mapping of domain errors to problem+json. Everything else is called from here.
 
 mod classify;
+mod datasets;
 mod health;
 mod images;
+mod jobs;
 mod models;
 mod problem;
 
@@ -12,10 +14,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
+use tokio::sync::Notify;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::config::Limits;
+use crate::config::{DatasetSettings, Limits};
+use crate::store::{BlobStore, Db};
 use crate::zoo::ModelRegistry;
 
 pub use problem::Problem;
@@ -25,16 +29,32 @@ pub use problem::Problem;
 pub struct AppState {
     pub registry: Arc<ModelRegistry>,
     pub limits: Limits,
+    pub db: Db,
+    pub blobs: BlobStore,
+    pub datasets: DatasetSettings,
+    /// Wakes this process's idle workers when a job is queued.
+    pub wake_workers: Arc<Notify>,
 }
 
 /// The whole HTTP surface, ready to serve or to test with `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
+    let upload_limit = usize::try_from(state.datasets.max_upload_bytes).unwrap_or(usize::MAX);
+    // Dataset uploads get their own, larger body limit (the inner layer wins).
+    let uploads = Router::new()
+        .route("/v1/datasets", post(datasets::create_dataset).get(datasets::list_datasets))
+        .layer(DefaultBodyLimit::max(upload_limit));
     Router::new()
+        .merge(uploads)
+        .route("/v1/datasets/{id}", get(datasets::get_dataset).delete(datasets::delete_dataset))
+        .route("/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/events", get(jobs::job_events))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1/models", get(models::list_models))
-        .route("/v1/models/{model}", get(models::get_model))
+        .route("/v1/models/{model}", get(models::get_model).delete(models::delete_model))
         // PUT too, so that `curl -T photo.jpg` (an upload with PUT) works as well as POST.
         .route("/v1/models/{model}/classify", post(classify::classify).put(classify::classify))
         .fallback(problem::not_found)

@@ -1,28 +1,82 @@
-//! `GET /v1/models` and `GET /v1/models/{model}`: manifest facts, provider, status.
+//! `/v1/models`: pretrained models (manifest facts, provider, status) and trained
+//! models (base, classes, evaluation); deleting a trained model.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::AppState;
 use crate::error::Error;
-use crate::zoo::{Manifest, ModelState};
+use crate::train::Head;
+use crate::zoo::{Manifest, ModelState, TrainedModel};
 
-pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
-    let models: Vec<Value> = state.registry.list().iter().map(|(manifest, model)| describe(manifest, model)).collect();
-    Json(json!({ "models": models }))
+pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, Error> {
+    let mut models: Vec<Value> = state.registry.list().iter().map(|(manifest, model)| describe(manifest, model)).collect();
+    // Models trained by workers in other processes appear once they are in the database.
+    for record in state.db.trained_models().await? {
+        if let Some(model) = trained_model(&state, &record.name).await? {
+            models.push(describe_trained(&model));
+        }
+    }
+    Ok(Json(json!({ "models": models })))
 }
 
 pub async fn get_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, Error> {
-    let (manifest, model) = state.registry.get(&name).ok_or(Error::UnknownModel(name))?;
-    Ok(Json(describe(&manifest, &model)))
+    if let Some((manifest, model)) = state.registry.get(&name) {
+        return Ok(Json(describe(&manifest, &model)));
+    }
+    let model = trained_model(&state, &name).await?.ok_or(Error::UnknownModel(name))?;
+    Ok(Json(describe_trained(&model)))
+}
+
+pub async fn delete_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, Error> {
+    if state.registry.get(&name).is_some() {
+        return Err(Error::Conflict(format!(
+            "{name} is a pretrained model configured by its manifest; only trained models can be deleted"
+        )));
+    }
+    let record = state.db.delete_trained_model(&name).await?.ok_or(Error::UnknownModel(name.clone()))?;
+    state.registry.remove_trained(&name);
+    let _ = state.blobs.delete(&record.head_blob);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The trained model `name` from the registry, or from the database (a model trained by
+/// a worker in another process), loading its head on first use.
+pub(super) async fn trained_model(state: &AppState, name: &str) -> Result<Option<Arc<TrainedModel>>, Error> {
+    if let Some(model) = state.registry.trained(name) {
+        return Ok(Some(model));
+    }
+    let Some(record) = state.db.trained_model(name).await? else { return Ok(None) };
+    let bytes = state.blobs.get(&record.head_blob).map_err(|e| Error::Internal(e.to_string()))?;
+    let head = Head::from_bytes(&bytes).map_err(|e| Error::Internal(format!("the head of {name} is unreadable: {e}")))?;
+    state.registry.insert_trained(TrainedModel { record, head });
+    Ok(state.registry.trained(name))
+}
+
+fn describe_trained(model: &TrainedModel) -> Value {
+    let record = &model.record;
+    json!({
+        "name": record.name,
+        "kind": "trained",
+        "status": "ready",
+        "base_model": record.base_model,
+        "job": record.job_id,
+        "dataset": record.dataset_id,
+        "classes": record.classes,
+        "hidden_units": model.head.hidden_units(),
+        "created_at": record.created_at,
+        "evaluation": record.evaluation,
+    })
 }
 
 fn describe(manifest: &Arc<Manifest>, state: &ModelState) -> Value {
     let mut out = json!({
         "name": manifest.name,
+        "kind": "pretrained",
         "description": manifest.description,
         "status": state.name(),
         "input": {

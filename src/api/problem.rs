@@ -59,6 +59,8 @@ impl From<&Error> for Problem {
             Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
             Error::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {

@@ -1,2 +1,13 @@
 //! The data room: datasets — archive reading with limits, class-folder layout,
 //! validation, deduplication by content hash, deterministic splits.
+
+pub mod archive;
+mod folder;
+mod ingest;
+mod layout;
+mod split;
+
+pub use ingest::{Duplicate, IngestError, IngestOptions, IngestOutcome, IngestReport, IngestedImage, Ingestor, Rejected};
+pub use folder::{FolderSummary, read_folder, resolve_import};
+pub use layout::{Placement, place_in_classes};
+pub use split::{Split, SplitFractions, assign_split};

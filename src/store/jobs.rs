@@ -72,8 +72,9 @@ pub struct EpochRow {
     pub epoch: i64,
     pub train_loss: f64,
     pub train_accuracy: f64,
-    pub valid_loss: f64,
-    pub valid_accuracy: f64,
+    /// `None` when the dataset has no validation split.
+    pub valid_loss: Option<f64>,
+    pub valid_accuracy: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

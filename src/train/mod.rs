@@ -1,2 +1,20 @@
 //! The train room: the native trainer for heads on frozen features (ndarray). Knows
 //! nothing of HTTP, SQL or ONNX Runtime: features and labels in, weights and metrics out.
+
+mod backprop;
+mod blob;
+mod checkpoint;
+mod config;
+mod data;
+mod head;
+mod metrics;
+mod optim;
+mod trainer;
+
+pub use checkpoint::Checkpoint;
+pub use config::{EarlyStopping, OptimizerKind, StopMetric, TrainConfig};
+pub use data::TrainData;
+pub use head::{Dense, Head, HeadError};
+pub use metrics::{ClassMetrics, Evaluation, LOG_LOSS_EPSILON, MetricsError, evaluate, log_loss};
+pub use optim::{BETA1, BETA2, EPSILON, OptimError, Optimizer, OptimizerState, Param, Rule};
+pub use trainer::{EpochReport, TrainError, TrainOutcome, train};

@@ -1,8 +1,10 @@
 //! The vision room: request bytes → pixels → model tensor. Knows nothing of HTTP,
 //! SQL or ONNX Runtime; the manifest's preprocessing facts arrive as plain values.
 
+mod augment;
 mod decode;
 mod preprocess;
 
+pub use augment::Augmentation;
 pub use decode::{DecodeLimits, VisionError, decode_image};
 pub use preprocess::{ColorOrder, Layout, Normalization, Preprocessing, ResizeMode, ResizePlan, preprocess_into};

@@ -7,6 +7,8 @@ use std::sync::{Arc, RwLock};
 use ort::environment::Environment;
 
 use super::{Labels, Manifest};
+use crate::store::TrainedModelRecord;
+use crate::train::Head;
 use crate::runtime::graph::expose_outputs;
 use crate::runtime::{ModelRunner, ModelSession, ModelSource, RunnerConfig, SessionOptions, TensorSpec, open_session};
 use crate::vision::Layout;
@@ -46,16 +48,23 @@ impl ModelState {
     }
 }
 
+/// A head trained by a job, served on its base model's features.
+pub struct TrainedModel {
+    pub record: TrainedModelRecord,
+    pub head: Head,
+}
+
 #[derive(Default)]
 pub struct ModelRegistry {
     entries: RwLock<BTreeMap<String, (Arc<Manifest>, ModelState)>>,
+    trained: RwLock<BTreeMap<String, Arc<TrainedModel>>>,
 }
 
 impl ModelRegistry {
     /// Registers the models to serve, all in the loading state.
     pub fn new(manifests: impl IntoIterator<Item = Manifest>) -> Self {
         let entries = manifests.into_iter().map(|m| (m.name.clone(), (Arc::new(m), ModelState::Loading))).collect();
-        Self { entries: RwLock::new(entries) }
+        Self { entries: RwLock::new(entries), trained: RwLock::default() }
     }
 
     pub fn get(&self, name: &str) -> Option<(Arc<Manifest>, ModelState)> {
@@ -69,6 +78,32 @@ impl ModelRegistry {
     pub fn set_state(&self, name: &str, state: ModelState) {
         if let Some(entry) = self.entries.write().expect("registry lock").get_mut(name) {
             entry.1 = state;
+        }
+    }
+
+    pub fn trained(&self, name: &str) -> Option<Arc<TrainedModel>> {
+        self.trained.read().expect("registry lock").get(name).cloned()
+    }
+
+    pub fn trained_list(&self) -> Vec<Arc<TrainedModel>> {
+        self.trained.read().expect("registry lock").values().cloned().collect()
+    }
+
+    pub fn insert_trained(&self, model: TrainedModel) {
+        self.trained.write().expect("registry lock").insert(model.record.name.clone(), Arc::new(model));
+    }
+
+    pub fn remove_trained(&self, name: &str) -> Option<Arc<TrainedModel>> {
+        self.trained.write().expect("registry lock").remove(name)
+    }
+
+    /// The loaded base model `name`, or why it cannot be used.
+    pub fn ready(&self, name: &str) -> Result<Arc<LoadedModel>, String> {
+        match self.get(name) {
+            None => Err(format!("no base model named {name:?} is configured")),
+            Some((_, ModelState::Loading)) => Err(format!("base model {name} is still loading")),
+            Some((_, ModelState::Failed(reason))) => Err(format!("base model {name} failed to load: {reason}")),
+            Some((_, ModelState::Ready(model))) => Ok(model),
         }
     }
 

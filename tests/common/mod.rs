@@ -6,7 +6,8 @@ pub mod db;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use graft::config::Limits;
+use graft::config::{DatasetSettings, Limits};
+use graft::store::{BlobStore, Db};
 use graft::runtime::{Device, SessionOptions, find_library, init_runtime};
 use graft::zoo::{ModelRegistry, load_manifest_dir};
 use graft::{AppState, app};
@@ -43,23 +44,48 @@ pub fn cpu() -> SessionOptions {
 pub struct TestServer {
     pub url: String,
     pub registry: Arc<ModelRegistry>,
+    pub state: AppState,
+    /// Holds the SQLite database and blob store of the server.
+    pub data_dir: Arc<tempfile::TempDir>,
 }
 
-/// Starts graft with every manifest in `model_dir`, loaded and warm, on 127.0.0.1:0.
+/// Starts graft with every manifest in `model_dir`, loaded and warm, on 127.0.0.1:0,
+/// with a fresh SQLite database and blob store and no training workers.
 pub async fn start_server(model_dir: &Path, limits: Limits) -> TestServer {
+    let data_dir = Arc::new(tempfile::tempdir().unwrap());
+    let url = db::sqlite_url(data_dir.path());
+    start_server_on(model_dir, limits, &url, data_dir).await
+}
+
+/// As [`start_server`], on the database at `database_url`.
+pub async fn start_server_on(
+    model_dir: &Path,
+    limits: Limits,
+    database_url: &str,
+    data_dir: Arc<tempfile::TempDir>,
+) -> TestServer {
+    let registry = loaded_registry(model_dir, &limits).await;
+    let state = AppState {
+        registry: registry.clone(),
+        limits,
+        db: Db::connect(database_url).await.unwrap(),
+        blobs: BlobStore::open(data_dir.path().join("blobs")).unwrap(),
+        datasets: DatasetSettings::default(),
+        wake_workers: Arc::new(tokio::sync::Notify::new()),
+    };
+    let url = serve_app(state.clone()).await;
+    TestServer { url, registry, state, data_dir }
+}
+
+/// Every manifest in `model_dir`, loaded and warmed up.
+pub async fn loaded_registry(model_dir: &Path, limits: &Limits) -> Arc<ModelRegistry> {
     let env = runtime();
     let registry = Arc::new(ModelRegistry::new(load_manifest_dir(model_dir).unwrap()));
-    {
-        let registry = registry.clone();
-        let limits = limits.clone();
-        tokio::task::spawn_blocking(move || {
-            registry.load_all(&env, &cpu(), limits.max_batch_size, limits.queue_capacity)
-        })
+    let (loading, limits) = (registry.clone(), limits.clone());
+    tokio::task::spawn_blocking(move || loading.load_all(&env, &cpu(), limits.max_batch_size, limits.queue_capacity))
         .await
         .unwrap();
-    }
-    let url = serve_app(AppState { registry: registry.clone(), limits }).await;
-    TestServer { url, registry }
+    registry
 }
 
 /// Serves `state` on 127.0.0.1:0 in the background; returns the base URL.

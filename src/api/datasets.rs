@@ -1,0 +1,250 @@
+//! `/v1/datasets`: upload an archive of class folders (multipart) or import a folder
+//! under the import root (JSON), list, describe and delete datasets.
+
+use std::io::Write;
+
+use axum::Json;
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::http::{StatusCode, header};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use crate::data::archive::{ArchiveLimits, read_archive};
+use crate::data::{IngestOptions, Ingestor, SplitFractions, read_folder, resolve_import};
+use crate::error::Error;
+use crate::jobs::image_key;
+use crate::store::{DatasetRecord, ItemRecord, NewDataset};
+use crate::vision::DecodeLimits;
+
+/// The options of an upload or import besides the images.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatasetOptions {
+    name: Option<String>,
+    seed: Option<u64>,
+    split: Option<SplitFractions>,
+    min_images_per_class: Option<usize>,
+    path: Option<String>,
+}
+
+enum Source {
+    Upload(tempfile::NamedTempFile),
+    Folder(std::path::PathBuf),
+}
+
+pub async fn create_dataset(State(state): State<AppState>, request: Request) -> Result<(StatusCode, Json<Value>), Error> {
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let (options, source) = if content_type.starts_with("multipart/form-data") {
+        read_upload(&state, request).await?
+    } else if content_type.starts_with("application/json") {
+        read_import_request(&state, request).await?
+    } else {
+        return Err(Error::UnsupportedMediaType(
+            "send multipart/form-data with an `archive` file (zip, tar or tar.gz), or JSON {\"path\": …}".into(),
+        ));
+    };
+    let split = options.split.unwrap_or_default();
+    split.validate().map_err(Error::Unprocessable)?;
+    let ingest_options = IngestOptions {
+        decode: DecodeLimits { max_pixels: state.limits.max_pixels },
+        seed: options.seed.unwrap_or(0),
+        splits: split,
+        min_images_per_class: options.min_images_per_class.unwrap_or(10),
+    };
+    let limits = ArchiveLimits {
+        max_entry_bytes: state.datasets.max_entry_bytes,
+        max_total_bytes: state.datasets.max_archive_bytes,
+        ..ArchiveLimits::default()
+    };
+    let default_name = match &source {
+        Source::Upload(_) => "dataset".to_owned(),
+        Source::Folder(path) => path.file_name().map_or("dataset".into(), |n| n.to_string_lossy().into_owned()),
+    };
+
+    // Ingest on a blocking thread: decoding thousands of images is CPU work.
+    let blobs = state.blobs.clone();
+    let (outcome, new_blobs) = tokio::task::spawn_blocking(move || {
+        let mut new_blobs = Vec::new();
+        let mut store_image = |sha: &str, bytes: &[u8]| -> Result<(), String> {
+            let key = image_key(sha);
+            if blobs.put(&key, bytes).map_err(|e| e.to_string())? {
+                new_blobs.push(key);
+            }
+            Ok(())
+        };
+        let mut ingestor = Ingestor::new(ingest_options, &mut store_image);
+        let read = match &source {
+            Source::Upload(file) => read_archive(file.path(), &limits, &mut |entry| ingestor.add(entry)).map(|_| ()),
+            Source::Folder(dir) => read_folder(dir, &limits, &mut |entry| ingestor.add(entry)).map(|_| ()),
+        };
+        let outcome = read.map_err(|e| e.to_string()).and_then(|()| ingestor.finish().map_err(|e| e.to_string()));
+        (outcome, new_blobs)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("ingestion stopped: {e}")))?;
+
+    let cleanup = |state: &AppState, keys: Vec<String>| {
+        for key in keys {
+            let _ = state.blobs.delete(&key);
+        }
+    };
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(reason) => {
+            cleanup(&state, new_blobs);
+            return Err(Error::Unprocessable(reason));
+        }
+    };
+    let dataset = NewDataset {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: options.name.unwrap_or(default_name),
+        seed: options.seed.unwrap_or(0) as i64,
+        splits: split.as_array(),
+        report: serde_json::to_value(&outcome.report).map_err(|e| Error::Internal(e.to_string()))?,
+        classes: outcome.classes.clone(),
+        items: outcome
+            .images
+            .iter()
+            .map(|image| ItemRecord {
+                sha256: image.sha256.clone(),
+                class_idx: image.class_idx as i64,
+                split: image.split.as_str().to_owned(),
+                path: image.path.clone(),
+                width: i64::from(image.width),
+                height: i64::from(image.height),
+            })
+            .collect(),
+    };
+    if let Err(e) = state.db.insert_dataset(&dataset).await {
+        cleanup(&state, new_blobs);
+        return Err(e.into());
+    }
+    let record = state.db.dataset(&dataset.id).await?.ok_or_else(|| Error::Internal("the dataset vanished".into()))?;
+    Ok((StatusCode::CREATED, Json(describe(&state, &record).await?)))
+}
+
+async fn read_upload(state: &AppState, request: Request) -> Result<(DatasetOptions, Source), Error> {
+    let mut multipart =
+        Multipart::from_request(request, &()).await.map_err(|r| Error::BadRequest(format!("the multipart body could not be read: {}", r.body_text())))?;
+    let mut options = DatasetOptions::default();
+    let mut archive = None;
+    let too_large = |e: &axum::extract::multipart::MultipartError, limit: u64| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge { limit: limit as usize }
+        } else {
+            Error::BadRequest(format!("the multipart body is malformed: {}", e.body_text()))
+        }
+    };
+    let limit = state.datasets.max_upload_bytes;
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| too_large(&e, limit))? {
+        let name = field.name().unwrap_or("").to_owned();
+        match name.as_str() {
+            "archive" | "file" => {
+                let mut temp = tempfile::NamedTempFile::new_in(state.blobs.root().join(".tmp"))
+                    .map_err(|e| Error::Internal(format!("cannot stage the upload: {e}")))?;
+                while let Some(chunk) = field.chunk().await.map_err(|e| too_large(&e, limit))? {
+                    temp.write_all(&chunk).map_err(|e| Error::Internal(format!("cannot stage the upload: {e}")))?;
+                }
+                archive = Some(temp);
+            }
+            "name" | "seed" | "split" | "min_images_per_class" => {
+                let text = field.text().await.map_err(|e| too_large(&e, limit))?;
+                apply_text_option(&mut options, &name, &text)?;
+            }
+            other => {
+                return Err(Error::Unprocessable(format!(
+                    "unknown form field {other:?}: send `archive` (the file) and optionally `name`, `seed`, `split`"
+                )));
+            }
+        }
+    }
+    let archive = archive.ok_or_else(|| Error::Unprocessable("the form has no `archive` file".into()))?;
+    Ok((options, Source::Upload(archive)))
+}
+
+fn apply_text_option(options: &mut DatasetOptions, name: &str, text: &str) -> Result<(), Error> {
+    let bad = |what: &str| Error::Unprocessable(format!("{name}: {what}"));
+    match name {
+        "name" => options.name = Some(text.to_owned()),
+        "seed" => options.seed = Some(text.trim().parse().map_err(|_| bad("must be a non-negative integer"))?),
+        "min_images_per_class" => {
+            options.min_images_per_class = Some(text.trim().parse().map_err(|_| bad("must be a non-negative integer"))?)
+        }
+        _ => {
+            // "0.8,0.1,0.1" or {"train": 0.8, "valid": 0.1, "test": 0.1}
+            let parts: Vec<f64> = text.split(',').map(|p| p.trim().parse()).collect::<Result<_, _>>().unwrap_or_default();
+            options.split = Some(match parts[..] {
+                [train, valid, test] => SplitFractions { train, valid, test },
+                _ => serde_json::from_str(text).map_err(|_| bad("must be \"train,valid,test\" fractions"))?,
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn read_import_request(state: &AppState, request: Request) -> Result<(DatasetOptions, Source), Error> {
+    let Json(options): Json<DatasetOptions> =
+        Json::from_request(request, &()).await.map_err(|r| Error::Unprocessable(r.body_text()))?;
+    let root = state.datasets.import_root.as_deref().ok_or_else(|| {
+        Error::Unprocessable("imports from the server's disk are off; start graft with --import-root to allow them".into())
+    })?;
+    let path = options.path.as_deref().ok_or_else(|| Error::Unprocessable("the JSON body needs a `path`".into()))?;
+    let folder = resolve_import(root, path).map_err(Error::Unprocessable)?;
+    Ok((options, Source::Folder(folder)))
+}
+
+pub async fn list_datasets(State(state): State<AppState>) -> Result<Json<Value>, Error> {
+    let mut out = Vec::new();
+    for record in state.db.datasets().await? {
+        out.push(describe(&state, &record).await?);
+    }
+    Ok(Json(json!({ "datasets": out })))
+}
+
+pub async fn get_dataset(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, Error> {
+    let record = state.db.dataset(&id).await?.ok_or_else(|| Error::NotFound(format!("there is no dataset {id}")))?;
+    Ok(Json(describe(&state, &record).await?))
+}
+
+pub async fn delete_dataset(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, Error> {
+    if state.db.dataset(&id).await?.is_none() {
+        return Err(Error::NotFound(format!("there is no dataset {id}")));
+    }
+    let active = state.db.active_jobs_on_dataset(&id).await?;
+    if active > 0 {
+        return Err(Error::Conflict(format!("{active} queued or running jobs use dataset {id}; cancel them first")));
+    }
+    let orphans = state.db.delete_dataset(&id).await?.unwrap_or_default();
+    for sha in orphans {
+        let _ = state.blobs.delete(&image_key(&sha));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn describe(state: &AppState, record: &DatasetRecord) -> Result<Value, Error> {
+    let counts = state.db.dataset_counts(&record.id).await?;
+    let classes: Vec<Value> = record
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(idx, name)| {
+            let count = |split: &str| {
+                counts.iter().filter(|c| c.class_idx == idx as i64 && c.split == split).map(|c| c.count).sum::<i64>()
+            };
+            let (train, valid, test) = (count("train"), count("valid"), count("test"));
+            json!({"index": idx, "name": name, "images": train + valid + test, "train": train, "valid": valid, "test": test})
+        })
+        .collect();
+    let total: i64 = counts.iter().map(|c| c.count).sum();
+    Ok(json!({
+        "id": record.id,
+        "name": record.name,
+        "created_at": record.created_at,
+        "seed": record.seed,
+        "split": {"train": record.splits[0], "valid": record.splits[1], "test": record.splits[2]},
+        "images": total,
+        "classes": classes,
+        "report": record.report,
+    }))
+}

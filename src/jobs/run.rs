@@ -1,0 +1,320 @@
+//! Running one claimed job: features (cached), the head, the evaluation on the test
+//! split, then — in one transaction, only if this worker still holds the job — the
+//! job's success and its model's registration. Progress goes to the job row and its
+//! events; a checkpoint after every epoch lets another worker resume a job whose
+//! worker died.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ndarray::Array2;
+use serde_json::{Value, json};
+use tokio::runtime::Handle;
+
+use super::features::{FeatureError, FeatureRequest, FeatureStats, extract_features};
+use super::spec::JobSpec;
+use crate::data::Split;
+use crate::store::{BlobStore, Db, EpochRow, JobRecord, JobState, TrainedModelRecord, now_ms};
+use crate::train::{Checkpoint, EpochReport, Head, TrainData, TrainError, evaluate, train};
+use crate::vision::DecodeLimits;
+use crate::zoo::{ModelRegistry, TrainedModel};
+
+/// What every job run needs.
+#[derive(Clone)]
+pub struct JobContext {
+    pub db: Db,
+    pub blobs: BlobStore,
+    pub registry: Arc<ModelRegistry>,
+    pub worker_id: String,
+    pub lease: Duration,
+    pub decode_limits: DecodeLimits,
+}
+
+/// Flags the heartbeat sets and the work checks between batches and epochs.
+#[derive(Default)]
+struct Control {
+    cancel: AtomicBool,
+    lease_lost: AtomicBool,
+}
+
+impl Control {
+    fn should_stop(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed) || self.lease_lost.load(Ordering::Relaxed)
+    }
+}
+
+enum Failure {
+    Cancelled,
+    LeaseLost,
+    Failed(String),
+}
+
+/// The result of a successful run, before it is committed.
+struct Trained {
+    head: Head,
+    classes: Vec<String>,
+    evaluation: Value,
+}
+
+pub fn checkpoint_key(job_id: &str) -> String {
+    format!("checkpoints/{job_id}.json")
+}
+
+pub fn head_key(job_id: &str) -> String {
+    format!("heads/{job_id}.bin")
+}
+
+/// Runs `job` (already claimed by this worker) to its end.
+pub async fn run_job(ctx: &JobContext, job: JobRecord) {
+    let control = Arc::new(Control::default());
+    let done = Arc::new(tokio::sync::Notify::new());
+    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), job.id.clone(), control.clone(), done.clone()));
+    let _ = ctx.db.append_event(&job.id, "state", &json!({"state": "running", "attempt": job.attempts, "worker": ctx.worker_id})).await;
+
+    let outcome = {
+        let (ctx, job, control) = (ctx.clone(), job.clone(), control.clone());
+        let handle = Handle::current();
+        tokio::task::spawn_blocking(move || execute(&ctx, &job, &control, &handle)).await
+    };
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(panic) => Err(Failure::Failed(format!("internal error: {panic}"))),
+    };
+    let (state, detail) = match outcome {
+        Ok(trained) => match commit(ctx, &job, trained).await {
+            Ok(true) => (JobState::Succeeded, None),
+            Ok(false) => (JobState::Running, Some("lease lost before completion".to_owned())),
+            Err(reason) => (JobState::Failed, Some(reason)),
+        },
+        Err(Failure::Cancelled) => (JobState::Cancelled, None),
+        Err(Failure::LeaseLost) => (JobState::Running, Some("lease lost".to_owned())),
+        Err(Failure::Failed(reason)) => (JobState::Failed, Some(reason)),
+    };
+    done.notify_one();
+    let _ = heartbeat.await;
+    match state {
+        JobState::Failed | JobState::Cancelled => {
+            if let Ok(true) = ctx.db.end_job(&job.id, &ctx.worker_id, state, detail.as_deref()).await {
+                let _ = ctx.blobs.delete(&checkpoint_key(&job.id));
+                let _ = ctx.db.append_event(&job.id, "state", &json!({"state": state, "failure": detail})).await;
+            }
+            tracing::info!(job = %job.id, state = state.as_str(), "job ended: {}", detail.as_deref().unwrap_or(""));
+        }
+        JobState::Succeeded => tracing::info!(job = %job.id, model = %job.model_name, "job succeeded"),
+        _ => tracing::warn!(job = %job.id, "left to the worker that took the job over ({})", detail.unwrap_or_default()),
+    }
+}
+
+/// Keeps the lease while the job runs; learns about cancellation and takeover.
+async fn heartbeat(ctx: JobContext, job_id: String, control: Arc<Control>, done: Arc<tokio::sync::Notify>) {
+    let lease_ms = ctx.lease.as_millis() as i64;
+    let mut ticker = tokio::time::interval(ctx.lease / 3);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = done.notified() => return,
+            _ = ticker.tick() => {}
+        }
+        match ctx.db.heartbeat(&job_id, &ctx.worker_id, lease_ms).await {
+            Ok(lease) => {
+                control.cancel.store(lease.cancel_requested, Ordering::Relaxed);
+                if !lease.held {
+                    control.lease_lost.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(job = %job_id, "heartbeat failed: {e}"),
+        }
+    }
+}
+
+fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle) -> Result<Trained, Failure> {
+    let failed = |reason: String| Failure::Failed(reason);
+    let db = |reason: crate::store::StoreError| Failure::Failed(reason.to_string());
+    let spec = JobSpec::parse(&job.spec).map_err(failed)?;
+    let dataset =
+        handle.block_on(ctx.db.dataset(&job.dataset_id)).map_err(db)?.ok_or_else(|| failed("the dataset was deleted".into()))?;
+    let items = handle.block_on(ctx.db.dataset_items(&job.dataset_id)).map_err(db)?;
+    let model = ctx.registry.ready(&job.base_model).map_err(failed)?;
+
+    let of_split = |split: Split| items.iter().filter(move |i| i.split == split.as_str());
+    let variants = spec.feature_variants();
+    let mut requests = Vec::new();
+    for variant in 0..variants {
+        requests.extend(of_split(Split::Train).map(|i| FeatureRequest { sha256: i.sha256.clone(), variant }));
+    }
+    requests.extend(of_split(Split::Valid).map(|i| FeatureRequest { sha256: i.sha256.clone(), variant: 0 }));
+    requests.extend(of_split(Split::Test).map(|i| FeatureRequest { sha256: i.sha256.clone(), variant: 0 }));
+    let labels = |split: Split| of_split(split).map(|i| i.class_idx as usize).collect::<Vec<_>>();
+    let (train_labels, valid_labels, test_labels) = (labels(Split::Train), labels(Split::Valid), labels(Split::Test));
+    if train_labels.is_empty() {
+        return Err(failed("the dataset's train split is empty".into()));
+    }
+
+    let progress = Progress::new(ctx, job, handle);
+    let features_started = Instant::now();
+    let (features, stats) = extract_features(
+        &model,
+        &ctx.blobs,
+        &requests,
+        spec.augment.as_ref(),
+        &ctx.decode_limits,
+        &mut |done, total| {
+            progress.features(done, total, features_started);
+            !control.should_stop()
+        },
+    )
+    .map_err(|e| match e {
+        FeatureError::Stopped => stop_reason(control),
+        FeatureError::Failed(reason) => failed(reason),
+    })?;
+    let features_seconds = features_started.elapsed().as_secs_f64();
+
+    let width = features.first().map_or(0, Vec::len);
+    let mut rows = features.into_iter();
+    let mut take = |n: usize| -> Array2<f32> {
+        let flat: Vec<f32> = rows.by_ref().take(n).flatten().collect();
+        Array2::from_shape_vec((n, width), flat).expect("every feature vector has the model's width")
+    };
+    let train_variants: Vec<Array2<f32>> = (0..variants).map(|_| take(train_labels.len())).collect();
+    let valid = take(valid_labels.len());
+    let test = take(test_labels.len());
+    let data = TrainData { train: train_variants, train_labels, valid, valid_labels, classes: dataset.classes.len() };
+
+    let resume = ctx
+        .blobs
+        .try_get(&checkpoint_key(&job.id))
+        .ok()
+        .flatten()
+        .and_then(|bytes| serde_json::from_slice::<Checkpoint>(&bytes).ok());
+    if let Some(checkpoint) = &resume {
+        progress.event("resumed", json!({"after_epoch": checkpoint.epoch}));
+    }
+    let training_started = Instant::now();
+    let outcome = train(&spec.train, &data, resume, &mut |report, checkpoint| {
+        progress.epoch(report);
+        if let Ok(bytes) = serde_json::to_vec(checkpoint) {
+            let _ = ctx.blobs.replace(&checkpoint_key(&job.id), &bytes);
+        }
+        if control.should_stop() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    })
+    .map_err(|e| match e {
+        TrainError::Cancelled { .. } => stop_reason(control),
+        other => failed(other.to_string()),
+    })?;
+    let training_seconds = training_started.elapsed().as_secs_f64();
+
+    progress.phase("evaluating");
+    let probabilities = outcome.head.forward(test.view());
+    let test_metrics = evaluate(probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
+    let evaluation = json!({
+        "test": test_metrics,
+        "classes": dataset.classes,
+        "best_epoch": outcome.best_epoch,
+        "epochs_run": outcome.epochs_run,
+        "stopped_early": outcome.stopped_early,
+        "features": stats_json(stats, width),
+        "timings": {"features_seconds": features_seconds, "training_seconds": training_seconds},
+    });
+    progress.event("evaluation", evaluation.clone());
+    Ok(Trained { head: outcome.head, classes: dataset.classes, evaluation })
+}
+
+fn stop_reason(control: &Control) -> Failure {
+    if control.lease_lost.load(Ordering::Relaxed) { Failure::LeaseLost } else { Failure::Cancelled }
+}
+
+fn stats_json(stats: FeatureStats, width: usize) -> Value {
+    json!({"images": stats.total, "cached": stats.cached, "computed": stats.computed, "width": width})
+}
+
+/// Stores the head, then marks the job succeeded and registers the model atomically.
+async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<bool, String> {
+    let key = head_key(&job.id);
+    ctx.blobs.replace(&key, &trained.head.to_bytes()).map_err(|e| e.to_string())?;
+    let record = TrainedModelRecord {
+        name: job.model_name.clone(),
+        job_id: job.id.clone(),
+        base_model: job.base_model.clone(),
+        dataset_id: job.dataset_id.clone(),
+        classes: trained.classes,
+        head_blob: key.clone(),
+        evaluation: trained.evaluation.clone(),
+        created_at: now_ms(),
+    };
+    match ctx.db.complete_job(&job.id, &ctx.worker_id, &trained.evaluation, &record).await {
+        Ok(true) => {
+            let _ = ctx.blobs.delete(&checkpoint_key(&job.id));
+            let _ = ctx.db.append_event(&job.id, "state", &json!({"state": "succeeded", "model": record.name})).await;
+            ctx.registry.insert_trained(TrainedModel { record, head: trained.head });
+            Ok(true)
+        }
+        Ok(false) => Ok(false),
+        Err(e) => {
+            let _ = ctx.blobs.delete(&key);
+            Err(format!("registering the model failed: {e}"))
+        }
+    }
+}
+
+/// Writes progress to the job row and its events, at most a few times a second.
+struct Progress<'a> {
+    ctx: &'a JobContext,
+    job: &'a JobRecord,
+    handle: &'a Handle,
+    last_write: std::cell::Cell<Option<Instant>>,
+}
+
+impl<'a> Progress<'a> {
+    fn new(ctx: &'a JobContext, job: &'a JobRecord, handle: &'a Handle) -> Self {
+        Self { ctx, job, handle, last_write: std::cell::Cell::new(None) }
+    }
+
+    fn write(&self, progress: Value, kind: &str, throttle: bool) {
+        let now = Instant::now();
+        if throttle && self.last_write.get().is_some_and(|t| now.duration_since(t) < Duration::from_millis(250)) {
+            return;
+        }
+        self.last_write.set(Some(now));
+        let _ = self.handle.block_on(self.ctx.db.set_progress(&self.job.id, &self.ctx.worker_id, &progress));
+        let _ = self.handle.block_on(self.ctx.db.append_event(&self.job.id, kind, &progress));
+    }
+
+    fn event(&self, kind: &str, data: Value) {
+        let _ = self.handle.block_on(self.ctx.db.append_event(&self.job.id, kind, &data));
+    }
+
+    fn phase(&self, phase: &str) {
+        self.write(json!({"phase": phase}), "progress", false);
+    }
+
+    fn features(&self, done: usize, total: usize, started: Instant) {
+        let elapsed = started.elapsed().as_secs_f64();
+        let eta = (done > 0 && done < total).then(|| elapsed / done as f64 * (total - done) as f64);
+        let progress = json!({"phase": "features", "features": {"done": done, "total": total}, "eta_seconds": eta});
+        self.write(progress, "progress", done < total);
+    }
+
+    fn epoch(&self, report: &EpochReport) {
+        let row = EpochRow {
+            epoch: report.epoch as i64,
+            train_loss: f64::from(report.train_loss),
+            train_accuracy: f64::from(report.train_accuracy),
+            valid_loss: report.valid_loss.map(f64::from),
+            valid_accuracy: report.valid_accuracy.map(f64::from),
+        };
+        let _ = self.handle.block_on(self.ctx.db.record_epoch(&self.job.id, &row));
+        let per_epoch = report.elapsed_seconds / report.epoch.max(1) as f64;
+        let progress = json!({
+            "phase": "training",
+            "epoch": report.epoch,
+            "epochs": report.epochs,
+            "best_epoch": report.best_epoch,
+            "eta_seconds": per_epoch * report.epochs.saturating_sub(report.epoch) as f64,
+            "last": report,
+        });
+        self.write(progress, "epoch", false);
+    }
+}

@@ -1,0 +1,264 @@
+//! The stored form of a head: a small self-describing, versioned binary blob.
+//!
+//! Layout: the 8-byte magic `graftHD\0`, a little-endian u32 header length, a UTF-8 JSON header
+//! (`{"format":"graft.head","version":1,"dtype":"f32-le","layers":[{"inputs","outputs","activation"}…]}`),
+//! then for each layer, input side first, its weights row by row (`inputs × outputs`) and its
+//! biases, all little-endian f32. JSON keeps the header readable and extensible; raw f32 keeps
+//! the bulk compact and exact. Decoding trusts nothing: every size is checked against the
+//! bytes actually present before anything is allocated from it.
+
+use ndarray::{Array1, Array2};
+use serde::{Deserialize, Serialize};
+
+use super::head::{Dense, Head, HeadError};
+
+/// Marks the start of a head blob.
+pub(crate) const MAGIC: &[u8; 8] = b"graftHD\0";
+/// The format version this build writes and reads.
+pub(crate) const VERSION: u32 = 1;
+const FORMAT: &str = "graft.head";
+const DTYPE: &str = "f32-le";
+/// A real header is a few hundred bytes; refusing more bounds the JSON parse.
+const MAX_HEADER_LEN: usize = 64 * 1024;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    format: String,
+    version: u32,
+    dtype: String,
+    layers: Vec<LayerHeader>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayerHeader {
+    inputs: usize,
+    outputs: usize,
+    activation: String,
+}
+
+/// Only the version, read first so that a newer blob gets a version error, not a schema error.
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: u32,
+}
+
+pub(crate) fn encode(head: &Head) -> Vec<u8> {
+    let layers: Vec<&Dense> = head.layers().collect();
+    let last = layers.len() - 1;
+    let header = Header {
+        format: FORMAT.into(),
+        version: VERSION,
+        dtype: DTYPE.into(),
+        layers: layers
+            .iter()
+            .enumerate()
+            .map(|(i, d)| LayerHeader {
+                inputs: d.inputs(),
+                outputs: d.outputs(),
+                activation: if i == last { "softmax" } else { "relu" }.into(),
+            })
+            .collect(),
+    };
+    let header = serde_json::to_vec(&header).expect("a header of strings and integers always serialises");
+    let floats: usize = layers.iter().map(|d| d.weights.len() + d.bias.len()).sum();
+    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + 4 * floats);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    for dense in layers {
+        for v in dense.weights.iter().chain(dense.bias.iter()) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+pub(crate) fn decode(bytes: &[u8]) -> Result<Head, HeadError> {
+    let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(|| malformed("not a graft head blob (bad magic)"))?;
+    let (len, rest) = split(rest, 4).ok_or_else(|| malformed("truncated before the header length"))?;
+    let header_len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if header_len > MAX_HEADER_LEN {
+        return Err(malformed(&format!("header of {header_len} bytes is implausibly large")));
+    }
+    let (header, payload) = split(rest, header_len).ok_or_else(|| malformed("truncated inside the header"))?;
+    let header = parse_header(header)?;
+    let expected = payload_len(&header.layers)?;
+    if payload.len() != expected {
+        return Err(malformed(&format!("expected {expected} bytes of parameters, found {}", payload.len())));
+    }
+    read_layers(&header.layers, payload)
+}
+
+fn parse_header(header: &[u8]) -> Result<Header, HeadError> {
+    let probe: VersionProbe =
+        serde_json::from_slice(header).map_err(|e| malformed(&format!("unreadable header: {e}")))?;
+    if probe.version != VERSION {
+        return Err(HeadError::UnsupportedVersion(probe.version));
+    }
+    let header: Header = serde_json::from_slice(header).map_err(|e| malformed(&format!("unreadable header: {e}")))?;
+    if header.format != FORMAT || header.dtype != DTYPE {
+        return Err(malformed(&format!("unknown format {:?} / dtype {:?}", header.format, header.dtype)));
+    }
+    check_layers(&header.layers)?;
+    Ok(header)
+}
+
+/// One or two layers, chained, a ReLU hidden layer and a softmax output.
+fn check_layers(layers: &[LayerHeader]) -> Result<(), HeadError> {
+    let expected_activations: &[&str] = match layers.len() {
+        1 => &["softmax"],
+        2 => &["relu", "softmax"],
+        n => return Err(malformed(&format!("a head has one or two layers, not {n}"))),
+    };
+    for (layer, activation) in layers.iter().zip(expected_activations) {
+        if layer.activation != *activation {
+            return Err(malformed(&format!("expected a {activation} layer, found {:?}", layer.activation)));
+        }
+        if layer.inputs == 0 || layer.outputs == 0 {
+            return Err(malformed("a layer with zero inputs or outputs"));
+        }
+    }
+    if layers.windows(2).any(|pair| pair[0].outputs != pair[1].inputs) {
+        return Err(malformed("layer shapes do not chain"));
+    }
+    Ok(())
+}
+
+/// Bytes the parameters take, with overflow treated as malformed rather than wrapped.
+fn payload_len(layers: &[LayerHeader]) -> Result<usize, HeadError> {
+    let too_big = || malformed("layer sizes overflow");
+    layers.iter().try_fold(0usize, |total, layer| {
+        let floats = layer.inputs.checked_mul(layer.outputs).and_then(|w| w.checked_add(layer.outputs)).ok_or_else(too_big)?;
+        floats.checked_mul(4).and_then(|b| total.checked_add(b)).ok_or_else(too_big)
+    })
+}
+
+/// Reads the layers; `payload` is known to hold exactly their parameters.
+fn read_layers(layers: &[LayerHeader], mut payload: &[u8]) -> Result<Head, HeadError> {
+    let mut dense = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let (weights, rest) = take_floats(payload, layer.inputs * layer.outputs)?;
+        let (bias, rest) = take_floats(rest, layer.outputs)?;
+        payload = rest;
+        let weights = Array2::from_shape_vec((layer.inputs, layer.outputs), weights)
+            .map_err(|e| malformed(&format!("weights: {e}")))?;
+        dense.push(Dense::new(weights, Array1::from(bias)).map_err(|e| malformed(&e.to_string()))?);
+    }
+    let output = dense.pop().ok_or_else(|| malformed("no layers"))?;
+    Head::new(dense.pop(), output)
+}
+
+fn take_floats(bytes: &[u8], count: usize) -> Result<(Vec<f32>, &[u8]), HeadError> {
+    let (head, rest) = split(bytes, count * 4).ok_or_else(|| malformed("truncated parameters"))?;
+    let floats = head.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Ok((floats, rest))
+}
+
+fn split(bytes: &[u8], at: usize) -> Option<(&[u8], &[u8])> {
+    (bytes.len() >= at).then(|| bytes.split_at(at))
+}
+
+fn malformed(why: &str) -> HeadError {
+    HeadError::Malformed(why.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn sample(hidden: Option<usize>) -> Head {
+        Head::init(6, hidden, 3, &mut StdRng::seed_from_u64(3)).unwrap()
+    }
+
+    fn with_header(header: &str, payload: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn round_trip_is_exact() {
+        for hidden in [None, Some(4)] {
+            let head = sample(hidden);
+            assert_eq!(Head::from_bytes(&head.to_bytes()).unwrap(), head);
+        }
+    }
+
+    #[test]
+    fn layout_is_as_documented() {
+        let head = Head::new(None, Dense::new(array![[1.0f32, -2.0]], array![0.5, 0.25]).unwrap()).unwrap();
+        let bytes = head.to_bytes();
+        assert_eq!(&bytes[..8], b"graftHD\0");
+        let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[12..12 + len]).unwrap();
+        assert_eq!(header["version"], 1);
+        assert_eq!(header["layers"][0]["outputs"], 2);
+        let floats: Vec<f32> =
+            bytes[12 + len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(floats, [1.0, -2.0, 0.5, 0.25]);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = sample(Some(4)).to_bytes();
+        for len in 0..bytes.len() {
+            assert!(Head::from_bytes(&bytes[..len]).is_err(), "prefix of {len} bytes accepted");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(Head::from_bytes(&longer).is_err());
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(Head::from_bytes(b"").is_err());
+        assert!(Head::from_bytes(b"GIF89a not a head at all").is_err());
+        let mut state = 12345u32;
+        for _ in 0..200 {
+            let junk: Vec<u8> = (0..64)
+                .map(|_| {
+                    state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (state >> 16) as u8
+                })
+                .collect();
+            assert!(Head::from_bytes(&junk).is_err());
+            let mut framed = MAGIC.to_vec();
+            framed.extend_from_slice(&junk);
+            assert!(Head::from_bytes(&framed).is_err());
+        }
+    }
+
+    #[test]
+    fn damaged_headers_are_errors() {
+        let two_floats = [0u8; 8];
+        let ok = r#"{"format":"graft.head","version":1,"dtype":"f32-le","layers":[{"inputs":1,"outputs":1,"activation":"softmax"}]}"#;
+        assert!(Head::from_bytes(&with_header(ok, &two_floats)).is_ok());
+        let newer = ok.replace("\"version\":1", "\"version\":2");
+        assert_eq!(Head::from_bytes(&with_header(&newer, &two_floats)), Err(HeadError::UnsupportedVersion(2)));
+        let cases = [
+            ok.replace("f32-le", "f16-le"),
+            ok.replace("softmax", "relu"),
+            ok.replace("\"inputs\":1", "\"inputs\":0"),
+            ok.replace("\"inputs\":1", "\"inputs\":18446744073709551615"),
+            ok.replace("\"outputs\":1", "\"outputs\":4611686018427387904"),
+            ok.replace("graft.head", "other"),
+            r#"{"format":"graft.head","version":1,"dtype":"f32-le","layers":[]}"#.to_string(),
+            "{not json".to_string(),
+        ];
+        for header in cases {
+            assert!(Head::from_bytes(&with_header(&header, &two_floats)).is_err(), "{header}");
+        }
+        let mut huge = MAGIC.to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Head::from_bytes(&huge).is_err());
+        let nan = [f32::NAN.to_le_bytes(), 0f32.to_le_bytes()].concat();
+        assert!(Head::from_bytes(&with_header(ok, &nan)).is_err());
+    }
+}
