@@ -410,6 +410,9 @@ fn tar_links_and_special_files_are_skipped() {
     builder.append(&raw_header(b"top/disk", EntryType::Block, 0), &[][..]).unwrap();
     builder.append(&raw_header(b"top/pipe", EntryType::Fifo, 0), &[][..]).unwrap();
     builder.append(&raw_header(b"top/weird", EntryType::new(b'V'), 0), &[][..]).unwrap();
+    // A PAX global header (as `git archive` writes) is metadata: not reported at all.
+    let global = b"52 comment=0123456789012345678901234567890123456789\n";
+    builder.append(&raw_header(b"pax_global_header", EntryType::XGlobalHeader, 52), &global[..]).unwrap();
     append_raw(&mut builder, "top/classA/ok.jpg", b"ok");
     builder.into_inner().unwrap();
 

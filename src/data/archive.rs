@@ -650,7 +650,9 @@ fn walk_tar<R: Read>(walk: &mut Walk<'_>, stream: R) -> Result<R, ArchiveError> 
             tar::EntryType::Char | tar::EntryType::Block => Kind::Other("device file".into()),
             tar::EntryType::Fifo => Kind::Other("named pipe (FIFO)".into()),
             tar::EntryType::GNUSparse => Kind::Other("sparse file (not supported)".into()),
-            tar::EntryType::XGlobalHeader => Kind::Other("PAX global header".into()),
+            // Archive-wide metadata (`git archive` writes one with the commit id); like a
+            // folder it is no file, and not worth a line in a report.
+            tar::EntryType::XGlobalHeader => Kind::Dir,
             other => Kind::Other(format!("unsupported tar entry type {:?}", char::from(other.as_byte()))),
         };
         match plan(&raw_path, kind, size, walk.limits) {

@@ -40,9 +40,8 @@ pub(crate) fn softmax_cross_entropy(logits: &mut Array2<f32>, labels: &[usize]) 
     let mut losses = Vec::with_capacity(labels.len());
     let mut correct = 0;
     for (mut row, &label) in logits.axis_iter_mut(Axis(0)).zip(labels) {
-        let (argmax, max) = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
-            if v > best.1 { (j, v) } else { best }
-        });
+        let (argmax, max) =
+            row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (j, &v)| if v > best.1 { (j, v) } else { best });
         correct += usize::from(argmax == label);
         let target = row[label] - max;
         row.mapv_inplace(|v| (v - max).exp());

@@ -130,7 +130,8 @@ fn check_layers(layers: &[LayerHeader]) -> Result<(), HeadError> {
 fn payload_len(layers: &[LayerHeader]) -> Result<usize, HeadError> {
     let too_big = || malformed("layer sizes overflow");
     layers.iter().try_fold(0usize, |total, layer| {
-        let floats = layer.inputs.checked_mul(layer.outputs).and_then(|w| w.checked_add(layer.outputs)).ok_or_else(too_big)?;
+        let floats =
+            layer.inputs.checked_mul(layer.outputs).and_then(|w| w.checked_add(layer.outputs)).ok_or_else(too_big)?;
         floats.checked_mul(4).and_then(|b| total.checked_add(b)).ok_or_else(too_big)
     })
 }

@@ -178,7 +178,8 @@ mod tests {
 
     #[test]
     fn validate_rejects_each_out_of_range_value() {
-        let bad: Vec<(&str, fn(&mut TrainConfig))> = vec![
+        type Spoil = fn(&mut TrainConfig);
+        let bad: Vec<(&str, Spoil)> = vec![
             ("epochs", |c| c.epochs = 0),
             ("epochs", |c| c.epochs = 10_001),
             ("batch_size", |c| c.batch_size = 0),

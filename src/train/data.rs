@@ -105,7 +105,8 @@ mod tests {
 
     #[test]
     fn each_defect_is_reported() {
-        let cases: Vec<(&str, fn(&mut TrainData))> = vec![
+        type Spoil = fn(&mut TrainData);
+        let cases: Vec<(&str, Spoil)> = vec![
             ("2 classes", |d| d.classes = 1),
             ("no training features", |d| d.train.clear()),
             ("at least one row", |d| {

@@ -36,7 +36,9 @@ impl Dense {
     pub fn new(weights: Array2<f32>, bias: Array1<f32>) -> Result<Self, HeadError> {
         let (inputs, outputs) = weights.dim();
         if inputs == 0 || outputs == 0 {
-            return Err(HeadError::Shape(format!("a layer needs at least one input and output, got {inputs}×{outputs}")));
+            return Err(HeadError::Shape(format!(
+                "a layer needs at least one input and output, got {inputs}×{outputs}"
+            )));
         }
         if bias.len() != outputs {
             return Err(HeadError::Shape(format!("{outputs} outputs but {} biases", bias.len())));
@@ -287,8 +289,8 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
-    fn close(a: &Array2<f32>, b: &Array2<f32>, tol: f32) -> bool {
-        a.shape() == b.shape() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+    fn close(a: &Array2<f32>, b: &Array2<f64>, tol: f64) -> bool {
+        a.shape() == b.shape() && a.iter().zip(b).all(|(x, y)| (f64::from(*x) - y).abs() <= tol)
     }
 
     #[test]
@@ -332,7 +334,7 @@ mod tests {
         let x = array![[1.0f32, 2.0], [1000.0, -1000.0]];
         // numpy: z = x @ w + b; e = np.exp(z - z.max(1, keepdims=True)); e / e.sum(1, keepdims=True)
         // z row 0 = [5.1, -0.8, -0.2]; row 1 = [-999.9, -999.8, 1000.3] → [0, 0, 1]
-        let expected = array![[0.9923282717f32, 0.0027184285, 0.0049532998], [0.0, 0.0, 1.0]];
+        let expected = array![[0.9923282717f64, 0.0027184285, 0.0049532998], [0.0, 0.0, 1.0]];
         let p = head.forward(x.view());
         assert!(close(&p, &expected, 1e-6), "{p}");
         assert!(head.try_forward(Array2::zeros((1, 3)).view()).is_err());
@@ -346,7 +348,7 @@ mod tests {
         // numpy: h = np.maximum(x @ w1 + b1, 0); z = h @ w2 + b2; softmax(z)
         // x = [[1, 1], [-1, 0.5]]: h = [[1.5, 0.5], [0, 1.5]]; z = [[1.0, 0.75], [-1.5, 1.75]]
         let x = array![[1.0f32, 1.0], [-1.0, 0.5]];
-        let expected = array![[0.5621765009f32, 0.4378234991], [0.0373268873, 0.9626731127]];
+        let expected = array![[0.5621765009f64, 0.4378234991], [0.0373268873, 0.9626731127]];
         assert!(close(&head.forward(x.view()), &expected, 1e-6));
     }
 

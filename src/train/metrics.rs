@@ -206,10 +206,10 @@ mod tests {
         // numpy: P = <example>; y = [0,0,0,1,1,2]
         //        -np.log(np.maximum(P.astype(np.float32)[range(6), y], 1e-7)).mean()
         let (p, y) = example();
-        assert!((log_loss(p.view(), &y).unwrap() - 0.8141473286).abs() < 1e-6);
+        assert!((f64::from(log_loss(p.view(), &y).unwrap()) - 0.8141473286).abs() < 1e-6);
         // A zero probability is clipped to 1e-7: -log(1e-7) = 16.1180956510
         let zero = array![[1.0f32, 0.0]];
-        assert!((log_loss(zero.view(), &[1]).unwrap() - 16.118095651).abs() < 1e-5);
+        assert!((f64::from(log_loss(zero.view(), &[1]).unwrap()) - 16.118095651).abs() < 1e-5);
     }
 
     #[test]

@@ -91,7 +91,11 @@ impl Optimizer {
         let sizes: Vec<usize> = params.iter().map(|p| p.value.len()).collect();
         self.check_state(state, &sizes)?;
         if let Some(p) = params.iter().find(|p| p.value.shape() != p.grad.shape()) {
-            return Err(OptimError(format!("gradient shape {:?} for a {:?} parameter", p.grad.shape(), p.value.shape())));
+            return Err(OptimError(format!(
+                "gradient shape {:?} for a {:?} parameter",
+                p.grad.shape(),
+                p.value.shape()
+            )));
         }
         state.step += 1;
         let step = Step::new(self, state.step);
@@ -151,11 +155,8 @@ impl Step {
                     let g = g + wd * *w;
                     *m = BETA1 * *m + (1.0 - BETA1) * g;
                     *v = BETA2 * *v + (1.0 - BETA2) * g * g;
-                    let m_hat = if nesterov {
-                        BETA1 * *m * self.c1_next + (1.0 - BETA1) * g * self.c1
-                    } else {
-                        *m * self.c1
-                    };
+                    let m_hat =
+                        if nesterov { BETA1 * *m * self.c1_next + (1.0 - BETA1) * g * self.c1 } else { *m * self.c1 };
                     let v_hat = *v * self.c2;
                     *w -= self.lr * m_hat / (v_hat.sqrt() + EPSILON);
                 }
@@ -206,14 +207,16 @@ mod tests {
 
     #[test]
     fn sgd_with_momentum_matches_formula() {
-        let (w, b) = three_steps(Optimizer { rule: Rule::Sgd { momentum: 0.9 }, learning_rate: 0.1, weight_decay: 0.01 });
+        let (w, b) =
+            three_steps(Optimizer { rule: Rule::Sgd { momentum: 0.9 }, learning_rate: 0.1, weight_decay: 0.01 });
         assert_close(&w, &[0.4596303895, -1.016230779, 1.918613568]);
         assert_close(&b, &[-0.166, -0.1845]);
     }
 
     #[test]
     fn plain_sgd_is_momentum_zero() {
-        let (w, b) = three_steps(Optimizer { rule: Rule::Sgd { momentum: 0.0 }, learning_rate: 0.1, weight_decay: 0.0 });
+        let (w, b) =
+            three_steps(Optimizer { rule: Rule::Sgd { momentum: 0.0 }, learning_rate: 0.1, weight_decay: 0.0 });
         // numpy: w - 0.1*sum(gw), b - 0.1*sum(gb)
         assert_close(&w, &[0.475, -1.02, 1.99]);
         assert_close(&b, &[0.05, -0.225]);

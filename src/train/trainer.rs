@@ -187,8 +187,13 @@ impl<'a> Run<'a> {
             let batch_x = x.select(Axis(0), batch);
             let batch_labels: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
             let dropout = Some(Dropout { rate: self.config.dropout, rng: &mut rng });
-            let (grads, stats) =
-                batch_gradients(&checkpoint.head, batch_x.view(), &batch_labels, self.class_weights.as_deref(), dropout);
+            let (grads, stats) = batch_gradients(
+                &checkpoint.head,
+                batch_x.view(),
+                &batch_labels,
+                self.class_weights.as_deref(),
+                dropout,
+            );
             apply(&self.optimizer, &mut checkpoint.optimizer, &mut checkpoint.head, &grads)?;
             loss_sum += stats.weighted_loss_sum;
             correct += stats.correct;

@@ -1,6 +1,7 @@
 //! Shared test plumbing: fixture paths and a real graft server on an ephemeral port.
 #![allow(dead_code)]
 
+pub mod datasets;
 pub mod db;
 
 use std::path::{Path, PathBuf};
@@ -121,4 +122,51 @@ pub async fn expect_problem(response: reqwest::Response, status: u16) -> serde_j
     assert!(body["detail"].as_str().is_some_and(|d| d.len() > 10), "a human sentence: {body}");
     assert!(body["type"].as_str().is_some_and(|t| t.starts_with("urn:graft:problem:")), "{body}");
     body
+}
+
+/// Runs one in-process training worker on the server's database, blobs and models.
+pub fn spawn_worker(server: &TestServer, lease: std::time::Duration) -> tokio::sync::watch::Sender<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let ctx = graft::jobs::JobContext {
+        db: server.state.db.clone(),
+        blobs: server.state.blobs.clone(),
+        registry: server.registry.clone(),
+        worker_id: format!("test-worker-{}", uuid::Uuid::new_v4().simple()),
+        lease,
+        decode_limits: graft::vision::DecodeLimits::default(),
+    };
+    tokio::spawn(graft::jobs::worker_loop(ctx, server.state.wake_workers.clone(), stopped));
+    stop
+}
+
+/// Uploads a class-folder archive; returns the created dataset's description.
+pub async fn upload_dataset(base_url: &str, archive: Vec<u8>, name: &str) -> serde_json::Value {
+    let form = reqwest::multipart::Form::new()
+        .part("archive", reqwest::multipart::Part::bytes(archive).file_name("dataset.zip"))
+        .text("name", name.to_owned())
+        .text("seed", "7");
+    let response = client().post(format!("{base_url}/v1/datasets")).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    response.json().await.unwrap()
+}
+
+/// Submits a job; returns its description.
+pub async fn submit_job(base_url: &str, body: serde_json::Value) -> serde_json::Value {
+    let response = client().post(format!("{base_url}/v1/jobs")).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 202, "{:?}", response.text().await);
+    response.json().await.unwrap()
+}
+
+/// Polls the job until it has ended (or `timeout` passes); returns its final description.
+pub async fn wait_for_job(base_url: &str, id: &str, timeout: std::time::Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let job: serde_json::Value =
+            client().get(format!("{base_url}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+        if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "job {id} did not finish: {job}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -1,0 +1,128 @@
+//! The heart of graft end to end over HTTP, on SQLite and on PostgreSQL: upload a
+//! class-folder zip, train a head on the fixture base, follow it, evaluate it, classify
+//! with it, train again from the feature cache, delete it.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::datasets::{CLASSES, class_folder_zip, class_image, encode};
+use common::*;
+use graft::config::Limits;
+use serde_json::{Value, json};
+
+const PER_CLASS: usize = 60;
+
+async fn train_and_serve(server: &TestServer) {
+    let _worker = spawn_worker(server, Duration::from_secs(30));
+    let url = &server.url;
+
+    // The dataset: four classes, a text file rejected, a duplicate stored once.
+    let dataset = upload_dataset(url, class_folder_zip("shapes", PER_CLASS, 1), "shapes").await;
+    assert_eq!(dataset["images"], 4 * PER_CLASS);
+    let names: Vec<&str> = dataset["classes"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["blue", "green", "red", "yellow"]);
+    assert_eq!(dataset["report"]["top_folder"], "shapes");
+    let rejected = dataset["report"]["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0]["path"], "shapes/LICENSE.txt");
+    assert_eq!(dataset["report"]["duplicates"][0]["same_as"], "shapes/red/img_000.png");
+    for class in dataset["classes"].as_array().unwrap() {
+        let splits = ["train", "valid", "test"].map(|s| class[s].as_i64().unwrap());
+        assert_eq!(splits.iter().sum::<i64>(), PER_CLASS as i64);
+        assert!(splits[0] > splits[1] && splits[0] > splits[2], "{class}");
+    }
+    let dataset_id = dataset["id"].as_str().unwrap();
+    let fetched: Value = client().get(format!("{url}/v1/datasets/{dataset_id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(fetched["images"], dataset["images"]);
+
+    // Train a head on the frozen fixture base.
+    let body = json!({"dataset": dataset_id, "base_model": "tiny_nchw", "name": "colours", "epochs": 80,
+                      "learning_rate": 0.05, "early_stopping": {"patience": 20}, "seed": 3});
+    let job = submit_job(url, body).await;
+    assert_eq!(job["state"], "queued");
+    let id = job["id"].as_str().unwrap();
+    let done = wait_for_job(url, id, Duration::from_secs(120)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let epochs = done["epochs"].as_array().unwrap();
+    assert!(!epochs.is_empty() && epochs.len() <= 80);
+    assert!(epochs.iter().all(|e| e["train_loss"].as_f64().unwrap().is_finite()));
+    let test = &done["evaluation"]["test"];
+    let accuracy = test["accuracy"].as_f64().unwrap();
+    println!("test accuracy {accuracy} on {} images after {} epochs", test["count"], epochs.len());
+    assert!(test["count"].as_u64().unwrap() >= 12, "a test split of a reasonable size: {test}");
+    assert!(accuracy >= 0.95, "{test}");
+    assert_eq!(test["confusion"].as_array().unwrap().len(), 4);
+    assert_eq!(test["per_class"].as_array().unwrap().len(), 4);
+    assert_eq!(done["evaluation"]["features"]["computed"], done["evaluation"]["features"]["images"]);
+
+    // The event stream replays the whole run and ends with the final state.
+    let events = client().get(format!("{url}/v1/jobs/{id}/events")).send().await.unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let text = tokio::time::timeout(Duration::from_secs(10), events.text()).await.expect("the stream ends").unwrap();
+    for needle in ["event: state\ndata: {\"state\":\"queued\"}", "event: progress", "event: epoch", "\"state\":\"succeeded\""] {
+        assert!(text.contains(needle), "{needle} missing from the event stream");
+    }
+
+    // The model serves at once, with the dataset's class names.
+    let model: Value = client().get(format!("{url}/v1/models/colours")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(model["kind"], "trained");
+    assert_eq!(model["base_model"], "tiny_nchw");
+    assert_eq!(model["evaluation"]["test"]["accuracy"], test["accuracy"]);
+    let mut right = 0;
+    for (class, (name, _)) in CLASSES.iter().enumerate() {
+        for seed in 5000..5005 {
+            let png = encode(&class_image(class, seed), image::ImageFormat::Png);
+            let response = client()
+                .post(format!("{url}/v1/models/colours/classify?top_k=2"))
+                .header("content-type", "image/png")
+                .body(png)
+                .send()
+                .await
+                .unwrap();
+            let body: Value = response.json().await.unwrap();
+            let top = &body["predictions"][0];
+            assert_eq!(top.as_array().unwrap().len(), 2);
+            right += usize::from(top[0]["label"] == *name);
+        }
+    }
+    assert!(right >= 19, "{right} of 20 new images classified right");
+
+    // A second job on the same images computes no features again.
+    let again = submit_job(url, json!({"dataset": dataset_id, "base_model": "tiny_nchw", "epochs": 5})).await;
+    let again = wait_for_job(url, again["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(again["state"], "succeeded", "{again}");
+    assert_eq!(again["evaluation"]["features"]["computed"], 0);
+    assert_eq!(again["evaluation"]["features"]["cached"], again["evaluation"]["features"]["images"]);
+    assert!(again["model"].as_str().unwrap().starts_with("shapes-tiny_nchw-"), "{again}");
+
+    // Names are unique; the dataset cannot go while jobs are queued on it; models can.
+    let conflict = client()
+        .post(format!("{url}/v1/jobs"))
+        .json(&json!({"dataset": dataset_id, "base_model": "tiny_nchw", "name": "colours"}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(conflict, 409).await;
+    let deleted = client().delete(format!("{url}/v1/models/colours")).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    let gone = post_image(url, "colours", "image/png", "img0.png").await;
+    expect_problem(gone, 404).await;
+    let deleted = client().delete(format!("{url}/v1/datasets/{dataset_id}")).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    expect_problem(client().get(format!("{url}/v1/datasets/{dataset_id}")).send().await.unwrap(), 404).await;
+}
+
+#[tokio::test]
+async fn train_on_sqlite() {
+    let server = start_server(&fixture_models(), Limits::default()).await;
+    train_and_serve(&server).await;
+}
+
+#[tokio::test]
+async fn train_on_postgres() {
+    let url = common::db::fresh_postgres_url().await;
+    let server = start_server_on(&fixture_models(), Limits::default(), &url, Arc::new(tempfile::tempdir().unwrap())).await;
+    train_and_serve(&server).await;
+}
