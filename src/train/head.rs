@@ -15,6 +15,9 @@ pub enum HeadError {
     /// Layer shapes that do not fit together, or an input of the wrong width.
     #[error("invalid head shape: {0}")]
     Shape(String),
+    /// A parameter that is NaN or infinite.
+    #[error("a head parameter is NaN or infinite")]
+    NotFinite,
     /// Bytes that are not a head blob, or a damaged one.
     #[error("malformed head blob: {0}")]
     Malformed(String),
@@ -44,7 +47,7 @@ impl Dense {
             return Err(HeadError::Shape(format!("{outputs} outputs but {} biases", bias.len())));
         }
         if weights.iter().chain(bias.iter()).any(|v| !v.is_finite()) {
-            return Err(HeadError::Shape("a layer parameter is NaN or infinite".into()));
+            return Err(HeadError::NotFinite);
         }
         // Owned standard layout keeps serialisation and the blob in row-major order.
         Ok(Self { weights: weights.as_standard_layout().into_owned(), bias })
@@ -321,7 +324,7 @@ mod tests {
     #[test]
     fn new_checks_shapes() {
         assert!(Dense::new(Array2::zeros((3, 2)), Array1::zeros(3)).is_err());
-        assert!(Dense::new(array![[f32::NAN]], array![0.0]).is_err());
+        assert_eq!(Dense::new(array![[f32::NAN]], array![0.0]), Err(HeadError::NotFinite));
         let hidden = Dense::new(Array2::zeros((3, 4)), Array1::zeros(4)).unwrap();
         let output = Dense::new(Array2::zeros((5, 2)), Array1::zeros(2)).unwrap();
         assert!(Head::new(Some(hidden), output).is_err());

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backprop::{Dropout, Gradients, batch_gradients, evaluate_split};
 use super::checkpoint::Checkpoint;
-use super::config::{StopMetric, TrainConfig};
+use super::config::{EarlyStopping, StopMetric, TrainConfig};
 use super::data::TrainData;
 use super::head::Head;
 use super::optim::{OptimError, Optimizer, OptimizerState, Param};
@@ -145,7 +145,7 @@ struct Run<'a> {
     optimizer: Optimizer,
     class_weights: Option<Vec<f32>>,
     /// Early stopping, when there is a validation split to watch.
-    monitor: Option<super::config::EarlyStopping>,
+    monitor: Option<EarlyStopping>,
 }
 
 impl<'a> Run<'a> {

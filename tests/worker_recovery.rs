@@ -1,0 +1,102 @@
+//! Crash recovery: a `graft worker` process killed mid-job (SIGKILL, no cleanup) is
+//! replaced by another that resumes the job from its last checkpoint; no rows or blobs
+//! are lost or duplicated.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::datasets::class_folder_zip;
+use common::*;
+use graft::config::Limits;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+fn worker(database_url: &str, storage_root: &std::path::Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(["worker", "--lease-seconds", "2", "--database-url", database_url])
+        .arg("--storage-root")
+        .arg(storage_root)
+        .arg("--model-dir")
+        .arg(fixture_models())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn job(url: &str, id: &str) -> Value {
+    client().get(format!("{url}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_killed_worker_is_replaced_and_nothing_is_lost_or_doubled() {
+    let data = Arc::new(tempfile::tempdir().unwrap());
+    let database_url = common::db::sqlite_url(data.path());
+    // This server queues jobs; the two worker processes below run them.
+    let server = start_server_on(&fixture_models(), Limits::default(), &database_url, data.clone()).await;
+    let url = &server.url;
+    let storage_root = data.path().join("blobs");
+
+    let dataset = upload_dataset(url, class_folder_zip("shapes", 20, 2), "shapes").await;
+    let images = dataset["images"].as_u64().unwrap();
+    let body = json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "name": "survivor", "epochs": 150,
+                      "batch_size": 1, "hidden_units": 256, "learning_rate": 0.001, "early_stopping": null,
+                      "augment": {"variants": 2}, "seed": 11});
+    let id = submit_job(url, body).await["id"].as_str().unwrap().to_owned();
+
+    // The first worker gets a few epochs in, then dies without any cleanup.
+    let mut first = worker(&database_url, &storage_root);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let killed_after = loop {
+        let epochs = job(url, &id).await["epochs"].as_array().unwrap().len();
+        if epochs >= 3 {
+            first.kill().unwrap();
+            first.wait().unwrap();
+            break epochs;
+        }
+        assert!(Instant::now() < deadline, "the first worker made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let orphaned = job(url, &id).await;
+    assert_eq!(orphaned["state"], "running", "the dead worker's job still looks running: {orphaned}");
+    assert!(killed_after < 150, "the job must not have finished before the kill");
+
+    // A new worker takes the job over once the lease runs out, and finishes it.
+    let mut second = worker(&database_url, &storage_root);
+    let done = wait_for_job(url, &id, Duration::from_secs(180)).await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2);
+
+    let events: String = client().get(format!("{url}/v1/jobs/{id}/events")).send().await.unwrap().text().await.unwrap();
+    let resumed_line = events.lines().skip_while(|l| *l != "event: resumed").nth(1).expect("a resumed event");
+    let resumed: Value = serde_json::from_str(resumed_line.trim_start_matches("data: ")).unwrap();
+    assert!(resumed["after_epoch"].as_u64().unwrap() >= 3, "{resumed}");
+
+    // Epoch rows: every epoch once.
+    let epochs: Vec<i64> = done["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_i64().unwrap()).collect();
+    assert_eq!(epochs, (1..=150).collect::<Vec<_>>());
+    // One model row, one head blob, no checkpoint left.
+    let db = &server.state.db;
+    let models = sqlx::query("SELECT COUNT(*) AS n FROM trained_models WHERE job_id = $1").bind(&id).fetch_one(&db.pool).await.unwrap();
+    assert_eq!(models.try_get::<i64, _>("n").unwrap(), 1);
+    let blobs = &server.state.blobs;
+    assert_eq!(blobs.list("heads").unwrap(), [format!("heads/{id}.bin")]);
+    assert!(blobs.list("checkpoints").unwrap().is_empty());
+    // Images stored once each; features once per (image, variant): 3 variants of the train
+    // split, one of valid and test.
+    assert_eq!(blobs.list("images").unwrap().len() as u64, images);
+    let train = dataset["classes"].as_array().unwrap().iter().map(|c| c["train"].as_u64().unwrap()).sum::<u64>();
+    let features = blobs.list("features").unwrap();
+    assert_eq!(features.iter().collect::<BTreeSet<_>>().len(), features.len());
+    assert_eq!(features.len() as u64, train * 3 + (images - train));
+    // The model serves.
+    let response = post_image(url, "survivor", "image/png", "img0.png").await;
+    assert_eq!(response.status(), 200);
+}
