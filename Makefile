@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test lint ort models fixtures keras-models clean
+.PHONY: all build release run test lint ort models fixtures keras-models bench-train clean
 
 all: build
 
@@ -68,6 +68,16 @@ keras-models:
 	.venv-keras/bin/pip install --quiet tensorflow-cpu tf2onnx onnx
 	.venv-keras/bin/python models/export_keras.py resnet50 --weights none
 	.venv-keras/bin/python models/export_keras.py xception --weights none
+
+## Head training: graft vs scikit-learn LogisticRegression and Keras model.fit on the same
+## features, and the second job's speed-up from the feature cache (needs EfficientNet-Lite0).
+bench-train: release models .venv-bench/.installed
+	.venv-bench/bin/python bench/train_bench.py --graft target/release/graft --model-dir models
+
+.venv-bench/.installed: bench/requirements.txt
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet -r bench/requirements.txt
+	touch $@
 
 clean:
 	rm -rf target $(FIXTURES) .ort

@@ -11,6 +11,7 @@ use rand::Rng;
 use rand::rngs::StdRng;
 
 use super::head::{Head, relu};
+use super::optim::{OptimError, Optimizer, OptimizerState, Param};
 
 /// Dropout for one batch: the rate and where the mask comes from.
 pub(crate) struct Dropout<'a> {
@@ -75,17 +76,18 @@ pub(crate) fn batch_gradients(
     class_weights: Option<&[f32]>,
     dropout: Option<Dropout<'_>>,
 ) -> (Gradients, BatchStats) {
-    // Forward: `features` is what the output layer sees, before dropout.
-    let features: CowArray<f32, Ix2> = match &head.hidden {
+    // Forward: `inputs` is what the output layer sees, after dropout.
+    let mut inputs: CowArray<f32, Ix2> = match &head.hidden {
         Some(hidden) => relu(hidden.apply(x)).into(),
         None => x.into(),
     };
-    let mask = dropout.filter(|d| d.rate > 0.0).map(|d| dropout_mask(features.dim(), d));
-    let dropped: CowArray<f32, Ix2> = match &mask {
-        Some(mask) => (&features * mask).into(),
-        None => features.view().into(),
-    };
-    let mut delta = head.output.apply(dropped.view());
+    let mut scale = 1.0;
+    if let Some(dropout) = dropout.filter(|d| d.rate > 0.0) {
+        let mut owned = inputs.into_owned();
+        scale = drop_units(&mut owned, dropout);
+        inputs = owned.into();
+    }
+    let mut delta = head.output.apply(inputs.view());
     let (losses, correct) = softmax_cross_entropy(&mut delta, labels);
 
     // ∂L/∂z = wᵢ·(p − onehot(y))/n.
@@ -99,37 +101,75 @@ pub(crate) fn batch_gradients(
         row *= w / n;
     }
 
-    let output_grads = (dropped.t().dot(&delta), delta.sum_axis(Axis(0)));
+    let output_grads = (inputs.t().dot(&delta), delta.sum_axis(Axis(0)));
     let mut layers = Vec::with_capacity(2);
     if head.hidden.is_some() {
-        // Back through dropout (same mask) and the ReLU (open where its output was positive).
+        // Back through dropout and the ReLU. A unit passed gradient iff its value after both
+        // is positive (kept by dropout and active), and then scaled by dropout's factor.
         let mut back = delta.dot(&head.output.weights.t());
-        if let Some(mask) = &mask {
-            back *= mask;
-        }
-        back.zip_mut_with(&features, |g, &h| {
-            if h <= 0.0 {
-                *g = 0.0;
-            }
-        });
+        back.zip_mut_with(&inputs, |g, &h| *g = if h > 0.0 { *g * scale } else { 0.0 });
         layers.push((x.t().dot(&back), back.sum_axis(Axis(0))));
     }
     layers.push(output_grads);
     (Gradients { layers }, BatchStats { weighted_loss_sum, correct })
 }
 
-/// Inverted dropout: each unit is kept with probability 1 − rate and then scaled by
-/// 1/(1 − rate), so inference needs no rescaling.
-fn dropout_mask(dim: (usize, usize), dropout: Dropout<'_>) -> Array2<f32> {
-    let scale = 1.0 / (1.0 - dropout.rate);
-    Array2::from_shape_simple_fn(dim, || if dropout.rng.random::<f32>() < dropout.rate { 0.0 } else { scale })
+/// One optimiser step on every parameter of `head` from `grads`.
+pub(crate) fn apply_gradients(
+    optimizer: &Optimizer,
+    state: &mut OptimizerState,
+    head: &mut Head,
+    grads: &Gradients,
+) -> Result<(), OptimError> {
+    // The optimiser pairs values and gradients element by element, so both must be row-major;
+    // matrix products can return column-major results, which this copies (rarely) into order.
+    let grads: Vec<_> = grads.layers.iter().map(|(w, b)| (w.as_standard_layout(), b.as_standard_layout())).collect();
+    let mut params = Vec::with_capacity(2 * grads.len());
+    for (dense, (grad_w, grad_b)) in head.layers_mut().zip(&grads) {
+        params.push(Param {
+            value: slice_mut(dense.weights.as_slice_mut())?,
+            grad: slice(grad_w.as_slice())?,
+            decay: true,
+        });
+        params.push(Param {
+            value: slice_mut(dense.bias.as_slice_mut())?,
+            grad: slice(grad_b.as_slice())?,
+            decay: false,
+        });
+    }
+    optimizer.step(state, &mut params)
+}
+
+fn slice(s: Option<&[f32]>) -> Result<&[f32], OptimError> {
+    s.ok_or_else(|| OptimError("a gradient is not contiguous".into()))
+}
+
+fn slice_mut(s: Option<&mut [f32]>) -> Result<&mut [f32], OptimError> {
+    s.ok_or_else(|| OptimError("a parameter is not contiguous".into()))
+}
+
+/// Inverted dropout in place: each unit is zeroed with probability `rate` and the survivors
+/// are scaled by 1/(1 − rate), so inference needs no rescaling. Returns that scale.
+///
+/// Each unit takes 16 random bits, drawn in bulk: with dropout on thousands of input features
+/// per row, one `f32` draw per unit would cost more than the matrix products. The rate is thus
+/// rounded to a multiple of 2⁻¹⁶, and the scale uses the rounded rate so the mask stays unbiased.
+fn drop_units(values: &mut Array2<f32>, dropout: Dropout<'_>) -> f32 {
+    let threshold = (f64::from(dropout.rate) * 65536.0).round().min(65535.0) as u16;
+    let scale = (65536.0 / (65536.0 - f64::from(threshold))) as f32;
+    let mut bits = vec![0u16; values.len()];
+    dropout.rng.fill(bits.as_mut_slice());
+    for (v, &b) in values.iter_mut().zip(&bits) {
+        *v = if b < threshold { 0.0 } else { *v * scale };
+    }
+    scale
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::train::head::Dense;
-    use crate::train::optim::{Optimizer, Param, Rule};
+    use crate::train::optim::Rule;
     use ndarray::array;
     use rand::SeedableRng;
 
@@ -152,13 +192,8 @@ mod tests {
     /// Applies one plain-SGD step to `head` from `grads`.
     fn sgd_step(head: &mut Head, grads: &Gradients, lr: f32) {
         let optimizer = Optimizer { rule: Rule::Sgd { momentum: 0.0 }, learning_rate: lr, weight_decay: 0.0 };
-        let mut state = optimizer.init_state(&[head.output.weights.len(), head.output.bias.len()]);
-        let (gw, gb) = &grads.layers[0];
-        let mut params = [
-            Param { value: head.output.weights.view_mut().into_dyn(), grad: gw.view().into_dyn(), decay: true },
-            Param { value: head.output.bias.view_mut().into_dyn(), grad: gb.view().into_dyn(), decay: false },
-        ];
-        optimizer.step(&mut state, &mut params).unwrap();
+        let mut state = optimizer.init_state(&head.param_sizes());
+        apply_gradients(&optimizer, &mut state, head, grads).unwrap();
     }
 
     #[test]
@@ -216,15 +251,51 @@ mod tests {
     }
 
     #[test]
-    fn dropout_masks_are_inverted_and_seeded() {
-        let mut rng = StdRng::seed_from_u64(9);
-        let mask = dropout_mask((100, 100), Dropout { rate: 0.25, rng: &mut rng });
-        let scale = 1.0 / 0.75;
+    fn dropout_is_inverted_and_seeded() {
+        let mut mask = Array2::<f32>::ones((100, 100));
+        let scale = drop_units(&mut mask, Dropout { rate: 0.25, rng: &mut StdRng::seed_from_u64(9) });
+        assert_eq!(scale, 1.0 / 0.75);
         assert!(mask.iter().all(|&m| m == 0.0 || m == scale));
         let dropped = mask.iter().filter(|&&m| m == 0.0).count();
-        assert!((2200..2800).contains(&dropped), "{dropped}");
-        let again = dropout_mask((100, 100), Dropout { rate: 0.25, rng: &mut StdRng::seed_from_u64(9) });
+        assert!((2300..2700).contains(&dropped), "{dropped}");
+        let mut again = Array2::<f32>::ones((100, 100));
+        drop_units(&mut again, Dropout { rate: 0.25, rng: &mut StdRng::seed_from_u64(9) });
         assert_eq!(mask, again);
+    }
+
+    #[test]
+    fn hidden_layer_gradients_with_dropout_match_numpy() {
+        // The mask is random, so the reference re-derives the gradients from the formulas with
+        // the same mask M (drawn again from the same seed), written out independently here:
+        //   Hd = relu(Z1) ∘ M; P = softmax(Hd·W2 + b2); dZ = (P − Y)/n
+        //   gW2 = Hdᵀ·dZ; dH = dZ·W2ᵀ ∘ M ∘ [Z1 > 0]; gW1 = Xᵀ·dH
+        let hidden = Dense::new(array![[1.0f32, -0.5], [0.25, 0.75]], array![0.0, 0.1]).unwrap();
+        let output = Dense::new(array![[0.3f32, -0.2, 0.1], [-0.4, 0.6, 0.2]], array![0.0, 0.05, -0.05]).unwrap();
+        let head = Head::new(Some(hidden.clone()), output.clone()).unwrap();
+        let x = array![[1.0f32, 2.0], [-1.0, 0.5], [0.5, 1.5], [2.0, 0.0]];
+        let y = [0, 2, 1, 1];
+        let (grads, _) =
+            batch_gradients(&head, x.view(), &y, None, Some(Dropout { rate: 0.5, rng: &mut StdRng::seed_from_u64(4) }));
+        let mut mask = Array2::<f32>::ones((4, 2));
+        drop_units(&mut mask, Dropout { rate: 0.5, rng: &mut StdRng::seed_from_u64(4) });
+        assert!(mask.iter().any(|&m| m == 0.0) && mask.iter().any(|&m| m == 2.0), "{mask}");
+
+        let z1 = x.dot(&hidden.weights) + &hidden.bias;
+        let hd = z1.mapv(|v| v.max(0.0)) * &mask;
+        let mut p = hd.dot(&output.weights) + &output.bias;
+        crate::train::head::softmax_rows(&mut p);
+        let mut dz = p;
+        for (i, &label) in y.iter().enumerate() {
+            dz[[i, label]] -= 1.0;
+        }
+        dz /= 4.0;
+        let gw2 = hd.t().dot(&dz);
+        let gate = z1.mapv(|v| if v > 0.0 { 1.0 } else { 0.0 });
+        let dh = dz.dot(&output.weights.t()) * &mask * &gate;
+        let gw1 = x.t().dot(&dh);
+        let near = |a: &Array2<f32>, b: &Array2<f32>| a.iter().zip(b).all(|(u, v)| (u - v).abs() < 1e-6);
+        assert!(near(&grads.layers[1].0, &gw2), "{}\n{gw2}", grads.layers[1].0);
+        assert!(near(&grads.layers[0].0, &gw1), "{}\n{gw1}", grads.layers[0].0);
     }
 
     #[test]

@@ -15,12 +15,12 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use super::backprop::{Dropout, Gradients, batch_gradients, evaluate_split};
+use super::backprop::{Dropout, apply_gradients, batch_gradients, evaluate_split};
 use super::checkpoint::Checkpoint;
 use super::config::{EarlyStopping, StopMetric, TrainConfig};
 use super::data::TrainData;
 use super::head::Head;
-use super::optim::{OptimError, Optimizer, OptimizerState, Param};
+use super::optim::{OptimError, Optimizer};
 
 /// What happened in one epoch, as shown to a user watching a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -194,7 +194,7 @@ impl<'a> Run<'a> {
                 self.class_weights.as_deref(),
                 dropout,
             );
-            apply(&self.optimizer, &mut checkpoint.optimizer, &mut checkpoint.head, &grads)?;
+            apply_gradients(&self.optimizer, &mut checkpoint.optimizer, &mut checkpoint.head, &grads)?;
             loss_sum += stats.weighted_loss_sum;
             correct += stats.correct;
         }
@@ -207,21 +207,6 @@ impl<'a> Run<'a> {
         let labels = &self.data.valid_labels;
         (!labels.is_empty()).then(|| evaluate_split(head, self.data.valid.view(), labels))
     }
-}
-
-/// One optimiser step on every parameter of the head.
-fn apply(
-    optimizer: &Optimizer,
-    state: &mut OptimizerState,
-    head: &mut Head,
-    grads: &Gradients,
-) -> Result<(), OptimError> {
-    let mut params = Vec::with_capacity(2 * grads.layers.len());
-    for (dense, (grad_w, grad_b)) in head.layers_mut().zip(&grads.layers) {
-        params.push(Param { value: dense.weights.view_mut().into_dyn(), grad: grad_w.view().into_dyn(), decay: true });
-        params.push(Param { value: dense.bias.view_mut().into_dyn(), grad: grad_b.view().into_dyn(), decay: false });
-    }
-    optimizer.step(state, &mut params)
 }
 
 /// The generator for epoch `epoch_index` (0-based): the seed mixed with a SplitMix64 hash of
