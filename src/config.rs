@@ -91,7 +91,9 @@ pub struct StorageSettings {
 
 impl StorageSettings {
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("graft.db").display()))
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("graft.db").display()))
     }
 
     pub fn storage_root(&self) -> PathBuf {

@@ -85,31 +85,42 @@ fn prepare_models(
     Ok((env, selected, options))
 }
 
-/// Starts `count` workers sharing `registry`; they stop when `shutdown` turns true.
-fn spawn_workers(
-    count: usize,
-    db: &Db,
-    blobs: &BlobStore,
-    registry: &Arc<ModelRegistry>,
-    settings: &WorkerSettings,
-    limits: &Limits,
-    wake: &Arc<tokio::sync::Notify>,
-    shutdown: &tokio::sync::watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let host = hostname();
-    (0..count)
-        .map(|i| {
-            let ctx = JobContext {
-                db: db.clone(),
-                blobs: blobs.clone(),
-                registry: registry.clone(),
-                worker_id: format!("{host}:{}:{i}:{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
-                lease: std::time::Duration::from_secs(settings.lease_seconds.max(1)),
-                decode_limits: vision::DecodeLimits { max_pixels: limits.max_pixels },
-            };
-            tokio::spawn(jobs::worker_loop(ctx, wake.clone(), shutdown.clone()))
-        })
-        .collect()
+/// What the training workers of a process share.
+struct WorkerPool<'a> {
+    db: &'a Db,
+    blobs: &'a BlobStore,
+    registry: &'a Arc<ModelRegistry>,
+    settings: &'a WorkerSettings,
+    limits: &'a Limits,
+}
+
+impl WorkerPool<'_> {
+    /// Starts `count` workers; they stop when `shutdown` turns true.
+    fn spawn(
+        &self,
+        count: usize,
+        wake: &Arc<tokio::sync::Notify>,
+        shutdown: &tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let host = hostname();
+        (0..count)
+            .map(|i| {
+                let ctx = JobContext {
+                    db: self.db.clone(),
+                    blobs: self.blobs.clone(),
+                    registry: self.registry.clone(),
+                    worker_id: format!(
+                        "{host}:{}:{i}:{}",
+                        std::process::id(),
+                        &uuid::Uuid::new_v4().simple().to_string()[..8]
+                    ),
+                    lease: std::time::Duration::from_secs(self.settings.lease_seconds.max(1)),
+                    decode_limits: vision::DecodeLimits { max_pixels: self.limits.max_pixels },
+                };
+                tokio::spawn(jobs::worker_loop(ctx, wake.clone(), shutdown.clone()))
+            })
+            .collect()
+    }
 }
 
 fn hostname() -> String {
@@ -136,7 +147,8 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let limits = settings.limits.clone();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     {
-        let (registry, db, blobs, wake, shutdown) = (registry.clone(), db.clone(), blobs.clone(), wake.clone(), shutdown_rx.clone());
+        let (registry, db, blobs, wake, shutdown) =
+            (registry.clone(), db.clone(), blobs.clone(), wake.clone(), shutdown_rx.clone());
         let (workers, worker_settings) = (settings.workers.workers, settings.workers.clone());
         tokio::spawn(async move {
             let loading = {
@@ -146,7 +158,9 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
                 })
             };
             let _ = loading.await;
-            spawn_workers(workers, &db, &blobs, &registry, &worker_settings, &limits, &wake, &shutdown);
+            let pool =
+                WorkerPool { db: &db, blobs: &blobs, registry: &registry, settings: &worker_settings, limits: &limits };
+            pool.spawn(workers, &wake, &shutdown);
         });
     }
 
@@ -162,18 +176,22 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
 
 /// `graft worker`: training workers without the HTTP server, for other machines or processes.
 pub async fn run_workers(settings: WorkerCommandSettings) -> anyhow::Result<()> {
-    let (env, selected, session_options) = prepare_models(&settings.runtime, &settings.models.model_dir, &settings.serve_models)?;
+    let (env, selected, session_options) =
+        prepare_models(&settings.runtime, &settings.models.model_dir, &settings.serve_models)?;
     let (db, blobs) = open_storage(&settings.storage).await?;
     let registry = Arc::new(ModelRegistry::new(selected));
     let limits = settings.limits.clone();
     {
         let (registry, limits) = (registry.clone(), limits.clone());
-        tokio::task::spawn_blocking(move || registry.load_all(&env, &session_options, limits.max_batch_size, limits.queue_capacity))
-            .await?;
+        tokio::task::spawn_blocking(move || {
+            registry.load_all(&env, &session_options, limits.max_batch_size, limits.queue_capacity)
+        })
+        .await?;
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let wake = Arc::new(tokio::sync::Notify::new());
-    let handles = spawn_workers(settings.workers.workers.max(1), &db, &blobs, &registry, &settings.workers, &limits, &wake, &shutdown_rx);
+    let pool = WorkerPool { db: &db, blobs: &blobs, registry: &registry, settings: &settings.workers, limits: &limits };
+    let handles = pool.spawn(settings.workers.workers.max(1), &wake, &shutdown_rx);
     shutdown_signal().await;
     let _ = shutdown_tx.send(true);
     for handle in handles {

@@ -47,7 +47,8 @@ fn hostile_tar() -> Vec<u8> {
 }
 
 async fn upload(url: &str, bytes: Vec<u8>) -> reqwest::Response {
-    let form = reqwest::multipart::Form::new().part("archive", reqwest::multipart::Part::bytes(bytes).file_name("upload"));
+    let form =
+        reqwest::multipart::Form::new().part("archive", reqwest::multipart::Part::bytes(bytes).file_name("upload"));
     client().post(format!("{url}/v1/datasets")).multipart(form).send().await.unwrap()
 }
 
@@ -150,7 +151,8 @@ async fn a_zip_bomb_entry_is_skipped_and_an_upload_over_the_limit_is_413() {
     assert_eq!(response.status(), 201);
     let dataset: Value = response.json().await.unwrap();
     assert_eq!(dataset["images"], 6);
-    let bomb = dataset["report"]["rejected"].as_array().unwrap().iter().find(|r| r["path"] == "red/bomb.png").unwrap().clone();
+    let bomb =
+        dataset["report"]["rejected"].as_array().unwrap().iter().find(|r| r["path"] == "red/bomb.png").unwrap().clone();
     assert!(bomb["reason"].as_str().unwrap().contains("over the limit"), "{bomb}");
 
     // Uploads over --max-upload-bytes are 413.

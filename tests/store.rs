@@ -10,7 +10,14 @@ use graft::store::{Db, ItemRecord, JobRecord, JobState, NewDataset, TrainedModel
 use serde_json::json;
 
 fn item(sha: &str, class_idx: i64, split: &str) -> ItemRecord {
-    ItemRecord { sha256: sha.into(), class_idx, split: split.into(), path: format!("c{class_idx}/{sha}.jpg"), width: 10, height: 8 }
+    ItemRecord {
+        sha256: sha.into(),
+        class_idx,
+        split: split.into(),
+        path: format!("c{class_idx}/{sha}.jpg"),
+        width: 10,
+        height: 8,
+    }
 }
 
 fn job(id: &str, created_at: i64) -> JobRecord {
@@ -58,7 +65,9 @@ async fn datasets_round_trip_and_delete_reports_orphans() {
             splits: [0.75, 0.15, 0.10],
             report: json!({"rejected": []}),
             classes: vec!["daisy".into(), "rose".into()],
-            items: (0..1200).map(|i| item(&format!("{i:064x}"), i % 2, if i % 10 == 0 { "test" } else { "train" })).collect(),
+            items: (0..1200)
+                .map(|i| item(&format!("{i:064x}"), i % 2, if i % 10 == 0 { "test" } else { "train" }))
+                .collect(),
         };
         db.insert_dataset(&first).await.unwrap();
         first.id = "d2".into();

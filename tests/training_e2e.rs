@@ -34,7 +34,8 @@ async fn train_and_serve(server: &TestServer) {
         assert!(splits[0] > splits[1] && splits[0] > splits[2], "{class}");
     }
     let dataset_id = dataset["id"].as_str().unwrap();
-    let fetched: Value = client().get(format!("{url}/v1/datasets/{dataset_id}")).send().await.unwrap().json().await.unwrap();
+    let fetched: Value =
+        client().get(format!("{url}/v1/datasets/{dataset_id}")).send().await.unwrap().json().await.unwrap();
     assert_eq!(fetched["images"], dataset["images"]);
 
     // Train a head on the frozen fixture base.
@@ -61,7 +62,9 @@ async fn train_and_serve(server: &TestServer) {
     let events = client().get(format!("{url}/v1/jobs/{id}/events")).send().await.unwrap();
     assert_eq!(events.headers()["content-type"], "text/event-stream");
     let text = tokio::time::timeout(Duration::from_secs(10), events.text()).await.expect("the stream ends").unwrap();
-    for needle in ["event: state\ndata: {\"state\":\"queued\"}", "event: progress", "event: epoch", "\"state\":\"succeeded\""] {
+    for needle in
+        ["event: state\ndata: {\"state\":\"queued\"}", "event: progress", "event: epoch", "\"state\":\"succeeded\""]
+    {
         assert!(text.contains(needle), "{needle} missing from the event stream");
     }
 
@@ -123,6 +126,7 @@ async fn train_on_sqlite() {
 #[tokio::test]
 async fn train_on_postgres() {
     let url = common::db::fresh_postgres_url().await;
-    let server = start_server_on(&fixture_models(), Limits::default(), &url, Arc::new(tempfile::tempdir().unwrap())).await;
+    let server =
+        start_server_on(&fixture_models(), Limits::default(), &url, Arc::new(tempfile::tempdir().unwrap())).await;
     train_and_serve(&server).await;
 }

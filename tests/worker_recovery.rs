@@ -15,8 +15,24 @@ use graft::config::Limits;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-fn worker(database_url: &str, storage_root: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_graft"))
+/// A worker process, killed (SIGKILL: no cleanup of any kind) when dropped.
+struct Worker(Child);
+
+impl Worker {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn worker(database_url: &str, storage_root: &std::path::Path) -> Worker {
+    let child = Command::new(env!("CARGO_BIN_EXE_graft"))
         .args(["worker", "--lease-seconds", "2", "--database-url", database_url])
         .arg("--storage-root")
         .arg(storage_root)
@@ -26,7 +42,8 @@ fn worker(database_url: &str, storage_root: &std::path::Path) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Worker(child)
 }
 
 async fn job(url: &str, id: &str) -> Value {
@@ -55,8 +72,7 @@ async fn a_killed_worker_is_replaced_and_nothing_is_lost_or_doubled() {
     let killed_after = loop {
         let epochs = job(url, &id).await["epochs"].as_array().unwrap().len();
         if epochs >= 3 {
-            first.kill().unwrap();
-            first.wait().unwrap();
+            first.kill();
             break epochs;
         }
         assert!(Instant::now() < deadline, "the first worker made no progress");
@@ -69,22 +85,27 @@ async fn a_killed_worker_is_replaced_and_nothing_is_lost_or_doubled() {
     // A new worker takes the job over once the lease runs out, and finishes it.
     let mut second = worker(&database_url, &storage_root);
     let done = wait_for_job(url, &id, Duration::from_secs(180)).await;
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2);
 
     let events: String = client().get(format!("{url}/v1/jobs/{id}/events")).send().await.unwrap().text().await.unwrap();
     let resumed_line = events.lines().skip_while(|l| *l != "event: resumed").nth(1).expect("a resumed event");
     let resumed: Value = serde_json::from_str(resumed_line.trim_start_matches("data: ")).unwrap();
-    assert!(resumed["after_epoch"].as_u64().unwrap() >= 3, "{resumed}");
+    // Checkpoints are written before epochs are reported: the new worker starts at least
+    // where the test saw the first one stop.
+    assert!(resumed["after_epoch"].as_u64().unwrap() >= killed_after as u64, "{resumed} vs {killed_after}");
 
     // Epoch rows: every epoch once.
     let epochs: Vec<i64> = done["epochs"].as_array().unwrap().iter().map(|e| e["epoch"].as_i64().unwrap()).collect();
     assert_eq!(epochs, (1..=150).collect::<Vec<_>>());
     // One model row, one head blob, no checkpoint left.
     let db = &server.state.db;
-    let models = sqlx::query("SELECT COUNT(*) AS n FROM trained_models WHERE job_id = $1").bind(&id).fetch_one(&db.pool).await.unwrap();
+    let models = sqlx::query("SELECT COUNT(*) AS n FROM trained_models WHERE job_id = $1")
+        .bind(&id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(models.try_get::<i64, _>("n").unwrap(), 1);
     let blobs = &server.state.blobs;
     assert_eq!(blobs.list("heads").unwrap(), [format!("heads/{id}.bin")]);

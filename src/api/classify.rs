@@ -11,8 +11,8 @@ use std::sync::Arc;
 use ndarray::Array2;
 
 use super::AppState;
-use super::models::trained_model;
 use super::images::{BodyLimitHint, EncodedImage, read_images};
+use super::models::trained_model;
 use crate::error::Error;
 use crate::vision::{DecodeLimits, decode_image, preprocess_into};
 use crate::zoo::{LoadedModel, ModelState, OutputKind, TrainedModel};
@@ -83,7 +83,9 @@ pub async fn classify(
     let classes = target.classes();
     let top_k = params.top_k.unwrap_or(5.min(classes));
     if top_k == 0 || top_k > classes {
-        return Err(Error::BadRequest(format!("top_k must be between 1 and {classes} (the model's class count); got {top_k}")));
+        return Err(Error::BadRequest(format!(
+            "top_k must be between 1 and {classes} (the model's class count); got {top_k}"
+        )));
     }
     request.extensions_mut().insert(BodyLimitHint(state.limits.max_body_bytes));
     let images = read_images(request, state.limits.max_images_per_request).await?;
@@ -100,9 +102,12 @@ pub async fn classify(
     let outputs = try_join_all(batches.into_iter().map(|(pixels, count)| base.runner.infer(pixels, count))).await?;
     let images = outputs.into_iter().flatten();
     let predictions = match &target {
-        Target::Pretrained(model) => images.map(|mut image| top_predictions(model, image.swap_remove(0), top_k)).collect(),
+        Target::Pretrained(model) => {
+            images.map(|mut image| top_predictions(model, image.swap_remove(0), top_k)).collect()
+        }
         Target::Trained { model, .. } => {
-            let features: Vec<Vec<f32>> = images.map(|mut image| image.swap_remove(LoadedModel::FEATURES_OUTPUT)).collect();
+            let features: Vec<Vec<f32>> =
+                images.map(|mut image| image.swap_remove(LoadedModel::FEATURES_OUTPUT)).collect();
             head_predictions(model, &features, top_k)?
         }
     };

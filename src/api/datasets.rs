@@ -33,8 +33,12 @@ enum Source {
     Folder(std::path::PathBuf),
 }
 
-pub async fn create_dataset(State(state): State<AppState>, request: Request) -> Result<(StatusCode, Json<Value>), Error> {
-    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+pub async fn create_dataset(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<(StatusCode, Json<Value>), Error> {
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let (options, source) = if content_type.starts_with("multipart/form-data") {
         read_upload(&state, request).await?
     } else if content_type.starts_with("application/json") {
@@ -125,8 +129,9 @@ pub async fn create_dataset(State(state): State<AppState>, request: Request) -> 
 }
 
 async fn read_upload(state: &AppState, request: Request) -> Result<(DatasetOptions, Source), Error> {
-    let mut multipart =
-        Multipart::from_request(request, &()).await.map_err(|r| Error::BadRequest(format!("the multipart body could not be read: {}", r.body_text())))?;
+    let mut multipart = Multipart::from_request(request, &())
+        .await
+        .map_err(|r| Error::BadRequest(format!("the multipart body could not be read: {}", r.body_text())))?;
     let mut options = DatasetOptions::default();
     let mut archive = None;
     let too_large = |e: &axum::extract::multipart::MultipartError, limit: u64| {
@@ -173,7 +178,8 @@ fn apply_text_option(options: &mut DatasetOptions, name: &str, text: &str) -> Re
         }
         _ => {
             // "0.8,0.1,0.1" or {"train": 0.8, "valid": 0.1, "test": 0.1}
-            let parts: Vec<f64> = text.split(',').map(|p| p.trim().parse()).collect::<Result<_, _>>().unwrap_or_default();
+            let parts: Vec<f64> =
+                text.split(',').map(|p| p.trim().parse()).collect::<Result<_, _>>().unwrap_or_default();
             options.split = Some(match parts[..] {
                 [train, valid, test] => SplitFractions { train, valid, test },
                 _ => serde_json::from_str(text).map_err(|_| bad("must be \"train,valid,test\" fractions"))?,
@@ -187,7 +193,9 @@ async fn read_import_request(state: &AppState, request: Request) -> Result<(Data
     let Json(options): Json<DatasetOptions> =
         Json::from_request(request, &()).await.map_err(|r| Error::Unprocessable(r.body_text()))?;
     let root = state.datasets.import_root.as_deref().ok_or_else(|| {
-        Error::Unprocessable("imports from the server's disk are off; start graft with --import-root to allow them".into())
+        Error::Unprocessable(
+            "imports from the server's disk are off; start graft with --import-root to allow them".into(),
+        )
     })?;
     let path = options.path.as_deref().ok_or_else(|| Error::Unprocessable("the JSON body needs a `path`".into()))?;
     let folder = resolve_import(root, path).map_err(Error::Unprocessable)?;

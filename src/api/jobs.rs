@@ -30,7 +30,10 @@ pub async fn create_job(
         .await?
         .ok_or_else(|| Error::Unprocessable(format!("there is no dataset {:?}", spec.dataset)))?;
     if state.registry.get(&spec.base_model).is_none() {
-        return Err(Error::Unprocessable(format!("there is no base model {:?}; GET /v1/models lists them", spec.base_model)));
+        return Err(Error::Unprocessable(format!(
+            "there is no base model {:?}; GET /v1/models lists them",
+            spec.base_model
+        )));
     }
     if let Ok(model) = state.registry.ready(&spec.base_model)
         && let Err(reason) = &model.features
@@ -44,7 +47,9 @@ pub async fn create_job(
         || state.db.trained_model(&model_name).await?.is_some()
         || state.db.model_name_pending(&model_name).await?
     {
-        return Err(Error::Conflict(format!("a model named {model_name:?} exists or is being trained; choose another `name`")));
+        return Err(Error::Conflict(format!(
+            "a model named {model_name:?} exists or is being trained; choose another `name`"
+        )));
     }
     let job = JobRecord {
         id: id.clone(),
@@ -97,7 +102,10 @@ pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> R
     Ok(Json(describe(&state, job).await?))
 }
 
-pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<(StatusCode, Json<Value>), Error> {
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), Error> {
     let job = find(&state, &id).await?;
     if job.state.is_terminal() {
         return Err(Error::Conflict(format!("job {id} has already ended ({})", job.state.as_str())));
@@ -117,7 +125,8 @@ pub async fn job_events(
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Error> {
     find(&state, &id).await?;
-    let after: i64 = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let after: i64 =
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
     let stream = futures_util::stream::unfold((state, id, after, false), |(state, id, after, finished)| async move {
         if finished {
             return None;
@@ -136,8 +145,7 @@ pub async fn job_events(
             }
             let last = events.last().map_or(after, |e| e.seq);
             let ended = events.iter().any(|e| {
-                e.kind == "state"
-                    && matches!(e.data["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+                e.kind == "state" && matches!(e.data["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
             });
             let batch = events
                 .into_iter()

@@ -14,7 +14,8 @@ use crate::train::Head;
 use crate::zoo::{Manifest, ModelState, TrainedModel};
 
 pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, Error> {
-    let mut models: Vec<Value> = state.registry.list().iter().map(|(manifest, model)| describe(manifest, model)).collect();
+    let mut models: Vec<Value> =
+        state.registry.list().iter().map(|(manifest, model)| describe(manifest, model)).collect();
     // Models trained by workers in other processes appear once they are in the database.
     for record in state.db.trained_models().await? {
         if let Some(model) = trained_model(&state, &record.name).await? {
@@ -52,7 +53,8 @@ pub(super) async fn trained_model(state: &AppState, name: &str) -> Result<Option
     }
     let Some(record) = state.db.trained_model(name).await? else { return Ok(None) };
     let bytes = state.blobs.get(&record.head_blob).map_err(|e| Error::Internal(e.to_string()))?;
-    let head = Head::from_bytes(&bytes).map_err(|e| Error::Internal(format!("the head of {name} is unreadable: {e}")))?;
+    let head =
+        Head::from_bytes(&bytes).map_err(|e| Error::Internal(format!("the head of {name} is unreadable: {e}")))?;
     state.registry.insert_trained(TrainedModel { record, head });
     Ok(state.registry.trained(name))
 }

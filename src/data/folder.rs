@@ -8,10 +8,13 @@ use super::archive::{ArchiveEntry, ArchiveError, ArchiveFile, ArchiveLimits};
 /// Resolves `requested` (relative to `import_root`, or absolute inside it) to a folder
 /// inside the root. The error is a sentence for the user.
 pub fn resolve_import(import_root: &Path, requested: &str) -> Result<PathBuf, String> {
-    let root = import_root.canonicalize().map_err(|e| format!("the import root {} is unusable: {e}", import_root.display()))?;
+    let root = import_root
+        .canonicalize()
+        .map_err(|e| format!("the import root {} is unusable: {e}", import_root.display()))?;
     let requested_path = Path::new(requested);
     let candidate = if requested_path.is_absolute() { requested_path.to_owned() } else { root.join(requested_path) };
-    let resolved = candidate.canonicalize().map_err(|_| format!("{requested} is not a folder under the import root"))?;
+    let resolved =
+        candidate.canonicalize().map_err(|_| format!("{requested} is not a folder under the import root"))?;
     if !resolved.starts_with(&root) || !resolved.is_dir() {
         return Err(format!("{requested} is not a folder under the import root"));
     }

@@ -86,10 +86,13 @@ struct Accepted {
     height: u32,
 }
 
+/// Keeps an accepted image's bytes under its sha256; an error ends the ingestion.
+pub type StoreImage<'s> = &'s mut dyn FnMut(&str, &[u8]) -> Result<(), String>;
+
 /// Collects entries one at a time (`add`), then decides classes and splits (`finish`).
 pub struct Ingestor<'s> {
     options: IngestOptions,
-    store_image: &'s mut dyn FnMut(&str, &[u8]) -> Result<(), String>,
+    store_image: StoreImage<'s>,
     accepted: Vec<Accepted>,
     first_path_of: HashMap<String, String>,
     report: IngestReport,
@@ -97,8 +100,14 @@ pub struct Ingestor<'s> {
 
 impl<'s> Ingestor<'s> {
     /// `store_image(sha256, bytes)` keeps the encoded image; it is called once per new content.
-    pub fn new(options: IngestOptions, store_image: &'s mut dyn FnMut(&str, &[u8]) -> Result<(), String>) -> Self {
-        Self { options, store_image, accepted: Vec::new(), first_path_of: HashMap::new(), report: IngestReport::default() }
+    pub fn new(options: IngestOptions, store_image: StoreImage<'s>) -> Self {
+        Self {
+            options,
+            store_image,
+            accepted: Vec::new(),
+            first_path_of: HashMap::new(),
+            report: IngestReport::default(),
+        }
     }
 
     /// Takes one archive entry. An `Err` is a storage failure and ends the ingestion.

@@ -23,7 +23,9 @@ pub fn place_in_classes(paths: &[&str]) -> (Option<String>, Vec<Placement>) {
                 None => path,
             };
             match rest.split_once('/') {
-                Some((class, _)) if !class.is_empty() && class.chars().count() <= 128 => Placement::Class(class.to_owned()),
+                Some((class, _)) if !class.is_empty() && class.chars().count() <= 128 => {
+                    Placement::Class(class.to_owned())
+                }
                 Some(_) => Placement::Unplaced("the class folder name must be 1 to 128 characters".into()),
                 None => Placement::Unplaced("the file is not inside a class folder".into()),
             }

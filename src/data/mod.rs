@@ -7,7 +7,9 @@ mod ingest;
 mod layout;
 mod split;
 
-pub use ingest::{Duplicate, IngestError, IngestOptions, IngestOutcome, IngestReport, IngestedImage, Ingestor, Rejected};
 pub use folder::{FolderSummary, read_folder, resolve_import};
+pub use ingest::{
+    Duplicate, IngestError, IngestOptions, IngestOutcome, IngestReport, IngestedImage, Ingestor, Rejected,
+};
 pub use layout::{Placement, place_in_classes};
 pub use split::{Split, SplitFractions, assign_split};

@@ -95,7 +95,8 @@ mod tests {
             assert!((got - want).abs() < 0.015, "{got} vs {want}");
         }
         // Another seed gives another split for many images.
-        let moved = hashes.iter().filter(|h| assign_split(h, 42, &fractions) != assign_split(h, 43, &fractions)).count();
+        let moved =
+            hashes.iter().filter(|h| assign_split(h, 42, &fractions) != assign_split(h, 43, &fractions)).count();
         assert!(moved > 5_000, "{moved}");
     }
 

@@ -14,7 +14,8 @@ pub fn feature_fingerprint(model: &LoadedModel) -> String {
     let manifest = &model.manifest;
     let file_identity = manifest.sha256.clone().unwrap_or_else(|| {
         let meta = std::fs::metadata(&manifest.file).ok();
-        let modified = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        let modified =
+            meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
         format!("{}:{:?}", meta.map_or(0, |m| m.len()), modified)
     });
     let mut hasher = Sha256::new();
@@ -36,7 +37,12 @@ pub fn image_key(sha256: &str) -> String {
     format!("images/{}/{sha256}", &sha256[..2])
 }
 
-fn feature_key(model: &str, fingerprint: &str, request: &FeatureRequest, augmentation: Option<&Augmentation>) -> String {
+fn feature_key(
+    model: &str,
+    fingerprint: &str,
+    request: &FeatureRequest,
+    augmentation: Option<&Augmentation>,
+) -> String {
     let variant = match (request.variant, augmentation) {
         (0, _) | (_, None) => String::new(),
         (k, Some(aug)) => {
@@ -73,7 +79,10 @@ pub fn extract_features(
     decode_limits: &DecodeLimits,
     on_progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<(Vec<Vec<f32>>, FeatureStats), FeatureError> {
-    let width = *model.features.as_ref().map_err(|reason| FeatureError::Failed(format!("the base model has no pooled features: {reason}")))?;
+    let width = *model
+        .features
+        .as_ref()
+        .map_err(|reason| FeatureError::Failed(format!("the base model has no pooled features: {reason}")))?;
     let fingerprint = feature_fingerprint(model);
     let name = &model.manifest.name;
     let failed = |e: String| FeatureError::Failed(e);
@@ -97,7 +106,8 @@ pub fn extract_features(
         for ((i, _), slot) in chunk.iter().zip(pixels.chunks_mut(image_len)) {
             let request = &requests[*i];
             let bytes = blobs.get(&image_key(&request.sha256)).map_err(|e| failed(e.to_string()))?;
-            let mut image = decode_image(&bytes, decode_limits).map_err(|e| failed(format!("image {}: {e}", request.sha256)))?;
+            let mut image =
+                decode_image(&bytes, decode_limits).map_err(|e| failed(format!("image {}: {e}", request.sha256)))?;
             if let (Some(aug), k) = (augmentation, request.variant)
                 && k > 0
             {

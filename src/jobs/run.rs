@@ -71,7 +71,10 @@ pub async fn run_job(ctx: &JobContext, job: JobRecord) {
     let control = Arc::new(Control::default());
     let done = Arc::new(tokio::sync::Notify::new());
     let heartbeat = tokio::spawn(heartbeat(ctx.clone(), job.id.clone(), control.clone(), done.clone()));
-    let _ = ctx.db.append_event(&job.id, "state", &json!({"state": "running", "attempt": job.attempts, "worker": ctx.worker_id})).await;
+    let _ = ctx
+        .db
+        .append_event(&job.id, "state", &json!({"state": "running", "attempt": job.attempts, "worker": ctx.worker_id}))
+        .await;
 
     let outcome = {
         let (ctx, job, control) = (ctx.clone(), job.clone(), control.clone());
@@ -103,7 +106,9 @@ pub async fn run_job(ctx: &JobContext, job: JobRecord) {
             tracing::info!(job = %job.id, state = state.as_str(), "job ended: {}", detail.as_deref().unwrap_or(""));
         }
         JobState::Succeeded => tracing::info!(job = %job.id, model = %job.model_name, "job succeeded"),
-        _ => tracing::warn!(job = %job.id, "left to the worker that took the job over ({})", detail.unwrap_or_default()),
+        _ => {
+            tracing::warn!(job = %job.id, "left to the worker that took the job over ({})", detail.unwrap_or_default())
+        }
     }
 }
 
@@ -134,8 +139,10 @@ fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle
     let failed = |reason: String| Failure::Failed(reason);
     let db = |reason: crate::store::StoreError| Failure::Failed(reason.to_string());
     let spec = JobSpec::parse(&job.spec).map_err(failed)?;
-    let dataset =
-        handle.block_on(ctx.db.dataset(&job.dataset_id)).map_err(db)?.ok_or_else(|| failed("the dataset was deleted".into()))?;
+    let dataset = handle
+        .block_on(ctx.db.dataset(&job.dataset_id))
+        .map_err(db)?
+        .ok_or_else(|| failed("the dataset was deleted".into()))?;
     let items = handle.block_on(ctx.db.dataset_items(&job.dataset_id)).map_err(db)?;
     let model = ctx.registry.ready(&job.base_model).map_err(failed)?;
 
@@ -194,10 +201,11 @@ fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle
     }
     let training_started = Instant::now();
     let outcome = train(&spec.train, &data, resume, &mut |report, checkpoint| {
-        progress.epoch(report);
+        // The checkpoint is durable before the epoch is reported: a reported epoch is never redone.
         if let Ok(bytes) = serde_json::to_vec(checkpoint) {
             let _ = ctx.blobs.replace(&checkpoint_key(&job.id), &bytes);
         }
+        progress.epoch(report);
         if control.should_stop() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
     })
     .map_err(|e| match e {

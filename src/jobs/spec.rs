@@ -62,7 +62,10 @@ impl JobSpec {
 
     fn validate(&self) -> Result<(), String> {
         if !self.freeze_base {
-            return Err("freeze_base: false (tuning the top of the base) is not available yet; submit with freeze_base: true".into());
+            return Err(
+                "freeze_base: false (tuning the top of the base) is not available yet; submit with freeze_base: true"
+                    .into(),
+            );
         }
         if let Some(name) = &self.name
             && !is_valid_model_name(name)
@@ -91,7 +94,8 @@ mod tests {
         let spec = JobSpec::parse(&json!({"dataset": "d", "base_model": "m"})).unwrap();
         assert!(spec.freeze_base);
         assert_eq!(spec.train, TrainConfig::default());
-        let spec = JobSpec::parse(&json!({"dataset": "d", "base_model": "m", "epochs": 3, "optimizer": "sgd"})).unwrap();
+        let spec =
+            JobSpec::parse(&json!({"dataset": "d", "base_model": "m", "epochs": 3, "optimizer": "sgd"})).unwrap();
         assert_eq!(spec.train.epochs, 3);
         for (body, needle) in [
             (json!({"base_model": "m"}), "dataset"),

@@ -61,7 +61,11 @@ fn suggestion(graph: &onnx::GraphProto, wanted: &str) -> String {
         .flat_map(|n| n.output.iter().map(String::as_str))
         .take(5)
         .collect();
-    if pools.is_empty() { String::new() } else { format!(" (pooling outputs near `{wanted}`'s role: {})", pools.join(", ")) }
+    if pools.is_empty() {
+        String::new()
+    } else {
+        format!(" (pooling outputs near `{wanted}`'s role: {})", pools.join(", "))
+    }
 }
 
 #[cfg(test)]

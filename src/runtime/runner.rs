@@ -153,7 +153,10 @@ fn run_batch(session: &mut ModelSession, batch: &[Request], config: &RunnerConfi
             .ok_or_else(|| InferenceError::Runtime(format!("the model produced no output named {name}")))?;
         let (_, values) = output.try_extract_tensor::<f32>().map_err(|e| InferenceError::Runtime(e.to_string()))?;
         if values.is_empty() || values.len() % count != 0 {
-            return Err(InferenceError::Runtime(format!("output {name} has {} values for {count} images", values.len())));
+            return Err(InferenceError::Runtime(format!(
+                "output {name} has {} values for {count} images",
+                values.len()
+            )));
         }
         for (image, row) in per_image.iter_mut().zip(values.chunks(values.len() / count)) {
             image.push(row.to_vec());

@@ -78,7 +78,11 @@ pub enum ModelSource<'a> {
     Edited { path: &'a Path, bytes: &'a [u8] },
 }
 
-pub fn open_session(env: &Environment, source: ModelSource<'_>, options: &SessionOptions) -> Result<ModelSession, SessionError> {
+pub fn open_session(
+    env: &Environment,
+    source: ModelSource<'_>,
+    options: &SessionOptions,
+) -> Result<ModelSession, SessionError> {
     let model = match source {
         ModelSource::File(path) | ModelSource::Edited { path, .. } => path,
     };

@@ -22,7 +22,8 @@ pub struct BlobStore {
 impl BlobStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, BlobError> {
         let root = root.into();
-        fs_err::create_dir_all(root.join(".tmp")).map_err(|e| BlobError::Io { key: String::new(), reason: e.to_string() })?;
+        fs_err::create_dir_all(root.join(".tmp"))
+            .map_err(|e| BlobError::Io { key: String::new(), reason: e.to_string() })?;
         Ok(Self { root })
     }
 

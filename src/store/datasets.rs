@@ -156,7 +156,13 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|r| Ok(ClassCount { class_idx: r.try_get("class_idx")?, split: r.try_get("split")?, count: r.try_get("n")? }))
+            .map(|r| {
+                Ok(ClassCount {
+                    class_idx: r.try_get("class_idx")?,
+                    split: r.try_get("split")?,
+                    count: r.try_get("n")?,
+                })
+            })
             .collect()
     }
 

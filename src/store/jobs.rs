@@ -149,10 +149,11 @@ impl Db {
 
     /// Jobs not yet finished that use `dataset_id`.
     pub async fn active_jobs_on_dataset(&self, dataset_id: &str) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE dataset_id = $1 AND state IN ('queued', 'running')")
-            .bind(dataset_id)
-            .fetch_one(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE dataset_id = $1 AND state IN ('queued', 'running')")
+                .bind(dataset_id)
+                .fetch_one(&self.pool)
+                .await?;
         Ok(row.try_get("n")?)
     }
 
@@ -180,25 +181,22 @@ impl Db {
                          ORDER BY created_at, id LIMIT 1 {lock}) \
              RETURNING *"
         );
-        let row = sqlx::query(&sql)
-            .bind(worker)
-            .bind(now + lease_ms)
-            .bind(now)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query(&sql).bind(worker).bind(now + lease_ms).bind(now).bind(now).fetch_optional(&self.pool).await?;
         row.as_ref().map(job_from_row).transpose()
     }
 
     /// Extends the lease if `worker` still holds it.
     pub async fn heartbeat(&self, id: &str, worker: &str, lease_ms: i64) -> Result<Lease, StoreError> {
-        let updated = sqlx::query("UPDATE jobs SET lease_until = $1 WHERE id = $2 AND worker = $3 AND state = 'running'")
-            .bind(now_ms() + lease_ms)
-            .bind(id)
-            .bind(worker)
-            .execute(&self.pool)
-            .await?;
-        let row = sqlx::query("SELECT cancel_requested FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        let updated =
+            sqlx::query("UPDATE jobs SET lease_until = $1 WHERE id = $2 AND worker = $3 AND state = 'running'")
+                .bind(now_ms() + lease_ms)
+                .bind(id)
+                .bind(worker)
+                .execute(&self.pool)
+                .await?;
+        let row =
+            sqlx::query("SELECT cancel_requested FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
         let cancel_requested = match row {
             Some(row) => row.try_get::<i64, _>("cancel_requested")? != 0,
             None => true,
@@ -238,7 +236,10 @@ impl Db {
     }
 
     pub async fn epochs(&self, id: &str) -> Result<Vec<EpochRow>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM job_epochs WHERE job_id = $1 ORDER BY epoch").bind(id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT * FROM job_epochs WHERE job_id = $1 ORDER BY epoch")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(EpochRow {
@@ -277,11 +278,12 @@ impl Db {
     }
 
     pub async fn events_after(&self, id: &str, seq: i64) -> Result<Vec<JobEvent>, StoreError> {
-        let rows = sqlx::query("SELECT seq, at, kind, data FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq")
-            .bind(id)
-            .bind(seq)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT seq, at, kind, data FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq")
+                .bind(id)
+                .bind(seq)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 Ok(JobEvent {
@@ -295,7 +297,13 @@ impl Db {
     }
 
     /// Ends a job this worker holds as failed or cancelled. False if the lease was lost.
-    pub async fn end_job(&self, id: &str, worker: &str, state: JobState, failure: Option<&str>) -> Result<bool, StoreError> {
+    pub async fn end_job(
+        &self,
+        id: &str,
+        worker: &str,
+        state: JobState,
+        failure: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE jobs SET state = $1, failure = $2, finished_at = $3, lease_until = NULL \
              WHERE id = $4 AND worker = $5 AND state = 'running'",

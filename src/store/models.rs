@@ -61,7 +61,8 @@ impl Db {
     }
 
     pub async fn trained_model(&self, name: &str) -> Result<Option<TrainedModelRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM trained_models WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+        let row =
+            sqlx::query("SELECT * FROM trained_models WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
         row.as_ref().map(from_row).transpose()
     }
 

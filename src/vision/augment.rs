@@ -55,10 +55,13 @@ impl Augmentation {
         if self.flip && rng.random_bool(0.5) {
             imageops::flip_horizontal_in_place(&mut out);
         }
-        let shift = if self.brightness > 0.0 { rng.random_range(-self.brightness..=self.brightness) * 255.0 } else { 0.0 };
-        let factor = if self.contrast > 0.0 { rng.random_range(1.0 - self.contrast..=1.0 + self.contrast) } else { 1.0 };
+        let shift =
+            if self.brightness > 0.0 { rng.random_range(-self.brightness..=self.brightness) * 255.0 } else { 0.0 };
+        let factor =
+            if self.contrast > 0.0 { rng.random_range(1.0 - self.contrast..=1.0 + self.contrast) } else { 1.0 };
         if shift != 0.0 || factor != 1.0 {
-            let mean = out.as_raw().iter().map(|&v| f64::from(v)).sum::<f64>() as f32 / out.as_raw().len().max(1) as f32;
+            let mean =
+                out.as_raw().iter().map(|&v| f64::from(v)).sum::<f64>() as f32 / out.as_raw().len().max(1) as f32;
             for v in out.iter_mut() {
                 *v = ((f32::from(*v) - mean) * factor + mean + shift).round().clamp(0.0, 255.0) as u8;
             }

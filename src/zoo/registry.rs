@@ -7,10 +7,10 @@ use std::sync::{Arc, RwLock};
 use ort::environment::Environment;
 
 use super::{Labels, Manifest};
-use crate::store::TrainedModelRecord;
-use crate::train::Head;
 use crate::runtime::graph::expose_outputs;
 use crate::runtime::{ModelRunner, ModelSession, ModelSource, RunnerConfig, SessionOptions, TensorSpec, open_session};
+use crate::store::TrainedModelRecord;
+use crate::train::Head;
 use crate::vision::Layout;
 
 /// A model that answered its warm-up run and can serve.

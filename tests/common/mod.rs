@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use graft::config::{DatasetSettings, Limits};
-use graft::store::{BlobStore, Db};
 use graft::runtime::{Device, SessionOptions, find_library, init_runtime};
+use graft::store::{BlobStore, Db};
 use graft::zoo::{ModelRegistry, load_manifest_dir};
 use graft::{AppState, app};
 
