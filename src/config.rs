@@ -122,10 +122,10 @@ pub struct DatasetSettings {
     #[arg(long, env = "GRAFT_MAX_UPLOAD_BYTES", default_value_t = 4 * 1024 * 1024 * 1024)]
     pub max_upload_bytes: u64,
     /// Largest single file inside an archive, in bytes.
-    #[arg(long, env = "GRAFT_MAX_ARCHIVE_ENTRY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long = "max-archive-entry-bytes", env = "GRAFT_MAX_ARCHIVE_ENTRY_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_entry_bytes: u64,
     /// Largest total of the files inside an archive, in bytes (a zip bomb stops here).
-    #[arg(long, env = "GRAFT_MAX_ARCHIVE_BYTES", default_value_t = 16 * 1024 * 1024 * 1024)]
+    #[arg(long = "max-archive-bytes", env = "GRAFT_MAX_ARCHIVE_BYTES", default_value_t = 16 * 1024 * 1024 * 1024)]
     pub max_archive_bytes: u64,
 }
 

@@ -46,6 +46,7 @@ async fn train_and_serve(server: &TestServer) {
     let id = job["id"].as_str().unwrap();
     let done = wait_for_job(url, id, Duration::from_secs(120)).await;
     assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["progress"]["phase"], "succeeded");
     let epochs = done["epochs"].as_array().unwrap();
     assert!(!epochs.is_empty() && epochs.len() <= 80);
     assert!(epochs.iter().all(|e| e["train_loss"].as_f64().unwrap().is_finite()));
@@ -129,4 +130,42 @@ async fn train_on_postgres() {
     let server =
         start_server_on(&fixture_models(), Limits::default(), &url, Arc::new(tempfile::tempdir().unwrap())).await;
     train_and_serve(&server).await;
+}
+
+#[tokio::test]
+async fn cancelling_queued_and_running_jobs() {
+    let server = start_server(&fixture_models(), Limits::default()).await;
+    let url = &server.url;
+    let dataset = upload_dataset(url, class_folder_zip("shapes", 12, 4), "shapes").await;
+    let long = json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "name": "never", "epochs": 10000,
+                      "batch_size": 1, "early_stopping": null});
+
+    // Queued (no worker yet): cancelled at once.
+    let queued = submit_job(url, long.clone()).await;
+    let id = queued["id"].as_str().unwrap();
+    let response = client().post(format!("{url}/v1/jobs/{id}/cancel")).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["state"], "cancelled");
+    expect_problem(client().post(format!("{url}/v1/jobs/{id}/cancel")).send().await.unwrap(), 409).await;
+
+    // Running: the worker stops at the next epoch and registers nothing.
+    let _worker = spawn_worker(&server, Duration::from_secs(2));
+    let running = submit_job(url, long).await;
+    let id = running["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let job: Value = client().get(format!("{url}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+        if !job["epochs"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job did not start training");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(client().post(format!("{url}/v1/jobs/{id}/cancel")).send().await.unwrap().status(), 202);
+    let ended = wait_for_job(url, id, Duration::from_secs(30)).await;
+    assert_eq!(ended["state"], "cancelled", "{ended}");
+    assert!(ended["epochs"].as_array().unwrap().len() < 10000);
+    expect_problem(client().get(format!("{url}/v1/models/never")).send().await.unwrap(), 404).await;
+    expect_problem(client().get(format!("{url}/v1/jobs/nope")).send().await.unwrap(), 404).await;
 }

@@ -20,7 +20,8 @@ pub enum LibraryError {
 }
 
 /// The library to load: the explicit path (flag or `ORT_DYLIB_PATH`) if given,
-/// otherwise `.ort/cpu/` under the working directory, otherwise `lib/` next to the executable.
+/// otherwise `.ort/cpu/` under the working directory, otherwise `lib/` next to the executable
+/// (or the checkout's `.ort/cpu/` for a binary in `target/`).
 pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, LibraryError> {
     let candidates: Vec<PathBuf> = match explicit {
         Some(path) => vec![path.to_owned()],
@@ -28,6 +29,8 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf, LibraryError> {
             let mut paths = vec![PathBuf::from(".ort/cpu").join(LIBRARY_FILE)];
             if let Some(exe_dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_owned)) {
                 paths.push(exe_dir.join("lib").join(LIBRARY_FILE));
+                // target/{debug,release}/graft run from anywhere finds the checkout's `make ort`.
+                paths.push(exe_dir.join("../../.ort/cpu").join(LIBRARY_FILE));
             }
             paths
         }

@@ -305,11 +305,12 @@ impl Db {
         failure: Option<&str>,
     ) -> Result<bool, StoreError> {
         let updated = sqlx::query(
-            "UPDATE jobs SET state = $1, failure = $2, finished_at = $3, lease_until = NULL \
-             WHERE id = $4 AND worker = $5 AND state = 'running'",
+            "UPDATE jobs SET state = $1, failure = $2, progress = $3, finished_at = $4, lease_until = NULL \
+             WHERE id = $5 AND worker = $6 AND state = 'running'",
         )
         .bind(state.as_str())
         .bind(failure)
+        .bind(serde_json::json!({"phase": state.as_str()}).to_string())
         .bind(now_ms())
         .bind(id)
         .bind(worker)
@@ -329,8 +330,8 @@ impl Db {
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
-            "UPDATE jobs SET state = 'succeeded', evaluation = $1, finished_at = $2, lease_until = NULL \
-             WHERE id = $3 AND worker = $4 AND state = 'running'",
+            "UPDATE jobs SET state = 'succeeded', evaluation = $1, progress = '{\"phase\": \"succeeded\"}', \
+             finished_at = $2, lease_until = NULL WHERE id = $3 AND worker = $4 AND state = 'running'",
         )
         .bind(evaluation.to_string())
         .bind(now_ms())
@@ -348,11 +349,14 @@ impl Db {
 
     /// Cancels a queued job at once; asks a running one to stop. Returns the state after.
     pub async fn cancel_job(&self, id: &str) -> Result<Option<JobState>, StoreError> {
-        sqlx::query("UPDATE jobs SET state = 'cancelled', finished_at = $1 WHERE id = $2 AND state = 'queued'")
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', progress = '{\"phase\": \"cancelled\"}', finished_at = $1 \
+             WHERE id = $2 AND state = 'queued'",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = $1 AND state = 'running'")
             .bind(id)
             .execute(&self.pool)
