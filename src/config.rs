@@ -35,44 +35,34 @@ pub struct ModelSettings {
     pub model_dir: PathBuf,
 }
 
+/// What a process that runs models and training workers needs: `graft worker` is exactly this.
+#[derive(Debug, Clone, Args)]
+pub struct EngineSettings {
+    #[command(flatten)]
+    pub models: ModelSettings,
+    /// Models to load, comma-separated (default: every manifest whose model file is present).
+    #[arg(long = "models", value_name = "NAMES", env = "GRAFT_MODELS", value_delimiter = ',')]
+    pub serve_models: Vec<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeSettings,
+    #[command(flatten)]
+    pub limits: Limits,
+    #[command(flatten)]
+    pub storage: StorageSettings,
+    #[command(flatten)]
+    pub workers: WorkerSettings,
+}
+
+/// `graft serve`: the engine plus HTTP.
 #[derive(Debug, Clone, Args)]
 pub struct ServeSettings {
     /// Address to listen on.
     #[arg(long, env = "GRAFT_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
     #[command(flatten)]
-    pub models: ModelSettings,
-    /// Models to serve, comma-separated (default: every manifest whose model file is present).
-    #[arg(long = "models", value_name = "NAMES", env = "GRAFT_MODELS", value_delimiter = ',')]
-    pub serve_models: Vec<String>,
-    #[command(flatten)]
-    pub runtime: RuntimeSettings,
-    #[command(flatten)]
-    pub limits: Limits,
-    #[command(flatten)]
-    pub storage: StorageSettings,
-    #[command(flatten)]
-    pub workers: WorkerSettings,
+    pub engine: EngineSettings,
     #[command(flatten)]
     pub datasets: DatasetSettings,
-}
-
-/// `graft worker`: what a training worker process needs (no HTTP).
-#[derive(Debug, Clone, Args)]
-pub struct WorkerCommandSettings {
-    #[command(flatten)]
-    pub models: ModelSettings,
-    /// Base models to load, comma-separated (default: every manifest whose model file is present).
-    #[arg(long = "models", value_name = "NAMES", env = "GRAFT_MODELS", value_delimiter = ',')]
-    pub serve_models: Vec<String>,
-    #[command(flatten)]
-    pub runtime: RuntimeSettings,
-    #[command(flatten)]
-    pub limits: Limits,
-    #[command(flatten)]
-    pub storage: StorageSettings,
-    #[command(flatten)]
-    pub workers: WorkerSettings,
 }
 
 /// Where state lives: the database and the blob store.

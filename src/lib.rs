@@ -21,7 +21,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 pub use api::{AppState, app};
-use config::{Limits, RuntimeSettings, ServeSettings, StorageSettings, WorkerCommandSettings, WorkerSettings};
+use config::{EngineSettings, Limits, RuntimeSettings, ServeSettings, StorageSettings, WorkerSettings};
 use jobs::JobContext;
 use store::{BlobStore, Db};
 use zoo::{Manifest, ModelRegistry, load_manifest_dir};
@@ -131,25 +131,25 @@ fn hostname() -> String {
 /// running `--workers` training workers.
 pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let (env, selected, session_options) =
-        prepare_models(&settings.runtime, &settings.models.model_dir, &settings.serve_models)?;
-    let (db, blobs) = open_storage(&settings.storage).await?;
+        prepare_models(&settings.engine.runtime, &settings.engine.models.model_dir, &settings.engine.serve_models)?;
+    let (db, blobs) = open_storage(&settings.engine.storage).await?;
     let registry = Arc::new(ModelRegistry::new(selected));
     let wake = Arc::new(tokio::sync::Notify::new());
     let state = AppState {
         registry: registry.clone(),
-        limits: settings.limits.clone(),
+        limits: settings.engine.limits.clone(),
         db: db.clone(),
         blobs: blobs.clone(),
         datasets: settings.datasets.clone(),
         wake_workers: wake.clone(),
     };
 
-    let limits = settings.limits.clone();
+    let limits = settings.engine.limits.clone();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     {
         let (registry, db, blobs, wake, shutdown) =
             (registry.clone(), db.clone(), blobs.clone(), wake.clone(), shutdown_rx.clone());
-        let (workers, worker_settings) = (settings.workers.workers, settings.workers.clone());
+        let (workers, worker_settings) = (settings.engine.workers.workers, settings.engine.workers.clone());
         tokio::spawn(async move {
             let loading = {
                 let (registry, limits) = (registry.clone(), limits.clone());
@@ -175,7 +175,7 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
 }
 
 /// `graft worker`: training workers without the HTTP server, for other machines or processes.
-pub async fn run_workers(settings: WorkerCommandSettings) -> anyhow::Result<()> {
+pub async fn run_workers(settings: EngineSettings) -> anyhow::Result<()> {
     let (env, selected, session_options) =
         prepare_models(&settings.runtime, &settings.models.model_dir, &settings.serve_models)?;
     let (db, blobs) = open_storage(&settings.storage).await?;

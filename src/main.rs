@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use graft::config::{ModelSettings, RuntimeSettings, ServeSettings, WorkerCommandSettings};
+use graft::config::{EngineSettings, ModelSettings, RuntimeSettings, ServeSettings};
 use graft::zoo::{Manifest, PullOutcome, load_manifest_dir, pull_model};
 
 #[derive(Parser)]
@@ -19,7 +19,7 @@ enum Command {
     /// Run the HTTP server (the default command).
     Serve(Box<ServeSettings>),
     /// Run training workers only (no HTTP), against the same database and blob store.
-    Worker(Box<WorkerCommandSettings>),
+    Worker(Box<EngineSettings>),
     /// Model manifests and files.
     #[command(subcommand)]
     Models(ModelsCommand),
