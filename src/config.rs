@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::runtime::{Device, SessionOptions};
+use crate::runtime::{Batching, Device, SessionOptions};
 
 /// Where ONNX Runtime comes from and which provider it runs on.
 #[derive(Debug, Clone, Args)]
@@ -145,9 +145,22 @@ pub struct Limits {
     /// Most images ONNX Runtime runs in one batch.
     #[arg(long, env = "GRAFT_MAX_BATCH_SIZE", default_value_t = 8)]
     pub max_batch_size: usize,
+    /// Milliseconds a batch that is not full waits for more requests (0: run at once).
+    #[arg(long, env = "GRAFT_MAX_DELAY_MS", default_value_t = 0)]
+    pub max_delay_ms: u64,
     /// Requests that may wait per model before new ones get 429.
     #[arg(long, env = "GRAFT_QUEUE_CAPACITY", default_value_t = 256)]
     pub queue_capacity: usize,
+}
+
+impl Limits {
+    pub fn batching(&self) -> Batching {
+        Batching {
+            max_batch_size: self.max_batch_size,
+            max_delay: std::time::Duration::from_millis(self.max_delay_ms),
+            queue_capacity: self.queue_capacity,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -157,6 +170,7 @@ impl Default for Limits {
             max_pixels: 40_000_000,
             max_images_per_request: 64,
             max_batch_size: 8,
+            max_delay_ms: 0,
             queue_capacity: 256,
         }
     }

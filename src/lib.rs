@@ -153,9 +153,7 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let loading = {
                 let (registry, limits) = (registry.clone(), limits.clone());
-                tokio::task::spawn_blocking(move || {
-                    registry.load_all(&env, &session_options, limits.max_batch_size, limits.queue_capacity)
-                })
+                tokio::task::spawn_blocking(move || registry.load_all(&env, &session_options, &limits.batching()))
             };
             let _ = loading.await;
             let pool =
@@ -183,10 +181,7 @@ pub async fn run_workers(settings: EngineSettings) -> anyhow::Result<()> {
     let limits = settings.limits.clone();
     {
         let (registry, limits) = (registry.clone(), limits.clone());
-        tokio::task::spawn_blocking(move || {
-            registry.load_all(&env, &session_options, limits.max_batch_size, limits.queue_capacity)
-        })
-        .await?;
+        tokio::task::spawn_blocking(move || registry.load_all(&env, &session_options, &limits.batching())).await?;
     }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let wake = Arc::new(tokio::sync::Notify::new());

@@ -108,9 +108,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let env = graft::runtime::init_runtime(&library)?;
             let mut options = runtime.session_options();
             options.device = graft::runtime::resolve_device(&env, options.device)?;
-            let model = tokio::task::spawn_blocking(move || graft::zoo::load_model(&env, manifest, &options, 1, 1))
-                .await?
-                .map_err(|reason| anyhow::anyhow!("{name} does not match its manifest: {reason}"))?;
+            let model = tokio::task::spawn_blocking(move || {
+                graft::zoo::load_model(&env, manifest, &options, &graft::config::Limits::default().batching())
+            })
+            .await?
+            .map_err(|reason| anyhow::anyhow!("{name} does not match its manifest: {reason}"))?;
             println!("{name}: ok ({} classes, {})", model.labels.len(), model.provider);
             Ok(())
         }

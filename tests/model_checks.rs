@@ -22,8 +22,12 @@ fn variant(dir: &Path, base: &str, edit: impl Fn(String) -> String) -> Manifest 
     Manifest::load(&path).unwrap()
 }
 
+fn batching() -> graft::runtime::Batching {
+    graft::runtime::Batching { max_batch_size: 4, max_delay: std::time::Duration::ZERO, queue_capacity: 4 }
+}
+
 fn refusal(manifest: Manifest) -> String {
-    match load_model(&runtime(), Arc::new(manifest), &cpu(), 4, 4) {
+    match load_model(&runtime(), Arc::new(manifest), &cpu(), &batching()) {
         Ok(_) => panic!("the model was accepted"),
         Err(reason) => reason,
     }
@@ -33,7 +37,7 @@ fn refusal(manifest: Manifest) -> String {
 fn the_fixture_manifests_are_accepted() {
     let dir = tempfile::tempdir().unwrap();
     for base in ["tiny_nchw", "tiny_nhwc"] {
-        let model = load_model(&runtime(), Arc::new(variant(dir.path(), base, |t| t)), &cpu(), 4, 4).unwrap();
+        let model = load_model(&runtime(), Arc::new(variant(dir.path(), base, |t| t)), &cpu(), &batching()).unwrap();
         assert_eq!(model.labels.len(), 10);
         assert_eq!(model.runner.config().max_batch_size, 4);
         // The pooled features (GlobalAveragePool of an 8-channel conv) are exposed by graph surgery.
@@ -45,7 +49,7 @@ fn the_fixture_manifests_are_accepted() {
 fn a_wrong_feature_tensor_still_serves_scores_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = variant(dir.path(), "tiny_nchw", |t| t.replace("features = \"pooled\"", "features = \"pooling\""));
-    let model = load_model(&runtime(), Arc::new(manifest), &cpu(), 4, 4).unwrap();
+    let model = load_model(&runtime(), Arc::new(manifest), &cpu(), &batching()).unwrap();
     let reason = model.features.unwrap_err();
     assert!(reason.contains("`pooling`") && reason.contains("pooled"), "{reason}");
 }

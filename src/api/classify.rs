@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
-use futures_util::future::try_join_all;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
@@ -91,16 +91,15 @@ pub async fn classify(
     let images = read_images(request, state.limits.max_images_per_request).await?;
     let decode_limits = DecodeLimits { max_pixels: state.limits.max_pixels };
     let base = target.base().clone();
-    let max_batch = base.runner.config().max_batch_size;
-
-    let batches = {
+    let count = images.len();
+    let pixels = {
         let base = base.clone();
-        tokio::task::spawn_blocking(move || preprocess_batches(&base, &images, &decode_limits, max_batch))
+        tokio::task::spawn_blocking(move || preprocess_all(&base, &images, &decode_limits))
             .await
             .map_err(|e| Error::Internal(format!("preprocessing stopped: {e}")))??
     };
-    let outputs = try_join_all(batches.into_iter().map(|(pixels, count)| base.runner.infer(pixels, count))).await?;
-    let images = outputs.into_iter().flatten();
+    let outputs = base.runner.infer_all(pixels, count).await?;
+    let images = outputs.into_iter();
     let predictions = match &target {
         Target::Pretrained(model) => {
             images.map(|mut image| top_predictions(model, image.swap_remove(0), top_k)).collect()
@@ -157,26 +156,18 @@ fn ranked(scores: &[f32], k: usize) -> Vec<usize> {
     order
 }
 
-/// Decodes and preprocesses every image into batches of at most `max_batch` images.
-fn preprocess_batches(
-    model: &LoadedModel,
-    images: &[EncodedImage],
-    limits: &DecodeLimits,
-    max_batch: usize,
-) -> Result<Vec<(Vec<f32>, usize)>, Error> {
+/// Decodes and preprocesses every image, in parallel on the preprocessing pool, into
+/// one buffer laid out as the model's input (image after image).
+fn preprocess_all(model: &LoadedModel, images: &[EncodedImage], limits: &DecodeLimits) -> Result<Vec<f32>, Error> {
     let image_len = model.runner.image_len();
-    images
-        .chunks(max_batch)
-        .map(|chunk| {
-            let mut pixels = vec![0.0f32; image_len * chunk.len()];
-            for (image, slot) in chunk.iter().zip(pixels.chunks_mut(image_len)) {
-                let rgb = decode_image(&image.bytes, limits)
-                    .map_err(|error| Error::Image { source_name: image.source.clone(), error })?;
-                preprocess_into(&rgb, &model.manifest.preprocessing, slot);
-            }
-            Ok((pixels, chunk.len()))
-        })
-        .collect()
+    let mut pixels = vec![0.0f32; image_len * images.len()];
+    pixels.par_chunks_mut(image_len).zip(images.par_iter()).try_for_each(|(slot, image)| {
+        let rgb = decode_image(&image.bytes, limits)
+            .map_err(|error| Error::Image { source_name: image.source.clone(), error })?;
+        preprocess_into(&rgb, &model.manifest.preprocessing, slot);
+        Ok::<(), Error>(())
+    })?;
+    Ok(pixels)
 }
 
 fn top_predictions(model: &LoadedModel, mut scores: Vec<f32>, top_k: usize) -> Vec<Prediction> {

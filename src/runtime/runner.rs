@@ -1,13 +1,18 @@
-//! One model, one OS thread: the thread owns the ONNX Runtime session (its `run`
-//! needs `&mut`) and is fed through a bounded channel. When it is free it takes
-//! whatever requests wait, up to `max_batch_size` images, runs them as one batch
-//! and answers each request through its own oneshot channel. Requests whose
-//! client has gone away are dropped before they are computed.
+//! One model, one OS thread: the thread owns the model's executor (an ONNX Runtime
+//! session, whose `run` needs `&mut`) and is fed through a bounded queue. When it is
+//! free it takes whatever requests wait — in arrival order, up to `max_batch_size`
+//! images, optionally waiting `max_delay` for more — runs them as one batch and
+//! answers each request through its own oneshot channel. Requests whose client has
+//! gone away are dropped before they are computed; a full queue is refused at once
+//! (the API answers 429). Inference never runs on the async runtime's threads.
 
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::thread;
+use std::time::{Duration, Instant};
 
+use futures_util::future::try_join_all;
 use ort::value::Tensor;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::ModelSession;
 
@@ -19,7 +24,17 @@ pub struct RunnerConfig {
     /// The dimensions of one image after the batch dimension, in the model's layout.
     pub image_dims: [usize; 3],
     pub max_batch_size: usize,
+    /// How long a batch that is not full waits for more requests (zero: never).
+    pub max_delay: Duration,
     /// Requests that may wait; one more is refused as overload.
+    pub queue_capacity: usize,
+}
+
+/// How a model's requests are batched: the knobs a deployment tunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    pub max_batch_size: usize,
+    pub max_delay: Duration,
     pub queue_capacity: usize,
 }
 
@@ -39,6 +54,11 @@ pub type ImageOutputs = Vec<Vec<f32>>;
 /// One entry per image, or why the batch failed.
 type Reply = Result<Vec<ImageOutputs>, InferenceError>;
 
+/// Runs one batch: `count` images back to back in `pixels`.
+pub trait BatchExecutor: Send + 'static {
+    fn run(&mut self, pixels: Vec<f32>, count: usize) -> Reply;
+}
+
 struct Request {
     /// `count` images, each `image_len` values, back to back.
     pixels: Vec<f32>,
@@ -48,15 +68,29 @@ struct Request {
 
 #[derive(Clone)]
 pub struct ModelRunner {
-    sender: mpsc::Sender<Request>,
+    sender: SyncSender<Request>,
     config: RunnerConfig,
 }
 
 impl ModelRunner {
+    /// Starts the thread of an ONNX Runtime session.
     pub fn spawn(name: &str, session: ModelSession, config: RunnerConfig) -> std::io::Result<Self> {
-        let (sender, receiver) = mpsc::channel(config.queue_capacity.max(1));
+        let executor = OrtExecutor {
+            session,
+            input_name: config.input_name.clone(),
+            output_names: config.output_names.clone(),
+            image_dims: config.image_dims,
+        };
+        Self::spawn_with(name, executor, config)
+    }
+
+    /// Starts the thread of any executor (tests use a fake one).
+    pub fn spawn_with(name: &str, executor: impl BatchExecutor, config: RunnerConfig) -> std::io::Result<Self> {
+        let (sender, receiver) = sync_channel(config.queue_capacity.max(1));
         let thread_config = config.clone();
-        thread::Builder::new().name(format!("ort-{name}")).spawn(move || run_loop(session, receiver, thread_config))?;
+        thread::Builder::new()
+            .name(format!("ort-{name}"))
+            .spawn(move || run_loop(executor, receiver, thread_config))?;
         Ok(Self { sender, config })
     }
 
@@ -74,6 +108,17 @@ impl ModelRunner {
         reply.await.map_err(|_| InferenceError::Stopped)?
     }
 
+    /// Runs any number of images: they are split into requests of at most `max_batch_size`,
+    /// which may share batches with other requests. Outputs come back in input order.
+    pub async fn infer_all(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<ImageOutputs>, InferenceError> {
+        let chunk = self.config.max_batch_size * self.image_len();
+        let counts =
+            (0..count).step_by(self.config.max_batch_size).map(|start| (count - start).min(self.config.max_batch_size));
+        let requests: Vec<_> =
+            pixels.chunks(chunk.max(1)).zip(counts).map(|(p, n)| self.infer(p.to_vec(), n)).collect();
+        Ok(try_join_all(requests).await?.into_iter().flatten().collect())
+    }
+
     /// As [`infer`](Self::infer), for callers outside the async runtime.
     pub fn infer_blocking(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<ImageOutputs>, InferenceError> {
         let reply = self.submit(pixels, count)?;
@@ -85,82 +130,96 @@ impl ModelRunner {
         assert_eq!(pixels.len(), count * self.image_len(), "pixels must hold `count` whole images");
         let (reply, receiver) = oneshot::channel();
         self.sender.try_send(Request { pixels, count, reply }).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(_) => InferenceError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => InferenceError::Stopped,
+            TrySendError::Full(_) => InferenceError::Overloaded,
+            TrySendError::Disconnected(_) => InferenceError::Stopped,
         })?;
         Ok(receiver)
     }
 }
 
-fn run_loop(mut session: ModelSession, mut receiver: mpsc::Receiver<Request>, config: RunnerConfig) {
+fn run_loop(mut executor: impl BatchExecutor, receiver: Receiver<Request>, config: RunnerConfig) {
     let mut carried: Option<Request> = None;
     loop {
-        let Some(first) = carried.take().or_else(|| receiver.blocking_recv()) else {
-            return; // every sender is gone: the model was unloaded
-        };
+        // Every sender gone (the model was unloaded) and the queue drained: the thread ends.
+        let Some(first) = carried.take().or_else(|| receiver.recv().ok()) else { return };
         let mut batch = vec![first];
         let mut images = batch[0].count;
+        let deadline = Instant::now() + config.max_delay;
         while images < config.max_batch_size {
-            match receiver.try_recv() {
-                Ok(next) if images + next.count <= config.max_batch_size => {
-                    images += next.count;
-                    batch.push(next);
-                }
-                Ok(next) => {
-                    carried = Some(next);
-                    break;
-                }
-                Err(_) => break,
+            let next = match receiver.try_recv() {
+                Ok(next) => next,
+                Err(_) if config.max_delay.is_zero() => break,
+                Err(_) => match receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(next) => next,
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            if images + next.count > config.max_batch_size {
+                // Keep arrival order: the request that does not fit opens the next batch.
+                carried = Some(next);
+                break;
             }
+            images += next.count;
+            batch.push(next);
         }
         batch.retain(|request| !request.reply.is_closed());
         if batch.is_empty() {
             continue;
         }
-        let outcome = run_batch(&mut session, &batch, &config);
-        match outcome {
-            Ok(mut rows) => {
-                for request in batch {
-                    let rest = rows.split_off(request.count);
-                    let _ = request.reply.send(Ok(std::mem::replace(&mut rows, rest)));
+        let count: usize = batch.iter().map(|r| r.count).sum();
+        let mut pixels = Vec::with_capacity(batch.iter().map(|r| r.pixels.len()).sum());
+        for request in &mut batch {
+            pixels.append(&mut request.pixels);
+        }
+        match executor.run(pixels, count) {
+            Ok(mut rows) if rows.len() == count => {
+                for request in batch.into_iter().rev() {
+                    let mine = rows.split_off(rows.len() - request.count);
+                    let _ = request.reply.send(Ok(mine));
                 }
             }
-            Err(err) => {
-                for request in batch {
-                    let _ = request.reply.send(Err(err.clone()));
-                }
+            Ok(rows) => {
+                let err = InferenceError::Runtime(format!("{} outputs for {count} images", rows.len()));
+                batch.into_iter().for_each(|r| drop(r.reply.send(Err(err.clone()))));
             }
+            Err(err) => batch.into_iter().for_each(|r| drop(r.reply.send(Err(err.clone())))),
         }
     }
 }
 
-fn run_batch(session: &mut ModelSession, batch: &[Request], config: &RunnerConfig) -> Reply {
-    let count: usize = batch.iter().map(|r| r.count).sum();
-    let mut pixels = Vec::with_capacity(count * config.image_dims.iter().product::<usize>());
-    for request in batch {
-        pixels.extend_from_slice(&request.pixels);
-    }
-    let [a, b, c] = config.image_dims;
-    let input = Tensor::from_array(([count, a, b, c], pixels)).map_err(|e| InferenceError::Runtime(e.to_string()))?;
-    let outputs = session
-        .session
-        .run(ort::inputs![config.input_name.as_str() => input])
-        .map_err(|e| InferenceError::Runtime(e.to_string()))?;
-    let mut per_image: Vec<ImageOutputs> = vec![Vec::with_capacity(config.output_names.len()); count];
-    for name in &config.output_names {
-        let output = outputs
-            .get(name)
-            .ok_or_else(|| InferenceError::Runtime(format!("the model produced no output named {name}")))?;
-        let (_, values) = output.try_extract_tensor::<f32>().map_err(|e| InferenceError::Runtime(e.to_string()))?;
-        if values.is_empty() || values.len() % count != 0 {
-            return Err(InferenceError::Runtime(format!(
-                "output {name} has {} values for {count} images",
-                values.len()
-            )));
-        }
-        for (image, row) in per_image.iter_mut().zip(values.chunks(values.len() / count)) {
-            image.push(row.to_vec());
-        }
-    }
-    Ok(per_image)
+/// The ONNX Runtime session of a model, as a batch executor.
+struct OrtExecutor {
+    session: ModelSession,
+    input_name: String,
+    output_names: Vec<String>,
+    image_dims: [usize; 3],
 }
+
+impl BatchExecutor for OrtExecutor {
+    fn run(&mut self, pixels: Vec<f32>, count: usize) -> Reply {
+        let runtime = |e: ort::Error| InferenceError::Runtime(e.to_string());
+        let [a, b, c] = self.image_dims;
+        let input = Tensor::from_array(([count, a, b, c], pixels)).map_err(runtime)?;
+        let outputs = self.session.session.run(ort::inputs![self.input_name.as_str() => input]).map_err(runtime)?;
+        let mut per_image: Vec<ImageOutputs> = vec![Vec::with_capacity(self.output_names.len()); count];
+        for name in &self.output_names {
+            let output = outputs
+                .get(name)
+                .ok_or_else(|| InferenceError::Runtime(format!("the model produced no output named {name}")))?;
+            let (_, values) = output.try_extract_tensor::<f32>().map_err(runtime)?;
+            if values.is_empty() || values.len() % count != 0 {
+                return Err(InferenceError::Runtime(format!(
+                    "output {name} has {} values for {count} images",
+                    values.len()
+                )));
+            }
+            for (image, row) in per_image.iter_mut().zip(values.chunks(values.len() / count)) {
+                image.push(row.to_vec());
+            }
+        }
+        Ok(per_image)
+    }
+}
+
+#[cfg(test)]
+mod tests;

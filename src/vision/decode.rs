@@ -1,9 +1,15 @@
 //! Decoding: the header is read first (format, dimensions, pixel budget), then the
 //! pixels, with EXIF orientation applied and every colour type turned into 8-bit RGB.
+//! Large JPEGs headed for a small model input can be decoded at 1/2, 1/4 or 1/8 size
+//! by the JPEG decoder's DCT scaling ([`decode_image_for`]).
 
 use std::io::Cursor;
 
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+
+use super::jpeg;
+use super::preprocess::{ResizeMode, ResizePlan};
 
 /// Formats graft decodes; anything else is refused before decoding.
 const SUPPORTED: [ImageFormat; 5] =
@@ -40,6 +46,100 @@ pub enum VisionError {
 /// Alpha is composited over white (what a viewer shows), 16-bit channels are
 /// rounded to 8 bits, grayscale and palette images are expanded to RGB.
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, VisionError> {
+    let header = open(bytes, limits)?;
+    decode_full(header.decoder, header.orientation)
+}
+
+/// An image decoded by [`decode_image_scaled`]: upright 8-bit RGB, and how much the JPEG
+/// decoder's DCT scaling reduced it (1 when it was decoded at full size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedImage {
+    pub image: RgbImage,
+    /// The image is `⌈oriented size / scale_denominator⌉`: 1, 2, 4 or 8.
+    pub scale_denominator: u32,
+}
+
+/// As [`decode_image`], but a JPEG at least twice `min_size` (width, height, after EXIF
+/// orientation) in both dimensions is decoded at a reduced size by its DCT scaling: the
+/// strongest of 1/8, 1/4, 1/2 that leaves both dimensions ≥ `min_size`.
+///
+/// Every other image, and any JPEG the scaled decoder declines or fails on, takes the
+/// full-size path of [`decode_image`], with its results and errors unchanged.
+pub fn decode_image_for(bytes: &[u8], limits: &DecodeLimits, min_size: (u32, u32)) -> Result<RgbImage, VisionError> {
+    decode_image_scaled(bytes, limits, |_| min_size).map(|decoded| decoded.image)
+}
+
+/// [`decode_image_for`] with the minimum size computed from the image's oriented full
+/// size (read from the header), e.g. `|size| min_decode_size(target, mode, size)`, and
+/// the reduction used reported alongside the image.
+pub fn decode_image_scaled(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+    min_size: impl FnOnce((u32, u32)) -> (u32, u32),
+) -> Result<DecodedImage, VisionError> {
+    let header = open(bytes, limits)?;
+    if header.format == ImageFormat::Jpeg {
+        let stored = header.decoder.dimensions();
+        let oriented = oriented_size(stored, header.orientation);
+        let denominator = dct_scale_denominator(oriented, min_size(oriented));
+        if denominator > 1 {
+            match jpeg::decode_scaled(bytes, stored, denominator) {
+                Ok(mut image) => {
+                    image.apply_orientation(header.orientation);
+                    return Ok(DecodedImage { image: to_rgb8(image), scale_denominator: denominator });
+                }
+                Err(reason) => tracing::debug!(%reason, "DCT-scaled JPEG decode declined; decoding at full size"),
+            }
+        }
+    }
+    Ok(DecodedImage { image: decode_full(header.decoder, header.orientation)?, scale_denominator: 1 })
+}
+
+/// The smallest decoded size that keeps the preprocessing resize of an image whose
+/// (oriented) size is `original` a downscale: the size the whole image is resized to
+/// before the centre crop (`Crop`) or the padding (`Pad`), or `target` itself (`Stretch`).
+/// A reduced decode keeps the aspect ratio, so being at least this large in both
+/// dimensions means the resize never enlarges it.
+pub fn min_decode_size(target: (u32, u32), mode: ResizeMode, original: (u32, u32)) -> (u32, u32) {
+    if original.0 == 0 || original.1 == 0 {
+        return target;
+    }
+    ResizePlan::new(original, target, mode).resized
+}
+
+/// The strongest DCT reduction (8, 4, 2; 1 for none) with `size / d ≥ min_size` in both
+/// dimensions, `size` being the oriented full size.
+fn dct_scale_denominator(size: (u32, u32), min_size: (u32, u32)) -> u32 {
+    let fits = |d: u32| {
+        u64::from(size.0) >= u64::from(d) * u64::from(min_size.0)
+            && u64::from(size.1) >= u64::from(d) * u64::from(min_size.1)
+    };
+    jpeg::DENOMINATORS.into_iter().find(|&d| fits(d)).unwrap_or(1)
+}
+
+/// The size after applying `orientation`: the EXIF orientations 5–8 turn the image a
+/// quarter and swap width and height.
+fn oriented_size((width, height): (u32, u32), orientation: Orientation) -> (u32, u32) {
+    match orientation {
+        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH => {
+            (height, width)
+        }
+        Orientation::NoTransforms
+        | Orientation::Rotate180
+        | Orientation::FlipHorizontal
+        | Orientation::FlipVertical => (width, height),
+    }
+}
+
+/// An image whose header has passed: supported format, within the pixel budget, not empty,
+/// with the decoder's allocation limit set and the EXIF orientation read.
+struct Header<D> {
+    decoder: D,
+    format: ImageFormat,
+    orientation: Orientation,
+}
+
+fn open<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<Header<impl ImageDecoder + 'a>, VisionError> {
     let format = image::guess_format(bytes).map_err(|_| VisionError::NotAnImage)?;
     if !SUPPORTED.contains(&format) {
         return Err(VisionError::UnsupportedFormat(format!("{format:?}").to_uppercase()));
@@ -59,7 +159,11 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Vis
     decoder_limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
     decoder.set_limits(decoder_limits).map_err(|e| VisionError::Corrupt(e.to_string()))?;
     // A broken EXIF block is no reason to refuse the pixels: treat it as upright.
-    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    Ok(Header { decoder, format, orientation })
+}
+
+fn decode_full(decoder: impl ImageDecoder, orientation: Orientation) -> Result<RgbImage, VisionError> {
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| VisionError::Corrupt(e.to_string()))?;
     image.apply_orientation(orientation);
     Ok(to_rgb8(image))
@@ -115,6 +219,82 @@ mod tests {
         // 255·128/255 + 255·127/255 = 255; 0·128/255 + 255·127/255 = 127.
         assert_eq!(rgb.get_pixel(0, 0).0, [255, 127, 127]);
         assert_eq!(rgb.get_pixel(1, 0).0, [255, 255, 255]);
+    }
+
+    fn gradient_jpeg(width: u32, height: u32) -> Vec<u8> {
+        let image = RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, ((x + y) % 256) as u8])
+        });
+        encode(&DynamicImage::ImageRgb8(image), ImageFormat::Jpeg)
+    }
+
+    #[test]
+    fn the_strongest_reduction_that_stays_at_least_the_minimum_is_chosen() {
+        assert_eq!(dct_scale_denominator((2560, 1708), (383, 256)), 4); // 1708 / 8 = 213.5 < 256
+        assert_eq!(dct_scale_denominator((2560, 1708), (224, 149)), 8);
+        assert_eq!(dct_scale_denominator((2560, 1708), (224, 224)), 4);
+        assert_eq!(dct_scale_denominator((512, 512), (256, 256)), 2);
+        assert_eq!(dct_scale_denominator((511, 512), (256, 256)), 1, "under twice the minimum: full size");
+        assert_eq!(dct_scale_denominator((640, 427), (383, 256)), 1);
+        assert_eq!(dct_scale_denominator((100, 100), (0, 0)), 8);
+    }
+
+    #[test]
+    fn quarter_turns_swap_the_axes() {
+        for orientation in [Orientation::Rotate90, Orientation::Rotate270, Orientation::Rotate90FlipH] {
+            assert_eq!(oriented_size((40, 30), orientation), (30, 40));
+        }
+        for orientation in [Orientation::NoTransforms, Orientation::Rotate180, Orientation::FlipVertical] {
+            assert_eq!(oriented_size((40, 30), orientation), (40, 30));
+        }
+    }
+
+    #[test]
+    fn min_decode_size_is_the_resize_before_crop_or_pad() {
+        let crop = ResizeMode::Crop { fraction: 0.875 };
+        assert_eq!(min_decode_size((224, 224), crop, (640, 427)), (383, 256));
+        assert_eq!(min_decode_size((224, 224), crop, (2560, 1708)), (383, 256));
+        assert_eq!(min_decode_size((224, 224), crop, (1708, 2560)), (256, 383));
+        assert_eq!(min_decode_size((224, 224), ResizeMode::Pad, (2560, 1708)), (224, 149));
+        assert_eq!(min_decode_size((224, 224), ResizeMode::Stretch, (2560, 1708)), (224, 224));
+        assert_eq!(min_decode_size((224, 224), ResizeMode::Stretch, (0, 10)), (224, 224));
+    }
+
+    #[test]
+    fn a_large_jpeg_is_decoded_reduced() {
+        let bytes = gradient_jpeg(1030, 800);
+        let decoded = decode_image_scaled(&bytes, &DecodeLimits::default(), |_| (100, 100)).unwrap();
+        assert_eq!(decoded.scale_denominator, 8);
+        assert_eq!(decoded.image.dimensions(), (129, 100)); // ⌈1030 / 8⌉ × 800 / 8
+        let decoded = decode_image_scaled(&bytes, &DecodeLimits::default(), |_| (300, 300)).unwrap();
+        assert_eq!((decoded.scale_denominator, decoded.image.dimensions()), (2, (515, 400)));
+        // The pixels are the full decode's, averaged: compare against an 8×8 box average.
+        let full = decode_image(&bytes, &DecodeLimits::default()).unwrap();
+        let small = decode_image_for(&bytes, &DecodeLimits::default(), (100, 100)).unwrap();
+        let mut worst = 0u32;
+        for (x, y, px) in small.enumerate_pixels().filter(|(x, y, _)| *x < 128 && *y < 100) {
+            for c in 0..3 {
+                let sum: u32 = (0..64).map(|i| u32::from(full.get_pixel(x * 8 + i % 8, y * 8 + i / 8)[c])).sum();
+                worst = worst.max((sum / 64).abs_diff(u32::from(px[c])));
+            }
+        }
+        assert!(worst <= 6, "worst difference from the box average: {worst} levels");
+    }
+
+    #[test]
+    fn the_budget_is_checked_before_a_reduced_decode() {
+        let bytes = gradient_jpeg(1030, 800);
+        let err = decode_image_for(&bytes, &DecodeLimits { max_pixels: 823_999 }, (10, 10)).unwrap_err();
+        assert!(matches!(err, VisionError::TooManyPixels { width: 1030, height: 800, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_truncated_large_jpeg_is_still_corrupt() {
+        let bytes = gradient_jpeg(1030, 800);
+        let cut = &bytes[..bytes.len() / 2];
+        let err = decode_image_for(cut, &DecodeLimits::default(), (100, 100)).unwrap_err();
+        assert!(matches!(err, VisionError::Corrupt(_)), "{err:?}");
+        assert_eq!(Err(err), decode_image(cut, &DecodeLimits::default()), "the same error as the full path");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 
 mod augment;
 mod decode;
+mod jpeg;
 mod preprocess;
 
 pub use augment::Augmentation;
 pub use decode::{DecodeLimits, VisionError, decode_image};
+pub use decode::{DecodedImage, decode_image_for, decode_image_scaled, min_decode_size};
 pub use preprocess::{ColorOrder, Layout, Normalization, Preprocessing, ResizeMode, ResizePlan, preprocess_into};

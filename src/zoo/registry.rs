@@ -8,7 +8,9 @@ use ort::environment::Environment;
 
 use super::{Labels, Manifest};
 use crate::runtime::graph::expose_outputs;
-use crate::runtime::{ModelRunner, ModelSession, ModelSource, RunnerConfig, SessionOptions, TensorSpec, open_session};
+use crate::runtime::{
+    Batching, ModelRunner, ModelSession, ModelSource, RunnerConfig, SessionOptions, TensorSpec, open_session,
+};
 use crate::store::TrainedModelRecord;
 use crate::train::Head;
 use crate::vision::Layout;
@@ -113,9 +115,9 @@ impl ModelRegistry {
     }
 
     /// Loads every registered model in turn, recording each outcome.
-    pub fn load_all(&self, env: &Environment, options: &SessionOptions, max_batch_size: usize, queue_capacity: usize) {
+    pub fn load_all(&self, env: &Environment, options: &SessionOptions, batching: &Batching) {
         for (manifest, _) in self.list() {
-            let state = match load_model(env, manifest.clone(), options, max_batch_size, queue_capacity) {
+            let state = match load_model(env, manifest.clone(), options, batching) {
                 Ok(model) => {
                     tracing::info!(model = %manifest.name, provider = model.provider, "model ready");
                     ModelState::Ready(Arc::new(model))
@@ -131,13 +133,12 @@ impl ModelRegistry {
 }
 
 /// Opens the model's session, checks it against its manifest, starts its runner and
-/// warms it up at batch 1 and at the largest batch.
+/// warms it up at every batch size it will run, so no request pays for a first run.
 pub fn load_model(
     env: &Environment,
     manifest: Arc<Manifest>,
     options: &SessionOptions,
-    max_batch_size: usize,
-    queue_capacity: usize,
+    batching: &Batching,
 ) -> Result<LoadedModel, String> {
     if !manifest.file.is_file() {
         return Err(format!(
@@ -164,7 +165,7 @@ pub fn load_model(
     };
     let session = open_session(env, source, options).map_err(|e| e.to_string())?;
     let (image_dims, batch_limit) = check_io(&manifest, &session, labels.len())?;
-    let max_batch_size = batch_limit.map_or(max_batch_size, |fixed| fixed.min(max_batch_size)).max(1);
+    let max_batch_size = batch_limit.map_or(batching.max_batch_size, |fixed| fixed.min(batching.max_batch_size)).max(1);
     let provider = session.provider;
     let (inputs, outputs) = (session.inputs.clone(), session.outputs.clone());
     let mut output_names = vec![manifest.output_name.clone()];
@@ -174,12 +175,13 @@ pub fn load_model(
         output_names,
         image_dims,
         max_batch_size,
-        queue_capacity,
+        max_delay: batching.max_delay,
+        queue_capacity: batching.queue_capacity,
     };
     let runner = ModelRunner::spawn(&manifest.name, session, config).map_err(|e| e.to_string())?;
     let image_len = runner.image_len();
     let mut features = edited.map(|_| 0);
-    for batch in [1, max_batch_size] {
+    for batch in 1..=max_batch_size {
         let images =
             runner.infer_blocking(vec![0.0; image_len * batch], batch).map_err(|e| format!("warm-up failed: {e}"))?;
         let scores = &images[0][0];

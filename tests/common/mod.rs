@@ -83,9 +83,7 @@ pub async fn loaded_registry(model_dir: &Path, limits: &Limits) -> Arc<ModelRegi
     let env = runtime();
     let registry = Arc::new(ModelRegistry::new(load_manifest_dir(model_dir).unwrap()));
     let (loading, limits) = (registry.clone(), limits.clone());
-    tokio::task::spawn_blocking(move || loading.load_all(&env, &cpu(), limits.max_batch_size, limits.queue_capacity))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || loading.load_all(&env, &cpu(), &limits.batching())).await.unwrap();
     registry
 }
 
