@@ -20,11 +20,14 @@ pub struct RuntimeSettings {
     /// Threads ONNX Runtime uses within one operator (0 = one per core).
     #[arg(long, env = "GRAFT_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
+    /// Let idle ONNX Runtime threads spin-wait (off: they sleep and leave the cores to decoding and HTTP).
+    #[arg(long, env = "GRAFT_ORT_SPIN", default_value_t = false)]
+    pub ort_spin: bool,
 }
 
 impl RuntimeSettings {
     pub fn session_options(&self) -> SessionOptions {
-        SessionOptions { device: self.device, intra_threads: self.intra_threads }
+        SessionOptions { device: self.device, intra_threads: self.intra_threads, spin: self.ort_spin }
     }
 }
 

@@ -6,6 +6,7 @@
 //! them into a server and a worker.
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;

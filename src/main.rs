@@ -20,6 +20,8 @@ enum Command {
     Serve(Box<ServeSettings>),
     /// Run training workers only (no HTTP), against the same database and blob store.
     Worker(Box<EngineSettings>),
+    /// Measure serving speed: raw ONNX Runtime, graft over HTTP, a Python server, preprocessing.
+    Bench(Box<graft::bench::BenchSettings>),
     /// Model manifests and files.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -83,6 +85,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(settings) => graft::serve(*settings).await,
         Command::Worker(settings) => graft::run_workers(*settings).await,
+        Command::Bench(settings) => graft::bench::run(*settings).await,
         Command::Models(ModelsCommand::List(models)) => {
             for manifest in load_manifest_dir(&models.model_dir)? {
                 let present = if manifest.file.is_file() { "present" } else { "missing" };

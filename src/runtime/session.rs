@@ -15,6 +15,8 @@ pub struct SessionOptions {
     pub device: Device,
     /// Threads ONNX Runtime uses inside one operator; 0 lets it choose (one per core).
     pub intra_threads: usize,
+    /// Let idle intra-op threads spin (lower latency alone, less CPU left for everything else).
+    pub spin: bool,
 }
 
 /// Name, element type and shape (−1 for a dynamic dimension) of a graph input or output.
@@ -91,6 +93,11 @@ pub fn open_session(
         Session::builder(env)
             .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
             .and_then(|b| b.with_intra_threads(options.intra_threads).map_err(Into::into))
+            // Spinning intra-op threads burn the cores that decoding and HTTP need between runs.
+            .and_then(|b| {
+                b.with_config_entry("session.intra_op.allow_spinning", if options.spin { "1" } else { "0" })
+                    .map_err(Into::into)
+            })
             .map_err(|e| load_error(e.to_string()))
     };
     let with_cuda = |device: i32| -> Result<SessionBuilder, SessionError> {

@@ -39,7 +39,7 @@ pub fn runtime() -> ort::environment::Environment {
 }
 
 pub fn cpu() -> SessionOptions {
-    SessionOptions { device: Device::Cpu, intra_threads: 1 }
+    SessionOptions { device: Device::Cpu, intra_threads: 1, spin: false }
 }
 
 pub struct TestServer {

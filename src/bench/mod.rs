@@ -1,0 +1,274 @@
+//! `graft bench`: serving speed measured in one run on the same model and thread count —
+//! raw ONNX Runtime from Rust, graft over HTTP, a reference Python server over HTTP,
+//! and preprocessing alone against Pillow + numpy — printed with the ratios the
+//! targets are stated in. Nothing here is used by the server.
+
+mod load;
+mod process;
+mod raw;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::config::RuntimeSettings;
+use crate::vision::{DecodeLimits, decode_image, preprocess_into};
+use crate::zoo::Manifest;
+use load::{LoadResult, run_load};
+use process::{Server, rss_kib};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchSettings {
+    /// The model to measure (a manifest in --model-dir).
+    #[arg(long, default_value = "efficientnet_lite0")]
+    pub model: String,
+    #[arg(long, env = "GRAFT_MODEL_DIR", default_value = "models")]
+    pub model_dir: PathBuf,
+    /// The image every request sends.
+    #[arg(long, default_value = "tests/fixtures/generated/images/china.jpg")]
+    pub image: PathBuf,
+    /// Requests per concurrency level.
+    #[arg(long, default_value_t = 400)]
+    pub requests: usize,
+    /// Concurrency levels, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub concurrency: Vec<usize>,
+    /// Batch sizes for raw ONNX Runtime, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub batch_sizes: Vec<usize>,
+    /// ONNX Runtime threads per operator, for graft, raw ONNX Runtime and Python alike.
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, usize::from))]
+    pub threads: usize,
+    /// Python with the reference server's packages (bench/server-requirements.txt); empty to skip it.
+    #[arg(long, default_value = ".venv-bench/bin/python")]
+    pub python: String,
+    /// Also hold concurrency 32 for this many seconds and report graft's memory (RSS) over time.
+    #[arg(long, default_value_t = 0)]
+    pub soak_seconds: u64,
+    #[command(flatten)]
+    pub runtime: RuntimeSettings,
+}
+
+pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
+    let manifest = Manifest::load(&settings.model_dir.join(format!("{}.toml", settings.model)))?;
+    let image = fs_err::read(&settings.image)?;
+    let content_type = if image.starts_with(&[0xFF, 0xD8]) { "image/jpeg" } else { "image/png" };
+    println!(
+        "model {}, image {} ({} bytes), {} ONNX Runtime threads, {} requests per level, {} cores",
+        manifest.name,
+        settings.image.display(),
+        image.len(),
+        settings.threads,
+        settings.requests,
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+
+    // (a) Raw ONNX Runtime from Rust.
+    let raw = raw::measure(&settings, &manifest)?;
+    println!("\n(a) raw ONNX Runtime (Rust, preprocessed input)");
+    for (batch, rate) in &raw {
+        println!("    batch {batch:>2}: {rate:>8.1} images/s");
+    }
+    let (best_batch, raw_best) =
+        raw.iter().copied().fold((1, 0.0), |best, (b, r)| if r > best.1 { (b, r) } else { best });
+    println!("    graft is started with --max-batch-size {best_batch}, the best batch size on this machine");
+
+    // (b) graft over HTTP.
+    let graft_args = vec![
+        "serve".to_owned(),
+        "--models".to_owned(),
+        manifest.name.clone(),
+        "--intra-threads".to_owned(),
+        settings.threads.to_string(),
+        "--workers".to_owned(),
+        "0".to_owned(),
+        "--max-batch-size".to_owned(),
+        best_batch.to_string(),
+    ];
+    let mut graft_args = graft_args;
+    if settings.runtime.ort_spin {
+        graft_args.push("--ort-spin".to_owned());
+    }
+    let exe = std::env::current_exe()?;
+    let data = tempfile::tempdir()?;
+    let graft = Server::start(
+        exe.to_str().context("the executable path is not UTF-8")?,
+        &graft_args,
+        &[
+            ("GRAFT_MODEL_DIR", settings.model_dir.to_string_lossy().as_ref()),
+            ("GRAFT_DATA_DIR", data.path().to_string_lossy().as_ref()),
+        ],
+        "--listen",
+    )
+    .await?;
+    let graft_url = format!("{}/v1/models/{}/classify", graft.base_url, manifest.name);
+    let graft_results = load_levels(&settings, &graft_url, &image, content_type).await?;
+    print_levels("(b) graft over HTTP", &graft_results);
+
+    let soak = if settings.soak_seconds > 0 {
+        Some(soak(&settings, &graft, &graft_url, &image, content_type).await?)
+    } else {
+        None
+    };
+    drop(graft);
+
+    // (c) The reference Python server.
+    let python_results = if settings.python.is_empty() {
+        None
+    } else {
+        let manifest_path = settings.model_dir.join(format!("{}.toml", manifest.name));
+        let args = vec![
+            "bench/python_server.py".to_owned(),
+            "--model".to_owned(),
+            manifest_path.to_string_lossy().into_owned(),
+            "--intra-threads".to_owned(),
+            settings.threads.to_string(),
+        ];
+        let python = Server::start(&settings.python, &args, &[], "--port").await?;
+        let url = format!("{}/v1/models/{}/classify", python.base_url, manifest.name);
+        let results = load_levels(&settings, &url, &image, content_type).await?;
+        print_levels("(c) reference Python server (Starlette + onnxruntime + Pillow) over HTTP", &results);
+        Some(results)
+    };
+
+    // (d) Preprocessing alone.
+    let (decode_ms, rust_ms) = preprocess_median_ms(&manifest, &image, 200);
+    let pillow_ms = if settings.python.is_empty() { None } else { pillow_median_ms(&settings, &manifest)? };
+    println!(
+        "\n(d) preprocessing alone, {} → {}×{} tensor, one thread, median",
+        settings.image.display(),
+        manifest.preprocessing.width,
+        manifest.preprocessing.height
+    );
+    println!("    graft:          {rust_ms:>7.3} ms (decoding {decode_ms:.3} ms)");
+    if let Some(pillow) = pillow_ms {
+        println!("    Pillow + numpy: {pillow:>7.3} ms");
+    }
+
+    println!("\nratios");
+    let at = |results: &[LoadResult], c: usize| results.iter().find(|r| r.concurrency == c).cloned();
+    if let Some(g8) = at(&graft_results, 8) {
+        println!(
+            "    graft c=8 throughput / raw ONNX Runtime best batch: {:.2} (target ≥ 0.95)",
+            g8.images_per_second / raw_best
+        );
+        if let Some(p8) = python_results.as_deref().and_then(|p| at(p, 8)) {
+            println!(
+                "    graft c=8 throughput / Python c=8:                  {:.2} (target ≥ 1.5)",
+                g8.images_per_second / p8.images_per_second
+            );
+            println!(
+                "    graft c=8 p99 / Python c=8 p99:                     {:.2} (target ≤ 0.6)",
+                g8.p99_ms / p8.p99_ms
+            );
+        }
+    }
+    if let Some(pillow) = pillow_ms {
+        println!("    graft preprocessing / Pillow + numpy:               {:.2} (target ≤ 0.3)", rust_ms / pillow);
+    }
+    if let Some((first_minute, end)) = soak {
+        println!(
+            "    graft RSS at the end of the soak / after its first minute: {:.3} ({} KiB → {} KiB; target ≤ 1.10)",
+            end as f64 / first_minute as f64,
+            first_minute,
+            end
+        );
+    }
+    Ok(())
+}
+
+async fn load_levels(
+    settings: &BenchSettings,
+    url: &str,
+    image: &[u8],
+    content_type: &str,
+) -> anyhow::Result<Vec<LoadResult>> {
+    // A short warm-up so that connection set-up and first runs are not measured.
+    run_load(url, image, content_type, 4, 16, None).await?;
+    let mut results = Vec::new();
+    for &concurrency in &settings.concurrency {
+        results.push(run_load(url, image, content_type, concurrency, settings.requests.max(concurrency), None).await?);
+    }
+    Ok(results)
+}
+
+fn print_levels(title: &str, results: &[LoadResult]) {
+    println!("\n{title}");
+    for r in results {
+        println!(
+            "    c={:<3} {:>8.1} images/s   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}",
+            r.concurrency, r.images_per_second, r.p50_ms, r.p99_ms, r.errors
+        );
+    }
+}
+
+/// Holds concurrency 32 for `soak_seconds`; returns graft's RSS after the first minute
+/// (or a sixth of the soak, if shorter) and at the end.
+async fn soak(
+    settings: &BenchSettings,
+    graft: &Server,
+    url: &str,
+    image: &[u8],
+    content_type: &str,
+) -> anyhow::Result<(u64, u64)> {
+    let total = Duration::from_secs(settings.soak_seconds);
+    let first = Duration::from_secs(60).min(total / 6);
+    let started = Instant::now();
+    run_load(url, image, content_type, 32, usize::MAX, Some(first)).await?;
+    let first_rss = rss_kib(graft.pid)?;
+    println!("\nsoak: RSS after {:.0} s at c=32: {first_rss} KiB", started.elapsed().as_secs_f64());
+    let rest = total.saturating_sub(started.elapsed());
+    let result = run_load(url, image, content_type, 32, usize::MAX, Some(rest)).await?;
+    let end_rss = rss_kib(graft.pid)?;
+    println!(
+        "soak: RSS after {:.0} s: {end_rss} KiB ({:.1} images/s over the rest, {} errors)",
+        started.elapsed().as_secs_f64(),
+        result.images_per_second,
+        result.errors
+    );
+    Ok((first_rss, end_rss))
+}
+
+/// Median milliseconds of decoding, and of decoding plus preprocessing, one image on one thread.
+fn preprocess_median_ms(manifest: &Manifest, image: &[u8], iterations: usize) -> (f64, f64) {
+    let spec = &manifest.preprocessing;
+    let mut out = vec![0.0f32; spec.width as usize * spec.height as usize * 3];
+    let limits = DecodeLimits::default();
+    let mut decode = Vec::new();
+    let mut total = Vec::new();
+    for i in 0..iterations + 10 {
+        let started = Instant::now();
+        let decoded = decode_image(image, &limits);
+        let decoded_at = started.elapsed();
+        if let Ok(rgb) = decoded {
+            preprocess_into(&rgb, spec, &mut out);
+        }
+        if i >= 10 {
+            decode.push(decoded_at.as_secs_f64() * 1000.0);
+            total.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(decode), median(total))
+}
+
+fn pillow_median_ms(settings: &BenchSettings, manifest: &Manifest) -> anyhow::Result<Option<f64>> {
+    let output = std::process::Command::new(&settings.python)
+        .args(["bench/preprocess_bench.py", "--iterations", "200", "--image"])
+        .arg(&settings.image)
+        .arg("--manifest")
+        .arg(settings.model_dir.join(format!("{}.toml", manifest.name)))
+        .output()
+        .context("running bench/preprocess_bench.py")?;
+    if !output.status.success() {
+        anyhow::bail!("bench/preprocess_bench.py failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let line = String::from_utf8_lossy(&output.stdout);
+    let json: serde_json::Value = serde_json::from_str(line.trim().lines().last().unwrap_or("{}"))?;
+    Ok(json["pillow_numpy_ms_median"].as_f64())
+}
