@@ -194,3 +194,20 @@ async fn a_model_still_loading_is_unavailable_and_not_ready() {
     let response = post_image(&url, "tiny_nchw", "image/png", "img0.png").await;
     expect_problem(response, 503).await;
 }
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    // Ten images, batches of one, room for one waiting request: the request's ten batches
+    // are queued at once, so the queue overflows whatever the machine's speed.
+    let limits = Limits { max_batch_size: 1, queue_capacity: 1, ..Limits::default() };
+    let server = start_server(&fixture_models(), limits).await;
+    let form = (0..10).fold(reqwest::multipart::Form::new(), |form, i| {
+        form.part("file", reqwest::multipart::Part::bytes(image("img1.png")).file_name(format!("{i}.png")))
+    });
+    let response =
+        client().post(format!("{}/v1/models/tiny_nchw/classify", server.url)).multipart(form).send().await.unwrap();
+    assert_eq!(response.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    let body = expect_problem(response, 429).await;
+    assert_eq!(body["type"], "urn:graft:problem:overloaded");
+    assert_still_serving(&server).await;
+}
