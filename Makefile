@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test lint ort models fixtures keras-models bench-train clean
+.PHONY: all build release run test lint ort models fixtures keras-models bench bench-train clean
 
 all: build
 
@@ -69,14 +69,20 @@ keras-models:
 	.venv-keras/bin/python models/export_keras.py resnet50 --weights none
 	.venv-keras/bin/python models/export_keras.py xception --weights none
 
+## Serving speed: raw ONNX Runtime, graft over HTTP at c=1/8/32, the reference Python server,
+## preprocessing vs Pillow + numpy (BENCH_ARGS='--model resnet50 --soak-seconds 600' for more).
+BENCH_ARGS ?=
+bench: release models fixtures .venv-bench/.installed
+	target/release/graft bench --python .venv-bench/bin/python $(BENCH_ARGS)
+
 ## Head training: graft vs scikit-learn LogisticRegression and Keras model.fit on the same
 ## features, and the second job's speed-up from the feature cache (needs EfficientNet-Lite0).
 bench-train: release models .venv-bench/.installed
 	.venv-bench/bin/python bench/train_bench.py --graft target/release/graft --model-dir models
 
-.venv-bench/.installed: bench/requirements.txt
+.venv-bench/.installed: bench/requirements.txt bench/server-requirements.txt
 	$(PYTHON) -m venv .venv-bench
-	.venv-bench/bin/pip install --quiet -r bench/requirements.txt
+	.venv-bench/bin/pip install --quiet -r bench/requirements.txt -r bench/server-requirements.txt
 	touch $@
 
 clean:

@@ -173,3 +173,41 @@ fn a_batching_delay_gathers_requests_that_arrive_close_together() {
     assert_eq!(outputs(b), [20.0]);
     assert_eq!(h.batches(), [vec![1.0, 2.0]]);
 }
+
+/// Unloading a model — dropping its last runner handle — ends its thread and frees the
+/// executor (the ONNX Runtime session and its memory).
+#[test]
+fn dropping_the_last_handle_frees_the_executor() {
+    struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+    impl BatchExecutor for Dropped {
+        fn run(&mut self, pixels: Vec<f32>, _count: usize) -> Reply {
+            Ok(pixels.into_iter().map(|v| vec![vec![v]]).collect())
+        }
+    }
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let freed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let config = RunnerConfig {
+        input_name: "x".into(),
+        output_names: vec!["y".into()],
+        image_dims: [1, 1, 1],
+        max_batch_size: 1,
+        max_delay: Duration::ZERO,
+        queue_capacity: 1,
+    };
+    let runner = ModelRunner::spawn_with("dropped", Dropped(freed.clone()), config).unwrap();
+    let copy = runner.clone();
+    assert_eq!(runner.infer_blocking(vec![3.0], 1).unwrap()[0][0], [3.0]);
+    drop(runner);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!freed.load(std::sync::atomic::Ordering::SeqCst), "a handle is still alive");
+    drop(copy);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !freed.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "the executor was not freed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
