@@ -97,3 +97,22 @@ pub fn panic_to_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response 
     )
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::InferenceError;
+
+    /// The runner refuses work when its queue is full (tested in runtime::runner); here the
+    /// refusal becomes 429 with Retry-After and a problem body.
+    #[test]
+    fn a_full_queue_is_429_with_retry_after() {
+        let response = Error::from(InferenceError::Overloaded).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+        let problem = Problem::from(&Error::from(InferenceError::Overloaded));
+        assert_eq!(problem.kind, "urn:graft:problem:overloaded");
+        assert!(problem.detail.contains("queue is full"));
+    }
+}

@@ -64,7 +64,10 @@ pub struct DecodedImage {
 /// strongest of 1/8, 1/4, 1/2 that leaves both dimensions ≥ `min_size`.
 ///
 /// Every other image, and any JPEG the scaled decoder declines or fails on, takes the
-/// full-size path of [`decode_image`], with its results and errors unchanged.
+/// full-size path of [`decode_image`], with its results and errors unchanged — with one
+/// exception: a large JPEG cut short is [`VisionError::Corrupt`] here, where
+/// [`decode_image`] (zune-jpeg in the image crate's lenient mode) returns it with the
+/// missing part grey unless the cut falls inside the headers.
 pub fn decode_image_for(bytes: &[u8], limits: &DecodeLimits, min_size: (u32, u32)) -> Result<RgbImage, VisionError> {
     decode_image_scaled(bytes, limits, |_| min_size).map(|decoded| decoded.image)
 }
@@ -88,7 +91,13 @@ pub fn decode_image_scaled(
                     image.apply_orientation(header.orientation);
                     return Ok(DecodedImage { image: to_rgb8(image), scale_denominator: denominator });
                 }
-                Err(reason) => tracing::debug!(%reason, "DCT-scaled JPEG decode declined; decoding at full size"),
+                // The full path would paint the missing part grey and call it a success.
+                Err(jpeg::Failure::Truncated(reason)) => {
+                    return Err(VisionError::Corrupt(format!("the JPEG data ends before the image does ({reason})")));
+                }
+                Err(jpeg::Failure::Other(reason)) => {
+                    tracing::debug!(%reason, "no DCT-scaled JPEG decode; decoding at full size");
+                }
             }
         }
     }
@@ -143,6 +152,12 @@ fn open<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<Header<impl ImageD
     let format = image::guess_format(bytes).map_err(|_| VisionError::NotAnImage)?;
     if !SUPPORTED.contains(&format) {
         return Err(VisionError::UnsupportedFormat(format!("{format:?}").to_uppercase()));
+    }
+    // zune-jpeg paints the missing part of a cut-off JPEG grey and reports success.
+    if format == ImageFormat::Jpeg && !jpeg::has_end_of_image(bytes) {
+        return Err(VisionError::Corrupt(
+            "the JPEG data ends before its end-of-image marker (the file is truncated)".into(),
+        ));
     }
     let reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut decoder = reader.into_decoder().map_err(|e| VisionError::Corrupt(e.to_string()))?;
@@ -293,8 +308,13 @@ mod tests {
         let bytes = gradient_jpeg(1030, 800);
         let cut = &bytes[..bytes.len() / 2];
         let err = decode_image_for(cut, &DecodeLimits::default(), (100, 100)).unwrap_err();
-        assert!(matches!(err, VisionError::Corrupt(_)), "{err:?}");
-        assert_eq!(Err(err), decode_image(cut, &DecodeLimits::default()), "the same error as the full path");
+        assert!(matches!(&err, VisionError::Corrupt(m) if m.contains("ends before")), "{err:?}");
+        // The full path refuses it too (zune-jpeg alone would paint the lower half grey).
+        let err = decode_image(cut, &DecodeLimits::default()).unwrap_err();
+        assert!(matches!(&err, VisionError::Corrupt(m) if m.contains("truncated")), "{err:?}");
+        // A cut inside the headers fails in the header check, before either decoder.
+        let err = decode_image_for(&bytes[..300], &DecodeLimits::default(), (100, 100)).unwrap_err();
+        assert_eq!(Err(err), decode_image(&bytes[..300], &DecodeLimits::default()));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //!
 //! Only the common cases are taken here (8-bit baseline or progressive, grayscale or
 //! three-component colour); anything else, and any error, is reported so that the caller
-//! can decode the image the ordinary way.
+//! can decode the image the ordinary way — except truncation, which is reported as such.
 
 use image::{DynamicImage, GrayImage, RgbImage};
 use jpeg_decoder::{CodingProcess, Decoder, PixelFormat};
@@ -13,54 +13,85 @@ use jpeg_decoder::{CodingProcess, Decoder, PixelFormat};
 /// The DCT scale reductions jpeg-decoder offers, the strongest first.
 pub(super) const DENOMINATORS: [u32; 3] = [8, 4, 2];
 
+/// Why [`decode_scaled`] returned no image.
+#[derive(Debug)]
+pub(super) enum Failure {
+    /// The data ends before the image does (an end-of-file error while reading). The full
+    /// path would not catch this: the image crate runs zune-jpeg in its lenient mode,
+    /// which paints whatever is missing grey and reports success.
+    Truncated(String),
+    /// Declined (a kind of JPEG left to the full path) or failed for any other reason.
+    Other(String),
+}
+
+impl From<jpeg_decoder::Error> for Failure {
+    fn from(error: jpeg_decoder::Error) -> Self {
+        match error {
+            jpeg_decoder::Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Self::Truncated(e.to_string())
+            }
+            other => Self::Other(other.to_string()),
+        }
+    }
+}
+
 /// Decodes the JPEG `bytes`, whose stored (unoriented) size is `full`, at `1/denominator`
 /// of that size: `⌈full / denominator⌉` in each dimension. Grayscale comes back as
 /// `ImageLuma8`, colour as `ImageRgb8` (YCbCr or RGB as the file says); no EXIF
 /// orientation is applied.
 ///
-/// Returns why it declined or failed instead of an image: CMYK/YCCK, lossless or
-/// 12-bit files, a header that disagrees with `full`, and every decoding error
-/// (jpeg-decoder reads with `read_exact`, so a truncated file is an `UnexpectedEof`
-/// error, never a partly grey image).
-pub(super) fn decode_scaled(bytes: &[u8], full: (u32, u32), denominator: u32) -> Result<DynamicImage, String> {
+/// Declines CMYK/YCCK, lossless and 12-bit files and a header that disagrees with `full`.
+/// jpeg-decoder reads with `read_exact` and never pads missing data, so a file cut short
+/// anywhere, down to a missing end-of-image marker, is [`Failure::Truncated`], never a
+/// partly grey image.
+pub(super) fn decode_scaled(bytes: &[u8], full: (u32, u32), denominator: u32) -> Result<DynamicImage, Failure> {
     debug_assert!(DENOMINATORS.contains(&denominator));
     // A panic inside the decoder on hostile input must not take the request down with it:
     // it is one more reason to use the full-size path.
-    std::panic::catch_unwind(|| decode(bytes, full, denominator))
-        .unwrap_or_else(|_| Err("jpeg-decoder panicked".to_owned()))
+    let result = std::panic::catch_unwind(|| decode(bytes, full, denominator))
+        .unwrap_or_else(|_| Err(Failure::Other("jpeg-decoder panicked".to_owned())));
+    match result {
+        // A file that ends with its end-of-image marker was not cut short: if the decoder
+        // still ran out of data, the fault is the decoder's, and the full path decides.
+        Err(Failure::Truncated(reason)) if bytes.ends_with(&[0xFF, 0xD9]) => {
+            Err(Failure::Other(format!("ran out of data before the end-of-image marker: {reason}")))
+        }
+        other => other,
+    }
 }
 
-fn decode(bytes: &[u8], full: (u32, u32), denominator: u32) -> Result<DynamicImage, String> {
+fn decode(bytes: &[u8], full: (u32, u32), denominator: u32) -> Result<DynamicImage, Failure> {
+    let declined = |reason: String| Err(Failure::Other(reason));
     let mut decoder = Decoder::new(bytes);
-    decoder.read_info().map_err(|e| e.to_string())?;
-    let info = decoder.info().ok_or("no frame header")?;
+    decoder.read_info()?;
+    let Some(info) = decoder.info() else { return declined("no frame header".to_owned()) };
     if (u32::from(info.width), u32::from(info.height)) != full {
-        return Err(format!("frame is {}×{}, the header said {}×{}", info.width, info.height, full.0, full.1));
+        return declined(format!("frame is {}×{}, the header said {}×{}", info.width, info.height, full.0, full.1));
     }
     if !matches!(info.coding_process, CodingProcess::DctSequential | CodingProcess::DctProgressive) {
-        return Err(format!("{:?} coding", info.coding_process));
+        return declined(format!("{:?} coding", info.coding_process));
     }
     if !matches!(info.pixel_format, PixelFormat::L8 | PixelFormat::RGB24) {
         // CMYK and YCCK: the full path's colour handling stays the only one.
-        return Err(format!("{:?} pixels", info.pixel_format));
+        return declined(format!("{:?} pixels", info.pixel_format));
     }
-    let (width, height) = (full.0.div_ceil(denominator), full.1.div_ceil(denominator));
+    // Both fit in u16: they are at most the frame's own u16 dimensions.
+    let (width, height) = (info.width.div_ceil(denominator as u16), info.height.div_ceil(denominator as u16));
     // `scale` picks the smallest reduction that reaches the request in either dimension;
     // asking for exactly ⌈full / denominator⌉ selects `denominator` (checked below).
-    let scaled = decoder
-        .scale(u16::try_from(width).map_err(|e| e.to_string())?, u16::try_from(height).map_err(|e| e.to_string())?)
-        .map_err(|e| e.to_string())?;
-    if (u32::from(scaled.0), u32::from(scaled.1)) != (width, height) {
-        return Err(format!("asked for {width}×{height} and would get {}×{}", scaled.0, scaled.1));
+    let scaled = decoder.scale(width, height)?;
+    if scaled != (width, height) {
+        return declined(format!("asked for {width}×{height}, would get {}×{}", scaled.0, scaled.1));
     }
+    let (width, height) = (u32::from(width), u32::from(height));
     let channels = info.pixel_format.pixel_bytes();
     decoder.set_max_decoding_buffer_size(width as usize * height as usize * channels);
-    let pixels = decoder.decode().map_err(|e| e.to_string())?;
+    let pixels = decoder.decode()?;
     let image = match info.pixel_format {
         PixelFormat::L8 => GrayImage::from_raw(width, height, pixels).map(DynamicImage::ImageLuma8),
         _ => RgbImage::from_raw(width, height, pixels).map(DynamicImage::ImageRgb8),
     };
-    image.ok_or_else(|| "decoded buffer does not match the scaled size".to_owned())
+    image.map_or_else(|| declined("decoded buffer does not match the scaled size".to_owned()), Ok)
 }
 
 #[cfg(test)]
@@ -108,13 +139,35 @@ mod tests {
         assert!(decode_scaled(&bytes, (96, 64), 2).is_ok());
         for len in [bytes.len() - 1, bytes.len() - 2, bytes.len() - 3, bytes.len() * 3 / 4, bytes.len() / 2, 40] {
             let result = decode_scaled(&bytes[..len], (96, 64), 2);
-            assert!(result.is_err(), "{len} of {} bytes decoded", bytes.len());
+            assert!(matches!(result, Err(Failure::Truncated(_))), "{len} of {}: {result:?}", bytes.len());
         }
     }
 
     #[test]
     fn a_header_that_disagrees_is_declined() {
         let bytes = jpeg(&DynamicImage::ImageRgb8(gradient(96, 64)));
-        assert!(decode_scaled(&bytes, (64, 96), 2).unwrap_err().contains("96×64"));
+        let result = decode_scaled(&bytes, (64, 96), 2);
+        assert!(matches!(&result, Err(Failure::Other(reason)) if reason.contains("96×64")), "{result:?}");
+    }
+}
+
+/// Whether the JPEG's last scan is followed by an end-of-image marker (FF D9). Inside
+/// entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so
+/// FF D9 after the last start-of-scan (FF DA) is the real end; bytes after it are fine.
+pub(super) fn has_end_of_image(bytes: &[u8]) -> bool {
+    let Some(last_scan) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else { return false };
+    bytes[last_scan..].windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+#[cfg(test)]
+mod end_of_image_tests {
+    use super::has_end_of_image;
+
+    #[test]
+    fn a_cut_after_the_scan_started_has_no_end() {
+        let whole = [0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD9, 0x00, 0x00];
+        assert!(has_end_of_image(&whole));
+        assert!(!has_end_of_image(&whole[..9]));
+        assert!(!has_end_of_image(&[0xFF, 0xD8, 0xFF, 0xD9]), "no scan at all");
     }
 }
