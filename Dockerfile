@@ -5,7 +5,8 @@
 #   docker build -t graft:cuda --build-arg VARIANT=gpu \
 #     --build-arg RUNTIME_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 .
 # Model files are not in the image: mount a folder holding them next to the manifests,
-#   docker run -p 8080:8080 -v "$PWD/models:/opt/graft/models:ro" graft
+#   docker run -p 8080:8080 -v "$PWD/models:/opt/graft/models:ro" -v graft-data:/var/lib/graft/data graft
+# Training workers elsewhere share the database and blob store: `docker run … graft worker`.
 
 ARG VARIANT=cpu
 ARG RUNTIME_IMAGE=debian:bookworm-slim
@@ -13,7 +14,8 @@ ARG ORT_VERSION=1.31.1
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
 COPY src src
 COPY migrations migrations
 RUN cargo build --release --locked --bin graft
@@ -36,9 +38,13 @@ COPY --from=onnxruntime /ort/ /usr/local/lib/graft/
 COPY models/*.toml models/*.tsv /opt/graft/models/
 ENV ORT_DYLIB_PATH=/usr/local/lib/graft/libonnxruntime.so.${ORT_VERSION} \
     GRAFT_MODEL_DIR=/opt/graft/models \
+    GRAFT_DATA_DIR=/var/lib/graft/data \
     GRAFT_LISTEN=0.0.0.0:8080
+RUN mkdir -p /var/lib/graft/data && chown graft:graft /var/lib/graft/data
 USER graft
 WORKDIR /var/lib/graft
+# The SQLite database and the blob store (images, features, heads); DATABASE_URL moves the rows to PostgreSQL.
+VOLUME /var/lib/graft/data
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
   CMD curl -fsS http://127.0.0.1:8080/readyz >/dev/null || exit 1
