@@ -21,24 +21,7 @@ fn item(sha: &str, class_idx: i64, split: &str) -> ItemRecord {
 }
 
 fn job(id: &str, created_at: i64) -> JobRecord {
-    JobRecord {
-        id: id.into(),
-        dataset_id: "d1".into(),
-        base_model: "tiny".into(),
-        model_name: format!("model-{id}"),
-        spec: json!({"epochs": 3}),
-        state: JobState::Queued,
-        failure: None,
-        progress: json!({"phase": "queued"}),
-        evaluation: None,
-        cancel_requested: false,
-        worker: None,
-        lease_until: None,
-        attempts: 0,
-        created_at,
-        started_at: None,
-        finished_at: None,
-    }
+    JobRecord { created_at, ..JobRecord::queued(id, "d1", "tiny", &format!("model-{id}"), json!({"epochs": 3})) }
 }
 
 fn model(name: &str, job_id: &str) -> TrainedModelRecord {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use crate::error::Error;
 use crate::jobs::JobSpec;
-use crate::store::{JobRecord, JobState, now_ms};
+use crate::store::{JobRecord, JobState};
 
 /// How often the event stream looks for new events (they may come from another process).
 const EVENT_POLL: Duration = Duration::from_millis(250);
@@ -51,24 +51,8 @@ pub async fn create_job(
             "a model named {model_name:?} exists or is being trained; choose another `name`"
         )));
     }
-    let job = JobRecord {
-        id: id.clone(),
-        dataset_id: dataset.id,
-        base_model: spec.base_model.clone(),
-        model_name,
-        spec: serde_json::to_value(&spec).map_err(|e| Error::Internal(e.to_string()))?,
-        state: JobState::Queued,
-        failure: None,
-        progress: json!({"phase": "queued"}),
-        evaluation: None,
-        cancel_requested: false,
-        worker: None,
-        lease_until: None,
-        attempts: 0,
-        created_at: now_ms(),
-        started_at: None,
-        finished_at: None,
-    };
+    let spec_json = serde_json::to_value(&spec).map_err(|e| Error::Internal(e.to_string()))?;
+    let job = JobRecord::queued(&id, &dataset.id, &spec.base_model, &model_name, spec_json);
     state.db.insert_job(&job).await?;
     state.db.append_event(&id, "state", &json!({"state": "queued"})).await?;
     state.wake_workers.notify_one();

@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::db::{Db, StoreError, now_ms};
+use super::db::{Db, StoreError, from_json, now_ms};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ItemRecord {
@@ -56,10 +56,6 @@ fn placeholders(rows: usize, columns: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn json(text: &str) -> Result<serde_json::Value, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Malformed(e.to_string()))
 }
 
 impl Db {
@@ -141,7 +137,7 @@ impl Db {
             created_at: row.try_get("created_at")?,
             seed: row.try_get("seed")?,
             splits: [row.try_get("split_train")?, row.try_get("split_valid")?, row.try_get("split_test")?],
-            report: json(&row.try_get::<String, _>("report")?)?,
+            report: from_json(&row.try_get::<String, _>("report")?)?,
             classes,
             id,
         })

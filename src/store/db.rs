@@ -61,6 +61,11 @@ impl Db {
     }
 }
 
+/// Reads a JSON text column (structured facts are stored as JSON text on both backends).
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
 /// Milliseconds since the Unix epoch: the time unit of every stored timestamp.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)

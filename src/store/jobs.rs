@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::db::{Backend, Db, StoreError, now_ms};
+use super::db::{Backend, Db, StoreError, from_json, now_ms};
 use super::models::TrainedModelRecord;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,6 +67,30 @@ pub struct JobRecord {
     pub finished_at: Option<i64>,
 }
 
+impl JobRecord {
+    /// A new job waiting in the queue.
+    pub fn queued(id: &str, dataset_id: &str, base_model: &str, model_name: &str, spec: serde_json::Value) -> Self {
+        Self {
+            id: id.to_owned(),
+            dataset_id: dataset_id.to_owned(),
+            base_model: base_model.to_owned(),
+            model_name: model_name.to_owned(),
+            spec,
+            state: JobState::Queued,
+            failure: None,
+            progress: serde_json::json!({"phase": "queued"}),
+            evaluation: None,
+            cancel_requested: false,
+            worker: None,
+            lease_until: None,
+            attempts: 0,
+            created_at: now_ms(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct EpochRow {
     pub epoch: i64,
@@ -85,21 +109,17 @@ pub struct JobEvent {
     pub data: serde_json::Value,
 }
 
-fn json(text: &str) -> Result<serde_json::Value, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Malformed(e.to_string()))
-}
-
 fn job_from_row(row: &AnyRow) -> Result<JobRecord, StoreError> {
     Ok(JobRecord {
         id: row.try_get("id")?,
         dataset_id: row.try_get("dataset_id")?,
         base_model: row.try_get("base_model")?,
         model_name: row.try_get("model_name")?,
-        spec: json(&row.try_get::<String, _>("spec")?)?,
+        spec: from_json(&row.try_get::<String, _>("spec")?)?,
         state: JobState::parse(&row.try_get::<String, _>("state")?)?,
         failure: row.try_get("failure")?,
-        progress: json(&row.try_get::<String, _>("progress")?)?,
-        evaluation: row.try_get::<Option<String>, _>("evaluation")?.as_deref().map(json).transpose()?,
+        progress: from_json(&row.try_get::<String, _>("progress")?)?,
+        evaluation: row.try_get::<Option<String>, _>("evaluation")?.as_deref().map(from_json).transpose()?,
         cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
         worker: row.try_get("worker")?,
         lease_until: row.try_get("lease_until")?,
@@ -290,7 +310,7 @@ impl Db {
                     seq: r.try_get("seq")?,
                     at: r.try_get("at")?,
                     kind: r.try_get("kind")?,
-                    data: json(&r.try_get::<String, _>("data")?)?,
+                    data: from_json(&r.try_get::<String, _>("data")?)?,
                 })
             })
             .collect()

@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::db::{Db, StoreError};
+use super::db::{Db, StoreError, from_json};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainedModelRecord {
@@ -19,15 +19,14 @@ pub struct TrainedModelRecord {
 }
 
 fn from_row(row: &AnyRow) -> Result<TrainedModelRecord, StoreError> {
-    let malformed = |e: serde_json::Error| StoreError::Malformed(e.to_string());
     Ok(TrainedModelRecord {
         name: row.try_get("name")?,
         job_id: row.try_get("job_id")?,
         base_model: row.try_get("base_model")?,
         dataset_id: row.try_get("dataset_id")?,
-        classes: serde_json::from_str(&row.try_get::<String, _>("classes")?).map_err(malformed)?,
+        classes: from_json(&row.try_get::<String, _>("classes")?)?,
         head_blob: row.try_get("head_blob")?,
-        evaluation: serde_json::from_str(&row.try_get::<String, _>("evaluation")?).map_err(malformed)?,
+        evaluation: from_json(&row.try_get::<String, _>("evaluation")?)?,
         created_at: row.try_get("created_at")?,
     })
 }
