@@ -102,7 +102,7 @@ pub async fn create_dataset(
     };
     let dataset = NewDataset {
         id: uuid::Uuid::new_v4().to_string(),
-        name: options.name.unwrap_or(default_name),
+        name: options.name.unwrap_or(default_name).chars().take(200).collect(),
         seed: options.seed.unwrap_or(0) as i64,
         splits: split.as_array(),
         report: serde_json::to_value(&outcome.report).map_err(|e| Error::Internal(e.to_string()))?,

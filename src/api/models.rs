@@ -18,8 +18,12 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, E
         state.registry.list().iter().map(|(manifest, model)| describe(manifest, model)).collect();
     // Models trained by workers in other processes appear once they are in the database.
     for record in state.db.trained_models().await? {
-        if let Some(model) = trained_model(&state, &record.name).await? {
-            models.push(describe_trained(&model));
+        match trained_model(&state, &record.name).await {
+            Ok(Some(model)) => models.push(describe_trained(&model)),
+            Ok(None) => {}
+            // One unreadable head must not hide every other model.
+            Err(e) => models
+                .push(json!({"name": record.name, "kind": "trained", "status": "failed", "reason": e.to_string()})),
         }
     }
     Ok(Json(json!({ "models": models })))
