@@ -4,6 +4,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+
+/// jemalloc keeps the server's memory flat under sustained load. Measured with `graft bench
+/// --soak-seconds 240` at c=32 (RSS after 40 s → after 240 s): jemalloc 197,648 → 194,824 KiB,
+/// the system allocator 234,016 → 240,140 KiB, mimalloc 424,284 → 466,852 KiB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use graft::config::{EngineSettings, ModelSettings, RuntimeSettings, ServeSettings};
 use graft::zoo::{Manifest, PullOutcome, load_manifest_dir, pull_model};
 
