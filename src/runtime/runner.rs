@@ -167,8 +167,11 @@ fn run_loop(mut executor: impl BatchExecutor, receiver: Receiver<Request>, confi
             continue;
         }
         let count: usize = batch.iter().map(|r| r.count).sum();
-        let mut pixels = Vec::with_capacity(batch.iter().map(|r| r.pixels.len()).sum());
-        for request in &mut batch {
+        // The first request's buffer becomes the batch's: a batch of one is never copied.
+        let total: usize = batch.iter().map(|r| r.pixels.len()).sum();
+        let mut pixels = std::mem::take(&mut batch[0].pixels);
+        pixels.reserve_exact(total - pixels.len());
+        for request in &mut batch[1..] {
             pixels.append(&mut request.pixels);
         }
         match executor.run(pixels, count) {
