@@ -14,7 +14,7 @@ use super::AppState;
 use super::images::{BodyLimitHint, EncodedImage, read_images};
 use super::models::trained_model;
 use crate::error::Error;
-use crate::vision::{DecodeLimits, decode_image_scaled, min_decode_size, preprocess_into};
+use crate::vision::{DecodeLimits, decode_for, preprocess_into};
 use crate::zoo::{LoadedModel, ModelState, OutputKind, TrainedModel};
 
 #[derive(Deserialize)]
@@ -162,12 +162,8 @@ fn preprocess_all(model: &LoadedModel, images: &[EncodedImage], limits: &DecodeL
     let image_len = model.runner.image_len();
     let mut pixels = vec![0.0f32; image_len * images.len()];
     pixels.par_chunks_mut(image_len).zip(images.par_iter()).try_for_each(|(slot, image)| {
-        let spec = &model.manifest.preprocessing;
-        let rgb = decode_image_scaled(&image.bytes, limits, |size| {
-            min_decode_size((spec.width, spec.height), spec.resize, size)
-        })
-        .map_err(|error| Error::Image { source_name: image.source.clone(), error })?
-        .image;
+        let rgb = decode_for(&image.bytes, limits, &model.manifest.preprocessing)
+            .map_err(|error| Error::Image { source_name: image.source.clone(), error })?;
         preprocess_into(&rgb, &model.manifest.preprocessing, slot);
         Ok::<(), Error>(())
     })?;

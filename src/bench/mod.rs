@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::config::RuntimeSettings;
-use crate::vision::{DecodeLimits, decode_image_scaled, min_decode_size, preprocess_into};
+use crate::vision::{DecodeLimits, decode_for, preprocess_into};
 use crate::zoo::Manifest;
 use load::{LoadResult, run_load};
 use process::{Server, rss_kib};
@@ -241,11 +241,10 @@ fn preprocess_median_ms(manifest: &Manifest, image: &[u8], iterations: usize) ->
     for i in 0..iterations + 10 {
         let started = Instant::now();
         // The serving path: DCT-scaled decoding when the image is large enough, then one pass.
-        let decoded =
-            decode_image_scaled(image, &limits, |size| min_decode_size((spec.width, spec.height), spec.resize, size));
+        let decoded = decode_for(image, &limits, spec);
         let decoded_at = started.elapsed();
-        if let Ok(decoded) = decoded {
-            preprocess_into(&decoded.image, spec, &mut out);
+        if let Ok(rgb) = decoded {
+            preprocess_into(&rgb, spec, &mut out);
         }
         if i >= 10 {
             decode.push(decoded_at.as_secs_f64() * 1000.0);

@@ -6,7 +6,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::store::BlobStore;
-use crate::vision::{Augmentation, DecodeLimits, decode_image_scaled, min_decode_size, preprocess_into};
+use crate::vision::{Augmentation, DecodeLimits, decode_for, preprocess_into};
 use crate::zoo::LoadedModel;
 
 /// The cache namespace of a base model: its name, file identity, preprocessing and feature tensor.
@@ -106,12 +106,8 @@ pub fn extract_features(
         for ((i, _), slot) in chunk.iter().zip(pixels.chunks_mut(image_len)) {
             let request = &requests[*i];
             let bytes = blobs.get(&image_key(&request.sha256)).map_err(|e| failed(e.to_string()))?;
-            let spec = &model.manifest.preprocessing;
-            let mut image = decode_image_scaled(&bytes, decode_limits, |size| {
-                min_decode_size((spec.width, spec.height), spec.resize, size)
-            })
-            .map_err(|e| failed(format!("image {}: {e}", request.sha256)))?
-            .image;
+            let mut image = decode_for(&bytes, decode_limits, &model.manifest.preprocessing)
+                .map_err(|e| failed(format!("image {}: {e}", request.sha256)))?;
             if let (Some(aug), k) = (augmentation, request.variant)
                 && k > 0
             {

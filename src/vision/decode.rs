@@ -9,7 +9,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use super::jpeg;
-use super::preprocess::{ResizeMode, ResizePlan};
+use super::preprocess::{Preprocessing, ResizeMode, ResizePlan};
 
 /// Formats graft decodes; anything else is refused before decoding.
 const SUPPORTED: [ImageFormat; 5] =
@@ -102,6 +102,14 @@ pub fn decode_image_scaled(
         }
     }
     Ok(DecodedImage { image: decode_full(header.decoder, header.orientation)?, scale_denominator: 1 })
+}
+
+/// Decodes an image for a model's preprocessing: [`decode_image_scaled`] with the smallest
+/// size that keeps its resize a downscale. Serving, feature extraction and the benchmark
+/// all decode through here, so they see the same pixels.
+pub fn decode_for(bytes: &[u8], limits: &DecodeLimits, spec: &Preprocessing) -> Result<RgbImage, VisionError> {
+    decode_image_scaled(bytes, limits, |size| min_decode_size((spec.width, spec.height), spec.resize, size))
+        .map(|decoded| decoded.image)
 }
 
 /// The smallest decoded size that keeps the preprocessing resize of an image whose
