@@ -11,7 +11,7 @@ use std::sync::Arc;
 use ndarray::Array2;
 
 use super::AppState;
-use super::images::{BodyLimitHint, EncodedImage, read_images};
+use super::images::{EncodedImage, read_images};
 use super::models::trained_model;
 use crate::error::Error;
 use crate::vision::{DecodeLimits, decode_for, preprocess_into};
@@ -76,7 +76,7 @@ pub async fn classify(
     State(state): State<AppState>,
     Path(name): Path<String>,
     params: Result<Query<ClassifyParams>, QueryRejection>,
-    mut request: Request,
+    request: Request,
 ) -> Result<Json<ClassifyResponse>, Error> {
     let target = resolve(&state, &name).await?;
     let Query(params) = params.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
@@ -87,8 +87,7 @@ pub async fn classify(
             "top_k must be between 1 and {classes} (the model's class count); got {top_k}"
         )));
     }
-    request.extensions_mut().insert(BodyLimitHint(state.limits.max_body_bytes));
-    let images = read_images(request, state.limits.max_images_per_request).await?;
+    let images = read_images(request, state.limits.max_images_per_request, state.limits.max_body_bytes).await?;
     let decode_limits = DecodeLimits { max_pixels: state.limits.max_pixels };
     let base = target.base().clone();
     let count = images.len();

@@ -31,16 +31,16 @@ struct JsonImage {
     b64: String,
 }
 
-/// Reads every image of the request, in order. Body-size limits are enforced by
-/// axum's `DefaultBodyLimit` and surface here as 413.
-pub async fn read_images(request: Request, max_images: usize) -> Result<Vec<EncodedImage>, Error> {
+/// Reads every image of the request, in order. The body limit is enforced by axum's
+/// `DefaultBodyLimit`; `body_limit` only names it in the 413 answer.
+pub async fn read_images(request: Request, max_images: usize, body_limit: usize) -> Result<Vec<EncodedImage>, Error> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
         .unwrap_or_default();
-    let limit = max_body_hint(&request);
+    let limit = body_limit;
     let images = match content_type.as_str() {
         "multipart/form-data" => read_multipart(request, limit, max_images).await?,
         "application/json" => read_json(request, limit).await?,
@@ -69,15 +69,6 @@ pub async fn read_images(request: Request, max_images: usize) -> Result<Vec<Enco
     }
     Ok(images)
 }
-
-/// The limit is applied by `DefaultBodyLimit`; this only carries it into error messages.
-fn max_body_hint(request: &Request) -> usize {
-    request.extensions().get::<BodyLimitHint>().map_or(0, |hint| hint.0)
-}
-
-/// Set by the classify handler so that 413 answers can name the limit.
-#[derive(Clone, Copy)]
-pub struct BodyLimitHint(pub usize);
 
 async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
     Bytes::from_request(request, &()).await.map_err(|rejection| {
