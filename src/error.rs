@@ -42,6 +42,17 @@ impl From<crate::store::StoreError> for Error {
     }
 }
 
+impl From<crate::zoo::Unavailable> for Error {
+    fn from(err: crate::zoo::Unavailable) -> Self {
+        use crate::zoo::Unavailable;
+        match err {
+            Unavailable::Unknown(name) => Self::UnknownModel(name),
+            Unavailable::Loading(name) => Self::ModelLoading { name },
+            Unavailable::Failed(name, reason) => Self::ModelFailed { name, reason },
+        }
+    }
+}
+
 impl From<InferenceError> for Error {
     fn from(err: InferenceError) -> Self {
         match err {

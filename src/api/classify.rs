@@ -15,7 +15,7 @@ use super::images::{EncodedImage, read_images};
 use super::models::trained_model;
 use crate::error::Error;
 use crate::vision::{DecodeLimits, decode_for, preprocess_into};
-use crate::zoo::{LoadedModel, ModelState, OutputKind, TrainedModel};
+use crate::zoo::{LoadedModel, OutputKind, TrainedModel, Unavailable};
 
 #[derive(Deserialize)]
 pub struct ClassifyParams {
@@ -60,14 +60,14 @@ impl Target {
 
 async fn resolve(state: &AppState, name: &str) -> Result<Target, Error> {
     if state.registry.get(name).is_some() {
-        return ready_model(state, name).map(Target::Pretrained);
+        return Ok(Target::Pretrained(state.registry.ready(name)?));
     }
     let model = trained_model(state, name).await?.ok_or_else(|| Error::UnknownModel(name.to_owned()))?;
-    let base = ready_model(state, &model.record.base_model).map_err(|e| match e {
-        Error::UnknownModel(base) => {
+    let base = state.registry.ready(&model.record.base_model).map_err(|e| match e {
+        Unavailable::Unknown(base) => {
             Error::ModelFailed { name: name.to_owned(), reason: format!("its base model {base} is not served here") }
         }
-        other => other,
+        other => other.into(),
     })?;
     Ok(Target::Trained { base, model })
 }
@@ -110,15 +110,6 @@ pub async fn classify(
         }
     };
     Ok(Json(ClassifyResponse { model: name, predictions }))
-}
-
-pub(super) fn ready_model(state: &AppState, name: &str) -> Result<Arc<LoadedModel>, Error> {
-    match state.registry.get(name) {
-        None => Err(Error::UnknownModel(name.to_owned())),
-        Some((_, ModelState::Loading)) => Err(Error::ModelLoading { name: name.to_owned() }),
-        Some((_, ModelState::Failed(reason))) => Err(Error::ModelFailed { name: name.to_owned(), reason }),
-        Some((_, ModelState::Ready(model))) => Ok(model),
-    }
 }
 
 /// A trained head on the base's pooled features: probabilities over the dataset's classes.

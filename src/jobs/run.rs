@@ -144,7 +144,7 @@ fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle
         .map_err(db)?
         .ok_or_else(|| failed("the dataset was deleted".into()))?;
     let items = handle.block_on(ctx.db.dataset_items(&job.dataset_id)).map_err(db)?;
-    let model = ctx.registry.ready(&job.base_model).map_err(failed)?;
+    let model = ctx.registry.ready(&job.base_model).map_err(|e| failed(format!("base {e}")))?;
 
     let of_split = |split: Split| items.iter().filter(move |i| i.split == split.as_str());
     let variants = spec.feature_variants();

@@ -56,6 +56,17 @@ pub struct TrainedModel {
     pub head: Head,
 }
 
+/// Why a configured model cannot serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    #[error("no model named {0:?} is configured")]
+    Unknown(String),
+    #[error("model {0} is still loading")]
+    Loading(String),
+    #[error("model {0} failed to load: {1}")]
+    Failed(String, String),
+}
+
 #[derive(Default)]
 pub struct ModelRegistry {
     entries: RwLock<BTreeMap<String, (Arc<Manifest>, ModelState)>>,
@@ -99,12 +110,12 @@ impl ModelRegistry {
         self.trained.write().expect("registry lock").remove(name)
     }
 
-    /// The loaded base model `name`, or why it cannot be used.
-    pub fn ready(&self, name: &str) -> Result<Arc<LoadedModel>, String> {
+    /// The loaded model `name`, or why it cannot be used.
+    pub fn ready(&self, name: &str) -> Result<Arc<LoadedModel>, Unavailable> {
         match self.get(name) {
-            None => Err(format!("no base model named {name:?} is configured")),
-            Some((_, ModelState::Loading)) => Err(format!("base model {name} is still loading")),
-            Some((_, ModelState::Failed(reason))) => Err(format!("base model {name} failed to load: {reason}")),
+            None => Err(Unavailable::Unknown(name.to_owned())),
+            Some((_, ModelState::Loading)) => Err(Unavailable::Loading(name.to_owned())),
+            Some((_, ModelState::Failed(reason))) => Err(Unavailable::Failed(name.to_owned(), reason)),
             Some((_, ModelState::Ready(model))) => Ok(model),
         }
     }
