@@ -52,11 +52,8 @@ pub enum SessionError {
 /// Returns the device sessions will use (`auto` resolves to CUDA or CPU, logged).
 pub fn resolve_device(env: &Environment, device: Device) -> Result<Device, SessionError> {
     let cuda_starts = |id: i32| -> Result<(), SessionError> {
-        Session::builder(env)
-            .map_err(|e| SessionError::Cuda { device: id, reason: e.to_string() })?
-            .with_execution_providers([ep::CUDA::default().with_device_id(id).build().error_on_failure()])
-            .map(drop)
-            .map_err(|e| SessionError::Cuda { device: id, reason: e.to_string() })
+        let builder = Session::builder(env).map_err(|e| SessionError::Cuda { device: id, reason: e.to_string() })?;
+        with_cuda(builder, id).map(drop)
     };
     match device {
         Device::Cpu => Ok(Device::Cpu),
@@ -72,6 +69,13 @@ pub fn resolve_device(env: &Environment, device: Device) -> Result<Device, Sessi
             }
         },
     }
+}
+
+/// Registers CUDA on `device`; failing to start it is an error, never a silent CPU fallback.
+fn with_cuda(builder: SessionBuilder, device: i32) -> Result<SessionBuilder, SessionError> {
+    builder
+        .with_execution_providers([ep::CUDA::default().with_device_id(device).build().error_on_failure()])
+        .map_err(|e| SessionError::Cuda { device, reason: e.to_string() })
 }
 
 /// Where a session's graph comes from: the file as it is, or edited bytes of it.
@@ -100,23 +104,12 @@ pub fn open_session(
             })
             .map_err(|e| load_error(e.to_string()))
     };
-    let with_cuda = |device: i32| -> Result<SessionBuilder, SessionError> {
-        base()?
-            .with_execution_providers([ep::CUDA::default().with_device_id(device).build().error_on_failure()])
-            .map_err(|e| SessionError::Cuda { device, reason: e.to_string() })
+    // Callers normally pass the device resolve_device chose at start-up; Auto is resolved here otherwise.
+    let device = if options.device == Device::Auto { resolve_device(env, Device::Auto)? } else { options.device };
+    let (mut builder, provider) = match device {
+        Device::Cuda(device) => (with_cuda(base()?, device)?, "CUDAExecutionProvider"),
+        Device::Cpu | Device::Auto => (base()?, "CPUExecutionProvider"),
     };
-    let (builder, provider) = match options.device {
-        Device::Cpu => (base()?, "CPUExecutionProvider"),
-        Device::Cuda(device) => (with_cuda(device)?, "CUDAExecutionProvider"),
-        Device::Auto => match with_cuda(0) {
-            Ok(builder) => (builder, "CUDAExecutionProvider"),
-            Err(err) => {
-                tracing::info!("--device auto: {err}; using the CPU");
-                (base()?, "CPUExecutionProvider")
-            }
-        },
-    };
-    let mut builder = builder;
     let session = match source {
         ModelSource::File(path) => builder.commit_from_file(path),
         ModelSource::Edited { bytes, .. } => builder.commit_from_memory(bytes),
