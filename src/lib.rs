@@ -22,7 +22,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 pub use api::{AppState, app};
-use config::{EngineSettings, Limits, RuntimeSettings, ServeSettings, StorageSettings, WorkerSettings};
+use config::{EngineSettings, RuntimeSettings, ServeSettings, StorageSettings};
 use jobs::JobContext;
 use store::{BlobStore, Db};
 use zoo::{Manifest, ModelRegistry, load_manifest_dir};
@@ -86,21 +86,47 @@ fn prepare_models(
     Ok((env, selected, options))
 }
 
-/// What the training workers of a process share.
-struct WorkerPool<'a> {
-    db: &'a Db,
-    blobs: &'a BlobStore,
-    registry: &'a Arc<ModelRegistry>,
-    settings: &'a WorkerSettings,
-    limits: &'a Limits,
+/// What a process that runs models and training workers holds: the database, the blob
+/// store, the model registry and how to load it. `serve` adds HTTP; `graft worker` does not.
+#[derive(Clone)]
+struct Engine {
+    db: Db,
+    blobs: BlobStore,
+    registry: Arc<ModelRegistry>,
+    settings: EngineSettings,
+    env: ort::environment::Environment,
+    session_options: runtime::SessionOptions,
+    wake_workers: Arc<tokio::sync::Notify>,
 }
 
-impl WorkerPool<'_> {
-    /// Starts `count` workers; they stop when `shutdown` turns true.
-    fn spawn(
+impl Engine {
+    /// Loads ONNX Runtime and the manifests, opens storage; no model is loaded yet.
+    async fn open(settings: &EngineSettings) -> anyhow::Result<Self> {
+        let (env, selected, session_options) =
+            prepare_models(&settings.runtime, &settings.models.model_dir, &settings.serve_models)?;
+        let (db, blobs) = open_storage(&settings.storage).await?;
+        Ok(Self {
+            db,
+            blobs,
+            registry: Arc::new(ModelRegistry::new(selected)),
+            settings: settings.clone(),
+            env,
+            session_options,
+            wake_workers: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    /// Loads and warms every model, on a blocking thread.
+    async fn load_models(&self) {
+        let (registry, env, options, batching) =
+            (self.registry.clone(), self.env.clone(), self.session_options.clone(), self.settings.limits.batching());
+        let _ = tokio::task::spawn_blocking(move || registry.load_all(&env, &options, &batching)).await;
+    }
+
+    /// Starts `count` training workers; they stop when `shutdown` turns true.
+    fn spawn_workers(
         &self,
         count: usize,
-        wake: &Arc<tokio::sync::Notify>,
         shutdown: &tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let host = hostname();
@@ -115,10 +141,10 @@ impl WorkerPool<'_> {
                         std::process::id(),
                         &uuid::Uuid::new_v4().simple().to_string()[..8]
                     ),
-                    lease: std::time::Duration::from_secs(self.settings.lease_seconds.max(1)),
-                    decode_limits: vision::DecodeLimits { max_pixels: self.limits.max_pixels },
+                    lease: std::time::Duration::from_secs(self.settings.workers.lease_seconds.max(1)),
+                    decode_limits: vision::DecodeLimits { max_pixels: self.settings.limits.max_pixels },
                 };
-                tokio::spawn(jobs::worker_loop(ctx, wake.clone(), shutdown.clone()))
+                tokio::spawn(jobs::worker_loop(ctx, self.wake_workers.clone(), shutdown.clone()))
             })
             .collect()
     }
@@ -128,38 +154,24 @@ fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "graft".into())
 }
 
-/// Runs the HTTP server until SIGINT or SIGTERM, loading models in the background and
-/// running `--workers` training workers.
+/// Runs the HTTP server until SIGINT or SIGTERM, loading models in the background (so
+/// `/healthz` answers at once) and then running `--workers` training workers.
 pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
-    let (env, selected, session_options) =
-        prepare_models(&settings.engine.runtime, &settings.engine.models.model_dir, &settings.engine.serve_models)?;
-    let (db, blobs) = open_storage(&settings.engine.storage).await?;
-    let registry = Arc::new(ModelRegistry::new(selected));
-    let wake = Arc::new(tokio::sync::Notify::new());
+    let engine = Engine::open(&settings.engine).await?;
     let state = AppState {
-        registry: registry.clone(),
+        registry: engine.registry.clone(),
         limits: settings.engine.limits.clone(),
-        db: db.clone(),
-        blobs: blobs.clone(),
+        db: engine.db.clone(),
+        blobs: engine.blobs.clone(),
         datasets: settings.datasets.clone(),
-        wake_workers: wake.clone(),
+        wake_workers: engine.wake_workers.clone(),
     };
-
-    let limits = settings.engine.limits.clone();
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     {
-        let (registry, db, blobs, wake, shutdown) =
-            (registry.clone(), db.clone(), blobs.clone(), wake.clone(), shutdown_rx.clone());
-        let (workers, worker_settings) = (settings.engine.workers.workers, settings.engine.workers.clone());
+        let engine = engine.clone();
         tokio::spawn(async move {
-            let loading = {
-                let (registry, limits) = (registry.clone(), limits.clone());
-                tokio::task::spawn_blocking(move || registry.load_all(&env, &session_options, &limits.batching()))
-            };
-            let _ = loading.await;
-            let pool =
-                WorkerPool { db: &db, blobs: &blobs, registry: &registry, settings: &worker_settings, limits: &limits };
-            pool.spawn(workers, &wake, &shutdown);
+            engine.load_models().await;
+            engine.spawn_workers(engine.settings.workers.workers, &shutdown_rx);
         });
     }
 
@@ -175,19 +187,10 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
 
 /// `graft worker`: training workers without the HTTP server, for other machines or processes.
 pub async fn run_workers(settings: EngineSettings) -> anyhow::Result<()> {
-    let (env, selected, session_options) =
-        prepare_models(&settings.runtime, &settings.models.model_dir, &settings.serve_models)?;
-    let (db, blobs) = open_storage(&settings.storage).await?;
-    let registry = Arc::new(ModelRegistry::new(selected));
-    let limits = settings.limits.clone();
-    {
-        let (registry, limits) = (registry.clone(), limits.clone());
-        tokio::task::spawn_blocking(move || registry.load_all(&env, &session_options, &limits.batching())).await?;
-    }
+    let engine = Engine::open(&settings).await?;
+    engine.load_models().await;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let pool = WorkerPool { db: &db, blobs: &blobs, registry: &registry, settings: &settings.workers, limits: &limits };
-    let handles = pool.spawn(settings.workers.workers.max(1), &wake, &shutdown_rx);
+    let handles = engine.spawn_workers(settings.workers.workers.max(1), &shutdown_rx);
     shutdown_signal().await;
     let _ = shutdown_tx.send(true);
     for handle in handles {
