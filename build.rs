@@ -1,5 +1,9 @@
-//! Generates the ONNX protobuf types (prost) from proto/onnx.proto for graph surgery.
-//! protoc comes from the protoc-bin-vendored crate: nothing to install.
+//! Build steps:
+//! - the ONNX protobuf types (prost) from proto/onnx.proto for graph surgery; protoc comes
+//!   from the protoc-bin-vendored crate, nothing to install;
+//! - csrc/turbo_decode.c against the system libjpeg-turbo (`libjpeg-dev` on Debian), when
+//!   its headers are present: JPEG decoding then uses its SIMD decoder and M/8 DCT scaling
+//!   (`cfg(graft_libjpeg_turbo)`); without them the pure-Rust decoders do all the work.
 
 fn main() {
     println!("cargo:rerun-if-changed=proto/onnx.proto");
@@ -9,4 +13,38 @@ fn main() {
     // Initializers of a 100 MB model are mostly raw_data: keep them as Bytes slices, not copies.
     config.bytes(["."]);
     config.compile_protos(&["proto/onnx.proto"], &["proto"]).expect("proto/onnx.proto compiles");
+
+    build_turbo_decoder();
+}
+
+fn build_turbo_decoder() {
+    println!("cargo::rustc-check-cfg=cfg(graft_libjpeg_turbo)");
+    println!("cargo:rerun-if-changed=csrc/turbo_decode.c");
+    println!("cargo:rerun-if-env-changed=GRAFT_NO_LIBJPEG");
+    if std::env::var_os("GRAFT_NO_LIBJPEG").is_some() {
+        println!("cargo:warning=GRAFT_NO_LIBJPEG is set: JPEGs are decoded by the pure-Rust decoders");
+        return;
+    }
+    // pkg-config, where libjpeg has a .pc file, says where the headers and the library are.
+    let library = pkg_config::Config::new().cargo_metadata(false).probe("libjpeg").ok();
+    let (include_paths, link_paths) = library.map(|l| (l.include_paths, l.link_paths)).unwrap_or_default();
+    let compiled = cc::Build::new()
+        .file("csrc/turbo_decode.c")
+        .includes(&include_paths)
+        .opt_level(2)
+        .warnings(true)
+        .try_compile("graft_turbo_decode");
+    if let Err(error) = compiled {
+        println!(
+            "cargo:warning=libjpeg-turbo headers not found ({error}); install libjpeg-dev for faster JPEG decoding"
+        );
+        return;
+    }
+    for path in &link_paths {
+        println!("cargo:rustc-link-search=native={}", path.display());
+    }
+    // Linked statically when the archive is there, so the binary runs where libjpeg is not.
+    let has_archive = link_paths.iter().any(|path| path.join("libjpeg.a").is_file());
+    println!("cargo:rustc-link-lib={}jpeg", if has_archive { "static=" } else { "" });
+    println!("cargo:rustc-cfg=graft_libjpeg_turbo");
 }

@@ -1,6 +1,7 @@
 //! The data room: datasets — archive reading with limits, class-folder layout,
 //! validation, deduplication by content hash, deterministic splits.
 
+pub mod annotations;
 pub mod archive;
 mod folder;
 mod ingest;

@@ -1,15 +1,15 @@
 //! Decoding: the header is read first (format, dimensions, pixel budget), then the
 //! pixels, with EXIF orientation applied and every colour type turned into 8-bit RGB.
-//! Large JPEGs headed for a small model input can be decoded at 1/2, 1/4 or 1/8 size
-//! by the JPEG decoder's DCT scaling ([`decode_image_for`]).
+//! JPEGs headed for a smaller model input are decoded reduced by the JPEG decoder's DCT
+//! scaling ([`decode_image_for`]): any M/8 with libjpeg-turbo, else 1/4 or 1/8.
 
 use std::io::Cursor;
 
 use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
-use super::jpeg;
 use super::preprocess::{Preprocessing, ResizeMode, ResizePlan};
+use super::{jpeg, turbo};
 
 /// Formats graft decodes; anything else is refused before decoding.
 const SUPPORTED: [ImageFormat; 5] =
@@ -46,28 +46,34 @@ pub enum VisionError {
 /// Alpha is composited over white (what a viewer shows), 16-bit channels are
 /// rounded to 8 bits, grayscale and palette images are expanded to RGB.
 pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, VisionError> {
-    let header = open(bytes, limits)?;
-    decode_full(header.decoder, header.orientation)
+    decode_image_scaled(bytes, limits, |size| size).map(|decoded| decoded.image)
 }
 
 /// An image decoded by [`decode_image_scaled`]: upright 8-bit RGB, and how much the JPEG
-/// decoder's DCT scaling reduced it (1 when it was decoded at full size).
+/// decoder's DCT scaling reduced it (8 eighths when it was decoded at full size).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedImage {
     pub image: RgbImage,
-    /// The image is `⌈oriented size / scale_denominator⌉`: 1, 2, 4 or 8.
-    pub scale_denominator: u32,
+    /// The image is `⌈oriented size · scale_eighths / 8⌉`, one of [`jpeg_scales`].
+    pub scale_eighths: u32,
 }
 
-/// As [`decode_image`], but a JPEG at least twice `min_size` (width, height, after EXIF
-/// orientation) in both dimensions is decoded at a reduced size by its DCT scaling: the
-/// strongest of 1/8, 1/4, 1/2 that leaves both dimensions ≥ `min_size`.
+/// The DCT reductions, in eighths of the full size, this build decodes JPEGs at, the
+/// strongest first. libjpeg-turbo: 1/8, 1/4, 1/2 and the full size; its other M/8 use
+/// plain-C inverse DCTs and are slower than its SIMD full decode (640×427: 5/8 2.0 ms,
+/// 8/8 1.9 ms, 4/8 1.7 ms). jpeg-decoder: 1/8 and 1/4 (its 1/2 is slower than zune-jpeg's
+/// full decode) and the full size.
+pub fn jpeg_scales() -> &'static [u32] {
+    if turbo::AVAILABLE { &[1, 2, 4, 8] } else { &[1, 2, 8] }
+}
+
+/// As [`decode_image`], but a JPEG is decoded at the strongest DCT reduction of
+/// [`jpeg_scales`] that leaves it at least `min_size` (width, height, after EXIF
+/// orientation) in both dimensions.
 ///
 /// Every other image, and any JPEG the scaled decoder declines or fails on, takes the
-/// full-size path of [`decode_image`], with its results and errors unchanged — with one
-/// exception: a large JPEG cut short is [`VisionError::Corrupt`] here, where
-/// [`decode_image`] (zune-jpeg in the image crate's lenient mode) returns it with the
-/// missing part grey unless the cut falls inside the headers.
+/// full-size path of [`decode_image`], with its results and errors unchanged; a JPEG
+/// cut short is [`VisionError::Corrupt`] either way.
 pub fn decode_image_for(bytes: &[u8], limits: &DecodeLimits, min_size: (u32, u32)) -> Result<RgbImage, VisionError> {
     decode_image_scaled(bytes, limits, |_| min_size).map(|decoded| decoded.image)
 }
@@ -84,24 +90,35 @@ pub fn decode_image_scaled(
     if header.format == ImageFormat::Jpeg {
         let stored = header.decoder.dimensions();
         let oriented = oriented_size(stored, header.orientation);
-        let denominator = dct_scale_denominator(oriented, min_size(oriented));
-        if denominator > 1 {
-            match jpeg::decode_scaled(bytes, stored, denominator) {
-                Ok(mut image) => {
-                    image.apply_orientation(header.orientation);
-                    return Ok(DecodedImage { image: to_rgb8(image), scale_denominator: denominator });
-                }
-                // The full path would paint the missing part grey and call it a success.
-                Err(jpeg::Failure::Truncated(reason)) => {
-                    return Err(VisionError::Corrupt(format!("the JPEG data ends before the image does ({reason})")));
-                }
-                Err(jpeg::Failure::Other(reason)) => {
-                    tracing::debug!(%reason, "no DCT-scaled JPEG decode; decoding at full size");
-                }
+        let eighths = dct_scale_eighths(oriented, min_size(oriented));
+        match decode_jpeg_pixels(bytes, stored, eighths) {
+            Ok(mut image) => {
+                image.apply_orientation(header.orientation);
+                return Ok(DecodedImage { image: to_rgb8(image), scale_eighths: eighths });
+            }
+            // The image crate's decoder would paint the missing part grey and call it a success.
+            Err(jpeg::Failure::Truncated(reason)) => {
+                return Err(VisionError::Corrupt(format!("the JPEG data ends before the image does ({reason})")));
+            }
+            Err(jpeg::Failure::Other(reason)) => {
+                tracing::debug!(%reason, eighths, "JPEG left to the image crate's decoder at full size");
             }
         }
     }
-    Ok(DecodedImage { image: decode_full(header.decoder, header.orientation)?, scale_denominator: 1 })
+    Ok(DecodedImage { image: decode_full(header.decoder, header.orientation)?, scale_eighths: 8 })
+}
+
+/// The JPEG's pixels at `eighths`/8 of its stored size, unoriented: libjpeg-turbo when
+/// linked, jpeg-decoder for its 1/8 and 1/4; a full-size decode without libjpeg-turbo is
+/// declined here and left to the image crate.
+fn decode_jpeg_pixels(bytes: &[u8], stored: (u32, u32), eighths: u32) -> Result<DynamicImage, jpeg::Failure> {
+    if turbo::AVAILABLE {
+        return turbo::decode_rgb(bytes, stored, eighths).map(DynamicImage::ImageRgb8);
+    }
+    if eighths < 8 {
+        return jpeg::decode_scaled(bytes, stored, 8 / eighths);
+    }
+    Err(jpeg::Failure::Other("full size".to_owned()))
 }
 
 /// Decodes an image for a model's preprocessing: [`decode_image_scaled`] with the smallest
@@ -124,16 +141,14 @@ pub fn min_decode_size(target: (u32, u32), mode: ResizeMode, original: (u32, u32
     ResizePlan::new(original, target, mode).resized
 }
 
-/// The strongest DCT reduction (8, 4, 2; 1 for none) with `size / d ≥ min_size` in both
-/// dimensions, `size` being the oriented full size.
-fn dct_scale_denominator(size: (u32, u32), min_size: (u32, u32)) -> u32 {
-    let fits = |d: u32| {
-        u64::from(size.0) >= u64::from(d) * u64::from(min_size.0)
-            && u64::from(size.1) >= u64::from(d) * u64::from(min_size.1)
+/// The strongest reduction of [`jpeg_scales`] whose decoded size, `⌈size · e / 8⌉`, is at
+/// least `min_size` in both dimensions (`size` being the oriented full size).
+fn dct_scale_eighths(size: (u32, u32), min_size: (u32, u32)) -> u32 {
+    let fits = |eighths: u32| {
+        let scaled = turbo::scaled_size(size, eighths);
+        scaled.0 >= min_size.0 && scaled.1 >= min_size.1
     };
-    // jpeg-decoder at 1/2 is slower than zune-jpeg at full size (640×427: 2.9 ms against
-    // 2.1 ms, `graft bench --model resnet50`), so a halving is left to the resize.
-    jpeg::DENOMINATORS.into_iter().filter(|&d| d >= 4).find(|&d| fits(d)).unwrap_or(1)
+    jpeg_scales().iter().copied().find(|&e| fits(e)).unwrap_or(8)
 }
 
 /// The size after applying `orientation`: the EXIF orientations 5–8 turn the image a
@@ -255,13 +270,19 @@ mod tests {
 
     #[test]
     fn the_strongest_reduction_that_stays_at_least_the_minimum_is_chosen() {
-        assert_eq!(dct_scale_denominator((2560, 1708), (383, 256)), 4); // 1708 / 8 = 213.5 < 256
-        assert_eq!(dct_scale_denominator((2560, 1708), (224, 149)), 8);
-        assert_eq!(dct_scale_denominator((2560, 1708), (224, 224)), 4);
-        assert_eq!(dct_scale_denominator((1024, 1024), (256, 256)), 4);
-        assert_eq!(dct_scale_denominator((1023, 1024), (256, 256)), 1, "under four times the minimum: full size");
-        assert_eq!(dct_scale_denominator((640, 427), (383, 256)), 1);
-        assert_eq!(dct_scale_denominator((100, 100), (0, 0)), 8);
+        // 2560×1708: 1/8 is 320×214, 1/4 is 640×427.
+        assert_eq!(dct_scale_eighths((2560, 1708), (383, 256)), 2);
+        assert_eq!(dct_scale_eighths((2560, 1708), (224, 149)), 1);
+        assert_eq!(dct_scale_eighths((2560, 1708), (224, 224)), 2);
+        assert_eq!(dct_scale_eighths((1024, 1024), (256, 256)), 2);
+        assert_eq!(dct_scale_eighths((1023, 1024), (256, 256)), 2, "⌈1023 / 4⌉ = 256");
+        assert_eq!(dct_scale_eighths((100, 100), (0, 0)), 1);
+        assert_eq!(dct_scale_eighths((640, 427), (640, 427)), 8, "the full size is the full size");
+        // 640×427 for a 383×256 resize: 4/8 would be 320×214.
+        assert_eq!(dct_scale_eighths((640, 427), (383, 256)), 8);
+        // For a 224×149 fit, 4/8 (320×214) is enough; jpeg-decoder's 1/2 is not used.
+        let expected = if turbo::AVAILABLE { 4 } else { 8 };
+        assert_eq!(dct_scale_eighths((640, 427), (224, 149)), expected);
     }
 
     #[test]
@@ -289,13 +310,15 @@ mod tests {
     fn a_large_jpeg_is_decoded_reduced() {
         let bytes = gradient_jpeg(1030, 800);
         let decoded = decode_image_scaled(&bytes, &DecodeLimits::default(), |_| (100, 100)).unwrap();
-        assert_eq!(decoded.scale_denominator, 8);
+        assert_eq!(decoded.scale_eighths, 1);
         assert_eq!(decoded.image.dimensions(), (129, 100)); // ⌈1030 / 8⌉ × 800 / 8
         let decoded = decode_image_scaled(&bytes, &DecodeLimits::default(), |_| (250, 200)).unwrap();
-        assert_eq!((decoded.scale_denominator, decoded.image.dimensions()), (4, (258, 200)));
-        // Only a halving would fit: that is left to the resize.
+        assert_eq!((decoded.scale_eighths, decoded.image.dimensions()), (2, (258, 200)));
+        // 2/8 is 258×200, too small; libjpeg-turbo has 4/8 (515×400), jpeg-decoder nothing
+        // between 1/4 and the full size.
         let decoded = decode_image_scaled(&bytes, &DecodeLimits::default(), |_| (300, 300)).unwrap();
-        assert_eq!((decoded.scale_denominator, decoded.image.dimensions()), (1, (1030, 800)));
+        let expected = if turbo::AVAILABLE { (4, (515, 400)) } else { (8, (1030, 800)) };
+        assert_eq!((decoded.scale_eighths, decoded.image.dimensions()), expected);
         // The pixels are the full decode's, averaged: compare against an 8×8 box average.
         let full = decode_image(&bytes, &DecodeLimits::default()).unwrap();
         let small = decode_image_for(&bytes, &DecodeLimits::default(), (100, 100)).unwrap();

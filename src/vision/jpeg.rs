@@ -11,7 +11,7 @@ use image::{DynamicImage, GrayImage, RgbImage};
 use jpeg_decoder::{CodingProcess, Decoder, PixelFormat};
 
 /// The DCT scale reductions jpeg-decoder offers, the strongest first.
-pub(super) const DENOMINATORS: [u32; 3] = [8, 4, 2];
+const DENOMINATORS: [u32; 3] = [8, 4, 2];
 
 /// Why [`decode_scaled`] returned no image.
 #[derive(Debug)]

@@ -5,8 +5,9 @@ mod augment;
 mod decode;
 mod jpeg;
 mod preprocess;
+mod turbo;
 
 pub use augment::Augmentation;
 pub use decode::{DecodeLimits, VisionError, decode_image};
-pub use decode::{DecodedImage, decode_for, decode_image_for, decode_image_scaled, min_decode_size};
+pub use decode::{DecodedImage, decode_for, decode_image_for, decode_image_scaled, jpeg_scales, min_decode_size};
 pub use preprocess::{ColorOrder, Layout, Normalization, Preprocessing, ResizeMode, ResizePlan, preprocess_into};
