@@ -160,3 +160,251 @@ async fn a_zip_bomb_entry_is_skipped_and_an_upload_over_the_limit_is_413() {
     let small_limit = serve_app(server.state.clone()).await;
     expect_problem(upload(&small_limit, vec![0u8; 50_000]).await, 413).await;
 }
+
+/// A `width`×`height` picture whose pixels depend on `seed`, so that each is distinct content.
+fn picture(width: u32, height: u32, seed: u8) -> image::RgbImage {
+    image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([seed.wrapping_mul(37), (x * 5) as u8, ((y * 7) as u8) ^ seed])
+    })
+}
+
+fn jpeg_of(width: u32, height: u32, seed: u8) -> Vec<u8> {
+    encode(&picture(width, height, seed), ImageFormat::Jpeg)
+}
+
+fn png_of(width: u32, height: u32, seed: u8) -> Vec<u8> {
+    encode(&picture(width, height, seed), ImageFormat::Png)
+}
+
+fn zip_of(files: Vec<(&str, Vec<u8>)>) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (path, bytes) in files {
+        zip.start_file(path, zip::write::SimpleFileOptions::default()).unwrap();
+        zip.write_all(&bytes).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+/// A Pascal VOC file as LabelImg writes it.
+fn voc(file: &str, (width, height): (u32, u32), objects: &[(&str, [u32; 4])]) -> Vec<u8> {
+    let objects: String = objects
+        .iter()
+        .map(|(name, [x_min, y_min, x_max, y_max])| {
+            format!(
+                "<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x_min}</xmin>\
+                 <ymin>{y_min}</ymin><xmax>{x_max}</xmax><ymax>{y_max}</ymax></bndbox></object>"
+            )
+        })
+        .collect();
+    format!(
+        "<?xml version=\"1.0\"?>\n<annotation><folder>images</folder><filename>{file}</filename>\
+         <size><width>{width}</width><height>{height}</height><depth>3</depth></size>{objects}</annotation>"
+    )
+    .into_bytes()
+}
+
+async fn upload_with_annotations(url: &str, bytes: Vec<u8>, annotations: Option<&str>) -> reqwest::Response {
+    let mut form = reqwest::multipart::Form::new();
+    if let Some(annotations) = annotations {
+        form = form.text("annotations", annotations.to_owned());
+    }
+    form = form.part("archive", reqwest::multipart::Part::bytes(bytes).file_name("upload.zip")).text("seed", "7");
+    client().post(format!("{url}/v1/datasets")).multipart(form).send().await.unwrap()
+}
+
+/// Each stored item's class index and box, by path.
+async fn stored_boxes(server: &TestServer, id: &str) -> std::collections::BTreeMap<String, (i64, Option<[f64; 4]>)> {
+    server.state.db.dataset_items(id).await.unwrap().into_iter().map(|i| (i.path, (i.class_idx, i.bbox))).collect()
+}
+
+fn class_names(dataset: &Value) -> Vec<&str> {
+    dataset["classes"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect()
+}
+
+fn reasons_for<'a>(report: &'a Value, path: &str) -> Vec<&'a str> {
+    report["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["path"] == path)
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn voc_files_make_a_box_dataset_and_bad_boxes_are_reported() {
+    let server = start_server(&fixture_models(), Limits::default()).await;
+    let archive = zip_of(vec![
+        ("pets/images/cat1.jpg", jpeg_of(48, 32, 1)),
+        ("pets/images/dog1.png", png_of(40, 40, 2)),
+        ("pets/images/dog2.jpg", jpeg_of(64, 48, 3)),
+        ("pets/images/far.png", png_of(32, 32, 4)),
+        ("pets/images/nobox.png", png_of(32, 32, 5)),
+        ("pets/images/size.png", png_of(30, 20, 6)),
+        ("pets/annotations/cat1.xml", voc("cat1.jpg", (48, 32), &[("cat", [4, 4, 30, 28])])),
+        // Two boxes: the dog's 30×30 beats the cat's 10×10.
+        ("pets/annotations/dog1.xml", voc("dog1.png", (40, 40), &[("cat", [0, 0, 10, 10]), ("dog", [5, 5, 35, 35])])),
+        // Runs 6 pixels past the right edge: clipped to x_max 64.
+        ("pets/annotations/dog2.xml", voc("dog2.jpg", (64, 48), &[("dog", [10, 8, 70, 40])])),
+        ("pets/annotations/far.xml", voc("far.png", (32, 32), &[("cat", [40, 40, 50, 50])])),
+        ("pets/annotations/size.xml", voc("size.png", (20, 30), &[("cat", [1, 1, 10, 10])])),
+        ("pets/annotations/ghost.xml", voc("ghost.jpg", (32, 32), &[("dog", [1, 1, 10, 10])])),
+    ]);
+    let response = upload_with_annotations(&server.url, archive, None).await;
+    assert_eq!(response.status(), 201);
+    let dataset: Value = response.json().await.unwrap();
+    assert_eq!(dataset["task"], "localize", "{dataset}");
+    assert_eq!(dataset["images"], 3);
+    assert_eq!(class_names(&dataset), ["cat", "dog"]);
+    let report = &dataset["report"];
+    assert_eq!(report["annotations"], "voc");
+    assert_eq!(report["boxes_clipped"], 1);
+    assert_eq!(report["images_with_several_boxes"], 1);
+    assert!(
+        report["warnings"].as_array().unwrap().iter().any(|w| w == "1 image has several boxes; the largest is used")
+    );
+    assert_eq!(report["files_seen"], 12);
+
+    assert_eq!(reasons_for(report, "pets/images/nobox.png"), ["no box annotation for this image"]);
+    let far = reasons_for(report, "pets/images/far.png");
+    assert!(far.len() == 1 && far[0].contains("entirely outside the 32×32 image"), "{far:?}");
+    let size = reasons_for(report, "pets/images/size.png");
+    assert!(size.len() == 1 && size[0].contains("20×30") && size[0].contains("30×20"), "{size:?}");
+    // Annotation files are not rejected images.
+    assert!(report["rejected"].as_array().unwrap().iter().all(|r| !r["path"].as_str().unwrap().ends_with(".xml")));
+
+    let problems = report["annotation_problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["file"] == "pets/annotations/ghost.xml"
+            && p["reason"].as_str().unwrap().contains("\"ghost.jpg\", which is not in the upload")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["file"] == "pets/annotations/dog2.xml" && p["reason"].as_str().unwrap().contains("clipped")),
+        "{problems:?}"
+    );
+
+    let id = dataset["id"].as_str().unwrap();
+    let items = stored_boxes(&server, id).await;
+    assert_eq!(
+        items,
+        [
+            ("pets/images/cat1.jpg".to_owned(), (0, Some([4.0, 4.0, 30.0, 28.0]))),
+            ("pets/images/dog1.png".to_owned(), (1, Some([5.0, 5.0, 35.0, 35.0]))),
+            ("pets/images/dog2.jpg".to_owned(), (1, Some([10.0, 8.0, 64.0, 40.0]))),
+        ]
+        .into_iter()
+        .collect()
+    );
+    // The description reads the same later.
+    let again: Value =
+        client().get(format!("{}/v1/datasets/{id}", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["task"], "localize");
+    assert_eq!(again["report"]["boxes_clipped"], 1);
+}
+
+#[tokio::test]
+async fn csv_and_coco_boxes_and_class_folders_side_by_side() {
+    let server = start_server(&fixture_models(), Limits::default()).await;
+
+    // A TensorFlow-style CSV naming images by archive path, path below the shared
+    // folder, and bare file name.
+    let csv = "filename,width,height,class,xmin,ymin,xmax,ymax\n\
+               photos/red1.png,40,30,red,2,3,20,25\n\
+               red2.jpg,36,36,red,0,0,18,18\n\
+               blue1.png,50,40,blue,10,10,45,35\n";
+    let archive = zip_of(vec![
+        ("photos/red1.png", png_of(40, 30, 11)),
+        ("photos/red2.jpg", jpeg_of(36, 36, 12)),
+        ("photos/blue1.png", png_of(50, 40, 13)),
+        ("labels.csv", csv.as_bytes().to_vec()),
+    ]);
+    let response = upload_with_annotations(&server.url, archive, None).await;
+    assert_eq!(response.status(), 201);
+    let dataset: Value = response.json().await.unwrap();
+    assert_eq!((dataset["task"].as_str(), dataset["images"].as_i64()), (Some("localize"), Some(3)), "{dataset}");
+    assert_eq!(class_names(&dataset), ["blue", "red"]);
+    assert_eq!(dataset["report"]["annotations"], "csv");
+    assert_eq!(dataset["report"]["boxes_clipped"], 0);
+    assert_eq!(
+        stored_boxes(&server, dataset["id"].as_str().unwrap()).await,
+        [
+            ("photos/blue1.png".to_owned(), (0, Some([10.0, 10.0, 45.0, 35.0]))),
+            ("photos/red1.png".to_owned(), (1, Some([2.0, 3.0, 20.0, 25.0]))),
+            ("photos/red2.jpg".to_owned(), (1, Some([0.0, 0.0, 18.0, 18.0]))),
+        ]
+        .into_iter()
+        .collect()
+    );
+
+    // COCO, named in the form; bbox is [x, y, width, height].
+    let coco = r#"{
+        "images": [
+            {"id": 1, "file_name": "images/a.png", "width": 60, "height": 40},
+            {"id": 2, "file_name": "images/b.png", "width": 30, "height": 30},
+            {"id": 3, "file_name": "c.jpg", "width": 44, "height": 33}
+        ],
+        "annotations": [
+            {"id": 10, "image_id": 1, "category_id": 1, "bbox": [5, 5, 20, 10]},
+            {"id": 11, "image_id": 2, "category_id": 2, "bbox": [0, 0, 15, 30]},
+            {"id": 12, "image_id": 3, "category_id": 2, "bbox": [1.5, 2.5, 10, 10]}
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    }"#;
+    let archive = zip_of(vec![
+        ("coco/images/a.png", png_of(60, 40, 21)),
+        ("coco/images/b.png", png_of(30, 30, 22)),
+        ("coco/images/c.jpg", jpeg_of(44, 33, 23)),
+        ("coco/instances.json", coco.as_bytes().to_vec()),
+    ]);
+    let response = upload_with_annotations(&server.url, archive, Some("coco")).await;
+    assert_eq!(response.status(), 201);
+    let dataset: Value = response.json().await.unwrap();
+    assert_eq!((dataset["task"].as_str(), dataset["images"].as_i64()), (Some("localize"), Some(3)), "{dataset}");
+    assert_eq!(class_names(&dataset), ["cat", "dog"]);
+    assert_eq!(dataset["report"]["annotations"], "coco");
+    assert_eq!(dataset["report"]["top_folder"], "coco");
+    assert_eq!(
+        stored_boxes(&server, dataset["id"].as_str().unwrap()).await,
+        [
+            ("coco/images/a.png".to_owned(), (0, Some([5.0, 5.0, 25.0, 15.0]))),
+            ("coco/images/b.png".to_owned(), (1, Some([0.0, 0.0, 15.0, 30.0]))),
+            ("coco/images/c.jpg".to_owned(), (1, Some([1.5, 2.5, 11.5, 12.5]))),
+        ]
+        .into_iter()
+        .collect()
+    );
+
+    // Class folders: as before, with no boxes.
+    let dataset = upload_dataset(&server.url, common::datasets::class_folder_zip("flowers", 3, 5), "flowers").await;
+    assert_eq!(dataset["task"], "classify");
+    assert_eq!(dataset["report"]["annotations"], Value::Null);
+    assert_eq!(dataset["report"]["boxes_clipped"], 0);
+    assert_eq!(dataset["report"]["images_with_several_boxes"], 0);
+    assert!(dataset["report"]["annotation_problems"].as_array().unwrap().is_empty());
+    let items = stored_boxes(&server, dataset["id"].as_str().unwrap()).await;
+    assert_eq!(items.len(), 12);
+    assert!(items.values().all(|(_, bbox)| bbox.is_none()));
+}
+
+#[tokio::test]
+async fn an_unknown_annotation_format_is_422() {
+    let server = start_server(&fixture_models(), Limits::default()).await;
+    let archive = zip_of(vec![("a/1.png", png_of(8, 8, 1)), ("b/2.png", png_of(8, 8, 2))]);
+    let body = expect_problem(upload_with_annotations(&server.url, archive, Some("yolo")).await, 422).await;
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("\"yolo\"") && detail.contains("voc, via-csv, via-json, coco, csv"), "{detail}");
+    // The JSON import checks it too, before looking for the folder.
+    let response = client()
+        .post(format!("{}/v1/datasets", server.url))
+        .json(&serde_json::json!({"path": "somewhere", "annotations": "pascal"}))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(response, 422).await;
+    assert!(body["detail"].as_str().unwrap().contains("\"pascal\""), "{body}");
+    let list: Value = client().get(format!("{}/v1/datasets", server.url)).send().await.unwrap().json().await.unwrap();
+    assert!(list["datasets"].as_array().unwrap().is_empty());
+}

@@ -17,6 +17,7 @@ fn item(sha: &str, class_idx: i64, split: &str) -> ItemRecord {
         path: format!("c{class_idx}/{sha}.jpg"),
         width: 10,
         height: 8,
+        bbox: None,
     }
 }
 
@@ -34,6 +35,7 @@ fn model(name: &str, job_id: &str) -> TrainedModelRecord {
         head_blob: format!("heads/{job_id}.bin"),
         evaluation: json!({"accuracy": 1.0}),
         created_at: now_ms(),
+        task: "classify".into(),
     }
 }
 
@@ -44,6 +46,7 @@ async fn datasets_round_trip_and_delete_reports_orphans() {
         let mut first = NewDataset {
             id: "d1".into(),
             name: "flowers".into(),
+            task: "classify".into(),
             seed: 7,
             splits: [0.75, 0.15, 0.10],
             report: json!({"rejected": []}),
@@ -72,6 +75,32 @@ async fn datasets_round_trip_and_delete_reports_orphans() {
         assert!(db.dataset_items("d1").await.unwrap().is_empty());
         assert!(db.delete_dataset("d1").await.unwrap().is_none());
         assert!(db.image_in_use(&format!("{:064x}", 3)).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn box_datasets_keep_their_task_and_boxes() {
+    let dir = tempfile::tempdir().unwrap();
+    for (backend, db) in both_databases(dir.path()).await {
+        let mut boxed = item(&format!("{:064x}", 1), 0, "train");
+        boxed.bbox = Some([1.5, 2.0, 30.25, 40.0]);
+        let dataset = NewDataset {
+            id: "boxes".into(),
+            name: "pets".into(),
+            task: "localize".into(),
+            seed: 1,
+            splits: [0.75, 0.15, 0.10],
+            report: json!({"annotations": "voc"}),
+            classes: vec!["cat".into(), "dog".into()],
+            items: vec![boxed.clone(), item(&format!("{:064x}", 2), 1, "valid")],
+        };
+        db.insert_dataset(&dataset).await.unwrap();
+        let stored = db.dataset("boxes").await.unwrap().unwrap();
+        assert_eq!(stored.task, "localize", "{backend}");
+        let items = db.dataset_items("boxes").await.unwrap();
+        assert_eq!(items[0], boxed, "{backend}");
+        assert_eq!(items[1].bbox, None, "{backend}");
+        assert_eq!(db.datasets().await.unwrap()[0].task, "localize", "{backend}");
     }
 }
 

@@ -14,12 +14,14 @@ use super::AppState;
 use super::images::{EncodedImage, read_images};
 use super::models::trained_model;
 use crate::error::Error;
-use crate::vision::{DecodeLimits, decode_for, preprocess_into};
-use crate::zoo::{LoadedModel, OutputKind, TrainedModel, Unavailable};
+use crate::runtime::ImageOutputs;
+use crate::vision::InputBox;
+use crate::vision::{DecodeLimits, ResizePlan, decode_image_scaled, min_decode_size, preprocess_into};
+use crate::zoo::{LoadedModel, OutputKind, TrainedHead, TrainedModel, Unavailable};
 
 #[derive(Deserialize)]
 pub struct ClassifyParams {
-    top_k: Option<usize>,
+    pub(super) top_k: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -38,19 +40,19 @@ pub struct ClassifyResponse {
 }
 
 /// What a name serves: a pretrained classifier, or a trained head on a base model.
-enum Target {
+pub(super) enum Target {
     Pretrained(Arc<LoadedModel>),
     Trained { base: Arc<LoadedModel>, model: Arc<TrainedModel> },
 }
 
 impl Target {
-    fn base(&self) -> &Arc<LoadedModel> {
+    pub(super) fn base(&self) -> &Arc<LoadedModel> {
         match self {
             Self::Pretrained(model) | Self::Trained { base: model, .. } => model,
         }
     }
 
-    fn classes(&self) -> usize {
+    pub(super) fn classes(&self) -> usize {
         match self {
             Self::Pretrained(model) => model.labels.len(),
             Self::Trained { model, .. } => model.record.classes.len(),
@@ -58,7 +60,7 @@ impl Target {
     }
 }
 
-async fn resolve(state: &AppState, name: &str) -> Result<Target, Error> {
+pub(super) async fn resolve(state: &AppState, name: &str) -> Result<Target, Error> {
     if state.registry.get(name).is_some() {
         return Ok(Target::Pretrained(state.registry.ready(name)?));
     }
@@ -80,52 +82,101 @@ pub async fn classify(
 ) -> Result<Json<ClassifyResponse>, Error> {
     let target = resolve(&state, &name).await?;
     let Query(params) = params.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
-    let classes = target.classes();
-    let top_k = params.top_k.unwrap_or(5.min(classes));
-    if top_k == 0 || top_k > classes {
-        return Err(Error::BadRequest(format!(
-            "top_k must be between 1 and {classes} (the model's class count); got {top_k}"
-        )));
-    }
+    let top_k = checked_top_k(params.top_k, target.classes())?;
     let images = read_images(request, state.limits.max_images_per_request, state.limits.max_body_bytes).await?;
     let decode_limits = DecodeLimits { max_pixels: state.limits.max_pixels };
     let base = target.base().clone();
-    let count = images.len();
-    let pixels = {
-        let base = base.clone();
-        tokio::task::spawn_blocking(move || preprocess_all(&base, &images, &decode_limits))
-            .await
-            .map_err(|e| Error::Internal(format!("preprocessing stopped: {e}")))??
-    };
-    let outputs = base.runner.infer_all(pixels, count).await?;
-    let images = outputs.into_iter();
+    let (outputs, _) = run_base(&base, images, decode_limits).await?;
     let predictions = match &target {
         Target::Pretrained(model) => {
-            images.map(|mut image| top_predictions(model, image.swap_remove(0), top_k)).collect()
+            outputs.into_iter().map(|mut image| top_predictions(model, image.swap_remove(0), top_k)).collect()
         }
-        Target::Trained { model, .. } => {
-            let features: Vec<Vec<f32>> =
-                images.map(|mut image| image.swap_remove(LoadedModel::FEATURES_OUTPUT)).collect();
-            head_predictions(model, &features, top_k)?
+        Target::Trained { model, base } => {
+            let (probabilities, _) = run_head(model, base, outputs)?;
+            class_predictions(model, &probabilities, top_k)
         }
     };
     Ok(Json(ClassifyResponse { model: name, predictions }))
 }
 
-/// A trained head on the base's pooled features: probabilities over the dataset's classes.
-fn head_predictions(model: &TrainedModel, features: &[Vec<f32>], top_k: usize) -> Result<Vec<Vec<Prediction>>, Error> {
-    let width = features.first().map_or(0, Vec::len);
-    let flat: Vec<f32> = features.iter().flatten().copied().collect();
-    let x = Array2::from_shape_vec((features.len(), width), flat).map_err(|e| Error::Internal(e.to_string()))?;
-    let probabilities = model
-        .head
-        .try_forward(x.view())
-        .map_err(|e| Error::Internal(format!("the head of {} does not fit its base: {e}", model.record.name)))?;
-    Ok(probabilities
+/// `top_k` as asked (5 or the class count by default), within 1..=classes.
+pub(super) fn checked_top_k(asked: Option<usize>, classes: usize) -> Result<usize, Error> {
+    let top_k = asked.unwrap_or(5.min(classes));
+    if top_k == 0 || top_k > classes {
+        return Err(Error::BadRequest(format!(
+            "top_k must be between 1 and {classes} (the model's class count); got {top_k}"
+        )));
+    }
+    Ok(top_k)
+}
+
+/// Preprocesses the images off the async runtime, then runs them through the base model.
+pub(super) async fn run_base(
+    base: &Arc<LoadedModel>,
+    images: Vec<EncodedImage>,
+    decode_limits: DecodeLimits,
+) -> Result<(Vec<ImageOutputs>, Vec<ImageGeometry>), Error> {
+    let count = images.len();
+    let (pixels, geometry) = {
+        let base = base.clone();
+        tokio::task::spawn_blocking(move || preprocess_all(&base, &images, &decode_limits))
+            .await
+            .map_err(|e| Error::Internal(format!("preprocessing stopped: {e}")))??
+    };
+    Ok((base.runner.infer_all(pixels, count).await?, geometry))
+}
+
+/// A trained head on the base's features: probabilities over the dataset's classes, and
+/// for a localizer one box per image (`[cx, cy, w, h]` of the model input).
+pub(super) fn run_head(
+    model: &TrainedModel,
+    base: &LoadedModel,
+    outputs: Vec<ImageOutputs>,
+) -> Result<(Array2<f32>, Option<Vec<InputBox>>), Error> {
+    let unfit = |e: String| Error::Internal(format!("the head of {} does not fit its base: {e}", model.record.name));
+    let rows = outputs.len();
+    let stack = |vectors: Vec<Vec<f32>>| {
+        let width = vectors.first().map_or(0, Vec::len);
+        let flat: Vec<f32> = vectors.into_iter().flatten().collect();
+        Array2::from_shape_vec((rows, width), flat).map_err(|e| unfit(e.to_string()))
+    };
+    let mut pooled = Vec::with_capacity(rows);
+    let mut spatial = Vec::new();
+    for mut image in outputs {
+        if model.head.needs_spatial() {
+            let shape = base.spatial.as_ref().map_err(|e| unfit(e.clone()))?;
+            let map = image.get(LoadedModel::SPATIAL_OUTPUT).ok_or_else(|| unfit("no spatial map".into()))?;
+            spatial.push(shape.to_hwc(map));
+        }
+        if image.len() <= LoadedModel::FEATURES_OUTPUT {
+            return Err(unfit("the base returned no pooled features".into()));
+        }
+        pooled.push(image.swap_remove(LoadedModel::FEATURES_OUTPUT));
+    }
+    let pooled = stack(pooled)?;
+    match &model.head {
+        TrainedHead::Classifier(head) => Ok((head.try_forward(pooled.view()).map_err(|e| unfit(e.to_string()))?, None)),
+        TrainedHead::Localizer(head) => {
+            let spatial = if spatial.is_empty() { None } else { Some(stack(spatial)?) };
+            let (probabilities, boxes) =
+                head.predict(pooled.view(), spatial.as_ref().map(|s| s.view())).map_err(|e| unfit(e.to_string()))?;
+            Ok((probabilities, Some(boxes)))
+        }
+    }
+}
+
+/// The `top_k` classes of each row of a trained head's probabilities, named by the dataset.
+pub(super) fn class_predictions(
+    model: &TrainedModel,
+    probabilities: &Array2<f32>,
+    top_k: usize,
+) -> Vec<Vec<Prediction>> {
+    probabilities
         .rows()
         .into_iter()
         .map(|row| {
-            ranked(row.as_slice().unwrap_or(&row.to_vec()), top_k)
+            let row = row.to_vec();
+            ranked(&row, top_k)
                 .into_iter()
                 .map(|index| Prediction {
                     index,
@@ -135,7 +186,7 @@ fn head_predictions(model: &TrainedModel, features: &[Vec<f32>], top_k: usize) -
                 })
                 .collect()
         })
-        .collect())
+        .collect()
 }
 
 /// Indices of the `k` highest scores, best first (ties by index).
@@ -146,18 +197,37 @@ fn ranked(scores: &[f32], k: usize) -> Vec<usize> {
     order
 }
 
+/// How one image reached the model input: the resize plan its decoded pixels went
+/// through, and its full upright size (the decoder may have reduced it).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ImageGeometry {
+    pub plan: ResizePlan,
+    pub original: (u32, u32),
+}
+
 /// Decodes and preprocesses every image, in parallel on the preprocessing pool, into
 /// one buffer laid out as the model's input (image after image).
-fn preprocess_all(model: &LoadedModel, images: &[EncodedImage], limits: &DecodeLimits) -> Result<Vec<f32>, Error> {
+pub(super) fn preprocess_all(
+    model: &LoadedModel,
+    images: &[EncodedImage],
+    limits: &DecodeLimits,
+) -> Result<(Vec<f32>, Vec<ImageGeometry>), Error> {
+    let spec = &model.manifest.preprocessing;
     let image_len = model.runner.image_len();
     let mut pixels = vec![0.0f32; image_len * images.len()];
-    pixels.par_chunks_mut(image_len).zip(images.par_iter()).try_for_each(|(slot, image)| {
-        let rgb = decode_for(&image.bytes, limits, &model.manifest.preprocessing)
+    let geometry = pixels
+        .par_chunks_mut(image_len)
+        .zip(images.par_iter())
+        .map(|(slot, image)| {
+            let decoded = decode_image_scaled(&image.bytes, limits, |size| {
+                min_decode_size((spec.width, spec.height), spec.resize, size)
+            })
             .map_err(|error| Error::Image { source_name: image.source.clone(), error })?;
-        preprocess_into(&rgb, &model.manifest.preprocessing, slot);
-        Ok::<(), Error>(())
-    })?;
-    Ok(pixels)
+            let plan = preprocess_into(&decoded.image, spec, slot);
+            Ok::<_, Error>(ImageGeometry { plan, original: decoded.original })
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok((pixels, geometry))
 }
 
 fn top_predictions(model: &LoadedModel, mut scores: Vec<f32>, top_k: usize) -> Vec<Prediction> {

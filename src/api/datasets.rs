@@ -1,5 +1,7 @@
 //! `/v1/datasets`: upload an archive of class folders (multipart) or import a folder
-//! under the import root (JSON), list, describe and delete datasets.
+//! under the import root (JSON), list, describe and delete datasets. An archive or
+//! folder that also holds bounding-box annotations becomes a box dataset (task
+//! "localize"), whose classes are the box labels.
 
 use std::io::Write;
 
@@ -10,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use crate::data::annotations::AnnotationFormat;
 use crate::data::archive::{ArchiveLimits, read_archive};
 use crate::data::{IngestOptions, Ingestor, SplitFractions, read_folder, resolve_import};
 use crate::error::Error;
@@ -26,6 +29,17 @@ struct DatasetOptions {
     split: Option<SplitFractions>,
     min_images_per_class: Option<usize>,
     path: Option<String>,
+    /// The annotation format's name, for files that detection cannot tell apart.
+    annotations: Option<String>,
+}
+
+/// Reads the `annotations` option; an unknown name is refused before any file is read.
+fn annotation_format(name: Option<&str>) -> Result<Option<AnnotationFormat>, Error> {
+    let Some(name) = name else { return Ok(None) };
+    AnnotationFormat::parse_name(name).map(Some).ok_or_else(|| {
+        let known: Vec<&str> = AnnotationFormat::ALL.iter().map(AnnotationFormat::as_str).collect();
+        Error::Unprocessable(format!("annotations: unknown format {name:?}; use one of {}", known.join(", ")))
+    })
 }
 
 enum Source {
@@ -55,6 +69,7 @@ pub async fn create_dataset(
         seed: options.seed.unwrap_or(0),
         splits: split,
         min_images_per_class: options.min_images_per_class.unwrap_or(10),
+        annotation_format: annotation_format(options.annotations.as_deref())?,
     };
     let limits = ArchiveLimits {
         max_entry_bytes: state.datasets.max_entry_bytes,
@@ -100,9 +115,11 @@ pub async fn create_dataset(
             return Err(Error::Unprocessable(reason));
         }
     };
+    let task = if outcome.images.iter().any(|image| image.bbox.is_some()) { "localize" } else { "classify" };
     let dataset = NewDataset {
         id: uuid::Uuid::new_v4().to_string(),
         name: options.name.unwrap_or(default_name).chars().take(200).collect(),
+        task: task.to_owned(),
         seed: options.seed.unwrap_or(0) as i64,
         splits: split.as_array(),
         report: serde_json::to_value(&outcome.report).map_err(|e| Error::Internal(e.to_string()))?,
@@ -117,6 +134,7 @@ pub async fn create_dataset(
                 path: image.path.clone(),
                 width: i64::from(image.width),
                 height: i64::from(image.height),
+                bbox: image.bbox.map(|b| [b.x_min, b.y_min, b.x_max, b.y_max].map(widen)),
             })
             .collect(),
     };
@@ -153,13 +171,14 @@ async fn read_upload(state: &AppState, request: Request) -> Result<(DatasetOptio
                 }
                 archive = Some(temp);
             }
-            "name" | "seed" | "split" | "min_images_per_class" => {
+            "name" | "seed" | "split" | "min_images_per_class" | "annotations" => {
                 let text = field.text().await.map_err(|e| too_large(&e, limit))?;
                 apply_text_option(&mut options, &name, &text)?;
             }
             other => {
                 return Err(Error::Unprocessable(format!(
-                    "unknown form field {other:?}: send `archive` (the file) and optionally `name`, `seed`, `split`"
+                    "unknown form field {other:?}: send `archive` (the file) and optionally `name`, `seed`, \
+                     `split`, `min_images_per_class`, `annotations`"
                 )));
             }
         }
@@ -172,6 +191,11 @@ fn apply_text_option(options: &mut DatasetOptions, name: &str, text: &str) -> Re
     let bad = |what: &str| Error::Unprocessable(format!("{name}: {what}"));
     match name {
         "name" => options.name = Some(text.to_owned()),
+        "annotations" => {
+            // Checked as soon as it arrives, so a typo does not wait for the archive's upload.
+            annotation_format(Some(text))?;
+            options.annotations = Some(text.to_owned());
+        }
         "seed" => options.seed = Some(text.trim().parse().map_err(|_| bad("must be a non-negative integer"))?),
         "min_images_per_class" => {
             options.min_images_per_class = Some(text.trim().parse().map_err(|_| bad("must be a non-negative integer"))?)
@@ -192,6 +216,7 @@ fn apply_text_option(options: &mut DatasetOptions, name: &str, text: &str) -> Re
 async fn read_import_request(state: &AppState, request: Request) -> Result<(DatasetOptions, Source), Error> {
     let Json(options): Json<DatasetOptions> =
         Json::from_request(request, &()).await.map_err(|r| Error::Unprocessable(r.body_text()))?;
+    annotation_format(options.annotations.as_deref())?;
     let root = state.datasets.import_root.as_deref().ok_or_else(|| {
         Error::Unprocessable(
             "imports from the server's disk are off; start graft with --import-root to allow them".into(),
@@ -230,6 +255,12 @@ pub async fn delete_dataset(State(state): State<AppState>, Path(id): Path<String
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A coordinate as the f64 whose shortest text is the f32's, so that 0.1 is stored
+/// and shown as 0.1 rather than 0.10000000149011612.
+fn widen(value: f32) -> f64 {
+    value.to_string().parse().unwrap_or(f64::from(value))
+}
+
 async fn describe(state: &AppState, record: &DatasetRecord) -> Result<Value, Error> {
     let counts = state.db.dataset_counts(&record.id).await?;
     let classes: Vec<Value> = record
@@ -249,6 +280,7 @@ async fn describe(state: &AppState, record: &DatasetRecord) -> Result<Value, Err
         "id": record.id,
         "name": record.name,
         "created_at": record.created_at,
+        "task": record.task,
         "seed": record.seed,
         "split": {"train": record.splits[0], "valid": record.splits[1], "test": record.splits[2]},
         "images": total,

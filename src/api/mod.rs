@@ -6,6 +6,7 @@ mod datasets;
 mod health;
 mod images;
 mod jobs;
+mod localize;
 mod models;
 mod problem;
 
@@ -57,6 +58,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models/{model}", get(models::get_model).delete(models::delete_model))
         // PUT too, so that `curl -T photo.jpg` (an upload with PUT) works as well as POST.
         .route("/v1/models/{model}/classify", post(classify::classify).put(classify::classify))
+        .route("/v1/models/{model}/localize", post(localize::localize).put(localize::localize))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -10,8 +10,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::error::Error;
-use crate::train::Head;
-use crate::zoo::{Manifest, ModelState, TrainedModel};
+use crate::zoo::{Manifest, ModelState, TrainedHead, TrainedModel};
 
 pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, Error> {
     let mut models: Vec<Value> =
@@ -57,8 +56,8 @@ pub(super) async fn trained_model(state: &AppState, name: &str) -> Result<Option
     }
     let Some(record) = state.db.trained_model(name).await? else { return Ok(None) };
     let bytes = state.blobs.get(&record.head_blob).map_err(|e| Error::Internal(e.to_string()))?;
-    let head =
-        Head::from_bytes(&bytes).map_err(|e| Error::Internal(format!("the head of {name} is unreadable: {e}")))?;
+    let head = TrainedHead::from_bytes(&record.task, &bytes)
+        .map_err(|e| Error::Internal(format!("the head of {name} is unreadable: {e}")))?;
     state.registry.insert_trained(TrainedModel { record, head });
     Ok(state.registry.trained(name))
 }
@@ -72,8 +71,12 @@ fn describe_trained(model: &TrainedModel) -> Value {
         "base_model": record.base_model,
         "job": record.job_id,
         "dataset": record.dataset_id,
+        "task": record.task,
         "classes": record.classes,
-        "hidden_units": model.head.hidden_units(),
+        "head": match &model.head {
+            TrainedHead::Classifier(head) => json!({"hidden_units": head.hidden_units()}),
+            TrainedHead::Localizer(head) => json!({"box_head": head.kind(), "spatial_shape": head.spatial_shape()}),
+        },
         "created_at": record.created_at,
         "evaluation": record.evaluation,
     })
@@ -98,6 +101,7 @@ fn describe(manifest: &Arc<Manifest>, state: &ModelState) -> Value {
             "name": manifest.output_name,
             "kind": manifest.output_kind,
             "features": manifest.features,
+            "spatial_features": manifest.spatial_features,
         },
     });
     match state {
@@ -108,6 +112,9 @@ fn describe(manifest: &Arc<Manifest>, state: &ModelState) -> Value {
             match &model.features {
                 Ok(width) => out["output"]["feature_width"] = json!(width),
                 Err(reason) => out["output"]["features_unavailable"] = json!(reason),
+            }
+            if let Ok(shape) = &model.spatial {
+                out["output"]["spatial_shape"] = json!(shape);
             }
             out["graph"] = json!({ "inputs": model.inputs, "outputs": model.outputs });
         }

@@ -1,14 +1,19 @@
 //! Ingestion: every file of an upload is checked (a decodable image within limits),
-//! hashed, stored once per content, placed in its class folder and split. Bad files are
+//! hashed, stored once per content, placed in its class and split. Bad files are
 //! skipped and reported with the reason; the dataset is refused only when nothing usable
 //! remains. Storage is the caller's (`store_image`), keyed by content hash, so no name
 //! from an archive ever becomes a path on disk.
+//!
+//! The class comes from the class folder, unless the upload carries bounding-box
+//! annotations (VOC, VIA, COCO, CSV): then it is a box dataset, every image needs a
+//! box, and the class is the label of its (largest) box.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::annotations::{self, AnnotationFormat, AnnotationProblem, ImageBoxes, LabeledBox, PixelBox};
 use super::archive::{ArchiveEntry, ArchiveFile};
 use super::layout::{Placement, place_in_classes};
 use super::split::{Split, SplitFractions, assign_split};
@@ -21,11 +26,20 @@ pub struct IngestOptions {
     pub splits: SplitFractions,
     /// Classes with fewer images are reported as too small.
     pub min_images_per_class: usize,
+    /// The annotation format the uploader named. It also claims files that detection
+    /// would miss (a CSV or JSON it cannot tell apart); `None` recognises each file.
+    pub annotation_format: Option<AnnotationFormat>,
 }
 
 impl Default for IngestOptions {
     fn default() -> Self {
-        Self { decode: DecodeLimits::default(), seed: 0, splits: SplitFractions::default(), min_images_per_class: 10 }
+        Self {
+            decode: DecodeLimits::default(),
+            seed: 0,
+            splits: SplitFractions::default(),
+            min_images_per_class: 10,
+            annotation_format: None,
+        }
     }
 }
 
@@ -49,6 +63,16 @@ pub struct IngestReport {
     pub rejected: Vec<Rejected>,
     pub duplicates: Vec<Duplicate>,
     pub warnings: Vec<String>,
+    /// The annotation format(s) the boxes came from ("voc", or "coco, csv" for a mix);
+    /// `None` for a class-folder dataset.
+    pub annotations: Option<String>,
+    /// Annotation files that could not be read, records that were left out, names
+    /// that match no image, and boxes that were clipped.
+    pub annotation_problems: Vec<AnnotationProblem>,
+    /// Boxes that ran past the image edge and were cut to it.
+    pub boxes_clipped: usize,
+    /// Images annotated with more than one box, of which only the largest is kept.
+    pub images_with_several_boxes: usize,
 }
 
 /// One accepted image.
@@ -60,6 +84,9 @@ pub struct IngestedImage {
     pub split: Split,
     pub width: u32,
     pub height: u32,
+    /// The image's box in pixels of the upright image, in a box dataset; `None` in a
+    /// class-folder dataset.
+    pub bbox: Option<PixelBox>,
 }
 
 #[derive(Debug)]
@@ -84,6 +111,14 @@ struct Accepted {
     path: String,
     width: u32,
     height: u32,
+    bbox: Option<PixelBox>,
+}
+
+/// An annotation file, held until every image is known so its names can be matched.
+struct AnnotationFile {
+    path: String,
+    format: AnnotationFormat,
+    bytes: Vec<u8>,
 }
 
 /// Keeps an accepted image's bytes under its sha256; an error ends the ingestion.
@@ -94,6 +129,7 @@ pub struct Ingestor<'s> {
     options: IngestOptions,
     store_image: StoreImage<'s>,
     accepted: Vec<Accepted>,
+    annotation_files: Vec<AnnotationFile>,
     first_path_of: HashMap<String, String>,
     report: IngestReport,
 }
@@ -105,6 +141,7 @@ impl<'s> Ingestor<'s> {
             options,
             store_image,
             accepted: Vec::new(),
+            annotation_files: Vec::new(),
             first_path_of: HashMap::new(),
             report: IngestReport::default(),
         }
@@ -120,6 +157,10 @@ impl<'s> Ingestor<'s> {
                 return Ok(());
             }
         };
+        if let Some(format) = annotation_format_of(&path, &bytes, self.options.annotation_format) {
+            self.annotation_files.push(AnnotationFile { path, format, bytes });
+            return Ok(());
+        }
         let image = match decode_image(&bytes, &self.options.decode) {
             Ok(image) => image,
             Err(error) => {
@@ -134,25 +175,24 @@ impl<'s> Ingestor<'s> {
         }
         (self.store_image)(&sha256, &bytes)?;
         self.first_path_of.insert(sha256.clone(), path.clone());
-        self.accepted.push(Accepted { sha256, path, width: image.width(), height: image.height() });
+        self.accepted.push(Accepted { sha256, path, width: image.width(), height: image.height(), bbox: None });
         Ok(())
     }
 
     pub fn finish(mut self) -> Result<IngestOutcome, IngestError> {
-        let paths: Vec<&str> = self.accepted.iter().map(|a| a.path.as_str()).collect();
-        let (top_folder, placements) = place_in_classes(&paths);
-        let mut by_class: BTreeMap<String, Vec<Accepted>> = BTreeMap::new();
-        for (accepted, placement) in self.accepted.into_iter().zip(placements) {
-            match placement {
-                Placement::Class(class) => by_class.entry(class).or_default().push(accepted),
-                Placement::Unplaced(reason) => self.report.rejected.push(Rejected { path: accepted.path, reason }),
-            }
-        }
+        let had_annotation_files = !self.annotation_files.is_empty();
+        let accepted = std::mem::take(&mut self.accepted);
+        let (top_folder, by_class) = match self.read_annotations() {
+            Some(described) => self.place_by_boxes(accepted, described),
+            None => self.place_by_folders(accepted),
+        };
         if by_class.is_empty() {
-            let why = if self.report.rejected.is_empty() {
-                "the archive has no files".to_owned()
-            } else {
+            let why = if !self.report.rejected.is_empty() {
                 format!("all {} files were rejected; see the reasons in the report", self.report.rejected.len())
+            } else if had_annotation_files {
+                "the archive holds annotation files but no images".to_owned()
+            } else {
+                "the archive has no files".to_owned()
             };
             return Err(IngestError::NoImages(why));
         }
@@ -173,6 +213,7 @@ impl<'s> Ingestor<'s> {
                     split,
                     width: accepted.width,
                     height: accepted.height,
+                    bbox: accepted.bbox,
                 });
             }
             let total: usize = per_split.iter().sum();
@@ -196,5 +237,435 @@ impl<'s> Ingestor<'s> {
         self.report.images = images.len();
         self.report.top_folder = top_folder;
         Ok(IngestOutcome { classes, images, report: self.report })
+    }
+
+    /// Class-folder layout: the class is the folder an image sits in.
+    fn place_by_folders(&mut self, accepted: Vec<Accepted>) -> (Option<String>, BTreeMap<String, Vec<Accepted>>) {
+        let paths: Vec<&str> = accepted.iter().map(|a| a.path.as_str()).collect();
+        let (top_folder, placements) = place_in_classes(&paths);
+        let mut by_class: BTreeMap<String, Vec<Accepted>> = BTreeMap::new();
+        for (accepted, placement) in accepted.into_iter().zip(placements) {
+            match placement {
+                Placement::Class(class) => by_class.entry(class).or_default().push(accepted),
+                Placement::Unplaced(reason) => self.report.rejected.push(Rejected { path: accepted.path, reason }),
+            }
+        }
+        (top_folder, by_class)
+    }
+
+    /// Parses the kept annotation files. Returns the images they describe, each with
+    /// the annotation file's path, or `None` when no file described any image: then
+    /// the upload is a class-folder dataset, as if the files were not there.
+    fn read_annotations(&mut self) -> Option<Vec<(String, ImageBoxes)>> {
+        let mut described = Vec::new();
+        let mut formats: Vec<AnnotationFormat> = Vec::new();
+        for file in std::mem::take(&mut self.annotation_files) {
+            match annotations::parse(file.format, &file.path, &file.bytes) {
+                Err(reason) => self.report.annotation_problems.push(AnnotationProblem { file: file.path, reason }),
+                Ok(parsed) => {
+                    self.report.annotation_problems.extend(parsed.problems);
+                    if parsed.images.is_empty() {
+                        continue;
+                    }
+                    if !formats.contains(&file.format) {
+                        formats.push(file.format);
+                    }
+                    described.extend(parsed.images.into_iter().map(|image| (file.path.clone(), image)));
+                }
+            }
+        }
+        if described.is_empty() {
+            return None;
+        }
+        formats.sort_by_key(|format| AnnotationFormat::ALL.iter().position(|f| f == format));
+        self.report.annotations = Some(formats.iter().map(AnnotationFormat::as_str).collect::<Vec<_>>().join(", "));
+        Some(described)
+    }
+
+    /// Box layout: each accepted image gets its largest box, and the box's label is its
+    /// class; an image without a usable box is rejected.
+    fn place_by_boxes(
+        &mut self,
+        accepted: Vec<Accepted>,
+        described: Vec<(String, ImageBoxes)>,
+    ) -> (Option<String>, BTreeMap<String, Vec<Accepted>>) {
+        let paths: Vec<&str> = accepted.iter().map(|a| a.path.as_str()).collect();
+        let position: HashMap<&str, usize> = paths.iter().enumerate().map(|(at, path)| (*path, at)).collect();
+        // A duplicate's annotation describes the same pixels, so it counts for the kept copy.
+        let aliases: Vec<(&str, usize)> = self
+            .report
+            .duplicates
+            .iter()
+            .filter_map(|d| position.get(d.same_as.as_str()).map(|&at| (d.path.as_str(), at)))
+            .collect();
+        let index = ImageIndex::new(&paths, &aliases);
+        let mut found: Vec<Vec<(String, ImageBoxes)>> = vec![Vec::new(); accepted.len()];
+        let mut unmatched = Vec::new();
+        for (file, image) in described {
+            match index.find(&image.image) {
+                Ok(at) => found[at].push((file, image)),
+                Err(reason) => unmatched.push(AnnotationProblem { file, reason }),
+            }
+        }
+        let top_folder = index.top.clone();
+        self.report.annotation_problems.extend(unmatched);
+
+        let mut by_class: BTreeMap<String, Vec<Accepted>> = BTreeMap::new();
+        for (mut image, found) in accepted.into_iter().zip(found) {
+            match choose_box(&image.path, image.width, image.height, &found) {
+                Ok(chosen) => {
+                    self.report.boxes_clipped += chosen.clipped.len();
+                    self.report.annotation_problems.extend(chosen.clipped);
+                    self.report.images_with_several_boxes += usize::from(chosen.several);
+                    image.bbox = Some(chosen.bbox);
+                    by_class.entry(chosen.label).or_default().push(image);
+                }
+                Err(reason) => self.report.rejected.push(Rejected { path: image.path, reason }),
+            }
+        }
+        match self.report.images_with_several_boxes {
+            0 => {}
+            1 => self.report.warnings.push("1 image has several boxes; the largest is used".to_owned()),
+            n => self.report.warnings.push(format!("{n} images have several boxes; the largest of each is used")),
+        }
+        (top_folder, by_class)
+    }
+}
+
+/// The format to read `path` with when it is an annotation file rather than an image:
+/// the named format when the extension fits it, else what [`annotations::detect`]
+/// recognises (read as the named format, if one was named). Only `.xml`, `.csv` and
+/// `.json` files are looked at, so images are never scanned as text.
+fn annotation_format_of(path: &str, bytes: &[u8], named: Option<AnnotationFormat>) -> Option<AnnotationFormat> {
+    let file_name = path.rsplit('/').next().unwrap_or(path);
+    let extension = file_name.rsplit_once('.')?.1.to_ascii_lowercase();
+    if !matches!(extension.as_str(), "xml" | "csv" | "json") {
+        return None;
+    }
+    if let Some(format) = named
+        && extension_fits(format, &extension)
+    {
+        return Some(format);
+    }
+    let detected = annotations::detect(path, bytes)?;
+    Some(named.unwrap_or(detected))
+}
+
+/// Whether a file with this (lower-case) extension can be in `format`.
+fn extension_fits(format: AnnotationFormat, extension: &str) -> bool {
+    match format {
+        AnnotationFormat::Voc => extension == "xml",
+        AnnotationFormat::ViaCsv | AnnotationFormat::Csv => extension == "csv",
+        AnnotationFormat::ViaJson | AnnotationFormat::Coco => extension == "json",
+    }
+}
+
+/// Finds the accepted image an annotation names. Labelling tools record names
+/// relative to wherever the labeller kept the images, so besides the exact archive
+/// path a name may omit the top folder that every image shares, or be just the file
+/// name, as long as only one accepted image has it.
+struct ImageIndex {
+    exact: HashMap<String, usize>,
+    below_top: HashMap<String, usize>,
+    by_file_name: HashMap<String, Vec<usize>>,
+    /// The first folder of every accepted image's path, when they all share one.
+    top: Option<String>,
+}
+
+impl ImageIndex {
+    /// `paths[i]` is accepted image `i`; `aliases` are other paths of the same images
+    /// (duplicates), which match exactly or below the top folder but not by file name.
+    fn new(paths: &[&str], aliases: &[(&str, usize)]) -> Self {
+        let top = shared_top(paths);
+        let everything = paths.iter().copied().zip(0..).chain(aliases.iter().copied());
+        let mut exact = HashMap::new();
+        let mut below_top = HashMap::new();
+        for (path, at) in everything {
+            exact.entry(path.to_owned()).or_insert(at);
+            if let Some(rest) = top.as_deref().and_then(|top| path.strip_prefix(top)).and_then(|r| r.strip_prefix('/'))
+            {
+                below_top.entry(rest.to_owned()).or_insert(at);
+            }
+        }
+        let mut by_file_name: HashMap<String, Vec<usize>> = HashMap::new();
+        for (at, path) in paths.iter().enumerate() {
+            by_file_name.entry(file_name(path).to_owned()).or_default().push(at);
+        }
+        Self { exact, below_top, by_file_name, top }
+    }
+
+    /// The index of the image `name` means, or why there is none (a sentence for the
+    /// annotation problems).
+    fn find(&self, name: &str) -> Result<usize, String> {
+        let name = name.trim();
+        let name = name.strip_prefix("./").unwrap_or(name);
+        if let Some(&at) = self.exact.get(name).or_else(|| self.below_top.get(name)) {
+            return Ok(at);
+        }
+        match self.by_file_name.get(file_name(name)).map(Vec::as_slice) {
+            Some([at]) => Ok(*at),
+            Some(several) => Err(format!(
+                "the annotation names image {name:?}, which matches {} images in the upload by file name; \
+                 give its path in the archive",
+                several.len()
+            )),
+            None => Err(format!("the annotation names image {name:?}, which is not in the upload")),
+        }
+    }
+}
+
+/// The first folder of every path, when all paths lie in one and the same folder.
+fn shared_top(paths: &[&str]) -> Option<String> {
+    let (first, _) = paths.first()?.split_once('/')?;
+    paths.iter().all(|path| path.split_once('/').is_some_and(|(top, _)| top == first)).then(|| first.to_owned())
+}
+
+/// The last component of a path; annotation files written on Windows use `\`.
+fn file_name(path: &str) -> &str {
+    path.rsplit(['/', '\\']).next().unwrap_or(path)
+}
+
+/// The box an image is trained with, and what choosing it noticed.
+#[derive(Debug, Clone, PartialEq)]
+struct Chosen {
+    label: String,
+    bbox: PixelBox,
+    /// More than one box was annotated.
+    several: bool,
+    /// A note (under the annotation file) for each box that was cut to the image.
+    clipped: Vec<AnnotationProblem>,
+}
+
+/// Picks the box for the image at `path`, decoded (upright) as `width`×`height`, from
+/// the annotations that `found` for it, each with its annotation file. Err is the
+/// reason the image is rejected.
+fn choose_box(path: &str, width: u32, height: u32, found: &[(String, ImageBoxes)]) -> Result<Chosen, String> {
+    if found.is_empty() {
+        return Err("no box annotation for this image".to_owned());
+    }
+    // A stated size that differs means the boxes were drawn on another version of the
+    // image (resized, or not turned upright), so their coordinates do not fit these pixels.
+    for (file, image) in found {
+        if let Some((w, h)) = image.size
+            && (w, h) != (width, height)
+        {
+            return Err(format!(
+                "{file} gives the image size as {w}×{h}, but the image is {width}×{height} (upright); \
+                 the boxes were drawn on another version of it"
+            ));
+        }
+    }
+    let mut fitted = Vec::new();
+    let mut clipped = Vec::new();
+    for (file, image) in found {
+        for labeled in &image.boxes {
+            let (bbox, was_clipped) = annotations::fit_to_image(labeled.bbox, width, height)
+                .map_err(|reason| format!("{reason} ({:?} in {file})", labeled.label))?;
+            if was_clipped {
+                clipped.push(AnnotationProblem {
+                    file: file.clone(),
+                    reason: format!(
+                        "{path}: the {:?} box {} runs past the {width}×{height} image and was clipped to {}",
+                        labeled.label,
+                        corners(&labeled.bbox),
+                        corners(&bbox)
+                    ),
+                });
+            }
+            fitted.push(LabeledBox { label: labeled.label.clone(), bbox });
+        }
+    }
+    let Some(best) = annotations::largest(&fitted) else {
+        let files: Vec<&str> = found.iter().map(|(file, _)| file.as_str()).collect();
+        return Err(format!("no box annotation for this image ({} lists it without a box)", files.join(", ")));
+    };
+    if best.label.is_empty() || best.label.chars().count() > 128 {
+        return Err("the box label must be 1 to 128 characters".to_owned());
+    }
+    Ok(Chosen { label: best.label.clone(), bbox: best.bbox, several: fitted.len() > 1, clipped })
+}
+
+fn corners(bbox: &PixelBox) -> String {
+    format!("({}, {}, {}, {})", bbox.x_min, bbox.y_min, bbox.x_max, bbox.y_max)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    fn pb(x_min: f32, y_min: f32, x_max: f32, y_max: f32) -> PixelBox {
+        PixelBox { x_min, y_min, x_max, y_max }
+    }
+
+    fn boxes(image: &str, size: Option<(u32, u32)>, boxes: &[(&str, PixelBox)]) -> ImageBoxes {
+        ImageBoxes {
+            image: image.to_owned(),
+            size,
+            boxes: boxes.iter().map(|(label, bbox)| LabeledBox { label: (*label).to_owned(), bbox: *bbox }).collect(),
+        }
+    }
+
+    #[test]
+    fn names_match_exactly_below_the_top_folder_or_by_unique_file_name() {
+        let paths = ["data/images/a.jpg", "data/images/b.jpg", "data/more/b.jpg", "data/more/c.png"];
+        let index = ImageIndex::new(&paths, &[("data/copies/d.jpg", 3)]);
+        assert_eq!(index.top.as_deref(), Some("data"));
+        // The exact archive path.
+        assert_eq!(index.find("data/images/b.jpg"), Ok(1));
+        assert_eq!(index.find("data/more/b.jpg"), Ok(2));
+        // The path without the shared top folder.
+        assert_eq!(index.find("images/b.jpg"), Ok(1));
+        assert_eq!(index.find("./more/b.jpg"), Ok(2));
+        // A file name that only one image has, in any folder or none.
+        assert_eq!(index.find("a.jpg"), Ok(0));
+        assert_eq!(index.find("C:\\labelling\\c.png"), Ok(3));
+        assert_eq!(index.find("elsewhere/a.jpg"), Ok(0));
+        // A duplicate's path leads to the kept copy, but its bare name does not.
+        assert_eq!(index.find("data/copies/d.jpg"), Ok(3));
+        assert_eq!(index.find("copies/d.jpg"), Ok(3));
+        assert!(index.find("d.jpg").unwrap_err().contains("not in the upload"));
+        // A file name that two images have is ambiguous.
+        let err = index.find("b.jpg").unwrap_err();
+        assert!(err.contains("matches 2 images"), "{err}");
+        // Case matters, as it does in the archive.
+        assert!(index.find("A.jpg").unwrap_err().contains("\"A.jpg\", which is not in the upload"));
+    }
+
+    #[test]
+    fn the_top_folder_is_only_dropped_when_every_image_shares_it() {
+        assert_eq!(shared_top(&["x/a.jpg", "x/y/b.jpg"]).as_deref(), Some("x"));
+        assert_eq!(shared_top(&["x/a.jpg", "y/b.jpg"]), None);
+        assert_eq!(shared_top(&["x/a.jpg", "b.jpg"]), None);
+        assert_eq!(shared_top(&[]), None);
+        let index = ImageIndex::new(&["x/a.jpg", "y/a.jpg"], &[]);
+        assert!(index.top.is_none());
+        assert_eq!(index.find("x/a.jpg"), Ok(0));
+        assert!(index.find("a.jpg").is_err());
+    }
+
+    #[test]
+    fn the_largest_fitting_box_is_chosen_and_clipping_noted() {
+        let found = vec![(
+            "ann.xml".to_owned(),
+            boxes("a.jpg", Some((40, 30)), &[("cat", pb(1.0, 1.0, 11.0, 11.0)), ("dog", pb(20.0, 10.0, 50.0, 30.0))]),
+        )];
+        let chosen = choose_box("a.jpg", 40, 30, &found).unwrap();
+        // The dog box is 30×20 as drawn, 20×20 once clipped to x ≤ 40: still larger than 10×10.
+        assert_eq!(chosen.label, "dog");
+        assert_eq!(chosen.bbox, pb(20.0, 10.0, 40.0, 30.0));
+        assert!(chosen.several);
+        assert_eq!(chosen.clipped.len(), 1);
+        assert_eq!(chosen.clipped[0].file, "ann.xml");
+        assert!(chosen.clipped[0].reason.contains("clipped to (20, 10, 40, 30)"), "{:?}", chosen.clipped);
+    }
+
+    #[test]
+    fn images_without_a_usable_box_are_refused() {
+        assert_eq!(choose_box("a.jpg", 40, 30, &[]).unwrap_err(), "no box annotation for this image");
+        let listed_empty = [("ann.csv".to_owned(), boxes("a.jpg", None, &[]))];
+        assert!(choose_box("a.jpg", 40, 30, &listed_empty).unwrap_err().starts_with("no box annotation"));
+        let other_size = [("ann.xml".to_owned(), boxes("a.jpg", Some((30, 40)), &[("cat", pb(1.0, 1.0, 5.0, 5.0))]))];
+        let err = choose_box("a.jpg", 40, 30, &other_size).unwrap_err();
+        assert!(err.contains("30×40") && err.contains("40×30"), "{err}");
+        let outside = [("ann.xml".to_owned(), boxes("a.jpg", None, &[("cat", pb(50.0, 1.0, 60.0, 5.0))]))];
+        let err = choose_box("a.jpg", 40, 30, &outside).unwrap_err();
+        assert!(err.contains("entirely outside") && err.contains("ann.xml"), "{err}");
+    }
+
+    fn png(width: u32, height: u32, shade: u8) -> Vec<u8> {
+        let image = image::RgbImage::from_pixel(width, height, image::Rgb([shade, 100, 200]));
+        let mut out = Cursor::new(Vec::new());
+        image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    fn file(path: &str, bytes: Vec<u8>) -> ArchiveEntry {
+        ArchiveEntry::File(ArchiveFile { path: path.to_owned(), bytes })
+    }
+
+    fn ingest(entries: Vec<ArchiveEntry>, options: IngestOptions) -> Result<IngestOutcome, IngestError> {
+        let mut store = |_: &str, _: &[u8]| Ok(());
+        let mut ingestor = Ingestor::new(options, &mut store);
+        for entry in entries {
+            ingestor.add(entry).unwrap();
+        }
+        ingestor.finish()
+    }
+
+    #[test]
+    fn a_csv_beside_the_images_makes_a_box_dataset() {
+        let csv = "filename,label,xmin,ymin,xmax,ymax\n\
+                   one.png,cat,2,2,10,10\n\
+                   images/two.png,dog,0,0,20,12\n\
+                   two.png,cat,1,1,4,4\n\
+                   three.png,dog,5,5,30,30\n\
+                   missing.png,cat,1,1,5,5\n";
+        let entries = vec![
+            file("set/images/one.png", png(20, 16, 1)),
+            file("set/images/two.png", png(20, 16, 2)),
+            file("set/images/three.png", png(20, 16, 3)),
+            file("set/images/four.png", png(20, 16, 4)),
+            file("set/boxes.csv", csv.as_bytes().to_vec()),
+        ];
+        let outcome = ingest(entries, IngestOptions::default()).unwrap();
+        let report = &outcome.report;
+        assert_eq!(outcome.classes, ["cat", "dog"]);
+        assert_eq!(report.annotations.as_deref(), Some("csv"));
+        assert_eq!(report.files_seen, 5);
+        assert_eq!(report.top_folder.as_deref(), Some("set"));
+        let by_path: HashMap<&str, &IngestedImage> = outcome.images.iter().map(|i| (i.path.as_str(), i)).collect();
+        assert_eq!(by_path["set/images/one.png"].bbox, Some(pb(2.0, 2.0, 10.0, 10.0)));
+        assert_eq!(by_path["set/images/one.png"].class_idx, 0);
+        assert_eq!(by_path["set/images/two.png"].bbox, Some(pb(0.0, 0.0, 20.0, 12.0)));
+        assert_eq!(by_path["set/images/two.png"].class_idx, 1);
+        assert_eq!(by_path["set/images/three.png"].bbox, Some(pb(5.0, 5.0, 20.0, 16.0)));
+        assert_eq!(report.images, 3);
+        assert_eq!(report.boxes_clipped, 1);
+        assert_eq!(report.images_with_several_boxes, 1);
+        assert!(report.warnings.contains(&"1 image has several boxes; the largest is used".to_owned()));
+        assert_eq!(
+            report.rejected,
+            vec![Rejected { path: "set/images/four.png".into(), reason: "no box annotation for this image".into() }]
+        );
+        let problems: Vec<&str> = report.annotation_problems.iter().map(|p| p.reason.as_str()).collect();
+        assert!(problems.iter().any(|p| p.contains("\"missing.png\", which is not in the upload")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("clipped")), "{problems:?}");
+        assert!(report.annotation_problems.iter().all(|p| p.file == "set/boxes.csv"));
+    }
+
+    #[test]
+    fn class_folders_stay_as_they_were_and_broken_annotations_are_reported() {
+        let entries = vec![
+            file("red/a.png", png(8, 8, 10)),
+            file("blue/b.png", png(8, 8, 20)),
+            file("red/notes.xml", b"<annotation><filename>a.png".to_vec()),
+        ];
+        let outcome = ingest(entries, IngestOptions::default()).unwrap();
+        assert_eq!(outcome.classes, ["blue", "red"]);
+        assert!(outcome.images.iter().all(|i| i.bbox.is_none()));
+        assert_eq!(outcome.report.annotations, None);
+        assert!(outcome.report.rejected.is_empty());
+        assert_eq!(outcome.report.annotation_problems.len(), 1);
+        assert_eq!(outcome.report.annotation_problems[0].file, "red/notes.xml");
+        assert_eq!((outcome.report.boxes_clipped, outcome.report.images_with_several_boxes), (0, 0));
+    }
+
+    #[test]
+    fn a_named_format_claims_files_by_extension() {
+        assert_eq!(annotation_format_of("a/labels.json", b"[]", None), None);
+        assert_eq!(
+            annotation_format_of("a/labels.json", b"[]", Some(AnnotationFormat::Coco)),
+            Some(AnnotationFormat::Coco)
+        );
+        assert_eq!(annotation_format_of("a/labels.xml", b"<x/>", Some(AnnotationFormat::Coco)), None);
+        assert_eq!(
+            annotation_format_of("b.csv", b"filename,label", Some(AnnotationFormat::ViaCsv)),
+            Some(AnnotationFormat::ViaCsv)
+        );
+        assert_eq!(annotation_format_of("b.csv", b"a.jpg,cat,1,2,3,4", None), Some(AnnotationFormat::Csv));
+        assert_eq!(annotation_format_of("a.png", b"<annotation>", Some(AnnotationFormat::Voc)), None);
+        assert_eq!(annotation_format_of("noextension", b"<annotation>", None), None);
     }
 }

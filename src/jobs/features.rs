@@ -1,7 +1,8 @@
 //! Features for training: the base model's pooled-feature vector of every image (and
-//! of each augmented variant), computed with ONNX Runtime through the model's runner
-//! and cached in the blob store under (model, preprocessing, image hash, variant), so a
-//! second job on the same images computes none again.
+//! of each augmented variant) and, for localization heads, its spatial feature map,
+//! computed with ONNX Runtime through the model's runner and cached in the blob store
+//! under (model, preprocessing, image hash, variant), so a second job on the same images
+//! computes none again.
 
 use sha2::{Digest, Sha256};
 
@@ -23,6 +24,9 @@ pub fn feature_fingerprint(model: &LoadedModel) -> String {
     hasher.update(file_identity.as_bytes());
     hasher.update(serde_json::to_vec(&manifest.preprocessing).unwrap_or_default());
     hasher.update(manifest.features.as_deref().unwrap_or("").as_bytes());
+    if let Some(spatial) = &manifest.spatial_features {
+        hasher.update(spatial.tensor.as_bytes());
+    }
     hex::encode(hasher.finalize())[..16].to_owned()
 }
 
@@ -47,7 +51,8 @@ fn feature_key(
         (0, _) | (_, None) => String::new(),
         (k, Some(aug)) => {
             let params = hex::encode(Sha256::digest(serde_json::to_vec(aug).unwrap_or_default()));
-            format!("-aug{}-{k}", &params[..8])
+            // "aug2": variants drawn with the seed-only geometry (`Augmentation::geometry`).
+            format!("-aug2{}-{k}", &params[..8])
         }
     };
     format!("features/{model}/{fingerprint}/{}/{}{variant}.f32", &request.sha256[..2], request.sha256)
@@ -69,29 +74,59 @@ pub struct FeatureStats {
     pub computed: usize,
 }
 
-/// Returns one feature vector per request (same order). `on_progress(done, total)` is
-/// called after every batch; returning false stops the work.
+/// The features of one image (variant).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageFeatures {
+    pub pooled: Vec<f32>,
+    /// The spatial map in (row, column, channel) order, when asked for.
+    pub spatial: Option<Vec<f32>>,
+}
+
+/// Returns the features of every request (same order): the pooled vector, and the
+/// spatial map too when `with_spatial`. `on_progress(done, total)` is called after
+/// every batch; returning false stops the work.
 pub fn extract_features(
     model: &LoadedModel,
     blobs: &BlobStore,
     requests: &[FeatureRequest],
     augmentation: Option<&Augmentation>,
     decode_limits: &DecodeLimits,
+    with_spatial: bool,
     on_progress: &mut dyn FnMut(usize, usize) -> bool,
-) -> Result<(Vec<Vec<f32>>, FeatureStats), FeatureError> {
+) -> Result<(Vec<ImageFeatures>, FeatureStats), FeatureError> {
     let width = *model
         .features
         .as_ref()
         .map_err(|reason| FeatureError::Failed(format!("the base model has no pooled features: {reason}")))?;
+    let spatial_shape = match (with_spatial, &model.spatial) {
+        (false, _) => None,
+        (true, Ok(shape)) => Some(*shape),
+        (true, Err(reason)) => {
+            return Err(FeatureError::Failed(format!("the base model has no spatial features: {reason}")));
+        }
+    };
+    let spatial_len = spatial_shape.map(|s| s.height * s.width * s.channels);
     let fingerprint = feature_fingerprint(model);
     let name = &model.manifest.name;
     let failed = |e: String| FeatureError::Failed(e);
-    let mut out: Vec<Option<Vec<f32>>> = vec![None; requests.len()];
+    let read = |key: &str, len: usize| -> Result<Option<Vec<f32>>, FeatureError> {
+        Ok(blobs
+            .try_get(key)
+            .map_err(|e| failed(e.to_string()))?
+            .filter(|b| b.len() == len * 4)
+            .map(|b| decode_f32(&b)))
+    };
+    let mut out: Vec<Option<ImageFeatures>> = vec![None; requests.len()];
     let mut missing = Vec::new();
     for (i, request) in requests.iter().enumerate() {
         let key = feature_key(name, &fingerprint, request, augmentation);
-        match blobs.try_get(&key).map_err(|e| failed(e.to_string()))? {
-            Some(bytes) if bytes.len() == width * 4 => out[i] = Some(decode_f32(&bytes)),
+        let pooled = read(&key, width)?;
+        let spatial = match spatial_len {
+            Some(len) => read(&spatial_key(&key), len)?.map(Some),
+            None => Some(None),
+        };
+        match (pooled, spatial) {
+            (Some(pooled), Some(spatial)) => out[i] = Some(ImageFeatures { pooled, spatial }),
             _ => missing.push((i, key)),
         }
     }
@@ -117,9 +152,20 @@ pub fn extract_features(
         }
         let outputs = model.runner.infer_blocking(pixels, chunk.len()).map_err(|e| failed(e.to_string()))?;
         for ((i, key), mut image_outputs) in chunk.iter().zip(outputs) {
-            let features = image_outputs.swap_remove(LoadedModel::FEATURES_OUTPUT);
-            blobs.replace(key, &encode_f32(&features)).map_err(|e| failed(e.to_string()))?;
-            out[*i] = Some(features);
+            let spatial = match spatial_shape {
+                Some(shape) => {
+                    let map = image_outputs
+                        .get(LoadedModel::SPATIAL_OUTPUT)
+                        .ok_or_else(|| failed("the base model returned no spatial feature map".to_owned()))?;
+                    let map = shape.to_hwc(map);
+                    blobs.replace(&spatial_key(key), &encode_f32(&map)).map_err(|e| failed(e.to_string()))?;
+                    Some(map)
+                }
+                None => None,
+            };
+            let pooled = image_outputs.swap_remove(LoadedModel::FEATURES_OUTPUT);
+            blobs.replace(key, &encode_f32(&pooled)).map_err(|e| failed(e.to_string()))?;
+            out[*i] = Some(ImageFeatures { pooled, spatial });
         }
         stats.computed += chunk.len();
         if !on_progress(stats.cached + stats.computed, stats.total) {
@@ -130,8 +176,13 @@ pub fn extract_features(
     Ok((features, stats))
 }
 
+/// Where the spatial map of the image whose pooled features are at `pooled_key` is kept.
+fn spatial_key(pooled_key: &str) -> String {
+    pooled_key.replace(".f32", ".spatial.f32")
+}
+
 /// The augmentation seed of variant `k` of an image: fixed by its content.
-fn variant_seed(sha256: &str, k: usize) -> u64 {
+pub fn variant_seed(sha256: &str, k: usize) -> u64 {
     let digest = Sha256::digest(format!("{sha256}:{k}"));
     u64::from_le_bytes(digest[..8].try_into().expect("a digest has 32 bytes"))
 }

@@ -14,12 +14,13 @@ use serde_json::{Value, json};
 use tokio::runtime::Handle;
 
 use super::features::{FeatureError, FeatureRequest, FeatureStats, extract_features};
-use super::spec::JobSpec;
+use super::localize::execute_localize;
+use super::spec::{JobSpec, Task};
 use crate::data::Split;
 use crate::store::{BlobStore, Db, EpochRow, JobRecord, JobState, TrainedModelRecord, now_ms};
-use crate::train::{Checkpoint, EpochReport, Head, TrainData, TrainError, evaluate, train};
+use crate::train::{Checkpoint, EpochReport, TrainData, TrainError, evaluate, train};
 use crate::vision::DecodeLimits;
-use crate::zoo::{ModelRegistry, TrainedModel};
+use crate::zoo::{ModelRegistry, TrainedHead, TrainedModel};
 
 /// What every job run needs.
 #[derive(Clone)]
@@ -34,28 +35,28 @@ pub struct JobContext {
 
 /// Flags the heartbeat sets and the work checks between batches and epochs.
 #[derive(Default)]
-struct Control {
+pub(super) struct Control {
     cancel: AtomicBool,
     lease_lost: AtomicBool,
 }
 
 impl Control {
-    fn should_stop(&self) -> bool {
+    pub(super) fn should_stop(&self) -> bool {
         self.cancel.load(Ordering::Relaxed) || self.lease_lost.load(Ordering::Relaxed)
     }
 }
 
-enum Failure {
+pub(super) enum Failure {
     Cancelled,
     LeaseLost,
     Failed(String),
 }
 
 /// The result of a successful run, before it is committed.
-struct Trained {
-    head: Head,
-    classes: Vec<String>,
-    evaluation: Value,
+pub(super) struct Trained {
+    pub head: TrainedHead,
+    pub classes: Vec<String>,
+    pub evaluation: Value,
 }
 
 pub fn checkpoint_key(job_id: &str) -> String {
@@ -145,6 +146,10 @@ fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle
         .ok_or_else(|| failed("the dataset was deleted".into()))?;
     let items = handle.block_on(ctx.db.dataset_items(&job.dataset_id)).map_err(db)?;
     let model = ctx.registry.ready(&job.base_model).map_err(|e| failed(format!("base {e}")))?;
+    if spec.task == Task::Localize {
+        let progress = Progress::new(ctx, job, handle);
+        return execute_localize(ctx, &spec, &dataset, &items, &model, control, &progress);
+    }
 
     let of_split = |split: Split| items.iter().filter(move |i| i.split == split.as_str());
     let variants = spec.feature_variants();
@@ -168,6 +173,7 @@ fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle
         &requests,
         spec.augment.as_ref(),
         &ctx.decode_limits,
+        false,
         &mut |done, total| {
             progress.features(done, total, features_started);
             !control.should_stop()
@@ -179,8 +185,8 @@ fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle
     })?;
     let features_seconds = features_started.elapsed().as_secs_f64();
 
-    let width = features.first().map_or(0, Vec::len);
-    let mut rows = features.into_iter();
+    let width = features.first().map_or(0, |f| f.pooled.len());
+    let mut rows = features.into_iter().map(|f| f.pooled);
     let mut take = |n: usize| -> Array2<f32> {
         let flat: Vec<f32> = rows.by_ref().take(n).flatten().collect();
         Array2::from_shape_vec((n, width), flat).expect("every feature vector has the model's width")
@@ -227,14 +233,14 @@ fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle
         "timings": {"features_seconds": features_seconds, "training_seconds": training_seconds},
     });
     progress.event("evaluation", evaluation.clone());
-    Ok(Trained { head: outcome.head, classes: dataset.classes, evaluation })
+    Ok(Trained { head: TrainedHead::Classifier(outcome.head), classes: dataset.classes, evaluation })
 }
 
-fn stop_reason(control: &Control) -> Failure {
+pub(super) fn stop_reason(control: &Control) -> Failure {
     if control.lease_lost.load(Ordering::Relaxed) { Failure::LeaseLost } else { Failure::Cancelled }
 }
 
-fn stats_json(stats: FeatureStats, width: usize) -> Value {
+pub(super) fn stats_json(stats: FeatureStats, width: usize) -> Value {
     json!({"images": stats.total, "cached": stats.cached, "computed": stats.computed, "width": width})
 }
 
@@ -251,6 +257,7 @@ async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<b
         head_blob: key.clone(),
         evaluation: trained.evaluation.clone(),
         created_at: now_ms(),
+        task: trained.head.task().to_owned(),
     };
     match ctx.db.complete_job(&job.id, &ctx.worker_id, &trained.evaluation, &record).await {
         Ok(true) => {
@@ -268,7 +275,7 @@ async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<b
 }
 
 /// Writes progress to the job row and its events, at most a few times a second.
-struct Progress<'a> {
+pub(super) struct Progress<'a> {
     ctx: &'a JobContext,
     job: &'a JobRecord,
     handle: &'a Handle,
@@ -280,7 +287,7 @@ impl<'a> Progress<'a> {
         Self { ctx, job, handle, last_write: std::cell::Cell::new(None) }
     }
 
-    fn write(&self, progress: Value, kind: &str, throttle: bool) {
+    pub(super) fn write(&self, progress: Value, kind: &str, throttle: bool) {
         let now = Instant::now();
         if throttle && self.last_write.get().is_some_and(|t| now.duration_since(t) < Duration::from_millis(250)) {
             return;
@@ -290,15 +297,15 @@ impl<'a> Progress<'a> {
         let _ = self.handle.block_on(self.ctx.db.append_event(&self.job.id, kind, &progress));
     }
 
-    fn event(&self, kind: &str, data: Value) {
+    pub(super) fn event(&self, kind: &str, data: Value) {
         let _ = self.handle.block_on(self.ctx.db.append_event(&self.job.id, kind, &data));
     }
 
-    fn phase(&self, phase: &str) {
+    pub(super) fn phase(&self, phase: &str) {
         self.write(json!({"phase": phase}), "progress", false);
     }
 
-    fn features(&self, done: usize, total: usize, started: Instant) {
+    pub(super) fn features(&self, done: usize, total: usize, started: Instant) {
         let elapsed = started.elapsed().as_secs_f64();
         let eta = (done > 0 && done < total).then(|| elapsed / done as f64 * (total - done) as f64);
         let progress = json!({"phase": "features", "features": {"done": done, "total": total}, "eta_seconds": eta});

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::train::TrainConfig;
+use crate::train::{LocalizeHeadKind, LossWeights, TrainConfig};
 use crate::vision::Augmentation;
 use crate::zoo::is_valid_model_name;
 
@@ -17,8 +17,34 @@ pub struct JobSpec {
     /// Only the frozen base is trained on for now.
     pub freeze_base: bool,
     pub augment: Option<Augmentation>,
+    pub task: Task,
+    /// Localization only: the box head's input; `None` lets the base decide (spatial when
+    /// its manifest names a spatial feature map, else pooled).
+    pub box_head: Option<LocalizeHeadKind>,
+    /// Localization only: the weights of the class and box losses.
+    pub loss_weights: LossWeights,
     #[serde(flatten)]
     pub train: TrainConfig,
+}
+
+/// What the trained model does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// A class head (class-folder or box datasets).
+    #[default]
+    Classify,
+    /// Class and box heads trained together (box datasets).
+    Localize,
+}
+
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classify => "classify",
+            Self::Localize => "localize",
+        }
+    }
 }
 
 /// The job-level fields; everything else in the body belongs to [`TrainConfig`].
@@ -31,13 +57,18 @@ struct JobFields {
     #[serde(default = "yes")]
     freeze_base: bool,
     augment: Option<Augmentation>,
+    #[serde(default)]
+    task: Task,
+    box_head: Option<LocalizeHeadKind>,
+    loss_weights: Option<LossWeights>,
 }
 
 fn yes() -> bool {
     true
 }
 
-const JOB_FIELDS: [&str; 5] = ["dataset", "base_model", "name", "freeze_base", "augment"];
+const JOB_FIELDS: [&str; 8] =
+    ["dataset", "base_model", "name", "freeze_base", "augment", "task", "box_head", "loss_weights"];
 
 impl JobSpec {
     /// Parses and checks a submitted body; the error is a sentence for the user.
@@ -54,6 +85,9 @@ impl JobSpec {
             name: job.name,
             freeze_base: job.freeze_base,
             augment: job.augment,
+            task: job.task,
+            box_head: job.box_head,
+            loss_weights: job.loss_weights.unwrap_or_default(),
             train,
         };
         spec.validate()?;
@@ -75,6 +109,10 @@ impl JobSpec {
         if let Some(augment) = &self.augment {
             augment.validate()?;
         }
+        if self.task == Task::Classify && (self.box_head.is_some() || self.loss_weights != LossWeights::default()) {
+            return Err("box_head and loss_weights apply to task \"localize\" only".into());
+        }
+        self.loss_weights.validate().map_err(|e| format!("loss_weights: {e}"))?;
         self.train.validate()
     }
 
@@ -97,6 +135,9 @@ mod tests {
         let spec =
             JobSpec::parse(&json!({"dataset": "d", "base_model": "m", "epochs": 3, "optimizer": "sgd"})).unwrap();
         assert_eq!(spec.train.epochs, 3);
+        let spec = JobSpec::parse(&json!({"dataset": "d", "base_model": "m", "task": "localize"})).unwrap();
+        assert_eq!((spec.task, spec.box_head), (Task::Localize, None));
+        assert_eq!((spec.loss_weights.class, spec.loss_weights.box_), (0.8, 0.2));
         for (body, needle) in [
             (json!({"base_model": "m"}), "dataset"),
             (json!({"dataset": "d", "base_model": "m", "epoch": 3}), "epoch"),
@@ -105,6 +146,13 @@ mod tests {
             (json!({"dataset": "d", "base_model": "m", "name": "../x"}), "name"),
             (json!({"dataset": "d", "base_model": "m", "augment": {"crop": 2.0}}), "augment"),
             (json!([1, 2]), "object"),
+            (json!({"dataset": "d", "base_model": "m", "task": "segment"}), "task"),
+            (json!({"dataset": "d", "base_model": "m", "box_head": "spatial"}), "localize"),
+            (json!({"dataset": "d", "base_model": "m", "task": "localize", "box_head": "grid"}), "box_head"),
+            (
+                json!({"dataset": "d", "base_model": "m", "task": "localize", "loss_weights": {"class": -1, "box": 1}}),
+                "loss_weights",
+            ),
         ] {
             let err = JobSpec::parse(&body).unwrap_err();
             assert!(err.contains(needle), "{body}: {err}");

@@ -14,12 +14,17 @@ pub struct ItemRecord {
     pub path: String,
     pub width: i64,
     pub height: i64,
+    /// `[x_min, y_min, x_max, y_max]` in pixels of the upright image, in a box dataset;
+    /// stored as JSON text.
+    pub bbox: Option<[f64; 4]>,
 }
 
 #[derive(Debug, Clone)]
 pub struct NewDataset {
     pub id: String,
     pub name: String,
+    /// What the dataset trains: "classify" (class folders) or "localize" (boxes).
+    pub task: String,
     pub seed: i64,
     pub splits: [f64; 3],
     pub report: serde_json::Value,
@@ -32,6 +37,8 @@ pub struct DatasetRecord {
     pub id: String,
     pub name: String,
     pub created_at: i64,
+    /// What the dataset trains: "classify" (class folders) or "localize" (boxes).
+    pub task: String,
     pub seed: i64,
     pub splits: [f64; 3],
     pub report: serde_json::Value,
@@ -45,7 +52,8 @@ pub struct ClassCount {
     pub count: i64,
 }
 
-/// Rows per multi-row INSERT: 7 parameters each stays under SQLite's and PostgreSQL's limits.
+/// Rows per multi-row INSERT: 8 parameters each (4 000 a statement) stays under SQLite's
+/// (32 766) and PostgreSQL's (65 535) limits.
 const INSERT_CHUNK: usize = 500;
 
 fn placeholders(rows: usize, columns: usize) -> String {
@@ -63,8 +71,8 @@ impl Db {
     pub async fn insert_dataset(&self, dataset: &NewDataset) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO datasets (id, name, created_at, seed, split_train, split_valid, split_test, report) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO datasets (id, name, created_at, seed, split_train, split_valid, split_test, report, task) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&dataset.id)
         .bind(&dataset.name)
@@ -74,6 +82,7 @@ impl Db {
         .bind(dataset.splits[1])
         .bind(dataset.splits[2])
         .bind(dataset.report.to_string())
+        .bind(&dataset.task)
         .execute(&mut *tx)
         .await?;
         for (idx, name) in dataset.classes.iter().enumerate() {
@@ -86,8 +95,9 @@ impl Db {
         }
         for chunk in dataset.items.chunks(INSERT_CHUNK) {
             let sql = format!(
-                "INSERT INTO dataset_items (dataset_id, sha256, class_idx, split, path, width, height) VALUES {}",
-                placeholders(chunk.len(), 7)
+                "INSERT INTO dataset_items (dataset_id, sha256, class_idx, split, path, width, height, bbox) \
+                 VALUES {}",
+                placeholders(chunk.len(), 8)
             );
             let mut query = sqlx::query(&sql);
             for item in chunk {
@@ -98,7 +108,8 @@ impl Db {
                     .bind(&item.split)
                     .bind(&item.path)
                     .bind(item.width)
-                    .bind(item.height);
+                    .bind(item.height)
+                    .bind(item.bbox.map(|bbox| serde_json::json!(bbox).to_string()));
             }
             query.execute(&mut *tx).await?;
         }
@@ -135,6 +146,7 @@ impl Db {
         Ok(DatasetRecord {
             name: row.try_get("name")?,
             created_at: row.try_get("created_at")?,
+            task: row.try_get("task")?,
             seed: row.try_get("seed")?,
             splits: [row.try_get("split_train")?, row.try_get("split_valid")?, row.try_get("split_test")?],
             report: from_json(&row.try_get::<String, _>("report")?)?,
@@ -164,7 +176,8 @@ impl Db {
 
     pub async fn dataset_items(&self, id: &str) -> Result<Vec<ItemRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT sha256, class_idx, split, path, width, height FROM dataset_items WHERE dataset_id = $1 ORDER BY sha256",
+            "SELECT sha256, class_idx, split, path, width, height, bbox FROM dataset_items \
+             WHERE dataset_id = $1 ORDER BY sha256",
         )
         .bind(id)
         .fetch_all(&self.pool)
@@ -178,6 +191,7 @@ impl Db {
                     path: r.try_get("path")?,
                     width: r.try_get("width")?,
                     height: r.try_get("height")?,
+                    bbox: r.try_get::<Option<String>, _>("bbox")?.as_deref().map(from_json).transpose()?,
                 })
             })
             .collect()

@@ -16,6 +16,8 @@ pub struct TrainedModelRecord {
     pub head_blob: String,
     pub evaluation: serde_json::Value,
     pub created_at: i64,
+    /// "classify" or "localize".
+    pub task: String,
 }
 
 fn from_row(row: &AnyRow) -> Result<TrainedModelRecord, StoreError> {
@@ -28,6 +30,7 @@ fn from_row(row: &AnyRow) -> Result<TrainedModelRecord, StoreError> {
         head_blob: row.try_get("head_blob")?,
         evaluation: from_json(&row.try_get::<String, _>("evaluation")?)?,
         created_at: row.try_get("created_at")?,
+        task: row.try_get("task")?,
     })
 }
 
@@ -38,8 +41,9 @@ impl Db {
         model: &TrainedModelRecord,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO trained_models (name, job_id, base_model, dataset_id, classes, head_blob, evaluation, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO trained_models \
+             (name, job_id, base_model, dataset_id, classes, head_blob, evaluation, created_at, task) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&model.name)
         .bind(&model.job_id)
@@ -49,6 +53,7 @@ impl Db {
         .bind(&model.head_blob)
         .bind(model.evaluation.to_string())
         .bind(model.created_at)
+        .bind(&model.task)
         .execute(&mut **tx)
         .await?;
         Ok(())

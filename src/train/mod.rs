@@ -7,6 +7,7 @@ mod checkpoint;
 mod config;
 mod data;
 mod head;
+mod localize;
 mod metrics;
 mod optim;
 mod trainer;
@@ -15,6 +16,10 @@ pub use checkpoint::Checkpoint;
 pub use config::{EarlyStopping, OptimizerKind, StopMetric, TrainConfig};
 pub use data::TrainData;
 pub use head::{Dense, Head, HeadError};
+pub use localize::{
+    BoxMetrics, LocalizeData, LocalizeEpochReport, LocalizeHeadKind, LocalizeOutcome, LocalizeSplit, LocalizerHead,
+    LossWeights, box_metrics, iou, train_localizer,
+};
 pub use metrics::{ClassMetrics, Evaluation, LOG_LOSS_EPSILON, MetricsError, evaluate, log_loss};
 pub use optim::{BETA1, BETA2, EPSILON, OptimError, Optimizer, OptimizerState, Param, Rule};
 pub use trainer::{EpochReport, TrainError, TrainOutcome, train};

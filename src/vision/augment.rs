@@ -7,6 +7,8 @@ use image::imageops;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::boxes::PixelBox;
+
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Augmentation {
@@ -40,19 +42,32 @@ impl Augmentation {
         Ok(())
     }
 
+    /// Where variant `seed` crops and whether it mirrors: fixed by the seed alone, not the
+    /// image, so a box can follow the pixels without decoding them.
+    pub fn geometry(&self, seed: u64) -> AugmentGeometry {
+        self.draw_geometry(&mut StdRng::seed_from_u64(seed))
+    }
+
+    /// The first draws of a variant's generator; the colour draws follow in `apply`.
+    fn draw_geometry(&self, rng: &mut StdRng) -> AugmentGeometry {
+        let (keep, fx, fy) = if self.crop > 0.0 {
+            (1.0 - rng.random_range(0.0..=self.crop), rng.random_range(0.0..=1.0), rng.random_range(0.0..=1.0))
+        } else {
+            (1.0, 0.0, 0.0)
+        };
+        let flip = self.flip && rng.random_bool(0.5);
+        AugmentGeometry { keep, fx, fy, flip }
+    }
+
     /// The variant `seed` of `image`.
     pub fn apply(&self, image: &RgbImage, seed: u64) -> RgbImage {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut out = if self.crop > 0.0 {
-            let (w, h) = image.dimensions();
-            let keep = 1.0 - rng.random_range(0.0..=self.crop);
-            let (cw, ch) = (((w as f32 * keep) as u32).max(1), ((h as f32 * keep) as u32).max(1));
-            let (x, y) = (rng.random_range(0..=w - cw), rng.random_range(0..=h - ch));
-            imageops::crop_imm(image, x, y, cw, ch).to_image()
-        } else {
-            image.clone()
-        };
-        if self.flip && rng.random_bool(0.5) {
+        let geometry = self.draw_geometry(&mut rng);
+        let (w, h) = image.dimensions();
+        let (x, y, cw, ch) = geometry.window_pixels(w, h);
+        let mut out =
+            if (cw, ch) == (w, h) { image.clone() } else { imageops::crop_imm(image, x, y, cw, ch).to_image() };
+        if geometry.flip {
             imageops::flip_horizontal_in_place(&mut out);
         }
         let shift =
@@ -67,6 +82,46 @@ impl Augmentation {
             }
         }
         out
+    }
+}
+
+/// The geometric part of one augmented variant: a window keeping `keep` of each side,
+/// placed at fractions `fx`, `fy` of the free room, then an optional left–right mirror.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AugmentGeometry {
+    keep: f32,
+    fx: f32,
+    fy: f32,
+    pub flip: bool,
+}
+
+impl AugmentGeometry {
+    /// The window `(x, y, width, height)` in pixels of a `w`×`h` image.
+    pub fn window_pixels(&self, w: u32, h: u32) -> (u32, u32, u32, u32) {
+        let (cw, ch) = (((w as f32 * self.keep) as u32).clamp(1, w), ((h as f32 * self.keep) as u32).clamp(1, h));
+        let x = (((w - cw) as f32 * self.fx).round() as u32).min(w - cw);
+        let y = (((h - ch) as f32 * self.fy).round() as u32).min(h - ch);
+        (x, y, cw, ch)
+    }
+
+    /// A box of a `w`×`h` image in pixels of the variant (window size), cut at the
+    /// window's edges and mirrored with the pixels. The window is taken in `size`'s own
+    /// pixels, so a decoder's reduced size and the original give the same box up to rounding.
+    pub fn map_box(&self, bbox: PixelBox, (w, h): (u32, u32)) -> (PixelBox, (u32, u32)) {
+        let (x, y, cw, ch) = self.window_pixels(w, h);
+        let moved = PixelBox {
+            x_min: bbox.x_min - x as f32,
+            y_min: bbox.y_min - y as f32,
+            x_max: bbox.x_max - x as f32,
+            y_max: bbox.y_max - y as f32,
+        }
+        .clipped(cw as f32, ch as f32);
+        let mapped = if self.flip {
+            PixelBox { x_min: cw as f32 - moved.x_max, x_max: cw as f32 - moved.x_min, ..moved }
+        } else {
+            moved
+        };
+        (mapped, (cw, ch))
     }
 }
 
@@ -91,5 +146,39 @@ mod tests {
         let flipped = (0..64).map(|seed| flip.apply(&image, seed)).find(|out| *out != image).expect("some seed flips");
         assert_eq!(flipped.get_pixel(0, 0).0[0], 30);
         assert_eq!(flipped.get_pixel(3, 0).0[0], 0);
+    }
+
+    /// A white square on black, augmented: the mapped box is where the white pixels are.
+    #[test]
+    fn a_box_follows_the_pixels() {
+        let (w, h) = (120u32, 80u32);
+        let square = PixelBox { x_min: 20.0, y_min: 30.0, x_max: 50.0, y_max: 60.0 };
+        let image = RgbImage::from_fn(w, h, |x, y| {
+            let inside = (20..50).contains(&x) && (30..60).contains(&y);
+            image::Rgb(if inside { [255; 3] } else { [0; 3] })
+        });
+        let aug = Augmentation { flip: true, crop: 0.3, brightness: 0.0, contrast: 0.0, variants: 1 };
+        let mut flipped = 0;
+        for seed in 0..40 {
+            let out = aug.apply(&image, seed);
+            let geometry = aug.geometry(seed);
+            flipped += usize::from(geometry.flip);
+            let (mapped, size) = geometry.map_box(square, (w, h));
+            assert_eq!(size, out.dimensions(), "seed {seed}");
+            // The white pixels' bounding box, measured on the output.
+            let white: Vec<(u32, u32)> =
+                out.enumerate_pixels().filter(|(_, _, p)| p[0] > 127).map(|(x, y, _)| (x, y)).collect();
+            if white.is_empty() {
+                assert!(mapped.area() == 0.0, "seed {seed}: the square was cropped away but the box is {mapped:?}");
+                continue;
+            }
+            let x_min = white.iter().map(|p| p.0).min().unwrap() as f32;
+            let x_max = white.iter().map(|p| p.0).max().unwrap() as f32 + 1.0;
+            let y_min = white.iter().map(|p| p.1).min().unwrap() as f32;
+            let y_max = white.iter().map(|p| p.1).max().unwrap() as f32 + 1.0;
+            let measured = PixelBox { x_min, y_min, x_max, y_max };
+            assert_eq!(mapped, measured, "seed {seed}, flip {}", geometry.flip);
+        }
+        assert!((5..35).contains(&flipped), "about half the seeds mirror: {flipped}");
     }
 }

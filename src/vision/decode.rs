@@ -54,8 +54,10 @@ pub fn decode_image(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Vis
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodedImage {
     pub image: RgbImage,
-    /// The image is `⌈oriented size · scale_eighths / 8⌉`, one of [`jpeg_scales`].
+    /// The image is `⌈original · scale_eighths / 8⌉`, one of [`jpeg_scales`].
     pub scale_eighths: u32,
+    /// The full size of the upright image, whatever size it was decoded at.
+    pub original: (u32, u32),
 }
 
 /// The DCT reductions, in eighths of the full size, this build decodes JPEGs at, the
@@ -94,7 +96,7 @@ pub fn decode_image_scaled(
         match decode_jpeg_pixels(bytes, stored, eighths) {
             Ok(mut image) => {
                 image.apply_orientation(header.orientation);
-                return Ok(DecodedImage { image: to_rgb8(image), scale_eighths: eighths });
+                return Ok(DecodedImage { image: to_rgb8(image), scale_eighths: eighths, original: oriented });
             }
             // The image crate's decoder would paint the missing part grey and call it a success.
             Err(jpeg::Failure::Truncated(reason)) => {
@@ -105,7 +107,9 @@ pub fn decode_image_scaled(
             }
         }
     }
-    Ok(DecodedImage { image: decode_full(header.decoder, header.orientation)?, scale_eighths: 8 })
+    let image = decode_full(header.decoder, header.orientation)?;
+    let original = image.dimensions();
+    Ok(DecodedImage { image, scale_eighths: 8, original })
 }
 
 /// The JPEG's pixels at `eighths`/8 of its stored size, unoriented: libjpeg-turbo when

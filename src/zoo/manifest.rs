@@ -34,6 +34,16 @@ pub struct Manifest {
     pub output_kind: OutputKind,
     pub labels_file: PathBuf,
     pub features: Option<String>,
+    /// The feature map before pooling, for localization heads that need position.
+    pub spatial_features: Option<SpatialFeatures>,
+}
+
+/// A manifest's `output.spatial_features`: the tensor (rank 4, its channels those of the
+/// pooled `features`) and its layout (`NCHW` unless `spatial_layout` says otherwise).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SpatialFeatures {
+    pub tensor: String,
+    pub layout: Layout,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +106,8 @@ struct RawOutput {
     kind: OutputKind,
     labels: PathBuf,
     features: Option<String>,
+    spatial_features: Option<String>,
+    spatial_layout: Option<Layout>,
 }
 
 impl Manifest {
@@ -193,6 +205,20 @@ impl Manifest {
         if raw.output.name.is_empty() {
             return Err(field("output.name", "must name the model's output tensor"));
         }
+        let spatial_features = match (raw.output.spatial_features, raw.output.spatial_layout) {
+            (Some(_), _) if raw.output.features.is_none() => {
+                return Err(field(
+                    "output.spatial_features",
+                    "needs `features` too: the map's channels are those of the pooled features",
+                ));
+            }
+            (Some(tensor), layout) if !tensor.is_empty() => {
+                Some(SpatialFeatures { tensor, layout: layout.unwrap_or(Layout::Nchw) })
+            }
+            (Some(_), _) => return Err(field("output.spatial_features", "must name a tensor")),
+            (None, Some(_)) => return Err(field("output.spatial_layout", "only applies with `spatial_features`")),
+            (None, None) => None,
+        };
         let labels_file = dir.join(&raw.output.labels);
         if !labels_file.is_file() {
             return Err(field("output.labels", &format!("{} does not exist", labels_file.display())));
@@ -218,6 +244,7 @@ impl Manifest {
             output_kind: raw.output.kind,
             labels_file,
             features: raw.output.features,
+            spatial_features,
         })
     }
 }

@@ -7,6 +7,8 @@ mod pull;
 mod registry;
 
 pub use labels::{Label, Labels};
-pub use manifest::{Manifest, ManifestError, OutputKind, is_valid_model_name, load_manifest_dir};
+pub use manifest::{Manifest, ManifestError, OutputKind, SpatialFeatures, is_valid_model_name, load_manifest_dir};
 pub use pull::{PullError, PullOutcome, pull_model, sha256_file};
-pub use registry::{LoadedModel, ModelRegistry, ModelState, TrainedModel, Unavailable, load_model};
+pub use registry::{
+    LoadedModel, ModelRegistry, ModelState, SpatialShape, TrainedHead, TrainedModel, Unavailable, load_model,
+};

@@ -12,7 +12,7 @@ use crate::runtime::{
     Batching, ModelRunner, ModelSession, ModelSource, RunnerConfig, SessionOptions, TensorSpec, open_session,
 };
 use crate::store::TrainedModelRecord;
-use crate::train::Head;
+use crate::train::{Head, LocalizeHeadKind, LocalizerHead};
 use crate::vision::Layout;
 
 /// A model that answered its warm-up run and can serve.
@@ -26,11 +26,61 @@ pub struct LoadedModel {
     pub outputs: Vec<TensorSpec>,
     /// The width of the pooled-feature vector heads train on, or why there is none.
     pub features: Result<usize, String>,
+    /// The grid of the spatial feature map (manifest `spatial_features`), or why there is none.
+    pub spatial: Result<SpatialShape, String>,
 }
 
 impl LoadedModel {
     /// Index of the pooled features in each image's outputs.
     pub const FEATURES_OUTPUT: usize = 1;
+    /// Index of the spatial feature map in each image's outputs, when the model has one.
+    pub const SPATIAL_OUTPUT: usize = 2;
+}
+
+/// A spatial feature map's grid, learned at warm-up from its size: `height·width·channels`
+/// values per image, `channels` being the pooled features' width and the grid's aspect
+/// that of the model input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SpatialShape {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    /// How the runtime lays the values out (NCHW: channel planes; NHWC: per cell).
+    pub layout: Layout,
+}
+
+impl SpatialShape {
+    /// Infers the grid of a map of `values` values per image.
+    fn infer(values: usize, channels: usize, input: (u32, u32), layout: Layout) -> Result<Self, String> {
+        if channels == 0 || !values.is_multiple_of(channels) {
+            return Err(format!("{values} values per image are not a whole number of {channels}-channel cells"));
+        }
+        let cells = values / channels;
+        let aspect = f64::from(input.1) / f64::from(input.0);
+        let height = ((cells as f64 * aspect).sqrt().round() as usize).max(1);
+        let width = cells / height;
+        if height * width != cells {
+            return Err(format!("{cells} cells do not form a grid with the input's aspect ({}×{})", input.0, input.1));
+        }
+        Ok(Self { height, width, channels, layout })
+    }
+
+    /// The map reordered to (row, column, channel), the order the localization head reads.
+    pub fn to_hwc(&self, values: &[f32]) -> Vec<f32> {
+        match self.layout {
+            Layout::Nhwc => values.to_vec(),
+            Layout::Nchw => {
+                let plane = self.height * self.width;
+                let mut out = vec![0.0; values.len()];
+                for (c, channel) in values.chunks_exact(plane).enumerate() {
+                    for (cell, &v) in channel.iter().enumerate() {
+                        out[cell * self.channels + c] = v;
+                    }
+                }
+                out
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -53,7 +103,43 @@ impl ModelState {
 /// A head trained by a job, served on its base model's features.
 pub struct TrainedModel {
     pub record: TrainedModelRecord,
-    pub head: Head,
+    pub head: TrainedHead,
+}
+
+/// What a job trained: a classifier, or class and box heads together.
+pub enum TrainedHead {
+    Classifier(Head),
+    Localizer(LocalizerHead),
+}
+
+impl TrainedHead {
+    /// The head as stored in its blob; `task` is the record's.
+    pub fn from_bytes(task: &str, bytes: &[u8]) -> Result<Self, String> {
+        match task {
+            "localize" => LocalizerHead::from_bytes(bytes).map(Self::Localizer).map_err(|e| e.to_string()),
+            "classify" => Head::from_bytes(bytes).map(Self::Classifier).map_err(|e| e.to_string()),
+            other => Err(format!("unknown task {other:?}")),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Classifier(head) => head.to_bytes(),
+            Self::Localizer(head) => head.to_bytes(),
+        }
+    }
+
+    pub fn task(&self) -> &'static str {
+        match self {
+            Self::Classifier(_) => "classify",
+            Self::Localizer(_) => "localize",
+        }
+    }
+
+    /// Whether serving it needs the base's spatial feature map.
+    pub fn needs_spatial(&self) -> bool {
+        matches!(self, Self::Localizer(head) if head.kind() == LocalizeHeadKind::Spatial)
+    }
 }
 
 /// Why a configured model cannot serve.
@@ -159,13 +245,15 @@ pub fn load_model(
         ));
     }
     let labels = Labels::read(&manifest.labels_file)?;
-    // Expose the pooled-feature tensor as a second output so that one session serves
-    // both ImageNet scores and every head trained on this base.
+    // Expose the pooled-feature tensor (and the spatial map before pooling) as further
+    // outputs, so that one session serves both ImageNet scores and every head trained on this base.
+    let spatial_tensor = manifest.spatial_features.as_ref().map(|s| s.tensor.as_str());
     let edited = match &manifest.features {
         None => Err(format!("the manifest of {} names no `features` tensor", manifest.name)),
-        Some(tensor) => fs_err::read(&manifest.file)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| expose_outputs(&bytes, &[tensor]).map_err(|e| e.to_string())),
+        Some(tensor) => fs_err::read(&manifest.file).map_err(|e| e.to_string()).and_then(|bytes| {
+            let tensors: Vec<&str> = std::iter::once(tensor.as_str()).chain(spatial_tensor).collect();
+            expose_outputs(&bytes, &tensors).map_err(|e| e.to_string())
+        }),
     };
     let source = match &edited {
         Ok(bytes) => ModelSource::Edited { path: &manifest.file, bytes },
@@ -180,7 +268,10 @@ pub fn load_model(
     let provider = session.provider;
     let (inputs, outputs) = (session.inputs.clone(), session.outputs.clone());
     let mut output_names = vec![manifest.output_name.clone()];
-    output_names.extend(edited.is_ok().then(|| manifest.features.clone()).flatten());
+    if edited.is_ok() {
+        output_names.extend(manifest.features.clone());
+        output_names.extend(spatial_tensor.map(str::to_owned));
+    }
     let config = RunnerConfig {
         input_name: manifest.input_name.clone(),
         output_names,
@@ -191,7 +282,8 @@ pub fn load_model(
     };
     let runner = ModelRunner::spawn(&manifest.name, session, config).map_err(|e| e.to_string())?;
     let image_len = runner.image_len();
-    let mut features = edited.map(|_| 0);
+    let mut features = edited.as_ref().map(|_| 0).map_err(Clone::clone);
+    let mut spatial_values = None;
     for batch in 1..=max_batch_size {
         let images =
             runner.infer_blocking(vec![0.0; image_len * batch], batch).map_err(|e| format!("warm-up failed: {e}"))?;
@@ -206,9 +298,23 @@ pub fn load_model(
         }
         if let Ok(width) = features.as_mut() {
             *width = images[0][LoadedModel::FEATURES_OUTPUT].len();
+            spatial_values = images[0].get(LoadedModel::SPATIAL_OUTPUT).map(Vec::len);
         }
     }
-    Ok(LoadedModel { manifest, labels, runner, provider, inputs, outputs, features })
+    let spatial = match (&manifest.spatial_features, &features, spatial_values) {
+        (None, _, _) => Err(format!("the manifest of {} names no `spatial_features` tensor", manifest.name)),
+        (Some(_), Err(reason), _) => Err(reason.clone()),
+        (Some(map), Ok(channels), Some(values)) => {
+            let input = (manifest.preprocessing.width, manifest.preprocessing.height);
+            SpatialShape::infer(values, *channels, input, map.layout)
+                .map_err(|e| format!("spatial_features `{}`: {e}", map.tensor))
+        }
+        (Some(map), Ok(_), None) => Err(format!("spatial_features `{}` produced no values", map.tensor)),
+    };
+    if let (Some(map), Err(reason)) = (&manifest.spatial_features, &spatial) {
+        tracing::warn!(model = %manifest.name, tensor = %map.tensor, "no spatial features: {reason}");
+    }
+    Ok(LoadedModel { manifest, labels, runner, provider, inputs, outputs, features, spatial })
 }
 
 /// Compares the session's graph inputs/outputs with the manifest. Returns the

@@ -52,30 +52,7 @@ impl AnnotationFormat {
     }
 }
 
-/// A box in pixels of the original image, corners, x to the right, y down.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PixelBox {
-    pub x_min: f32,
-    pub y_min: f32,
-    pub x_max: f32,
-    pub y_max: f32,
-}
-
-impl PixelBox {
-    pub fn width(&self) -> f32 {
-        self.x_max - self.x_min
-    }
-
-    pub fn height(&self) -> f32 {
-        self.y_max - self.y_min
-    }
-
-    /// Width times height; an inverted or NaN box has no area (0), so it never wins
-    /// a comparison by size.
-    pub fn area(&self) -> f32 {
-        self.width().max(0.0) * self.height().max(0.0)
-    }
-}
+pub use crate::vision::PixelBox;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabeledBox {

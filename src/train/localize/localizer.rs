@@ -1,0 +1,334 @@
+//! The trained localizer: a softmax class head and a box head, with plain-f32 inference, so
+//! serving needs neither candle nor a gradient graph.
+
+use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::LocalizeHeadKind;
+use crate::train::head::{Dense, Head, HeadError, softmax_rows};
+
+/// Added to the centroid's denominator so an all-zero objectness profile gives 0, not NaN.
+pub(super) const CENTROID_EPSILON: f32 = 1e-6;
+
+/// Initial 1×1 convolution weights are uniform in ±`INIT_SPREAD`/√channels: small enough that
+/// every cell starts near objectness 0.5 whatever the feature scale.
+const INIT_SPREAD: f32 = 0.1;
+
+/// Class head plus box head, trained together on frozen features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "LocalizerRepr", into = "LocalizerRepr")]
+pub struct LocalizerHead {
+    /// Pooled features → class logits (softmax).
+    pub(super) class: Dense,
+    pub(super) boxes: BoxHead,
+}
+
+/// The box head of either kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub(super) enum BoxHead {
+    /// sigmoid(pooled · W + b): one `[cx, cy, w, h]` per row.
+    Pooled {
+        dense: Dense,
+    },
+    Spatial(SpatialBox),
+}
+
+/// The objectness-map box head (see the module documentation for the formula).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct SpatialBox {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    /// The 1×1 convolution to one channel: one weight per feature channel.
+    pub weights: Vec<f32>,
+    pub bias: f32,
+    /// Per-coordinate correction of the raw box, `raw ⊙ scale + shift`.
+    pub scale: [f32; 4],
+    pub shift: [f32; 4],
+}
+
+/// Which loss term trains a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Part {
+    Class,
+    Box,
+}
+
+/// One parameter tensor, flattened row-major, for the optimiser.
+pub(super) struct ParamMut<'a> {
+    pub part: Part,
+    /// Weights decay (L2); biases, scales and shifts do not.
+    pub decay: bool,
+    pub values: &'a mut [f32],
+}
+
+/// The logistic function, written through tanh so that it never overflows; training uses the
+/// same form so both give the same numbers.
+pub(super) fn sigmoid(x: f32) -> f32 {
+    0.5 * ((0.5 * x).tanh() + 1.0)
+}
+
+/// Σ pos(k)·m[k] / (Σ m[k] + ε) with pos(k) = (k + 0.5)/len: the centre of a profile.
+fn centroid(profile: &[f32]) -> f32 {
+    let len = profile.len() as f32;
+    let weighted: f32 = profile.iter().enumerate().map(|(k, &m)| (k as f32 + 0.5) / len * m).sum();
+    weighted / (profile.iter().sum::<f32>() + CENTROID_EPSILON)
+}
+
+fn mean(profile: &[f32]) -> f32 {
+    profile.iter().sum::<f32>() / profile.len() as f32
+}
+
+fn dense_values(dense: &Dense) -> [&[f32]; 2] {
+    let weights = dense.weights.as_slice().expect("dense weights are in standard layout");
+    [weights, dense.bias.as_slice().expect("a 1-D owned array is contiguous")]
+}
+
+fn dense_values_mut(dense: &mut Dense) -> [&mut [f32]; 2] {
+    // `Dense` keeps owned, standard-layout arrays (its constructor and Glorot init ensure it).
+    let weights = dense.weights.as_slice_mut().expect("dense weights are in standard layout");
+    let bias = dense.bias.as_slice_mut().expect("a 1-D owned array is contiguous");
+    [weights, bias]
+}
+
+impl SpatialBox {
+    /// Values per spatial row: height·width·channels.
+    pub(super) fn row_len(&self) -> usize {
+        self.height * self.width * self.channels
+    }
+
+    fn check(&self) -> Result<(), HeadError> {
+        let (h, w, c) = (self.height, self.width, self.channels);
+        let len = h.checked_mul(w).and_then(|hw| hw.checked_mul(c));
+        if h == 0 || w == 0 || c == 0 || len.is_none() {
+            return Err(HeadError::Shape(format!("the spatial map {h}×{w}×{c} must be non-empty and not overflow")));
+        }
+        if self.weights.len() != c {
+            return Err(HeadError::Shape(format!("{c} channels but {} convolution weights", self.weights.len())));
+        }
+        let values = self.weights.iter().chain(&self.scale).chain(&self.shift).chain([&self.bias]);
+        if values.into_iter().any(|v| !v.is_finite()) {
+            return Err(HeadError::NotFinite);
+        }
+        Ok(())
+    }
+
+    /// The box of one spatial row, laid out (row, column, channel).
+    fn locate(&self, row: ArrayView1<f32>) -> [f32; 4] {
+        let owned;
+        let values = match row.as_slice() {
+            Some(values) => values,
+            None => {
+                owned = row.to_vec();
+                &owned
+            }
+        };
+        let mut columns = vec![f32::NEG_INFINITY; self.width];
+        let mut rows = vec![f32::NEG_INFINITY; self.height];
+        for (cell, features) in values.chunks_exact(self.channels).enumerate() {
+            let z: f32 = features.iter().zip(&self.weights).map(|(f, u)| f * u).sum::<f32>() + self.bias;
+            let o = sigmoid(z);
+            let (i, j) = (cell / self.width, cell % self.width);
+            columns[j] = columns[j].max(o);
+            rows[i] = rows[i].max(o);
+        }
+        let raw = [centroid(&columns), centroid(&rows), mean(&columns), mean(&rows)];
+        std::array::from_fn(|k| raw[k] * self.scale[k] + self.shift[k])
+    }
+}
+
+impl LocalizerHead {
+    /// A head from its parts, checking that they fit together.
+    pub(super) fn new(class: Dense, boxes: BoxHead) -> Result<Self, HeadError> {
+        match &boxes {
+            BoxHead::Pooled { dense } if dense.inputs() != class.inputs() || dense.outputs() != 4 => {
+                return Err(HeadError::Shape(format!(
+                    "the box layer maps {} inputs to {} outputs; it must map the class layer's {} to 4",
+                    dense.inputs(),
+                    dense.outputs(),
+                    class.inputs()
+                )));
+            }
+            BoxHead::Spatial(spatial) => spatial.check()?,
+            BoxHead::Pooled { .. } => {}
+        }
+        Ok(Self { class, boxes })
+    }
+
+    /// A fresh head drawn from `seed`: Glorot dense layers with zero biases; for the spatial box
+    /// head small random convolution weights, bias 0, scale 1 and shift 0 (the raw box as is).
+    pub(super) fn init(
+        kind: LocalizeHeadKind,
+        pooled_dim: usize,
+        classes: usize,
+        spatial_shape: Option<(usize, usize, usize)>,
+        seed: u64,
+    ) -> Result<Self, HeadError> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let class = Head::init(pooled_dim, None, classes, &mut rng)?.output;
+        let boxes = match kind {
+            LocalizeHeadKind::Pooled => BoxHead::Pooled { dense: Head::init(pooled_dim, None, 4, &mut rng)?.output },
+            LocalizeHeadKind::Spatial => {
+                let (height, width, channels) = spatial_shape
+                    .ok_or_else(|| HeadError::Shape("the spatial head needs the spatial map's shape".into()))?;
+                let limit = INIT_SPREAD / (channels.max(1) as f32).sqrt();
+                let weights = (0..channels).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * limit).collect();
+                BoxHead::Spatial(SpatialBox {
+                    height,
+                    width,
+                    channels,
+                    weights,
+                    bias: 0.0,
+                    scale: [1.0; 4],
+                    shift: [0.0; 4],
+                })
+            }
+        };
+        Self::new(class, boxes)
+    }
+
+    pub fn kind(&self) -> LocalizeHeadKind {
+        match self.boxes {
+            BoxHead::Pooled { .. } => LocalizeHeadKind::Pooled,
+            BoxHead::Spatial(_) => LocalizeHeadKind::Spatial,
+        }
+    }
+
+    pub fn classes(&self) -> usize {
+        self.class.outputs()
+    }
+
+    /// Width of the pooled feature vectors (both kinds classify from them).
+    pub fn pooled_dim(&self) -> usize {
+        self.class.inputs()
+    }
+
+    /// (height, width, channels) of the spatial map the box head reads; `None` for `Pooled`.
+    pub fn spatial_shape(&self) -> Option<(usize, usize, usize)> {
+        match &self.boxes {
+            BoxHead::Pooled { .. } => None,
+            BoxHead::Spatial(s) => Some((s.height, s.width, s.channels)),
+        }
+    }
+
+    /// Class probabilities (rows sum to 1) and one `[cx, cy, w, h]` box per row.
+    ///
+    /// `spatial` (rows of height·width·channels values in (row, column, channel) order) is
+    /// required by the spatial head and ignored by the pooled one.
+    pub fn predict(
+        &self,
+        pooled: ArrayView2<f32>,
+        spatial: Option<ArrayView2<f32>>,
+    ) -> Result<(Array2<f32>, Vec<[f32; 4]>), HeadError> {
+        if pooled.ncols() != self.pooled_dim() {
+            return Err(HeadError::Shape(format!(
+                "pooled features have {} columns but the head takes {}",
+                pooled.ncols(),
+                self.pooled_dim()
+            )));
+        }
+        let mut probabilities = self.class.apply(pooled);
+        softmax_rows(&mut probabilities);
+        let boxes = match &self.boxes {
+            BoxHead::Pooled { dense } => {
+                dense.apply(pooled).rows().into_iter().map(|r| std::array::from_fn(|k| sigmoid(r[k]))).collect()
+            }
+            BoxHead::Spatial(head) => {
+                let spatial = spatial.ok_or_else(|| {
+                    HeadError::Shape(
+                        "the spatial box head needs the spatial feature map, not only pooled features".into(),
+                    )
+                })?;
+                if spatial.dim() != (pooled.nrows(), head.row_len()) {
+                    return Err(HeadError::Shape(format!(
+                        "spatial features are {}×{}; expected {} rows of {}×{}×{} = {} values",
+                        spatial.nrows(),
+                        spatial.ncols(),
+                        pooled.nrows(),
+                        head.height,
+                        head.width,
+                        head.channels,
+                        head.row_len()
+                    )));
+                }
+                spatial.axis_iter(Axis(0)).map(|row| head.locate(row)).collect()
+            }
+        };
+        Ok((probabilities, boxes))
+    }
+
+    /// The head as JSON bytes (validated again by `from_bytes`).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a localizer head has only numbers, strings and sequences")
+    }
+
+    /// Reads bytes written by `to_bytes`, rejecting anything malformed or inconsistent.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeadError> {
+        serde_json::from_slice(bytes).map_err(|e| HeadError::Malformed(e.to_string()))
+    }
+
+    /// Every parameter tensor in a fixed order: class weights and biases, then the box head's.
+    pub(super) fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
+        let [class_w, class_b] = dense_values_mut(&mut self.class);
+        let mut params = vec![
+            ParamMut { part: Part::Class, decay: true, values: class_w },
+            ParamMut { part: Part::Class, decay: false, values: class_b },
+        ];
+        match &mut self.boxes {
+            BoxHead::Pooled { dense } => {
+                let [w, b] = dense_values_mut(dense);
+                params.push(ParamMut { part: Part::Box, decay: true, values: w });
+                params.push(ParamMut { part: Part::Box, decay: false, values: b });
+            }
+            BoxHead::Spatial(s) => {
+                params.push(ParamMut { part: Part::Box, decay: true, values: &mut s.weights });
+                params.push(ParamMut { part: Part::Box, decay: false, values: std::slice::from_mut(&mut s.bias) });
+                params.push(ParamMut { part: Part::Box, decay: false, values: &mut s.scale });
+                params.push(ParamMut { part: Part::Box, decay: false, values: &mut s.shift });
+            }
+        }
+        params
+    }
+
+    /// The values of every parameter tensor, in the order of `params_mut`.
+    pub(super) fn params(&self) -> Vec<&[f32]> {
+        let mut params = dense_values(&self.class).to_vec();
+        match &self.boxes {
+            BoxHead::Pooled { dense } => params.extend(dense_values(dense)),
+            BoxHead::Spatial(s) => {
+                params.extend([&s.weights[..], std::slice::from_ref(&s.bias), &s.scale, &s.shift]);
+            }
+        }
+        params
+    }
+
+    /// True when every parameter is a finite number.
+    pub(super) fn is_finite(&self) -> bool {
+        self.params().iter().all(|p| p.iter().all(|v| v.is_finite()))
+    }
+}
+
+/// Serde shape: the class layer, and the box head tagged by its kind.
+#[derive(Serialize, Deserialize)]
+struct LocalizerRepr {
+    class: Dense,
+    #[serde(rename = "box")]
+    boxes: BoxHead,
+}
+
+impl From<LocalizerHead> for LocalizerRepr {
+    fn from(head: LocalizerHead) -> Self {
+        Self { class: head.class, boxes: head.boxes }
+    }
+}
+
+impl TryFrom<LocalizerRepr> for LocalizerHead {
+    type Error = HeadError;
+
+    fn try_from(repr: LocalizerRepr) -> Result<Self, HeadError> {
+        LocalizerHead::new(repr.class, repr.boxes)
+    }
+}

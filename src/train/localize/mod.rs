@@ -1,0 +1,403 @@
+//! Single-object localisation on frozen features: a class and one box per image.
+//!
+//! Two box heads share a softmax class head on the pooled features:
+//!
+//! - `Pooled`: Dense(4) + sigmoid on the pooled vector. Global pooling has averaged position
+//!   away, so this head can learn little more than the typical box.
+//! - `Spatial`: reads the feature map before pooling, where position survives. Each cell gets
+//!   an objectness o[i,j] = sigmoid(f[i,j,:]·u + a) (a 1×1 convolution to one channel). The
+//!   column profile Mx[j] = maxᵢ o[i,j] and row profile My[i] = maxⱼ o[i,j] give the raw box:
+//!   width = meanⱼ Mx[j], height = meanᵢ My[i], cx = Σⱼ xⱼMx[j] / (Σⱼ Mx[j] + 1e-6) with
+//!   xⱼ = (j + 0.5)/W, cy likewise. The box is raw ⊙ s + t, a learned per-coordinate scale and
+//!   shift that corrects the grid's quantisation. The maxima are hard (candle's max passes
+//!   the gradient to the maximal cell).
+//!
+//! Boxes are `[cx, cy, w, h]` normalised to the model input. Loss = class·cross-entropy +
+//! box·MSE. Gradients come from candle's autodiff; updates from graft's own [`Optimizer`], so
+//! SGD/Adam/Nadam, the learning rate and L2 of [`TrainConfig`] apply as for classification.
+//! Inference ([`LocalizerHead::predict`]) is plain f32 code and needs no candle.
+//!
+//! Reproducibility: the head is initialised from `config.seed`; epoch e's shuffle comes from a
+//! generator seeded by the seed mixed with e alone.
+
+mod boxes;
+mod graph;
+mod localizer;
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use ndarray::Array2;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+pub use boxes::{BoxMetrics, box_metrics, iou};
+pub use localizer::LocalizerHead;
+
+use super::config::{StopMetric, TrainConfig};
+use super::data::TrainData;
+use super::metrics::{evaluate, log_loss};
+use super::optim::Param;
+use super::trainer::TrainError;
+use graph::{Batch, Graph};
+use localizer::Part;
+
+/// Which box head to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LocalizeHeadKind {
+    /// Dense(4) + sigmoid on the pooled feature vector.
+    Pooled,
+    /// On the spatial feature map before pooling (position survives there).
+    Spatial,
+}
+
+/// Loss = class·cross-entropy + box·MSE (mean over the 4 box numbers); defaults 0.8 / 0.2.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LossWeights {
+    pub class: f32,
+    #[serde(rename = "box")]
+    pub box_: f32,
+}
+
+impl Default for LossWeights {
+    fn default() -> Self {
+        Self { class: 0.8, box_: 0.2 }
+    }
+}
+
+impl LossWeights {
+    /// Both finite and ≥ 0, and not both 0 (there would be nothing to train).
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value) in [("class", self.class), ("box", self.box_)] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!("the {name} loss weight must be a number ≥ 0, not {value}"));
+            }
+        }
+        if self.class == 0.0 && self.box_ == 0.0 {
+            return Err("the class and box loss weights cannot both be 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// The features of one split. `spatial` rows are the map flattened in (row, column, channel)
+/// order: H·W·C values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalizeSplit {
+    pub pooled: Array2<f32>,
+    pub spatial: Option<Array2<f32>>,
+    pub labels: Vec<usize>,
+    pub boxes: Vec<[f32; 4]>,
+}
+
+impl LocalizeSplit {
+    fn rows(&self) -> usize {
+        self.pooled.nrows()
+    }
+}
+
+/// Everything a localizer trains on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalizeData {
+    pub classes: usize,
+    /// (height, width, channels) of the spatial map; required for Spatial.
+    pub spatial_shape: Option<(usize, usize, usize)>,
+    /// One split per feature variant (augmented copies of the train images, with their own
+    /// boxes); each epoch uses variant `epoch % len`.
+    pub train: Vec<LocalizeSplit>,
+    /// Empty or `None`: no validation, no early stopping.
+    pub valid: Option<LocalizeSplit>,
+}
+
+/// What happened in one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalizeEpochReport {
+    /// 1-based.
+    pub epoch: usize,
+    pub epochs: usize,
+    /// Mean weighted loss over the epoch's rows, as the head changed during it.
+    pub train_loss: f32,
+    /// Weighted total on the validation split (unweighted by class).
+    pub valid_loss: Option<f32>,
+    pub valid_accuracy: Option<f32>,
+    pub valid_mean_iou: Option<f32>,
+    /// The epoch whose head would be kept if training ended now.
+    pub best_epoch: usize,
+    pub elapsed_seconds: f64,
+}
+
+/// The result of a finished run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalizeOutcome {
+    /// The best epoch's head (the last epoch's when nothing was monitored).
+    pub head: LocalizerHead,
+    pub best_epoch: usize,
+    pub epochs_run: usize,
+    /// True when early stopping ended the run before the configured epochs.
+    pub stopped_early: bool,
+}
+
+/// Trains a localizer on `data`.
+///
+/// After each epoch `on_epoch` gets the report; `ControlFlow::Break(())` cancels the run
+/// (`TrainError::Cancelled`). With a validation split and early stopping, the run stops once
+/// the metric (the weighted validation loss for `ValLoss`, mean IoU + accuracy for
+/// `ValAccuracy`) has not improved for `patience` epochs, and returns the best epoch's head.
+/// `hidden_units` and `dropout` are refused: this head has neither.
+pub fn train_localizer(
+    config: &TrainConfig,
+    weights: LossWeights,
+    kind: LocalizeHeadKind,
+    data: &LocalizeData,
+    on_epoch: &mut dyn FnMut(&LocalizeEpochReport) -> ControlFlow<()>,
+) -> Result<LocalizeOutcome, TrainError> {
+    config.validate().map_err(TrainError::InvalidConfig)?;
+    if config.hidden_units.is_some() || config.dropout > 0.0 {
+        return Err(TrainError::InvalidConfig(
+            "the localization head has no hidden layer and no dropout: leave hidden_units and dropout unset".into(),
+        ));
+    }
+    weights.validate().map_err(TrainError::InvalidConfig)?;
+    validate(data, kind).map_err(TrainError::InvalidData)?;
+
+    let pooled_dim = data.train[0].pooled.ncols();
+    let mut head = LocalizerHead::init(kind, pooled_dim, data.classes, data.spatial_shape, config.seed)
+        .map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
+    let graph = Graph::new(&head).map_err(tensor_error)?;
+    // A term with weight 0 trains nothing: its parameters are left out of the update
+    // entirely, so weight decay does not shrink them either.
+    let trained = |part: Part| match part {
+        Part::Class => weights.class > 0.0,
+        Part::Box => weights.box_ > 0.0,
+    };
+    let optimizer = config.optimizer();
+    let sizes: Vec<usize> = head.params_mut().iter().filter(|p| trained(p.part)).map(|p| p.values.len()).collect();
+    let mut state = optimizer.init_state(&sizes);
+    let class_weights = config.class_weights.then(|| balanced_class_weights(data));
+    let valid = data.valid.as_ref().filter(|v| v.rows() > 0);
+    let monitor = config.early_stopping.filter(|_| valid.is_some());
+    let spatial = kind == LocalizeHeadKind::Spatial;
+
+    let started = Instant::now();
+    let mut best = Best { head: head.clone(), epoch: 0, metric: None, since: 0 };
+    let mut epoch = 0;
+    while epoch < config.epochs && monitor.is_none_or(|m| best.since < m.patience) {
+        let split = &data.train[epoch % data.train.len()];
+        let mut order: Vec<usize> = (0..split.rows()).collect();
+        order.shuffle(&mut epoch_rng(config.seed, epoch));
+        epoch += 1;
+
+        let mut loss_sum = 0f64;
+        for rows in order.chunks(config.batch_size) {
+            let batch =
+                Batch::new(split, rows, data.classes, class_weights.as_deref(), spatial).map_err(tensor_error)?;
+            let loss = graph.loss(&batch, weights).map_err(tensor_error)?;
+            loss_sum += f64::from(loss.to_scalar::<f32>().map_err(tensor_error)?) * rows.len() as f64;
+            let grads = loss.backward().map_err(tensor_error)?;
+            let mut gradients = Vec::with_capacity(sizes.len());
+            for (var, param) in graph.vars().into_iter().zip(head.params_mut()) {
+                if trained(param.part) {
+                    let grad = match grads.get(var.as_tensor()) {
+                        Some(g) => g.flatten_all().and_then(|g| g.to_vec1::<f32>()).map_err(tensor_error)?,
+                        None => vec![0.0; param.values.len()],
+                    };
+                    gradients.push(grad);
+                }
+            }
+            let mut params: Vec<_> = head
+                .params_mut()
+                .into_iter()
+                .filter(|p| trained(p.part))
+                .zip(&gradients)
+                .map(|(p, g)| Param { value: p.values, grad: g, decay: p.decay })
+                .collect();
+            optimizer.step(&mut state, &mut params)?;
+            graph.load(&head).map_err(tensor_error)?;
+        }
+        let train_loss = (loss_sum / split.rows() as f64) as f32;
+        if !(train_loss.is_finite() && head.is_finite()) {
+            return Err(TrainError::Diverged { epoch });
+        }
+
+        let scores = valid.map(|v| score(&head, v, weights)).transpose()?;
+        let value = scores.map(|s| match monitor.map(|m| m.metric) {
+            Some(StopMetric::ValLoss) => s.loss,
+            _ => s.mean_iou + s.accuracy,
+        });
+        best.record(epoch, monitor.map(|m| m.metric), value, &head);
+        let report = LocalizeEpochReport {
+            epoch,
+            epochs: config.epochs,
+            train_loss,
+            valid_loss: scores.map(|s| s.loss),
+            valid_accuracy: scores.map(|s| s.accuracy),
+            valid_mean_iou: scores.map(|s| s.mean_iou),
+            best_epoch: best.epoch,
+            elapsed_seconds: started.elapsed().as_secs_f64(),
+        };
+        if on_epoch(&report).is_break() {
+            return Err(TrainError::Cancelled { epoch });
+        }
+    }
+    Ok(LocalizeOutcome {
+        head: best.head,
+        best_epoch: best.epoch,
+        epochs_run: epoch,
+        stopped_early: epoch < config.epochs,
+    })
+}
+
+/// A candle failure; the shapes are checked beforehand, so this means inconsistent data.
+fn tensor_error(error: candle_core::Error) -> TrainError {
+    TrainError::InvalidData(format!("tensor computation failed: {error}"))
+}
+
+/// The generator for epoch `epoch_index` (0-based): the seed mixed with the epoch by a
+/// golden-ratio multiple, so the initialisation (seeded by `seed` itself) and each epoch get
+/// unrelated streams and a rerun with the same seed repeats them.
+fn epoch_rng(seed: u64, epoch_index: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (epoch_index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// "Balanced" class weights n/(C·n_c) over the first training variant, as the classifier uses.
+fn balanced_class_weights(data: &LocalizeData) -> Vec<f32> {
+    TrainData {
+        train: Vec::new(),
+        train_labels: data.train[0].labels.clone(),
+        valid: Array2::zeros((0, 0)),
+        valid_labels: Vec::new(),
+        classes: data.classes,
+    }
+    .balanced_class_weights()
+}
+
+/// Validation numbers of one epoch.
+#[derive(Debug, Clone, Copy)]
+struct Scores {
+    /// class·log loss + box·MSE.
+    loss: f32,
+    accuracy: f32,
+    mean_iou: f32,
+}
+
+fn score(head: &LocalizerHead, split: &LocalizeSplit, weights: LossWeights) -> Result<Scores, TrainError> {
+    let invalid = |e: &dyn std::fmt::Display| TrainError::InvalidData(format!("validation split: {e}"));
+    let (probabilities, boxes) =
+        head.predict(split.pooled.view(), split.spatial.as_ref().map(|s| s.view())).map_err(|e| invalid(&e))?;
+    let cross_entropy = log_loss(probabilities.view(), &split.labels).map_err(|e| invalid(&e))?;
+    let accuracy = evaluate(probabilities.view(), &split.labels, 1).map_err(|e| invalid(&e))?.accuracy;
+    let squared: f64 =
+        boxes.iter().zip(&split.boxes).flat_map(|(p, t)| p.iter().zip(t).map(|(a, b)| f64::from(a - b).powi(2))).sum();
+    let mse = (squared / (4 * split.rows()) as f64) as f32;
+    Ok(Scores {
+        loss: weights.class * cross_entropy + weights.box_ * mse,
+        accuracy,
+        mean_iou: box_metrics(&boxes, &split.boxes).mean_iou,
+    })
+}
+
+/// The best epoch so far, for early stopping (ties do not improve, as in Keras).
+struct Best {
+    head: LocalizerHead,
+    /// 1-based; 0 before the first epoch.
+    epoch: usize,
+    metric: Option<f32>,
+    /// Epochs since the best one.
+    since: usize,
+}
+
+impl Best {
+    fn record(&mut self, epoch: usize, metric: Option<StopMetric>, value: Option<f32>, head: &LocalizerHead) {
+        let improved = match (metric, value) {
+            (Some(metric), Some(value)) => self.metric.is_none_or(|best| metric.improves(value, best)),
+            _ => true,
+        };
+        if improved {
+            self.metric = metric.and(value);
+            self.epoch = epoch;
+            self.since = 0;
+            self.head.clone_from(head);
+        } else {
+            self.since += 1;
+        }
+    }
+}
+
+/// Checks shapes, label ranges and that every number is finite, naming the split at fault.
+fn validate(data: &LocalizeData, kind: LocalizeHeadKind) -> Result<(), String> {
+    if data.classes == 0 {
+        return Err("a localizer needs at least 1 class".into());
+    }
+    let first = data.train.first().ok_or("no training features")?;
+    let (rows, dim) = first.pooled.dim();
+    if rows == 0 || dim == 0 {
+        return Err(format!("training features are {rows}×{dim}; need at least one row and one column"));
+    }
+    let spatial_len = match kind {
+        LocalizeHeadKind::Pooled => None,
+        LocalizeHeadKind::Spatial => {
+            let (h, w, c) =
+                data.spatial_shape.ok_or("the spatial head needs spatial_shape (height, width, channels)")?;
+            match h.checked_mul(w).and_then(|hw| hw.checked_mul(c)) {
+                Some(len) if len > 0 => Some(len),
+                _ => return Err(format!("spatial_shape {h}×{w}×{c} must be non-empty")),
+            }
+        }
+    };
+    for (i, split) in data.train.iter().enumerate() {
+        check_split(&format!("training variant {i}"), split, dim, spatial_len, data.classes)?;
+        if split.rows() == 0 {
+            return Err(format!("training variant {i} has no rows"));
+        }
+    }
+    if let Some(valid) = data.valid.as_ref().filter(|v| v.rows() > 0) {
+        check_split("validation", valid, dim, spatial_len, data.classes)?;
+    }
+    Ok(())
+}
+
+fn check_split(
+    name: &str,
+    split: &LocalizeSplit,
+    dim: usize,
+    spatial_len: Option<usize>,
+    classes: usize,
+) -> Result<(), String> {
+    let (rows, cols) = split.pooled.dim();
+    if cols != dim {
+        return Err(format!("{name}: pooled features have {cols} columns, expected {dim}"));
+    }
+    if split.labels.len() != rows || split.boxes.len() != rows {
+        return Err(format!(
+            "{name}: {rows} feature rows but {} labels and {} boxes",
+            split.labels.len(),
+            split.boxes.len()
+        ));
+    }
+    if let Some(label) = split.labels.iter().find(|&&label| label >= classes) {
+        return Err(format!("{name}: label {label} is out of range for {classes} classes"));
+    }
+    if split.boxes.iter().flatten().any(|v| !v.is_finite()) {
+        return Err(format!("{name}: a box holds NaN or infinite values"));
+    }
+    if split.pooled.iter().any(|v| !v.is_finite()) {
+        return Err(format!("{name}: pooled features contain NaN or infinite values"));
+    }
+    if let Some(len) = spatial_len {
+        let map = split.spatial.as_ref().ok_or_else(|| format!("{name}: the spatial head needs spatial features"))?;
+        if map.dim() != (rows, len) {
+            return Err(format!("{name}: spatial features are {:?}, expected {rows}×{len}", map.dim()));
+        }
+        if map.iter().any(|v| !v.is_finite()) {
+            return Err(format!("{name}: spatial features contain NaN or infinite values"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
