@@ -13,9 +13,14 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 ARG ORT_VERSION=1.31.1
 
 FROM rust:1.95-bookworm AS build
+# libjpeg-turbo's headers and static library: JPEG decoding links it in (build.rs).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libjpeg62-turbo-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
+COPY csrc csrc
 COPY src src
 COPY migrations migrations
 RUN cargo build --release --locked --bin graft

@@ -7,6 +7,8 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=proto/onnx.proto");
+    // sqlx::migrate! embeds the migrations at compile time.
+    println!("cargo:rerun-if-changed=migrations");
     let protoc = protoc_bin_vendored::protoc_bin_path().expect("protoc-bin-vendored has a protoc for this platform");
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc);

@@ -382,3 +382,29 @@ fn check_io(
     let image_dims = expected.map(|d| d as usize);
     Ok((image_dims, (batch > 0).then_some(batch as usize)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grid_follows_the_input_aspect() {
+        // EfficientNet-Lite0: 1280 channels on 7×7 for a 224×224 input.
+        let square = SpatialShape::infer(1280 * 49, 1280, (224, 224), Layout::Nchw).unwrap();
+        assert_eq!((square.height, square.width, square.channels), (7, 7, 1280));
+        // A 320×160 input (2:1) with 5 channels on 4×8 cells.
+        let wide = SpatialShape::infer(5 * 32, 5, (320, 160), Layout::Nhwc).unwrap();
+        assert_eq!((wide.height, wide.width), (4, 8));
+        assert!(SpatialShape::infer(5 * 32 + 1, 5, (320, 160), Layout::Nhwc).is_err(), "not whole cells");
+        assert!(SpatialShape::infer(5 * 7, 5, (64, 64), Layout::Nhwc).is_err(), "7 cells are no square grid");
+    }
+
+    #[test]
+    fn nchw_maps_are_reordered_per_cell() {
+        // 2 channels on a 1×3 grid: planes [a0 a1 a2] [b0 b1 b2] → a0 b0 a1 b1 a2 b2.
+        let shape = SpatialShape { height: 1, width: 3, channels: 2, layout: Layout::Nchw };
+        assert_eq!(shape.to_hwc(&[1.0, 2.0, 3.0, 10.0, 20.0, 30.0]), [1.0, 10.0, 2.0, 20.0, 3.0, 30.0]);
+        let hwc = SpatialShape { layout: Layout::Nhwc, ..shape };
+        assert_eq!(hwc.to_hwc(&[1.0, 2.0, 3.0]), [1.0, 2.0, 3.0]);
+    }
+}

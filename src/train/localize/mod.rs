@@ -39,7 +39,7 @@ pub use localizer::LocalizerHead;
 use super::config::{StopMetric, TrainConfig};
 use super::data::TrainData;
 use super::metrics::{evaluate, log_loss};
-use super::optim::Param;
+use super::optim::{Optimizer, OptimizerState, Param};
 use super::trainer::TrainError;
 use graph::{Batch, Graph};
 use localizer::Part;
@@ -121,7 +121,7 @@ pub struct LocalizeEpochReport {
     pub epochs: usize,
     /// Mean weighted loss over the epoch's rows, as the head changed during it.
     pub train_loss: f32,
-    /// Weighted total on the validation split (unweighted by class).
+    /// class·log loss + box·MSE on the validation split (without class weights).
     pub valid_loss: Option<f32>,
     pub valid_accuracy: Option<f32>,
     pub valid_mean_iou: Option<f32>,
@@ -167,16 +167,7 @@ pub fn train_localizer(
     let pooled_dim = data.train[0].pooled.ncols();
     let mut head = LocalizerHead::init(kind, pooled_dim, data.classes, data.spatial_shape, config.seed)
         .map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
-    let graph = Graph::new(&head).map_err(tensor_error)?;
-    // A term with weight 0 trains nothing: its parameters are left out of the update
-    // entirely, so weight decay does not shrink them either.
-    let trained = |part: Part| match part {
-        Part::Class => weights.class > 0.0,
-        Part::Box => weights.box_ > 0.0,
-    };
-    let optimizer = config.optimizer();
-    let sizes: Vec<usize> = head.params_mut().iter().filter(|p| trained(p.part)).map(|p| p.values.len()).collect();
-    let mut state = optimizer.init_state(&sizes);
+    let mut stepper = Stepper::new(&mut head, config, weights)?;
     let class_weights = config.class_weights.then(|| balanced_class_weights(data));
     let valid = data.valid.as_ref().filter(|v| v.rows() > 0);
     let monitor = config.early_stopping.filter(|_| valid.is_some());
@@ -195,28 +186,7 @@ pub fn train_localizer(
         for rows in order.chunks(config.batch_size) {
             let batch =
                 Batch::new(split, rows, data.classes, class_weights.as_deref(), spatial).map_err(tensor_error)?;
-            let loss = graph.loss(&batch, weights).map_err(tensor_error)?;
-            loss_sum += f64::from(loss.to_scalar::<f32>().map_err(tensor_error)?) * rows.len() as f64;
-            let grads = loss.backward().map_err(tensor_error)?;
-            let mut gradients = Vec::with_capacity(sizes.len());
-            for (var, param) in graph.vars().into_iter().zip(head.params_mut()) {
-                if trained(param.part) {
-                    let grad = match grads.get(var.as_tensor()) {
-                        Some(g) => g.flatten_all().and_then(|g| g.to_vec1::<f32>()).map_err(tensor_error)?,
-                        None => vec![0.0; param.values.len()],
-                    };
-                    gradients.push(grad);
-                }
-            }
-            let mut params: Vec<_> = head
-                .params_mut()
-                .into_iter()
-                .filter(|p| trained(p.part))
-                .zip(&gradients)
-                .map(|(p, g)| Param { value: p.values, grad: g, decay: p.decay })
-                .collect();
-            optimizer.step(&mut state, &mut params)?;
-            graph.load(&head).map_err(tensor_error)?;
+            loss_sum += f64::from(stepper.step(&mut head, &batch)?) * rows.len() as f64;
         }
         let train_loss = (loss_sum / split.rows() as f64) as f32;
         if !(train_loss.is_finite() && head.is_finite()) {
@@ -249,6 +219,62 @@ pub fn train_localizer(
         epochs_run: epoch,
         stopped_early: epoch < config.epochs,
     })
+}
+
+/// The candle graph and the optimiser's state over a run.
+struct Stepper {
+    graph: Graph,
+    optimizer: Optimizer,
+    state: OptimizerState,
+    weights: LossWeights,
+}
+
+impl Stepper {
+    fn new(head: &mut LocalizerHead, config: &TrainConfig, weights: LossWeights) -> Result<Self, TrainError> {
+        let graph = Graph::new(head).map_err(tensor_error)?;
+        let optimizer = config.optimizer();
+        let mut stepper = Self { graph, optimizer, state: OptimizerState::default(), weights };
+        let sizes: Vec<usize> =
+            head.params_mut().iter().filter(|p| stepper.trains(p.part)).map(|p| p.values.len()).collect();
+        stepper.state = optimizer.init_state(&sizes);
+        Ok(stepper)
+    }
+
+    /// A term with weight 0 trains nothing: its parameters are left out of the update
+    /// entirely, so weight decay does not shrink them either.
+    fn trains(&self, part: Part) -> bool {
+        match part {
+            Part::Class => self.weights.class > 0.0,
+            Part::Box => self.weights.box_ > 0.0,
+        }
+    }
+
+    /// One optimiser step on `batch`: candle's gradients, graft's update, written back to
+    /// both the head and the graph. Returns the batch loss before the step.
+    fn step(&mut self, head: &mut LocalizerHead, batch: &Batch) -> Result<f32, TrainError> {
+        let loss = self.graph.loss(batch, self.weights).map_err(tensor_error)?;
+        let grads = loss.backward().map_err(tensor_error)?;
+        let mut gradients = Vec::new();
+        for (var, param) in self.graph.vars().into_iter().zip(head.params_mut()) {
+            if self.trains(param.part) {
+                let grad = match grads.get(var.as_tensor()) {
+                    Some(g) => g.flatten_all().and_then(|g| g.to_vec1::<f32>()).map_err(tensor_error)?,
+                    None => vec![0.0; param.values.len()],
+                };
+                gradients.push(grad);
+            }
+        }
+        let mut params: Vec<Param<'_>> = head
+            .params_mut()
+            .into_iter()
+            .filter(|p| self.trains(p.part))
+            .zip(&gradients)
+            .map(|(p, g)| Param { value: p.values, grad: g, decay: p.decay })
+            .collect();
+        self.optimizer.step(&mut self.state, &mut params)?;
+        self.graph.load(head).map_err(tensor_error)?;
+        loss.to_scalar::<f32>().map_err(tensor_error)
+    }
 }
 
 /// A candle failure; the shapes are checked beforehand, so this means inconsistent data.
