@@ -146,9 +146,9 @@ mod tests {
             (json!({"dataset": "d", "base_model": "m", "name": "../x"}), "name"),
             (json!({"dataset": "d", "base_model": "m", "augment": {"crop": 2.0}}), "augment"),
             (json!([1, 2]), "object"),
-            (json!({"dataset": "d", "base_model": "m", "task": "segment"}), "task"),
+            (json!({"dataset": "d", "base_model": "m", "task": "segment"}), "expected `classify` or `localize`"),
             (json!({"dataset": "d", "base_model": "m", "box_head": "spatial"}), "localize"),
-            (json!({"dataset": "d", "base_model": "m", "task": "localize", "box_head": "grid"}), "box_head"),
+            (json!({"dataset": "d", "base_model": "m", "task": "localize", "box_head": "grid"}), "expected `pooled` or `spatial`"),
             (
                 json!({"dataset": "d", "base_model": "m", "task": "localize", "loss_weights": {"class": -1, "box": 1}}),
                 "loss_weights",

@@ -28,8 +28,6 @@ use std::ops::ControlFlow;
 use std::time::Instant;
 
 use ndarray::Array2;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +38,7 @@ use super::config::{StopMetric, TrainConfig};
 use super::data::TrainData;
 use super::metrics::{evaluate, log_loss};
 use super::optim::{Optimizer, OptimizerState, Param};
-use super::trainer::TrainError;
+use super::trainer::{TrainError, epoch_rng};
 use graph::{Batch, Graph};
 use localizer::Part;
 
@@ -280,13 +278,6 @@ impl Stepper {
 /// A candle failure; the shapes are checked beforehand, so this means inconsistent data.
 fn tensor_error(error: candle_core::Error) -> TrainError {
     TrainError::InvalidData(format!("tensor computation failed: {error}"))
-}
-
-/// The generator for epoch `epoch_index` (0-based): the seed mixed with the epoch by a
-/// golden-ratio multiple, so the initialisation (seeded by `seed` itself) and each epoch get
-/// unrelated streams and a rerun with the same seed repeats them.
-fn epoch_rng(seed: u64, epoch_index: usize) -> StdRng {
-    StdRng::seed_from_u64(seed ^ (epoch_index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// "Balanced" class weights n/(C·n_c) over the first training variant, as the classifier uses.

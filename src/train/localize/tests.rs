@@ -7,7 +7,8 @@ use super::*;
 use crate::train::config::{EarlyStopping, OptimizerKind};
 use crate::train::head::{Dense, HeadError};
 use ndarray::{Array1, Axis, array};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 const H: usize = 8;
 const W: usize = 8;
