@@ -148,7 +148,10 @@ mod tests {
             (json!([1, 2]), "object"),
             (json!({"dataset": "d", "base_model": "m", "task": "segment"}), "expected `classify` or `localize`"),
             (json!({"dataset": "d", "base_model": "m", "box_head": "spatial"}), "localize"),
-            (json!({"dataset": "d", "base_model": "m", "task": "localize", "box_head": "grid"}), "expected `pooled` or `spatial`"),
+            (
+                json!({"dataset": "d", "base_model": "m", "task": "localize", "box_head": "grid"}),
+                "expected `pooled` or `spatial`",
+            ),
             (
                 json!({"dataset": "d", "base_model": "m", "task": "localize", "loss_weights": {"class": -1, "box": 1}}),
                 "loss_weights",
