@@ -15,13 +15,13 @@ use super::images::{EncodedImage, read_images};
 use super::models::trained_model;
 use crate::error::Error;
 use crate::runtime::ImageOutputs;
-use crate::vision::InputBox;
-use crate::vision::{DecodeLimits, ResizePlan, decode_image_scaled, min_decode_size, preprocess_into};
+use crate::train::stack_rows;
+use crate::vision::{DecodeLimits, InputBox, ResizePlan, decode_for, preprocess_into};
 use crate::zoo::{LoadedModel, OutputKind, TrainedHead, TrainedModel, Unavailable};
 
 #[derive(Deserialize)]
 pub struct ClassifyParams {
-    pub(super) top_k: Option<usize>,
+    top_k: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -81,12 +81,7 @@ pub async fn classify(
     request: Request,
 ) -> Result<Json<ClassifyResponse>, Error> {
     let target = resolve(&state, &name).await?;
-    let Query(params) = params.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
-    let top_k = checked_top_k(params.top_k, target.classes())?;
-    let images = read_images(request, state.limits.max_images_per_request, state.limits.max_body_bytes).await?;
-    let decode_limits = DecodeLimits { max_pixels: state.limits.max_pixels };
-    let base = target.base().clone();
-    let (outputs, _) = run_base(&base, images, decode_limits).await?;
+    let (top_k, outputs, _) = run_request(&state, target.base(), target.classes(), params, request).await?;
     let predictions = match &target {
         Target::Pretrained(model) => {
             outputs.into_iter().map(|mut image| top_predictions(model, image.swap_remove(0), top_k)).collect()
@@ -99,8 +94,26 @@ pub async fn classify(
     Ok(Json(ClassifyResponse { model: name, predictions }))
 }
 
+/// What classify and localize share: checks `top_k` against the model's `classes`, reads
+/// the request's images and runs them through `base`. Returns `top_k`, each image's
+/// outputs and how each reached the model input.
+pub(super) async fn run_request(
+    state: &AppState,
+    base: &Arc<LoadedModel>,
+    classes: usize,
+    params: Result<Query<ClassifyParams>, QueryRejection>,
+    request: Request,
+) -> Result<(usize, Vec<ImageOutputs>, Vec<ImageGeometry>), Error> {
+    let Query(params) = params.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let top_k = checked_top_k(params.top_k, classes)?;
+    let images = read_images(request, state.limits.max_images_per_request, state.limits.max_body_bytes).await?;
+    let decode_limits = DecodeLimits { max_pixels: state.limits.max_pixels };
+    let (outputs, geometry) = run_base(base, images, decode_limits).await?;
+    Ok((top_k, outputs, geometry))
+}
+
 /// `top_k` as asked (5 or the class count by default), within 1..=classes.
-pub(super) fn checked_top_k(asked: Option<usize>, classes: usize) -> Result<usize, Error> {
+fn checked_top_k(asked: Option<usize>, classes: usize) -> Result<usize, Error> {
     let top_k = asked.unwrap_or(5.min(classes));
     if top_k == 0 || top_k > classes {
         return Err(Error::BadRequest(format!(
@@ -111,7 +124,7 @@ pub(super) fn checked_top_k(asked: Option<usize>, classes: usize) -> Result<usiz
 }
 
 /// Preprocesses the images off the async runtime, then runs them through the base model.
-pub(super) async fn run_base(
+async fn run_base(
     base: &Arc<LoadedModel>,
     images: Vec<EncodedImage>,
     decode_limits: DecodeLimits,
@@ -134,30 +147,21 @@ pub(super) fn run_head(
     outputs: Vec<ImageOutputs>,
 ) -> Result<(Array2<f32>, Option<Vec<InputBox>>), Error> {
     let unfit = |e: String| Error::Internal(format!("the head of {} does not fit its base: {e}", model.record.name));
-    let rows = outputs.len();
-    let stack = |vectors: Vec<Vec<f32>>| {
-        let width = vectors.first().map_or(0, Vec::len);
-        let flat: Vec<f32> = vectors.into_iter().flatten().collect();
-        Array2::from_shape_vec((rows, width), flat).map_err(|e| unfit(e.to_string()))
-    };
-    let mut pooled = Vec::with_capacity(rows);
-    let mut spatial = Vec::new();
-    for mut image in outputs {
-        if model.head.needs_spatial() {
-            let shape = base.spatial.as_ref().map_err(|e| unfit(e.clone()))?;
-            let map = image.get(LoadedModel::SPATIAL_OUTPUT).ok_or_else(|| unfit("no spatial map".into()))?;
-            spatial.push(shape.to_hwc(map));
-        }
-        if image.len() <= LoadedModel::FEATURES_OUTPUT {
-            return Err(unfit("the base returned no pooled features".into()));
-        }
-        pooled.push(image.swap_remove(LoadedModel::FEATURES_OUTPUT));
-    }
-    let pooled = stack(pooled)?;
+    let features = outputs
+        .into_iter()
+        .map(|image| base.image_features(image, model.head.needs_spatial()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unfit)?;
+    let pooled = stack_rows(features.iter().map(|f| f.pooled.as_slice())).map_err(unfit)?;
     match &model.head {
         TrainedHead::Classifier(head) => Ok((head.try_forward(pooled.view()).map_err(|e| unfit(e.to_string()))?, None)),
         TrainedHead::Localizer(head) => {
-            let spatial = if spatial.is_empty() { None } else { Some(stack(spatial)?) };
+            let spatial = match model.head.needs_spatial() {
+                true => {
+                    Some(stack_rows(features.iter().map(|f| f.spatial.as_deref().unwrap_or_default())).map_err(unfit)?)
+                }
+                false => None,
+            };
             let (probabilities, boxes) =
                 head.predict(pooled.view(), spatial.as_ref().map(|s| s.view())).map_err(|e| unfit(e.to_string()))?;
             Ok((probabilities, Some(boxes)))
@@ -219,10 +223,8 @@ pub(super) fn preprocess_all(
         .par_chunks_mut(image_len)
         .zip(images.par_iter())
         .map(|(slot, image)| {
-            let decoded = decode_image_scaled(&image.bytes, limits, |size| {
-                min_decode_size((spec.width, spec.height), spec.resize, size)
-            })
-            .map_err(|error| Error::Image { source_name: image.source.clone(), error })?;
+            let decoded = decode_for(&image.bytes, limits, spec)
+                .map_err(|error| Error::Image { source_name: image.source.clone(), error })?;
             let plan = preprocess_into(&decoded.image, spec, slot);
             Ok::<_, Error>(ImageGeometry { plan, original: decoded.original })
         })

@@ -8,12 +8,9 @@ use axum::extract::{Path, Query, Request, State};
 use serde::Serialize;
 
 use super::AppState;
-use super::classify::{
-    ClassifyParams, Prediction, Target, checked_top_k, class_predictions, resolve, run_base, run_head,
-};
-use super::images::read_images;
+use super::classify::{ClassifyParams, Prediction, Target, class_predictions, resolve, run_head, run_request};
 use crate::error::Error;
-use crate::vision::{DecodeLimits, PixelBox, box_from_input};
+use crate::vision::{PixelBox, box_from_input};
 use crate::zoo::TrainedHead;
 
 #[derive(Serialize)]
@@ -61,11 +58,7 @@ pub async fn localize(
             )));
         }
     };
-    let Query(params) = params.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
-    let top_k = checked_top_k(params.top_k, target.classes())?;
-    let images = read_images(request, state.limits.max_images_per_request, state.limits.max_body_bytes).await?;
-    let decode_limits = DecodeLimits { max_pixels: state.limits.max_pixels };
-    let (outputs, geometry) = run_base(base, images, decode_limits).await?;
+    let (top_k, outputs, geometry) = run_request(&state, base, target.classes(), params, request).await?;
     let (probabilities, boxes) = run_head(model, base, outputs)?;
     let boxes = boxes.ok_or_else(|| Error::Internal("a localizer returned no boxes".into()))?;
     let target_size = (base.manifest.preprocessing.width, base.manifest.preprocessing.height);

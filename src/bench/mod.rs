@@ -243,8 +243,8 @@ fn preprocess_median_ms(manifest: &Manifest, image: &[u8], iterations: usize) ->
         // The serving path: DCT-scaled decoding when the image is large enough, then one pass.
         let decoded = decode_for(image, &limits, spec);
         let decoded_at = started.elapsed();
-        if let Ok(rgb) = decoded {
-            preprocess_into(&rgb, spec, &mut out);
+        if let Ok(decoded) = decoded {
+            preprocess_into(&decoded.image, spec, &mut out);
         }
         if i >= 10 {
             decode.push(decoded_at.as_secs_f64() * 1000.0);

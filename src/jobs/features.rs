@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::store::BlobStore;
 use crate::vision::{Augmentation, DecodeLimits, decode_for, preprocess_into};
-use crate::zoo::LoadedModel;
+use crate::zoo::{ImageFeatures, LoadedModel};
 
 /// The cache namespace of a base model: its name, file identity, preprocessing and feature tensor.
 pub fn feature_fingerprint(model: &LoadedModel) -> String {
@@ -74,14 +74,6 @@ pub struct FeatureStats {
     pub computed: usize,
 }
 
-/// The features of one image (variant).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ImageFeatures {
-    pub pooled: Vec<f32>,
-    /// The spatial map in (row, column, channel) order, when asked for.
-    pub spatial: Option<Vec<f32>>,
-}
-
 /// Returns the features of every request (same order): the pooled vector, and the
 /// spatial map too when `with_spatial`. `on_progress(done, total)` is called after
 /// every batch; returning false stops the work.
@@ -142,7 +134,8 @@ pub fn extract_features(
             let request = &requests[*i];
             let bytes = blobs.get(&image_key(&request.sha256)).map_err(|e| failed(e.to_string()))?;
             let mut image = decode_for(&bytes, decode_limits, &model.manifest.preprocessing)
-                .map_err(|e| failed(format!("image {}: {e}", request.sha256)))?;
+                .map_err(|e| failed(format!("image {}: {e}", request.sha256)))?
+                .image;
             if let (Some(aug), k) = (augmentation, request.variant)
                 && k > 0
             {
@@ -151,21 +144,13 @@ pub fn extract_features(
             preprocess_into(&image, &model.manifest.preprocessing, slot);
         }
         let outputs = model.runner.infer_blocking(pixels, chunk.len()).map_err(|e| failed(e.to_string()))?;
-        for ((i, key), mut image_outputs) in chunk.iter().zip(outputs) {
-            let spatial = match spatial_shape {
-                Some(shape) => {
-                    let map = image_outputs
-                        .get(LoadedModel::SPATIAL_OUTPUT)
-                        .ok_or_else(|| failed("the base model returned no spatial feature map".to_owned()))?;
-                    let map = shape.to_hwc(map);
-                    blobs.replace(&spatial_key(key), &encode_f32(&map)).map_err(|e| failed(e.to_string()))?;
-                    Some(map)
-                }
-                None => None,
-            };
-            let pooled = image_outputs.swap_remove(LoadedModel::FEATURES_OUTPUT);
-            blobs.replace(key, &encode_f32(&pooled)).map_err(|e| failed(e.to_string()))?;
-            out[*i] = Some(ImageFeatures { pooled, spatial });
+        for ((i, key), image_outputs) in chunk.iter().zip(outputs) {
+            let features = model.image_features(image_outputs, with_spatial).map_err(failed)?;
+            if let Some(map) = &features.spatial {
+                blobs.replace(&spatial_key(key), &encode_f32(map)).map_err(|e| failed(e.to_string()))?;
+            }
+            blobs.replace(key, &encode_f32(&features.pooled)).map_err(|e| failed(e.to_string()))?;
+            out[*i] = Some(features);
         }
         stats.computed += chunk.len();
         if !on_progress(stats.cached + stats.computed, stats.total) {

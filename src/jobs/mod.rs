@@ -8,7 +8,7 @@ mod run;
 mod spec;
 mod worker;
 
-pub use features::{FeatureRequest, FeatureStats, ImageFeatures, extract_features, feature_fingerprint, image_key};
+pub use features::{FeatureRequest, FeatureStats, extract_features, feature_fingerprint, image_key};
 pub use run::{JobContext, checkpoint_key, head_key, run_job};
 pub use spec::{JobSpec, Task};
 pub use worker::{IDLE_POLL, worker_loop};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ndarray::Array2;
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::runtime::Handle;
 
@@ -17,10 +17,12 @@ use super::features::{FeatureError, FeatureRequest, FeatureStats, extract_featur
 use super::localize::execute_localize;
 use super::spec::{JobSpec, Task};
 use crate::data::Split;
-use crate::store::{BlobStore, Db, EpochRow, JobRecord, JobState, TrainedModelRecord, now_ms};
-use crate::train::{Checkpoint, EpochReport, TrainData, TrainError, evaluate, train};
+use crate::store::{
+    BlobStore, DatasetRecord, Db, EpochRow, ItemRecord, JobRecord, JobState, TrainedModelRecord, now_ms,
+};
+use crate::train::{Checkpoint, EpochReport, TrainData, TrainError, evaluate, stack_rows, train};
 use crate::vision::DecodeLimits;
-use crate::zoo::{ModelRegistry, TrainedHead, TrainedModel};
+use crate::zoo::{ImageFeatures, LoadedModel, ModelRegistry, TrainedHead, TrainedModel};
 
 /// What every job run needs.
 #[derive(Clone)]
@@ -43,6 +45,11 @@ pub(super) struct Control {
 impl Control {
     pub(super) fn should_stop(&self) -> bool {
         self.cancel.load(Ordering::Relaxed) || self.lease_lost.load(Ordering::Relaxed)
+    }
+
+    /// What a trainer's epoch callback answers: stop when cancelled or taken over.
+    pub(super) fn flow(&self) -> ControlFlow<()> {
+        if self.should_stop() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
     }
 }
 
@@ -146,55 +153,125 @@ fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle
         .ok_or_else(|| failed("the dataset was deleted".into()))?;
     let items = handle.block_on(ctx.db.dataset_items(&job.dataset_id)).map_err(db)?;
     let model = ctx.registry.ready(&job.base_model).map_err(|e| failed(format!("base {e}")))?;
-    if spec.task == Task::Localize {
-        let progress = Progress::new(ctx, job, handle);
-        return execute_localize(ctx, &spec, &dataset, &items, &model, control, &progress);
-    }
-
-    let of_split = |split: Split| items.iter().filter(move |i| i.split == split.as_str());
-    let variants = spec.feature_variants();
-    let mut requests = Vec::new();
-    for variant in 0..variants {
-        requests.extend(of_split(Split::Train).map(|i| FeatureRequest { sha256: i.sha256.clone(), variant }));
-    }
-    requests.extend(of_split(Split::Valid).map(|i| FeatureRequest { sha256: i.sha256.clone(), variant: 0 }));
-    requests.extend(of_split(Split::Test).map(|i| FeatureRequest { sha256: i.sha256.clone(), variant: 0 }));
-    let labels = |split: Split| of_split(split).map(|i| i.class_idx as usize).collect::<Vec<_>>();
-    let (train_labels, valid_labels, test_labels) = (labels(Split::Train), labels(Split::Valid), labels(Split::Test));
-    if train_labels.is_empty() {
+    let splits = Splits::of(&items);
+    if splits.train.is_empty() {
         return Err(failed("the dataset's train split is empty".into()));
     }
-
     let progress = Progress::new(ctx, job, handle);
-    let features_started = Instant::now();
+    match spec.task {
+        Task::Classify => execute_classify(ctx, job, &spec, dataset, &splits, &model, control, &progress),
+        Task::Localize => execute_localize(ctx, &spec, &dataset, &splits, &model, control, &progress),
+    }
+}
+
+/// A dataset's items by split, in the stored order.
+pub(super) struct Splits<'a> {
+    pub train: Vec<&'a ItemRecord>,
+    pub valid: Vec<&'a ItemRecord>,
+    pub test: Vec<&'a ItemRecord>,
+}
+
+impl<'a> Splits<'a> {
+    fn of(items: &'a [ItemRecord]) -> Self {
+        let of_split = |split: Split| items.iter().filter(|i| i.split == split.as_str()).collect();
+        Self { train: of_split(Split::Train), valid: of_split(Split::Valid), test: of_split(Split::Test) }
+    }
+
+    /// Every train image once per variant (variant 0 as is), then the valid and test images
+    /// as they are: the order of the feature rows [`Splits::cut`] takes apart.
+    pub(super) fn feature_requests(&self, variants: usize) -> Vec<FeatureRequest> {
+        let request = |item: &&ItemRecord, variant| FeatureRequest { sha256: item.sha256.clone(), variant };
+        let mut requests = Vec::new();
+        for variant in 0..variants {
+            requests.extend(self.train.iter().map(|item| request(item, variant)));
+        }
+        requests.extend(self.valid.iter().chain(&self.test).map(|item| request(item, 0)));
+        requests
+    }
+
+    /// The rows answering [`Splits::feature_requests`]: one block of train rows per variant,
+    /// then the valid rows, then the test rows.
+    pub(super) fn cut<'f, T>(&self, rows: &'f [T], variants: usize) -> (Vec<&'f [T]>, &'f [T], &'f [T]) {
+        let n = self.train.len();
+        let (train, rest) = rows.split_at(n * variants);
+        let (valid, test) = rest.split_at(self.valid.len());
+        (train.chunks(n.max(1)).collect(), valid, test)
+    }
+}
+
+/// The labels of `items`, in their order.
+pub(super) fn labels(items: &[&ItemRecord]) -> Vec<usize> {
+    items.iter().map(|i| i.class_idx as usize).collect()
+}
+
+/// The features of every request, read from the cache or computed, with progress and
+/// stop checks; also how many seconds it took.
+pub(super) fn compute_features(
+    ctx: &JobContext,
+    spec: &JobSpec,
+    model: &LoadedModel,
+    requests: &[FeatureRequest],
+    with_spatial: bool,
+    control: &Control,
+    progress: &Progress<'_>,
+) -> Result<(Vec<ImageFeatures>, FeatureStats, f64), Failure> {
+    let started = Instant::now();
     let (features, stats) = extract_features(
-        &model,
+        model,
         &ctx.blobs,
-        &requests,
+        requests,
         spec.augment.as_ref(),
         &ctx.decode_limits,
-        false,
+        with_spatial,
         &mut |done, total| {
-            progress.features(done, total, features_started);
+            progress.features(done, total, started);
             !control.should_stop()
         },
     )
     .map_err(|e| match e {
         FeatureError::Stopped => stop_reason(control),
-        FeatureError::Failed(reason) => failed(reason),
+        FeatureError::Failed(reason) => Failure::Failed(reason),
     })?;
-    let features_seconds = features_started.elapsed().as_secs_f64();
+    Ok((features, stats, started.elapsed().as_secs_f64()))
+}
+
+/// A trainer's error as the job's failure: a cancelled run is the stop that caused it.
+pub(super) fn train_failure(control: &Control, error: TrainError) -> Failure {
+    match error {
+        TrainError::Cancelled { .. } => stop_reason(control),
+        other => Failure::Failed(other.to_string()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute_classify(
+    ctx: &JobContext,
+    job: &JobRecord,
+    spec: &JobSpec,
+    dataset: DatasetRecord,
+    splits: &Splits<'_>,
+    model: &LoadedModel,
+    control: &Control,
+    progress: &Progress<'_>,
+) -> Result<Trained, Failure> {
+    let failed = |reason: String| Failure::Failed(reason);
+    let variants = spec.feature_variants();
+    let requests = splits.feature_requests(variants);
+    let (features, stats, features_seconds) = compute_features(ctx, spec, model, &requests, false, control, progress)?;
 
     let width = features.first().map_or(0, |f| f.pooled.len());
-    let mut rows = features.into_iter().map(|f| f.pooled);
-    let mut take = |n: usize| -> Array2<f32> {
-        let flat: Vec<f32> = rows.by_ref().take(n).flatten().collect();
-        Array2::from_shape_vec((n, width), flat).expect("every feature vector has the model's width")
+    let pooled = |rows: &[ImageFeatures]| stack_rows(rows.iter().map(|f| f.pooled.as_slice())).map_err(failed);
+    let (train_rows, valid_rows, test_rows) = splits.cut(&features, variants);
+    let train_variants = train_rows.into_iter().map(pooled).collect::<Result<Vec<_>, _>>()?;
+    let (valid, test) = (pooled(valid_rows)?, pooled(test_rows)?);
+    let test_labels = labels(&splits.test);
+    let data = TrainData {
+        train: train_variants,
+        train_labels: labels(&splits.train),
+        valid,
+        valid_labels: labels(&splits.valid),
+        classes: dataset.classes.len(),
     };
-    let train_variants: Vec<Array2<f32>> = (0..variants).map(|_| take(train_labels.len())).collect();
-    let valid = take(valid_labels.len());
-    let test = take(test_labels.len());
-    let data = TrainData { train: train_variants, train_labels, valid, valid_labels, classes: dataset.classes.len() };
 
     let resume = ctx
         .blobs
@@ -212,12 +289,9 @@ fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle
             let _ = ctx.blobs.replace(&checkpoint_key(&job.id), &bytes);
         }
         progress.epoch(report);
-        if control.should_stop() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        control.flow()
     })
-    .map_err(|e| match e {
-        TrainError::Cancelled { .. } => stop_reason(control),
-        other => failed(other.to_string()),
-    })?;
+    .map_err(|e| train_failure(control, e))?;
     let training_seconds = training_started.elapsed().as_secs_f64();
 
     progress.phase("evaluating");
@@ -287,7 +361,7 @@ impl<'a> Progress<'a> {
         Self { ctx, job, handle, last_write: std::cell::Cell::new(None) }
     }
 
-    pub(super) fn write(&self, progress: Value, kind: &str, throttle: bool) {
+    fn write(&self, progress: Value, kind: &str, throttle: bool) {
         let now = Instant::now();
         if throttle && self.last_write.get().is_some_and(|t| now.duration_since(t) < Duration::from_millis(250)) {
             return;
@@ -321,14 +395,27 @@ impl<'a> Progress<'a> {
             valid_accuracy: report.valid_accuracy.map(f64::from),
         };
         let _ = self.handle.block_on(self.ctx.db.record_epoch(&self.job.id, &row));
-        let per_epoch = report.elapsed_seconds / report.epoch.max(1) as f64;
+        self.training(report.epoch, report.epochs, report.best_epoch, report.elapsed_seconds, report);
+    }
+
+    /// The training phase after an epoch, with an ETA from the time per epoch so far;
+    /// `last` is the trainer's own report of the epoch.
+    pub(super) fn training(
+        &self,
+        epoch: usize,
+        epochs: usize,
+        best_epoch: usize,
+        elapsed_seconds: f64,
+        last: &impl Serialize,
+    ) {
+        let per_epoch = elapsed_seconds / epoch.max(1) as f64;
         let progress = json!({
             "phase": "training",
-            "epoch": report.epoch,
-            "epochs": report.epochs,
-            "best_epoch": report.best_epoch,
-            "eta_seconds": per_epoch * report.epochs.saturating_sub(report.epoch) as f64,
-            "last": report,
+            "epoch": epoch,
+            "epochs": epochs,
+            "best_epoch": best_epoch,
+            "eta_seconds": per_epoch * epochs.saturating_sub(epoch) as f64,
+            "last": last,
         });
         self.write(progress, "epoch", false);
     }

@@ -111,6 +111,10 @@ impl ModelRunner {
     /// Runs any number of images: they are split into requests of at most `max_batch_size`,
     /// which may share batches with other requests. Outputs come back in input order.
     pub async fn infer_all(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<ImageOutputs>, InferenceError> {
+        if (1..=self.config.max_batch_size).contains(&count) {
+            // One request: the buffer goes to the runner as it is, without a copy.
+            return self.infer(pixels, count).await;
+        }
         let chunk = self.config.max_batch_size * self.image_len();
         let counts =
             (0..count).step_by(self.config.max_batch_size).map(|start| (count - start).min(self.config.max_batch_size));

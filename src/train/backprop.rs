@@ -126,26 +126,15 @@ pub(crate) fn apply_gradients(
     let grads: Vec<_> = grads.layers.iter().map(|(w, b)| (w.as_standard_layout(), b.as_standard_layout())).collect();
     let mut params = Vec::with_capacity(2 * grads.len());
     for (dense, (grad_w, grad_b)) in head.layers_mut().zip(&grads) {
-        params.push(Param {
-            value: slice_mut(dense.weights.as_slice_mut())?,
-            grad: slice(grad_w.as_slice())?,
-            decay: true,
-        });
-        params.push(Param {
-            value: slice_mut(dense.bias.as_slice_mut())?,
-            grad: slice(grad_b.as_slice())?,
-            decay: false,
-        });
+        let [weights, bias] = dense.values_mut();
+        params.push(Param { value: weights, grad: slice(grad_w.as_slice())?, decay: true });
+        params.push(Param { value: bias, grad: slice(grad_b.as_slice())?, decay: false });
     }
     optimizer.step(state, &mut params)
 }
 
 fn slice(s: Option<&[f32]>) -> Result<&[f32], OptimError> {
     s.ok_or_else(|| OptimError("a gradient is not contiguous".into()))
-}
-
-fn slice_mut(s: Option<&mut [f32]>) -> Result<&mut [f32], OptimError> {
-    s.ok_or_else(|| OptimError("a parameter is not contiguous".into()))
 }
 
 /// Inverted dropout in place: each unit is zeroed with probability `rate` and the survivors

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{StopMetric, TrainConfig};
+use super::config::{StopMetric, TrainConfig, becomes_best};
 use super::data::TrainData;
 use super::head::Head;
 use super::optim::{Optimizer, OptimizerState};
@@ -86,11 +86,7 @@ impl Checkpoint {
     /// Records epoch `epoch` (1-based): with a metric and a value, keeps the head if it beats
     /// the best so far; without, the latest head is the one kept.
     pub(crate) fn record(&mut self, epoch: usize, metric: Option<StopMetric>, value: Option<f32>) {
-        let improved = match (metric, value) {
-            (Some(metric), Some(value)) => self.best_metric.is_none_or(|best| metric.improves(value, best)),
-            _ => true,
-        };
-        if improved {
+        if becomes_best(metric, value, self.best_metric) {
             self.best_metric = metric.and(value);
             self.best_epoch = epoch;
             self.epochs_since_best = 0;

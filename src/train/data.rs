@@ -67,16 +67,36 @@ impl TrainData {
         self.train[epoch_index % self.train.len()].view()
     }
 
-    /// "Balanced" class weights n/(C·n_c); a class absent from training gets 0 (it is never used).
+    /// "Balanced" class weights n/(C·n_c) of the training labels.
     pub fn balanced_class_weights(&self) -> Vec<f32> {
-        let mut counts = vec![0usize; self.classes];
-        for &label in &self.train_labels {
-            counts[label] += 1;
-        }
-        let n = self.train_labels.len() as f64;
-        let c = self.classes as f64;
-        counts.iter().map(|&count| if count == 0 { 0.0 } else { (n / (c * count as f64)) as f32 }).collect()
+        balanced_class_weights(&self.train_labels, self.classes)
     }
+}
+
+/// "Balanced" class weights n/(C·n_c); a class absent from `labels` gets 0 (it is never used).
+pub(crate) fn balanced_class_weights(labels: &[usize], classes: usize) -> Vec<f32> {
+    let mut counts = vec![0usize; classes];
+    for &label in labels {
+        counts[label] += 1;
+    }
+    let n = labels.len() as f64;
+    let c = classes as f64;
+    counts.iter().map(|&count| if count == 0 { 0.0 } else { (n / (c * count as f64)) as f32 }).collect()
+}
+
+/// Feature vectors as the rows of one matrix, as wide as the first (0×0 for none).
+pub fn stack_rows<'a>(rows: impl ExactSizeIterator<Item = &'a [f32]>) -> Result<Array2<f32>, String> {
+    let count = rows.len();
+    let mut rows = rows.peekable();
+    let width = rows.peek().map_or(0, |row| row.len());
+    let mut flat = Vec::with_capacity(count * width);
+    for row in rows {
+        if row.len() != width {
+            return Err(format!("feature vectors of uneven width: {} and {width}", row.len()));
+        }
+        flat.extend_from_slice(row);
+    }
+    Ok(Array2::from_shape_vec((count, width), flat).expect("count rows of `width` values each"))
 }
 
 #[cfg(test)]

@@ -60,6 +60,19 @@ impl Dense {
         Self { weights, bias: Array1::zeros(outputs) }
     }
 
+    /// Weights and biases as flat row-major slices: what the optimiser updates.
+    pub(crate) fn values(&self) -> [&[f32]; 2] {
+        // `new` and `glorot` keep both arrays owned and in standard layout.
+        let weights = self.weights.as_slice().expect("dense weights are in standard layout");
+        [weights, self.bias.as_slice().expect("a 1-D owned array is contiguous")]
+    }
+
+    /// [`Dense::values`], writable.
+    pub(crate) fn values_mut(&mut self) -> [&mut [f32]; 2] {
+        let weights = self.weights.as_slice_mut().expect("dense weights are in standard layout");
+        [weights, self.bias.as_slice_mut().expect("a 1-D owned array is contiguous")]
+    }
+
     /// The weights, `inputs × outputs`.
     pub fn weights(&self) -> &Array2<f32> {
         &self.weights

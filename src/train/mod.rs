@@ -14,7 +14,7 @@ mod trainer;
 
 pub use checkpoint::Checkpoint;
 pub use config::{EarlyStopping, OptimizerKind, StopMetric, TrainConfig};
-pub use data::TrainData;
+pub use data::{TrainData, stack_rows};
 pub use head::{Dense, Head, HeadError};
 pub use localize::{
     BoxMetrics, LocalizeData, LocalizeEpochReport, LocalizeHeadKind, LocalizeOutcome, LocalizeSplit, LocalizerHead,

@@ -211,9 +211,7 @@ impl<'a> Run<'a> {
 
 /// The generator for epoch `epoch_index` (0-based): the seed mixed with a SplitMix64 hash of
 /// the epoch, so neighbouring epochs (and the initialisation, seeded by `seed` itself) get
-/// unrelated streams.
-/// The generator of epoch `epoch_index` (0-based): a function of the seed and the epoch
-/// alone, so a resumed run shuffles as an uninterrupted one.
+/// unrelated streams, and a resumed run shuffles as an uninterrupted one.
 pub(super) fn epoch_rng(seed: u64, epoch_index: usize) -> StdRng {
     StdRng::seed_from_u64(seed ^ splitmix64(epoch_index as u64 + 1))
 }

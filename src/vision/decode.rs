@@ -128,9 +128,8 @@ fn decode_jpeg_pixels(bytes: &[u8], stored: (u32, u32), eighths: u32) -> Result<
 /// Decodes an image for a model's preprocessing: [`decode_image_scaled`] with the smallest
 /// size that keeps its resize a downscale. Serving, feature extraction and the benchmark
 /// all decode through here, so they see the same pixels.
-pub fn decode_for(bytes: &[u8], limits: &DecodeLimits, spec: &Preprocessing) -> Result<RgbImage, VisionError> {
+pub fn decode_for(bytes: &[u8], limits: &DecodeLimits, spec: &Preprocessing) -> Result<DecodedImage, VisionError> {
     decode_image_scaled(bytes, limits, |size| min_decode_size((spec.width, spec.height), spec.resize, size))
-        .map(|decoded| decoded.image)
 }
 
 /// The smallest decoded size that keeps the preprocessing resize of an image whose

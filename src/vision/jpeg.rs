@@ -154,9 +154,15 @@ mod tests {
 /// Whether the JPEG's last scan is followed by an end-of-image marker (FF D9). Inside
 /// entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so
 /// FF D9 after the last start-of-scan (FF DA) is the real end; bytes after it are fine.
+///
+/// The last of the two markers decides, found from the end (in a whole file, at once);
+/// a scan before it is then looked for from the start, where the headers end.
 pub(super) fn has_end_of_image(bytes: &[u8]) -> bool {
-    let Some(last_scan) = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]) else { return false };
-    bytes[last_scan..].windows(2).any(|w| w == [0xFF, 0xD9])
+    let is_marker = |w: &[u8]| w == [0xFF, 0xD9] || w == [0xFF, 0xDA];
+    match bytes.windows(2).rposition(is_marker) {
+        Some(end) if bytes[end + 1] == 0xD9 => bytes[..end].windows(2).any(|w| w == [0xFF, 0xDA]),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use ort::environment::Environment;
 use super::{Labels, Manifest};
 use crate::runtime::graph::expose_outputs;
 use crate::runtime::{
-    Batching, ModelRunner, ModelSession, ModelSource, RunnerConfig, SessionOptions, TensorSpec, open_session,
+    Batching, ImageOutputs, ModelRunner, ModelSession, ModelSource, RunnerConfig, SessionOptions, TensorSpec,
+    open_session,
 };
 use crate::store::TrainedModelRecord;
 use crate::train::{Head, LocalizeHeadKind, LocalizerHead};
@@ -35,6 +36,32 @@ impl LoadedModel {
     pub const FEATURES_OUTPUT: usize = 1;
     /// Index of the spatial feature map in each image's outputs, when the model has one.
     pub const SPATIAL_OUTPUT: usize = 2;
+
+    /// What heads read from one image's outputs: the pooled vector and, `with_spatial`, the
+    /// spatial map in (row, column, channel) order.
+    pub fn image_features(&self, mut outputs: ImageOutputs, with_spatial: bool) -> Result<ImageFeatures, String> {
+        let spatial = if with_spatial {
+            let shape = self.spatial.as_ref().map_err(Clone::clone)?;
+            if outputs.len() <= Self::SPATIAL_OUTPUT {
+                return Err("the base model returned no spatial feature map".to_owned());
+            }
+            Some(shape.to_hwc(outputs.swap_remove(Self::SPATIAL_OUTPUT)))
+        } else {
+            None
+        };
+        if outputs.len() <= Self::FEATURES_OUTPUT {
+            return Err("the base model returned no pooled features".to_owned());
+        }
+        Ok(ImageFeatures { pooled: outputs.swap_remove(Self::FEATURES_OUTPUT), spatial })
+    }
+}
+
+/// The features of one image (or augmented variant) that heads train on and read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageFeatures {
+    pub pooled: Vec<f32>,
+    /// The spatial map in (row, column, channel) order, when asked for.
+    pub spatial: Option<Vec<f32>>,
 }
 
 /// A spatial feature map's grid, learned at warm-up from its size: `height·width·channels`
@@ -66,9 +93,9 @@ impl SpatialShape {
     }
 
     /// The map reordered to (row, column, channel), the order the localization head reads.
-    pub fn to_hwc(&self, values: &[f32]) -> Vec<f32> {
+    pub fn to_hwc(&self, values: Vec<f32>) -> Vec<f32> {
         match self.layout {
-            Layout::Nhwc => values.to_vec(),
+            Layout::Nhwc => values,
             Layout::Nchw => {
                 let plane = self.height * self.width;
                 let mut out = vec![0.0; values.len()];
@@ -403,8 +430,8 @@ mod tests {
     fn nchw_maps_are_reordered_per_cell() {
         // 2 channels on a 1×3 grid: planes [a0 a1 a2] [b0 b1 b2] → a0 b0 a1 b1 a2 b2.
         let shape = SpatialShape { height: 1, width: 3, channels: 2, layout: Layout::Nchw };
-        assert_eq!(shape.to_hwc(&[1.0, 2.0, 3.0, 10.0, 20.0, 30.0]), [1.0, 10.0, 2.0, 20.0, 3.0, 30.0]);
+        assert_eq!(shape.to_hwc(vec![1.0, 2.0, 3.0, 10.0, 20.0, 30.0]), [1.0, 10.0, 2.0, 20.0, 3.0, 30.0]);
         let hwc = SpatialShape { layout: Layout::Nhwc, ..shape };
-        assert_eq!(hwc.to_hwc(&[1.0, 2.0, 3.0]), [1.0, 2.0, 3.0]);
+        assert_eq!(hwc.to_hwc(vec![1.0, 2.0, 3.0]), [1.0, 2.0, 3.0]);
     }
 }

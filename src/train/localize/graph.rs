@@ -3,7 +3,6 @@
 //! applies. Every step is a tensor op over the whole batch.
 
 use candle_core::{Device, Result, Tensor, Var};
-use ndarray::Axis;
 
 use super::localizer::{BoxHead, CENTROID_EPSILON, LocalizerHead};
 use super::{LocalizeSplit, LossWeights};
@@ -55,9 +54,13 @@ impl Batch {
         spatial: bool,
     ) -> Result<Self> {
         let n = rows.len();
+        // The picked rows go straight into the tensor's buffer: one copy per batch.
         let matrix = |x: &ndarray::Array2<f32>| {
-            let picked = x.select(Axis(0), rows);
-            Tensor::from_vec(picked.iter().copied().collect::<Vec<f32>>(), picked.dim(), &Device::Cpu)
+            let mut values = Vec::with_capacity(n * x.ncols());
+            for &row in rows {
+                values.extend(x.row(row).iter().copied());
+            }
+            Tensor::from_vec(values, (n, x.ncols()), &Device::Cpu)
         };
         let mut onehot = vec![0f32; n * classes];
         for (k, &row) in rows.iter().enumerate() {

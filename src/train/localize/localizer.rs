@@ -82,18 +82,6 @@ fn mean(profile: &[f32]) -> f32 {
     profile.iter().sum::<f32>() / profile.len() as f32
 }
 
-fn dense_values(dense: &Dense) -> [&[f32]; 2] {
-    let weights = dense.weights.as_slice().expect("dense weights are in standard layout");
-    [weights, dense.bias.as_slice().expect("a 1-D owned array is contiguous")]
-}
-
-fn dense_values_mut(dense: &mut Dense) -> [&mut [f32]; 2] {
-    // `Dense` keeps owned, standard-layout arrays (its constructor and Glorot init ensure it).
-    let weights = dense.weights.as_slice_mut().expect("dense weights are in standard layout");
-    let bias = dense.bias.as_slice_mut().expect("a 1-D owned array is contiguous");
-    [weights, bias]
-}
-
 impl SpatialBox {
     /// Values per spatial row: height·width·channels.
     pub(super) fn row_len(&self) -> usize {
@@ -272,14 +260,14 @@ impl LocalizerHead {
 
     /// Every parameter tensor in a fixed order: class weights and biases, then the box head's.
     pub(super) fn params_mut(&mut self) -> Vec<ParamMut<'_>> {
-        let [class_w, class_b] = dense_values_mut(&mut self.class);
+        let [class_w, class_b] = self.class.values_mut();
         let mut params = vec![
             ParamMut { part: Part::Class, decay: true, values: class_w },
             ParamMut { part: Part::Class, decay: false, values: class_b },
         ];
         match &mut self.boxes {
             BoxHead::Pooled { dense } => {
-                let [w, b] = dense_values_mut(dense);
+                let [w, b] = dense.values_mut();
                 params.push(ParamMut { part: Part::Box, decay: true, values: w });
                 params.push(ParamMut { part: Part::Box, decay: false, values: b });
             }
@@ -295,9 +283,9 @@ impl LocalizerHead {
 
     /// The values of every parameter tensor, in the order of `params_mut`.
     pub(super) fn params(&self) -> Vec<&[f32]> {
-        let mut params = dense_values(&self.class).to_vec();
+        let mut params = self.class.values().to_vec();
         match &self.boxes {
-            BoxHead::Pooled { dense } => params.extend(dense_values(dense)),
+            BoxHead::Pooled { dense } => params.extend(dense.values()),
             BoxHead::Spatial(s) => {
                 params.extend([&s.weights[..], std::slice::from_ref(&s.bias), &s.scale, &s.shift]);
             }

@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 pub use boxes::{BoxMetrics, box_metrics, iou};
 pub use localizer::LocalizerHead;
 
-use super::config::{StopMetric, TrainConfig};
-use super::data::TrainData;
+use super::config::{StopMetric, TrainConfig, becomes_best};
+use super::data::balanced_class_weights;
 use super::metrics::{evaluate, log_loss};
 use super::optim::{Optimizer, OptimizerState, Param};
 use super::trainer::{TrainError, epoch_rng};
@@ -166,7 +166,7 @@ pub fn train_localizer(
     let mut head = LocalizerHead::init(kind, pooled_dim, data.classes, data.spatial_shape, config.seed)
         .map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
     let mut stepper = Stepper::new(&mut head, config, weights)?;
-    let class_weights = config.class_weights.then(|| balanced_class_weights(data));
+    let class_weights = config.class_weights.then(|| balanced_class_weights(&data.train[0].labels, data.classes));
     let valid = data.valid.as_ref().filter(|v| v.rows() > 0);
     let monitor = config.early_stopping.filter(|_| valid.is_some());
     let spatial = kind == LocalizeHeadKind::Spatial;
@@ -280,18 +280,6 @@ fn tensor_error(error: candle_core::Error) -> TrainError {
     TrainError::InvalidData(format!("tensor computation failed: {error}"))
 }
 
-/// "Balanced" class weights n/(C·n_c) over the first training variant, as the classifier uses.
-fn balanced_class_weights(data: &LocalizeData) -> Vec<f32> {
-    TrainData {
-        train: Vec::new(),
-        train_labels: data.train[0].labels.clone(),
-        valid: Array2::zeros((0, 0)),
-        valid_labels: Vec::new(),
-        classes: data.classes,
-    }
-    .balanced_class_weights()
-}
-
 /// Validation numbers of one epoch.
 #[derive(Debug, Clone, Copy)]
 struct Scores {
@@ -329,11 +317,7 @@ struct Best {
 
 impl Best {
     fn record(&mut self, epoch: usize, metric: Option<StopMetric>, value: Option<f32>, head: &LocalizerHead) {
-        let improved = match (metric, value) {
-            (Some(metric), Some(value)) => self.metric.is_none_or(|best| metric.improves(value, best)),
-            _ => true,
-        };
-        if improved {
+        if becomes_best(metric, value, self.metric) {
             self.metric = metric.and(value);
             self.epoch = epoch;
             self.since = 0;
