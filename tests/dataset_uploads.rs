@@ -6,7 +6,7 @@ mod common;
 
 use std::io::Write;
 
-use common::datasets::{class_image, encode};
+use common::datasets::{class_image, encode, voc_xml};
 use common::*;
 use graft::config::Limits;
 use image::ImageFormat;
@@ -186,23 +186,6 @@ fn zip_of(files: Vec<(&str, Vec<u8>)>) -> Vec<u8> {
 }
 
 /// A Pascal VOC file as LabelImg writes it.
-fn voc(file: &str, (width, height): (u32, u32), objects: &[(&str, [u32; 4])]) -> Vec<u8> {
-    let objects: String = objects
-        .iter()
-        .map(|(name, [x_min, y_min, x_max, y_max])| {
-            format!(
-                "<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x_min}</xmin>\
-                 <ymin>{y_min}</ymin><xmax>{x_max}</xmax><ymax>{y_max}</ymax></bndbox></object>"
-            )
-        })
-        .collect();
-    format!(
-        "<?xml version=\"1.0\"?>\n<annotation><folder>images</folder><filename>{file}</filename>\
-         <size><width>{width}</width><height>{height}</height><depth>3</depth></size>{objects}</annotation>"
-    )
-    .into_bytes()
-}
-
 async fn upload_with_annotations(url: &str, bytes: Vec<u8>, annotations: Option<&str>) -> reqwest::Response {
     let mut form = reqwest::multipart::Form::new();
     if let Some(annotations) = annotations {
@@ -241,14 +224,17 @@ async fn voc_files_make_a_box_dataset_and_bad_boxes_are_reported() {
         ("pets/images/far.png", png_of(32, 32, 4)),
         ("pets/images/nobox.png", png_of(32, 32, 5)),
         ("pets/images/size.png", png_of(30, 20, 6)),
-        ("pets/annotations/cat1.xml", voc("cat1.jpg", (48, 32), &[("cat", [4, 4, 30, 28])])),
+        ("pets/annotations/cat1.xml", voc_xml("cat1.jpg", (48, 32), &[("cat", [4, 4, 30, 28])])),
         // Two boxes: the dog's 30×30 beats the cat's 10×10.
-        ("pets/annotations/dog1.xml", voc("dog1.png", (40, 40), &[("cat", [0, 0, 10, 10]), ("dog", [5, 5, 35, 35])])),
+        (
+            "pets/annotations/dog1.xml",
+            voc_xml("dog1.png", (40, 40), &[("cat", [0, 0, 10, 10]), ("dog", [5, 5, 35, 35])]),
+        ),
         // Runs 6 pixels past the right edge: clipped to x_max 64.
-        ("pets/annotations/dog2.xml", voc("dog2.jpg", (64, 48), &[("dog", [10, 8, 70, 40])])),
-        ("pets/annotations/far.xml", voc("far.png", (32, 32), &[("cat", [40, 40, 50, 50])])),
-        ("pets/annotations/size.xml", voc("size.png", (20, 30), &[("cat", [1, 1, 10, 10])])),
-        ("pets/annotations/ghost.xml", voc("ghost.jpg", (32, 32), &[("dog", [1, 1, 10, 10])])),
+        ("pets/annotations/dog2.xml", voc_xml("dog2.jpg", (64, 48), &[("dog", [10, 8, 70, 40])])),
+        ("pets/annotations/far.xml", voc_xml("far.png", (32, 32), &[("cat", [40, 40, 50, 50])])),
+        ("pets/annotations/size.xml", voc_xml("size.png", (20, 30), &[("cat", [1, 1, 10, 10])])),
+        ("pets/annotations/ghost.xml", voc_xml("ghost.jpg", (32, 32), &[("dog", [1, 1, 10, 10])])),
     ]);
     let response = upload_with_annotations(&server.url, archive, None).await;
     assert_eq!(response.status(), 201);

@@ -10,7 +10,7 @@ mod common;
 use std::io::{Cursor, Write};
 use std::time::Duration;
 
-use common::datasets::encode;
+use common::datasets::{encode, voc_xml};
 use common::*;
 use graft::config::Limits;
 use image::{ImageFormat, Rgb, RgbImage};
@@ -48,15 +48,6 @@ fn scene(class: usize, seed: u64) -> (RgbImage, [u32; 4]) {
     (image, [x0, y0, x0 + side, y0 + side])
 }
 
-fn voc_xml(file: &str, (w, h): (u32, u32), label: &str, [x0, y0, x1, y1]: [u32; 4]) -> String {
-    format!(
-        "<annotation><folder>photos</folder><filename>{file}</filename>\
-         <size><width>{w}</width><height>{h}</height><depth>3</depth></size>\
-         <object><name>{label}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>\
-         <bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object></annotation>"
-    )
-}
-
 /// `PER_CLASS` scenes per class as PNG + LabelImg XML pairs under `photos/`.
 fn box_dataset_zip() -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
@@ -68,7 +59,7 @@ fn box_dataset_zip() -> Vec<u8> {
             zip.start_file(format!("photos/{file}"), options).unwrap();
             zip.write_all(&encode(&image, ImageFormat::Png)).unwrap();
             zip.start_file(format!("photos/{label}_{i:03}.xml"), options).unwrap();
-            zip.write_all(voc_xml(&file, image.dimensions(), label, bbox).as_bytes()).unwrap();
+            zip.write_all(&voc_xml(&file, image.dimensions(), &[(label, bbox)])).unwrap();
         }
     }
     zip.finish().unwrap().into_inner()

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::annotations::{self, AnnotationFormat, AnnotationProblem, ImageBoxes, LabeledBox, PixelBox};
 use super::archive::{ArchiveEntry, ArchiveFile};
-use super::layout::{Placement, place_in_classes};
+use super::layout::{Placement, place_in_classes, shared_top};
 use super::split::{Split, SplitFractions, assign_split};
 use crate::vision::{DecodeLimits, decode_image};
 
@@ -161,6 +161,12 @@ impl<'s> Ingestor<'s> {
             self.annotation_files.push(AnnotationFile { path, format, bytes });
             return Ok(());
         }
+        // A copy of an accepted image is known by its hash alone: no need to decode it again.
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        if let Some(first) = self.first_path_of.get(&sha256) {
+            self.report.duplicates.push(Duplicate { path, same_as: first.clone() });
+            return Ok(());
+        }
         let image = match decode_image(&bytes, &self.options.decode) {
             Ok(image) => image,
             Err(error) => {
@@ -168,11 +174,6 @@ impl<'s> Ingestor<'s> {
                 return Ok(());
             }
         };
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        if let Some(first) = self.first_path_of.get(&sha256) {
-            self.report.duplicates.push(Duplicate { path, same_as: first.clone() });
-            return Ok(());
-        }
         (self.store_image)(&sha256, &bytes)?;
         self.first_path_of.insert(sha256.clone(), path.clone());
         self.accepted.push(Accepted { sha256, path, width: image.width(), height: image.height(), bbox: None });
@@ -412,12 +413,6 @@ impl ImageIndex {
             None => Err(format!("the annotation names image {name:?}, which is not in the upload")),
         }
     }
-}
-
-/// The first folder of every path, when all paths lie in one and the same folder.
-fn shared_top(paths: &[&str]) -> Option<String> {
-    let (first, _) = paths.first()?.split_once('/')?;
-    paths.iter().all(|path| path.split_once('/').is_some_and(|(top, _)| top == first)).then(|| first.to_owned())
 }
 
 /// The last component of a path; annotation files written on Windows use `\`.

@@ -11,10 +11,8 @@ pub enum Placement {
 /// Decides the placement of every path (same order). Paths are normalised relative
 /// paths with `/` separators, as the archive reader yields them.
 pub fn place_in_classes(paths: &[&str]) -> (Option<String>, Vec<Placement>) {
-    let first = |p: &str| p.split('/').next().unwrap_or("").to_owned();
-    let shared_top = paths.first().map(|p| first(p)).filter(|top| {
-        paths.iter().all(|p| p.contains('/') && first(p) == *top) && paths.iter().any(|p| p.matches('/').count() >= 2)
-    });
+    // A shared folder is a top folder only when something lies below a class folder in it.
+    let shared_top = shared_top(paths).filter(|_| paths.iter().any(|p| p.matches('/').count() >= 2));
     let placements = paths
         .iter()
         .map(|path| {
@@ -32,6 +30,12 @@ pub fn place_in_classes(paths: &[&str]) -> (Option<String>, Vec<Placement>) {
         })
         .collect();
     (shared_top, placements)
+}
+
+/// The first folder of every path, when all paths lie in one and the same folder.
+pub(super) fn shared_top(paths: &[&str]) -> Option<String> {
+    let (first, _) = paths.first()?.split_once('/')?;
+    paths.iter().all(|path| path.split_once('/').is_some_and(|(top, _)| top == first)).then(|| first.to_owned())
 }
 
 #[cfg(test)]

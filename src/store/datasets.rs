@@ -1,5 +1,7 @@
 //! Dataset rows: the dataset, its classes, and one item per stored image.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -66,6 +68,19 @@ fn placeholders(rows: usize, columns: usize) -> String {
         .join(", ")
 }
 
+fn dataset_from_row(row: &AnyRow, classes: Vec<String>) -> Result<DatasetRecord, StoreError> {
+    Ok(DatasetRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        created_at: row.try_get("created_at")?,
+        task: row.try_get("task")?,
+        seed: row.try_get("seed")?,
+        splits: [row.try_get("split_train")?, row.try_get("split_valid")?, row.try_get("split_test")?],
+        report: from_json(&row.try_get::<String, _>("report")?)?,
+        classes,
+    })
+}
+
 impl Db {
     /// Inserts the dataset, its classes and items in one transaction: all or nothing.
     pub async fn insert_dataset(&self, dataset: &NewDataset) -> Result<(), StoreError> {
@@ -118,41 +133,36 @@ impl Db {
     }
 
     pub async fn dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM datasets WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-        match row {
-            Some(row) => Ok(Some(self.dataset_from_row(row).await?)),
-            None => Ok(None),
-        }
-    }
-
-    pub async fn datasets(&self) -> Result<Vec<DatasetRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM datasets ORDER BY created_at, id").fetch_all(&self.pool).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.dataset_from_row(row).await?);
-        }
-        Ok(out)
-    }
-
-    async fn dataset_from_row(&self, row: AnyRow) -> Result<DatasetRecord, StoreError> {
-        let id: String = row.try_get("id")?;
+        let Some(row) = sqlx::query("SELECT * FROM datasets WHERE id = $1").bind(id).fetch_optional(&self.pool).await?
+        else {
+            return Ok(None);
+        };
         let classes = sqlx::query("SELECT name FROM dataset_classes WHERE dataset_id = $1 ORDER BY idx")
-            .bind(&id)
+            .bind(id)
             .fetch_all(&self.pool)
             .await?
             .into_iter()
             .map(|r| r.try_get::<String, _>("name"))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(DatasetRecord {
-            name: row.try_get("name")?,
-            created_at: row.try_get("created_at")?,
-            task: row.try_get("task")?,
-            seed: row.try_get("seed")?,
-            splits: [row.try_get("split_train")?, row.try_get("split_valid")?, row.try_get("split_test")?],
-            report: from_json(&row.try_get::<String, _>("report")?)?,
-            classes,
-            id,
-        })
+        dataset_from_row(&row, classes).map(Some)
+    }
+
+    /// Every dataset, oldest first; two queries however many there are.
+    pub async fn datasets(&self) -> Result<Vec<DatasetRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM datasets ORDER BY created_at, id").fetch_all(&self.pool).await?;
+        let mut classes: HashMap<String, Vec<String>> = HashMap::new();
+        for row in sqlx::query("SELECT dataset_id, name FROM dataset_classes ORDER BY dataset_id, idx")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            classes.entry(row.try_get("dataset_id")?).or_default().push(row.try_get("name")?);
+        }
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                dataset_from_row(row, classes.remove(&id).unwrap_or_default())
+            })
+            .collect()
     }
 
     pub async fn dataset_counts(&self, id: &str) -> Result<Vec<ClassCount>, StoreError> {

@@ -72,8 +72,10 @@ impl Db {
 
     /// Removes the row; returns it so the caller can delete its blob.
     pub async fn delete_trained_model(&self, name: &str) -> Result<Option<TrainedModelRecord>, StoreError> {
-        let Some(model) = self.trained_model(name).await? else { return Ok(None) };
-        sqlx::query("DELETE FROM trained_models WHERE name = $1").bind(name).execute(&self.pool).await?;
-        Ok(Some(model))
+        let row = sqlx::query("DELETE FROM trained_models WHERE name = $1 RETURNING *")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
     }
 }

@@ -57,3 +57,21 @@ pub fn class_folder_zip(top: &str, per_class: usize, seed: u64) -> Vec<u8> {
     zip.write_all(&encode(&class_image(2, seed * 1000), ImageFormat::Png)).unwrap();
     zip.finish().unwrap().into_inner()
 }
+
+/// A Pascal VOC (LabelImg) annotation of `file` with one `<object>` per (label, box).
+pub fn voc_xml(file: &str, (width, height): (u32, u32), objects: &[(&str, [u32; 4])]) -> Vec<u8> {
+    let objects: String = objects
+        .iter()
+        .map(|(name, [x_min, y_min, x_max, y_max])| {
+            format!(
+                "<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{x_min}</xmin>\
+                 <ymin>{y_min}</ymin><xmax>{x_max}</xmax><ymax>{y_max}</ymax></bndbox></object>"
+            )
+        })
+        .collect();
+    format!(
+        "<?xml version=\"1.0\"?>\n<annotation><folder>images</folder><filename>{file}</filename>\
+         <size><width>{width}</width><height>{height}</height><depth>3</depth></size>{objects}</annotation>"
+    )
+    .into_bytes()
+}

@@ -80,10 +80,7 @@ pub(super) fn parse(text: &str, out: &mut Collector) -> Result<(), String> {
                     (Some(w), Some(h)) => image_size(w, h),
                     _ => Err("width and height are not both numbers".to_owned()),
                 };
-                match size {
-                    Ok(size) => out.set_size(file, size),
-                    Err(reason) => out.problem(format!("{file} (image {id}): {reason}; the size is ignored")),
-                }
+                out.stated_size(file, &format!("{file} (image {id})"), size);
             }
         }
     }

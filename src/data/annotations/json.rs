@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Json {
@@ -110,12 +110,6 @@ impl Json {
             Json::Array(_) => "an array",
             Json::Object(_) => "an object",
         }
-    }
-}
-
-impl<'de> Deserialize<'de> for Json {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        JsonSeed { skip: &[] }.deserialize(deserializer)
     }
 }
 

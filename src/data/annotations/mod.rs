@@ -279,6 +279,15 @@ impl Collector {
 
     /// Records the stated size; a second, different size for the same image makes the
     /// image ambiguous, so it is left out.
+    /// A size the file states for `image`: kept when readable; otherwise a problem, named
+    /// by `at`, and the image goes on without a stated size.
+    fn stated_size(&mut self, image: &str, at: &str, size: Result<(u32, u32), String>) {
+        match size {
+            Ok(size) => self.set_size(image, size),
+            Err(reason) => self.problem(format!("{at}: {reason}; the size is ignored")),
+        }
+    }
+
     fn set_size(&mut self, image: &str, size: (u32, u32)) {
         let entry = self.entry(image);
         match entry.image.size {

@@ -135,10 +135,7 @@ fn read_row(row: usize, cells: &[&str], layout: &Layout, out: &mut Collector) {
             (Some(w), Some(h)) => image_size(w, h),
             _ => Err(format!("width {width:?} and height {height:?} are not both numbers")),
         };
-        match size {
-            Ok(size) => out.set_size(image, size),
-            Err(reason) => out.problem(format!("{at}: {reason}; the size is ignored")),
-        }
+        out.stated_size(image, &at, size);
     }
 
     let label = field(Column::Label);

@@ -29,10 +29,7 @@ pub(super) fn parse(text: &str, out: &mut Collector) -> Result<(), String> {
     out.image(image);
 
     if let Some(size) = child(root, "size") {
-        match read_size(size) {
-            Ok(size) => out.set_size(image, size),
-            Err(reason) => out.problem(format!("{image}: {reason}; the size is ignored")),
-        }
+        out.stated_size(image, image, read_size(size));
     }
 
     for (i, object) in root.children().filter(|n| n.is_element() && n.tag_name().name() == "object").enumerate() {
