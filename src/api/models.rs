@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::error::Error;
+use crate::store::TrainedModelRecord;
 use crate::zoo::{Manifest, ModelState, TrainedHead, TrainedModel};
 
 pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, Error> {
@@ -17,12 +18,13 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, E
         state.registry.list().iter().map(|(manifest, model)| describe(manifest, model)).collect();
     // Models trained by workers in other processes appear once they are in the database.
     for record in state.db.trained_models().await? {
-        match trained_model(&state, &record.name).await {
-            Ok(Some(model)) => models.push(describe_trained(&model)),
-            Ok(None) => {}
+        let name = record.name.clone();
+        match cached_or_load(&state, record) {
+            Ok(model) => models.push(describe_trained(&model)),
             // One unreadable head must not hide every other model.
-            Err(e) => models
-                .push(json!({"name": record.name, "kind": "trained", "status": "failed", "reason": e.to_string()})),
+            Err(e) => {
+                models.push(json!({"name": name, "kind": "trained", "status": "failed", "reason": e.to_string()}))
+            }
         }
     }
     Ok(Json(json!({ "models": models })))
@@ -55,11 +57,21 @@ pub(super) async fn trained_model(state: &AppState, name: &str) -> Result<Option
         return Ok(Some(model));
     }
     let Some(record) = state.db.trained_model(name).await? else { return Ok(None) };
+    cached_or_load(state, record).map(Some)
+}
+
+/// The registry's copy of the model `record` describes, or its head read from the blob
+/// store and registered.
+fn cached_or_load(state: &AppState, record: TrainedModelRecord) -> Result<Arc<TrainedModel>, Error> {
+    if let Some(model) = state.registry.trained(&record.name) {
+        return Ok(model);
+    }
+    let name = record.name.clone();
     let bytes = state.blobs.get(&record.head_blob).map_err(|e| Error::Internal(e.to_string()))?;
     let head = TrainedHead::from_bytes(&record.task, &bytes)
         .map_err(|e| Error::Internal(format!("the head of {name} is unreadable: {e}")))?;
     state.registry.insert_trained(TrainedModel { record, head });
-    Ok(state.registry.trained(name))
+    state.registry.trained(&name).ok_or_else(|| Error::Internal(format!("{name} was removed while loading")))
 }
 
 fn describe_trained(model: &TrainedModel) -> Value {
