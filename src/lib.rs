@@ -3,7 +3,7 @@
 //! The rooms: `vision` (bytes → tensor), `runtime` (ONNX Runtime), `zoo` (manifests
 //! and the model registry), `data` (datasets), `train` (the head trainer), `store`
 //! (database and blobs), `jobs` (the training queue), `api` (HTTP). This file wires
-//! them into a server and a worker.
+//! them into a server and a worker; `tune` fine-tunes the top of a base.
 
 pub mod api;
 pub mod bench;
@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod runtime;
 pub mod store;
 pub mod train;
+pub mod tune;
 pub mod vision;
 pub mod zoo;
 

@@ -36,6 +36,7 @@ fn model(name: &str, job_id: &str) -> TrainedModelRecord {
         evaluation: json!({"accuracy": 1.0}),
         created_at: now_ms(),
         task: "classify".into(),
+        tuned_base_blob: Some(format!("tuned/{job_id}.onnx")),
     }
 }
 
@@ -126,7 +127,9 @@ async fn leases_heartbeats_and_takeover() {
         assert!(db.complete_job("j1", "w2", &json!({"accuracy": 1.0}), &model("m", "j1")).await.unwrap(), "{backend}");
         let done = db.job("j1").await.unwrap().unwrap();
         assert_eq!(done.state, JobState::Succeeded);
-        assert_eq!(db.trained_model("m").await.unwrap().unwrap().classes, ["a", "b"]);
+        let stored = db.trained_model("m").await.unwrap().unwrap();
+        assert_eq!(stored.classes, ["a", "b"]);
+        assert_eq!(stored.tuned_base_blob.as_deref(), Some("tuned/j1.onnx"), "{backend}");
         assert!(!db.complete_job("j1", "w2", &json!({}), &model("m2", "j1")).await.unwrap(), "{backend}: only once");
         assert!(db.trained_model("m2").await.unwrap().is_none());
 

@@ -65,6 +65,9 @@ pub(super) async fn resolve(state: &AppState, name: &str) -> Result<Target, Erro
         return Ok(Target::Pretrained(state.registry.ready(name)?));
     }
     let model = trained_model(state, name).await?.ok_or_else(|| Error::UnknownModel(name.to_owned()))?;
+    if let Some(tuned) = &model.tuned_base {
+        return Ok(Target::Trained { base: tuned.clone(), model });
+    }
     let base = state.registry.ready(&model.record.base_model).map_err(|e| match e {
         Unavailable::Unknown(base) => {
             Error::ModelFailed { name: name.to_owned(), reason: format!("its base model {base} is not served here") }

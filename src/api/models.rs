@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use crate::error::Error;
 use crate::store::TrainedModelRecord;
-use crate::zoo::{Manifest, ModelState, TrainedHead, TrainedModel};
+use crate::zoo::{LoadedModel, Manifest, ModelState, TrainedHead, TrainedModel};
 
 pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, Error> {
     let mut models: Vec<Value> =
@@ -19,7 +19,7 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, E
     // Models trained by workers in other processes appear once they are in the database.
     for record in state.db.trained_models().await? {
         let name = record.name.clone();
-        match cached_or_load(&state, record) {
+        match cached_or_load(&state, record).await {
             Ok(model) => models.push(describe_trained(&model)),
             // One unreadable head must not hide every other model.
             Err(e) => {
@@ -47,6 +47,9 @@ pub async fn delete_model(State(state): State<AppState>, Path(name): Path<String
     let record = state.db.delete_trained_model(&name).await?.ok_or(Error::UnknownModel(name.clone()))?;
     state.registry.remove_trained(&name);
     let _ = state.blobs.delete(&record.head_blob);
+    if let Some(key) = &record.tuned_base_blob {
+        let _ = state.blobs.delete(key);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -57,12 +60,12 @@ pub(super) async fn trained_model(state: &AppState, name: &str) -> Result<Option
         return Ok(Some(model));
     }
     let Some(record) = state.db.trained_model(name).await? else { return Ok(None) };
-    cached_or_load(state, record).map(Some)
+    cached_or_load(state, record).await.map(Some)
 }
 
-/// The registry's copy of the model `record` describes, or its head read from the blob
-/// store and registered.
-fn cached_or_load(state: &AppState, record: TrainedModelRecord) -> Result<Arc<TrainedModel>, Error> {
+/// The registry's copy of the model `record` describes, or its head (and tuned base) read
+/// from the blob store and registered.
+async fn cached_or_load(state: &AppState, record: TrainedModelRecord) -> Result<Arc<TrainedModel>, Error> {
     if let Some(model) = state.registry.trained(&record.name) {
         return Ok(model);
     }
@@ -70,8 +73,30 @@ fn cached_or_load(state: &AppState, record: TrainedModelRecord) -> Result<Arc<Tr
     let bytes = state.blobs.get(&record.head_blob).map_err(|e| Error::Internal(e.to_string()))?;
     let head = TrainedHead::from_bytes(&record.task, &bytes)
         .map_err(|e| Error::Internal(format!("the head of {name} is unreadable: {e}")))?;
-    state.registry.insert_trained(TrainedModel { record, head });
+    let tuned_base = match &record.tuned_base_blob {
+        Some(key) => Some(load_tuned_base(state, &record.base_model, &name, key).await?),
+        None => None,
+    };
+    state.registry.insert_trained(TrainedModel { record, head, tuned_base });
     state.registry.trained(&name).ok_or_else(|| Error::Internal(format!("{name} was removed while loading")))
+}
+
+/// A model trained by another process on a tuned base: that base, loaded off the async runtime.
+async fn load_tuned_base(state: &AppState, base: &str, name: &str, key: &str) -> Result<Arc<LoadedModel>, Error> {
+    let base = state.registry.ready(base).map_err(|e| Error::ModelFailed {
+        name: name.to_owned(),
+        reason: format!("its base model is not available: {e}"),
+    })?;
+    let (registry, path, name) = (state.registry.clone(), state.blobs.root().join(key), name.to_owned());
+    let failed_name = name.clone();
+    tokio::task::spawn_blocking(move || registry.load_tuned_base(&base.manifest, &name, path))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .map(Arc::new)
+        .map_err(|reason| Error::ModelFailed {
+            name: failed_name,
+            reason: format!("its tuned base does not load: {reason}"),
+        })
 }
 
 fn describe_trained(model: &TrainedModel) -> Value {
@@ -89,6 +114,7 @@ fn describe_trained(model: &TrainedModel) -> Value {
             TrainedHead::Classifier(head) => json!({"hidden_units": head.hidden_units()}),
             TrainedHead::Localizer(head) => json!({"box_head": head.kind(), "spatial_shape": head.spatial_shape()}),
         },
+        "tuned_base": model.tuned_base.is_some(),
         "created_at": record.created_at,
         "evaluation": record.evaluation,
     })

@@ -7,7 +7,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::store::BlobStore;
-use crate::vision::{Augmentation, DecodeLimits, decode_for, preprocess_into};
+use crate::vision::{Augmentation, DecodeLimits, Preprocessing, decode_for, preprocess_into};
 use crate::zoo::{ImageFeatures, LoadedModel};
 
 /// The cache namespace of a base model: its name, file identity, preprocessing and feature tensor.
@@ -47,15 +47,42 @@ fn feature_key(
     request: &FeatureRequest,
     augmentation: Option<&Augmentation>,
 ) -> String {
-    let variant = match (request.variant, augmentation) {
+    let variant = variant_suffix(request, augmentation);
+    format!("features/{model}/{fingerprint}/{}/{}{variant}.f32", &request.sha256[..2], request.sha256)
+}
+
+/// What tells a variant's cached values from the original's in a key ("" for variant 0).
+pub(super) fn variant_suffix(request: &FeatureRequest, augmentation: Option<&Augmentation>) -> String {
+    match (request.variant, augmentation) {
         (0, _) | (_, None) => String::new(),
         (k, Some(aug)) => {
             let params = hex::encode(Sha256::digest(serde_json::to_vec(aug).unwrap_or_default()));
             // "aug2": variants drawn with the seed-only geometry (`Augmentation::geometry`).
             format!("-aug2{}-{k}", &params[..8])
         }
-    };
-    format!("features/{model}/{fingerprint}/{}/{}{variant}.f32", &request.sha256[..2], request.sha256)
+    }
+}
+
+/// Decodes the stored image of `request`, applies its augmentation variant and writes the
+/// model input into `slot`.
+pub(super) fn request_pixels(
+    blobs: &BlobStore,
+    request: &FeatureRequest,
+    augmentation: Option<&Augmentation>,
+    decode_limits: &DecodeLimits,
+    preprocessing: &Preprocessing,
+    slot: &mut [f32],
+) -> Result<(), String> {
+    let bytes = blobs.get(&image_key(&request.sha256)).map_err(|e| e.to_string())?;
+    let mut image =
+        decode_for(&bytes, decode_limits, preprocessing).map_err(|e| format!("image {}: {e}", request.sha256))?.image;
+    if let (Some(aug), k) = (augmentation, request.variant)
+        && k > 0
+    {
+        image = aug.apply(&image, variant_seed(&request.sha256, k));
+    }
+    preprocess_into(&image, preprocessing, slot);
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,17 +158,8 @@ pub fn extract_features(
     for chunk in missing.chunks(batch) {
         let mut pixels = vec![0.0f32; image_len * chunk.len()];
         for ((i, _), slot) in chunk.iter().zip(pixels.chunks_mut(image_len)) {
-            let request = &requests[*i];
-            let bytes = blobs.get(&image_key(&request.sha256)).map_err(|e| failed(e.to_string()))?;
-            let mut image = decode_for(&bytes, decode_limits, &model.manifest.preprocessing)
-                .map_err(|e| failed(format!("image {}: {e}", request.sha256)))?
-                .image;
-            if let (Some(aug), k) = (augmentation, request.variant)
-                && k > 0
-            {
-                image = aug.apply(&image, variant_seed(&request.sha256, k));
-            }
-            preprocess_into(&image, &model.manifest.preprocessing, slot);
+            request_pixels(blobs, &requests[*i], augmentation, decode_limits, &model.manifest.preprocessing, slot)
+                .map_err(failed)?;
         }
         let outputs = model.runner.infer_blocking(pixels, chunk.len()).map_err(|e| failed(e.to_string()))?;
         for ((i, key), image_outputs) in chunk.iter().zip(outputs) {
@@ -172,10 +190,10 @@ pub fn variant_seed(sha256: &str, k: usize) -> u64 {
     u64::from_le_bytes(digest[..8].try_into().expect("a digest has 32 bytes"))
 }
 
-fn encode_f32(values: &[f32]) -> Vec<u8> {
+pub(super) fn encode_f32(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-fn decode_f32(bytes: &[u8]) -> Vec<f32> {
+pub(super) fn decode_f32(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }

@@ -69,7 +69,7 @@ pub(super) fn execute_localize(
 
     let training_started = Instant::now();
     let outcome = train_localizer(&spec.train, spec.loss_weights, kind, &data, &mut |report| {
-        progress.training(report.epoch, report.epochs, report.best_epoch, report.elapsed_seconds, report);
+        progress.training("training", report.epoch, report.epochs, report.best_epoch, report.elapsed_seconds, report);
         control.flow()
     })
     .map_err(|e| train_failure(control, e))?;
@@ -96,7 +96,12 @@ pub(super) fn execute_localize(
         "timings": {"features_seconds": features_seconds, "training_seconds": training_seconds},
     });
     progress.event("evaluation", evaluation.clone());
-    Ok(Trained { head: TrainedHead::Localizer(outcome.head), classes: dataset.classes.clone(), evaluation })
+    Ok(Trained {
+        head: TrainedHead::Localizer(outcome.head),
+        classes: dataset.classes.clone(),
+        evaluation,
+        tuned_base: None,
+    })
 }
 
 /// The training target of `item`'s variant: its box moved with the variant's crop and

@@ -16,6 +16,7 @@ use tokio::runtime::Handle;
 use super::features::{FeatureError, FeatureRequest, FeatureStats, extract_features};
 use super::localize::execute_localize;
 use super::spec::{JobSpec, Task};
+use super::tune::fine_tune;
 use crate::data::Split;
 use crate::store::{
     BlobStore, DatasetRecord, Db, EpochRow, ItemRecord, JobRecord, JobState, TrainedModelRecord, now_ms,
@@ -64,6 +65,8 @@ pub(super) struct Trained {
     pub head: TrainedHead,
     pub classes: Vec<String>,
     pub evaluation: Value,
+    /// The base with its tuned top blocks (ONNX), when the job tuned them.
+    pub tuned_base: Option<Vec<u8>>,
 }
 
 pub fn checkpoint_key(job_id: &str) -> String {
@@ -72,6 +75,10 @@ pub fn checkpoint_key(job_id: &str) -> String {
 
 pub fn head_key(job_id: &str) -> String {
     format!("heads/{job_id}.bin")
+}
+
+pub fn tuned_base_key(job_id: &str) -> String {
+    format!("tuned/{job_id}.onnx")
 }
 
 /// Runs `job` (already claimed by this worker) to its end.
@@ -297,7 +304,7 @@ fn execute_classify(
     progress.phase("evaluating");
     let probabilities = outcome.head.forward(test.view());
     let test_metrics = evaluate(probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
-    let evaluation = json!({
+    let mut evaluation = json!({
         "test": test_metrics,
         "classes": dataset.classes,
         "best_epoch": outcome.best_epoch,
@@ -306,8 +313,18 @@ fn execute_classify(
         "features": stats_json(stats, width),
         "timings": {"features_seconds": features_seconds, "training_seconds": training_seconds},
     });
+    let (head, tuned_base) = if spec.unfreeze.is_some() {
+        // Phase 2: the head's test numbers so far become phase 1's, the tuned model's replace them.
+        let tuned = fine_tune(ctx, spec, splits, dataset.classes.len(), model, &outcome.head, control, progress)?;
+        evaluation["phase1"] = json!({"test": evaluation["test"].take(), "best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run});
+        evaluation["test"] = tuned.test;
+        evaluation["fine_tune"] = tuned.report;
+        (tuned.head, Some(tuned.tuned_base))
+    } else {
+        (outcome.head, None)
+    };
     progress.event("evaluation", evaluation.clone());
-    Ok(Trained { head: TrainedHead::Classifier(outcome.head), classes: dataset.classes, evaluation })
+    Ok(Trained { head: TrainedHead::Classifier(head), classes: dataset.classes, evaluation, tuned_base })
 }
 
 pub(super) fn stop_reason(control: &Control) -> Failure {
@@ -322,6 +339,30 @@ pub(super) fn stats_json(stats: FeatureStats, width: usize) -> Value {
 async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<bool, String> {
     let key = head_key(&job.id);
     ctx.blobs.replace(&key, &trained.head.to_bytes()).map_err(|e| e.to_string())?;
+    let tuned_key = tuned_base_key(&job.id);
+    let tuned_base = match &trained.tuned_base {
+        Some(bytes) => {
+            ctx.blobs.replace(&tuned_key, bytes).map_err(|e| e.to_string())?;
+            let (registry, blobs, base, name) =
+                (ctx.registry.clone(), ctx.blobs.clone(), job.base_model.clone(), job.model_name.clone());
+            let path = blobs.root().join(&tuned_key);
+            let loaded = tokio::task::spawn_blocking(move || {
+                let base = registry.ready(&base).map_err(|e| e.to_string())?;
+                registry.load_tuned_base(&base.manifest, &name, path)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("the tuned base does not load: {e}"));
+            match loaded {
+                Ok(model) => Some(Arc::new(model)),
+                Err(reason) => {
+                    let _ = ctx.blobs.delete(&tuned_key);
+                    return Err(reason);
+                }
+            }
+        }
+        None => None,
+    };
     let record = TrainedModelRecord {
         name: job.model_name.clone(),
         job_id: job.id.clone(),
@@ -332,17 +373,19 @@ async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<b
         evaluation: trained.evaluation.clone(),
         created_at: now_ms(),
         task: trained.head.task().to_owned(),
+        tuned_base_blob: tuned_base.as_ref().map(|_| tuned_key.clone()),
     };
     match ctx.db.complete_job(&job.id, &ctx.worker_id, &trained.evaluation, &record).await {
         Ok(true) => {
             let _ = ctx.blobs.delete(&checkpoint_key(&job.id));
             let _ = ctx.db.append_event(&job.id, "state", &json!({"state": "succeeded", "model": record.name})).await;
-            ctx.registry.insert_trained(TrainedModel { record, head: trained.head });
+            ctx.registry.insert_trained(TrainedModel { record, head: trained.head, tuned_base });
             Ok(true)
         }
         Ok(false) => Ok(false),
         Err(e) => {
             let _ = ctx.blobs.delete(&key);
+            let _ = ctx.blobs.delete(&tuned_key);
             Err(format!("registering the model failed: {e}"))
         }
     }
@@ -395,13 +438,22 @@ impl<'a> Progress<'a> {
             valid_accuracy: report.valid_accuracy.map(f64::from),
         };
         let _ = self.handle.block_on(self.ctx.db.record_epoch(&self.job.id, &row));
-        self.training(report.epoch, report.epochs, report.best_epoch, report.elapsed_seconds, report);
+        self.training("training", report.epoch, report.epochs, report.best_epoch, report.elapsed_seconds, report);
     }
 
-    /// The training phase after an epoch, with an ETA from the time per epoch so far;
-    /// `last` is the trainer's own report of the epoch.
+    pub(super) fn activations(&self, done: usize, total: usize, started: Instant) {
+        let elapsed = started.elapsed().as_secs_f64();
+        let eta = (done > 0 && done < total).then(|| elapsed / done as f64 * (total - done) as f64);
+        let progress =
+            json!({"phase": "activations", "activations": {"done": done, "total": total}, "eta_seconds": eta});
+        self.write(progress, "progress", done < total);
+    }
+
+    /// A training phase (`training`, or `fine-tuning` for phase 2) after an epoch, with an
+    /// ETA from the time per epoch so far; `last` is the trainer's own report of the epoch.
     pub(super) fn training(
         &self,
+        phase: &str,
         epoch: usize,
         epochs: usize,
         best_epoch: usize,
@@ -410,7 +462,7 @@ impl<'a> Progress<'a> {
     ) {
         let per_epoch = elapsed_seconds / epoch.max(1) as f64;
         let progress = json!({
-            "phase": "training",
+            "phase": phase,
             "epoch": epoch,
             "epochs": epochs,
             "best_epoch": best_epoch,

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::train::{LocalizeHeadKind, LossWeights, TrainConfig};
+use crate::tune::Unfreeze;
 use crate::vision::Augmentation;
 use crate::zoo::is_valid_model_name;
 
@@ -14,8 +15,14 @@ pub struct JobSpec {
     pub base_model: String,
     /// The model name to register; generated from the dataset and base when absent.
     pub name: Option<String>,
-    /// Only the frozen base is trained on for now.
+    /// False when the job also tunes the top of the base (phase 2).
     pub freeze_base: bool,
+    /// Which top blocks phase 2 tunes; `Some` exactly when `freeze_base` is false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unfreeze: Option<UnfreezeSpec>,
+    /// Phase 2's epochs and learning rate; `Some` exactly when `freeze_base` is false.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<FineTune>,
     pub augment: Option<Augmentation>,
     pub task: Task,
     /// Localization only: the box head's input; `None` lets the base decide (spatial when
@@ -25,6 +32,53 @@ pub struct JobSpec {
     pub loss_weights: LossWeights,
     #[serde(flatten)]
     pub train: TrainConfig,
+}
+
+/// `unfreeze`: the top `blocks` of the base, or everything above the cut `tensor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnfreezeSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tensor: Option<String>,
+}
+
+impl UnfreezeSpec {
+    pub fn to_unfreeze(&self) -> Unfreeze {
+        match (&self.tensor, self.blocks) {
+            (Some(tensor), _) => Unfreeze::Tensor(tensor.clone()),
+            (None, blocks) => Unfreeze::Blocks(blocks.unwrap_or(1)),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match (&self.blocks, &self.tensor) {
+            (Some(_), Some(_)) => Err("unfreeze takes `blocks` or `tensor`, not both".into()),
+            (Some(0), None) => Err("unfreeze.blocks must be at least 1".into()),
+            (_, Some(t)) if t.is_empty() => Err("unfreeze.tensor must name a tensor".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Phase 2 (the tail unfrozen): its epochs and learning rate (default: phase 1's ÷ 10).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FineTune {
+    #[serde(default = "fine_tune_epochs")]
+    pub epochs: usize,
+    pub learning_rate: Option<f32>,
+}
+
+fn fine_tune_epochs() -> usize {
+    10
+}
+
+impl Default for FineTune {
+    fn default() -> Self {
+        Self { epochs: fine_tune_epochs(), learning_rate: None }
+    }
 }
 
 /// What the trained model does.
@@ -54,8 +108,9 @@ struct JobFields {
     dataset: String,
     base_model: String,
     name: Option<String>,
-    #[serde(default = "yes")]
-    freeze_base: bool,
+    freeze_base: Option<bool>,
+    unfreeze: Option<UnfreezeSpec>,
+    fine_tune: Option<FineTune>,
     augment: Option<Augmentation>,
     #[serde(default)]
     task: Task,
@@ -63,12 +118,18 @@ struct JobFields {
     loss_weights: Option<LossWeights>,
 }
 
-fn yes() -> bool {
-    true
-}
-
-const JOB_FIELDS: [&str; 8] =
-    ["dataset", "base_model", "name", "freeze_base", "augment", "task", "box_head", "loss_weights"];
+const JOB_FIELDS: [&str; 10] = [
+    "dataset",
+    "base_model",
+    "name",
+    "freeze_base",
+    "unfreeze",
+    "fine_tune",
+    "augment",
+    "task",
+    "box_head",
+    "loss_weights",
+];
 
 impl JobSpec {
     /// Parses and checks a submitted body; the error is a sentence for the user.
@@ -79,11 +140,23 @@ impl JobSpec {
         let job: JobFields = serde_json::from_value(Value::Object(job)).map_err(|e| format!("invalid job: {e}"))?;
         let train: TrainConfig =
             serde_json::from_value(Value::Object(train)).map_err(|e| format!("invalid training settings: {e}"))?;
+        let tuning = match job.freeze_base {
+            Some(true) if job.unfreeze.is_some() || job.fine_tune.is_some() => {
+                return Err(
+                    "unfreeze and fine_tune tune the base: they need freeze_base: false (or no freeze_base)".into()
+                );
+            }
+            Some(true) => false,
+            Some(false) => true,
+            None => job.unfreeze.is_some() || job.fine_tune.is_some(),
+        };
         let spec = Self {
             dataset: job.dataset,
             base_model: job.base_model,
             name: job.name,
-            freeze_base: job.freeze_base,
+            freeze_base: !tuning,
+            unfreeze: tuning.then(|| job.unfreeze.unwrap_or(UnfreezeSpec { blocks: Some(1), tensor: None })),
+            fine_tune: tuning.then(|| job.fine_tune.unwrap_or_default()),
             augment: job.augment,
             task: job.task,
             box_head: job.box_head,
@@ -95,11 +168,12 @@ impl JobSpec {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if !self.freeze_base {
-            return Err(
-                "freeze_base: false (tuning the top of the base) is not available yet; submit with freeze_base: true"
-                    .into(),
-            );
+        if let Some(unfreeze) = &self.unfreeze {
+            unfreeze.validate()?;
+            if self.task == Task::Localize {
+                return Err("tuning the base (freeze_base: false) is available for task \"classify\" only".into());
+            }
+            self.fine_tune_config().validate().map_err(|e| format!("fine_tune: {e}"))?;
         }
         if let Some(name) = &self.name
             && !is_valid_model_name(name)
@@ -114,6 +188,16 @@ impl JobSpec {
         }
         self.loss_weights.validate().map_err(|e| format!("loss_weights: {e}"))?;
         self.train.validate()
+    }
+
+    /// Phase 2's training settings: phase 1's with fine_tune's epochs and learning rate.
+    pub fn fine_tune_config(&self) -> TrainConfig {
+        let fine_tune = self.fine_tune.clone().unwrap_or_default();
+        TrainConfig {
+            epochs: fine_tune.epochs,
+            learning_rate: fine_tune.learning_rate.unwrap_or(self.train.learning_rate / 10.0),
+            ..self.train.clone()
+        }
     }
 
     /// Feature variants per training image: the original plus the augmented ones.
@@ -131,7 +215,23 @@ mod tests {
     fn defaults_work_and_fields_are_checked() {
         let spec = JobSpec::parse(&json!({"dataset": "d", "base_model": "m"})).unwrap();
         assert!(spec.freeze_base);
+        assert_eq!((spec.unfreeze.as_ref(), spec.fine_tune.as_ref()), (None, None));
         assert_eq!(spec.train, TrainConfig::default());
+        // Tuning: one block and phase 1's learning rate ÷ 10 unless said otherwise.
+        let spec =
+            JobSpec::parse(&json!({"dataset": "d", "base_model": "m", "freeze_base": false, "learning_rate": 0.01}))
+                .unwrap();
+        assert_eq!(spec.unfreeze.as_ref().map(UnfreezeSpec::to_unfreeze), Some(Unfreeze::Blocks(1)));
+        let phase2 = spec.fine_tune_config();
+        assert_eq!((phase2.epochs, phase2.learning_rate), (10, 0.01 / 10.0));
+        let spec = JobSpec::parse(&json!({"dataset": "d", "base_model": "m", "unfreeze": {"tensor": "t"},
+            "fine_tune": {"epochs": 3, "learning_rate": 0.5}}))
+        .unwrap();
+        assert!(!spec.freeze_base);
+        assert_eq!(spec.unfreeze.as_ref().map(UnfreezeSpec::to_unfreeze), Some(Unfreeze::Tensor("t".into())));
+        assert_eq!((spec.fine_tune_config().epochs, spec.fine_tune_config().learning_rate), (3, 0.5));
+        // What is stored is read back the same (workers re-parse the stored spec).
+        assert_eq!(JobSpec::parse(&serde_json::to_value(&spec).unwrap()).unwrap(), spec);
         let spec =
             JobSpec::parse(&json!({"dataset": "d", "base_model": "m", "epochs": 3, "optimizer": "sgd"})).unwrap();
         assert_eq!(spec.train.epochs, 3);
@@ -141,7 +241,12 @@ mod tests {
         for (body, needle) in [
             (json!({"base_model": "m"}), "dataset"),
             (json!({"dataset": "d", "base_model": "m", "epoch": 3}), "epoch"),
-            (json!({"dataset": "d", "base_model": "m", "freeze_base": false}), "freeze_base"),
+            (json!({"dataset": "d", "base_model": "m", "freeze_base": true, "unfreeze": {"blocks": 1}}), "freeze_base"),
+            (json!({"dataset": "d", "base_model": "m", "unfreeze": {"blocks": 0}}), "at least 1"),
+            (json!({"dataset": "d", "base_model": "m", "unfreeze": {"blocks": 1, "tensor": "t"}}), "not both"),
+            (json!({"dataset": "d", "base_model": "m", "unfreeze": {"layers": 1}}), "unknown field `layers`"),
+            (json!({"dataset": "d", "base_model": "m", "fine_tune": {"learning_rate": -1.0}}), "fine_tune"),
+            (json!({"dataset": "d", "base_model": "m", "task": "localize", "freeze_base": false}), "classify"),
             (json!({"dataset": "d", "base_model": "m", "learning_rate": -1.0}), "learning_rate"),
             (json!({"dataset": "d", "base_model": "m", "name": "../x"}), "name"),
             (json!({"dataset": "d", "base_model": "m", "augment": {"crop": 2.0}}), "augment"),

@@ -18,6 +18,8 @@ pub struct TrainedModelRecord {
     pub created_at: i64,
     /// "classify" or "localize".
     pub task: String,
+    /// The base with its tuned top blocks (an ONNX file), when the job unfroze them.
+    pub tuned_base_blob: Option<String>,
 }
 
 fn from_row(row: &AnyRow) -> Result<TrainedModelRecord, StoreError> {
@@ -31,6 +33,7 @@ fn from_row(row: &AnyRow) -> Result<TrainedModelRecord, StoreError> {
         evaluation: from_json(&row.try_get::<String, _>("evaluation")?)?,
         created_at: row.try_get("created_at")?,
         task: row.try_get("task")?,
+        tuned_base_blob: row.try_get("tuned_base_blob")?,
     })
 }
 
@@ -42,8 +45,8 @@ impl Db {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO trained_models \
-             (name, job_id, base_model, dataset_id, classes, head_blob, evaluation, created_at, task) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             (name, job_id, base_model, dataset_id, classes, head_blob, evaluation, created_at, task, tuned_base_blob) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&model.name)
         .bind(&model.job_id)
@@ -54,6 +57,7 @@ impl Db {
         .bind(model.evaluation.to_string())
         .bind(model.created_at)
         .bind(&model.task)
+        .bind(&model.tuned_base_blob)
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -14,6 +14,7 @@ mod trainer;
 
 pub use checkpoint::Checkpoint;
 pub use config::{EarlyStopping, OptimizerKind, StopMetric, TrainConfig};
+pub(crate) use data::balanced_class_weights;
 pub use data::{TrainData, stack_rows};
 pub use head::{Dense, Head, HeadError};
 pub use localize::{
@@ -22,4 +23,5 @@ pub use localize::{
 };
 pub use metrics::{ClassMetrics, Evaluation, LOG_LOSS_EPSILON, MetricsError, evaluate, log_loss};
 pub use optim::{BETA1, BETA2, EPSILON, OptimError, Optimizer, OptimizerState, Param, Rule};
+pub(crate) use trainer::epoch_rng;
 pub use trainer::{EpochReport, TrainError, TrainOutcome, train};

@@ -212,7 +212,7 @@ impl<'a> Run<'a> {
 /// The generator for epoch `epoch_index` (0-based): the seed mixed with a SplitMix64 hash of
 /// the epoch, so neighbouring epochs (and the initialisation, seeded by `seed` itself) get
 /// unrelated streams, and a resumed run shuffles as an uninterrupted one.
-pub(super) fn epoch_rng(seed: u64, epoch_index: usize) -> StdRng {
+pub(crate) fn epoch_rng(seed: u64, epoch_index: usize) -> StdRng {
     StdRng::seed_from_u64(seed ^ splitmix64(epoch_index as u64 + 1))
 }
 

@@ -36,6 +36,9 @@ pub struct Manifest {
     pub features: Option<String>,
     /// The feature map before pooling, for localization heads that need position.
     pub spatial_features: Option<SpatialFeatures>,
+    /// `[tune] cut_points`: tensors where tuning may cut the graph, nearest the input first
+    /// (empty: graft finds them).
+    pub cut_points: Vec<String>,
 }
 
 /// A manifest's `output.spatial_features`: the tensor (rank 4, its channels those of the
@@ -64,6 +67,14 @@ struct RawManifest {
     sha256: Option<String>,
     input: RawInput,
     output: RawOutput,
+    tune: Option<RawTune>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTune {
+    #[serde(default)]
+    cut_points: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -219,6 +230,10 @@ impl Manifest {
             (None, Some(_)) => return Err(field("output.spatial_layout", "only applies with `spatial_features`")),
             (None, None) => None,
         };
+        let cut_points = raw.tune.map(|t| t.cut_points).unwrap_or_default();
+        if cut_points.iter().any(String::is_empty) {
+            return Err(field("tune.cut_points", "every cut point must name a tensor"));
+        }
         let labels_file = dir.join(&raw.output.labels);
         if !labels_file.is_file() {
             return Err(field("output.labels", &format!("{} does not exist", labels_file.display())));
@@ -245,6 +260,7 @@ impl Manifest {
             labels_file,
             features: raw.output.features,
             spatial_features,
+            cut_points,
         })
     }
 }

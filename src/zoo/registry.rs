@@ -2,7 +2,8 @@
 //! session runner) or failed with the reason. The API serves only ready models.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use ort::environment::Environment;
 
@@ -127,10 +128,12 @@ impl ModelState {
     }
 }
 
-/// A head trained by a job, served on its base model's features.
+/// A head trained by a job, served on its base model's features — or, when the job tuned
+/// the top of the base, on the features of its own tuned copy of the base.
 pub struct TrainedModel {
     pub record: TrainedModelRecord,
     pub head: TrainedHead,
+    pub tuned_base: Option<Arc<LoadedModel>>,
 }
 
 /// What a job trained: a classifier, or class and box heads together.
@@ -184,13 +187,23 @@ pub enum Unavailable {
 pub struct ModelRegistry {
     entries: RwLock<BTreeMap<String, (Arc<Manifest>, ModelState)>>,
     trained: RwLock<BTreeMap<String, Arc<TrainedModel>>>,
+    /// How models are loaded, kept from [`ModelRegistry::load_all`] for the models jobs make.
+    runtime: OnceLock<Runtime>,
+}
+
+/// ONNX Runtime's environment and the session and batching settings models load with.
+#[derive(Clone)]
+struct Runtime {
+    env: Environment,
+    options: SessionOptions,
+    batching: Batching,
 }
 
 impl ModelRegistry {
     /// Registers the models to serve, all in the loading state.
     pub fn new(manifests: impl IntoIterator<Item = Manifest>) -> Self {
         let entries = manifests.into_iter().map(|m| (m.name.clone(), (Arc::new(m), ModelState::Loading))).collect();
-        Self { entries: RwLock::new(entries), trained: RwLock::default() }
+        Self { entries: RwLock::new(entries), trained: RwLock::default(), runtime: OnceLock::new() }
     }
 
     pub fn get(&self, name: &str) -> Option<(Arc<Manifest>, ModelState)> {
@@ -240,6 +253,7 @@ impl ModelRegistry {
 
     /// Loads every registered model in turn, recording each outcome.
     pub fn load_all(&self, env: &Environment, options: &SessionOptions, batching: &Batching) {
+        let _ = self.runtime.set(Runtime { env: env.clone(), options: options.clone(), batching: *batching });
         for (manifest, _) in self.list() {
             let state = match load_model(env, manifest.clone(), options, batching) {
                 Ok(model) => {
@@ -253,6 +267,30 @@ impl ModelRegistry {
             };
             self.set_state(&manifest.name, state);
         }
+    }
+}
+
+impl ModelRegistry {
+    fn runtime(&self) -> Result<&Runtime, String> {
+        self.runtime
+            .get()
+            .ok_or_else(|| "no model has been loaded yet, so no ONNX Runtime settings are known".to_owned())
+    }
+
+    /// A session for an edited graph (a base's prefix, say), with the registry's settings.
+    pub fn open_graph(&self, label: &str, bytes: &[u8]) -> Result<ModelSession, String> {
+        let runtime = self.runtime()?;
+        let path = PathBuf::from(label);
+        open_session(&runtime.env, ModelSource::Edited { path: &path, bytes }, &runtime.options)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Loads `file`, a tuned copy of the base `base` (same input, outputs and preprocessing),
+    /// as the base the trained model `name` is served on.
+    pub fn load_tuned_base(&self, base: &Manifest, name: &str, file: PathBuf) -> Result<LoadedModel, String> {
+        let runtime = self.runtime()?;
+        let manifest = Manifest { name: format!("{name}.tuned-base"), file, sha256: None, url: None, ..base.clone() };
+        load_model(&runtime.env, Arc::new(manifest), &runtime.options, &runtime.batching)
     }
 }
 

@@ -1,0 +1,217 @@
+//! Phase 2 of a classification job that tunes the top of its base: the cut activations of
+//! every image (ONNX Runtime on the base's prefix, cached in the blob store like features),
+//! the tail and the phase-1 head trained together at a lower learning rate, the test
+//! evaluation, and the tuned base as an ONNX file.
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::features::{
+    FeatureRequest, FeatureStats, decode_f32, encode_f32, feature_fingerprint, request_pixels, variant_suffix,
+};
+use super::run::{Control, Failure, JobContext, Progress, Splits, labels, stop_reason, train_failure};
+use super::spec::JobSpec;
+use crate::train::{Head, evaluate};
+use crate::tune::{BaseGraph, TailModel, TuneData, TuneSplit, Unfreeze, choose_cut, predict, tune, with_initializers};
+use crate::zoo::{LoadedModel, Manifest};
+
+/// Where a job cuts its base and what it will train there.
+pub struct TunePlan {
+    pub graph: BaseGraph,
+    pub base_bytes: Vec<u8>,
+    pub cut: String,
+    pub tail: TailModel,
+}
+
+/// Reads the base and finds the cut `unfreeze` asks for; every error is a sentence for
+/// the user (an unknown tensor, a cut inside a block, an operator the tail cannot train).
+pub fn plan_tuning(manifest: &Manifest, unfreeze: &Unfreeze) -> Result<TunePlan, String> {
+    let features =
+        manifest.features.as_deref().ok_or_else(|| format!("the manifest of {} names no `features`", manifest.name))?;
+    let base_bytes = fs_err::read(&manifest.file).map_err(|e| e.to_string())?;
+    let graph = BaseGraph::decode(&base_bytes).map_err(|e| e.to_string())?;
+    let cut = choose_cut(&graph, features, &manifest.cut_points, unfreeze).map_err(|e| e.to_string())?;
+    let tail = graph.tail(&cut, features).map_err(|e| e.to_string())?;
+    let tail = TailModel::new(&tail).map_err(|e| format!("the tail above `{cut}` cannot be tuned: {e}"))?;
+    Ok(TunePlan { graph, base_bytes, cut, tail })
+}
+
+/// The outcome of phase 2.
+pub(super) struct Tuned {
+    pub head: Head,
+    pub tuned_base: Vec<u8>,
+    /// The final model's test metrics.
+    pub test: Value,
+    /// What phase 2 did, for the job's evaluation.
+    pub report: Value,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fine_tune(
+    ctx: &JobContext,
+    spec: &JobSpec,
+    splits: &Splits<'_>,
+    classes: usize,
+    model: &LoadedModel,
+    head: &Head,
+    control: &Control,
+    progress: &Progress<'_>,
+) -> Result<Tuned, Failure> {
+    let failed = |reason: String| Failure::Failed(reason);
+    let unfreeze = spec.unfreeze.as_ref().map_or(Unfreeze::Blocks(1), |u| u.to_unfreeze());
+    let plan = plan_tuning(&model.manifest, &unfreeze).map_err(failed)?;
+    let variants = spec.feature_variants();
+    let requests = splits.feature_requests(variants);
+    let started = Instant::now();
+    let Activations { rows, shape, stats } = activations(ctx, spec, model, &plan, &requests, control, progress)?;
+    let activation_seconds = started.elapsed().as_secs_f64();
+
+    let (train_rows, valid_rows, test_rows) = splits.cut(&rows, variants);
+    let split = |rows: &[Vec<f32>], labels: Vec<usize>| TuneSplit { activations: rows.concat(), labels };
+    let data = TuneData {
+        shape: shape.clone(),
+        classes,
+        train: train_rows.into_iter().map(|r| split(r, labels(&splits.train))).collect(),
+        valid: Some(split(valid_rows, labels(&splits.valid))),
+    };
+    let test = split(test_rows, labels(&splits.test));
+    drop(rows);
+
+    let config = spec.fine_tune_config();
+    let trained_started = Instant::now();
+    let mut epoch_seconds = Vec::new();
+    let outcome = tune(&config, &plan.tail, head, &data, &mut |report| {
+        epoch_seconds.push(report.epoch_seconds);
+        progress.training(
+            "fine-tuning",
+            report.epoch,
+            report.epochs,
+            report.best_epoch,
+            report.elapsed_seconds,
+            report,
+        );
+        control.flow()
+    })
+    .map_err(|e| train_failure(control, e))?;
+    let training_seconds = trained_started.elapsed().as_secs_f64();
+
+    progress.phase("evaluating");
+    let probabilities = predict(&plan.tail, &outcome.head, &test.activations, &shape, config.batch_size)
+        .map_err(|e| failed(format!("evaluating the tuned model: {e}")))?;
+    let test_metrics = evaluate(probabilities.view(), &test.labels, 5).map_err(|e| failed(e.to_string()))?;
+    let tuned = plan.tail.initializers().map_err(|e| failed(e.to_string()))?;
+    let tuned_base = with_initializers(&plan.base_bytes, &tuned).map_err(failed)?;
+    let per_image: usize = shape.iter().product();
+    let report = json!({
+        "cut": plan.cut,
+        "unfreeze": spec.unfreeze,
+        "learning_rate": config.learning_rate,
+        "trainable_tensors": plan.tail.params().len(),
+        "trainable_parameters": plan.tail.params().iter().map(|p| p.shape.iter().product::<usize>()).sum::<usize>(),
+        "activation_shape": shape,
+        "activation_bytes_per_image": per_image * 4,
+        "activations": {"images": stats.total, "cached": stats.cached, "computed": stats.computed, "seconds": activation_seconds},
+        "best_epoch": outcome.best_epoch,
+        "epochs_run": outcome.epochs_run,
+        "stopped_early": outcome.stopped_early,
+        "training_seconds": training_seconds,
+        "seconds_per_epoch": epoch_seconds.iter().sum::<f64>() / epoch_seconds.len().max(1) as f64,
+    });
+    Ok(Tuned { head: outcome.head, tuned_base, test: serde_json::to_value(test_metrics).unwrap_or_default(), report })
+}
+
+/// Cut activations: one row per request, each of `shape`.
+struct Activations {
+    rows: Vec<Vec<f32>>,
+    shape: Vec<usize>,
+    stats: FeatureStats,
+}
+
+/// The cut activations of every request (same order) and the shape of one image's, read from
+/// the cache or computed by ONNX Runtime on the base's prefix.
+fn activations(
+    ctx: &JobContext,
+    spec: &JobSpec,
+    model: &LoadedModel,
+    plan: &TunePlan,
+    requests: &[FeatureRequest],
+    control: &Control,
+    progress: &Progress<'_>,
+) -> Result<Activations, Failure> {
+    let failed = |reason: String| Failure::Failed(reason);
+    let cut_id = &hex::encode(Sha256::digest(plan.cut.as_bytes()))[..12];
+    let namespace = format!("activations/{}/{}/{cut_id}", model.manifest.name, feature_fingerprint(model));
+    let shape_key = format!("{namespace}/shape.json");
+    let key = |request: &FeatureRequest| {
+        let suffix = variant_suffix(request, spec.augment.as_ref());
+        format!("{namespace}/{}/{}{suffix}.f32", &request.sha256[..2], request.sha256)
+    };
+    let mut shape: Option<Vec<usize>> = ctx
+        .blobs
+        .try_get(&shape_key)
+        .map_err(|e| failed(e.to_string()))?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let mut rows: Vec<Option<Vec<f32>>> = vec![None; requests.len()];
+    if let Some(shape) = &shape {
+        let len: usize = shape.iter().product();
+        for (slot, request) in rows.iter_mut().zip(requests) {
+            *slot =
+                ctx.blobs.try_get(&key(request)).ok().flatten().filter(|b| b.len() == len * 4).map(|b| decode_f32(&b));
+        }
+    }
+    let missing: Vec<usize> = (0..requests.len()).filter(|&i| rows[i].is_none()).collect();
+    let mut stats = FeatureStats { total: requests.len(), cached: requests.len() - missing.len(), computed: 0 };
+    let started = Instant::now();
+    progress.activations(stats.cached, stats.total, started);
+    if !missing.is_empty() {
+        let prefix = plan.graph.prefix(&plan.cut).map_err(|e| failed(e.to_string()))?;
+        let mut session =
+            ctx.registry.open_graph(&format!("{} prefix", model.manifest.name), &prefix).map_err(failed)?;
+        let image_len = model.runner.image_len();
+        let [a, b, c] = model.runner.config().image_dims;
+        for chunk in missing.chunks(model.runner.config().max_batch_size.max(1)) {
+            if control.should_stop() {
+                return Err(stop_reason(control));
+            }
+            let mut pixels = vec![0f32; image_len * chunk.len()];
+            for (&i, slot) in chunk.iter().zip(pixels.chunks_mut(image_len)) {
+                request_pixels(
+                    &ctx.blobs,
+                    &requests[i],
+                    spec.augment.as_ref(),
+                    &ctx.decode_limits,
+                    &model.manifest.preprocessing,
+                    slot,
+                )
+                .map_err(failed)?;
+            }
+            let input =
+                ort::value::Tensor::from_array(([chunk.len(), a, b, c], pixels)).map_err(|e| failed(e.to_string()))?;
+            let outputs = session
+                .session
+                .run(ort::inputs![model.manifest.input_name.as_str() => input])
+                .map_err(|e| failed(format!("the base's prefix failed: {e}")))?;
+            let (dims, values) =
+                outputs[plan.cut.as_str()].try_extract_tensor::<f32>().map_err(|e| failed(e.to_string()))?;
+            let image_shape: Vec<usize> = dims.iter().skip(1).map(|&d| d.max(0) as usize).collect();
+            if shape.as_ref() != Some(&image_shape) {
+                ctx.blobs
+                    .replace(&shape_key, &serde_json::to_vec(&image_shape).unwrap_or_default())
+                    .map_err(|e| failed(e.to_string()))?;
+                shape = Some(image_shape.clone());
+            }
+            let per_image: usize = image_shape.iter().product();
+            for (&i, values) in chunk.iter().zip(values.chunks_exact(per_image)) {
+                ctx.blobs.replace(&key(&requests[i]), &encode_f32(values)).map_err(|e| failed(e.to_string()))?;
+                rows[i] = Some(values.to_vec());
+            }
+            stats.computed += chunk.len();
+            progress.activations(stats.cached + stats.computed, stats.total, started);
+        }
+    }
+    let shape = shape.ok_or_else(|| failed("no activations were computed".into()))?;
+    let rows = rows.into_iter().map(|r| r.expect("every request was read or computed")).collect();
+    Ok(Activations { rows, shape, stats })
+}

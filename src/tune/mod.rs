@@ -1,0 +1,16 @@
+//! The tuning room: fine-tuning the top of a base model natively. The base's graph is cut
+//! into a frozen prefix (ONNX Runtime) and a trainable tail (candle, with autodiff), the
+//! tail is trained with the head on cached cut activations, and the result is written back
+//! as one ONNX file.
+
+pub mod eval;
+pub mod export;
+pub mod graph;
+pub mod ops;
+pub mod tensor;
+pub mod train;
+
+pub use eval::{SUPPORTED_OPERATORS, TailModel, TailParam};
+pub use export::{PROBABILITIES, export_classifier, with_initializers};
+pub use graph::{BaseGraph, CutError, Tail, Unfreeze, choose_cut};
+pub use train::{TuneData, TuneEpochReport, TuneOutcome, TuneSplit, predict, tune};

@@ -1,0 +1,115 @@
+//! Reading and writing ONNX `TensorProto` values and node attributes.
+
+use crate::runtime::graph::onnx::{AttributeProto, NodeProto, TensorProto, tensor_proto};
+
+/// `TensorProto.DataType` codes graft reads.
+const FLOAT: i32 = 1;
+const INT32: i32 = 6;
+const INT64: i32 = 7;
+
+pub fn dims(tensor: &TensorProto) -> Vec<usize> {
+    tensor.dims.iter().map(|&d| d.max(0) as usize).collect()
+}
+
+/// The values of a float tensor, from `raw_data` (little-endian) or `float_data`.
+pub fn floats(tensor: &TensorProto) -> Result<Vec<f32>, String> {
+    check_inline(tensor)?;
+    if tensor.data_type() != FLOAT {
+        return Err(format!("tensor `{}` is not float32 (data type {})", tensor.name(), tensor.data_type()));
+    }
+    let values: Vec<f32> = match &tensor.raw_data {
+        Some(raw) if !raw.is_empty() => {
+            raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        }
+        _ => tensor.float_data.clone(),
+    };
+    let expected: usize = dims(tensor).iter().product();
+    if values.len() != expected {
+        return Err(format!("tensor `{}` holds {} values for shape {:?}", tensor.name(), values.len(), tensor.dims));
+    }
+    Ok(values)
+}
+
+/// The values of an int64 or int32 tensor, as i64.
+pub fn ints(tensor: &TensorProto) -> Result<Vec<i64>, String> {
+    check_inline(tensor)?;
+    let raw = tensor.raw_data.as_deref().filter(|r| !r.is_empty());
+    match tensor.data_type() {
+        INT64 => Ok(match raw {
+            Some(raw) => raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
+            None => tensor.int64_data.clone(),
+        }),
+        INT32 => Ok(match raw {
+            Some(raw) => {
+                raw.chunks_exact(4).map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes")))).collect()
+            }
+            None => tensor.int32_data.iter().map(|&v| i64::from(v)).collect(),
+        }),
+        other => Err(format!("tensor `{}` is not an integer tensor (data type {other})", tensor.name())),
+    }
+}
+
+/// A float tensor `name` of `shape` holding `values` (as `raw_data`).
+pub fn float_tensor(name: &str, shape: &[usize], values: &[f32]) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_owned()),
+        dims: shape.iter().map(|&d| d as i64).collect(),
+        data_type: Some(FLOAT),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+/// An int64 tensor `name` holding `values` as a vector.
+pub fn int_tensor(name: &str, values: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.to_owned()),
+        dims: vec![values.len() as i64],
+        data_type: Some(INT64),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
+fn check_inline(tensor: &TensorProto) -> Result<(), String> {
+    if tensor.data_location() == tensor_proto::DataLocation::External {
+        return Err(format!(
+            "tensor `{}` keeps its data in an external file, which graft does not read",
+            tensor.name()
+        ));
+    }
+    Ok(())
+}
+
+/// Attribute access on a node, with ONNX's defaults supplied by the caller.
+pub struct Attributes<'a>(pub &'a NodeProto);
+
+impl Attributes<'_> {
+    fn find(&self, name: &str) -> Option<&AttributeProto> {
+        self.0.attribute.iter().find(|a| a.name() == name)
+    }
+
+    pub fn int(&self, name: &str, default: i64) -> i64 {
+        self.find(name).and_then(|a| a.i).unwrap_or(default)
+    }
+
+    pub fn float(&self, name: &str, default: f32) -> f32 {
+        self.float_opt(name).unwrap_or(default)
+    }
+
+    pub fn float_opt(&self, name: &str) -> Option<f32> {
+        self.find(name).and_then(|a| a.f)
+    }
+
+    pub fn ints(&self, name: &str) -> Option<Vec<i64>> {
+        self.find(name).map(|a| a.ints.clone())
+    }
+
+    pub fn string(&self, name: &str) -> Option<String> {
+        self.find(name).and_then(|a| a.s.as_ref()).map(|s| String::from_utf8_lossy(s).into_owned())
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorProto> {
+        self.find(name).and_then(|a| a.t.as_ref())
+    }
+}
