@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::error::Error;
-use crate::jobs::JobSpec;
+use crate::jobs::{JobSpec, plan_tuning};
 use crate::store::{JobRecord, JobState};
 
 /// How often the event stream looks for new events (they may come from another process).
@@ -39,6 +39,14 @@ pub async fn create_job(
         && let Err(reason) = &model.features
     {
         return Err(Error::Unprocessable(format!("base model {} cannot train heads: {reason}", spec.base_model)));
+    }
+    if let (Some(unfreeze), Some((manifest, _))) = (&spec.unfreeze, state.registry.get(&spec.base_model)) {
+        // Reading the base and finding the cut costs a model decode: off the async runtime.
+        let unfreeze = unfreeze.to_unfreeze();
+        tokio::task::spawn_blocking(move || plan_tuning(&manifest, &unfreeze).map(drop))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|reason| Error::Unprocessable(format!("unfreeze: {reason}")))?;
     }
     let id = uuid::Uuid::new_v4().to_string();
     let model_name = spec.name.clone().unwrap_or_else(|| generated_name(&dataset.name, &spec.base_model, &id));

@@ -3,6 +3,7 @@
 
 mod classify;
 mod datasets;
+mod export;
 mod health;
 mod images;
 mod jobs;
@@ -56,6 +57,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::get_model).delete(models::delete_model))
+        .route("/v1/models/{model}/onnx", get(export::download_onnx))
         // PUT too, so that `curl -T photo.jpg` (an upload with PUT) works as well as POST.
         .route("/v1/models/{model}/classify", post(classify::classify).put(classify::classify))
         .route("/v1/models/{model}/localize", post(localize::localize).put(localize::localize))

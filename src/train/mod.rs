@@ -13,6 +13,7 @@ mod optim;
 mod trainer;
 
 pub use checkpoint::Checkpoint;
+pub(crate) use config::becomes_best;
 pub use config::{EarlyStopping, OptimizerKind, StopMetric, TrainConfig};
 pub(crate) use data::balanced_class_weights;
 pub use data::{TrainData, stack_rows};

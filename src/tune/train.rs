@@ -11,7 +11,9 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::eval::{TailModel, softmax};
-use crate::train::{Head, OptimizerState, Param, StopMetric, TrainConfig, TrainError, evaluate, log_loss};
+use crate::train::{
+    Head, OptimizerState, Param, StopMetric, TrainConfig, TrainError, becomes_best, evaluate, log_loss,
+};
 
 /// Cut activations of one split, image after image, with their labels.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +58,15 @@ pub struct TuneOutcome {
     pub best_epoch: usize,
     pub epochs_run: usize,
     pub stopped_early: bool,
+}
+
+/// The best epoch so far: every variable's values, the epoch, its monitored value, and the
+/// epochs since.
+struct Best {
+    values: Vec<Vec<f32>>,
+    epoch: usize,
+    metric: Option<f32>,
+    since: usize,
 }
 
 /// The head's layers as candle variables: (weights inputs×outputs, bias) per layer.
@@ -202,9 +213,9 @@ pub fn tune(
     let monitor = config.early_stopping.filter(|_| valid.is_some());
 
     let started = Instant::now();
-    let mut best = (values.clone(), 0usize, None::<f32>, 0usize);
+    let mut best = Best { values: values.clone(), epoch: 0, metric: None, since: 0 };
     let mut epoch = 0;
-    while epoch < config.epochs && monitor.is_none_or(|m| best.3 < m.patience) {
+    while epoch < config.epochs && monitor.is_none_or(|m| best.since < m.patience) {
         let epoch_started = Instant::now();
         let split = &data.train[epoch % data.train.len()];
         let mut order: Vec<usize> = (0..split.rows()).collect();
@@ -254,15 +265,10 @@ pub fn tune(
         };
         let metric = monitor.map(|m| m.metric);
         let value = scores.map(|(loss, accuracy)| if metric == Some(StopMetric::ValLoss) { loss } else { accuracy });
-        let improved = match (metric, value, best.2) {
-            (Some(metric), Some(value), Some(previous)) => metric.improves(value, previous),
-            (Some(_), Some(_), None) => true,
-            _ => true,
-        };
-        if improved {
-            best = (values.clone(), epoch, value, 0);
+        if becomes_best(metric, value, best.metric) {
+            best = Best { values: values.clone(), epoch, metric: value, since: 0 };
         } else {
-            best.3 += 1;
+            best.since += 1;
         }
         let report = TuneEpochReport {
             epoch,
@@ -271,7 +277,7 @@ pub fn tune(
             train_accuracy: correct as f32 / split.rows() as f32,
             valid_loss: scores.map(|s| s.0),
             valid_accuracy: scores.map(|s| s.1),
-            best_epoch: best.1,
+            best_epoch: best.epoch,
             epoch_seconds: epoch_started.elapsed().as_secs_f64(),
             elapsed_seconds: started.elapsed().as_secs_f64(),
         };
@@ -279,13 +285,18 @@ pub fn tune(
             return Err(TrainError::Cancelled { epoch });
         }
     }
-    load(&vars, &best.0).map_err(tensor_error)?;
+    load(&vars, &best.values).map_err(tensor_error)?;
     let mut tuned_head = head.clone();
-    let head_values = &best.0[tail.params().len()..];
+    let head_values = &best.values[tail.params().len()..];
     for (dense, pair) in tuned_head.layers_mut().zip(head_values.chunks(2)) {
         let [w, b] = dense.values_mut();
         w.copy_from_slice(&pair[0]);
         b.copy_from_slice(&pair[1]);
     }
-    Ok(TuneOutcome { head: tuned_head, best_epoch: best.1, epochs_run: epoch, stopped_early: epoch < config.epochs })
+    Ok(TuneOutcome {
+        head: tuned_head,
+        best_epoch: best.epoch,
+        epochs_run: epoch,
+        stopped_early: epoch < config.epochs,
+    })
 }
