@@ -28,6 +28,8 @@ enum Command {
     Worker(Box<EngineSettings>),
     /// Measure serving speed: raw ONNX Runtime, graft over HTTP, a Python server, preprocessing.
     Bench(Box<graft::bench::BenchSettings>),
+    /// Measure tuning speed: phase 2's step and epoch on a tail, against ONNX Runtime's forward pass.
+    BenchTune(Box<graft::bench::TuneBenchSettings>),
     /// Model manifests and files.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -92,6 +94,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(settings) => graft::serve(*settings).await,
         Command::Worker(settings) => graft::run_workers(*settings).await,
         Command::Bench(settings) => graft::bench::run(*settings).await,
+        Command::BenchTune(settings) => graft::bench::run_tune(*settings).await,
         Command::Models(ModelsCommand::List(models)) => {
             for manifest in load_manifest_dir(&models.model_dir)? {
                 let present = if manifest.file.is_file() { "present" } else { "missing" };

@@ -168,4 +168,17 @@ async fn localize_job_trains_and_serves_boxes_in_original_pixels() {
         .unwrap();
     let problem = expect_problem(refused, 400).await;
     assert!(problem["detail"].as_str().unwrap().contains("no box head"), "{problem}");
+
+    // The download is one ONNX file answering class probabilities and the box (its numbers
+    // are checked against the head in tests/tune_tail.rs).
+    for model in ["scenes-spatial", "scenes-pooled"] {
+        let response = client().get(format!("{url}/v1/models/{model}/onnx")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let bytes = response.bytes().await.unwrap();
+        let env = runtime();
+        let source = graft::runtime::ModelSource::Edited { path: std::path::Path::new("download.onnx"), bytes: &bytes };
+        let session = graft::runtime::open_session(&env, source, &cpu()).unwrap();
+        let outputs: Vec<&str> = session.outputs.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(outputs, ["probabilities", "box"], "{model}");
+    }
 }

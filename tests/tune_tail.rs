@@ -317,3 +317,50 @@ fn operators_outside_the_list_are_refused_by_name() {
     let err = TailModel::new(&base.tail("x", "y").unwrap()).err().expect("an unsupported operator is refused");
     assert!(err.contains("LpNormalization") && err.contains("not supported") && err.contains("Conv"), "{err}");
 }
+
+/// The localizer's exported ONNX file (both box heads) equals its own prediction on the
+/// base's pooled features and spatial map.
+#[test]
+fn exported_localizers_equal_their_heads() {
+    use graft::train::{LocalizeData, LocalizeHeadKind, LocalizeSplit, LossWeights, TrainConfig, train_localizer};
+    use graft::tune::export_localizer;
+    use graft::vision::Layout;
+    let env = common::runtime();
+    let mut rng = StdRng::seed_from_u64(5);
+    let bytes = std::fs::read(common::fixtures().join("spatial/tiny_spatial.onnx")).unwrap();
+    let images = 6;
+    let pixels: Vec<f32> = (0..images * 3 * 64 * 64).map(|_| rng.random_range(0.0..1.0)).collect();
+    let exposed = expose_outputs(&bytes, &["pooled", "spatial"]).unwrap();
+    let outputs = ort_run(&env, &exposed, "pixels", &[images, 3, 64, 64], &pixels, &["pooled", "spatial"]);
+    let pooled = Array2::from_shape_vec((images, 5), outputs[0].clone()).unwrap();
+    // NCHW [N, 5, 8, 8] → rows of (row, column, channel), the order the head reads.
+    let spatial = Array2::from_shape_fn((images, 8 * 8 * 5), |(n, k)| {
+        let (cell, c) = (k / 5, k % 5);
+        outputs[1][n * 320 + c * 64 + cell]
+    });
+    let split = LocalizeSplit {
+        pooled: pooled.clone(),
+        spatial: Some(spatial.clone()),
+        labels: (0..images).map(|i| i % 3).collect(),
+        boxes: (0..images).map(|_| std::array::from_fn(|_| rng.random_range(0.2..0.8))).collect(),
+    };
+    let data = LocalizeData { classes: 3, spatial_shape: Some((8, 8, 5)), train: vec![split], valid: None };
+    let config =
+        TrainConfig { epochs: 5, batch_size: 3, learning_rate: 0.05, early_stopping: None, ..TrainConfig::default() };
+    for kind in [LocalizeHeadKind::Pooled, LocalizeHeadKind::Spatial] {
+        let head =
+            train_localizer(&config, LossWeights::default(), kind, &data, &mut |_| std::ops::ControlFlow::Continue(()))
+                .unwrap()
+                .head;
+        let (probabilities, boxes) = head.predict(pooled.view(), Some(spatial.view())).unwrap();
+        let exported = export_localizer(&bytes, "pooled", Some(("spatial", Layout::Nchw)), &head).unwrap();
+        let theirs = ort_run(&env, &exported, "pixels", &[images, 3, 64, 64], &pixels, &["probabilities", "box"]);
+        let box_values: Vec<f32> = boxes.iter().flatten().copied().collect();
+        let (dp, db) =
+            (max_abs_diff(probabilities.as_slice().unwrap(), &theirs[0]), max_abs_diff(&box_values, &theirs[1]));
+        println!("{kind:?} localizer exported: probabilities max |Δ| {dp:.2e}, box max |Δ| {db:.2e}");
+        assert!(dp <= 1e-5 && db <= 1e-5, "{kind:?}: {dp} {db}");
+        // The boxes are not trivial: they differ between images.
+        assert!(max_abs_diff(&box_values[..4], &box_values[4..8]) > 1e-4, "{kind:?}: {box_values:?}");
+    }
+}

@@ -1,6 +1,6 @@
 //! `GET /v1/models/{name}/onnx`: a model as one ONNX file. A pretrained model is its own
 //! file; a trained one is its base (tuned, when the job tuned it) with the head appended,
-//! answering `probabilities` over the dataset's classes.
+//! answering `probabilities` over the dataset's classes (and a localizer's `box`).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use super::AppState;
 use super::models::trained_model;
 use crate::error::Error;
-use crate::tune::export_classifier;
+use crate::tune::{export_classifier, export_localizer};
 use crate::zoo::TrainedHead;
 
 pub async fn download_onnx(
@@ -22,14 +22,6 @@ pub async fn download_onnx(
         })?
     } else {
         let model = trained_model(&state, &name).await?.ok_or_else(|| Error::UnknownModel(name.clone()))?;
-        let head = match &model.head {
-            TrainedHead::Classifier(head) => head.clone(),
-            TrainedHead::Localizer(_) => {
-                return Err(Error::Unprocessable(format!(
-                    "{name} is a localization model; ONNX export covers classification models"
-                )));
-            }
-        };
         let base = state.registry.get(&model.record.base_model).map(|(manifest, _)| manifest).ok_or_else(|| {
             Error::ModelFailed {
                 name: name.clone(),
@@ -43,7 +35,13 @@ pub async fn download_onnx(
         };
         tokio::task::spawn_blocking(move || {
             let bytes = fs_err::read(&base_file).map_err(|e| e.to_string())?;
-            export_classifier(&bytes, &features, &[], &head)
+            match &model.head {
+                TrainedHead::Classifier(head) => export_classifier(&bytes, &features, &[], head),
+                TrainedHead::Localizer(head) => {
+                    let spatial = base.spatial_features.as_ref().map(|s| (s.tensor.as_str(), s.layout));
+                    export_localizer(&bytes, &features, spatial, head)
+                }
+            }
         })
         .await
         .map_err(|e| Error::Internal(e.to_string()))?

@@ -6,6 +6,9 @@
 mod load;
 mod process;
 mod raw;
+mod tune;
+
+pub use tune::{TuneBenchSettings, run as run_tune};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

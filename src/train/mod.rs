@@ -19,8 +19,8 @@ pub(crate) use data::balanced_class_weights;
 pub use data::{TrainData, stack_rows};
 pub use head::{Dense, Head, HeadError};
 pub use localize::{
-    BoxMetrics, LocalizeData, LocalizeEpochReport, LocalizeHeadKind, LocalizeOutcome, LocalizeSplit, LocalizerHead,
-    LossWeights, box_metrics, iou, train_localizer,
+    BoxMetrics, BoxParts, CENTROID_EPSILON, LocalizeData, LocalizeEpochReport, LocalizeHeadKind, LocalizeOutcome,
+    LocalizeSplit, LocalizerHead, LossWeights, box_metrics, iou, train_localizer,
 };
 pub use metrics::{ClassMetrics, Evaluation, LOG_LOSS_EPSILON, MetricsError, evaluate, log_loss};
 pub use optim::{BETA1, BETA2, EPSILON, OptimError, Optimizer, OptimizerState, Param, Rule};

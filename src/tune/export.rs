@@ -1,16 +1,24 @@
 //! One ONNX file for a trained model: the base graph (with its tuned tail weights written
 //! back into the initializers, when the job tuned the base) and the head appended as ONNX
-//! nodes, answering `probabilities` over the dataset's classes.
+//! nodes, answering `probabilities` over the dataset's classes — and, for a localizer,
+//! `box` (`[cx, cy, w, h]` as fractions of the model input).
+//!
+//! The appended nodes use only operators whose attributes have not changed across opsets
+//! (Flatten, Gemm, Relu, Sigmoid, Softmax on 2-D, Conv, MaxPool, Transpose, Concat and
+//! element-wise arithmetic), so the head fits a base of any opset.
 
 use prost::Message;
 
 use super::graph::float_output;
 use super::tensor::float_tensor;
-use crate::runtime::graph::onnx::{AttributeProto, ModelProto, NodeProto, TensorProto, attribute_proto};
-use crate::train::Head;
+use crate::runtime::graph::onnx::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, attribute_proto};
+use crate::train::{BoxParts, CENTROID_EPSILON, Dense, Head, LocalizerHead};
+use crate::vision::Layout;
 
-/// The exported model's one output.
+/// The exported model's class output.
 pub const PROBABILITIES: &str = "probabilities";
+/// A localizer's box output.
+pub const BOX: &str = "box";
 /// Names graft adds start with this, so they cannot meet the base's own.
 const PREFIX: &str = "graft_head";
 
@@ -26,35 +34,141 @@ pub fn with_initializers(base: &[u8], tuned: &[TensorProto]) -> Result<Vec<u8>, 
 pub fn export_classifier(base: &[u8], features: &str, tuned: &[TensorProto], head: &Head) -> Result<Vec<u8>, String> {
     let mut model = decode(base)?;
     replace_initializers(&mut model, tuned)?;
-    let graph = model.graph.as_mut().ok_or("the base model has no graph")?;
-    let taken = |name: &str| {
-        graph.node.iter().any(|n| n.output.iter().any(|o| o.starts_with(name)))
-            || graph.initializer.iter().any(|t| t.name().starts_with(name))
-    };
-    if taken(PREFIX) || taken(PROBABILITIES) {
-        return Err(format!("the base already has tensors named {PREFIX}… or {PROBABILITIES}"));
-    }
-    let flat = format!("{PREFIX}_features");
-    graph.node.push(node("Flatten", &[features], &flat, vec![int_attribute("axis", 1)]));
+    let mut graph = Appender::new(&mut model)?;
+    let flat = graph.node("Flatten", &[features], "features", vec![int("axis", 1)]);
+    let layers: Vec<&Dense> = head.layers().collect();
     let mut x = flat;
-    let layers: Vec<_> = head.layers().collect();
     for (i, dense) in layers.iter().enumerate() {
-        let (w, b) = (format!("{PREFIX}_{i}_weights"), format!("{PREFIX}_{i}_bias"));
-        let [weights, bias] = dense.values();
-        graph.initializer.push(float_tensor(&w, &[dense.inputs(), dense.outputs()], weights));
-        graph.initializer.push(float_tensor(&b, &[dense.outputs()], bias));
-        let y = format!("{PREFIX}_{i}_logits");
-        graph.node.push(node("Gemm", &[&x, &w, &b], &y, vec![]));
-        x = y;
+        x = graph.dense(&x, dense, &format!("layer{i}"));
         if i + 1 < layers.len() {
-            let activated = format!("{PREFIX}_{i}_relu");
-            graph.node.push(node("Relu", &[&x], &activated, vec![]));
-            x = activated;
+            x = graph.node("Relu", &[&x], &format!("layer{i}_relu"), vec![]);
         }
     }
-    graph.node.push(node("Softmax", &[&x], PROBABILITIES, vec![int_attribute("axis", 1)]));
-    graph.output = vec![float_output(PROBABILITIES)];
+    graph.output("Softmax", &[&x], PROBABILITIES, vec![int("axis", 1)]);
+    graph.finish(&[PROBABILITIES]);
     Ok(model.encode_to_vec())
+}
+
+/// A localizer on a base: [`PROBABILITIES`] from the pooled `features`, and [`BOX`] from the
+/// pooled features (sigmoid of a dense layer) or from the `spatial` map (the objectness
+/// profiles of `LocalizerHead`'s spatial head, written with Conv and MaxPool).
+pub fn export_localizer(
+    base: &[u8],
+    features: &str,
+    spatial: Option<(&str, Layout)>,
+    head: &LocalizerHead,
+) -> Result<Vec<u8>, String> {
+    let mut model = decode(base)?;
+    let mut graph = Appender::new(&mut model)?;
+    let flat = graph.node("Flatten", &[features], "features", vec![int("axis", 1)]);
+    let (class, boxes) = head.parts();
+    let logits = graph.dense(&flat, class, "class");
+    graph.output("Softmax", &[&logits], PROBABILITIES, vec![int("axis", 1)]);
+    match boxes {
+        BoxParts::Pooled(dense) => {
+            let z = graph.dense(&flat, dense, "box");
+            graph.output("Sigmoid", &[&z], BOX, vec![]);
+        }
+        BoxParts::Spatial { shape: (height, width, channels), weights, bias, scale, shift } => {
+            let (map, layout) = spatial.ok_or("the spatial box head needs the base's spatial feature map")?;
+            let map = match layout {
+                Layout::Nchw => map.to_owned(),
+                Layout::Nhwc => graph.node("Transpose", &[map], "spatial_nchw", vec![ints("perm", &[0, 3, 1, 2])]),
+            };
+            // Objectness per cell: a 1×1 convolution to one channel, then the sigmoid.
+            let w = graph.constant("objectness_w", &[1, channels, 1, 1], weights);
+            let b = graph.constant("objectness_b", &[1], &[bias]);
+            let z = graph.node("Conv", &[&map, &w, &b], "objectness_z", vec![ints("kernel_shape", &[1, 1])]);
+            let o = graph.node("Sigmoid", &[&z], "objectness", vec![]);
+            // Column profile [N,1,1,W] (max over rows) and row profile [N,1,H,1] (max over columns).
+            let columns = graph.node("MaxPool", &[&o], "columns", vec![ints("kernel_shape", &[height as i64, 1])]);
+            let rows = graph.node("MaxPool", &[&o], "rows", vec![ints("kernel_shape", &[1, width as i64])]);
+            let (cx, w_extent) = graph.profile(&columns, width, [1, 1, 1, width], "x");
+            let (cy, h_extent) = graph.profile(&rows, height, [1, 1, height, 1], "y");
+            let raw = graph.node("Concat", &[&cx, &cy, &w_extent, &h_extent], "raw_box", vec![int("axis", 1)]);
+            let raw = graph.node("Flatten", &[&raw], "raw_box_flat", vec![int("axis", 1)]);
+            let scale = graph.constant("box_scale", &[1, 4], &scale);
+            let shift = graph.constant("box_shift", &[1, 4], &shift);
+            let scaled = graph.node("Mul", &[&raw, &scale], "box_scaled", vec![]);
+            graph.output("Add", &[&scaled, &shift], BOX, vec![]);
+        }
+    }
+    graph.finish(&[PROBABILITIES, BOX]);
+    Ok(model.encode_to_vec())
+}
+
+/// Appends named nodes and constants to a base graph.
+struct Appender<'a> {
+    graph: &'a mut GraphProto,
+}
+
+impl<'a> Appender<'a> {
+    fn new(model: &'a mut ModelProto) -> Result<Self, String> {
+        let graph = model.graph.as_mut().ok_or("the base model has no graph")?;
+        let taken = |name: &str| {
+            graph.node.iter().any(|n| n.output.iter().any(|o| o.starts_with(name)))
+                || graph.initializer.iter().any(|t| t.name().starts_with(name))
+        };
+        if taken(PREFIX) || taken(PROBABILITIES) || taken(BOX) {
+            return Err(format!("the base already has tensors named {PREFIX}…, {PROBABILITIES} or {BOX}"));
+        }
+        Ok(Self { graph })
+    }
+
+    fn constant(&mut self, name: &str, shape: &[usize], values: &[f32]) -> String {
+        let name = format!("{PREFIX}_{name}");
+        self.graph.initializer.push(float_tensor(&name, shape, values));
+        name
+    }
+
+    /// Adds a node whose output is `{PREFIX}_{output}`; returns that name.
+    fn node(&mut self, op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> String {
+        let name = format!("{PREFIX}_{output}");
+        self.output(op, inputs, &name, attribute);
+        name
+    }
+
+    /// Adds a node whose output is named exactly `output`.
+    fn output(&mut self, op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) {
+        self.graph.node.push(NodeProto {
+            name: Some(output.to_owned()),
+            op_type: Some(op.to_owned()),
+            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+            output: vec![output.to_owned()],
+            attribute,
+            ..Default::default()
+        });
+    }
+
+    /// x·W + b for a dense layer (`inputs × outputs` weights).
+    fn dense(&mut self, x: &str, dense: &Dense, name: &str) -> String {
+        let [weights, bias] = dense.values();
+        let w = self.constant(&format!("{name}_weights"), &[dense.inputs(), dense.outputs()], weights);
+        let b = self.constant(&format!("{name}_bias"), &[dense.outputs()], bias);
+        self.node("Gemm", &[x, &w, &b], &format!("{name}_logits"), vec![])
+    }
+
+    /// The centre Σ pos·m / (Σ m + ε) and extent mean(m) of a profile `m` of `len` cells (a
+    /// [N,1,1,len] or [N,1,len,1] map), as [N,1,1,1] tensors, by 1×len convolutions.
+    fn profile(&mut self, profile: &str, len: usize, kernel: [usize; 4], axis: &str) -> (String, String) {
+        let positions: Vec<f32> = (0..len).map(|k| (k as f32 + 0.5) / len as f32).collect();
+        let conv = |graph: &mut Self, weights: &[f32], what: &str| {
+            let w = graph.constant(&format!("{axis}_{what}_kernel"), &kernel, weights);
+            graph.node("Conv", &[profile, &w], &format!("{axis}_{what}"), vec![])
+        };
+        let weighted = conv(self, &positions, "weighted");
+        let total = conv(self, &vec![1.0; len], "total");
+        let extent = conv(self, &vec![1.0 / len as f32; len], "extent");
+        let epsilon = self.constant(&format!("{axis}_epsilon"), &[1], &[CENTROID_EPSILON]);
+        let denominator = self.node("Add", &[&total, &epsilon], &format!("{axis}_denominator"), vec![]);
+        let centre = self.node("Div", &[&weighted, &denominator], &format!("{axis}_centre"), vec![]);
+        (centre, extent)
+    }
+
+    /// Makes `outputs` the graph's only outputs.
+    fn finish(self, outputs: &[&str]) {
+        self.graph.output = outputs.iter().map(|name| float_output(name)).collect();
+    }
 }
 
 fn decode(bytes: &[u8]) -> Result<ModelProto, String> {
@@ -82,22 +196,20 @@ fn replace_initializers(model: &mut ModelProto, tuned: &[TensorProto]) -> Result
     Ok(())
 }
 
-fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        name: Some(output.to_owned()),
-        op_type: Some(op.to_owned()),
-        input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-        output: vec![output.to_owned()],
-        attribute,
-        ..Default::default()
-    }
-}
-
-fn int_attribute(name: &str, value: i64) -> AttributeProto {
+fn int(name: &str, value: i64) -> AttributeProto {
     AttributeProto {
         name: Some(name.to_owned()),
         r#type: Some(attribute_proto::AttributeType::Int as i32),
         i: Some(value),
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.to_owned()),
+        r#type: Some(attribute_proto::AttributeType::Ints as i32),
+        ints: values.to_vec(),
         ..Default::default()
     }
 }

@@ -11,6 +11,6 @@ pub mod tensor;
 pub mod train;
 
 pub use eval::{SUPPORTED_OPERATORS, TailModel, TailParam};
-pub use export::{PROBABILITIES, export_classifier, with_initializers};
+pub use export::{BOX, PROBABILITIES, export_classifier, export_localizer, with_initializers};
 pub use graph::{BaseGraph, CutError, Tail, Unfreeze, choose_cut};
 pub use train::{TuneData, TuneEpochReport, TuneOutcome, TuneSplit, predict, tune};

@@ -10,7 +10,7 @@ use super::LocalizeHeadKind;
 use crate::train::head::{Dense, Head, HeadError, softmax_rows};
 
 /// Added to the centroid's denominator so an all-zero objectness profile gives 0, not NaN.
-pub(super) const CENTROID_EPSILON: f32 = 1e-6;
+pub const CENTROID_EPSILON: f32 = 1e-6;
 
 /// Initial 1×1 convolution weights are uniform in ±`INIT_SPREAD`/√channels: small enough that
 /// every cell starts near objectness 0.5 whatever the feature scale.
@@ -48,6 +48,15 @@ pub(super) struct SpatialBox {
     /// Per-coordinate correction of the raw box, `raw ⊙ scale + shift`.
     pub scale: [f32; 4],
     pub shift: [f32; 4],
+}
+
+/// A box head's parameters as [`LocalizerHead::parts`] shows them.
+pub enum BoxParts<'a> {
+    /// sigmoid(pooled · W + b).
+    Pooled(&'a Dense),
+    /// The objectness-map head on a (height, width, channels) map: the 1×1 projection's
+    /// `weights` and `bias`, then `raw ⊙ scale + shift` of the profile centres and extents.
+    Spatial { shape: (usize, usize, usize), weights: &'a [f32], bias: f32, scale: [f32; 4], shift: [f32; 4] },
 }
 
 /// Which loss term trains a parameter.
@@ -200,6 +209,21 @@ impl LocalizerHead {
             BoxHead::Pooled { .. } => None,
             BoxHead::Spatial(s) => Some((s.height, s.width, s.channels)),
         }
+    }
+
+    /// The class layer and the box head's parameters, read-only (for export).
+    pub fn parts(&self) -> (&Dense, BoxParts<'_>) {
+        let boxes = match &self.boxes {
+            BoxHead::Pooled { dense } => BoxParts::Pooled(dense),
+            BoxHead::Spatial(s) => BoxParts::Spatial {
+                shape: (s.height, s.width, s.channels),
+                weights: &s.weights,
+                bias: s.bias,
+                scale: s.scale,
+                shift: s.shift,
+            },
+        };
+        (&self.class, boxes)
     }
 
     /// Class probabilities (rows sum to 1) and one `[cx, cy, w, h]` box per row.

@@ -32,7 +32,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 pub use boxes::{BoxMetrics, box_metrics, iou};
-pub use localizer::LocalizerHead;
+pub use localizer::{BoxParts, CENTROID_EPSILON, LocalizerHead};
 
 use super::config::{StopMetric, TrainConfig, becomes_best};
 use super::data::balanced_class_weights;
