@@ -76,11 +76,19 @@ fn corners(value: &Value) -> [f64; 4] {
 }
 
 async fn train(url: &str, dataset: &str, name: &str, box_head: Option<&str>) -> Value {
+    train_with(url, dataset, name, box_head, json!({})).await
+}
+
+/// [`train`] with further job fields.
+async fn train_with(url: &str, dataset: &str, name: &str, box_head: Option<&str>, extra: Value) -> Value {
     let mut body = json!({"dataset": dataset, "base_model": "tiny_spatial", "name": name, "task": "localize",
                           "epochs": 200, "learning_rate": 0.02, "batch_size": 16, "seed": 5,
                           "early_stopping": {"patience": 40}});
     if let Some(kind) = box_head {
         body["box_head"] = json!(kind);
+    }
+    for (key, value) in extra.as_object().unwrap() {
+        body[key] = value.clone();
     }
     let job = submit_job(url, body).await;
     let done = wait_for_job(url, job["id"].as_str().unwrap(), Duration::from_secs(300)).await;
@@ -169,9 +177,36 @@ async fn localize_job_trains_and_serves_boxes_in_original_pixels() {
     let problem = expect_problem(refused, 400).await;
     assert!(problem["detail"].as_str().unwrap().contains("no box head"), "{problem}");
 
+    // Phase 2 for a localizer: the base's patch convolution tuned with the class and spatial
+    // box heads; the map the box head reads is computed inside the tuned tail.
+    let tuned =
+        train_with(url, dataset_id, "scenes-tuned", None, json!({"epochs": 60, "fine_tune": {"epochs": 15}})).await;
+    let phase1_iou = tuned["phase1"]["test_boxes"]["mean_iou"].as_f64().unwrap();
+    let phase2_iou = tuned["test_boxes"]["mean_iou"].as_f64().unwrap();
+    println!(
+        "localizer tuned above {}: test mean IoU {phase1_iou:.3} (phase 1) → {phase2_iou:.3}, accuracy {:.3} → {:.3}, \
+         best phase-2 epoch {} of {} (0: phase 1's model kept), {:.2} s per epoch",
+        tuned["fine_tune"]["cut"],
+        tuned["phase1"]["test"]["accuracy"].as_f64().unwrap(),
+        tuned["test"]["accuracy"].as_f64().unwrap(),
+        tuned["fine_tune"]["best_epoch"],
+        tuned["fine_tune"]["epochs_run"],
+        tuned["fine_tune"]["seconds_per_epoch"].as_f64().unwrap(),
+    );
+    assert!(phase2_iou >= 0.5 && tuned["test"]["accuracy"].as_f64().unwrap() >= 0.9, "{tuned}");
+    let (image, _) = scene(1, 900_005);
+    let response = client()
+        .post(format!("{url}/v1/models/scenes-tuned/localize"))
+        .header("content-type", "image/png")
+        .body(encode(&image, ImageFormat::Png))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
     // The download is one ONNX file answering class probabilities and the box (its numbers
     // are checked against the head in tests/tune_tail.rs).
-    for model in ["scenes-spatial", "scenes-pooled"] {
+    for model in ["scenes-spatial", "scenes-pooled", "scenes-tuned"] {
         let response = client().get(format!("{url}/v1/models/{model}/onnx")).send().await.unwrap();
         assert_eq!(response.status(), 200);
         let bytes = response.bytes().await.unwrap();

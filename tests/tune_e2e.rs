@@ -161,6 +161,7 @@ async fn tuning_the_top_block_learns_what_the_frozen_base_cannot() {
         report["activation_bytes_per_image"],
     );
     assert_eq!(report["cut"], "top_in");
+    assert!(report["best_epoch"].as_u64().unwrap() > 0, "phase 2 improved on phase 1's validation: {report}");
     assert!(phase1 <= 0.75, "the frozen features should not separate the classes: {phase1}");
     assert!(phase2 >= 0.9, "tuning the top block should: {phase2}");
     assert!(phase2 >= phase1 + 0.2);

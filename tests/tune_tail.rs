@@ -289,7 +289,8 @@ fn exported_tuned_models_equal_the_trainers_forward_pass() {
         let shape = activation_shape(&base, cut, activations.len() / 4);
         let width = forward(&tail, &[&[4][..], &shape].concat(), activations).len() / 4;
         let head = random_head(width, hidden, 5, &mut rng);
-        let ours = graft::tune::predict(&tail, &head, activations, &shape, 3).unwrap();
+        let (pooled, _) = graft::tune::tail_features(&tail, activations, &shape, 3, None).unwrap();
+        let ours = head.forward(pooled.view());
 
         let tuned = tail.initializers().unwrap();
         let exported = export_classifier(&bytes, "pooled", &tuned, &head).unwrap();

@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::error::Error;
-use crate::jobs::{JobSpec, plan_tuning};
+use crate::jobs::{JobSpec, Task, plan_tuning};
 use crate::store::{JobRecord, JobState};
+use crate::train::LocalizeHeadKind;
 
 /// How often the event stream looks for new events (they may come from another process).
 const EVENT_POLL: Duration = Duration::from_millis(250);
@@ -43,7 +44,11 @@ pub async fn create_job(
     if let (Some(unfreeze), Some((manifest, _))) = (&spec.unfreeze, state.registry.get(&spec.base_model)) {
         // Reading the base and finding the cut costs a model decode: off the async runtime.
         let unfreeze = unfreeze.to_unfreeze();
-        tokio::task::spawn_blocking(move || plan_tuning(&manifest, &unfreeze).map(drop))
+        // A localizer's spatial head needs the map inside the tail; without a box_head the
+        // base decides (spatial when it names a map), as the job will.
+        let needs_spatial = spec.task == Task::Localize
+            && spec.box_head.map_or(manifest.spatial_features.is_some(), |k| k == LocalizeHeadKind::Spatial);
+        tokio::task::spawn_blocking(move || plan_tuning(&manifest, &unfreeze, needs_spatial).map(drop))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?
             .map_err(|reason| Error::Unprocessable(format!("unfreeze: {reason}")))?;

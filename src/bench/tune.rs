@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use crate::config::RuntimeSettings;
 use crate::runtime::{ModelSource, open_session};
 use crate::train::{Head, TrainConfig};
-use crate::tune::{BaseGraph, TailModel, TuneData, TuneSplit, tune};
+use crate::tune::{BaseGraph, TailModel, TuneData, TuneHead, TuneSplit, tune};
 
 #[derive(Debug, Clone, Args)]
 pub struct TuneBenchSettings {
@@ -87,13 +87,13 @@ fn measure(settings: &TuneBenchSettings) -> anyhow::Result<()> {
     let data = TuneData {
         shape: settings.shape.clone(),
         classes: settings.classes,
-        train: vec![TuneSplit { activations, labels }],
+        train: vec![TuneSplit { activations, labels, boxes: Vec::new() }],
         valid: None,
     };
     let config =
         TrainConfig { epochs: 1, batch_size: settings.batch_size, early_stopping: None, ..TrainConfig::default() };
     let started = Instant::now();
-    tune(&config, &model, &head, &data, &mut |_| std::ops::ControlFlow::Continue(()))?;
+    tune(&config, &model, &TuneHead::Classifier(head), &data, &mut |_| std::ops::ControlFlow::Continue(()))?;
     let epoch = started.elapsed().as_secs_f64();
     let steps = settings.images.div_ceil(settings.batch_size);
     let per_step = epoch / steps as f64;

@@ -9,11 +9,14 @@ use serde_json::json;
 
 use super::features::variant_seed;
 use super::run::{
-    Control, Failure, JobContext, Progress, Splits, Trained, compute_features, labels, stats_json, train_failure,
+    Control, Failure, JobContext, Progress, Splits, Trained, compute_features, labels, record_phase2, stats_json,
+    train_failure,
 };
 use super::spec::JobSpec;
+use super::tune::{SplitBoxes, fine_tune, spatial_tap};
 use crate::store::{DatasetRecord, ItemRecord};
 use crate::train::{LocalizeData, LocalizeHeadKind, LocalizeSplit, box_metrics, evaluate, stack_rows, train_localizer};
+use crate::tune::TuneHead;
 use crate::vision::{Augmentation, InputBox, PixelBox, Preprocessing, ResizePlan, box_to_input};
 use crate::zoo::{ImageFeatures, LoadedModel, TrainedHead};
 
@@ -82,7 +85,7 @@ pub(super) fn execute_localize(
         .map_err(|e| failed(e.to_string()))?;
     let test_metrics = evaluate(probabilities.view(), &test.labels, 5).map_err(|e| failed(e.to_string()))?;
     let test_boxes = box_metrics(&boxes, &test.boxes);
-    let evaluation = json!({
+    let mut evaluation = json!({
         "task": "localize",
         "box_head": kind,
         "loss_weights": spec.loss_weights,
@@ -95,13 +98,27 @@ pub(super) fn execute_localize(
         "features": stats_json(stats, test.pooled.ncols()),
         "timings": {"features_seconds": features_seconds, "training_seconds": training_seconds},
     });
+    let (head, tuned_base) = if spec.unfreeze.is_some() {
+        let tap = with_spatial.then(|| spatial_tap(model)).flatten();
+        let head = TuneHead::Localizer { head: outcome.head, weights: spec.loss_weights, spatial: tap };
+        let boxes = SplitBoxes {
+            train: data.train.iter().map(|s| s.boxes.clone()).collect(),
+            valid: data.valid.as_ref().map(|v| v.boxes.clone()).unwrap_or_default(),
+            test: test.boxes.clone(),
+        };
+        let tuned = fine_tune(ctx, spec, splits, dataset.classes.len(), model, head, Some(boxes), control, progress)?;
+        let boxes = tuned.test_boxes.unwrap_or_default();
+        let test_metrics =
+            evaluate(tuned.test_probabilities.view(), &test.labels, 5).map_err(|e| failed(e.to_string()))?;
+        let tuned_metrics = json!({"test": test_metrics, "test_boxes": box_metrics(&boxes, &test.boxes)});
+        record_phase2(&mut evaluation, tuned_metrics, tuned.report);
+        let TuneHead::Localizer { head, .. } = tuned.head else { unreachable!("phase 2 keeps the head's kind") };
+        (head, Some(tuned.tuned_base))
+    } else {
+        (outcome.head, None)
+    };
     progress.event("evaluation", evaluation.clone());
-    Ok(Trained {
-        head: TrainedHead::Localizer(outcome.head),
-        classes: dataset.classes.clone(),
-        evaluation,
-        tuned_base: None,
-    })
+    Ok(Trained { head: TrainedHead::Localizer(head), classes: dataset.classes.clone(), evaluation, tuned_base })
 }
 
 /// The training target of `item`'s variant: its box moved with the variant's crop and

@@ -22,6 +22,7 @@ use crate::store::{
     BlobStore, DatasetRecord, Db, EpochRow, ItemRecord, JobRecord, JobState, TrainedModelRecord, now_ms,
 };
 use crate::train::{Checkpoint, EpochReport, TrainData, TrainError, evaluate, stack_rows, train};
+use crate::tune::TuneHead;
 use crate::vision::DecodeLimits;
 use crate::zoo::{ImageFeatures, LoadedModel, ModelRegistry, TrainedHead, TrainedModel};
 
@@ -314,17 +315,32 @@ fn execute_classify(
         "timings": {"features_seconds": features_seconds, "training_seconds": training_seconds},
     });
     let (head, tuned_base) = if spec.unfreeze.is_some() {
-        // Phase 2: the head's test numbers so far become phase 1's, the tuned model's replace them.
-        let tuned = fine_tune(ctx, spec, splits, dataset.classes.len(), model, &outcome.head, control, progress)?;
-        evaluation["phase1"] = json!({"test": evaluation["test"].take(), "best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run});
-        evaluation["test"] = tuned.test;
-        evaluation["fine_tune"] = tuned.report;
-        (tuned.head, Some(tuned.tuned_base))
+        let head = TuneHead::Classifier(outcome.head);
+        let tuned = fine_tune(ctx, spec, splits, dataset.classes.len(), model, head, None, control, progress)?;
+        let test = evaluate(tuned.test_probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
+        record_phase2(&mut evaluation, json!({"test": test}), tuned.report);
+        let TuneHead::Classifier(head) = tuned.head else { unreachable!("phase 2 keeps the head's kind") };
+        (head, Some(tuned.tuned_base))
     } else {
         (outcome.head, None)
     };
     progress.event("evaluation", evaluation.clone());
     Ok(Trained { head: TrainedHead::Classifier(head), classes: dataset.classes, evaluation, tuned_base })
+}
+
+/// Phase 2's numbers in a job's evaluation: the test metrics so far become phase 1's, the
+/// tuned model's (`test`, and any other keys of `tuned`) replace them, and `fine_tune`
+/// reports what phase 2 did.
+pub(super) fn record_phase2(evaluation: &mut Value, tuned: Value, report: Value) {
+    let mut phase1 = json!({"best_epoch": evaluation["best_epoch"], "epochs_run": evaluation["epochs_run"]});
+    if let (Value::Object(tuned), Some(summary)) = (tuned, evaluation.as_object_mut()) {
+        for (key, value) in tuned {
+            let before = summary.insert(key.clone(), value).unwrap_or(Value::Null);
+            phase1[key] = before;
+        }
+    }
+    evaluation["phase1"] = phase1;
+    evaluation["fine_tune"] = report;
 }
 
 pub(super) fn stop_reason(control: &Control) -> Failure {

@@ -170,9 +170,6 @@ impl JobSpec {
     fn validate(&self) -> Result<(), String> {
         if let Some(unfreeze) = &self.unfreeze {
             unfreeze.validate()?;
-            if self.task == Task::Localize {
-                return Err("tuning the base (freeze_base: false) is available for task \"classify\" only".into());
-            }
             self.fine_tune_config().validate().map_err(|e| format!("fine_tune: {e}"))?;
         }
         if let Some(name) = &self.name
@@ -246,7 +243,6 @@ mod tests {
             (json!({"dataset": "d", "base_model": "m", "unfreeze": {"blocks": 1, "tensor": "t"}}), "not both"),
             (json!({"dataset": "d", "base_model": "m", "unfreeze": {"layers": 1}}), "unknown field `layers`"),
             (json!({"dataset": "d", "base_model": "m", "fine_tune": {"learning_rate": -1.0}}), "fine_tune"),
-            (json!({"dataset": "d", "base_model": "m", "task": "localize", "freeze_base": false}), "classify"),
             (json!({"dataset": "d", "base_model": "m", "learning_rate": -1.0}), "learning_rate"),
             (json!({"dataset": "d", "base_model": "m", "name": "../x"}), "name"),
             (json!({"dataset": "d", "base_model": "m", "augment": {"crop": 2.0}}), "augment"),

@@ -13,9 +13,21 @@ use super::features::{
 };
 use super::run::{Control, Failure, JobContext, Progress, Splits, labels, stop_reason, train_failure};
 use super::spec::JobSpec;
-use crate::train::{Head, evaluate};
-use crate::tune::{BaseGraph, TailModel, TuneData, TuneSplit, Unfreeze, choose_cut, predict, tune, with_initializers};
+use ndarray::Array2;
+
+use crate::tune::{
+    BaseGraph, TailModel, TuneData, TuneHead, TuneSplit, Unfreeze, choose_cut, tail_features, tune, with_initializers,
+};
 use crate::zoo::{LoadedModel, Manifest};
+
+/// The spatial-map tap of a localizer's spatial head on `model`, for phase 2.
+pub(super) fn spatial_tap(model: &LoadedModel) -> Option<crate::tune::SpatialTap> {
+    model
+        .manifest
+        .spatial_features
+        .as_ref()
+        .map(|map| crate::tune::SpatialTap { tensor: map.tensor.clone(), layout: map.layout })
+}
 
 /// Where a job cuts its base and what it will train there.
 pub struct TunePlan {
@@ -26,26 +38,44 @@ pub struct TunePlan {
 }
 
 /// Reads the base and finds the cut `unfreeze` asks for; every error is a sentence for
-/// the user (an unknown tensor, a cut inside a block, an operator the tail cannot train).
-pub fn plan_tuning(manifest: &Manifest, unfreeze: &Unfreeze) -> Result<TunePlan, String> {
+/// the user (an unknown tensor, a cut inside a block, an operator the tail cannot train,
+/// a spatial map the tail does not compute when `needs_spatial`).
+pub fn plan_tuning(manifest: &Manifest, unfreeze: &Unfreeze, needs_spatial: bool) -> Result<TunePlan, String> {
     let features =
         manifest.features.as_deref().ok_or_else(|| format!("the manifest of {} names no `features`", manifest.name))?;
     let base_bytes = fs_err::read(&manifest.file).map_err(|e| e.to_string())?;
     let graph = BaseGraph::decode(&base_bytes).map_err(|e| e.to_string())?;
     let cut = choose_cut(&graph, features, &manifest.cut_points, unfreeze).map_err(|e| e.to_string())?;
     let tail = graph.tail(&cut, features).map_err(|e| e.to_string())?;
+    if let (true, Some(map)) = (needs_spatial, &manifest.spatial_features) {
+        let computed = map.tensor == cut || tail.nodes.iter().any(|n| n.output.contains(&map.tensor));
+        if !computed {
+            return Err(format!(
+                "the spatial box head reads `{}`, which lies below the cut `{cut}`; unfreeze more of the base",
+                map.tensor
+            ));
+        }
+    }
     let tail = TailModel::new(&tail).map_err(|e| format!("the tail above `{cut}` cannot be tuned: {e}"))?;
     Ok(TunePlan { graph, base_bytes, cut, tail })
 }
 
 /// The outcome of phase 2.
 pub(super) struct Tuned {
-    pub head: Head,
+    pub head: TuneHead,
     pub tuned_base: Vec<u8>,
-    /// The final model's test metrics.
-    pub test: Value,
+    /// The tuned model's predictions on the test split: probabilities, and a localizer's boxes.
+    pub test_probabilities: Array2<f32>,
+    pub test_boxes: Option<Vec<[f32; 4]>>,
     /// What phase 2 did, for the job's evaluation.
     pub report: Value,
+}
+
+/// Box targets of a localization job, per split (train: one list per feature variant).
+pub(super) struct SplitBoxes {
+    pub train: Vec<Vec<[f32; 4]>>,
+    pub valid: Vec<[f32; 4]>,
+    pub test: Vec<[f32; 4]>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -55,13 +85,15 @@ pub(super) fn fine_tune(
     splits: &Splits<'_>,
     classes: usize,
     model: &LoadedModel,
-    head: &Head,
+    head: TuneHead,
+    boxes: Option<SplitBoxes>,
     control: &Control,
     progress: &Progress<'_>,
 ) -> Result<Tuned, Failure> {
     let failed = |reason: String| Failure::Failed(reason);
     let unfreeze = spec.unfreeze.as_ref().map_or(Unfreeze::Blocks(1), |u| u.to_unfreeze());
-    let plan = plan_tuning(&model.manifest, &unfreeze).map_err(failed)?;
+    let needs_spatial = matches!(&head, TuneHead::Localizer { spatial: Some(_), .. });
+    let plan = plan_tuning(&model.manifest, &unfreeze, needs_spatial).map_err(failed)?;
     let variants = spec.feature_variants();
     let requests = splits.feature_requests(variants);
     let started = Instant::now();
@@ -69,20 +101,28 @@ pub(super) fn fine_tune(
     let activation_seconds = started.elapsed().as_secs_f64();
 
     let (train_rows, valid_rows, test_rows) = splits.cut(&rows, variants);
-    let split = |rows: &[Vec<f32>], labels: Vec<usize>| TuneSplit { activations: rows.concat(), labels };
+    let split = |rows: &[Vec<f32>], labels: Vec<usize>, boxes: Option<&Vec<[f32; 4]>>| TuneSplit {
+        activations: rows.concat(),
+        labels,
+        boxes: boxes.cloned().unwrap_or_default(),
+    };
     let data = TuneData {
         shape: shape.clone(),
         classes,
-        train: train_rows.into_iter().map(|r| split(r, labels(&splits.train))).collect(),
-        valid: Some(split(valid_rows, labels(&splits.valid))),
+        train: train_rows
+            .into_iter()
+            .enumerate()
+            .map(|(v, r)| split(r, labels(&splits.train), boxes.as_ref().map(|b| &b.train[v])))
+            .collect(),
+        valid: Some(split(valid_rows, labels(&splits.valid), boxes.as_ref().map(|b| &b.valid))),
     };
-    let test = split(test_rows, labels(&splits.test));
+    let test = split(test_rows, labels(&splits.test), boxes.as_ref().map(|b| &b.test));
     drop(rows);
 
     let config = spec.fine_tune_config();
     let trained_started = Instant::now();
     let mut epoch_seconds = Vec::new();
-    let outcome = tune(&config, &plan.tail, head, &data, &mut |report| {
+    let outcome = tune(&config, &plan.tail, &head, &data, &mut |report| {
         epoch_seconds.push(report.epoch_seconds);
         progress.training(
             "fine-tuning",
@@ -98,9 +138,14 @@ pub(super) fn fine_tune(
     let training_seconds = trained_started.elapsed().as_secs_f64();
 
     progress.phase("evaluating");
-    let probabilities = predict(&plan.tail, &outcome.head, &test.activations, &shape, config.batch_size)
-        .map_err(|e| failed(format!("evaluating the tuned model: {e}")))?;
-    let test_metrics = evaluate(probabilities.view(), &test.labels, 5).map_err(|e| failed(e.to_string()))?;
+    let tap = match &outcome.head {
+        TuneHead::Localizer { spatial, .. } => spatial.as_ref(),
+        TuneHead::Classifier(_) => None,
+    };
+    let evaluating = |e: String| failed(format!("evaluating the tuned model: {e}"));
+    let (pooled, spatial) = tail_features(&plan.tail, &test.activations, &shape, config.batch_size, tap)
+        .map_err(|e| evaluating(e.to_string()))?;
+    let (test_probabilities, test_boxes) = outcome.head.predict(&pooled, spatial.as_ref()).map_err(evaluating)?;
     let tuned = plan.tail.initializers().map_err(|e| failed(e.to_string()))?;
     let tuned_base = with_initializers(&plan.base_bytes, &tuned).map_err(failed)?;
     let per_image: usize = shape.iter().product();
@@ -119,7 +164,47 @@ pub(super) fn fine_tune(
         "training_seconds": training_seconds,
         "seconds_per_epoch": epoch_seconds.iter().sum::<f64>() / epoch_seconds.len().max(1) as f64,
     });
-    Ok(Tuned { head: outcome.head, tuned_base, test: serde_json::to_value(test_metrics).unwrap_or_default(), report })
+    Ok(Tuned { head: outcome.head, tuned_base, test_probabilities, test_boxes, report })
+}
+
+/// What computes the activations at the cut: ONNX Runtime on the base's prefix, or nothing
+/// when the cut is the model input itself (the whole base is tuned).
+enum Prefix {
+    Input,
+    Session(Box<crate::runtime::ModelSession>),
+}
+
+impl Prefix {
+    fn open(ctx: &JobContext, model: &LoadedModel, plan: &TunePlan) -> Result<Self, String> {
+        if plan.cut == model.manifest.input_name {
+            return Ok(Self::Input);
+        }
+        let prefix = plan.graph.prefix(&plan.cut).map_err(|e| e.to_string())?;
+        let session = ctx.registry.open_graph(&format!("{} prefix", model.manifest.name), &prefix)?;
+        Ok(Self::Session(Box::new(session)))
+    }
+
+    /// One image's activation shape and the batch's values, for `count` images of `pixels`.
+    fn run(
+        &mut self,
+        model: &LoadedModel,
+        cut: &str,
+        pixels: Vec<f32>,
+        count: usize,
+    ) -> Result<(Vec<usize>, Vec<f32>), String> {
+        let [a, b, c] = model.runner.config().image_dims;
+        let session = match self {
+            Self::Input => return Ok((vec![a, b, c], pixels)),
+            Self::Session(session) => session,
+        };
+        let input = ort::value::Tensor::from_array(([count, a, b, c], pixels)).map_err(|e| e.to_string())?;
+        let outputs = session
+            .session
+            .run(ort::inputs![model.manifest.input_name.as_str() => input])
+            .map_err(|e| format!("the base's prefix failed: {e}"))?;
+        let (dims, values) = outputs[cut].try_extract_tensor::<f32>().map_err(|e| e.to_string())?;
+        Ok((dims.iter().skip(1).map(|&d| d.max(0) as usize).collect(), values.to_vec()))
+    }
 }
 
 /// Cut activations: one row per request, each of `shape`.
@@ -166,11 +251,8 @@ fn activations(
     let started = Instant::now();
     progress.activations(stats.cached, stats.total, started);
     if !missing.is_empty() {
-        let prefix = plan.graph.prefix(&plan.cut).map_err(|e| failed(e.to_string()))?;
-        let mut session =
-            ctx.registry.open_graph(&format!("{} prefix", model.manifest.name), &prefix).map_err(failed)?;
+        let mut prefix = Prefix::open(ctx, model, plan).map_err(failed)?;
         let image_len = model.runner.image_len();
-        let [a, b, c] = model.runner.config().image_dims;
         for chunk in missing.chunks(model.runner.config().max_batch_size.max(1)) {
             if control.should_stop() {
                 return Err(stop_reason(control));
@@ -187,15 +269,7 @@ fn activations(
                 )
                 .map_err(failed)?;
             }
-            let input =
-                ort::value::Tensor::from_array(([chunk.len(), a, b, c], pixels)).map_err(|e| failed(e.to_string()))?;
-            let outputs = session
-                .session
-                .run(ort::inputs![model.manifest.input_name.as_str() => input])
-                .map_err(|e| failed(format!("the base's prefix failed: {e}")))?;
-            let (dims, values) =
-                outputs[plan.cut.as_str()].try_extract_tensor::<f32>().map_err(|e| failed(e.to_string()))?;
-            let image_shape: Vec<usize> = dims.iter().skip(1).map(|&d| d.max(0) as usize).collect();
+            let (image_shape, values) = prefix.run(model, &plan.cut, pixels, chunk.len()).map_err(failed)?;
             if shape.as_ref() != Some(&image_shape) {
                 ctx.blobs
                     .replace(&shape_key, &serde_json::to_vec(&image_shape).unwrap_or_default())

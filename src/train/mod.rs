@@ -20,7 +20,8 @@ pub use data::{TrainData, stack_rows};
 pub use head::{Dense, Head, HeadError};
 pub use localize::{
     BoxMetrics, BoxParts, CENTROID_EPSILON, LocalizeData, LocalizeEpochReport, LocalizeHeadKind, LocalizeOutcome,
-    LocalizeSplit, LocalizerHead, LossWeights, box_metrics, iou, train_localizer,
+    LocalizeSplit, LocalizerHead, LocalizerLoss, LocalizerScores, LossWeights, box_metrics, iou, localizer_scores,
+    train_localizer,
 };
 pub use metrics::{ClassMetrics, Evaluation, LOG_LOSS_EPSILON, MetricsError, evaluate, log_loss};
 pub use optim::{BETA1, BETA2, EPSILON, OptimError, Optimizer, OptimizerState, Param, Rule};

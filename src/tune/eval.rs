@@ -177,6 +177,11 @@ impl TailModel {
 
     /// The tail's output for a batch of cut activations, flattened to (batch, features).
     pub fn forward(&self, x: &Tensor) -> CandleResult<Tensor> {
+        Ok(self.forward_tapped(x, None)?.0)
+    }
+
+    /// [`TailModel::forward`], and the tensor `tap` (computed on the way) as it is.
+    pub fn forward_tapped(&self, x: &Tensor, tap: Option<&str>) -> CandleResult<(Tensor, Option<Tensor>)> {
         let mut values: HashMap<&str, Tensor> = HashMap::new();
         values.insert(self.input.as_str(), x.clone());
         for step in &self.steps {
@@ -198,11 +203,17 @@ impl TailModel {
                 .map_err(|e| candle_core::Error::Msg(format!("computing `{}`: {e}", step.output)))?;
             values.insert(step.output.as_str(), y);
         }
+        let tapped = match tap {
+            Some(name) => Some(values.get(name).cloned().ok_or_else(|| {
+                candle_core::Error::Msg(format!("`{name}` is not computed by the tail above `{}`", self.input))
+            })?),
+            None => None,
+        };
         let y = values
             .remove(self.output.as_str())
             .ok_or_else(|| candle_core::Error::Msg(format!("the tail did not compute `{}`", self.output)))?;
         let batch = y.dim(0)?;
-        y.reshape((batch, y.elem_count() / batch.max(1)))
+        Ok((y.reshape((batch, y.elem_count() / batch.max(1)))?, tapped))
     }
 
     /// The parameters' current values as initializers, for writing back into the graph.

@@ -1,6 +1,7 @@
-//! Phase 2 of fine-tuning: the tail of the base and the phase-1 head trained together on
-//! cached cut activations, with graft's optimisers, early stopping on the validation split
-//! and the best epoch's weights kept.
+//! Phase 2 of fine-tuning: the tail of the base and the phase-1 head (a classifier, or a
+//! localizer's class and box heads) trained together on cached cut activations, with
+//! graft's optimisers, early stopping on the validation split and the best epoch's weights
+//! kept.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -10,16 +11,21 @@ use ndarray::Array2;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use super::eval::{TailModel, softmax};
+use super::eval::TailModel;
 use crate::train::{
-    Head, OptimizerState, Param, StopMetric, TrainConfig, TrainError, becomes_best, evaluate, log_loss,
+    Head, LocalizerHead, LocalizerLoss, LossWeights, OptimizerState, Param, StopMetric, TrainConfig, TrainError,
+    becomes_best, evaluate, localizer_scores, log_loss,
 };
+use crate::vision::Layout;
 
-/// Cut activations of one split, image after image, with their labels.
+/// Cut activations of one split, image after image, with their labels (and boxes, for a
+/// localizer).
 #[derive(Debug, Clone, Default)]
 pub struct TuneSplit {
     pub activations: Vec<f32>,
     pub labels: Vec<usize>,
+    /// `[cx, cy, w, h]` per image; empty for a classifier.
+    pub boxes: Vec<[f32; 4]>,
 }
 
 impl TuneSplit {
@@ -37,6 +43,44 @@ pub struct TuneData {
     pub valid: Option<TuneSplit>,
 }
 
+/// The spatial feature map a spatial box head reads, computed inside the tail.
+#[derive(Debug, Clone)]
+pub struct SpatialTap {
+    pub tensor: String,
+    pub layout: Layout,
+}
+
+/// The head phase 2 trains with the tail, as phase 1 left it.
+#[derive(Debug, Clone)]
+pub enum TuneHead {
+    Classifier(Head),
+    Localizer { head: LocalizerHead, weights: LossWeights, spatial: Option<SpatialTap> },
+}
+
+impl TuneHead {
+    fn spatial(&self) -> Option<&SpatialTap> {
+        match self {
+            Self::Localizer { spatial, .. } => spatial.as_ref(),
+            Self::Classifier(_) => None,
+        }
+    }
+
+    /// Probabilities (and a localizer's boxes) for tail features.
+    pub fn predict(
+        &self,
+        pooled: &Array2<f32>,
+        spatial: Option<&Array2<f32>>,
+    ) -> Result<(Array2<f32>, Option<Vec<[f32; 4]>>), String> {
+        match self {
+            Self::Classifier(head) => Ok((head.try_forward(pooled.view()).map_err(|e| e.to_string())?, None)),
+            Self::Localizer { head, .. } => {
+                let (p, boxes) = head.predict(pooled.view(), spatial.map(|s| s.view())).map_err(|e| e.to_string())?;
+                Ok((p, Some(boxes)))
+            }
+        }
+    }
+}
+
 /// One epoch of phase 2, as a user watching the job sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TuneEpochReport {
@@ -46,18 +90,229 @@ pub struct TuneEpochReport {
     pub train_accuracy: f32,
     pub valid_loss: Option<f32>,
     pub valid_accuracy: Option<f32>,
+    /// A localizer's mean IoU on the validation split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_mean_iou: Option<f32>,
     pub best_epoch: usize,
     /// Seconds this epoch took (training and validation).
     pub epoch_seconds: f64,
     pub elapsed_seconds: f64,
 }
 
-/// The tuned tail (best epoch's weights, in place) and head.
+/// The tuned head; the tail's variables hold the same (best) epoch's weights.
 pub struct TuneOutcome {
-    pub head: Head,
+    pub head: TuneHead,
     pub best_epoch: usize,
     pub epochs_run: usize,
     pub stopped_early: bool,
+}
+
+/// The head's trainable side: candle variables and the batch loss.
+enum HeadTrainer {
+    /// (weights inputs×outputs, bias) per dense layer.
+    Classifier(Vec<(Var, Var)>),
+    Localizer(LocalizerLoss),
+}
+
+impl HeadTrainer {
+    fn new(head: &TuneHead) -> candle_core::Result<Self> {
+        match head {
+            TuneHead::Classifier(head) => Ok(Self::Classifier(
+                head.layers()
+                    .map(|dense| {
+                        let [w, b] = dense.values();
+                        Ok((
+                            Var::from_slice(w, (dense.inputs(), dense.outputs()), &Device::Cpu)?,
+                            Var::from_slice(b, dense.outputs(), &Device::Cpu)?,
+                        ))
+                    })
+                    .collect::<candle_core::Result<_>>()?,
+            )),
+            TuneHead::Localizer { head, weights, .. } => {
+                Ok(Self::Localizer(LocalizerLoss::new(&mut head.clone(), *weights)?))
+            }
+        }
+    }
+
+    fn vars(&self) -> Vec<(&Var, bool)> {
+        match self {
+            Self::Classifier(layers) => layers.iter().flat_map(|(w, b)| [(w, true), (b, false)]).collect(),
+            Self::Localizer(loss) => loss.vars(),
+        }
+    }
+
+    /// The batch's loss (class-weighted when `weights` are given) and its logits.
+    fn loss(
+        &self,
+        pooled: Tensor,
+        spatial: Option<Tensor>,
+        labels: &[usize],
+        boxes: &[[f32; 4]],
+        weights: Option<&[f32]>,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        match self {
+            Self::Classifier(layers) => {
+                let mut x = pooled;
+                for (i, (w, b)) in layers.iter().enumerate() {
+                    if i > 0 {
+                        x = x.relu()?;
+                    }
+                    x = x.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;
+                }
+                Ok((cross_entropy(&x, labels, weights)?, x))
+            }
+            Self::Localizer(loss) => loss.loss(pooled, spatial, labels, boxes, weights),
+        }
+    }
+
+    /// Copies the head's part of `values` into `head`.
+    fn write_back(values: &[Vec<f32>], head: &mut TuneHead) {
+        match head {
+            TuneHead::Classifier(head) => {
+                for (dense, pair) in head.layers_mut().zip(values.chunks(2)) {
+                    let [w, b] = dense.values_mut();
+                    w.copy_from_slice(&pair[0]);
+                    b.copy_from_slice(&pair[1]);
+                }
+            }
+            TuneHead::Localizer { head, .. } => LocalizerLoss::write_back(values, head),
+        }
+    }
+}
+
+/// Mean cross-entropy of a batch, class-weighted (Σ wᵢℓᵢ/n, as Keras) when `weights` are given.
+fn cross_entropy(logits: &Tensor, labels: &[usize], weights: Option<&[f32]>) -> candle_core::Result<Tensor> {
+    let (n, classes) = logits.dims2()?;
+    let mut onehot = vec![0f32; n * classes];
+    for (i, &label) in labels.iter().enumerate() {
+        onehot[i * classes + label] = weights.map_or(1.0, |w| w[label]);
+    }
+    let onehot = Tensor::from_vec(onehot, (n, classes), &Device::Cpu)?;
+    let shifted = logits.broadcast_sub(&logits.max_keepdim(1)?.detach())?;
+    let log_probs = shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(1)?.log()?)?;
+    (log_probs * onehot)?.sum_all()?.neg()?.affine(1.0 / n as f64, 0.0)
+}
+
+fn correct(logits: &Tensor, labels: &[usize]) -> candle_core::Result<usize> {
+    let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
+    Ok(predicted.iter().zip(labels).filter(|(p, l)| **p as usize == **l).count())
+}
+
+/// The rows `rows` of `activations` (images of `shape`) as one (batch, …shape) tensor.
+fn batch(activations: &[f32], rows: &[usize], shape: &[usize]) -> candle_core::Result<Tensor> {
+    let per_image: usize = shape.iter().product();
+    let mut values = Vec::with_capacity(per_image * rows.len());
+    for &row in rows {
+        values.extend_from_slice(&activations[row * per_image..(row + 1) * per_image]);
+    }
+    Tensor::from_vec(values, [&[rows.len()][..], shape].concat(), &Device::Cpu)
+}
+
+/// A tapped spatial map as rows of (row, column, channel) values, the order the localizer reads.
+fn spatial_rows(map: Tensor, layout: Layout) -> candle_core::Result<Tensor> {
+    let n = map.dim(0)?;
+    let cells = match layout {
+        Layout::Nchw => map.permute((0, 2, 3, 1))?.contiguous()?,
+        Layout::Nhwc => map,
+    };
+    let len = cells.elem_count() / n.max(1);
+    cells.reshape((n, len))
+}
+
+/// The tail's outputs for `rows` of `activations`: pooled (n × width) and, with `tap`, the
+/// spatial map's rows.
+fn tail_outputs(
+    tail: &TailModel,
+    activations: &[f32],
+    rows: &[usize],
+    shape: &[usize],
+    tap: Option<&SpatialTap>,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let x = batch(activations, rows, shape)?;
+    let (pooled, map) = tail.forward_tapped(&x, tap.map(|t| t.tensor.as_str()))?;
+    let spatial = match (map, tap) {
+        (Some(map), Some(tap)) => Some(spatial_rows(map, tap.layout)?),
+        _ => None,
+    };
+    Ok((pooled, spatial))
+}
+
+/// The tail's pooled features (and tapped spatial rows) of every image in `activations`,
+/// without gradients, in batches of `batch_size`.
+pub fn tail_features(
+    tail: &TailModel,
+    activations: &[f32],
+    shape: &[usize],
+    batch_size: usize,
+    tap: Option<&SpatialTap>,
+) -> candle_core::Result<(Array2<f32>, Option<Array2<f32>>)> {
+    let per_image: usize = shape.iter().product();
+    let images = activations.len() / per_image.max(1);
+    let (mut pooled, mut spatial) = (Vec::new(), Vec::new());
+    let (mut width, mut spatial_width) = (0, 0);
+    let order: Vec<usize> = (0..images).collect();
+    for rows in order.chunks(batch_size.max(1)) {
+        let (p, s) = tail_outputs(tail, activations, rows, shape, tap)?;
+        width = p.dim(1)?;
+        pooled.extend(p.detach().flatten_all()?.to_vec1::<f32>()?);
+        if let Some(s) = s {
+            spatial_width = s.dim(1)?;
+            spatial.extend(s.detach().flatten_all()?.to_vec1::<f32>()?);
+        }
+    }
+    let shape_error = |e: ndarray::ShapeError| candle_core::Error::Msg(e.to_string());
+    let pooled = Array2::from_shape_vec((images, width), pooled).map_err(shape_error)?;
+    let spatial = match tap {
+        Some(_) => Some(Array2::from_shape_vec((images, spatial_width), spatial).map_err(shape_error)?),
+        None => None,
+    };
+    Ok((pooled, spatial))
+}
+
+fn tensor_error(error: candle_core::Error) -> TrainError {
+    TrainError::InvalidData(format!("tensor computation failed: {error}"))
+}
+
+/// Validation of one epoch: loss, accuracy and (a localizer's) mean IoU.
+struct Scores {
+    loss: f32,
+    accuracy: f32,
+    mean_iou: Option<f32>,
+}
+
+impl Scores {
+    fn monitored(&self, metric: Option<StopMetric>) -> f32 {
+        match (metric, self.mean_iou) {
+            (Some(StopMetric::ValLoss), _) => self.loss,
+            // A localizer watches accuracy + mean IoU, as in phase 1.
+            (_, Some(iou)) => self.accuracy + iou,
+            (_, None) => self.accuracy,
+        }
+    }
+}
+
+fn score(
+    head: &TuneHead,
+    tail: &TailModel,
+    split: &TuneSplit,
+    data: &TuneData,
+    batch_size: usize,
+) -> Result<Scores, TrainError> {
+    let invalid = |e: String| TrainError::InvalidData(format!("validation split: {e}"));
+    let (pooled, spatial) =
+        tail_features(tail, &split.activations, &data.shape, batch_size, head.spatial()).map_err(tensor_error)?;
+    let (probabilities, boxes) = head.predict(&pooled, spatial.as_ref()).map_err(invalid)?;
+    match (head, boxes) {
+        (TuneHead::Localizer { weights, .. }, Some(boxes)) => {
+            let s = localizer_scores(&probabilities, &boxes, &split.labels, &split.boxes, *weights)?;
+            Ok(Scores { loss: s.loss, accuracy: s.accuracy, mean_iou: Some(s.mean_iou) })
+        }
+        _ => Ok(Scores {
+            loss: log_loss(probabilities.view(), &split.labels).map_err(|e| invalid(e.to_string()))?,
+            accuracy: evaluate(probabilities.view(), &split.labels, 1).map_err(|e| invalid(e.to_string()))?.accuracy,
+            mean_iou: None,
+        }),
+    }
 }
 
 /// The best epoch so far: every variable's values, the epoch, its monitored value, and the
@@ -69,52 +324,6 @@ struct Best {
     since: usize,
 }
 
-/// The head's layers as candle variables: (weights inputs×outputs, bias) per layer.
-struct HeadVars {
-    layers: Vec<(Var, Var)>,
-}
-
-impl HeadVars {
-    fn new(head: &Head) -> candle_core::Result<Self> {
-        let layers = head
-            .layers()
-            .map(|dense| {
-                let [w, b] = dense.values();
-                Ok((
-                    Var::from_slice(w, (dense.inputs(), dense.outputs()), &Device::Cpu)?,
-                    Var::from_slice(b, dense.outputs(), &Device::Cpu)?,
-                ))
-            })
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Self { layers })
-    }
-
-    fn logits(&self, features: &Tensor) -> candle_core::Result<Tensor> {
-        let mut x = features.clone();
-        for (i, (w, b)) in self.layers.iter().enumerate() {
-            if i > 0 {
-                x = x.relu()?;
-            }
-            x = x.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;
-        }
-        Ok(x)
-    }
-}
-
-/// Every trainable variable, tail first, with whether weight decay applies.
-fn variables<'a>(tail: &'a TailModel, head: &'a HeadVars) -> Vec<(&'a Var, bool)> {
-    let mut vars: Vec<(&Var, bool)> = tail.params().iter().map(|p| (&p.var, p.decay)).collect();
-    for (w, b) in &head.layers {
-        vars.push((w, true));
-        vars.push((b, false));
-    }
-    vars
-}
-
-fn values_of(vars: &[(&Var, bool)]) -> candle_core::Result<Vec<Vec<f32>>> {
-    vars.iter().map(|(v, _)| v.as_tensor().flatten_all()?.to_vec1::<f32>()).collect()
-}
-
 fn load(vars: &[(&Var, bool)], values: &[Vec<f32>]) -> candle_core::Result<()> {
     for ((var, _), values) in vars.iter().zip(values) {
         var.set(&Tensor::from_slice(values, var.shape(), &Device::Cpu)?)?;
@@ -122,78 +331,13 @@ fn load(vars: &[(&Var, bool)], values: &[Vec<f32>]) -> candle_core::Result<()> {
     Ok(())
 }
 
-fn tensor_error(error: candle_core::Error) -> TrainError {
-    TrainError::InvalidData(format!("tensor computation failed: {error}"))
-}
-
-/// The rows `rows` of `split` as one (batch, …shape) tensor.
-fn batch(split: &TuneSplit, rows: &[usize], shape: &[usize]) -> candle_core::Result<Tensor> {
-    let per_image: usize = shape.iter().product();
-    let mut values = Vec::with_capacity(per_image * rows.len());
-    for &row in rows {
-        values.extend_from_slice(&split.activations[row * per_image..(row + 1) * per_image]);
-    }
-    let mut dims = vec![rows.len()];
-    dims.extend_from_slice(shape);
-    Tensor::from_vec(values, dims, &Device::Cpu)
-}
-
-/// Probabilities of every row of `split` under the current tail and head, in batches.
-pub fn predict(
-    tail: &TailModel,
-    head: &Head,
-    activations: &[f32],
-    shape: &[usize],
-    batch_size: usize,
-) -> candle_core::Result<Array2<f32>> {
-    let vars = HeadVars::new(head)?;
-    let per_image: usize = shape.iter().product();
-    let rows = activations.len() / per_image.max(1);
-    let split = TuneSplit { activations: activations.to_vec(), labels: vec![0; rows] };
-    probabilities(tail, &vars, &split, shape, batch_size, head.classes())
-}
-
-fn probabilities(
-    tail: &TailModel,
-    head: &HeadVars,
-    split: &TuneSplit,
-    shape: &[usize],
-    batch_size: usize,
-    classes: usize,
-) -> candle_core::Result<Array2<f32>> {
-    let mut out = Vec::with_capacity(split.rows() * classes);
-    let order: Vec<usize> = (0..split.rows()).collect();
-    for rows in order.chunks(batch_size.max(1)) {
-        let x = batch(split, rows, shape)?;
-        let p = softmax(&head.logits(&tail.forward(&x)?)?, 1)?.detach();
-        out.extend(p.flatten_all()?.to_vec1::<f32>()?);
-    }
-    Array2::from_shape_vec((split.rows(), classes), out).map_err(|e| candle_core::Error::Msg(e.to_string()))
-}
-
-/// Mean cross-entropy of a batch (class-weighted when `weights` are given) and its correct count.
-fn batch_loss(logits: &Tensor, labels: &[usize], weights: Option<&[f32]>) -> candle_core::Result<(Tensor, usize)> {
-    let (n, classes) = logits.dims2()?;
-    let mut onehot = vec![0f32; n * classes];
-    for (i, &label) in labels.iter().enumerate() {
-        onehot[i * classes + label] = weights.map_or(1.0, |w| w[label]);
-    }
-    let onehot = Tensor::from_vec(onehot, (n, classes), &Device::Cpu)?;
-    let shifted = logits.broadcast_sub(&logits.max_keepdim(1)?.detach())?;
-    let log_probs = shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(1)?.log()?)?;
-    let loss = (log_probs * onehot)?.sum_all()?.neg()?.affine(1.0 / n as f64, 0.0)?;
-    let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
-    let correct = predicted.iter().zip(labels).filter(|(p, l)| **p as usize == **l).count();
-    Ok((loss, correct))
-}
-
 /// Trains `tail` and `head` together on `data` (phase 2). `config` is phase 2's own (its
-/// learning rate already lowered). The tail's variables hold the best epoch's weights on
-/// return; the returned head is that epoch's.
+/// learning rate already lowered). On return the tail's variables hold the best epoch's
+/// weights, and the outcome's head is that epoch's.
 pub fn tune(
     config: &TrainConfig,
     tail: &TailModel,
-    head: &Head,
+    head: &TuneHead,
     data: &TuneData,
     on_epoch: &mut dyn FnMut(&TuneEpochReport) -> ControlFlow<()>,
 ) -> Result<TuneOutcome, TrainError> {
@@ -201,19 +345,29 @@ pub fn tune(
     if data.train.is_empty() || data.train[0].rows() == 0 {
         return Err(TrainError::InvalidData("no training activations".into()));
     }
-    let head_vars = HeadVars::new(head).map_err(tensor_error)?;
-    let vars = variables(tail, &head_vars);
+    let trainer = HeadTrainer::new(head).map_err(tensor_error)?;
+    let vars: Vec<(&Var, bool)> = tail.params().iter().map(|p| (&p.var, p.decay)).chain(trainer.vars()).collect();
+    let tail_count = tail.params().len();
     let optimizer = config.optimizer();
     let sizes: Vec<usize> = vars.iter().map(|(v, _)| v.elem_count()).collect();
     let mut state: OptimizerState = optimizer.init_state(&sizes);
-    let mut values = values_of(&vars).map_err(tensor_error)?;
+    let mut values = vars
+        .iter()
+        .map(|(v, _)| v.as_tensor().flatten_all()?.to_vec1::<f32>())
+        .collect::<candle_core::Result<Vec<_>>>()
+        .map_err(tensor_error)?;
     let class_weights =
         config.class_weights.then(|| crate::train::balanced_class_weights(&data.train[0].labels, data.classes));
     let valid = data.valid.as_ref().filter(|v| v.rows() > 0);
     let monitor = config.early_stopping.filter(|_| valid.is_some());
+    let mut current = head.clone();
 
     let started = Instant::now();
-    let mut best = Best { values: values.clone(), epoch: 0, metric: None, since: 0 };
+    // Epoch 0 is phase 1's model as it is: phase 2 must beat it on the validation split to
+    // replace it, so tuning never leaves a model that validates worse than the frozen one.
+    let metric = monitor.map(|m| m.metric);
+    let baseline = valid.map(|v| score(&current, tail, v, data, config.batch_size)).transpose()?;
+    let mut best = Best { values: values.clone(), epoch: 0, metric: baseline.map(|s| s.monitored(metric)), since: 0 };
     let mut epoch = 0;
     while epoch < config.epochs && monitor.is_none_or(|m| best.since < m.patience) {
         let epoch_started = Instant::now();
@@ -221,12 +375,14 @@ pub fn tune(
         let mut order: Vec<usize> = (0..split.rows()).collect();
         order.shuffle(&mut crate::train::epoch_rng(config.seed, epoch));
         epoch += 1;
-        let (mut loss_sum, mut correct) = (0f64, 0usize);
+        let (mut loss_sum, mut right) = (0f64, 0usize);
         for rows in order.chunks(config.batch_size) {
-            let x = batch(split, rows, &data.shape).map_err(tensor_error)?;
             let labels: Vec<usize> = rows.iter().map(|&r| split.labels[r]).collect();
-            let logits = tail.forward(&x).and_then(|f| head_vars.logits(&f)).map_err(tensor_error)?;
-            let (loss, right) = batch_loss(&logits, &labels, class_weights.as_deref()).map_err(tensor_error)?;
+            let boxes: Vec<[f32; 4]> = rows.iter().filter_map(|&r| split.boxes.get(r).copied()).collect();
+            let (pooled, spatial) =
+                tail_outputs(tail, &split.activations, rows, &data.shape, head.spatial()).map_err(tensor_error)?;
+            let (loss, logits) =
+                trainer.loss(pooled, spatial, &labels, &boxes, class_weights.as_deref()).map_err(tensor_error)?;
             let grads = loss.backward().map_err(tensor_error)?;
             let gradients = vars
                 .iter()
@@ -245,26 +401,15 @@ pub fn tune(
             optimizer.step(&mut state, &mut params)?;
             load(&vars, &values).map_err(tensor_error)?;
             loss_sum += f64::from(loss.to_scalar::<f32>().map_err(tensor_error)?) * rows.len() as f64;
-            correct += right;
+            right += correct(&logits, &labels).map_err(tensor_error)?;
         }
         let train_loss = (loss_sum / split.rows() as f64) as f32;
         if !train_loss.is_finite() || values.iter().flatten().any(|v| !v.is_finite()) {
             return Err(TrainError::Diverged { epoch });
         }
-        let scores = match valid {
-            Some(v) => {
-                let p = probabilities(tail, &head_vars, v, &data.shape, config.batch_size, data.classes)
-                    .map_err(tensor_error)?;
-                let invalid = |e: crate::train::MetricsError| TrainError::InvalidData(e.to_string());
-                Some((
-                    log_loss(p.view(), &v.labels).map_err(invalid)?,
-                    evaluate(p.view(), &v.labels, 1).map_err(invalid)?.accuracy,
-                ))
-            }
-            None => None,
-        };
-        let metric = monitor.map(|m| m.metric);
-        let value = scores.map(|(loss, accuracy)| if metric == Some(StopMetric::ValLoss) { loss } else { accuracy });
+        HeadTrainer::write_back(&values[tail_count..], &mut current);
+        let scores = valid.map(|v| score(&current, tail, v, data, config.batch_size)).transpose()?;
+        let value = scores.as_ref().map(|s| s.monitored(metric));
         if becomes_best(metric, value, best.metric) {
             best = Best { values: values.clone(), epoch, metric: value, since: 0 };
         } else {
@@ -274,9 +419,10 @@ pub fn tune(
             epoch,
             epochs: config.epochs,
             train_loss,
-            train_accuracy: correct as f32 / split.rows() as f32,
-            valid_loss: scores.map(|s| s.0),
-            valid_accuracy: scores.map(|s| s.1),
+            train_accuracy: right as f32 / split.rows() as f32,
+            valid_loss: scores.as_ref().map(|s| s.loss),
+            valid_accuracy: scores.as_ref().map(|s| s.accuracy),
+            valid_mean_iou: scores.as_ref().and_then(|s| s.mean_iou),
             best_epoch: best.epoch,
             epoch_seconds: epoch_started.elapsed().as_secs_f64(),
             elapsed_seconds: started.elapsed().as_secs_f64(),
@@ -286,17 +432,6 @@ pub fn tune(
         }
     }
     load(&vars, &best.values).map_err(tensor_error)?;
-    let mut tuned_head = head.clone();
-    let head_values = &best.values[tail.params().len()..];
-    for (dense, pair) in tuned_head.layers_mut().zip(head_values.chunks(2)) {
-        let [w, b] = dense.values_mut();
-        w.copy_from_slice(&pair[0]);
-        b.copy_from_slice(&pair[1]);
-    }
-    Ok(TuneOutcome {
-        head: tuned_head,
-        best_epoch: best.epoch,
-        epochs_run: epoch,
-        stopped_early: epoch < config.epochs,
-    })
+    HeadTrainer::write_back(&best.values[tail_count..], &mut current);
+    Ok(TuneOutcome { head: current, best_epoch: best.epoch, epochs_run: epoch, stopped_early: epoch < config.epochs })
 }

@@ -45,6 +45,33 @@ pub(super) struct Batch {
 }
 
 impl Batch {
+    /// A batch of features computed elsewhere (and differentiated through): `pooled` (n ×
+    /// width), `spatial` (n × h·w·c, row-major cells), with their labels and boxes.
+    pub(super) fn from_tensors(
+        pooled: Tensor,
+        spatial: Option<Tensor>,
+        labels: &[usize],
+        boxes: &[[f32; 4]],
+        classes: usize,
+        class_weights: Option<&[f32]>,
+    ) -> Result<Self> {
+        let n = labels.len();
+        let mut onehot = vec![0f32; n * classes];
+        for (k, &label) in labels.iter().enumerate() {
+            onehot[k * classes + label] = 1.0;
+        }
+        let row_weights = class_weights
+            .map(|w| Tensor::from_vec(labels.iter().map(|&l| w[l]).collect::<Vec<f32>>(), n, &Device::Cpu))
+            .transpose()?;
+        Ok(Self {
+            pooled,
+            spatial,
+            onehot: Tensor::from_vec(onehot, (n, classes), &Device::Cpu)?,
+            row_weights,
+            boxes: Tensor::from_vec(boxes.iter().flatten().copied().collect::<Vec<f32>>(), (n, 4), &Device::Cpu)?,
+        })
+    }
+
     /// Rows `rows` of `split`; `spatial` says whether the spatial map is needed.
     pub(super) fn new(
         split: &LocalizeSplit,

@@ -192,10 +192,7 @@ pub fn train_localizer(
         }
 
         let scores = valid.map(|v| score(&head, v, weights)).transpose()?;
-        let value = scores.map(|s| match monitor.map(|m| m.metric) {
-            Some(StopMetric::ValLoss) => s.loss,
-            _ => s.mean_iou + s.accuracy,
-        });
+        let value = scores.map(|s| s.monitored(monitor.map(|m| m.metric)));
         best.record(epoch, monitor.map(|m| m.metric), value, &head);
         let report = LocalizeEpochReport {
             epoch,
@@ -275,6 +272,69 @@ impl Stepper {
     }
 }
 
+/// A localizer's loss on features a caller computes and differentiates through — phase 2 of
+/// tuning, where they come from the base's tuned top blocks.
+pub struct LocalizerLoss {
+    graph: Graph,
+    decays: Vec<bool>,
+    weights: LossWeights,
+    classes: usize,
+}
+
+impl LocalizerLoss {
+    pub fn new(head: &mut LocalizerHead, weights: LossWeights) -> candle_core::Result<Self> {
+        let graph = Graph::new(head)?;
+        let decays = head.params_mut().iter().map(|p| p.decay).collect();
+        Ok(Self { graph, decays, weights, classes: head.classes() })
+    }
+
+    /// The head's variables with whether weight decay applies, in [`LocalizerLoss::write_back`]'s order.
+    pub fn vars(&self) -> Vec<(&candle_core::Var, bool)> {
+        self.graph.vars().into_iter().zip(self.decays.iter().copied()).collect()
+    }
+
+    /// class·cross-entropy + box·MSE of a batch, and its class logits.
+    pub fn loss(
+        &self,
+        pooled: candle_core::Tensor,
+        spatial: Option<candle_core::Tensor>,
+        labels: &[usize],
+        boxes: &[[f32; 4]],
+        class_weights: Option<&[f32]>,
+    ) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)> {
+        let batch = Batch::from_tensors(pooled, spatial, labels, boxes, self.classes, class_weights)?;
+        Ok((self.graph.loss(&batch, self.weights)?, self.graph.class_logits(&batch)?))
+    }
+
+    /// Copies `values` (one per variable, in [`LocalizerLoss::vars`]'s order) into `head`.
+    pub fn write_back(values: &[Vec<f32>], head: &mut LocalizerHead) {
+        for (param, values) in head.params_mut().into_iter().zip(values) {
+            param.values.copy_from_slice(values);
+        }
+    }
+}
+
+/// Validation numbers of a localizer's predictions against `labels` and `truth` boxes.
+pub fn localizer_scores(
+    probabilities: &Array2<f32>,
+    boxes: &[[f32; 4]],
+    labels: &[usize],
+    truth: &[[f32; 4]],
+    weights: LossWeights,
+) -> Result<LocalizerScores, TrainError> {
+    let invalid = |e: &dyn std::fmt::Display| TrainError::InvalidData(format!("validation split: {e}"));
+    let cross_entropy = log_loss(probabilities.view(), labels).map_err(|e| invalid(&e))?;
+    let accuracy = evaluate(probabilities.view(), labels, 1).map_err(|e| invalid(&e))?.accuracy;
+    let squared: f64 =
+        boxes.iter().zip(truth).flat_map(|(p, t)| p.iter().zip(t).map(|(a, b)| f64::from(a - b).powi(2))).sum();
+    let mse = (squared / (4 * labels.len().max(1)) as f64) as f32;
+    Ok(LocalizerScores {
+        loss: weights.class * cross_entropy + weights.box_ * mse,
+        accuracy,
+        mean_iou: box_metrics(boxes, truth).mean_iou,
+    })
+}
+
 /// A candle failure; the shapes are checked beforehand, so this means inconsistent data.
 fn tensor_error(error: candle_core::Error) -> TrainError {
     TrainError::InvalidData(format!("tensor computation failed: {error}"))
@@ -282,27 +342,28 @@ fn tensor_error(error: candle_core::Error) -> TrainError {
 
 /// Validation numbers of one epoch.
 #[derive(Debug, Clone, Copy)]
-struct Scores {
+pub struct LocalizerScores {
     /// class·log loss + box·MSE.
-    loss: f32,
-    accuracy: f32,
-    mean_iou: f32,
+    pub loss: f32,
+    pub accuracy: f32,
+    pub mean_iou: f32,
 }
 
-fn score(head: &LocalizerHead, split: &LocalizeSplit, weights: LossWeights) -> Result<Scores, TrainError> {
-    let invalid = |e: &dyn std::fmt::Display| TrainError::InvalidData(format!("validation split: {e}"));
-    let (probabilities, boxes) =
-        head.predict(split.pooled.view(), split.spatial.as_ref().map(|s| s.view())).map_err(|e| invalid(&e))?;
-    let cross_entropy = log_loss(probabilities.view(), &split.labels).map_err(|e| invalid(&e))?;
-    let accuracy = evaluate(probabilities.view(), &split.labels, 1).map_err(|e| invalid(&e))?.accuracy;
-    let squared: f64 =
-        boxes.iter().zip(&split.boxes).flat_map(|(p, t)| p.iter().zip(t).map(|(a, b)| f64::from(a - b).powi(2))).sum();
-    let mse = (squared / (4 * split.rows()) as f64) as f32;
-    Ok(Scores {
-        loss: weights.class * cross_entropy + weights.box_ * mse,
-        accuracy,
-        mean_iou: box_metrics(&boxes, &split.boxes).mean_iou,
-    })
+impl LocalizerScores {
+    /// What early stopping watches: the loss, or mean IoU + accuracy.
+    pub fn monitored(&self, metric: Option<StopMetric>) -> f32 {
+        match metric {
+            Some(StopMetric::ValLoss) => self.loss,
+            _ => self.mean_iou + self.accuracy,
+        }
+    }
+}
+
+fn score(head: &LocalizerHead, split: &LocalizeSplit, weights: LossWeights) -> Result<LocalizerScores, TrainError> {
+    let (probabilities, boxes) = head
+        .predict(split.pooled.view(), split.spatial.as_ref().map(|s| s.view()))
+        .map_err(|e| TrainError::InvalidData(format!("validation split: {e}")))?;
+    localizer_scores(&probabilities, &boxes, &split.labels, &split.boxes, weights)
 }
 
 /// The best epoch so far, for early stopping (ties do not improve, as in Keras).
