@@ -107,9 +107,9 @@ pub(super) fn execute_localize(
             test: test.boxes.clone(),
         };
         let tuned = fine_tune(ctx, spec, splits, dataset.classes.len(), model, head, Some(boxes), control, progress)?;
-        let boxes = tuned.test_boxes.unwrap_or_default();
+        let boxes = tuned.test.boxes.unwrap_or_default();
         let test_metrics =
-            evaluate(tuned.test_probabilities.view(), &test.labels, 5).map_err(|e| failed(e.to_string()))?;
+            evaluate(tuned.test.probabilities.view(), &test.labels, 5).map_err(|e| failed(e.to_string()))?;
         let tuned_metrics = json!({"test": test_metrics, "test_boxes": box_metrics(&boxes, &test.boxes)});
         record_phase2(&mut evaluation, tuned_metrics, tuned.report);
         let TuneHead::Localizer { head, .. } = tuned.head else { unreachable!("phase 2 keeps the head's kind") };

@@ -317,7 +317,7 @@ fn execute_classify(
     let (head, tuned_base) = if spec.unfreeze.is_some() {
         let head = TuneHead::Classifier(outcome.head);
         let tuned = fine_tune(ctx, spec, splits, dataset.classes.len(), model, head, None, control, progress)?;
-        let test = evaluate(tuned.test_probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
+        let test = evaluate(tuned.test.probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
         record_phase2(&mut evaluation, json!({"test": test}), tuned.report);
         let TuneHead::Classifier(head) = tuned.head else { unreachable!("phase 2 keeps the head's kind") };
         (head, Some(tuned.tuned_base))

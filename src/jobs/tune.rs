@@ -13,10 +13,9 @@ use super::features::{
 };
 use super::run::{Control, Failure, JobContext, Progress, Splits, labels, stop_reason, train_failure};
 use super::spec::JobSpec;
-use ndarray::Array2;
-
 use crate::tune::{
-    BaseGraph, TailModel, TuneData, TuneHead, TuneSplit, Unfreeze, choose_cut, tail_features, tune, with_initializers,
+    BaseGraph, Predictions, TailModel, TuneData, TuneHead, TuneSplit, Unfreeze, choose_cut, tail_features, tune,
+    with_initializers,
 };
 use crate::zoo::{LoadedModel, Manifest};
 
@@ -64,9 +63,8 @@ pub fn plan_tuning(manifest: &Manifest, unfreeze: &Unfreeze, needs_spatial: bool
 pub(super) struct Tuned {
     pub head: TuneHead,
     pub tuned_base: Vec<u8>,
-    /// The tuned model's predictions on the test split: probabilities, and a localizer's boxes.
-    pub test_probabilities: Array2<f32>,
-    pub test_boxes: Option<Vec<[f32; 4]>>,
+    /// The tuned model's predictions on the test split.
+    pub test: Predictions,
     /// What phase 2 did, for the job's evaluation.
     pub report: Value,
 }
@@ -145,7 +143,7 @@ pub(super) fn fine_tune(
     let evaluating = |e: String| failed(format!("evaluating the tuned model: {e}"));
     let (pooled, spatial) = tail_features(&plan.tail, &test.activations, &shape, config.batch_size, tap)
         .map_err(|e| evaluating(e.to_string()))?;
-    let (test_probabilities, test_boxes) = outcome.head.predict(&pooled, spatial.as_ref()).map_err(evaluating)?;
+    let predictions = outcome.head.predict(&pooled, spatial.as_ref()).map_err(evaluating)?;
     let tuned = plan.tail.initializers().map_err(|e| failed(e.to_string()))?;
     let tuned_base = with_initializers(&plan.base_bytes, &tuned).map_err(failed)?;
     let per_image: usize = shape.iter().product();
@@ -164,7 +162,7 @@ pub(super) fn fine_tune(
         "training_seconds": training_seconds,
         "seconds_per_epoch": epoch_seconds.iter().sum::<f64>() / epoch_seconds.len().max(1) as f64,
     });
-    Ok(Tuned { head: outcome.head, tuned_base, test_probabilities, test_boxes, report })
+    Ok(Tuned { head: outcome.head, tuned_base, test: predictions, report })
 }
 
 /// What computes the activations at the cut: ONNX Runtime on the base's prefix, or nothing

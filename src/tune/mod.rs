@@ -13,4 +13,6 @@ pub mod train;
 pub use eval::{SUPPORTED_OPERATORS, TailModel, TailParam};
 pub use export::{BOX, PROBABILITIES, export_classifier, export_localizer, with_initializers};
 pub use graph::{BaseGraph, CutError, Tail, Unfreeze, choose_cut};
-pub use train::{SpatialTap, TuneData, TuneEpochReport, TuneHead, TuneOutcome, TuneSplit, tail_features, tune};
+pub use train::{
+    Predictions, SpatialTap, TuneData, TuneEpochReport, TuneHead, TuneOutcome, TuneSplit, tail_features, tune,
+};

@@ -66,19 +66,25 @@ impl TuneHead {
     }
 
     /// Probabilities (and a localizer's boxes) for tail features.
-    pub fn predict(
-        &self,
-        pooled: &Array2<f32>,
-        spatial: Option<&Array2<f32>>,
-    ) -> Result<(Array2<f32>, Option<Vec<[f32; 4]>>), String> {
+    pub fn predict(&self, pooled: &Array2<f32>, spatial: Option<&Array2<f32>>) -> Result<Predictions, String> {
         match self {
-            Self::Classifier(head) => Ok((head.try_forward(pooled.view()).map_err(|e| e.to_string())?, None)),
+            Self::Classifier(head) => Ok(Predictions {
+                probabilities: head.try_forward(pooled.view()).map_err(|e| e.to_string())?,
+                boxes: None,
+            }),
             Self::Localizer { head, .. } => {
-                let (p, boxes) = head.predict(pooled.view(), spatial.map(|s| s.view())).map_err(|e| e.to_string())?;
-                Ok((p, Some(boxes)))
+                let (probabilities, boxes) =
+                    head.predict(pooled.view(), spatial.map(|s| s.view())).map_err(|e| e.to_string())?;
+                Ok(Predictions { probabilities, boxes: Some(boxes) })
             }
         }
     }
+}
+
+/// A head's answers for a split: class probabilities and, for a localizer, `[cx, cy, w, h]` boxes.
+pub struct Predictions {
+    pub probabilities: Array2<f32>,
+    pub boxes: Option<Vec<[f32; 4]>>,
 }
 
 /// One epoch of phase 2, as a user watching the job sees it.
@@ -301,7 +307,7 @@ fn score(
     let invalid = |e: String| TrainError::InvalidData(format!("validation split: {e}"));
     let (pooled, spatial) =
         tail_features(tail, &split.activations, &data.shape, batch_size, head.spatial()).map_err(tensor_error)?;
-    let (probabilities, boxes) = head.predict(&pooled, spatial.as_ref()).map_err(invalid)?;
+    let Predictions { probabilities, boxes } = head.predict(&pooled, spatial.as_ref()).map_err(invalid)?;
     match (head, boxes) {
         (TuneHead::Localizer { weights, .. }, Some(boxes)) => {
             let s = localizer_scores(&probabilities, &boxes, &split.labels, &split.boxes, *weights)?;
