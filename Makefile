@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test lint ort models fixtures keras-models bench bench-train clean
+.PHONY: all build release run test lint ort models fixtures keras-models bench bench-train bench-tune clean
 
 all: build
 
@@ -79,6 +79,14 @@ bench: release models fixtures .venv-bench/.installed
 ## features, and the second job's speed-up from the feature cache (needs EfficientNet-Lite0).
 bench-train: release models .venv-bench/.installed
 	.venv-bench/bin/python bench/train_bench.py --graft target/release/graft --model-dir models
+
+## Tuning speed: phase 2's step and epoch on ResNet-50's last stage (random weights in the real
+## shapes) from cached activations, against ONNX Runtime's forward pass of the same stage.
+TUNE_BENCH_ARGS ?=
+bench-tune: release $(VENV)/.installed
+	@mkdir -p target/bench
+	$(VENV)/bin/python scripts/make_resnet50_stage5.py target/bench/resnet50_stage5.onnx --batch-free
+	target/release/graft bench-tune --model target/bench/resnet50_stage5.onnx $(TUNE_BENCH_ARGS)
 
 .venv-bench/.installed: bench/requirements.txt bench/server-requirements.txt
 	$(PYTHON) -m venv .venv-bench

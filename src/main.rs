@@ -62,6 +62,7 @@ enum ModelsCommand {
 }
 
 fn main() -> ExitCode {
+    pin_candle_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()),
@@ -86,6 +87,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// candle asks for its thread count before every matrix product and, unless
+/// `RAYON_NUM_THREADS` is set, counts physical cores by parsing /proc/cpuinfo each time (about
+/// 8 % of a tuning step, measured with perf on `graft bench-tune`). Setting it once, before any
+/// thread starts, makes that a lookup; it also sizes rayon's pool, to the same count it picks.
+fn pin_candle_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        // SAFETY: called first thing in main, while this is the only thread.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     }
 }
 
