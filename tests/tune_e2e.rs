@@ -182,6 +182,12 @@ async fn tuning_the_top_block_learns_what_the_frozen_base_cannot() {
     let model: Value =
         client().get(format!("{url}/v1/models/tinted-tuned")).send().await.unwrap().json().await.unwrap();
     assert_eq!(model["tuned_base"], true, "{model}");
+    // A server that did not train it (here: one that forgot it) loads the tuned base from the
+    // database and the blob store, and answers the same.
+    let before = scores(url, "tinted-tuned", &fresh[0].0).await;
+    assert!(server.registry.remove_trained("tinted-tuned").is_some(), "the worker registered it");
+    let after = scores(url, "tinted-tuned", &fresh[0].0).await;
+    assert_eq!(before, after);
 
     // The download is one ONNX file giving the same probabilities as the server.
     let images: Vec<RgbImage> = fresh.iter().map(|(image, _)| image.clone()).collect();
