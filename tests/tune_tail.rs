@@ -86,7 +86,22 @@ fn every_operator_matches_onnx_runtime() {
     let env = common::runtime();
     let mut rng = StdRng::seed_from_u64(1);
     let cases = cases();
-    assert!(cases.len() >= 19, "the fixture lists every operator case");
+    // Every operator the evaluator accepts is exercised by at least one case.
+    let covered: std::collections::HashSet<String> = cases
+        .iter()
+        .flat_map(|case| {
+            BaseGraph::decode(&case.bytes)
+                .unwrap()
+                .graph()
+                .node
+                .iter()
+                .map(|n| n.op_type().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for op in graft::tune::SUPPORTED_OPERATORS {
+        assert!(covered.contains(op), "no operator case uses {op}");
+    }
     for case in cases {
         let tail = tail_of(&case.bytes, "x", "y");
         let n: usize = case.input_shape.iter().product();
@@ -363,5 +378,51 @@ fn exported_localizers_equal_their_heads() {
         assert!(dp <= 1e-5 && db <= 1e-5, "{kind:?}: {dp} {db}");
         // The boxes are not trivial: they differ between images.
         assert!(max_abs_diff(&box_values[..4], &box_values[4..8]) > 1e-4, "{kind:?}: {box_values:?}");
+    }
+}
+
+/// The real EfficientNet-Lite0 (../shared/models, when present): graft finds its block
+/// starts, and its top blocks, run by graft from ONNX Runtime's activations at each of the
+/// last three cuts, give ONNX Runtime's pooled features on a real photo.
+#[test]
+fn efficientnet_lite0_tails_match_onnx_runtime() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/efficientnet_lite0.onnx");
+    if !path.is_file() {
+        eprintln!("../shared/models/efficientnet_lite0.onnx is absent: nothing to compare");
+        return;
+    }
+    let env = common::runtime();
+    let bytes = std::fs::read(&path).unwrap();
+    let base = BaseGraph::decode(&bytes).unwrap();
+    let starts = base.block_starts("mean");
+    println!("EfficientNet-Lite0: {} block starts, the last three: {:?}", starts.len(), &starts[starts.len() - 3..]);
+    assert!(starts.len() >= 10, "{starts:?}");
+    let photo = image::load_from_memory(&common::image("china.jpg")).unwrap().to_rgb8();
+    let photo = image::imageops::resize(&photo, 224, 224, image::imageops::FilterType::Triangle);
+    let mut pixels = vec![0f32; 3 * 224 * 224];
+    for (x, y, p) in photo.enumerate_pixels() {
+        for c in 0..3 {
+            pixels[c * 224 * 224 + (y * 224 + x) as usize] = (f32::from(p.0[c]) - 127.0) / 128.0;
+        }
+    }
+    let full = expose_outputs(&bytes, &["mean"]).unwrap();
+    let expected = &ort_run(&env, &full, "input", &[1, 3, 224, 224], &pixels, &["mean"])[0];
+    for cut in &starts[starts.len() - 3..] {
+        let tail = TailModel::new(&base.tail(cut, "mean").unwrap()).unwrap();
+        let prefix = base.prefix(cut).unwrap();
+        let session =
+            open_session(&env, ModelSource::Edited { path: Path::new("prefix.onnx"), bytes: &prefix }, &common::cpu())
+                .unwrap();
+        let shape: Vec<usize> = session.outputs[0].shape.iter().map(|&d| d.max(1) as usize).collect();
+        drop(session);
+        let activations = &ort_run(&env, &prefix, "input", &[1, 3, 224, 224], &pixels, &[cut])[0];
+        let ours = forward(&tail, &shape, activations);
+        let scale = expected.iter().map(|v| v.abs()).fold(0.0, f32::max);
+        let diff = max_abs_diff(&ours, expected);
+        println!(
+            "cut at {cut} {shape:?}: {} trainable tensors; pooled features max |Δ| {diff:.2e} (largest value {scale:.2})",
+            tail.params().len()
+        );
+        assert!(diff <= 1e-4 * scale.max(1.0), "{cut}: {diff}");
     }
 }

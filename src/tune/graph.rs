@@ -148,8 +148,13 @@ impl BaseGraph {
                 hint: String::new(),
             });
         }
-        let nodes: Vec<NodeProto> = chosen.iter().map(|&i| graph.node[i].clone()).collect();
-        let used: HashSet<&str> = nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+        let used: HashSet<&str> = chosen.iter().flat_map(|&i| graph.node[i].input.iter().map(String::as_str)).collect();
+        // Constant nodes the tail reads come first: they need nothing.
+        let constant_nodes = graph
+            .node
+            .iter()
+            .filter(|n| n.op_type() == "Constant" && n.output.iter().any(|o| used.contains(o.as_str())));
+        let nodes: Vec<NodeProto> = constant_nodes.chain(chosen.iter().map(|&i| &graph.node[i])).cloned().collect();
         let initializers = graph
             .initializer
             .iter()
