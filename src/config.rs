@@ -103,6 +103,10 @@ pub struct WorkerSettings {
     /// Seconds a worker holds a job without a heartbeat before another may take it over.
     #[arg(long, env = "GRAFT_LEASE_SECONDS", default_value_t = 30)]
     pub lease_seconds: u64,
+    /// Most memory a tuning job's cut activations may take, in bytes (all of them are held
+    /// while phase 2 trains); a job over it fails, naming the size it needs.
+    #[arg(long, env = "GRAFT_MAX_ACTIVATION_BYTES", default_value_t = 8 * 1024 * 1024 * 1024)]
+    pub max_activation_bytes: u64,
 }
 
 /// Dataset uploads and imports.

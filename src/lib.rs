@@ -144,6 +144,7 @@ impl Engine {
                     ),
                     lease: std::time::Duration::from_secs(self.settings.workers.lease_seconds.max(1)),
                     decode_limits: vision::DecodeLimits { max_pixels: self.settings.limits.max_pixels },
+                    max_activation_bytes: self.settings.workers.max_activation_bytes,
                 };
                 tokio::spawn(jobs::worker_loop(ctx, self.wake_workers.clone(), shutdown.clone()))
             })

@@ -12,7 +12,7 @@ use ndarray::Array2;
 
 use super::AppState;
 use super::images::{EncodedImage, read_images};
-use super::models::trained_model;
+use super::models::{trained_model, tuned_base};
 use crate::error::Error;
 use crate::runtime::ImageOutputs;
 use crate::train::stack_rows;
@@ -65,8 +65,9 @@ pub(super) async fn resolve(state: &AppState, name: &str) -> Result<Target, Erro
         return Ok(Target::Pretrained(state.registry.ready(name)?));
     }
     let model = trained_model(state, name).await?.ok_or_else(|| Error::UnknownModel(name.to_owned()))?;
-    if let Some(tuned) = &model.tuned_base {
-        return Ok(Target::Trained { base: tuned.clone(), model });
+    if let Some(key) = &model.record.tuned_base_blob {
+        let base = tuned_base(state, &model, key).await?;
+        return Ok(Target::Trained { base, model });
     }
     let base = state.registry.ready(&model.record.base_model).map_err(|e| match e {
         Unavailable::Unknown(base) => {

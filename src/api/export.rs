@@ -36,7 +36,7 @@ pub async fn download_onnx(
         tokio::task::spawn_blocking(move || {
             let bytes = fs_err::read(&base_file).map_err(|e| e.to_string())?;
             match &model.head {
-                TrainedHead::Classifier(head) => export_classifier(&bytes, &features, &[], head),
+                TrainedHead::Classifier(head) => export_classifier(&bytes, &features, head),
                 TrainedHead::Localizer(head) => {
                     let spatial = base.spatial_features.as_ref().map(|s| (s.tensor.as_str(), s.layout));
                     export_localizer(&bytes, &features, spatial, head)

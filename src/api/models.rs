@@ -63,8 +63,8 @@ pub(super) async fn trained_model(state: &AppState, name: &str) -> Result<Option
     cached_or_load(state, record).await.map(Some)
 }
 
-/// The registry's copy of the model `record` describes, or its head (and tuned base) read
-/// from the blob store and registered.
+/// The registry's copy of the model `record` describes, or its head read from the blob
+/// store and registered.
 async fn cached_or_load(state: &AppState, record: TrainedModelRecord) -> Result<Arc<TrainedModel>, Error> {
     if let Some(model) = state.registry.trained(&record.name) {
         return Ok(model);
@@ -73,15 +73,20 @@ async fn cached_or_load(state: &AppState, record: TrainedModelRecord) -> Result<
     let bytes = state.blobs.get(&record.head_blob).map_err(|e| Error::Internal(e.to_string()))?;
     let head = TrainedHead::from_bytes(&record.task, &bytes)
         .map_err(|e| Error::Internal(format!("the head of {name} is unreadable: {e}")))?;
-    let tuned_base = match &record.tuned_base_blob {
-        Some(key) => Some(load_tuned_base(state, &record.base_model, &name, key).await?),
-        None => None,
-    };
-    state.registry.insert_trained(TrainedModel { record, head, tuned_base });
+    state.registry.insert_trained(TrainedModel::new(record, head));
     state.registry.trained(&name).ok_or_else(|| Error::Internal(format!("{name} was removed while loading")))
 }
 
-/// A model trained by another process on a tuned base: that base, loaded off the async runtime.
+/// The tuned copy of the base a model was trained with, loaded (off the async runtime) from
+/// the blob store on its first request.
+pub(super) async fn tuned_base(state: &AppState, model: &TrainedModel, key: &str) -> Result<Arc<LoadedModel>, Error> {
+    model
+        .tuned_base
+        .get_or_try_init(|| load_tuned_base(state, &model.record.base_model, &model.record.name, key))
+        .await
+        .cloned()
+}
+
 async fn load_tuned_base(state: &AppState, base: &str, name: &str, key: &str) -> Result<Arc<LoadedModel>, Error> {
     let base = state.registry.ready(base).map_err(|e| Error::ModelFailed {
         name: name.to_owned(),
@@ -114,7 +119,7 @@ fn describe_trained(model: &TrainedModel) -> Value {
             TrainedHead::Classifier(head) => json!({"hidden_units": head.hidden_units()}),
             TrainedHead::Localizer(head) => json!({"box_head": head.kind(), "spatial_shape": head.spatial_shape()}),
         },
-        "tuned_base": model.tuned_base.is_some(),
+        "tuned_base": record.tuned_base_blob.is_some(),
         "created_at": record.created_at,
         "evaluation": record.evaluation,
     })

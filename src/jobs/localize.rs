@@ -113,7 +113,7 @@ pub(super) fn execute_localize(
         let tuned_metrics = json!({"test": test_metrics, "test_boxes": box_metrics(&boxes, &test.boxes)});
         record_phase2(&mut evaluation, tuned_metrics, tuned.report);
         let TuneHead::Localizer { head, .. } = tuned.head else { unreachable!("phase 2 keeps the head's kind") };
-        (head, Some(tuned.tuned_base))
+        (head, tuned.tuned_base)
     } else {
         (outcome.head, None)
     };

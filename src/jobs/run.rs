@@ -35,6 +35,8 @@ pub struct JobContext {
     pub worker_id: String,
     pub lease: Duration,
     pub decode_limits: DecodeLimits,
+    /// The most memory a tuning job's cut activations may take.
+    pub max_activation_bytes: u64,
 }
 
 /// Flags the heartbeat sets and the work checks between batches and epochs.
@@ -320,7 +322,7 @@ fn execute_classify(
         let test = evaluate(tuned.test.probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
         record_phase2(&mut evaluation, json!({"test": test}), tuned.report);
         let TuneHead::Classifier(head) = tuned.head else { unreachable!("phase 2 keeps the head's kind") };
-        (head, Some(tuned.tuned_base))
+        (head, tuned.tuned_base)
     } else {
         (outcome.head, None)
     };
@@ -356,29 +358,9 @@ async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<b
     let key = head_key(&job.id);
     ctx.blobs.replace(&key, &trained.head.to_bytes()).map_err(|e| e.to_string())?;
     let tuned_key = tuned_base_key(&job.id);
-    let tuned_base = match &trained.tuned_base {
-        Some(bytes) => {
-            ctx.blobs.replace(&tuned_key, bytes).map_err(|e| e.to_string())?;
-            let (registry, blobs, base, name) =
-                (ctx.registry.clone(), ctx.blobs.clone(), job.base_model.clone(), job.model_name.clone());
-            let path = blobs.root().join(&tuned_key);
-            let loaded = tokio::task::spawn_blocking(move || {
-                let base = registry.ready(&base).map_err(|e| e.to_string())?;
-                registry.load_tuned_base(&base.manifest, &name, path)
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("the tuned base does not load: {e}"));
-            match loaded {
-                Ok(model) => Some(Arc::new(model)),
-                Err(reason) => {
-                    let _ = ctx.blobs.delete(&tuned_key);
-                    return Err(reason);
-                }
-            }
-        }
-        None => None,
-    };
+    if let Some(bytes) = &trained.tuned_base {
+        ctx.blobs.replace(&tuned_key, bytes).map_err(|e| e.to_string())?;
+    }
     let record = TrainedModelRecord {
         name: job.model_name.clone(),
         job_id: job.id.clone(),
@@ -389,16 +371,20 @@ async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<b
         evaluation: trained.evaluation.clone(),
         created_at: now_ms(),
         task: trained.head.task().to_owned(),
-        tuned_base_blob: tuned_base.as_ref().map(|_| tuned_key.clone()),
+        tuned_base_blob: trained.tuned_base.as_ref().map(|_| tuned_key.clone()),
     };
     match ctx.db.complete_job(&job.id, &ctx.worker_id, &trained.evaluation, &record).await {
         Ok(true) => {
             let _ = ctx.blobs.delete(&checkpoint_key(&job.id));
             let _ = ctx.db.append_event(&job.id, "state", &json!({"state": "succeeded", "model": record.name})).await;
-            ctx.registry.insert_trained(TrainedModel { record, head: trained.head, tuned_base });
+            ctx.registry.insert_trained(TrainedModel::new(record, trained.head));
             Ok(true)
         }
-        Ok(false) => Ok(false),
+        Ok(false) => {
+            // Another worker holds the job now; it writes its own tuned base if it gets one.
+            let _ = ctx.blobs.delete(&tuned_key);
+            Ok(false)
+        }
         Err(e) => {
             let _ = ctx.blobs.delete(&key);
             let _ = ctx.blobs.delete(&tuned_key);

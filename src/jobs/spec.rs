@@ -62,14 +62,21 @@ impl UnfreezeSpec {
     }
 }
 
-/// Phase 2 (the tail unfrozen): its epochs and learning rate (default: phase 1's ÷ 10).
+/// Phase 2 (the tail unfrozen): its epochs, learning rate (default: phase 1's ÷ 10) and
+/// batch size (default: phase 1's, at most [`FINE_TUNE_MAX_BATCH`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FineTune {
     #[serde(default = "fine_tune_epochs")]
     pub epochs: usize,
     pub learning_rate: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
 }
+
+/// Phase 2 keeps every intermediate tensor of the tail for the backward pass: its batches
+/// stay small enough for that to fit.
+pub const FINE_TUNE_MAX_BATCH: usize = 256;
 
 fn fine_tune_epochs() -> usize {
     10
@@ -77,7 +84,7 @@ fn fine_tune_epochs() -> usize {
 
 impl Default for FineTune {
     fn default() -> Self {
-        Self { epochs: fine_tune_epochs(), learning_rate: None }
+        Self { epochs: fine_tune_epochs(), learning_rate: None, batch_size: None }
     }
 }
 
@@ -170,6 +177,9 @@ impl JobSpec {
     fn validate(&self) -> Result<(), String> {
         if let Some(unfreeze) = &self.unfreeze {
             unfreeze.validate()?;
+            if self.fine_tune.as_ref().and_then(|f| f.batch_size).is_some_and(|b| b > FINE_TUNE_MAX_BATCH) {
+                return Err(format!("fine_tune.batch_size must be at most {FINE_TUNE_MAX_BATCH}"));
+            }
             self.fine_tune_config().validate().map_err(|e| format!("fine_tune: {e}"))?;
         }
         if let Some(name) = &self.name
@@ -193,6 +203,7 @@ impl JobSpec {
         TrainConfig {
             epochs: fine_tune.epochs,
             learning_rate: fine_tune.learning_rate.unwrap_or(self.train.learning_rate / 10.0),
+            batch_size: fine_tune.batch_size.unwrap_or(self.train.batch_size.min(FINE_TUNE_MAX_BATCH)),
             ..self.train.clone()
         }
     }
@@ -243,6 +254,7 @@ mod tests {
             (json!({"dataset": "d", "base_model": "m", "unfreeze": {"blocks": 1, "tensor": "t"}}), "not both"),
             (json!({"dataset": "d", "base_model": "m", "unfreeze": {"layers": 1}}), "unknown field `layers`"),
             (json!({"dataset": "d", "base_model": "m", "fine_tune": {"learning_rate": -1.0}}), "fine_tune"),
+            (json!({"dataset": "d", "base_model": "m", "fine_tune": {"batch_size": 1000}}), "at most 256"),
             (json!({"dataset": "d", "base_model": "m", "learning_rate": -1.0}), "learning_rate"),
             (json!({"dataset": "d", "base_model": "m", "name": "../x"}), "name"),
             (json!({"dataset": "d", "base_model": "m", "augment": {"crop": 2.0}}), "augment"),

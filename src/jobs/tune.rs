@@ -1,7 +1,7 @@
-//! Phase 2 of a classification job that tunes the top of its base: the cut activations of
-//! every image (ONNX Runtime on the base's prefix, cached in the blob store like features),
-//! the tail and the phase-1 head trained together at a lower learning rate, the test
-//! evaluation, and the tuned base as an ONNX file.
+//! Phase 2 of a job that tunes the top of its base (classification or localization): the
+//! cut activations of every image (ONNX Runtime on the base's prefix, cached in the blob
+//! store like features), the tail and the phase-1 head trained together at a lower learning
+//! rate, the test evaluation, and the tuned base as an ONNX file.
 
 use std::time::Instant;
 
@@ -62,7 +62,8 @@ pub fn plan_tuning(manifest: &Manifest, unfreeze: &Unfreeze, needs_spatial: bool
 /// The outcome of phase 2.
 pub(super) struct Tuned {
     pub head: TuneHead,
-    pub tuned_base: Vec<u8>,
+    /// `None` when phase 1's model was kept (no epoch of phase 2 validated better).
+    pub tuned_base: Option<Vec<u8>>,
     /// The tuned model's predictions on the test split.
     pub test: Predictions,
     /// What phase 2 did, for the job's evaluation.
@@ -98,24 +99,22 @@ pub(super) fn fine_tune(
     let Activations { rows, shape, stats } = activations(ctx, spec, model, &plan, &requests, control, progress)?;
     let activation_seconds = started.elapsed().as_secs_f64();
 
-    let (train_rows, valid_rows, test_rows) = splits.cut(&rows, variants);
-    let split = |rows: &[Vec<f32>], labels: Vec<usize>, boxes: Option<&Vec<[f32; 4]>>| TuneSplit {
-        activations: rows.concat(),
-        labels,
-        boxes: boxes.cloned().unwrap_or_default(),
+    // The rows come in the order of `Splits::feature_requests`: each train variant, valid, test.
+    // Each is moved into its split's buffer and freed, so the activations are held once.
+    let mut rows = rows.into_iter();
+    let mut split = |count: usize, labels: Vec<usize>, boxes: Option<&Vec<[f32; 4]>>| {
+        let mut activations = Vec::with_capacity(count * shape.iter().product::<usize>());
+        for row in rows.by_ref().take(count) {
+            activations.extend_from_slice(&row);
+        }
+        TuneSplit { activations, labels, boxes: boxes.cloned().unwrap_or_default() }
     };
-    let data = TuneData {
-        shape: shape.clone(),
-        classes,
-        train: train_rows
-            .into_iter()
-            .enumerate()
-            .map(|(v, r)| split(r, labels(&splits.train), boxes.as_ref().map(|b| &b.train[v])))
-            .collect(),
-        valid: Some(split(valid_rows, labels(&splits.valid), boxes.as_ref().map(|b| &b.valid))),
-    };
-    let test = split(test_rows, labels(&splits.test), boxes.as_ref().map(|b| &b.test));
-    drop(rows);
+    let train = (0..variants)
+        .map(|v| split(splits.train.len(), labels(&splits.train), boxes.as_ref().map(|b| &b.train[v])))
+        .collect();
+    let valid = split(splits.valid.len(), labels(&splits.valid), boxes.as_ref().map(|b| &b.valid));
+    let test = split(splits.test.len(), labels(&splits.test), boxes.as_ref().map(|b| &b.test));
+    let data = TuneData { shape: shape.clone(), classes, train, valid: Some(valid) };
 
     let config = spec.fine_tune_config();
     let trained_started = Instant::now();
@@ -144,8 +143,14 @@ pub(super) fn fine_tune(
     let (pooled, spatial) = tail_features(&plan.tail, &test.activations, &shape, config.batch_size, tap)
         .map_err(|e| evaluating(e.to_string()))?;
     let predictions = outcome.head.predict(&pooled, spatial.as_ref()).map_err(evaluating)?;
-    let tuned = plan.tail.initializers().map_err(|e| failed(e.to_string()))?;
-    let tuned_base = with_initializers(&plan.base_bytes, &tuned).map_err(failed)?;
+    // Best epoch 0: phase 1's model was kept, and the base is served as it is.
+    let tuned_base = match outcome.best_epoch {
+        0 => None,
+        _ => {
+            let tuned = plan.tail.initializers().map_err(|e| failed(e.to_string()))?;
+            Some(with_initializers(&plan.base_bytes, &tuned).map_err(failed)?)
+        }
+    };
     let per_image: usize = shape.iter().product();
     let report = json!({
         "cut": plan.cut,
@@ -205,6 +210,22 @@ impl Prefix {
     }
 }
 
+/// Refuses activations that would take more memory than the worker allows.
+fn within_budget(ctx: &JobContext, cut: &str, shape: &[usize], images: usize) -> Result<(), String> {
+    let per_image = shape.iter().product::<usize>() * 4;
+    let needed = (per_image * images) as u64;
+    if needed <= ctx.max_activation_bytes {
+        return Ok(());
+    }
+    Err(format!(
+        "the activations at `{cut}` ({shape:?}, {per_image} bytes per image) take {:.2} GB for {images} images and \
+         variants, over the limit of {:.2} GB (--max-activation-bytes); unfreeze fewer blocks or use fewer \
+         augmentation variants",
+        needed as f64 / 1e9,
+        ctx.max_activation_bytes as f64 / 1e9
+    ))
+}
+
 /// Cut activations: one row per request, each of `shape`.
 struct Activations {
     rows: Vec<Vec<f32>>,
@@ -238,6 +259,7 @@ fn activations(
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
     let mut rows: Vec<Option<Vec<f32>>> = vec![None; requests.len()];
     if let Some(shape) = &shape {
+        within_budget(ctx, &plan.cut, shape, requests.len()).map_err(failed)?;
         let len: usize = shape.iter().product();
         for (slot, request) in rows.iter_mut().zip(requests) {
             *slot =
@@ -268,13 +290,22 @@ fn activations(
                 .map_err(failed)?;
             }
             let (image_shape, values) = prefix.run(model, &plan.cut, pixels, chunk.len()).map_err(failed)?;
+            let per_image: usize = image_shape.iter().product();
+            if per_image == 0 || values.len() != per_image * chunk.len() {
+                return Err(failed(format!(
+                    "the cut `{}` gives {} values for {} images of shape {image_shape:?}: its first axis is not the batch",
+                    plan.cut,
+                    values.len(),
+                    chunk.len()
+                )));
+            }
+            within_budget(ctx, &plan.cut, &image_shape, requests.len()).map_err(failed)?;
             if shape.as_ref() != Some(&image_shape) {
                 ctx.blobs
                     .replace(&shape_key, &serde_json::to_vec(&image_shape).unwrap_or_default())
                     .map_err(|e| failed(e.to_string()))?;
                 shape = Some(image_shape.clone());
             }
-            let per_image: usize = image_shape.iter().product();
             for (&i, values) in chunk.iter().zip(values.chunks_exact(per_image)) {
                 ctx.blobs.replace(&key(&requests[i]), &encode_f32(values)).map_err(|e| failed(e.to_string()))?;
                 rows[i] = Some(values.to_vec());

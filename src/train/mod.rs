@@ -18,6 +18,7 @@ pub use config::{EarlyStopping, OptimizerKind, StopMetric, TrainConfig};
 pub(crate) use data::balanced_class_weights;
 pub use data::{TrainData, stack_rows};
 pub use head::{Dense, Head, HeadError};
+pub(crate) use localize::sigmoid_tensor;
 pub use localize::{
     BoxMetrics, BoxParts, CENTROID_EPSILON, LocalizeData, LocalizeEpochReport, LocalizeHeadKind, LocalizeOutcome,
     LocalizeSplit, LocalizerHead, LocalizerLoss, LocalizerScores, LossWeights, box_metrics, iou, localizer_scores,

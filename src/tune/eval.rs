@@ -98,27 +98,66 @@ enum Binary {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Conv { window: Window, group: usize },
-    BatchNorm { epsilon: f32 },
+    Conv {
+        window: Window,
+        group: usize,
+    },
+    BatchNorm {
+        epsilon: f32,
+    },
     Relu,
     Sigmoid,
-    Clip { min: Option<f32>, max: Option<f32> },
+    Clip {
+        min: Option<f32>,
+        max: Option<f32>,
+    },
     Identity,
     Binary(Binary),
     MaxPool(Window),
-    AveragePool { window: Window, count_pad: bool },
+    AveragePool {
+        window: Window,
+        count_pad: bool,
+    },
     GlobalAveragePool,
-    ReduceMean { axes: Option<Vec<i64>>, keepdims: bool },
-    Gemm { alpha: f32, beta: f32, trans_a: bool, trans_b: bool },
+    ReduceMean {
+        axes: Option<Vec<i64>>,
+        keepdims: bool,
+    },
+    Gemm {
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+    },
     MatMul,
-    Flatten { axis: i64 },
-    Reshape { shape: Vec<i64>, allow_zero: bool },
-    Squeeze { axes: Option<Vec<i64>> },
-    Unsqueeze { axes: Vec<i64> },
-    Concat { axis: i64 },
-    Transpose { perm: Option<Vec<usize>> },
-    Pad { pads: Vec<i64>, value: f32 },
-    Softmax { axis: i64 },
+    Flatten {
+        axis: i64,
+    },
+    Reshape {
+        shape: Vec<i64>,
+        allow_zero: bool,
+    },
+    Squeeze {
+        axes: Option<Vec<i64>>,
+    },
+    Unsqueeze {
+        axes: Vec<i64>,
+    },
+    Concat {
+        axis: i64,
+    },
+    Transpose {
+        perm: Option<Vec<usize>>,
+    },
+    Pad {
+        pads: Vec<i64>,
+        value: f32,
+    },
+    /// `flatten`: before opset 13, over everything from `axis` on (the input seen as 2-D).
+    Softmax {
+        axis: i64,
+        flatten: bool,
+    },
 }
 
 impl TailModel {
@@ -152,9 +191,8 @@ impl TailModel {
         for node in &tail.nodes {
             let describe = |e: String| format!("node `{}` ({}): {e}", node.name(), node.op_type());
             if node.op_type() == "Constant" {
-                if let Some(value) = Attributes(node).tensor("value").filter(|t| t.data_type() == 1) {
-                    let tensor = Tensor::from_vec(floats(value).map_err(describe)?, dims(value), &Device::Cpu)
-                        .map_err(|e| describe(e.to_string()))?;
+                if let ConstantValue::Floats(values, shape) = constant_value(node).map_err(describe)? {
+                    let tensor = Tensor::from_vec(values, shape, &Device::Cpu).map_err(|e| describe(e.to_string()))?;
                     constants.insert(node.output[0].clone(), tensor);
                 }
                 continue;
@@ -169,10 +207,6 @@ impl TailModel {
     /// The trainable parameters, sorted by name.
     pub fn params(&self) -> &[TailParam] {
         &self.params
-    }
-
-    pub fn input_name(&self) -> &str {
-        &self.input
     }
 
     /// The tail's output for a batch of cut activations, flattened to (batch, features).
@@ -193,7 +227,10 @@ impl TailModel {
                 if let Some(p) = self.params.iter().find(|p| &p.name == name) {
                     return Ok(Some(p.var.as_tensor().clone()));
                 }
-                Ok(self.constants.get(name).cloned())
+                // Only an empty name means "absent"; anything else must resolve.
+                self.constants.get(name).cloned().map(Some).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("`{name}` (input {i} of `{}`) is not available", step.output))
+                })
             };
             let required = |i: usize| -> CandleResult<Tensor> {
                 input(i)?
@@ -212,7 +249,8 @@ impl TailModel {
         let y = values
             .remove(self.output.as_str())
             .ok_or_else(|| candle_core::Error::Msg(format!("the tail did not compute `{}`", self.output)))?;
-        let batch = y.dim(0)?;
+        // The batch is the input's: a Squeeze without axes may have dropped a batch axis of 1.
+        let batch = x.dim(0)?;
         Ok((y.reshape((batch, y.elem_count() / batch.max(1)))?, tapped))
     }
 
@@ -228,6 +266,38 @@ impl TailModel {
     }
 }
 
+/// What a Constant node holds.
+enum ConstantValue {
+    Floats(Vec<f32>, Vec<usize>),
+    Ints(Vec<i64>),
+}
+
+/// A Constant node's value, from whichever of its value attributes it sets.
+fn constant_value(node: &NodeProto) -> Result<ConstantValue, String> {
+    let attrs = Attributes(node);
+    if let Some(value) = attrs.tensor("value") {
+        return match value.data_type() {
+            1 => Ok(ConstantValue::Floats(floats(value)?, dims(value))),
+            6 | 7 => Ok(ConstantValue::Ints(ints(value)?)),
+            other => Err(format!("a Constant of data type {other} is not supported")),
+        };
+    }
+    if let Some(value) = attrs.float_opt("value_float") {
+        return Ok(ConstantValue::Floats(vec![value], vec![]));
+    }
+    if let Some(values) = attrs.floats("value_floats") {
+        let len = values.len();
+        return Ok(ConstantValue::Floats(values, vec![len]));
+    }
+    if let Some(value) = attrs.int_opt("value_int") {
+        return Ok(ConstantValue::Ints(vec![value]));
+    }
+    if let Some(values) = attrs.ints("value_ints") {
+        return Ok(ConstantValue::Ints(values));
+    }
+    Err("a Constant without a float or integer value is not supported".into())
+}
+
 /// Integer constants (shapes, axes, pads) from initializers and Constant nodes.
 fn int_constants(tail: &Tail) -> Result<HashMap<String, Vec<i64>>, String> {
     let mut out = HashMap::new();
@@ -237,9 +307,7 @@ fn int_constants(tail: &Tail) -> Result<HashMap<String, Vec<i64>>, String> {
         }
     }
     for node in tail.nodes.iter().filter(|n| n.op_type() == "Constant") {
-        if let Some(value) = Attributes(node).tensor("value").filter(|t| matches!(t.data_type(), 6 | 7)) {
-            out.insert(node.output[0].clone(), ints(value)?);
-        } else if let Some(values) = Attributes(node).ints("value_ints") {
+        if let ConstantValue::Ints(values) = constant_value(node)? {
             out.insert(node.output[0].clone(), values);
         }
     }
@@ -248,12 +316,14 @@ fn int_constants(tail: &Tail) -> Result<HashMap<String, Vec<i64>>, String> {
 
 /// Initializers the tail trains, with whether weight decay applies: convolution and dense
 /// weights (decay) and biases, batch-norm scale and shift, and the bias Add after a MatMul
-/// or Conv. Everything else (running statistics, shapes, other constants) stays frozen.
+/// or Conv. Everything else (running statistics, shapes, other constants, and initializers
+/// the prefix reads too) stays frozen.
 fn trainable_roles(tail: &Tail) -> HashMap<&str, bool> {
     let producer: HashMap<&str, &str> =
         tail.nodes.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n.op_type()))).collect();
     let mut roles = HashMap::new();
-    let is_init = |name: &str| tail.initializers.get(name).is_some_and(|t| t.data_type() == 1);
+    let is_init =
+        |name: &str| tail.initializers.get(name).is_some_and(|t| t.data_type() == 1) && !tail.shared.contains(name);
     for node in &tail.nodes {
         let input = |i: usize| node.input.get(i).map(String::as_str).filter(|n| is_init(n));
         match node.op_type() {
@@ -326,7 +396,7 @@ impl Window {
     fn pads_for(&self, size: (usize, usize)) -> [usize; 4] {
         let same = |input: usize, k: usize, s: usize, d: usize| {
             let out = input.div_ceil(s);
-            ((out - 1) * s + (k - 1) * d + 1).saturating_sub(input)
+            (out.saturating_sub(1) * s + (k - 1) * d + 1).saturating_sub(input)
         };
         match self.auto_pad {
             AutoPad::NotSet => self.pads,
@@ -400,7 +470,7 @@ fn parse(node: &NodeProto, opset: i64, ints: &HashMap<String, Vec<i64>>) -> Resu
         "GlobalAveragePool" => Op::GlobalAveragePool,
         "ReduceMean" => {
             let axes = axes(node, ints)?;
-            if axes.is_none() && attrs.int("noop_with_empty_axes", 0) != 0 {
+            if axes.as_ref().is_none_or(Vec::is_empty) && attrs.int("noop_with_empty_axes", 0) != 0 {
                 Op::Identity
             } else {
                 Op::ReduceMean { axes, keepdims: attrs.int("keepdims", 1) != 0 }
@@ -438,7 +508,7 @@ fn parse(node: &NodeProto, opset: i64, ints: &HashMap<String, Vec<i64>>) -> Resu
             }
             Op::Pad { pads, value: attrs.float("value", 0.0) }
         }
-        "Softmax" => Op::Softmax { axis: attrs.int("axis", if opset >= 13 { -1 } else { 1 }) },
+        "Softmax" => Op::Softmax { axis: attrs.int("axis", if opset >= 13 { -1 } else { 1 }), flatten: opset < 13 },
         other => {
             return Err(format!(
                 "operator {other} is not supported for tuning (supported: {})",
@@ -471,11 +541,12 @@ fn run(
         Op::Conv { window, group } => conv(&x, &required(1)?, optional(2)?.as_ref(), window, *group),
         Op::BatchNorm { epsilon } => batch_norm(&x, [required(1)?, required(2)?, required(3)?, required(4)?], *epsilon),
         Op::Relu => x.relu(),
-        Op::Sigmoid => sigmoid(&x),
+        Op::Sigmoid => crate::train::sigmoid_tensor(&x),
         Op::Clip { min, max } => {
             let scalar = |i: usize, fallback: Option<f32>| -> CandleResult<Option<f32>> {
                 match optional(i)? {
-                    Some(t) => Ok(Some(t.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(0.0))),
+                    // An empty bound tensor means no bound.
+                    Some(t) => Ok(t.flatten_all()?.to_vec1::<f32>()?.first().copied()),
                     None => Ok(fallback),
                 }
             };
@@ -520,9 +591,10 @@ fn run(
         }
         Op::ReduceMean { axes, keepdims } => {
             let rank = x.rank();
+            // No axes (or an empty list) reduces every axis.
             let mut axes: Vec<usize> = match axes {
-                Some(a) => a.iter().map(|&a| axis_index(a, rank)).collect::<CandleResult<_>>()?,
-                None => (0..rank).collect(),
+                Some(a) if !a.is_empty() => a.iter().map(|&a| axis_index(a, rank)).collect::<CandleResult<_>>()?,
+                _ => (0..rank).collect(),
             };
             axes.sort_unstable();
             axes.dedup();
@@ -595,17 +667,21 @@ fn run(
             };
             pad(&x, pads, value)
         }
-        Op::Softmax { axis } => softmax(&x, axis_index(*axis, x.rank())?),
+        Op::Softmax { axis, flatten } => {
+            let axis = axis_index(*axis, x.rank())?;
+            if *flatten {
+                let dims = x.dims().to_vec();
+                let outer: usize = dims[..axis].iter().product();
+                softmax(&x.reshape((outer, x.elem_count() / outer.max(1)))?, 1)?.reshape(dims)
+            } else {
+                softmax(&x, axis)
+            }
+        }
     }
 }
 
-fn sigmoid(x: &Tensor) -> CandleResult<Tensor> {
-    // 1 / (1 + e^{−x}), from differentiable primitives.
-    (x.neg()?.exp()? + 1.0)?.recip()
-}
-
 /// Softmax along `axis`; the max is subtracted (outside the gradient) for stability.
-pub fn softmax(x: &Tensor, axis: usize) -> CandleResult<Tensor> {
+fn softmax(x: &Tensor, axis: usize) -> CandleResult<Tensor> {
     let shifted = x.broadcast_sub(&x.max_keepdim(axis)?.detach())?;
     let e = shifted.exp()?;
     e.broadcast_div(&e.sum_keepdim(axis)?)
@@ -683,13 +759,19 @@ fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, window: &Window, group: u
         if stride.0 != stride.1 || dilation.0 != dilation.1 {
             return Err(msg(format!("Conv strides {stride:?} / dilations {dilation:?} must be equal in both axes")));
         }
-        let symmetric = pads.iter().all(|&p| p == pads[0]);
-        let (input, padding) = if symmetric {
-            (x.clone(), pads[0])
+        let (s, d) = (stride.0, dilation.0);
+        // Rows and columns after the last window that a strided convolution never reads.
+        let unread = |padded: usize, k: usize| (padded.saturating_sub(d * (k - 1) + 1)) % s;
+        let (unread_h, unread_w) = (unread(h + pads[0] + pads[2], kh), unread(wd + pads[1] + pads[3], kw));
+        if pads.iter().all(|&p| p == pads[0]) && unread_h == 0 && unread_w == 0 {
+            x.conv2d(w, pads[0], s, d, group)?
         } else {
-            (x.pad_with_zeros(2, pads[0], pads[2])?.pad_with_zeros(3, pads[1], pads[3])?, 0)
-        };
-        input.conv2d(w, padding, stride.0, dilation.0, group)?
+            // Padded explicitly, without the unread margin: candle's backward infers the input
+            // size from the output and stride alike in both axes, which needs exact division.
+            let padded = x.pad_with_zeros(2, pads[0], pads[2])?.pad_with_zeros(3, pads[1], pads[3])?;
+            let (ph, pw) = (padded.dim(2)?, padded.dim(3)?);
+            padded.narrow(2, 0, ph - unread_h)?.narrow(3, 0, pw - unread_w)?.conv2d(w, 0, s, d, group)?
+        }
     };
     match bias {
         Some(b) => y.broadcast_add(&b.reshape((1, c_out, 1, 1))?),

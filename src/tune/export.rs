@@ -31,9 +31,8 @@ pub fn with_initializers(base: &[u8], tuned: &[TensorProto]) -> Result<Vec<u8>, 
 
 /// The base (tuned or not) with `head` on its `features` tensor: Flatten → Gemm (→ Relu →
 /// Gemm) → Softmax, the graph's only output being [`PROBABILITIES`].
-pub fn export_classifier(base: &[u8], features: &str, tuned: &[TensorProto], head: &Head) -> Result<Vec<u8>, String> {
+pub fn export_classifier(base: &[u8], features: &str, head: &Head) -> Result<Vec<u8>, String> {
     let mut model = decode(base)?;
-    replace_initializers(&mut model, tuned)?;
     let mut graph = Appender::new(&mut model)?;
     let flat = graph.node("Flatten", &[features], "features", vec![int("axis", 1)]);
     let layers: Vec<&Dense> = head.layers().collect();
@@ -105,12 +104,14 @@ struct Appender<'a> {
 impl<'a> Appender<'a> {
     fn new(model: &'a mut ModelProto) -> Result<Self, String> {
         let graph = model.graph.as_mut().ok_or("the base model has no graph")?;
-        let taken = |name: &str| {
-            graph.node.iter().any(|n| n.output.iter().any(|o| o.starts_with(name)))
-                || graph.initializer.iter().any(|t| t.name().starts_with(name))
-        };
-        if taken(PREFIX) || taken(PROBABILITIES) || taken(BOX) {
-            return Err(format!("the base already has tensors named {PREFIX}…, {PROBABILITIES} or {BOX}"));
+        let names = graph
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().map(String::as_str))
+            .chain(graph.initializer.iter().map(|t| t.name()))
+            .chain(graph.input.iter().map(|i| i.name()));
+        if let Some(name) = names.into_iter().find(|n| n.starts_with(PREFIX) || [PROBABILITIES, BOX].contains(n)) {
+            return Err(format!("the base already has a tensor named `{name}`, which the exported head needs"));
         }
         Ok(Self { graph })
     }

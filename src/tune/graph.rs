@@ -42,6 +42,9 @@ pub struct Tail {
     pub output: String,
     pub nodes: Vec<NodeProto>,
     pub initializers: HashMap<String, TensorProto>,
+    /// Initializers that nodes outside the tail read too: they stay frozen, since the cached
+    /// activations (and the rest of the base) depend on their values.
+    pub shared: HashSet<String>,
     pub opset: i64,
 }
 
@@ -155,13 +158,30 @@ impl BaseGraph {
             .iter()
             .filter(|n| n.op_type() == "Constant" && n.output.iter().any(|o| used.contains(o.as_str())));
         let nodes: Vec<NodeProto> = constant_nodes.chain(chosen.iter().map(|&i| &graph.node[i])).cloned().collect();
-        let initializers = graph
+        let initializers: HashMap<String, TensorProto> = graph
             .initializer
             .iter()
             .filter(|t| used.contains(t.name()))
             .map(|t| (t.name().to_owned(), t.clone()))
             .collect();
-        Ok(Tail { input: cut.to_owned(), output: features.to_owned(), nodes, initializers, opset: self.opset() })
+        let in_tail: HashSet<usize> = chosen.iter().copied().collect();
+        let shared = graph
+            .node
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !in_tail.contains(i))
+            .flat_map(|(_, n)| n.input.iter())
+            .filter(|name| initializers.contains_key(name.as_str()))
+            .cloned()
+            .collect();
+        Ok(Tail {
+            input: cut.to_owned(),
+            output: features.to_owned(),
+            nodes,
+            initializers,
+            shared,
+            opset: self.opset(),
+        })
     }
 
     /// The valid cut points that start a tunable block, nearest the input first.

@@ -90,7 +90,15 @@ impl Attributes<'_> {
     }
 
     pub fn int(&self, name: &str, default: i64) -> i64 {
-        self.find(name).and_then(|a| a.i).unwrap_or(default)
+        self.int_opt(name).unwrap_or(default)
+    }
+
+    pub fn int_opt(&self, name: &str) -> Option<i64> {
+        self.find(name).and_then(|a| a.i)
+    }
+
+    pub fn floats(&self, name: &str) -> Option<Vec<f32>> {
+        self.find(name).map(|a| a.floats.clone())
     }
 
     pub fn float(&self, name: &str, default: f32) -> f32 {

@@ -369,10 +369,14 @@ pub fn tune(
     let mut current = head.clone();
 
     let started = Instant::now();
-    // Epoch 0 is phase 1's model as it is: phase 2 must beat it on the validation split to
-    // replace it, so tuning never leaves a model that validates worse than the frozen one.
+    // With early stopping, epoch 0 is phase 1's model as it is: phase 2 must beat it on the
+    // validation split to replace it, so tuning never leaves a model that validates worse
+    // than the frozen one. Without early stopping the last epoch is kept, as in phase 1.
     let metric = monitor.map(|m| m.metric);
-    let baseline = valid.map(|v| score(&current, tail, v, data, config.batch_size)).transpose()?;
+    let baseline = match monitor {
+        Some(_) => valid.map(|v| score(&current, tail, v, data, config.batch_size)).transpose()?,
+        None => None,
+    };
     let mut best = Best { values: values.clone(), epoch: 0, metric: baseline.map(|s| s.monitored(metric)), since: 0 };
     let mut epoch = 0;
     while epoch < config.epochs && monitor.is_none_or(|m| best.since < m.patience) {

@@ -133,7 +133,15 @@ impl ModelState {
 pub struct TrainedModel {
     pub record: TrainedModelRecord,
     pub head: TrainedHead,
-    pub tuned_base: Option<Arc<LoadedModel>>,
+    /// The tuned copy of the base (`record.tuned_base_blob`), loaded on the model's first
+    /// request, once, so that listing models or training them loads no extra session.
+    pub tuned_base: tokio::sync::OnceCell<Arc<LoadedModel>>,
+}
+
+impl TrainedModel {
+    pub fn new(record: TrainedModelRecord, head: TrainedHead) -> Self {
+        Self { record, head, tuned_base: tokio::sync::OnceCell::new() }
+    }
 }
 
 /// What a job trained: a classifier, or class and box heads together.

@@ -132,6 +132,7 @@ pub fn spawn_worker(server: &TestServer, lease: std::time::Duration) -> tokio::s
         worker_id: format!("test-worker-{}", uuid::Uuid::new_v4().simple()),
         lease,
         decode_limits: graft::vision::DecodeLimits::default(),
+        max_activation_bytes: 1 << 30,
     };
     tokio::spawn(graft::jobs::worker_loop(ctx, server.state.wake_workers.clone(), stopped));
     stop

@@ -111,7 +111,7 @@ impl Batch {
 }
 
 /// 1/(1 + e^−x) as (tanh(x/2) + 1)/2: its gradient stays finite where e^−x overflows.
-fn sigmoid(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn sigmoid(x: &Tensor) -> Result<Tensor> {
     x.affine(0.5, 0.0)?.tanh()?.affine(0.5, 0.5)
 }
 

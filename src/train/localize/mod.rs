@@ -39,6 +39,7 @@ use super::data::balanced_class_weights;
 use super::metrics::{evaluate, log_loss};
 use super::optim::{Optimizer, OptimizerState, Param};
 use super::trainer::{TrainError, epoch_rng};
+pub(crate) use graph::sigmoid as sigmoid_tensor;
 use graph::{Batch, Graph};
 use localizer::Part;
 
