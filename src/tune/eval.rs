@@ -754,6 +754,8 @@ fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, window: &Window, group: u
     let pads = window.pads_for((h, wd));
     let y = if group > 1 && group == c_in && per_group == 1 {
         depthwise_conv2d(x, w, window.stride, pads, window.dilation)?
+    } else if (kh, kw) == (1, 1) && group == 1 && pads == [0; 4] {
+        pointwise(x, w, window.stride)?
     } else {
         let (stride, dilation) = (window.stride, window.dilation);
         if stride.0 != stride.1 || dilation.0 != dilation.1 {
@@ -777,6 +779,34 @@ fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, window: &Window, group: u
         Some(b) => y.broadcast_add(&b.reshape((1, c_out, 1, 1))?),
         None => Ok(y),
     }
+}
+
+/// A 1×1 convolution as one matrix product over every output cell of the batch, channels
+/// last: (cells × in) · (in × out). Its backward is two more products, where candle's
+/// convolution backward runs a direct loop for the input's gradient. (Larger kernels stay on
+/// candle's convolution: the same product over their taps measured slower on `graft
+/// bench-tune`, its forward pass losing more than the backward gained.)
+fn pointwise(x: &Tensor, w: &Tensor, (sh, sw): (usize, usize)) -> CandleResult<Tensor> {
+    let (n, c_in, h, wd) = x.dims4()?;
+    let c_out = w.dim(0)?;
+    let (out_h, out_w) = (h.div_ceil(sh), wd.div_ceil(sw));
+    let channels_last = every_nth(&every_nth(&x.permute((0, 2, 3, 1))?, 1, sh, out_h)?, 2, sw, out_w)?;
+    let cells = channels_last.reshape((n * out_h * out_w, c_in))?;
+    let y = cells.matmul(&w.reshape((c_out, c_in))?.t()?)?;
+    y.reshape((n, out_h, out_w, c_out))?.permute((0, 3, 1, 2))?.contiguous()
+}
+
+/// Elements 0, step, 2·step, … (`count` of them) along `axis`: the axis padded to a multiple
+/// of `step`, split into (count, step), and the first of each kept.
+fn every_nth(x: &Tensor, axis: usize, step: usize, count: usize) -> CandleResult<Tensor> {
+    if step == 1 {
+        return Ok(x.clone());
+    }
+    let len = x.dim(axis)?;
+    let padded = x.pad_with_zeros(axis, 0, (count * step).saturating_sub(len))?.narrow(axis, 0, count * step)?;
+    let mut split = padded.dims().to_vec();
+    split.splice(axis..=axis, [count, step]);
+    padded.reshape(split)?.narrow(axis + 1, 0, 1)?.squeeze(axis + 1)
 }
 
 /// Inference-mode batch normalisation: running statistics fixed, scale and shift trainable.
