@@ -860,7 +860,7 @@ mod tests {
 
     /// Xception middle-flow shape. Ignored by default because candle's grouped conv takes
     /// minutes in a debug build; run with
-    /// `cargo test --release -- --ignored timing --nocapture`.
+    /// `cargo test --release --lib tune::ops -- --ignored --nocapture`.
     #[test]
     #[ignore = "timing only"]
     fn timing_depthwise_vs_candle_grouped_conv() {
