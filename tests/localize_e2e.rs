@@ -177,6 +177,13 @@ async fn localize_job_trains_and_serves_boxes_in_original_pixels() {
     let problem = expect_problem(refused, 400).await;
     assert!(problem["detail"].as_str().unwrap().contains("no box head"), "{problem}");
 
+    // The spatial box head reads its map inside the tuned tail: a cut above the map is refused.
+    let body =
+        json!({"dataset": dataset_id, "base_model": "tiny_spatial", "task": "localize", "unfreeze": {"tensor": "gap"}});
+    let response = client().post(format!("{url}/v1/jobs")).json(&body).send().await.unwrap();
+    let problem = expect_problem(response, 422).await;
+    assert!(problem["detail"].as_str().unwrap().contains("lies below the cut `gap`"), "{problem}");
+
     // Phase 2 for a localizer: the base's patch convolution tuned with the class and spatial
     // box heads; the map the box head reads is computed inside the tuned tail.
     let tuned =
