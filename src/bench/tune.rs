@@ -93,7 +93,7 @@ fn measure(settings: &TuneBenchSettings) -> anyhow::Result<()> {
     let config =
         TrainConfig { epochs: 1, batch_size: settings.batch_size, early_stopping: None, ..TrainConfig::default() };
     let started = Instant::now();
-    tune(&config, &model, &TuneHead::Classifier(head), &data, &mut |_| std::ops::ControlFlow::Continue(()))?;
+    tune(&config, &model, &TuneHead::Classifier(head), &data, None, &mut |_, _| std::ops::ControlFlow::Continue(()))?;
     let epoch = started.elapsed().as_secs_f64();
     let steps = settings.images.div_ceil(settings.batch_size);
     let per_step = epoch / steps as f64;

@@ -76,6 +76,11 @@ pub fn checkpoint_key(job_id: &str) -> String {
     format!("checkpoints/{job_id}.json")
 }
 
+/// Phase 2's checkpoint (tuning the base), beside phase 1's.
+pub fn fine_tune_checkpoint_key(job_id: &str) -> String {
+    format!("checkpoints/{job_id}.fine-tune.bin")
+}
+
 pub fn head_key(job_id: &str) -> String {
     format!("heads/{job_id}.bin")
 }
@@ -119,6 +124,7 @@ pub async fn run_job(ctx: &JobContext, job: JobRecord) {
         JobState::Failed | JobState::Cancelled => {
             if let Ok(true) = ctx.db.end_job(&job.id, &ctx.worker_id, state, detail.as_deref()).await {
                 let _ = ctx.blobs.delete(&checkpoint_key(&job.id));
+                let _ = ctx.blobs.delete(&fine_tune_checkpoint_key(&job.id));
                 let _ = ctx.db.append_event(&job.id, "state", &json!({"state": state, "failure": detail})).await;
             }
             tracing::info!(job = %job.id, state = state.as_str(), "job ended: {}", detail.as_deref().unwrap_or(""));
@@ -376,6 +382,7 @@ async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<b
     match ctx.db.complete_job(&job.id, &ctx.worker_id, &trained.evaluation, &record).await {
         Ok(true) => {
             let _ = ctx.blobs.delete(&checkpoint_key(&job.id));
+            let _ = ctx.blobs.delete(&fine_tune_checkpoint_key(&job.id));
             let _ = ctx.db.append_event(&job.id, "state", &json!({"state": "succeeded", "model": record.name})).await;
             ctx.registry.insert_trained(TrainedModel::new(record, trained.head));
             Ok(true)
@@ -414,6 +421,10 @@ impl<'a> Progress<'a> {
         self.last_write.set(Some(now));
         let _ = self.handle.block_on(self.ctx.db.set_progress(&self.job.id, &self.ctx.worker_id, &progress));
         let _ = self.handle.block_on(self.ctx.db.append_event(&self.job.id, kind, &progress));
+    }
+
+    pub(super) fn job_id(&self) -> &str {
+        &self.job.id
     }
 
     pub(super) fn event(&self, kind: &str, data: Value) {

@@ -11,11 +11,13 @@ use sha2::{Digest, Sha256};
 use super::features::{
     FeatureRequest, FeatureStats, decode_f32, encode_f32, feature_fingerprint, request_pixels, variant_suffix,
 };
-use super::run::{Control, Failure, JobContext, Progress, Splits, labels, stop_reason, train_failure};
+use super::run::{
+    Control, Failure, JobContext, Progress, Splits, fine_tune_checkpoint_key, labels, stop_reason, train_failure,
+};
 use super::spec::JobSpec;
 use crate::tune::{
-    BaseGraph, Predictions, TailModel, TuneData, TuneHead, TuneSplit, Unfreeze, choose_cut, tail_features, tune,
-    with_initializers,
+    BaseGraph, Predictions, TailModel, TuneCheckpoint, TuneData, TuneHead, TuneSplit, Unfreeze, choose_cut,
+    tail_features, tune, with_initializers,
 };
 use crate::zoo::{LoadedModel, Manifest};
 
@@ -119,7 +121,14 @@ pub(super) fn fine_tune(
     let config = spec.fine_tune_config();
     let trained_started = Instant::now();
     let mut epoch_seconds = Vec::new();
-    let outcome = tune(&config, &plan.tail, &head, &data, &mut |report| {
+    let key = fine_tune_checkpoint_key(progress.job_id());
+    let resume = ctx.blobs.try_get(&key).ok().flatten().and_then(|bytes| TuneCheckpoint::from_bytes(&bytes));
+    if let Some(checkpoint) = &resume {
+        progress.event("resumed", json!({"phase": "fine-tuning", "after_epoch": checkpoint.epoch}));
+    }
+    let outcome = tune(&config, &plan.tail, &head, &data, resume, &mut |report, checkpoint| {
+        // The checkpoint is durable before the epoch is reported: a reported epoch is never redone.
+        let _ = ctx.blobs.replace(&key, &checkpoint.to_bytes());
         epoch_seconds.push(report.epoch_seconds);
         progress.training(
             "fine-tuning",

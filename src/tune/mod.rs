@@ -3,6 +3,7 @@
 //! tail is trained with the head on cached cut activations, and the result is written back
 //! as one ONNX file.
 
+pub mod checkpoint;
 pub mod eval;
 pub mod export;
 pub mod graph;
@@ -10,6 +11,7 @@ pub mod ops;
 pub mod tensor;
 pub mod train;
 
+pub use checkpoint::TuneCheckpoint;
 pub use eval::{SUPPORTED_OPERATORS, TailModel, TailParam};
 pub use export::{BOX, PROBABILITIES, export_classifier, export_localizer, with_initializers};
 pub use graph::{BaseGraph, CutError, Tail, Unfreeze, choose_cut};

@@ -11,6 +11,7 @@ use ndarray::Array2;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
+use super::checkpoint::TuneCheckpoint;
 use super::eval::TailModel;
 use crate::train::{
     Head, LocalizerHead, LocalizerLoss, LossWeights, OptimizerState, Param, StopMetric, TrainConfig, TrainError,
@@ -340,12 +341,16 @@ fn load(vars: &[(&Var, bool)], values: &[Vec<f32>]) -> candle_core::Result<()> {
 /// Trains `tail` and `head` together on `data` (phase 2). `config` is phase 2's own (its
 /// learning rate already lowered). On return the tail's variables hold the best epoch's
 /// weights, and the outcome's head is that epoch's.
+///
+/// After each epoch `on_epoch` gets the report and the checkpoint to store; `resume` (a
+/// checkpoint of the same job) continues from it, exactly as the uninterrupted run would.
 pub fn tune(
     config: &TrainConfig,
     tail: &TailModel,
     head: &TuneHead,
     data: &TuneData,
-    on_epoch: &mut dyn FnMut(&TuneEpochReport) -> ControlFlow<()>,
+    resume: Option<TuneCheckpoint>,
+    on_epoch: &mut dyn FnMut(&TuneEpochReport, &TuneCheckpoint) -> ControlFlow<()>,
 ) -> Result<TuneOutcome, TrainError> {
     config.validate().map_err(TrainError::InvalidConfig)?;
     if data.train.is_empty() || data.train[0].rows() == 0 {
@@ -369,16 +374,33 @@ pub fn tune(
     let mut current = head.clone();
 
     let started = Instant::now();
-    // With early stopping, epoch 0 is phase 1's model as it is: phase 2 must beat it on the
-    // validation split to replace it, so tuning never leaves a model that validates worse
-    // than the frozen one. Without early stopping the last epoch is kept, as in phase 1.
     let metric = monitor.map(|m| m.metric);
-    let baseline = match monitor {
-        Some(_) => valid.map(|v| score(&current, tail, v, data, config.batch_size)).transpose()?,
-        None => None,
+    let resume = resume.filter(|c| c.fits(&sizes) && optimizer.check_state(&c.optimizer, &sizes).is_ok());
+    let (mut best, mut epoch, earlier_seconds) = match resume {
+        Some(checkpoint) => {
+            values = checkpoint.values;
+            state = checkpoint.optimizer;
+            load(&vars, &values).map_err(tensor_error)?;
+            HeadTrainer::write_back(&values[tail_count..], &mut current);
+            let best = Best {
+                values: checkpoint.best_values,
+                epoch: checkpoint.best_epoch,
+                metric: checkpoint.best_metric,
+                since: checkpoint.since,
+            };
+            (best, checkpoint.epoch, checkpoint.elapsed_seconds)
+        }
+        None => {
+            // With early stopping, epoch 0 is phase 1's model as it is: phase 2 must beat it on
+            // the validation split to replace it, so tuning never leaves a model that validates
+            // worse than the frozen one. Without early stopping the last epoch is kept, as in phase 1.
+            let baseline = match monitor {
+                Some(_) => valid.map(|v| score(&current, tail, v, data, config.batch_size)).transpose()?,
+                None => None,
+            };
+            (Best { values: values.clone(), epoch: 0, metric: baseline.map(|s| s.monitored(metric)), since: 0 }, 0, 0.0)
+        }
     };
-    let mut best = Best { values: values.clone(), epoch: 0, metric: baseline.map(|s| s.monitored(metric)), since: 0 };
-    let mut epoch = 0;
     while epoch < config.epochs && monitor.is_none_or(|m| best.since < m.patience) {
         let epoch_started = Instant::now();
         let split = &data.train[epoch % data.train.len()];
@@ -435,13 +457,127 @@ pub fn tune(
             valid_mean_iou: scores.as_ref().and_then(|s| s.mean_iou),
             best_epoch: best.epoch,
             epoch_seconds: epoch_started.elapsed().as_secs_f64(),
-            elapsed_seconds: started.elapsed().as_secs_f64(),
+            elapsed_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
         };
-        if on_epoch(&report).is_break() {
+        // The buffers move into the checkpoint for the callback and back: no copy of millions
+        // of parameters per epoch.
+        let checkpoint = TuneCheckpoint {
+            epoch,
+            values: std::mem::take(&mut values),
+            optimizer: std::mem::take(&mut state),
+            best_values: std::mem::take(&mut best.values),
+            best_epoch: best.epoch,
+            best_metric: best.metric,
+            since: best.since,
+            elapsed_seconds: report.elapsed_seconds,
+        };
+        let flow = on_epoch(&report, &checkpoint);
+        (values, state, best.values) = (checkpoint.values, checkpoint.optimizer, checkpoint.best_values);
+        if flow.is_break() {
             return Err(TrainError::Cancelled { epoch });
         }
     }
     load(&vars, &best.values).map_err(tensor_error)?;
     HeadTrainer::write_back(&best.values[tail_count..], &mut current);
     Ok(TuneOutcome { head: current, best_epoch: best.epoch, epochs_run: epoch, stopped_early: epoch < config.epochs })
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::runtime::graph::onnx::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
+    use crate::tune::graph::BaseGraph;
+    use crate::tune::tensor::float_tensor;
+
+    /// A tail x [N,2,3,3] → Conv 1×1 (2→3) → Relu → GlobalAveragePool → Flatten → `pooled`.
+    fn small_tail() -> TailModel {
+        let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+            op_type: Some(op.into()),
+            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+            output: vec![output.to_owned()],
+            ..Default::default()
+        };
+        let model = ModelProto {
+            graph: Some(GraphProto {
+                node: vec![
+                    node("Conv", &["x", "w", "b"], "c"),
+                    node("Relu", &["c"], "r"),
+                    node("GlobalAveragePool", &["r"], "g"),
+                    node("Flatten", &["g"], "pooled"),
+                ],
+                input: vec![ValueInfoProto { name: Some("x".into()), ..Default::default() }],
+                output: vec![ValueInfoProto { name: Some("pooled".into()), ..Default::default() }],
+                initializer: vec![
+                    float_tensor("w", &[3, 2, 1, 1], &[0.5, -0.3, 0.2, 0.8, -0.6, 0.4]),
+                    float_tensor("b", &[3], &[0.1, 0.0, -0.1]),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let base = BaseGraph::decode(&model.encode_to_vec()).unwrap();
+        TailModel::new(&base.tail("x", "pooled").unwrap()).unwrap()
+    }
+
+    fn data() -> TuneData {
+        let mut rng = StdRng::seed_from_u64(9);
+        let split = |n: usize, rng: &mut StdRng| {
+            let labels: Vec<usize> = (0..n).map(|i| i % 2).collect();
+            let activations = labels
+                .iter()
+                .flat_map(|&l| {
+                    (0..18)
+                        .map(|k| rng.random_range(-1.0..1.0) + if k < 9 { l as f32 } else { 0.0 })
+                        .collect::<Vec<f32>>()
+                })
+                .collect();
+            TuneSplit { activations, labels, boxes: Vec::new() }
+        };
+        TuneData { shape: vec![2, 3, 3], classes: 2, train: vec![split(24, &mut rng)], valid: Some(split(8, &mut rng)) }
+    }
+
+    fn values(tail: &TailModel, head: &TuneHead) -> Vec<f32> {
+        let mut out: Vec<f32> = tail
+            .params()
+            .iter()
+            .flat_map(|p| p.var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect();
+        if let TuneHead::Classifier(head) = head {
+            out.extend(head.layers().flat_map(|d| d.values().concat()));
+        }
+        out
+    }
+
+    #[test]
+    fn a_run_resumed_from_its_checkpoint_ends_where_the_uninterrupted_run_does() {
+        let config = TrainConfig { epochs: 6, batch_size: 5, early_stopping: None, ..TrainConfig::default() };
+        let head = TuneHead::Classifier(Head::init(3, None, 2, &mut StdRng::seed_from_u64(1)).unwrap());
+        let data = data();
+
+        let whole_tail = small_tail();
+        let whole = tune(&config, &whole_tail, &head, &data, None, &mut |_, _| ControlFlow::Continue(())).unwrap();
+
+        let first_tail = small_tail();
+        let mut saved = None;
+        let stopped = tune(&config, &first_tail, &head, &data, None, &mut |report, checkpoint| {
+            saved = Some(TuneCheckpoint::from_bytes(&checkpoint.to_bytes()).unwrap());
+            if report.epoch == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        });
+        assert!(matches!(stopped, Err(TrainError::Cancelled { epoch: 3 })));
+        let resumed_tail = small_tail();
+        let mut epochs = Vec::new();
+        let resumed = tune(&config, &resumed_tail, &head, &data, saved, &mut |report, _| {
+            epochs.push(report.epoch);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+
+        assert_eq!((epochs, resumed.epochs_run), (vec![4, 5, 6], 6), "only the epochs after the checkpoint run");
+        assert_eq!(values(&resumed_tail, &resumed.head), values(&whole_tail, &whole.head), "bit for bit");
+        assert_ne!(values(&whole_tail, &whole.head), values(&small_tail(), &head), "training changed the weights");
+    }
 }
