@@ -45,9 +45,14 @@ pub async fn create_job(
         // Reading the base and finding the cut costs a model decode: off the async runtime.
         let unfreeze = unfreeze.to_unfreeze();
         // A localizer's spatial head needs the map inside the tail; without a box_head the
-        // base decides (spatial when it names a map), as the job will.
-        let needs_spatial = spec.task == Task::Localize
-            && spec.box_head.map_or(manifest.spatial_features.is_some(), |k| k == LocalizeHeadKind::Spatial);
+        // base decides as the job will: spatial when its map loaded (or, while it loads, when
+        // its manifest names one).
+        let has_map = match state.registry.ready(&spec.base_model) {
+            Ok(model) => model.spatial.is_ok(),
+            Err(_) => manifest.spatial_features.is_some(),
+        };
+        let needs_spatial =
+            spec.task == Task::Localize && spec.box_head.map_or(has_map, |k| k == LocalizeHeadKind::Spatial);
         tokio::task::spawn_blocking(move || plan_tuning(&manifest, &unfreeze, needs_spatial).map(drop))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?

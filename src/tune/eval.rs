@@ -359,7 +359,9 @@ fn trainable_roles(tail: &Tail) -> HashMap<&str, bool> {
     roles
 }
 
-fn window(node: &NodeProto, kernel_from: Option<(usize, usize)>) -> Result<Window, String> {
+/// A pooling or convolution window from the node's attributes; `default_kernel` stands in
+/// when the node has no `kernel_shape` (a Conv's comes from its weights at run time).
+fn window(node: &NodeProto, default_kernel: Option<(usize, usize)>) -> Result<Window, String> {
     let attrs = Attributes(node);
     let pair = |name: &str, default: usize| -> Result<(usize, usize), String> {
         match attrs.ints(name) {
@@ -368,7 +370,7 @@ fn window(node: &NodeProto, kernel_from: Option<(usize, usize)>) -> Result<Windo
             Some(v) => Err(format!("{name} {v:?} is not two positive values (only 2-D windows are supported)")),
         }
     };
-    let kernel = match (attrs.ints("kernel_shape"), kernel_from) {
+    let kernel = match (attrs.ints("kernel_shape"), default_kernel) {
         (Some(k), _) if k.len() == 2 && k.iter().all(|&x| x >= 1) => (k[0] as usize, k[1] as usize),
         (Some(k), _) => return Err(format!("kernel_shape {k:?} is not 2-D")),
         (None, Some(k)) => k,
@@ -750,6 +752,9 @@ fn pad(x: &Tensor, pads: &[i64], value: f32) -> CandleResult<Tensor> {
 fn conv(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, window: &Window, group: usize) -> CandleResult<Tensor> {
     let (_, c_in, h, wd) = x.dims4()?;
     let (c_out, per_group, kh, kw) = w.dims4()?;
+    if window.kernel != KERNEL_FROM_WEIGHTS && window.kernel != (kh, kw) {
+        return Err(msg(format!("kernel_shape {:?} disagrees with the {kh}×{kw} weights", window.kernel)));
+    }
     let window = Window { kernel: (kh, kw), ..window.clone() };
     let pads = window.pads_for((h, wd));
     let y = if group > 1 && group == c_in && per_group == 1 {
