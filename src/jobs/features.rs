@@ -63,28 +63,6 @@ pub(super) fn variant_suffix(request: &FeatureRequest, augmentation: Option<&Aug
     }
 }
 
-/// Decodes the stored image of `request`, applies its augmentation variant and writes the
-/// model input into `slot`.
-pub(super) fn request_pixels(
-    blobs: &BlobStore,
-    request: &FeatureRequest,
-    augmentation: Option<&Augmentation>,
-    decode_limits: &DecodeLimits,
-    preprocessing: &Preprocessing,
-    slot: &mut [f32],
-) -> Result<(), String> {
-    let bytes = blobs.get(&image_key(&request.sha256)).map_err(|e| e.to_string())?;
-    let mut image =
-        decode_for(&bytes, decode_limits, preprocessing).map_err(|e| format!("image {}: {e}", request.sha256))?.image;
-    if let (Some(aug), k) = (augmentation, request.variant)
-        && k > 0
-    {
-        image = aug.apply(&image, variant_seed(&request.sha256, k));
-    }
-    preprocess_into(&image, preprocessing, slot);
-    Ok(())
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum FeatureError {
     #[error("{0}")]
@@ -126,57 +104,118 @@ pub fn extract_features(
     };
     let spatial_len = spatial_shape.map(|s| s.height * s.width * s.channels);
     let fingerprint = feature_fingerprint(model);
-    let name = &model.manifest.name;
+    let key = |request: &FeatureRequest| feature_key(&model.manifest.name, &fingerprint, request, augmentation);
     let failed = |e: String| FeatureError::Failed(e);
-    let read = |key: &str, len: usize| -> Result<Option<Vec<f32>>, FeatureError> {
-        Ok(blobs
-            .try_get(key)
-            .map_err(|e| failed(e.to_string()))?
-            .filter(|b| b.len() == len * 4)
-            .map(|b| decode_f32(&b)))
-    };
-    let mut out: Vec<Option<ImageFeatures>> = vec![None; requests.len()];
-    let mut missing = Vec::new();
-    for (i, request) in requests.iter().enumerate() {
-        let key = feature_key(name, &fingerprint, request, augmentation);
-        let pooled = read(&key, width)?;
+    let pixels = PixelSource { blobs, augmentation, decode_limits, preprocessing: &model.manifest.preprocessing };
+    let mut read = |request: &FeatureRequest| -> Result<Option<ImageFeatures>, FeatureError> {
+        let key = key(request);
+        let Some(pooled) = read_f32(blobs, &key, width)? else { return Ok(None) };
         let spatial = match spatial_len {
-            Some(len) => read(&spatial_key(&key), len)?.map(Some),
-            None => Some(None),
+            Some(len) => match read_f32(blobs, &spatial_key(&key), len)? {
+                Some(map) => Some(map),
+                None => return Ok(None),
+            },
+            None => None,
         };
-        match (pooled, spatial) {
-            (Some(pooled), Some(spatial)) => out[i] = Some(ImageFeatures { pooled, spatial }),
-            _ => missing.push((i, key)),
+        Ok(Some(ImageFeatures { pooled, spatial }))
+    };
+    let mut compute = |pixels: Vec<f32>, batch: &[&FeatureRequest]| -> Result<Vec<ImageFeatures>, FeatureError> {
+        let outputs = model.runner.infer_blocking(pixels, batch.len()).map_err(|e| failed(e.to_string()))?;
+        batch
+            .iter()
+            .zip(outputs)
+            .map(|(request, image_outputs)| {
+                let features = model.image_features(image_outputs, with_spatial).map_err(failed)?;
+                let key = key(request);
+                if let Some(map) = &features.spatial {
+                    blobs.replace(&spatial_key(&key), &encode_f32(map)).map_err(|e| failed(e.to_string()))?;
+                }
+                blobs.replace(&key, &encode_f32(&features.pooled)).map_err(|e| failed(e.to_string()))?;
+                Ok(features)
+            })
+            .collect()
+    };
+    let batch = model.runner.config().max_batch_size;
+    cached_or_computed(requests, batch, model.runner.image_len(), &pixels, &mut read, &mut compute, on_progress)
+}
+
+/// Where a job's model inputs come from: the stored images, augmented and preprocessed.
+pub(super) struct PixelSource<'a> {
+    pub blobs: &'a BlobStore,
+    pub augmentation: Option<&'a Augmentation>,
+    pub decode_limits: &'a DecodeLimits,
+    pub preprocessing: &'a Preprocessing,
+}
+
+impl PixelSource<'_> {
+    /// Decodes the stored image of `request`, applies its augmentation variant and writes the
+    /// model input into `slot`.
+    fn write(&self, request: &FeatureRequest, slot: &mut [f32]) -> Result<(), String> {
+        let bytes = self.blobs.get(&image_key(&request.sha256)).map_err(|e| e.to_string())?;
+        let mut image = decode_for(&bytes, self.decode_limits, self.preprocessing)
+            .map_err(|e| format!("image {}: {e}", request.sha256))?
+            .image;
+        if let (Some(aug), k) = (self.augmentation, request.variant)
+            && k > 0
+        {
+            image = aug.apply(&image, variant_seed(&request.sha256, k));
         }
+        preprocess_into(&image, self.preprocessing, slot);
+        Ok(())
     }
+}
+
+/// Computes (and stores) one value per image of a batch from its model inputs.
+pub(super) type ComputeBatch<'a, T> = dyn FnMut(Vec<f32>, &[&FeatureRequest]) -> Result<Vec<T>, FeatureError> + 'a;
+
+/// The value of every request (same order): `read` from the blob store or, for the ones it
+/// does not find, `compute`d (and stored by it) from their model inputs, `batch` images at a
+/// time. `on_progress(done, total)` is called after the cache pass and after every batch;
+/// returning false stops the work.
+pub(super) fn cached_or_computed<T: Clone>(
+    requests: &[FeatureRequest],
+    batch: usize,
+    image_len: usize,
+    pixels: &PixelSource<'_>,
+    read: &mut dyn FnMut(&FeatureRequest) -> Result<Option<T>, FeatureError>,
+    compute: &mut ComputeBatch<'_, T>,
+    on_progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<(Vec<T>, FeatureStats), FeatureError> {
+    let mut out: Vec<Option<T>> = requests.iter().map(&mut *read).collect::<Result<_, _>>()?;
+    let missing: Vec<usize> = (0..requests.len()).filter(|&i| out[i].is_none()).collect();
     let mut stats = FeatureStats { total: requests.len(), cached: requests.len() - missing.len(), computed: 0 };
     if !on_progress(stats.cached, stats.total) {
         return Err(FeatureError::Stopped);
     }
-    let batch = model.runner.config().max_batch_size;
-    let image_len = model.runner.image_len();
-    for chunk in missing.chunks(batch) {
-        let mut pixels = vec![0.0f32; image_len * chunk.len()];
-        for ((i, _), slot) in chunk.iter().zip(pixels.chunks_mut(image_len)) {
-            request_pixels(blobs, &requests[*i], augmentation, decode_limits, &model.manifest.preprocessing, slot)
-                .map_err(failed)?;
+    for chunk in missing.chunks(batch.max(1)) {
+        let mut input = vec![0.0f32; image_len * chunk.len()];
+        for (&i, slot) in chunk.iter().zip(input.chunks_mut(image_len)) {
+            pixels.write(&requests[i], slot).map_err(FeatureError::Failed)?;
         }
-        let outputs = model.runner.infer_blocking(pixels, chunk.len()).map_err(|e| failed(e.to_string()))?;
-        for ((i, key), image_outputs) in chunk.iter().zip(outputs) {
-            let features = model.image_features(image_outputs, with_spatial).map_err(failed)?;
-            if let Some(map) = &features.spatial {
-                blobs.replace(&spatial_key(key), &encode_f32(map)).map_err(|e| failed(e.to_string()))?;
-            }
-            blobs.replace(key, &encode_f32(&features.pooled)).map_err(|e| failed(e.to_string()))?;
-            out[*i] = Some(features);
+        let batch_requests: Vec<&FeatureRequest> = chunk.iter().map(|&i| &requests[i]).collect();
+        let values = compute(input, &batch_requests)?;
+        if values.len() != chunk.len() {
+            return Err(FeatureError::Failed(format!("{} values for a batch of {} images", values.len(), chunk.len())));
+        }
+        for (&i, value) in chunk.iter().zip(values) {
+            out[i] = Some(value);
         }
         stats.computed += chunk.len();
         if !on_progress(stats.cached + stats.computed, stats.total) {
             return Err(FeatureError::Stopped);
         }
     }
-    let features = out.into_iter().map(|f| f.expect("every request was read from the cache or computed")).collect();
-    Ok((features, stats))
+    let values = out.into_iter().map(|v| v.expect("every request was read from the cache or computed")).collect();
+    Ok((values, stats))
+}
+
+/// The f32 values stored under `key`, when there are exactly `len` of them.
+pub(super) fn read_f32(blobs: &BlobStore, key: &str, len: usize) -> Result<Option<Vec<f32>>, FeatureError> {
+    Ok(blobs
+        .try_get(key)
+        .map_err(|e| FeatureError::Failed(e.to_string()))?
+        .filter(|b| b.len() == len * 4)
+        .map(|b| decode_f32(&b)))
 }
 
 /// Where the spatial map of the image whose pooled features are at `pooled_key` is kept.

@@ -240,7 +240,7 @@ pub(super) fn compute_features(
         &ctx.decode_limits,
         with_spatial,
         &mut |done, total| {
-            progress.features(done, total, started);
+            progress.counted("features", done, total, started);
             !control.should_stop()
         },
     )
@@ -435,10 +435,12 @@ impl<'a> Progress<'a> {
         self.write(json!({"phase": phase}), "progress", false);
     }
 
-    pub(super) fn features(&self, done: usize, total: usize, started: Instant) {
+    /// A counting phase (`features`, `activations`): done of total, with an ETA.
+    pub(super) fn counted(&self, phase: &str, done: usize, total: usize, started: Instant) {
         let elapsed = started.elapsed().as_secs_f64();
         let eta = (done > 0 && done < total).then(|| elapsed / done as f64 * (total - done) as f64);
-        let progress = json!({"phase": "features", "features": {"done": done, "total": total}, "eta_seconds": eta});
+        let mut progress = json!({"phase": phase, "eta_seconds": eta});
+        progress[phase] = json!({"done": done, "total": total});
         self.write(progress, "progress", done < total);
     }
 
@@ -452,14 +454,6 @@ impl<'a> Progress<'a> {
         };
         let _ = self.handle.block_on(self.ctx.db.record_epoch(&self.job.id, &row));
         self.training("training", report.epoch, report.epochs, report.best_epoch, report.elapsed_seconds, report);
-    }
-
-    pub(super) fn activations(&self, done: usize, total: usize, started: Instant) {
-        let elapsed = started.elapsed().as_secs_f64();
-        let eta = (done > 0 && done < total).then(|| elapsed / done as f64 * (total - done) as f64);
-        let progress =
-            json!({"phase": "activations", "activations": {"done": done, "total": total}, "eta_seconds": eta});
-        self.write(progress, "progress", done < total);
     }
 
     /// A training phase (`training`, or `fine-tuning` for phase 2) after an epoch, with an

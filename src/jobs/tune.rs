@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::features::{
-    FeatureRequest, FeatureStats, decode_f32, encode_f32, feature_fingerprint, request_pixels, variant_suffix,
+    FeatureError, FeatureRequest, FeatureStats, PixelSource, cached_or_computed, encode_f32, feature_fingerprint,
+    read_f32, variant_suffix,
 };
 use super::run::{
     Control, Failure, JobContext, Progress, Splits, fine_tune_checkpoint_key, labels, stop_reason, train_failure,
@@ -253,7 +254,7 @@ fn activations(
     control: &Control,
     progress: &Progress<'_>,
 ) -> Result<Activations, Failure> {
-    let failed = |reason: String| Failure::Failed(reason);
+    let failed = |reason: String| FeatureError::Failed(reason);
     let cut_id = &hex::encode(Sha256::digest(plan.cut.as_bytes()))[..12];
     let namespace = format!("activations/{}/{}/{cut_id}", model.manifest.name, feature_fingerprint(model));
     let shape_key = format!("{namespace}/shape.json");
@@ -261,69 +262,74 @@ fn activations(
         let suffix = variant_suffix(request, spec.augment.as_ref());
         format!("{namespace}/{}/{}{suffix}.f32", &request.sha256[..2], request.sha256)
     };
-    let mut shape: Option<Vec<usize>> = ctx
+    let cached_shape: Option<Vec<usize>> = ctx
         .blobs
         .try_get(&shape_key)
-        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| Failure::Failed(e.to_string()))?
         .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let mut rows: Vec<Option<Vec<f32>>> = vec![None; requests.len()];
-    if let Some(shape) = &shape {
-        within_budget(ctx, &plan.cut, shape, requests.len()).map_err(failed)?;
-        let len: usize = shape.iter().product();
-        for (slot, request) in rows.iter_mut().zip(requests) {
-            *slot =
-                ctx.blobs.try_get(&key(request)).ok().flatten().filter(|b| b.len() == len * 4).map(|b| decode_f32(&b));
-        }
+    if let Some(shape) = &cached_shape {
+        within_budget(ctx, &plan.cut, shape, requests.len()).map_err(Failure::Failed)?;
     }
-    let missing: Vec<usize> = (0..requests.len()).filter(|&i| rows[i].is_none()).collect();
-    let mut stats = FeatureStats { total: requests.len(), cached: requests.len() - missing.len(), computed: 0 };
+    let mut shape = cached_shape.clone();
+    let mut read = |request: &FeatureRequest| match &cached_shape {
+        Some(shape) => read_f32(&ctx.blobs, &key(request), shape.iter().product()),
+        None => Ok(None),
+    };
+    let mut prefix = None;
+    let mut compute = |pixels: Vec<f32>, batch: &[&FeatureRequest]| -> Result<Vec<Vec<f32>>, FeatureError> {
+        if prefix.is_none() {
+            prefix = Some(Prefix::open(ctx, model, plan).map_err(failed)?);
+        }
+        let prefix = prefix.as_mut().expect("opened above");
+        let (image_shape, values) = prefix.run(model, &plan.cut, pixels, batch.len()).map_err(failed)?;
+        let per_image: usize = image_shape.iter().product();
+        if per_image == 0 || values.len() != per_image * batch.len() {
+            return Err(failed(format!(
+                "the cut `{}` gives {} values for {} images of shape {image_shape:?}: its first axis is not the batch",
+                plan.cut,
+                values.len(),
+                batch.len()
+            )));
+        }
+        within_budget(ctx, &plan.cut, &image_shape, requests.len()).map_err(failed)?;
+        if shape.as_ref() != Some(&image_shape) {
+            ctx.blobs
+                .replace(&shape_key, &serde_json::to_vec(&image_shape).unwrap_or_default())
+                .map_err(|e| failed(e.to_string()))?;
+            shape = Some(image_shape);
+        }
+        batch
+            .iter()
+            .zip(values.chunks_exact(per_image))
+            .map(|(request, values)| {
+                ctx.blobs.replace(&key(request), &encode_f32(values)).map_err(|e| failed(e.to_string()))?;
+                Ok(values.to_vec())
+            })
+            .collect()
+    };
+    let pixels = PixelSource {
+        blobs: &ctx.blobs,
+        augmentation: spec.augment.as_ref(),
+        decode_limits: &ctx.decode_limits,
+        preprocessing: &model.manifest.preprocessing,
+    };
     let started = Instant::now();
-    progress.activations(stats.cached, stats.total, started);
-    if !missing.is_empty() {
-        let mut prefix = Prefix::open(ctx, model, plan).map_err(failed)?;
-        let image_len = model.runner.image_len();
-        for chunk in missing.chunks(model.runner.config().max_batch_size.max(1)) {
-            if control.should_stop() {
-                return Err(stop_reason(control));
-            }
-            let mut pixels = vec![0f32; image_len * chunk.len()];
-            for (&i, slot) in chunk.iter().zip(pixels.chunks_mut(image_len)) {
-                request_pixels(
-                    &ctx.blobs,
-                    &requests[i],
-                    spec.augment.as_ref(),
-                    &ctx.decode_limits,
-                    &model.manifest.preprocessing,
-                    slot,
-                )
-                .map_err(failed)?;
-            }
-            let (image_shape, values) = prefix.run(model, &plan.cut, pixels, chunk.len()).map_err(failed)?;
-            let per_image: usize = image_shape.iter().product();
-            if per_image == 0 || values.len() != per_image * chunk.len() {
-                return Err(failed(format!(
-                    "the cut `{}` gives {} values for {} images of shape {image_shape:?}: its first axis is not the batch",
-                    plan.cut,
-                    values.len(),
-                    chunk.len()
-                )));
-            }
-            within_budget(ctx, &plan.cut, &image_shape, requests.len()).map_err(failed)?;
-            if shape.as_ref() != Some(&image_shape) {
-                ctx.blobs
-                    .replace(&shape_key, &serde_json::to_vec(&image_shape).unwrap_or_default())
-                    .map_err(|e| failed(e.to_string()))?;
-                shape = Some(image_shape.clone());
-            }
-            for (&i, values) in chunk.iter().zip(values.chunks_exact(per_image)) {
-                ctx.blobs.replace(&key(&requests[i]), &encode_f32(values)).map_err(|e| failed(e.to_string()))?;
-                rows[i] = Some(values.to_vec());
-            }
-            stats.computed += chunk.len();
-            progress.activations(stats.cached + stats.computed, stats.total, started);
-        }
-    }
-    let shape = shape.ok_or_else(|| failed("no activations were computed".into()))?;
-    let rows = rows.into_iter().map(|r| r.expect("every request was read or computed")).collect();
+    let (rows, stats) = cached_or_computed(
+        requests,
+        model.runner.config().max_batch_size,
+        model.runner.image_len(),
+        &pixels,
+        &mut read,
+        &mut compute,
+        &mut |done, total| {
+            progress.counted("activations", done, total, started);
+            !control.should_stop()
+        },
+    )
+    .map_err(|e| match e {
+        FeatureError::Stopped => stop_reason(control),
+        FeatureError::Failed(reason) => Failure::Failed(reason),
+    })?;
+    let shape = shape.ok_or_else(|| Failure::Failed("no activations were computed".into()))?;
     Ok(Activations { rows, shape, stats })
 }
