@@ -18,12 +18,12 @@ pub use config::{EarlyStopping, OptimizerKind, StopMetric, TrainConfig};
 pub(crate) use data::balanced_class_weights;
 pub use data::{TrainData, stack_rows};
 pub use head::{Dense, Head, HeadError};
-pub(crate) use localize::sigmoid_tensor;
 pub use localize::{
     BoxMetrics, BoxParts, CENTROID_EPSILON, LocalizeData, LocalizeEpochReport, LocalizeHeadKind, LocalizeOutcome,
     LocalizeSplit, LocalizerHead, LocalizerLoss, LocalizerScores, LossWeights, box_metrics, iou, localizer_scores,
     train_localizer,
 };
+pub(crate) use localize::{cross_entropy, label_tensors, sigmoid_tensor, tensor_error};
 pub use metrics::{ClassMetrics, Evaluation, LOG_LOSS_EPSILON, MetricsError, evaluate, log_loss};
 pub use optim::{BETA1, BETA2, EPSILON, OptimError, Optimizer, OptimizerState, Param, Rule};
 pub(crate) use trainer::epoch_rng;

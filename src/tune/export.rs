@@ -10,8 +10,8 @@
 use prost::Message;
 
 use super::graph::float_output;
-use super::tensor::float_tensor;
-use crate::runtime::graph::onnx::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, attribute_proto};
+use super::tensor::{float_tensor, node};
+use crate::runtime::graph::onnx::{AttributeProto, GraphProto, ModelProto, TensorProto, attribute_proto};
 use crate::train::{BoxParts, CENTROID_EPSILON, Dense, Head, LocalizerHead};
 use crate::vision::Layout;
 
@@ -131,14 +131,7 @@ impl<'a> Appender<'a> {
 
     /// Adds a node whose output is named exactly `output`.
     fn output(&mut self, op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) {
-        self.graph.node.push(NodeProto {
-            name: Some(output.to_owned()),
-            op_type: Some(op.to_owned()),
-            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-            output: vec![output.to_owned()],
-            attribute,
-            ..Default::default()
-        });
+        self.graph.node.push(node(op, inputs, output, attribute));
     }
 
     /// x·W + b for a dense layer (`inputs × outputs` weights).

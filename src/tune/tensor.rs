@@ -60,6 +60,18 @@ pub fn float_tensor(name: &str, shape: &[usize], values: &[f32]) -> TensorProto 
     }
 }
 
+/// A node named after its one output.
+pub fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        name: Some(output.to_owned()),
+        op_type: Some(op.to_owned()),
+        input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+        output: vec![output.to_owned()],
+        attribute,
+        ..Default::default()
+    }
+}
+
 /// An int64 tensor `name` holding `values` as a vector.
 pub fn int_tensor(name: &str, values: &[i64]) -> TensorProto {
     TensorProto {

@@ -15,7 +15,7 @@ use super::checkpoint::TuneCheckpoint;
 use super::eval::TailModel;
 use crate::train::{
     Head, LocalizerHead, LocalizerLoss, LossWeights, OptimizerState, Param, StopMetric, TrainConfig, TrainError,
-    becomes_best, evaluate, localizer_scores, log_loss,
+    becomes_best, cross_entropy, evaluate, label_tensors, localizer_scores, log_loss, tensor_error,
 };
 use crate::vision::Layout;
 
@@ -166,7 +166,8 @@ impl HeadTrainer {
                     }
                     x = x.matmul(w.as_tensor())?.broadcast_add(b.as_tensor())?;
                 }
-                Ok((cross_entropy(&x, labels, weights)?, x))
+                let (onehot, row_weights) = label_tensors(labels, x.dim(1)?, weights)?;
+                Ok((cross_entropy(&x, &onehot, row_weights.as_ref())?, x))
             }
             Self::Localizer(loss) => loss.loss(pooled, spatial, labels, boxes, weights),
         }
@@ -185,19 +186,6 @@ impl HeadTrainer {
             TuneHead::Localizer { head, .. } => LocalizerLoss::write_back(values, head),
         }
     }
-}
-
-/// Mean cross-entropy of a batch, class-weighted (Σ wᵢℓᵢ/n, as Keras) when `weights` are given.
-fn cross_entropy(logits: &Tensor, labels: &[usize], weights: Option<&[f32]>) -> candle_core::Result<Tensor> {
-    let (n, classes) = logits.dims2()?;
-    let mut onehot = vec![0f32; n * classes];
-    for (i, &label) in labels.iter().enumerate() {
-        onehot[i * classes + label] = weights.map_or(1.0, |w| w[label]);
-    }
-    let onehot = Tensor::from_vec(onehot, (n, classes), &Device::Cpu)?;
-    let shifted = logits.broadcast_sub(&logits.max_keepdim(1)?.detach())?;
-    let log_probs = shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(1)?.log()?)?;
-    (log_probs * onehot)?.sum_all()?.neg()?.affine(1.0 / n as f64, 0.0)
 }
 
 fn correct(logits: &Tensor, labels: &[usize]) -> candle_core::Result<usize> {
@@ -274,10 +262,6 @@ pub fn tail_features(
         None => None,
     };
     Ok((pooled, spatial))
-}
-
-fn tensor_error(error: candle_core::Error) -> TrainError {
-    TrainError::InvalidData(format!("tensor computation failed: {error}"))
 }
 
 /// Validation of one epoch: loss, accuracy and (a localizer's) mean IoU.
@@ -489,25 +473,20 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::runtime::graph::onnx::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
+    use crate::runtime::graph::onnx::{GraphProto, ModelProto, ValueInfoProto};
     use crate::tune::graph::BaseGraph;
-    use crate::tune::tensor::float_tensor;
+    use crate::tune::tensor::{float_tensor, node};
 
     /// A tail x [N,2,3,3] → Conv 1×1 (2→3) → Relu → GlobalAveragePool → Flatten → `pooled`.
     fn small_tail() -> TailModel {
-        let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
-            op_type: Some(op.into()),
-            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-            output: vec![output.to_owned()],
-            ..Default::default()
-        };
+        let plain = |op: &str, inputs: &[&str], output: &str| node(op, inputs, output, vec![]);
         let model = ModelProto {
             graph: Some(GraphProto {
                 node: vec![
-                    node("Conv", &["x", "w", "b"], "c"),
-                    node("Relu", &["c"], "r"),
-                    node("GlobalAveragePool", &["r"], "g"),
-                    node("Flatten", &["g"], "pooled"),
+                    plain("Conv", &["x", "w", "b"], "c"),
+                    plain("Relu", &["c"], "r"),
+                    plain("GlobalAveragePool", &["r"], "g"),
+                    plain("Flatten", &["g"], "pooled"),
                 ],
                 input: vec![ValueInfoProto { name: Some("x".into()), ..Default::default() }],
                 output: vec![ValueInfoProto { name: Some("pooled".into()), ..Default::default() }],

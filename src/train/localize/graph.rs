@@ -56,17 +56,11 @@ impl Batch {
         class_weights: Option<&[f32]>,
     ) -> Result<Self> {
         let n = labels.len();
-        let mut onehot = vec![0f32; n * classes];
-        for (k, &label) in labels.iter().enumerate() {
-            onehot[k * classes + label] = 1.0;
-        }
-        let row_weights = class_weights
-            .map(|w| Tensor::from_vec(labels.iter().map(|&l| w[l]).collect::<Vec<f32>>(), n, &Device::Cpu))
-            .transpose()?;
+        let (onehot, row_weights) = label_tensors(labels, classes, class_weights)?;
         Ok(Self {
             pooled,
             spatial,
-            onehot: Tensor::from_vec(onehot, (n, classes), &Device::Cpu)?,
+            onehot,
             row_weights,
             boxes: Tensor::from_vec(boxes.iter().flatten().copied().collect::<Vec<f32>>(), (n, 4), &Device::Cpu)?,
         })
@@ -89,25 +83,41 @@ impl Batch {
             }
             Tensor::from_vec(values, (n, x.ncols()), &Device::Cpu)
         };
-        let mut onehot = vec![0f32; n * classes];
-        for (k, &row) in rows.iter().enumerate() {
-            onehot[k * classes + split.labels[row]] = 1.0;
-        }
-        let row_weights = class_weights
-            .map(|w| Tensor::from_vec(rows.iter().map(|&r| w[split.labels[r]]).collect::<Vec<f32>>(), n, &Device::Cpu))
-            .transpose()?;
-        let boxes: Vec<f32> = rows.iter().flat_map(|&r| split.boxes[r]).collect();
-        Ok(Self {
-            pooled: matrix(&split.pooled)?,
-            spatial: match (&split.spatial, spatial) {
-                (Some(map), true) => Some(matrix(map)?),
-                _ => None,
-            },
-            onehot: Tensor::from_vec(onehot, (n, classes), &Device::Cpu)?,
-            row_weights,
-            boxes: Tensor::from_vec(boxes, (n, 4), &Device::Cpu)?,
-        })
+        let labels: Vec<usize> = rows.iter().map(|&r| split.labels[r]).collect();
+        let boxes: Vec<[f32; 4]> = rows.iter().map(|&r| split.boxes[r]).collect();
+        let spatial = match (&split.spatial, spatial) {
+            (Some(map), true) => Some(matrix(map)?),
+            _ => None,
+        };
+        Self::from_tensors(matrix(&split.pooled)?, spatial, &labels, &boxes, classes, class_weights)
     }
+}
+
+/// One-hot labels (n × classes) and, when the loss is class-weighted, each row's class weight.
+pub(crate) fn label_tensors(
+    labels: &[usize],
+    classes: usize,
+    class_weights: Option<&[f32]>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let n = labels.len();
+    let mut onehot = vec![0f32; n * classes];
+    for (k, &label) in labels.iter().enumerate() {
+        onehot[k * classes + label] = 1.0;
+    }
+    let row_weights = class_weights
+        .map(|w| Tensor::from_vec(labels.iter().map(|&l| w[l]).collect::<Vec<f32>>(), n, &Device::Cpu))
+        .transpose()?;
+    Ok((Tensor::from_vec(onehot, (n, classes), &Device::Cpu)?, row_weights))
+}
+
+/// Mean cross-entropy of `logits` against one-hot labels, each row weighted when
+/// `row_weights` are given (Σ wᵢℓᵢ/n, as Keras weights classes).
+pub(crate) fn cross_entropy(logits: &Tensor, onehot: &Tensor, row_weights: Option<&Tensor>) -> Result<Tensor> {
+    let mut losses = (logits.log_sum_exp(1)? - logits.mul(onehot)?.sum(1)?)?;
+    if let Some(row_weights) = row_weights {
+        losses = losses.mul(row_weights)?;
+    }
+    losses.mean_all()
 }
 
 /// 1/(1 + e^−x) as (tanh(x/2) + 1)/2: its gradient stays finite where e^−x overflows.
@@ -207,11 +217,8 @@ impl Graph {
         };
         if weights.class > 0.0 {
             let logits = self.class_logits(batch)?;
-            let mut losses = (logits.log_sum_exp(1)? - logits.mul(&batch.onehot)?.sum(1)?)?;
-            if let Some(row_weights) = &batch.row_weights {
-                losses = losses.mul(row_weights)?;
-            }
-            add(losses.mean_all()?.affine(f64::from(weights.class), 0.0)?)?;
+            let loss = cross_entropy(&logits, &batch.onehot, batch.row_weights.as_ref())?;
+            add(loss.affine(f64::from(weights.class), 0.0)?)?;
         }
         if weights.box_ > 0.0 {
             let error = self.boxes(batch)?.sub(&batch.boxes)?.sqr()?.mean_all()?;

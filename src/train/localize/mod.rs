@@ -39,8 +39,8 @@ use super::data::balanced_class_weights;
 use super::metrics::{evaluate, log_loss};
 use super::optim::{Optimizer, OptimizerState, Param};
 use super::trainer::{TrainError, epoch_rng};
-pub(crate) use graph::sigmoid as sigmoid_tensor;
 use graph::{Batch, Graph};
+pub(crate) use graph::{cross_entropy, label_tensors, sigmoid as sigmoid_tensor};
 use localizer::Part;
 
 /// Which box head to train.
@@ -337,7 +337,7 @@ pub fn localizer_scores(
 }
 
 /// A candle failure; the shapes are checked beforehand, so this means inconsistent data.
-fn tensor_error(error: candle_core::Error) -> TrainError {
+pub(crate) fn tensor_error(error: candle_core::Error) -> TrainError {
     TrainError::InvalidData(format!("tensor computation failed: {error}"))
 }
 
