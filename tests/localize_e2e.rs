@@ -137,13 +137,7 @@ async fn localize_job_trains_and_serves_boxes_in_original_pixels() {
     for seed in [900_001u64, 900_002, 900_003, 900_004] {
         let class = (seed % 2) as usize;
         let (image, truth) = scene(class, seed);
-        let response = client()
-            .post(format!("{url}/v1/models/scenes-spatial/localize?top_k=2"))
-            .header("content-type", "image/png")
-            .body(encode(&image, ImageFormat::Png))
-            .send()
-            .await
-            .unwrap();
+        let response = post_png(url, "/v1/models/scenes-spatial/localize?top_k=2", &image).await;
         assert_eq!(response.status(), 200);
         let body: Value = response.json().await.unwrap();
         let found = &body["localizations"][0];
@@ -202,13 +196,7 @@ async fn localize_job_trains_and_serves_boxes_in_original_pixels() {
     );
     assert!(phase2_iou >= 0.5 && tuned["test"]["accuracy"].as_f64().unwrap() >= 0.9, "{tuned}");
     let (image, _) = scene(1, 900_005);
-    let response = client()
-        .post(format!("{url}/v1/models/scenes-tuned/localize"))
-        .header("content-type", "image/png")
-        .body(encode(&image, ImageFormat::Png))
-        .send()
-        .await
-        .unwrap();
+    let response = post_png(url, "/v1/models/scenes-tuned/localize", &image).await;
     assert_eq!(response.status(), 200);
 
     // The download is one ONNX file answering class probabilities and the box (its numbers

@@ -75,13 +75,7 @@ async fn train(url: &str, body: Value) -> Value {
 
 /// classify's scores for `image`, by class name.
 async fn scores(url: &str, model: &str, image: &RgbImage) -> Vec<(String, f32)> {
-    let response = client()
-        .post(format!("{url}/v1/models/{model}/classify?top_k=2"))
-        .header("content-type", "image/png")
-        .body(encode(image, ImageFormat::Png))
-        .send()
-        .await
-        .unwrap();
+    let response = post_png(url, &format!("/v1/models/{model}/classify?top_k=2"), image).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     body["predictions"][0]

@@ -428,18 +428,13 @@ fn efficientnet_lite0_tails_match_onnx_runtime() {
 /// activations' meaning and the layers below the cut.
 #[test]
 fn initializers_shared_with_the_prefix_stay_frozen() {
-    use graft::runtime::graph::onnx::{GraphProto, ModelProto, NodeProto, ValueInfoProto};
-    use graft::tune::tensor::float_tensor;
+    use graft::runtime::graph::onnx::{GraphProto, ModelProto, ValueInfoProto};
+    use graft::tune::tensor::{float_tensor, node};
     use prost::Message;
-    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
-        op_type: Some(op.into()),
-        input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-        output: vec![output.to_owned()],
-        ..Default::default()
-    };
+    let plain = |op: &str, inputs: &[&str], output: &str| node(op, inputs, output, vec![]);
     let model = ModelProto {
         graph: Some(GraphProto {
-            node: vec![node("Add", &["x", "b"], "cut"), node("Conv", &["cut", "w", "b"], "y")],
+            node: vec![plain("Add", &["x", "b"], "cut"), plain("Conv", &["cut", "w", "b"], "y")],
             input: vec![ValueInfoProto { name: Some("x".into()), ..Default::default() }],
             output: vec![ValueInfoProto { name: Some("y".into()), ..Default::default() }],
             initializer: vec![float_tensor("b", &[1], &[0.5]), float_tensor("w", &[1, 1, 1, 1], &[2.0])],

@@ -106,6 +106,17 @@ pub async fn post_image(base_url: &str, model: &str, content_type: &str, name: &
         .unwrap()
 }
 
+/// POSTs `image` as a PNG body to `path` (e.g. `/v1/models/m/localize?top_k=2`).
+pub async fn post_png(base_url: &str, path: &str, image: &image::RgbImage) -> reqwest::Response {
+    client()
+        .post(format!("{base_url}{path}"))
+        .header("content-type", "image/png")
+        .body(datasets::encode(image, image::ImageFormat::Png))
+        .send()
+        .await
+        .unwrap()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
