@@ -17,7 +17,8 @@ pub struct RuntimeSettings {
     /// Execution provider: cpu, cuda, cuda:N, or auto (CUDA when it starts, else CPU).
     #[arg(long, env = "GRAFT_DEVICE", default_value = "cpu")]
     pub device: Device,
-    /// Threads ONNX Runtime uses within one operator (0 = one per core).
+    /// ONNX Runtime threads per model (0: one per core). A model's instances share them
+    /// equally; a batch that runs while the other instances are idle gets them all.
     #[arg(long, env = "GRAFT_INTRA_THREADS", default_value_t = 0)]
     pub intra_threads: usize,
     /// Let idle ONNX Runtime threads spin-wait (off: they sleep and leave the cores to decoding and HTTP).
@@ -158,6 +159,10 @@ pub struct Limits {
     /// Requests that may wait per model before new ones get 429.
     #[arg(long, env = "GRAFT_QUEUE_CAPACITY", default_value_t = 256)]
     pub queue_capacity: usize,
+    /// ONNX Runtime sessions per model that run batches side by side, each with its share
+    /// of the cores (0: two on a CPU with two or more cores, one on a GPU).
+    #[arg(long, env = "GRAFT_MODEL_INSTANCES", default_value_t = 0)]
+    pub model_instances: usize,
 }
 
 impl Limits {
@@ -166,6 +171,7 @@ impl Limits {
             max_batch_size: self.max_batch_size,
             max_delay: std::time::Duration::from_millis(self.max_delay_ms),
             queue_capacity: self.queue_capacity,
+            instances: self.model_instances,
         }
     }
 }
@@ -179,6 +185,7 @@ impl Default for Limits {
             max_batch_size: 8,
             max_delay_ms: 0,
             queue_capacity: 256,
+            model_instances: 0,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! A model whose ONNX inputs/outputs do not match its manifest is refused with the reason.
+//! A model whose ONNX inputs/outputs do not match its manifest is refused with the reason;
+//! a model served by several instances answers as one served by a single session.
 
 mod common;
 
@@ -23,7 +24,12 @@ fn variant(dir: &Path, base: &str, edit: impl Fn(String) -> String) -> Manifest 
 }
 
 fn batching() -> graft::runtime::Batching {
-    graft::runtime::Batching { max_batch_size: 4, max_delay: std::time::Duration::ZERO, queue_capacity: 4 }
+    graft::runtime::Batching {
+        max_batch_size: 4,
+        max_delay: std::time::Duration::ZERO,
+        queue_capacity: 4,
+        instances: 2,
+    }
 }
 
 fn refusal(manifest: Manifest) -> String {
@@ -86,4 +92,43 @@ fn mismatches_are_refused_with_the_reason() {
     let reason =
         refusal(variant(dir.path(), "tiny_nhwc", |t| t.replace("file = ", "file = \"/nonexistent/x.onnx\"\n#")));
     assert!(reason.contains("missing") && reason.contains("graft models pull tiny_nhwc"), "{reason}");
+}
+
+#[test]
+fn several_instances_answer_every_request_as_one_session_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = Arc::new(variant(dir.path(), "tiny_nchw", |t| t));
+    let one = graft::runtime::Batching { instances: 1, ..batching() };
+    let single = load_model(&runtime(), manifest.clone(), &cpu(), &one).unwrap();
+    // Three instances of one thread each, plus a three-thread session for lone batches.
+    let three = graft::runtime::Batching { instances: 3, ..batching() };
+    let options = graft::runtime::SessionOptions { intra_threads: 3, ..cpu() };
+    let shared = load_model(&runtime(), manifest, &options, &three).unwrap();
+    let image_len = single.runner.image_len();
+    let inputs: Vec<Vec<f32>> =
+        (0..24).map(|i| (0..image_len).map(|j| ((i * 7919 + j * 104_729) % 1000) as f32 / 1000.0).collect()).collect();
+    let expected: Vec<_> =
+        inputs.iter().map(|pixels| single.runner.infer_blocking(pixels.clone(), 1).unwrap()).collect();
+    // Six clients at once, so that batches run side by side and some run alone.
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let clients: Vec<_> = inputs
+            .chunks(4)
+            .map(|chunk| {
+                let runner = &shared.runner;
+                scope.spawn(move || {
+                    chunk.iter().map(|p| runner.infer_blocking(p.clone(), 1).unwrap()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        clients.into_iter().flat_map(|c| c.join().unwrap()).collect()
+    });
+    for (i, (got, want)) in answers.iter().zip(&expected).enumerate() {
+        for (g, w) in got[0].iter().zip(&want[0]) {
+            assert_eq!(g.len(), w.len());
+            let worst = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(worst <= 1e-5, "input {i}: max |Δ| {worst}");
+        }
+    }
+    // The inputs differ, so a mixed-up answer would show.
+    assert_ne!(expected[0][0][0], expected[1][0][0]);
 }

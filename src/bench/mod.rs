@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::RuntimeSettings;
+use crate::config::{Limits, RuntimeSettings};
+use crate::runtime::{Batching, find_library, init_runtime, resolve_device};
 use crate::vision::{DecodeLimits, decode_for, preprocess_into};
 use crate::zoo::Manifest;
 use load::{LoadResult, run_load};
 use process::{Server, rss_kib};
+use raw::{RawRate, SessionLayout};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchSettings {
@@ -41,9 +43,13 @@ pub struct BenchSettings {
     /// Batch sizes for raw ONNX Runtime, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub batch_sizes: Vec<usize>,
-    /// ONNX Runtime threads per operator, for graft, raw ONNX Runtime and Python alike.
+    /// ONNX Runtime threads in all, for graft, raw ONNX Runtime and Python alike (graft's
+    /// instances share them equally).
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, usize::from))]
     pub threads: usize,
+    /// graft's sessions per model (`graft serve --model-instances`; 0: graft's default).
+    #[arg(long, default_value_t = 0)]
+    pub instances: usize,
     /// Python with the reference server's packages (bench/server-requirements.txt); empty to skip it.
     #[arg(long, default_value = ".venv-bench/bin/python")]
     pub python: String,
@@ -68,21 +74,40 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(1, usize::from)
     );
 
-    // (a) Raw ONNX Runtime from Rust.
-    let raw = raw::measure(&settings, &manifest)?;
+    // (a) Raw ONNX Runtime from Rust: graft's layout of sessions and threads, and one
+    // session with all the threads; the best of them is the ceiling.
+    let env = init_runtime(&find_library(settings.runtime.ort_library.as_deref())?)?;
+    let device = resolve_device(&env, settings.runtime.device)?;
+    let instances = Batching { instances: settings.instances, ..Limits::default().batching() }.instances_on(device);
+    let graft_layout = SessionLayout { sessions: instances, threads: (settings.threads / instances).max(1) };
+    let single = SessionLayout { sessions: 1, threads: settings.threads };
+    let layouts = if graft_layout == single { vec![single] } else { vec![single, graft_layout] };
+    let raw = raw::measure(&settings, &manifest, &env, device, &layouts)?;
     println!("\n(a) raw ONNX Runtime (Rust, preprocessed input)");
-    for (batch, rate) in &raw {
-        println!("    batch {batch:>2}: {rate:>8.1} images/s");
+    for rate in &raw {
+        println!(
+            "    {:<22} batch {:>2}: {:>8.1} images/s",
+            rate.layout.to_string(),
+            rate.batch,
+            rate.images_per_second
+        );
     }
-    let (best_batch, raw_best) =
-        raw.iter().copied().fold((1, 0.0), |best, (b, r)| if r > best.1 { (b, r) } else { best });
-    println!("    graft is started with --max-batch-size {best_batch}, the best batch size on this machine");
+    let best = |rates: &mut dyn Iterator<Item = &RawRate>| {
+        rates.copied().max_by(|a, b| a.images_per_second.total_cmp(&b.images_per_second)).expect("batch sizes")
+    };
+    let raw_best = best(&mut raw.iter()).images_per_second;
+    let best_batch = best(&mut raw.iter().filter(|r| r.layout == graft_layout)).batch;
+    let alone = if graft_layout == single { String::new() } else { format!(" (a batch that runs alone: {single})") };
+    println!("    graft is started with {graft_layout}{alone} and --max-batch-size {best_batch},");
+    println!("    the best batch size of that layout here");
 
     // (b) graft over HTTP.
     let graft_args = vec![
         "serve".to_owned(),
         "--models".to_owned(),
         manifest.name.clone(),
+        "--model-instances".to_owned(),
+        graft_layout.sessions.to_string(),
         "--intra-threads".to_owned(),
         settings.threads.to_string(),
         "--workers".to_owned(),
@@ -154,7 +179,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     let at = |results: &[LoadResult], c: usize| results.iter().find(|r| r.concurrency == c).cloned();
     if let Some(g8) = at(&graft_results, 8) {
         println!(
-            "    graft c=8 throughput / raw ONNX Runtime best batch: {:.2} (target ≥ 0.95)",
+            "    graft c=8 throughput / raw ONNX Runtime, best:      {:.2} (target ≥ 0.95)",
             g8.images_per_second / raw_best
         );
         if let Some(p8) = python_results.as_deref().and_then(|p| at(p, 8)) {

@@ -1,12 +1,18 @@
-//! One model, one OS thread: the thread owns the model's executor (an ONNX Runtime
-//! session, whose `run` needs `&mut`) and is fed through a bounded queue. When it is
+//! One model, one bounded queue, one OS thread per model instance: each thread owns an
+//! executor (an ONNX Runtime session, whose `run` needs `&mut`). When an instance is
 //! free it takes whatever requests wait — in arrival order, up to `max_batch_size`
 //! images, optionally waiting `max_delay` for more — runs them as one batch and
-//! answers each request through its own oneshot channel. Requests whose client has
-//! gone away are dropped before they are computed; a full queue is refused at once
-//! (the API answers 429). Inference never runs on the async runtime's threads.
+//! answers each request through its own oneshot channel. Several instances run
+//! batches side by side, which on a CPU keeps the cores busier than one session's
+//! threads synchronising inside each operator; a batch that finds every other instance
+//! idle may instead run on a session with all the cores (`whole`), so that a lone
+//! request is as fast as with one instance. Requests whose client has gone away
+//! are dropped before they are computed; a full queue is refused at once (the API
+//! answers 429). Inference never runs on the async runtime's threads.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,7 +20,7 @@ use futures_util::future::try_join_all;
 use ort::value::Tensor;
 use tokio::sync::oneshot;
 
-use super::ModelSession;
+use super::{Device, ModelSession};
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -30,12 +36,27 @@ pub struct RunnerConfig {
     pub queue_capacity: usize,
 }
 
-/// How a model's requests are batched: the knobs a deployment tunes.
+/// How a model's requests are batched and run: the knobs a deployment tunes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
     pub max_batch_size: usize,
     pub max_delay: Duration,
     pub queue_capacity: usize,
+    /// Sessions of the model that run batches side by side; 0 chooses for the device.
+    pub instances: usize,
+}
+
+impl Batching {
+    /// The instances to start on `device`: as configured, or by default two on a CPU
+    /// with two or more cores (one runs while the other gathers its next batch, and
+    /// neither waits on the other's threads), one on a GPU.
+    pub fn instances_on(&self, device: Device) -> usize {
+        match (self.instances, device) {
+            (0, Device::Cpu) if std::thread::available_parallelism().map_or(1, usize::from) >= 2 => 2,
+            (0, _) => 1,
+            (n, _) => n,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
@@ -73,24 +94,27 @@ pub struct ModelRunner {
 }
 
 impl ModelRunner {
-    /// Starts the thread of an ONNX Runtime session.
-    pub fn spawn(name: &str, session: ModelSession, config: RunnerConfig) -> std::io::Result<Self> {
-        let executor = OrtExecutor {
-            session,
-            input_name: config.input_name.clone(),
-            output_names: config.output_names.clone(),
-            image_dims: config.image_dims,
-        };
-        Self::spawn_with(name, executor, config)
-    }
-
-    /// Starts the thread of any executor (tests use a fake one).
-    pub fn spawn_with(name: &str, executor: impl BatchExecutor, config: RunnerConfig) -> std::io::Result<Self> {
+    /// Starts one thread per instance executor; they take batches from one shared queue.
+    /// `whole`, if given, runs the batches that find every other instance idle.
+    pub fn spawn<E: BatchExecutor>(
+        name: &str,
+        instances: Vec<E>,
+        whole: Option<E>,
+        config: RunnerConfig,
+    ) -> std::io::Result<Self> {
+        assert!(!instances.is_empty(), "a runner needs at least one executor");
         let (sender, receiver) = sync_channel(config.queue_capacity.max(1));
-        let thread_config = config.clone();
-        thread::Builder::new()
-            .name(format!("ort-{name}"))
-            .spawn(move || run_loop(executor, receiver, thread_config))?;
+        let shared = Arc::new(Shared {
+            intake: Mutex::new(Intake { receiver, carried: None }),
+            busy: AtomicUsize::new(0),
+            whole: whole.map(Mutex::new),
+        });
+        for (instance, executor) in instances.into_iter().enumerate() {
+            let (shared, config) = (shared.clone(), config.clone());
+            thread::Builder::new()
+                .name(format!("ort-{name}-{instance}"))
+                .spawn(move || run_loop(executor, &shared, &config))?;
+        }
         Ok(Self { sender, config })
     }
 
@@ -141,31 +165,77 @@ impl ModelRunner {
     }
 }
 
-fn run_loop(mut executor: impl BatchExecutor, receiver: Receiver<Request>, config: RunnerConfig) {
-    let mut carried: Option<Request> = None;
-    loop {
-        // Every sender gone (the model was unloaded) and the queue drained: the thread ends.
-        let Some(first) = carried.take().or_else(|| receiver.recv().ok()) else { return };
+/// What a model's instance threads share.
+struct Shared<E> {
+    intake: Mutex<Intake>,
+    /// Instances running a batch now.
+    busy: AtomicUsize,
+    /// The session with all the cores, for a batch that runs alone.
+    whole: Option<Mutex<E>>,
+}
+
+impl<E: BatchExecutor> Shared<E> {
+    /// Runs the batch on the whole-machine session when no other instance is busy and
+    /// that session is free, else on the instance's own.
+    fn run(&self, own: &mut E, pixels: Vec<f32>, count: usize) -> Reply {
+        let others_busy = self.busy.fetch_add(1, Ordering::SeqCst);
+        let whole = match (others_busy, &self.whole) {
+            (0, Some(whole)) => whole.try_lock().ok(),
+            _ => None,
+        };
+        let reply = match whole {
+            Some(mut whole) => whole.run(pixels, count),
+            None => own.run(pixels, count),
+        };
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+        reply
+    }
+}
+
+/// The queue's receiving end, shared by the instances: one of them at a time forms a batch.
+struct Intake {
+    receiver: Receiver<Request>,
+    /// A request that did not fit the last batch; it opens the next one.
+    carried: Option<Request>,
+}
+
+impl Intake {
+    /// Waits for the next batch: the first waiting request, then what else waits (up to
+    /// `max_delay` for more) as long as it fits. `None` once every sender is gone and
+    /// the queue is drained.
+    fn next_batch(&mut self, config: &RunnerConfig) -> Option<Vec<Request>> {
+        let first = self.carried.take().or_else(|| self.receiver.recv().ok())?;
         let mut batch = vec![first];
         let mut images = batch[0].count;
         let deadline = Instant::now() + config.max_delay;
         while images < config.max_batch_size {
-            let next = match receiver.try_recv() {
+            let next = match self.receiver.try_recv() {
                 Ok(next) => next,
                 Err(_) if config.max_delay.is_zero() => break,
-                Err(_) => match receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Err(_) => match self.receiver.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                     Ok(next) => next,
                     Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                 },
             };
             if images + next.count > config.max_batch_size {
                 // Keep arrival order: the request that does not fit opens the next batch.
-                carried = Some(next);
+                self.carried = Some(next);
                 break;
             }
             images += next.count;
             batch.push(next);
         }
+        Some(batch)
+    }
+}
+
+fn run_loop<E: BatchExecutor>(mut executor: E, shared: &Shared<E>, config: &RunnerConfig) {
+    loop {
+        // The lock is held while the batch forms, so the instances take turns at the queue
+        // and never split what waits between them. A panic elsewhere leaves the intake intact.
+        let next = shared.intake.lock().unwrap_or_else(PoisonError::into_inner).next_batch(config);
+        // Every sender gone (the model was unloaded) and the queue drained: the thread ends.
+        let Some(mut batch) = next else { return };
         batch.retain(|request| !request.reply.is_closed());
         if batch.is_empty() {
             continue;
@@ -178,7 +248,7 @@ fn run_loop(mut executor: impl BatchExecutor, receiver: Receiver<Request>, confi
         for request in &mut batch[1..] {
             pixels.append(&mut request.pixels);
         }
-        match executor.run(pixels, count) {
+        match shared.run(&mut executor, pixels, count) {
             Ok(mut rows) if rows.len() == count => {
                 for request in batch.into_iter().rev() {
                     let mine = rows.split_off(rows.len() - request.count);
@@ -195,11 +265,22 @@ fn run_loop(mut executor: impl BatchExecutor, receiver: Receiver<Request>, confi
 }
 
 /// The ONNX Runtime session of a model, as a batch executor.
-struct OrtExecutor {
+pub struct OrtExecutor {
     session: ModelSession,
     input_name: String,
     output_names: Vec<String>,
     image_dims: [usize; 3],
+}
+
+impl OrtExecutor {
+    pub fn new(session: ModelSession, config: &RunnerConfig) -> Self {
+        Self {
+            session,
+            input_name: config.input_name.clone(),
+            output_names: config.output_names.clone(),
+            image_dims: config.image_dims,
+        }
+    }
 }
 
 impl BatchExecutor for OrtExecutor {

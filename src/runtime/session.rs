@@ -19,6 +19,23 @@ pub struct SessionOptions {
     pub spin: bool,
 }
 
+impl SessionOptions {
+    /// The options of each of `instances` sessions of one model that run side by side,
+    /// and of the session for batches that run alone. On the CPU the instances share
+    /// the threads (all cores when `intra_threads` is 0) equally, so that busy instances
+    /// do not oversubscribe the machine, and the lone-batch session has them all.
+    pub fn for_instances(&self, instances: usize) -> (Self, Option<Self>) {
+        if instances <= 1 || self.device != Device::Cpu {
+            return (self.clone(), None);
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let total = if self.intra_threads == 0 { cores } else { self.intra_threads };
+        let each = Self { intra_threads: (total / instances).max(1), ..self.clone() };
+        let whole = (each.intra_threads < total).then(|| Self { intra_threads: total, ..self.clone() });
+        (each, whole)
+    }
+}
+
 /// Name, element type and shape (−1 for a dynamic dimension) of a graph input or output.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TensorSpec {
@@ -79,6 +96,7 @@ fn with_cuda(builder: SessionBuilder, device: i32) -> Result<SessionBuilder, Ses
 }
 
 /// Where a session's graph comes from: the file as it is, or edited bytes of it.
+#[derive(Clone, Copy)]
 pub enum ModelSource<'a> {
     File(&'a Path),
     Edited { path: &'a Path, bytes: &'a [u8] },
@@ -136,5 +154,48 @@ fn tensor_spec(outlet: &ort::value::Outlet) -> TensorSpec {
             shape: vec![],
             is_float32: false,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu(intra_threads: usize) -> SessionOptions {
+        SessionOptions { device: Device::Cpu, intra_threads, spin: false }
+    }
+
+    #[test]
+    fn instances_share_the_threads_and_a_lone_batch_gets_them_all() {
+        let (each, whole) = cpu(8).for_instances(2);
+        assert_eq!(each.intra_threads, 4);
+        assert_eq!(whole.map(|w| w.intra_threads), Some(8));
+        let (each, whole) = cpu(6).for_instances(4);
+        assert_eq!(each.intra_threads, 1);
+        assert_eq!(whole.map(|w| w.intra_threads), Some(6));
+    }
+
+    #[test]
+    fn threads_left_to_the_runtime_are_the_cores() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let (each, whole) = cpu(0).for_instances(2);
+        assert_eq!(each.intra_threads, (cores / 2).max(1));
+        assert_eq!(whole.map(|w| w.intra_threads), (cores >= 2).then_some(cores));
+    }
+
+    #[test]
+    fn no_whole_machine_session_when_it_would_not_be_wider() {
+        let (each, whole) = cpu(1).for_instances(2);
+        assert_eq!(each.intra_threads, 1);
+        assert!(whole.is_none());
+    }
+
+    #[test]
+    fn one_instance_or_a_gpu_keeps_the_options_as_they_are() {
+        let (each, whole) = cpu(0).for_instances(1);
+        assert_eq!((each.intra_threads, whole.is_none()), (0, true));
+        let gpu = SessionOptions { device: Device::Cuda(0), intra_threads: 4, spin: false };
+        let (each, whole) = gpu.for_instances(2);
+        assert_eq!((each.intra_threads, whole.is_none()), (4, true));
     }
 }

@@ -10,8 +10,8 @@ use ort::environment::Environment;
 use super::{Labels, Manifest};
 use crate::runtime::graph::expose_outputs;
 use crate::runtime::{
-    Batching, ImageOutputs, ModelRunner, ModelSession, ModelSource, RunnerConfig, SessionOptions, TensorSpec,
-    open_session,
+    BatchExecutor, Batching, ImageOutputs, ModelRunner, ModelSession, ModelSource, OrtExecutor, RunnerConfig,
+    SessionOptions, TensorSpec, open_session,
 };
 use crate::store::TrainedModelRecord;
 use crate::train::{Head, LocalizeHeadKind, LocalizerHead};
@@ -302,8 +302,9 @@ impl ModelRegistry {
     }
 }
 
-/// Opens the model's session, checks it against its manifest, starts its runner and
-/// warms it up at every batch size it will run, so no request pays for a first run.
+/// Opens the model's sessions (one per instance), checks them against the manifest,
+/// warms each up at every batch size it will run, so no request pays for a first run,
+/// and starts the runner.
 pub fn load_model(
     env: &Environment,
     manifest: Arc<Manifest>,
@@ -335,11 +336,15 @@ pub fn load_model(
             ModelSource::File(&manifest.file)
         }
     };
-    let session = open_session(env, source, options).map_err(|e| e.to_string())?;
-    let (image_dims, batch_limit) = check_io(&manifest, &session, labels.len())?;
+    let instances = batching.instances_on(options.device);
+    let (instance_options, whole_options) = options.for_instances(instances);
+    let open = |options: &SessionOptions| open_session(env, source, options).map_err(|e| e.to_string());
+    let mut sessions = (0..instances).map(|_| open(&instance_options)).collect::<Result<Vec<_>, _>>()?;
+    let whole = whole_options.as_ref().map(open).transpose()?;
+    let (image_dims, batch_limit) = check_io(&manifest, &sessions[0], labels.len())?;
     let max_batch_size = batch_limit.map_or(batching.max_batch_size, |fixed| fixed.min(batching.max_batch_size)).max(1);
-    let provider = session.provider;
-    let (inputs, outputs) = (session.inputs.clone(), session.outputs.clone());
+    let provider = sessions[0].provider;
+    let (inputs, outputs) = (sessions[0].inputs.clone(), sessions[0].outputs.clone());
     let mut output_names = vec![manifest.output_name.clone()];
     if edited.is_ok() {
         output_names.extend(manifest.features.clone());
@@ -353,27 +358,32 @@ pub fn load_model(
         max_delay: batching.max_delay,
         queue_capacity: batching.queue_capacity,
     };
-    let runner = ModelRunner::spawn(&manifest.name, session, config).map_err(|e| e.to_string())?;
-    let image_len = runner.image_len();
+    let mut executors: Vec<_> = sessions.drain(..).map(|session| OrtExecutor::new(session, &config)).collect();
+    let mut whole = whole.map(|session| OrtExecutor::new(session, &config));
+    let image_len: usize = image_dims.iter().product();
     let mut features = edited.as_ref().map(|_| 0).map_err(Clone::clone);
     let mut spatial_values = None;
-    for batch in 1..=max_batch_size {
-        let images =
-            runner.infer_blocking(vec![0.0; image_len * batch], batch).map_err(|e| format!("warm-up failed: {e}"))?;
-        let scores = &images[0][0];
-        if scores.len() != labels.len() {
-            return Err(format!(
-                "output `{}` has {} values per image but the labels file has {} classes",
-                manifest.output_name,
-                scores.len(),
-                labels.len()
-            ));
-        }
-        if let Ok(width) = features.as_mut() {
-            *width = images[0][LoadedModel::FEATURES_OUTPUT].len();
-            spatial_values = images[0].get(LoadedModel::SPATIAL_OUTPUT).map(Vec::len);
+    // Every session runs every batch size once, before the runner takes requests.
+    for executor in executors.iter_mut().chain(whole.as_mut()) {
+        for batch in 1..=max_batch_size {
+            let images =
+                executor.run(vec![0.0; image_len * batch], batch).map_err(|e| format!("warm-up failed: {e}"))?;
+            let scores = &images[0][0];
+            if scores.len() != labels.len() {
+                return Err(format!(
+                    "output `{}` has {} values per image but the labels file has {} classes",
+                    manifest.output_name,
+                    scores.len(),
+                    labels.len()
+                ));
+            }
+            if let Ok(width) = features.as_mut() {
+                *width = images[0][LoadedModel::FEATURES_OUTPUT].len();
+                spatial_values = images[0].get(LoadedModel::SPATIAL_OUTPUT).map(Vec::len);
+            }
         }
     }
+    let runner = ModelRunner::spawn(&manifest.name, executors, whole, config).map_err(|e| e.to_string())?;
     let spatial = match (&manifest.spatial_features, &features, spatial_values) {
         (None, _, _) => Err(format!("the manifest of {} names no `spatial_features` tensor", manifest.name)),
         (Some(_), Err(reason), _) => Err(reason.clone()),

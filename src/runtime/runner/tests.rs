@@ -2,7 +2,8 @@
 //! arrival order, each request gets its own images' outputs, requests larger than a
 //! batch are split, a request that does not fit opens the next batch, a full queue is
 //! refused, a departed client's images are never computed, and dropping the runner
-//! still answers everything queued.
+//! still answers everything queued. With several instances: batches run side by side,
+//! and a batch that runs alone takes the whole-machine executor.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -10,52 +11,77 @@ use std::time::Duration;
 
 use super::*;
 
+/// Every batch run, with the name of the executor that ran it.
+type RunLog = Arc<Mutex<Vec<(String, Vec<f32>)>>>;
+
 /// Each image is one number; its output is that number × 10.
 struct Fake {
-    batches: Arc<Mutex<Vec<Vec<f32>>>>,
+    name: String,
+    batches: RunLog,
     started: Sender<()>,
-    permits: Receiver<()>,
+    permits: Arc<Mutex<Receiver<()>>>,
 }
 
 impl BatchExecutor for Fake {
     fn run(&mut self, pixels: Vec<f32>, count: usize) -> Reply {
         assert_eq!(pixels.len(), count);
         let _ = self.started.send(());
-        let _ = self.permits.recv();
-        self.batches.lock().unwrap().push(pixels.clone());
+        let _ = self.permits.lock().unwrap().recv();
+        self.batches.lock().unwrap().push((self.name.clone(), pixels.clone()));
         Ok(pixels.into_iter().map(|v| vec![vec![v * 10.0]]).collect())
     }
 }
 
 struct Harness {
     runner: ModelRunner,
-    batches: Arc<Mutex<Vec<Vec<f32>>>>,
+    batches: RunLog,
     started: Receiver<()>,
     permits: Sender<()>,
 }
 
-fn harness(max_batch_size: usize, queue_capacity: usize, max_delay: Duration) -> Harness {
-    let batches = Arc::new(Mutex::new(Vec::new()));
-    let (started_tx, started) = channel();
-    let (permits, permits_rx) = channel();
-    let config = RunnerConfig {
+fn config(max_batch_size: usize, queue_capacity: usize, max_delay: Duration) -> RunnerConfig {
+    RunnerConfig {
         input_name: "x".into(),
         output_names: vec!["y".into()],
         image_dims: [1, 1, 1],
         max_batch_size,
         max_delay,
         queue_capacity,
+    }
+}
+
+fn harness(max_batch_size: usize, queue_capacity: usize, max_delay: Duration) -> Harness {
+    harness_with(1, false, config(max_batch_size, queue_capacity, max_delay))
+}
+
+/// `instances` executors named `instance-0`…, and with `whole` one named `whole`.
+fn harness_with(instances: usize, whole: bool, config: RunnerConfig) -> Harness {
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let (started_tx, started) = channel();
+    let (permits, permits_rx) = channel();
+    let permits_rx = Arc::new(Mutex::new(permits_rx));
+    let fake = |name: String| Fake {
+        name,
+        batches: batches.clone(),
+        started: started_tx.clone(),
+        permits: permits_rx.clone(),
     };
-    let fake = Fake { batches: batches.clone(), started: started_tx, permits: permits_rx };
-    Harness { runner: ModelRunner::spawn_with("fake", fake, config).unwrap(), batches, started, permits }
+    let executors = (0..instances).map(|i| fake(format!("instance-{i}"))).collect();
+    let whole = whole.then(|| fake("whole".into()));
+    let runner = ModelRunner::spawn("fake", executors, whole, config).unwrap();
+    Harness { runner, batches, started, permits }
 }
 
 impl Harness {
-    /// Submits a one-image request and waits until the executor is busy with it, so that
+    /// Submits a one-image request and waits until an executor is busy with it, so that
     /// what the test submits next queues up behind it.
     fn occupy(&self) -> oneshot::Receiver<Reply> {
-        let reply = self.runner.submit(vec![0.0], 1).unwrap();
-        self.started.recv_timeout(Duration::from_secs(5)).expect("the executor took the first request");
+        self.occupy_with(0.0)
+    }
+
+    fn occupy_with(&self, value: f32) -> oneshot::Receiver<Reply> {
+        let reply = self.runner.submit(vec![value], 1).unwrap();
+        self.started.recv_timeout(Duration::from_secs(5)).expect("an executor took the request");
         reply
     }
 
@@ -66,7 +92,13 @@ impl Harness {
     }
 
     fn batches(&self) -> Vec<Vec<f32>> {
-        self.batches.lock().unwrap().clone()
+        self.batches.lock().unwrap().iter().map(|(_, pixels)| pixels.clone()).collect()
+    }
+
+    /// The executor that ran the batch holding `value`.
+    fn ran_on(&self, value: f32) -> String {
+        let batches = self.batches.lock().unwrap();
+        batches.iter().find(|(_, pixels)| pixels.contains(&value)).map(|(name, _)| name.clone()).expect("ran")
     }
 }
 
@@ -174,11 +206,63 @@ fn a_batching_delay_gathers_requests_that_arrive_close_together() {
     assert_eq!(h.batches(), [vec![1.0, 2.0]]);
 }
 
-/// Unloading a model — dropping its last runner handle — ends its thread and frees the
-/// executor (the ONNX Runtime session and its memory).
 #[test]
-fn dropping_the_last_handle_frees_the_executor() {
-    struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+fn instances_run_batches_side_by_side() {
+    let h = harness_with(2, false, config(1, 16, Duration::ZERO));
+    let first = h.occupy_with(1.0);
+    // The second instance starts the next request while the first is still busy.
+    let second = h.occupy_with(2.0);
+    h.release(2);
+    assert_eq!(outputs(first), [10.0]);
+    assert_eq!(outputs(second), [20.0]);
+    assert_ne!(h.ran_on(1.0), h.ran_on(2.0));
+}
+
+#[test]
+fn several_instances_still_keep_arrival_order_within_each_batch() {
+    let h = harness_with(2, false, config(4, 16, Duration::ZERO));
+    let first = h.occupy_with(0.0);
+    let second = h.occupy_with(0.5);
+    // Both instances are busy: these wait, then fill the next batch in arrival order.
+    let a = h.runner.submit(vec![1.0, 2.0, 3.0], 3).unwrap();
+    let b = h.runner.submit(vec![4.0], 1).unwrap();
+    let c = h.runner.submit(vec![5.0, 6.0], 2).unwrap();
+    h.release(5);
+    for reply in [first, second] {
+        outputs(reply);
+    }
+    assert_eq!(outputs(a), [10.0, 20.0, 30.0]);
+    assert_eq!(outputs(b), [40.0]);
+    assert_eq!(outputs(c), [50.0, 60.0]);
+    let batches = h.batches();
+    assert!(batches.contains(&vec![1.0, 2.0, 3.0, 4.0]), "{batches:?}");
+    assert!(batches.contains(&vec![5.0, 6.0]), "{batches:?}");
+}
+
+#[test]
+fn a_batch_that_runs_alone_gets_the_whole_machine_session() {
+    let h = harness_with(2, true, config(1, 16, Duration::ZERO));
+    // Nothing else runs: the whole-machine session takes it.
+    let alone = h.occupy_with(1.0);
+    // Another instance is busy now: this one runs on its own instance's session.
+    let beside = h.occupy_with(2.0);
+    h.release(2);
+    outputs(alone);
+    outputs(beside);
+    assert_eq!(h.ran_on(1.0), "whole");
+    assert!(h.ran_on(2.0).starts_with("instance-"), "{}", h.ran_on(2.0));
+    // Both done: alone again.
+    let later = h.occupy_with(3.0);
+    h.release(1);
+    outputs(later);
+    assert_eq!(h.ran_on(3.0), "whole");
+}
+
+/// Unloading a model — dropping its last runner handle — ends its threads and frees
+/// every executor (the ONNX Runtime sessions and their memory).
+#[test]
+fn dropping_the_last_handle_frees_the_executors() {
+    struct Dropped(Arc<std::sync::atomic::AtomicUsize>);
     impl BatchExecutor for Dropped {
         fn run(&mut self, pixels: Vec<f32>, _count: usize) -> Reply {
             Ok(pixels.into_iter().map(|v| vec![vec![v]]).collect())
@@ -186,28 +270,32 @@ fn dropping_the_last_handle_frees_the_executor() {
     }
     impl Drop for Dropped {
         fn drop(&mut self) {
-            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
-    let freed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let config = RunnerConfig {
-        input_name: "x".into(),
-        output_names: vec!["y".into()],
-        image_dims: [1, 1, 1],
-        max_batch_size: 1,
-        max_delay: Duration::ZERO,
-        queue_capacity: 1,
-    };
-    let runner = ModelRunner::spawn_with("dropped", Dropped(freed.clone()), config).unwrap();
+    let freed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let executors = vec![Dropped(freed.clone()), Dropped(freed.clone())];
+    let runner =
+        ModelRunner::spawn("dropped", executors, Some(Dropped(freed.clone())), config(1, 1, Duration::ZERO)).unwrap();
     let copy = runner.clone();
     assert_eq!(runner.infer_blocking(vec![3.0], 1).unwrap()[0][0], [3.0]);
     drop(runner);
     std::thread::sleep(Duration::from_millis(50));
-    assert!(!freed.load(std::sync::atomic::Ordering::SeqCst), "a handle is still alive");
+    assert_eq!(freed.load(std::sync::atomic::Ordering::SeqCst), 0, "a handle is still alive");
     drop(copy);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !freed.load(std::sync::atomic::Ordering::SeqCst) {
-        assert!(std::time::Instant::now() < deadline, "the executor was not freed");
+    while freed.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(std::time::Instant::now() < deadline, "the executors were not all freed");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+#[test]
+fn the_default_instance_count_depends_on_the_device() {
+    let batching = |instances| Batching { max_batch_size: 8, max_delay: Duration::ZERO, queue_capacity: 8, instances };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(batching(0).instances_on(Device::Cpu), if cores >= 2 { 2 } else { 1 });
+    assert_eq!(batching(0).instances_on(Device::Cuda(0)), 1);
+    assert_eq!(batching(3).instances_on(Device::Cpu), 3);
+    assert_eq!(batching(3).instances_on(Device::Cuda(0)), 3);
 }
