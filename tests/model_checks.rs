@@ -101,7 +101,7 @@ fn several_instances_answer_every_request_as_one_session_does() {
     let one = graft::runtime::Batching { instances: 1, ..batching() };
     let single = load_model(&runtime(), manifest.clone(), &cpu(), &one).unwrap();
     // Three instances of one thread each, plus a three-thread session for lone batches.
-    let three = graft::runtime::Batching { instances: 3, ..batching() };
+    let three = graft::runtime::Batching { instances: 3, queue_capacity: 32, ..batching() };
     let options = graft::runtime::SessionOptions { intra_threads: 3, ..cpu() };
     let shared = load_model(&runtime(), manifest, &options, &three).unwrap();
     let image_len = single.runner.image_len();

@@ -133,14 +133,13 @@ async fn run_base(
     images: Vec<EncodedImage>,
     decode_limits: DecodeLimits,
 ) -> Result<(Vec<ImageOutputs>, Vec<ImageGeometry>), Error> {
-    let count = images.len();
-    let (pixels, geometry) = {
+    let (parts, geometry) = {
         let base = base.clone();
         tokio::task::spawn_blocking(move || preprocess_all(&base, &images, &decode_limits))
             .await
             .map_err(|e| Error::Internal(format!("preprocessing stopped: {e}")))??
     };
-    Ok((base.runner.infer_all(pixels, count).await?, geometry))
+    Ok((base.runner.infer_parts(parts).await?, geometry))
 }
 
 /// A trained head on the base's features: probabilities over the dataset's classes, and
@@ -213,18 +212,20 @@ pub(super) struct ImageGeometry {
     pub original: (u32, u32),
 }
 
-/// Decodes and preprocesses every image, in parallel on the preprocessing pool, into
-/// one buffer laid out as the model's input (image after image).
+/// Decodes and preprocesses every image, in parallel on the preprocessing pool, straight
+/// into the buffers the runner takes: laid out as the model's input, image after image, in
+/// parts of at most one batch.
 pub(super) fn preprocess_all(
     model: &LoadedModel,
     images: &[EncodedImage],
     limits: &DecodeLimits,
-) -> Result<(Vec<f32>, Vec<ImageGeometry>), Error> {
+) -> Result<(Vec<Vec<f32>>, Vec<ImageGeometry>), Error> {
     let spec = &model.manifest.preprocessing;
     let image_len = model.runner.image_len();
-    let mut pixels = vec![0.0f32; image_len * images.len()];
-    let geometry = pixels
-        .par_chunks_mut(image_len)
+    let mut parts = model.runner.part_buffers(images.len());
+    let slots: Vec<&mut [f32]> = parts.iter_mut().flat_map(|part| part.chunks_mut(image_len)).collect();
+    let geometry = slots
+        .into_par_iter()
         .zip(images.par_iter())
         .map(|(slot, image)| {
             let decoded = decode_for(&image.bytes, limits, spec)
@@ -233,7 +234,7 @@ pub(super) fn preprocess_all(
             Ok::<_, Error>(ImageGeometry { plan, original: decoded.original })
         })
         .collect::<Result<Vec<_>, Error>>()?;
-    Ok((pixels, geometry))
+    Ok((parts, geometry))
 }
 
 fn top_predictions(model: &LoadedModel, mut scores: Vec<f32>, top_k: usize) -> Vec<Prediction> {

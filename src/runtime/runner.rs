@@ -132,18 +132,26 @@ impl ModelRunner {
         reply.await.map_err(|_| InferenceError::Stopped)?
     }
 
-    /// Runs any number of images: they are split into requests of at most `max_batch_size`,
-    /// which may share batches with other requests. Outputs come back in input order.
-    pub async fn infer_all(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<ImageOutputs>, InferenceError> {
-        if (1..=self.config.max_batch_size).contains(&count) {
-            // One request: the buffer goes to the runner as it is, without a copy.
-            return self.infer(pixels, count).await;
-        }
-        let chunk = self.config.max_batch_size * self.image_len();
-        let counts =
-            (0..count).step_by(self.config.max_batch_size).map(|start| (count - start).min(self.config.max_batch_size));
-        let requests: Vec<_> =
-            pixels.chunks(chunk.max(1)).zip(counts).map(|(p, n)| self.infer(p.to_vec(), n)).collect();
+    /// Zeroed buffers for `count` images, in parts of at most `max_batch_size` images, for the
+    /// caller to fill and pass to [`infer_parts`](Self::infer_parts) as they are.
+    pub fn part_buffers(&self, count: usize) -> Vec<Vec<f32>> {
+        let (most, image_len) = (self.config.max_batch_size, self.image_len());
+        (0..count).step_by(most.max(1)).map(|start| vec![0.0; (count - start).min(most) * image_len]).collect()
+    }
+
+    /// Runs any number of images, given as parts of at most `max_batch_size` images (see
+    /// [`part_buffers`](Self::part_buffers)): each part is one request, which may share a
+    /// batch with other requests, and its buffer goes to the runner without a copy.
+    /// Outputs come back in input order.
+    pub async fn infer_parts(&self, parts: Vec<Vec<f32>>) -> Result<Vec<ImageOutputs>, InferenceError> {
+        let image_len = self.image_len().max(1);
+        let requests: Vec<_> = parts
+            .into_iter()
+            .map(|part| {
+                let count = part.len() / image_len;
+                self.infer(part, count)
+            })
+            .collect();
         Ok(try_join_all(requests).await?.into_iter().flatten().collect())
     }
 

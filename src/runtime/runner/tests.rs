@@ -141,8 +141,12 @@ fn a_request_that_does_not_fit_waits_its_turn_instead_of_being_overtaken() {
 async fn large_requests_are_split_into_batches_and_reassembled_in_order() {
     let h = harness(2, 16, Duration::ZERO);
     h.release(16);
-    let values: Vec<f32> = (1..=5).map(|v| v as f32).collect();
-    let out = h.runner.infer_all(values, 5).await.unwrap();
+    let mut parts = h.runner.part_buffers(5);
+    assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+    for (slot, value) in parts.iter_mut().flatten().zip(1..) {
+        *slot = value as f32;
+    }
+    let out = h.runner.infer_parts(parts).await.unwrap();
     assert_eq!(out.iter().map(|image| image[0][0]).collect::<Vec<_>>(), [10.0, 20.0, 30.0, 40.0, 50.0]);
     assert!(h.batches().iter().all(|batch| batch.len() <= 2), "{:?}", h.batches());
     assert_eq!(h.batches().concat().len(), 5);
