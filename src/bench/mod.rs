@@ -74,14 +74,20 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(1, usize::from)
     );
 
-    // (a) Raw ONNX Runtime from Rust: graft's layout of sessions and threads, and one
-    // session with all the threads; the best of them is the ceiling.
+    // (a) Raw ONNX Runtime from Rust: one session with all the threads, two sessions
+    // sharing them, and graft's layout; the best of them is the ceiling.
     let env = init_runtime(&find_library(settings.runtime.ort_library.as_deref())?)?;
     let device = resolve_device(&env, settings.runtime.device)?;
     let instances = Batching { instances: settings.instances, ..Limits::default().batching() }.instances_on(device);
     let graft_layout = SessionLayout { sessions: instances, threads: (settings.threads / instances).max(1) };
     let single = SessionLayout { sessions: 1, threads: settings.threads };
-    let layouts = if graft_layout == single { vec![single] } else { vec![single, graft_layout] };
+    // The ceiling does not depend on graft's choice: one session, two side by side, and graft's layout.
+    let mut layouts = vec![single, graft_layout];
+    if settings.threads >= 2 {
+        layouts.push(SessionLayout { sessions: 2, threads: settings.threads / 2 });
+    }
+    layouts.sort_by_key(|l| (l.sessions, l.threads));
+    layouts.dedup();
     let raw = raw::measure(&settings, &manifest, &env, device, &layouts)?;
     println!("\n(a) raw ONNX Runtime (Rust, preprocessed input)");
     for rate in &raw {

@@ -341,6 +341,13 @@ pub fn load_model(
     let open = |options: &SessionOptions| open_session(env, source, options).map_err(|e| e.to_string());
     let mut sessions = (0..instances).map(|_| open(&instance_options)).collect::<Result<Vec<_>, _>>()?;
     let whole = whole_options.as_ref().map(open).transpose()?;
+    tracing::info!(
+        model = %manifest.name,
+        instances,
+        threads_each = instance_options.intra_threads,
+        threads_when_alone = whole_options.as_ref().map(|o| o.intra_threads),
+        "sessions open (threads 0: ONNX Runtime's default)"
+    );
     let (image_dims, batch_limit) = check_io(&manifest, &sessions[0], labels.len())?;
     let max_batch_size = batch_limit.map_or(batching.max_batch_size, |fixed| fixed.min(batching.max_batch_size)).max(1);
     let provider = sessions[0].provider;
