@@ -122,6 +122,11 @@ async fn model_listing_health_and_readiness() {
         http.get(format!("{}/v1/models/tiny_nhwc", server.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(model["status"], "ready");
     assert_eq!(model["provider"], "CPUExecutionProvider");
+    // The default layout on a CPU: two instances when there are two cores or more. The test
+    // server gives ONNX Runtime one thread, so there is no wider session for lone batches.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let instances = if cores >= 2 { 2 } else { 1 };
+    assert_eq!(model["sessions"], json!({"instances": instances, "threads_each": 1, "threads_when_alone": null}));
     assert_eq!(model["classes"], 10);
     assert_eq!(model["input"]["layout"], "NHWC");
     assert_eq!(model["input"]["color"], "bgr");

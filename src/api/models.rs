@@ -152,6 +152,7 @@ fn describe(manifest: &Arc<Manifest>, state: &ModelState) -> Value {
             out["provider"] = json!(model.provider);
             out["classes"] = json!(model.labels.len());
             out["max_batch_size"] = json!(model.runner.config().max_batch_size);
+            out["sessions"] = json!(model.sessions);
             match &model.features {
                 Ok(width) => out["output"]["feature_width"] = json!(width),
                 Err(reason) => out["output"]["features_unavailable"] = json!(reason),

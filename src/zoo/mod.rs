@@ -10,6 +10,6 @@ pub use labels::{Label, Labels};
 pub use manifest::{Manifest, ManifestError, OutputKind, SpatialFeatures, is_valid_model_name, load_manifest_dir};
 pub use pull::{PullError, PullOutcome, pull_model, sha256_file};
 pub use registry::{
-    ImageFeatures, LoadedModel, ModelRegistry, ModelState, SpatialShape, TrainedHead, TrainedModel, Unavailable,
-    load_model,
+    ImageFeatures, LoadedModel, ModelRegistry, ModelState, ServingLayout, SpatialShape, TrainedHead, TrainedModel,
+    Unavailable, load_model,
 };

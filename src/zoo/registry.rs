@@ -30,6 +30,17 @@ pub struct LoadedModel {
     pub features: Result<usize, String>,
     /// The grid of the spatial feature map (manifest `spatial_features`), or why there is none.
     pub spatial: Result<SpatialShape, String>,
+    pub sessions: ServingLayout,
+}
+
+/// How a model's sessions run: `instances` side by side with `threads_each` ONNX Runtime
+/// threads each, and the threads of the session for batches that run alone, if there is
+/// one (0 threads: ONNX Runtime's default, one per core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ServingLayout {
+    pub instances: usize,
+    pub threads_each: usize,
+    pub threads_when_alone: Option<usize>,
 }
 
 impl LoadedModel {
@@ -341,13 +352,12 @@ pub fn load_model(
     let open = |options: &SessionOptions| open_session(env, source, options).map_err(|e| e.to_string());
     let mut sessions = (0..instances).map(|_| open(&instance_options)).collect::<Result<Vec<_>, _>>()?;
     let whole = whole_options.as_ref().map(open).transpose()?;
-    tracing::info!(
-        model = %manifest.name,
+    let layout = ServingLayout {
         instances,
-        threads_each = instance_options.intra_threads,
-        threads_when_alone = whole_options.as_ref().map(|o| o.intra_threads),
-        "sessions open (threads 0: ONNX Runtime's default)"
-    );
+        threads_each: instance_options.intra_threads,
+        threads_when_alone: whole_options.as_ref().map(|o| o.intra_threads),
+    };
+    tracing::info!(model = %manifest.name, ?layout, "sessions open");
     let (image_dims, batch_limit) = check_io(&manifest, &sessions[0], labels.len())?;
     let max_batch_size = batch_limit.map_or(batching.max_batch_size, |fixed| fixed.min(batching.max_batch_size)).max(1);
     let provider = sessions[0].provider;
@@ -404,7 +414,7 @@ pub fn load_model(
     if let (Some(map), Err(reason)) = (&manifest.spatial_features, &spatial) {
         tracing::warn!(model = %manifest.name, tensor = %map.tensor, "no spatial features: {reason}");
     }
-    Ok(LoadedModel { manifest, labels, runner, provider, inputs, outputs, features, spatial })
+    Ok(LoadedModel { manifest, labels, runner, provider, inputs, outputs, features, spatial, sessions: layout })
 }
 
 /// Compares the session's graph inputs/outputs with the manifest. Returns the
