@@ -96,7 +96,7 @@ fn main() -> ExitCode {
 /// thread starts, makes that a lookup; it also sizes rayon's pool, to the same count it picks.
 fn pin_candle_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
+        let threads = graft::runtime::cores();
         // SAFETY: called first thing in main, while this is the only thread.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     }

@@ -17,7 +17,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::config::{Limits, RuntimeSettings};
-use crate::runtime::{Batching, find_library, init_runtime, resolve_device};
+use crate::runtime::{Batching, SessionOptions, cores, find_library, init_runtime, resolve_device};
 use crate::vision::{DecodeLimits, decode_for, preprocess_into};
 use crate::zoo::Manifest;
 use load::{LoadResult, run_load};
@@ -45,7 +45,7 @@ pub struct BenchSettings {
     pub batch_sizes: Vec<usize>,
     /// ONNX Runtime threads in all, for graft, raw ONNX Runtime and Python alike (graft's
     /// instances share them equally).
-    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, usize::from))]
+    #[arg(long, default_value_t = cores())]
     pub threads: usize,
     /// graft's sessions per model (`graft serve --model-instances`; 0: graft's default).
     #[arg(long, default_value_t = 0)]
@@ -71,7 +71,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
         image.len(),
         settings.threads,
         settings.requests,
-        std::thread::available_parallelism().map_or(1, usize::from)
+        cores()
     );
 
     // (a) Raw ONNX Runtime from Rust: one session with all the threads, two sessions
@@ -79,7 +79,8 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     let env = init_runtime(&find_library(settings.runtime.ort_library.as_deref())?)?;
     let device = resolve_device(&env, settings.runtime.device)?;
     let instances = Batching { instances: settings.instances, ..Limits::default().batching() }.instances_on(device);
-    let graft_layout = SessionLayout { sessions: instances, threads: (settings.threads / instances).max(1) };
+    let options = SessionOptions { device, intra_threads: settings.threads, spin: settings.runtime.ort_spin };
+    let graft_layout = SessionLayout { sessions: instances, threads: options.for_instances(instances).0.intra_threads };
     let single = SessionLayout { sessions: 1, threads: settings.threads };
     // The ceiling does not depend on graft's choice: one session, two side by side, and graft's layout.
     let mut layouts = vec![single, graft_layout];

@@ -244,10 +244,7 @@ pub(super) fn compute_features(
             !control.should_stop()
         },
     )
-    .map_err(|e| match e {
-        FeatureError::Stopped => stop_reason(control),
-        FeatureError::Failed(reason) => Failure::Failed(reason),
-    })?;
+    .map_err(|e| feature_failure(control, e))?;
     Ok((features, stats, started.elapsed().as_secs_f64()))
 }
 
@@ -349,6 +346,14 @@ pub(super) fn record_phase2(evaluation: &mut Value, tuned: Value, report: Value)
     }
     evaluation["phase1"] = phase1;
     evaluation["fine_tune"] = report;
+}
+
+/// A feature or activation pass's error as the job's failure.
+pub(super) fn feature_failure(control: &Control, error: FeatureError) -> Failure {
+    match error {
+        FeatureError::Stopped => stop_reason(control),
+        FeatureError::Failed(reason) => Failure::Failed(reason),
+    }
 }
 
 pub(super) fn stop_reason(control: &Control) -> Failure {

@@ -13,7 +13,7 @@ use super::features::{
     read_f32, variant_suffix,
 };
 use super::run::{
-    Control, Failure, JobContext, Progress, Splits, fine_tune_checkpoint_key, labels, stop_reason, train_failure,
+    Control, Failure, JobContext, Progress, Splits, feature_failure, fine_tune_checkpoint_key, labels, train_failure,
 };
 use super::spec::JobSpec;
 use crate::tune::{
@@ -326,10 +326,7 @@ fn activations(
             !control.should_stop()
         },
     )
-    .map_err(|e| match e {
-        FeatureError::Stopped => stop_reason(control),
-        FeatureError::Failed(reason) => Failure::Failed(reason),
-    })?;
+    .map_err(|e| feature_failure(control, e))?;
     let shape = shape.ok_or_else(|| Failure::Failed("no activations were computed".into()))?;
     Ok(Activations { rows, shape, stats })
 }

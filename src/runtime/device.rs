@@ -40,6 +40,11 @@ impl fmt::Display for Device {
     }
 }
 
+/// The cores this process may use (its CPU quota or affinity included), at least 1.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ mod library;
 mod runner;
 mod session;
 
-pub use device::Device;
+pub use device::{Device, cores};
 pub use library::{LibraryError, find_library, init_runtime};
 pub use runner::{BatchExecutor, Batching, ImageOutputs, InferenceError, ModelRunner, OrtExecutor, RunnerConfig};
 pub use session::{ModelSession, ModelSource, SessionError, SessionOptions, TensorSpec, open_session, resolve_device};

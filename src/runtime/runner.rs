@@ -20,7 +20,7 @@ use futures_util::future::try_join_all;
 use ort::value::Tensor;
 use tokio::sync::oneshot;
 
-use super::{Device, ModelSession};
+use super::{Device, ModelSession, cores};
 
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -52,7 +52,7 @@ impl Batching {
     /// neither waits on the other's threads), one on a GPU.
     pub fn instances_on(&self, device: Device) -> usize {
         match (self.instances, device) {
-            (0, Device::Cpu) if std::thread::available_parallelism().map_or(1, usize::from) >= 2 => 2,
+            (0, Device::Cpu) if cores() >= 2 => 2,
             (0, _) => 1,
             (n, _) => n,
         }

@@ -28,8 +28,7 @@ impl SessionOptions {
         if instances <= 1 || self.device != Device::Cpu {
             return (self.clone(), None);
         }
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let total = if self.intra_threads == 0 { cores } else { self.intra_threads };
+        let total = if self.intra_threads == 0 { super::cores() } else { self.intra_threads };
         let each = Self { intra_threads: (total / instances).max(1), ..self.clone() };
         let whole = (each.intra_threads < total).then(|| Self { intra_threads: total, ..self.clone() });
         (each, whole)
