@@ -52,38 +52,40 @@ pub type InputBox = [f32; 4];
 pub fn box_to_input(bbox: PixelBox, plan: &ResizePlan, target: (u32, u32)) -> InputBox {
     let (sx, sy) = scales(plan);
     let (ox, oy) = offsets(plan);
-    let (left, top) = (plan.target_offset.0 as f32, plan.target_offset.1 as f32);
-    let (right, bottom) = (left + plan.region.0 as f32, top + plan.region.1 as f32);
-    let x = |v: f32| (v * sx + ox).clamp(left, right);
-    let y = |v: f32| (v * sy + oy).clamp(top, bottom);
+    let (left, top) = (f64::from(plan.target_offset.0), f64::from(plan.target_offset.1));
+    let (right, bottom) = (left + f64::from(plan.region.0), top + f64::from(plan.region.1));
+    let x = |v: f32| (f64::from(v) * sx + ox).clamp(left, right);
+    let y = |v: f32| (f64::from(v) * sy + oy).clamp(top, bottom);
     let (x_min, x_max, y_min, y_max) = (x(bbox.x_min), x(bbox.x_max), y(bbox.y_min), y(bbox.y_max));
-    let (tw, th) = (target.0 as f32, target.1 as f32);
+    let (tw, th) = (f64::from(target.0), f64::from(target.1));
     [(x_min + x_max) / 2.0 / tw, (y_min + y_max) / 2.0 / th, (x_max - x_min) / tw, (y_max - y_min) / th]
+        .map(|v| v as f32)
 }
 
 /// A predicted input box back in pixels of the original image, limited to the image.
 pub fn box_from_input(input: InputBox, plan: &ResizePlan, target: (u32, u32)) -> PixelBox {
     let (sx, sy) = scales(plan);
     let (ox, oy) = offsets(plan);
-    let [cx, cy, w, h] = input.map(|v| if v.is_finite() { v } else { 0.0 });
-    let (tw, th) = (target.0 as f32, target.1 as f32);
-    let x = |v: f32| (v * tw - ox) / sx;
-    let y = |v: f32| (v * th - oy) / sy;
+    let [cx, cy, w, h] = input.map(|v| if v.is_finite() { f64::from(v) } else { 0.0 });
+    let (tw, th) = (f64::from(target.0), f64::from(target.1));
+    let x = |v: f64| ((v * tw - ox) / sx) as f32;
+    let y = |v: f64| ((v * th - oy) / sy) as f32;
     PixelBox { x_min: x(cx - w / 2.0), y_min: y(cy - h / 2.0), x_max: x(cx + w / 2.0), y_max: y(cy + h / 2.0) }
         .clipped(plan.original.0 as f32, plan.original.1 as f32)
 }
 
-/// Input pixels per original pixel along each axis.
-fn scales(plan: &ResizePlan) -> (f32, f32) {
-    let ratio = |resized: u32, original: u32| resized as f32 / original.max(1) as f32;
+/// Input pixels per original pixel along each axis. In f64: the scaled size of an extreme
+/// aspect ratio (256,000,000 pixels for a 1,000,000×1 crop) is past f32's exact integers.
+fn scales(plan: &ResizePlan) -> (f64, f64) {
+    let ratio = |resized: u64, original: u32| resized as f64 / f64::from(original.max(1));
     (ratio(plan.resized.0, plan.original.0), ratio(plan.resized.1, plan.original.1))
 }
 
 /// Where the resized image's origin lands on the input canvas.
-fn offsets(plan: &ResizePlan) -> (f32, f32) {
+fn offsets(plan: &ResizePlan) -> (f64, f64) {
     (
-        plan.target_offset.0 as f32 - plan.source_offset.0 as f32,
-        plan.target_offset.1 as f32 - plan.source_offset.1 as f32,
+        f64::from(plan.target_offset.0) - plan.source_offset.0 as f64,
+        f64::from(plan.target_offset.1) - plan.source_offset.1 as f64,
     )
 }
 

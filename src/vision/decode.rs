@@ -141,7 +141,9 @@ pub fn min_decode_size(target: (u32, u32), mode: ResizeMode, original: (u32, u32
     if original.0 == 0 || original.1 == 0 {
         return target;
     }
-    ResizePlan::new(original, target, mode).resized
+    let (width, height) = ResizePlan::new(original, target, mode).resized;
+    // Past u32 no decoded size is large enough: the full size is used.
+    (u32::try_from(width).unwrap_or(u32::MAX), u32::try_from(height).unwrap_or(u32::MAX))
 }
 
 /// The strongest reduction of [`jpeg_scales`] whose decoded size, `⌈size · e / 8⌉`, is at

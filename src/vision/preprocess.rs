@@ -1,9 +1,9 @@
 //! Preprocessing: resize (pad / crop / stretch), colour order, normalisation and
 //! layout, written in one pass into the caller's tensor slice.
 
-use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::RgbImage;
+
+use super::resample::{self, SourceWindow};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Layout {
@@ -61,14 +61,19 @@ pub struct Preprocessing {
     pub normalization: Normalization,
 }
 
-/// The geometry of one resize: the whole image is scaled to `resized`, then the
+/// The geometry of one resize: the whole image scaled to `resized`, of which the
 /// rectangle at `source_offset` of size `region` is placed at `target_offset` of the
 /// input canvas. Kept so that coordinates can be mapped back to the original image.
+///
+/// `resized` and `source_offset` only describe the scale and the position: no buffer of
+/// that size is ever made (for a 1,000,000×1 image cropped to 224×224, `resized` is
+/// 256,000,000×256). The pixels are resampled from [`ResizePlan::source_window`], the
+/// kept rectangle in the original's own pixels, straight to `region`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ResizePlan {
     pub original: (u32, u32),
-    pub resized: (u32, u32),
-    pub source_offset: (u32, u32),
+    pub resized: (u64, u64),
+    pub source_offset: (u64, u64),
     pub region: (u32, u32),
     pub target_offset: (u32, u32),
 }
@@ -77,37 +82,60 @@ impl ResizePlan {
     pub fn new(original: (u32, u32), target: (u32, u32), mode: ResizeMode) -> Self {
         let (w, h) = (f64::from(original.0), f64::from(original.1));
         let (tw, th) = target;
+        let wide = |size: (u32, u32)| (u64::from(size.0), u64::from(size.1));
         match mode {
-            ResizeMode::Stretch => {
-                Self { original, resized: target, source_offset: (0, 0), region: target, target_offset: (0, 0) }
-            }
+            ResizeMode::Stretch => Self {
+                original,
+                resized: wide(target),
+                source_offset: (0, 0),
+                region: target,
+                target_offset: (0, 0),
+            },
             ResizeMode::Pad => {
                 // As tf.image.resize_with_pad: the larger ratio decides, sizes and padding floor.
                 let ratio = (w / f64::from(tw)).max(h / f64::from(th));
                 let (rw_f, rh_f) = (w / ratio, h / ratio);
-                let resized = ((rw_f.floor() as u32).clamp(1, tw), (rh_f.floor() as u32).clamp(1, th));
+                let region = ((rw_f.floor() as u32).clamp(1, tw), (rh_f.floor() as u32).clamp(1, th));
                 let pad_left = ((f64::from(tw) - rw_f) / 2.0).floor().max(0.0) as u32;
                 let pad_top = ((f64::from(th) - rh_f) / 2.0).floor().max(0.0) as u32;
-                let target_offset = (pad_left.min(tw - resized.0), pad_top.min(th - resized.1));
-                Self { original, resized, source_offset: (0, 0), region: resized, target_offset }
+                let target_offset = (pad_left.min(tw - region.0), pad_top.min(th - region.1));
+                Self { original, resized: wide(region), source_offset: (0, 0), region, target_offset }
             }
             ResizeMode::Crop { fraction } => {
-                // Shorter side to round(size / fraction), the other side truncated as torchvision does.
+                // Shorter side to round(size / fraction), the other side truncated as torchvision
+                // does; in u64, as the long side of an extreme aspect ratio passes u32.
                 let crop_side_w = (f64::from(tw) / fraction).round();
                 let crop_side_h = (f64::from(th) / fraction).round();
                 let resized = if w <= h {
                     let rw = crop_side_w.max(f64::from(tw));
-                    (rw as u32, ((rw * h / w) as u32).max(th))
+                    (rw as u64, ((rw * h / w) as u64).max(u64::from(th)))
                 } else {
                     let rh = crop_side_h.max(f64::from(th));
-                    (((rh * w / h) as u32).max(tw), rh as u32)
+                    (((rh * w / h) as u64).max(u64::from(tw)), rh as u64)
                 };
                 // torchvision's CenterCrop: int(round((size - crop) / 2)), Python rounding (ties to even).
-                let left = (f64::from(resized.0 - tw) / 2.0).round_ties_even() as u32;
-                let top = (f64::from(resized.1 - th) / 2.0).round_ties_even() as u32;
+                let left = ((resized.0 - u64::from(tw)) as f64 / 2.0).round_ties_even() as u64;
+                let top = ((resized.1 - u64::from(th)) as f64 / 2.0).round_ties_even() as u64;
                 Self { original, resized, source_offset: (left, top), region: target, target_offset: (0, 0) }
             }
         }
+    }
+
+    /// The rectangle of the original image that becomes `region`, in original pixels
+    /// (fractional): the kept part of the scaled image, scaled back.
+    pub fn source_window(&self) -> SourceWindow {
+        let along = |offset: u64, kept: u32, resized: u64, full: u32| {
+            let full = f64::from(full);
+            if offset == 0 && u64::from(kept) == resized {
+                return (0.0, full);
+            }
+            let per_pixel = full / resized.max(1) as f64;
+            let start = (offset as f64 * per_pixel).min(full);
+            (start, (f64::from(kept) * per_pixel).min(full - start))
+        };
+        let (left, width) = along(self.source_offset.0, self.region.0, self.resized.0, self.original.0);
+        let (top, height) = along(self.source_offset.1, self.region.1, self.resized.1, self.original.1);
+        SourceWindow { left, top, width, height }
     }
 }
 
@@ -118,10 +146,14 @@ pub fn tensor_len(spec: &Preprocessing) -> usize {
 
 /// Resizes `image` per `spec` and writes the normalised tensor of one image into `out`
 /// (length `width·height·3`, in the spec's layout). Returns the geometry used.
+///
+/// Only the part of the image that reaches the input is resampled, straight to its size
+/// on the input, so no intermediate image is larger than the input (the resizer's own
+/// scratch is bounded too, see `resample.rs`).
 pub fn preprocess_into(image: &RgbImage, spec: &Preprocessing, out: &mut [f32]) -> ResizePlan {
     assert_eq!(out.len(), tensor_len(spec), "output slice must hold exactly one image");
     let plan = ResizePlan::new(image.dimensions(), (spec.width, spec.height), spec.resize);
-    let resized = resize_rgb(image, plan.resized);
+    let region = resample::resize_window(image, plan.source_window(), plan.region);
     let (tw, th) = (spec.width as usize, spec.height as usize);
     let plane = tw * th;
     let norm = &spec.normalization;
@@ -133,17 +165,14 @@ pub fn preprocess_into(image: &RgbImage, spec: &Preprocessing, out: &mut [f32]) 
     let a: [f32; 3] = std::array::from_fn(|c| norm.scale / norm.std[c]);
     let b: [f32; 3] = std::array::from_fn(|c| -norm.mean[c] / norm.std[c]);
 
-    let (rw, _) = plan.resized;
-    let pixels = resized.as_raw();
-    let (sx, sy) = plan.source_offset;
-    let (dx, dy) = plan.target_offset;
-    let (region_w, region_h) = plan.region;
+    let pixels = region.as_raw();
+    let (dx, dy) = (plan.target_offset.0 as usize, plan.target_offset.1 as usize);
+    let (region_w, region_h) = (plan.region.0 as usize, plan.region.1 as usize);
     for y in 0..th {
         for x in 0..tw {
-            let inside =
-                x >= dx as usize && x < (dx + region_w) as usize && y >= dy as usize && y < (dy + region_h) as usize;
+            let inside = (dx..dx + region_w).contains(&x) && (dy..dy + region_h).contains(&y);
             let rgb = if inside {
-                let src = ((y - dy as usize + sy as usize) * rw as usize + (x - dx as usize + sx as usize)) * 3;
+                let src = ((y - dy) * region_w + (x - dx)) * 3;
                 [pixels[src], pixels[src + 1], pixels[src + 2]]
             } else {
                 [0, 0, 0]
@@ -159,21 +188,6 @@ pub fn preprocess_into(image: &RgbImage, spec: &Preprocessing, out: &mut [f32]) 
         }
     }
     plan
-}
-
-/// Antialiased bilinear resize (the same filter as Pillow's `Image.resize(BILINEAR)`).
-fn resize_rgb(image: &RgbImage, size: (u32, u32)) -> std::borrow::Cow<'_, RgbImage> {
-    if image.dimensions() == size {
-        return std::borrow::Cow::Borrowed(image);
-    }
-    let src = ImageRef::new(image.width(), image.height(), image.as_raw(), PixelType::U8x3)
-        .expect("an RgbImage buffer always matches its dimensions");
-    let mut dst = Image::new(size.0, size.1, PixelType::U8x3);
-    Resizer::new()
-        .resize(&src, &mut dst, &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)))
-        .expect("source and destination are both U8x3 and non-empty");
-    let resized = RgbImage::from_raw(size.0, size.1, dst.into_vec()).expect("the destination buffer has w·h·3 bytes");
-    std::borrow::Cow::Owned(resized)
 }
 
 #[cfg(test)]
