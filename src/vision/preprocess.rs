@@ -228,4 +228,116 @@ mod tests {
             assert!((got - want).abs() < 1e-4, "{got} vs {want}");
         }
     }
+
+    const CROP: ResizeMode = ResizeMode::Crop { fraction: 0.875 };
+
+    fn spec(resize: ResizeMode) -> Preprocessing {
+        Preprocessing {
+            width: 224,
+            height: 224,
+            layout: Layout::Nhwc,
+            color: ColorOrder::Rgb,
+            resize,
+            normalization: Normalization { scale: 1.0, mean: [0.0; 3], std: [1.0; 3] },
+        }
+    }
+
+    /// The crop taken in source coordinates gives the pixels of the former way (the whole
+    /// image resized to `resized` by one fast_image_resize call, then the window cut out).
+    #[test]
+    fn the_source_window_crop_matches_resizing_the_whole_image() {
+        use fast_image_resize::images::{Image, ImageRef};
+        use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+        for (w, h) in [(640, 427), (427, 640), (300, 200), (97, 1203), (257, 256), (100, 80)] {
+            let image = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 5 % 256) as u8, (y * 3 % 256) as u8, ((x ^ y) % 256) as u8]));
+            let plan = ResizePlan::new((w, h), (224, 224), CROP);
+            let (rw, rh) = (plan.resized.0 as u32, plan.resized.1 as u32);
+            let src = ImageRef::new(w, h, image.as_raw(), PixelType::U8x3).unwrap();
+            let mut whole = Image::new(rw, rh, PixelType::U8x3);
+            let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+            Resizer::new().resize(&src, &mut whole, &options).unwrap();
+            let whole = RgbImage::from_raw(rw, rh, whole.into_vec()).unwrap();
+            let (sx, sy) = (plan.source_offset.0 as u32, plan.source_offset.1 as u32);
+            let mut out = vec![0.0; 224 * 224 * 3];
+            preprocess_into(&image, &spec(CROP), &mut out);
+            let mut worst = 0.0f32;
+            for (i, got) in out.iter().enumerate() {
+                let (x, y, c) = ((i / 3) % 224, i / 3 / 224, i % 3);
+                let want = f32::from(whole.get_pixel(sx + x as u32, sy + y as u32)[c]);
+                worst = worst.max((got - want).abs());
+            }
+            assert!(worst <= 1.0, "{w}×{h}: {worst} levels from resize-then-crop");
+        }
+    }
+
+    /// Extreme and tiny aspect ratios in every mode: the output region never exceeds the
+    /// input, pad keeps at least one row or column, the resizer's scratch stays under
+    /// 8 MiB plus the image itself, and the pixels are the image's (a uniform image gives
+    /// its colour wherever the image lands, black padding elsewhere).
+    #[test]
+    fn extreme_aspect_ratios_cost_no_more_than_the_input() {
+        let sizes = [(1_000_000, 1), (1, 1_000_000), (40_000, 1), (1, 40_000), (1, 3), (3, 1), (1, 1), (2, 1), (1, 2)];
+        for (w, h) in sizes {
+            let image = RgbImage::from_pixel(w, h, image::Rgb([200, 100, 50]));
+            for mode in [ResizeMode::Pad, CROP, ResizeMode::Stretch] {
+                let plan = ResizePlan::new((w, h), (224, 224), mode);
+                let case = format!("{w}×{h} {mode:?}");
+                assert!(plan.region.0 >= 1 && plan.region.1 >= 1, "{case}: {plan:?}");
+                assert!(plan.target_offset.0 + plan.region.0 <= 224, "{case}: {plan:?}");
+                assert!(plan.target_offset.1 + plan.region.1 <= 224, "{case}: {plan:?}");
+                let window = plan.source_window();
+                assert!(window.left >= 0.0 && window.left + window.width <= f64::from(w), "{case}: {window:?}");
+                assert!(window.top >= 0.0 && window.top + window.height <= f64::from(h), "{case}: {window:?}");
+                let (_, scratch) = resample::strategy((w, h), window, plan.region);
+                let image_bytes = u64::from(w) * u64::from(h) * 3;
+                assert!(scratch <= (8 << 20) + image_bytes, "{case}: {scratch} bytes of scratch");
+
+                let started = std::time::Instant::now();
+                let mut out = vec![0.0; 224 * 224 * 3];
+                preprocess_into(&image, &spec(mode), &mut out);
+                let elapsed = started.elapsed();
+                assert!(elapsed < std::time::Duration::from_secs(5), "{case}: {elapsed:?}");
+                for y in 0..224u32 {
+                    for x in 0..224u32 {
+                        let (dx, dy) = plan.target_offset;
+                        let inside = (dx..dx + plan.region.0).contains(&x) && (dy..dy + plan.region.1).contains(&y);
+                        let want = if inside { [200.0, 100.0, 50.0] } else { [0.0; 3] };
+                        let at = ((y * 224 + x) * 3) as usize;
+                        assert_eq!(&out[at..at + 3], &want, "{case} at ({x}, {y})");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Worked by hand. A 1,000,000×1 crop: the short side 1 → 256 (×256), so the scaled
+    /// image is 256,000,000×256 and the centre window starts at (255,999,776 / 2, 16) =
+    /// (127,999,888, 16): in source pixels x 499,999.5625 and y 0.0625, 0.875 pixels square.
+    /// Pad: the height 224 / 1,000,000 floors to 0 and is kept at 1 row, (224 − 0.000224) / 2
+    /// floors to 111 rows of padding above; the width 1,000,000 / (1,000,000 / 224) is
+    /// 223.99999999999997 in f64 and floors to 223.
+    #[test]
+    fn a_one_pixel_high_image_by_hand() {
+        let plan = ResizePlan::new((1_000_000, 1), (224, 224), CROP);
+        assert_eq!((plan.resized, plan.source_offset), ((256_000_000, 256), (127_999_888, 16)));
+        let window = plan.source_window();
+        let expected = [499_999.5625, 0.0625, 0.875, 0.875];
+        for (got, want) in [window.left, window.top, window.width, window.height].into_iter().zip(expected) {
+            assert!((got - want).abs() < 1e-9, "{window:?}");
+        }
+        let pad = ResizePlan::new((1_000_000, 1), (224, 224), ResizeMode::Pad);
+        assert_eq!((pad.region, pad.target_offset), ((223, 1), (0, 111)));
+        let tall = ResizePlan::new((1, 1_000_000), (224, 224), ResizeMode::Pad);
+        assert_eq!((tall.region, tall.target_offset), ((1, 223), (111, 0)));
+    }
+
+    /// The long side of a 40,000,000×1 crop is 10,240,000,000 pixels, past u32: the window
+    /// is still centred (x 19,999,999.5625 of 40,000,000).
+    #[test]
+    fn a_scaled_side_past_u32_is_still_centred() {
+        let plan = ResizePlan::new((40_000_000, 1), (224, 224), CROP);
+        assert_eq!(plan.resized, (10_240_000_000, 256));
+        let window = plan.source_window();
+        assert!((window.left - 19_999_999.5625).abs() < 1e-6, "{window:?}");
+    }
 }
