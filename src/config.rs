@@ -147,6 +147,9 @@ pub struct Limits {
     /// Largest image in pixels (width × height), checked from the header before decoding.
     #[arg(long, env = "GRAFT_MAX_PIXELS", default_value_t = 40_000_000)]
     pub max_pixels: u64,
+    /// Most scans a JPEG may have (a progressive one has about 10; each is a pass over the image).
+    #[arg(long, env = "GRAFT_MAX_JPEG_SCANS", default_value_t = crate::vision::DEFAULT_MAX_JPEG_SCANS)]
+    pub max_jpeg_scans: u32,
     /// Most images one request may carry.
     #[arg(long, env = "GRAFT_MAX_IMAGES_PER_REQUEST", default_value_t = 64)]
     pub max_images_per_request: usize,
@@ -181,6 +184,7 @@ impl Default for Limits {
         Self {
             max_body_bytes: 20 * 1024 * 1024,
             max_pixels: 40_000_000,
+            max_jpeg_scans: crate::vision::DEFAULT_MAX_JPEG_SCANS,
             max_images_per_request: 64,
             max_batch_size: 8,
             max_delay_ms: 0,

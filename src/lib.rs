@@ -143,7 +143,10 @@ impl Engine {
                         &uuid::Uuid::new_v4().simple().to_string()[..8]
                     ),
                     lease: std::time::Duration::from_secs(self.settings.workers.lease_seconds.max(1)),
-                    decode_limits: vision::DecodeLimits { max_pixels: self.settings.limits.max_pixels },
+                    decode_limits: vision::DecodeLimits {
+                        max_pixels: self.settings.limits.max_pixels,
+                        max_jpeg_scans: self.settings.limits.max_jpeg_scans,
+                    },
                     max_activation_bytes: self.settings.workers.max_activation_bytes,
                 };
                 tokio::spawn(jobs::worker_loop(ctx, self.wake_workers.clone(), shutdown.clone()))

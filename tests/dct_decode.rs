@@ -291,7 +291,7 @@ fn everything_else_is_the_full_decode() {
     }
     // Refused before decoding, with the same errors.
     let bytes = large_jpeg("china.jpg");
-    let small_budget = DecodeLimits { max_pixels: 1_000_000 };
+    let small_budget = DecodeLimits { max_pixels: 1_000_000, ..DecodeLimits::default() };
     assert_eq!(decode_image_for(bytes, &small_budget, (1, 1)), decode_image(bytes, &small_budget));
     assert!(matches!(decode_image_for(bytes, &small_budget, (1, 1)), Err(VisionError::TooManyPixels { .. })));
     assert_eq!(decode_image_for(b"hello", &limits(), (1, 1)), Err(VisionError::NotAnImage));

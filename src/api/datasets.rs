@@ -65,7 +65,7 @@ pub async fn create_dataset(
     let split = options.split.unwrap_or_default();
     split.validate().map_err(Error::Unprocessable)?;
     let ingest_options = IngestOptions {
-        decode: DecodeLimits { max_pixels: state.limits.max_pixels },
+        decode: DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans },
         seed: options.seed.unwrap_or(0),
         splits: split,
         min_images_per_class: options.min_images_per_class.unwrap_or(10),

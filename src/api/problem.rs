@@ -54,6 +54,9 @@ impl From<&Error> for Problem {
             Error::Image { error: VisionError::TooManyPixels { .. }, .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "image-too-large")
             }
+            Error::Image { error: VisionError::TooManyScans { .. }, .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "too-many-jpeg-scans")
+            }
             Error::Image { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-image"),
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
             Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),

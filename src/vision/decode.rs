@@ -19,11 +19,19 @@ const SUPPORTED: [ImageFormat; 5] =
 pub struct DecodeLimits {
     /// Largest width × height accepted, checked from the header before any pixel is decoded.
     pub max_pixels: u64,
+    /// Most scans a JPEG may have, counted from its markers before decoding (and enforced
+    /// again inside libjpeg-turbo). Encoders write 1 (baseline) or about 10 (progressive).
+    pub max_jpeg_scans: u32,
 }
+
+/// The default scan cap: ten times a progressive encoder's usual script (libjpeg's
+/// simple progression writes 10 scans for colour, 6 for grayscale), a fifth of
+/// TurboJPEG's hard limit of 500.
+pub const DEFAULT_MAX_JPEG_SCANS: u32 = 100;
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        Self { max_pixels: 40_000_000 }
+        Self { max_pixels: 40_000_000, max_jpeg_scans: DEFAULT_MAX_JPEG_SCANS }
     }
 }
 
@@ -39,6 +47,8 @@ pub enum VisionError {
     Empty { width: u32, height: u32 },
     #[error("the image is corrupt or truncated: {0}")]
     Corrupt(String),
+    #[error("the JPEG has more than {max_scans} scans, the most graft decodes (progressive JPEGs have about 10)")]
+    TooManyScans { max_scans: u32 },
 }
 
 /// Decodes an encoded image into upright 8-bit RGB.
@@ -93,7 +103,7 @@ pub fn decode_image_scaled(
         let stored = header.decoder.dimensions();
         let oriented = oriented_size(stored, header.orientation);
         let eighths = dct_scale_eighths(oriented, min_size(oriented));
-        match decode_jpeg_pixels(bytes, stored, eighths) {
+        match decode_jpeg_pixels(bytes, stored, eighths, limits.max_jpeg_scans) {
             Ok(mut image) => {
                 image.apply_orientation(header.orientation);
                 return Ok(DecodedImage { image: to_rgb8(image), scale_eighths: eighths, original: oriented });
@@ -102,6 +112,7 @@ pub fn decode_image_scaled(
             Err(jpeg::Failure::Truncated(reason)) => {
                 return Err(VisionError::Corrupt(format!("the JPEG data ends before the image does ({reason})")));
             }
+            Err(jpeg::Failure::TooManyScans { max_scans }) => return Err(VisionError::TooManyScans { max_scans }),
             Err(jpeg::Failure::Other(reason)) => {
                 tracing::debug!(%reason, eighths, "JPEG left to the image crate's decoder at full size");
             }
@@ -115,9 +126,14 @@ pub fn decode_image_scaled(
 /// The JPEG's pixels at `eighths`/8 of its stored size, unoriented: libjpeg-turbo when
 /// linked, jpeg-decoder for its 1/8 and 1/4; a full-size decode without libjpeg-turbo is
 /// declined here and left to the image crate.
-fn decode_jpeg_pixels(bytes: &[u8], stored: (u32, u32), eighths: u32) -> Result<DynamicImage, jpeg::Failure> {
+fn decode_jpeg_pixels(
+    bytes: &[u8],
+    stored: (u32, u32),
+    eighths: u32,
+    max_scans: u32,
+) -> Result<DynamicImage, jpeg::Failure> {
     if turbo::AVAILABLE {
-        return turbo::decode_rgb(bytes, stored, eighths).map(DynamicImage::ImageRgb8);
+        return turbo::decode_rgb(bytes, stored, eighths, max_scans).map(DynamicImage::ImageRgb8);
     }
     if eighths < 8 {
         return jpeg::decode_scaled(bytes, stored, 8 / eighths);
@@ -189,8 +205,14 @@ fn open<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<Header<impl ImageD
             "the JPEG data ends before its end-of-image marker (the file is truncated)".into(),
         ));
     }
-    let reader = ImageReader::with_format(Cursor::new(bytes), format);
-    let mut decoder = reader.into_decoder().map_err(|e| VisionError::Corrupt(e.to_string()))?;
+    // Every decoder reads all of a progressive JPEG's scans, each a pass over the image.
+    if format == ImageFormat::Jpeg && jpeg::count_scans(bytes, limits.max_jpeg_scans) > limits.max_jpeg_scans {
+        return Err(VisionError::TooManyScans { max_scans: limits.max_jpeg_scans });
+    }
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    // The PNG decoder takes its allocation limit when it is made, before the header is read.
+    reader.limits(allocation_limits(limits.max_pixels, limits.max_pixels));
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
     let (width, height) = decoder.dimensions();
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
@@ -199,17 +221,40 @@ fn open<'a>(bytes: &'a [u8], limits: &DecodeLimits) -> Result<Header<impl ImageD
     if pixels == 0 {
         return Err(VisionError::Empty { width, height });
     }
-    let mut decoder_limits = Limits::default();
-    // Room for the widest colour type (RGBA, 16 bits per channel) plus the decoder's scratch.
-    decoder_limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
-    decoder.set_limits(decoder_limits).map_err(|e| VisionError::Corrupt(e.to_string()))?;
+    decoder.set_limits(allocation_limits(pixels, limits.max_pixels)).map_err(decode_error)?;
     // A broken EXIF block is no reason to refuse the pixels: treat it as upright.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     Ok(Header { decoder, format, orientation })
 }
 
+/// The image crate's allocation limit for an image of `pixels`: the widest colour type
+/// (RGBA, 16 bits per channel) plus the decoder's scratch, which is proportional to the
+/// pixel budget up to 64 MiB. A GIF frame larger than its logical screen is decoded into a
+/// buffer of its own, and this is what bounds it.
+fn allocation_limits(pixels: u64, max_pixels: u64) -> Limits {
+    let scratch = max_pixels.saturating_mul(8).clamp(1 << 20, 64 << 20);
+    let mut decoder_limits = Limits::default();
+    decoder_limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(scratch));
+    decoder_limits
+}
+
+fn decode_error(error: image::ImageError) -> VisionError {
+    match error {
+        image::ImageError::Limits(limit) => {
+            VisionError::Corrupt(format!("decoding it needs more memory than its size allows ({limit})"))
+        }
+        other => VisionError::Corrupt(other.to_string()),
+    }
+}
+
 fn decode_full(decoder: impl ImageDecoder, orientation: Orientation) -> Result<RgbImage, VisionError> {
-    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| VisionError::Corrupt(e.to_string()))?;
+    let size = decoder.dimensions();
+    let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    // The buffer is the header's size, which passed the budget; checked all the same.
+    let decoded = (image.width(), image.height());
+    if decoded != size {
+        return Err(VisionError::Corrupt(format!("decoded {decoded:?}, the header said {size:?}")));
+    }
     image.apply_orientation(orientation);
     Ok(to_rgb8(image))
 }
@@ -249,9 +294,9 @@ mod tests {
     #[test]
     fn pixel_budget_is_checked_before_decoding() {
         let png = encode(&DynamicImage::new_rgb8(300, 200), ImageFormat::Png);
-        let err = decode_image(&png, &DecodeLimits { max_pixels: 59_999 }).unwrap_err();
+        let err = decode_image(&png, &DecodeLimits { max_pixels: 59_999, ..DecodeLimits::default() }).unwrap_err();
         assert_eq!(err, VisionError::TooManyPixels { width: 300, height: 200, pixels: 60_000, max_pixels: 59_999 });
-        assert!(decode_image(&png, &DecodeLimits { max_pixels: 60_000 }).is_ok());
+        assert!(decode_image(&png, &DecodeLimits { max_pixels: 60_000, ..DecodeLimits::default() }).is_ok());
     }
 
     #[test]
@@ -340,7 +385,7 @@ mod tests {
     #[test]
     fn the_budget_is_checked_before_a_reduced_decode() {
         let bytes = gradient_jpeg(1030, 800);
-        let err = decode_image_for(&bytes, &DecodeLimits { max_pixels: 823_999 }, (10, 10)).unwrap_err();
+        let err = decode_image_for(&bytes, &DecodeLimits { max_pixels: 823_999, ..DecodeLimits::default() }, (10, 10)).unwrap_err();
         assert!(matches!(err, VisionError::TooManyPixels { width: 1030, height: 800, .. }), "{err:?}");
     }
 
@@ -363,5 +408,40 @@ mod tests {
         let png = encode(&DynamicImage::new_rgb8(64, 64), ImageFormat::Png);
         let err = decode_image(&png[..png.len() / 2], &DecodeLimits::default()).unwrap_err();
         assert!(matches!(err, VisionError::Corrupt(_)), "{err:?}");
+    }
+
+    /// A progressive JPEG over the scan cap is refused before decoding, on every path
+    /// (full and reduced); one within it decodes to its grey.
+    #[test]
+    fn jpegs_over_the_scan_cap_are_refused() {
+        let limits = DecodeLimits { max_jpeg_scans: 30, ..DecodeLimits::default() };
+        let within = jpeg::test_support::progressive_jpeg(29);
+        let image = decode_image(&within, &limits).unwrap();
+        assert_eq!(image.dimensions(), (8, 8));
+        assert!(image.pixels().all(|p| p.0.iter().all(|&v| v.abs_diff(128) <= 1)), "{:?}", image.get_pixel(0, 0));
+        let over = jpeg::test_support::progressive_jpeg(30);
+        assert_eq!(decode_image(&over, &limits), Err(VisionError::TooManyScans { max_scans: 30 }));
+        assert_eq!(decode_image_for(&over, &limits, (1, 1)), Err(VisionError::TooManyScans { max_scans: 30 }));
+        let default = DecodeLimits::default();
+        assert!(decode_image(&jpeg::test_support::progressive_jpeg(99), &default).is_ok());
+        assert_eq!(
+            decode_image(&jpeg::test_support::progressive_jpeg(100), &default),
+            Err(VisionError::TooManyScans { max_scans: 100 })
+        );
+    }
+
+    /// A GIF whose logical screen is 1×1 but whose frame is 3000×3000: the header passes
+    /// any budget, the frame's own buffer (36 MB) is refused by the allocation limit.
+    #[test]
+    fn a_gif_frame_larger_than_its_screen_is_refused() {
+        let frame = image::RgbaImage::from_pixel(3000, 3000, image::Rgba([10, 20, 30, 255]));
+        let mut gif = Vec::new();
+        image::codecs::gif::GifEncoder::new(&mut gif).encode_frame(image::Frame::new(frame)).unwrap();
+        let limits = DecodeLimits { max_pixels: 1_000_000, ..DecodeLimits::default() };
+        assert!(decode_image(&gif, &DecodeLimits::default()).is_ok(), "the GIF itself is valid");
+        // The logical screen's width and height, bytes 6–9 (little-endian), to 1×1.
+        gif[6..10].copy_from_slice(&[1, 0, 1, 0]);
+        let err = decode_image(&gif, &limits).unwrap_err();
+        assert!(matches!(&err, VisionError::Corrupt(m) if m.contains("memory")), "{err:?}");
     }
 }

@@ -20,6 +20,8 @@ pub(super) enum Failure {
     /// path would not catch this: the image crate runs zune-jpeg in its lenient mode,
     /// which paints whatever is missing grey and reports success.
     Truncated(String),
+    /// The decoder reached a scan past the limit (libjpeg-turbo's progress monitor).
+    TooManyScans { max_scans: u32 },
     /// Declined (a kind of JPEG left to the full path) or failed for any other reason.
     Other(String),
 }
@@ -175,5 +177,117 @@ mod end_of_image_tests {
         assert!(has_end_of_image(&whole));
         assert!(!has_end_of_image(&whole[..9]));
         assert!(!has_end_of_image(&[0xFF, 0xD8, 0xFF, 0xD9]), "no scan at all");
+    }
+}
+
+/// The start-of-scan markers (FF DA) of the JPEG's own frame, counted up to `limit + 1`
+/// (enough to tell that it is over), without decoding anything.
+///
+/// The marker segments are walked from the start: a segment's length skips its payload,
+/// so an EXIF thumbnail inside APP1 is not counted, and the walk ends at the first
+/// end-of-image marker, so neither are the MPF pictures cameras append after it. In the
+/// entropy-coded data after a scan header, 0xFF is only ever followed by 0x00 (a stuffed
+/// byte) or a restart marker, so the next other marker is found by looking for 0xFF.
+pub(super) fn count_scans(bytes: &[u8], limit: u32) -> u32 {
+    let mut scans = 0;
+    let mut at = 2; // after SOI
+    while at + 1 < bytes.len() {
+        let Some(skip) = bytes[at..].iter().position(|&b| b == 0xFF) else { break };
+        at += skip;
+        let Some(&marker) = bytes.get(at + 1) else { break };
+        match marker {
+            // A fill byte before a marker; a stuffed zero or a restart inside scan data.
+            0xFF => at += 1,
+            0x00 | 0xD0..=0xD7 | 0x01 | 0xD8 => at += 2,
+            0xD9 => break,
+            _ => {
+                if marker == 0xDA {
+                    scans += 1;
+                    if scans > limit {
+                        break;
+                    }
+                }
+                let Some(length) = bytes.get(at + 2..at + 4) else { break };
+                at += 2 + usize::from(u16::from_be_bytes([length[0], length[1]])).max(2);
+            }
+        }
+    }
+    scans
+}
+
+#[cfg(test)]
+pub(super) mod test_support {
+    /// A valid 8×8 grayscale progressive JPEG, built marker by marker: its DC scan and then
+    /// `ac_scans` AC scans (coefficients 1–63), every coefficient 0. Each table holds one
+    /// 1-bit code, so every scan's data is the code `0` padded with ones: the byte 0x7F.
+    pub fn progressive_jpeg(ac_scans: u32) -> Vec<u8> {
+        let segment = |marker: u8, payload: &[u8]| {
+            let mut out = vec![0xFF, marker];
+            out.extend_from_slice(&(payload.len() as u16 + 2).to_be_bytes());
+            out.extend_from_slice(payload);
+            out
+        };
+        // One code of length 1, for symbol 0 (DC: difference category 0; AC: end of block).
+        let one_code_table = |class_and_id: u8| {
+            let mut payload = vec![class_and_id, 1];
+            payload.extend_from_slice(&[0; 15]);
+            payload.push(0x00);
+            payload
+        };
+        let mut jpeg = vec![0xFF, 0xD8];
+        let mut quant = vec![0x00];
+        quant.extend_from_slice(&[1; 64]);
+        jpeg.extend(segment(0xDB, &quant));
+        // SOF2: 8 bits, 8×8, one component (id 1, 1×1 sampling, table 0).
+        jpeg.extend(segment(0xC2, &[8, 0, 8, 0, 8, 1, 1, 0x11, 0]));
+        jpeg.extend(segment(0xC4, &one_code_table(0x00)));
+        jpeg.extend(segment(0xC4, &one_code_table(0x10)));
+        // Component 1, tables 0/0, spectral range, successive approximation 0.
+        jpeg.extend(segment(0xDA, &[1, 1, 0x00, 0, 0, 0x00]));
+        jpeg.push(0x7F);
+        for _ in 0..ac_scans {
+            jpeg.extend(segment(0xDA, &[1, 1, 0x00, 1, 63, 0x00]));
+            jpeg.push(0x7F);
+        }
+        jpeg.extend_from_slice(&[0xFF, 0xD9]);
+        jpeg
+    }
+}
+
+#[cfg(test)]
+mod scan_count_tests {
+    use super::count_scans;
+    use super::test_support::progressive_jpeg;
+
+    #[test]
+    fn every_scan_of_the_frame_is_counted() {
+        assert_eq!(count_scans(&progressive_jpeg(0), 100), 1);
+        assert_eq!(count_scans(&progressive_jpeg(40), 100), 41);
+        // Counting stops one past the limit.
+        assert_eq!(count_scans(&progressive_jpeg(40), 10), 11);
+    }
+
+    #[test]
+    fn a_baseline_photo_has_one_scan() {
+        let image = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 77]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        image.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+        assert_eq!(count_scans(out.get_ref(), 100), 1);
+    }
+
+    /// Scan markers inside a metadata segment (an embedded thumbnail) or after the end of
+    /// the image (an appended MPF picture) are not the frame's.
+    #[test]
+    fn thumbnails_and_appended_pictures_are_not_counted() {
+        let inner = progressive_jpeg(5);
+        let mut app1 = vec![0xFF, 0xE1];
+        app1.extend_from_slice(&(inner.len() as u16 + 2).to_be_bytes());
+        app1.extend_from_slice(&inner);
+        let main = progressive_jpeg(2);
+        let mut file = main[..2].to_vec();
+        file.extend(&app1);
+        file.extend(&main[2..]);
+        file.extend(&inner);
+        assert_eq!(count_scans(&file, 100), 3);
     }
 }
