@@ -34,7 +34,9 @@ fn models_in_every_mode(dir: &Path) {
 }
 
 fn png(width: u32, height: u32) -> Vec<u8> {
-    let image = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([if (x / 1000 + y / 1000) % 2 == 0 { 40 } else { 220 }, 128, 90]));
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([if (x / 1000 + y / 1000) % 2 == 0 { 40 } else { 220 }, 128, 90])
+    });
     common::datasets::encode(&image, image::ImageFormat::Png)
 }
 

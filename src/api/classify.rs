@@ -111,7 +111,8 @@ pub(super) async fn run_request(
     let Query(params) = params.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
     let top_k = checked_top_k(params.top_k, classes)?;
     let images = read_images(request, state.limits.max_images_per_request, state.limits.max_body_bytes).await?;
-    let decode_limits = DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans };
+    let decode_limits =
+        DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans };
     let (outputs, geometry) = run_base(base, images, decode_limits).await?;
     Ok((top_k, outputs, geometry))
 }

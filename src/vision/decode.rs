@@ -385,7 +385,8 @@ mod tests {
     #[test]
     fn the_budget_is_checked_before_a_reduced_decode() {
         let bytes = gradient_jpeg(1030, 800);
-        let err = decode_image_for(&bytes, &DecodeLimits { max_pixels: 823_999, ..DecodeLimits::default() }, (10, 10)).unwrap_err();
+        let err = decode_image_for(&bytes, &DecodeLimits { max_pixels: 823_999, ..DecodeLimits::default() }, (10, 10))
+            .unwrap_err();
         assert!(matches!(err, VisionError::TooManyPixels { width: 1030, height: 800, .. }), "{err:?}");
     }
 

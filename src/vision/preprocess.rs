@@ -84,13 +84,9 @@ impl ResizePlan {
         let (tw, th) = target;
         let wide = |size: (u32, u32)| (u64::from(size.0), u64::from(size.1));
         match mode {
-            ResizeMode::Stretch => Self {
-                original,
-                resized: wide(target),
-                source_offset: (0, 0),
-                region: target,
-                target_offset: (0, 0),
-            },
+            ResizeMode::Stretch => {
+                Self { original, resized: wide(target), source_offset: (0, 0), region: target, target_offset: (0, 0) }
+            }
             ResizeMode::Pad => {
                 // As tf.image.resize_with_pad: the larger ratio decides, sizes and padding floor.
                 let ratio = (w / f64::from(tw)).max(h / f64::from(th));
@@ -249,7 +245,9 @@ mod tests {
         use fast_image_resize::images::{Image, ImageRef};
         use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
         for (w, h) in [(640, 427), (427, 640), (300, 200), (97, 1203), (257, 256), (100, 80)] {
-            let image = RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 5 % 256) as u8, (y * 3 % 256) as u8, ((x ^ y) % 256) as u8]));
+            let image = RgbImage::from_fn(w, h, |x, y| {
+                image::Rgb([(x * 5 % 256) as u8, (y * 3 % 256) as u8, ((x ^ y) % 256) as u8])
+            });
             let plan = ResizePlan::new((w, h), (224, 224), CROP);
             let (rw, rh) = (plan.resized.0 as u32, plan.resized.1 as u32);
             let src = ImageRef::new(w, h, image.as_raw(), PixelType::U8x3).unwrap();
@@ -321,7 +319,7 @@ mod tests {
         let plan = ResizePlan::new((1_000_000, 1), (224, 224), CROP);
         assert_eq!((plan.resized, plan.source_offset), ((256_000_000, 256), (127_999_888, 16)));
         let window = plan.source_window();
-        let expected = [499_999.5625, 0.0625, 0.875, 0.875];
+        let expected = [499_999.562_5, 0.0625, 0.875, 0.875];
         for (got, want) in [window.left, window.top, window.width, window.height].into_iter().zip(expected) {
             assert!((got - want).abs() < 1e-9, "{window:?}");
         }
@@ -338,6 +336,6 @@ mod tests {
         let plan = ResizePlan::new((40_000_000, 1), (224, 224), CROP);
         assert_eq!(plan.resized, (10_240_000_000, 256));
         let window = plan.source_window();
-        assert!((window.left - 19_999_999.5625).abs() < 1e-6, "{window:?}");
+        assert!((window.left - 19_999_999.562_5).abs() < 1e-6, "{window:?}");
     }
 }

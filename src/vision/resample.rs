@@ -86,7 +86,8 @@ pub(super) fn strategy(source: (u32, u32), window: SourceWindow, size: (u32, u32
         (Axis::Vertical, vertical_first)
     };
     // A chunk holds at least one output pixel, so its table is at most the larger of the two.
-    let chunk_weights = |extent: f64, out: u32| weight_bytes(extent, out).min(CHUNK_WEIGHT_BYTES.max(per_output(extent, out)));
+    let chunk_weights =
+        |extent: f64, out: u32| weight_bytes(extent, out).min(CHUNK_WEIGHT_BYTES.max(per_output(extent, out)));
     let scratch = pixels(intermediate) * BYTES_PER_PIXEL
         + chunk_weights(window.width, size.0)
         + chunk_weights(window.height, size.1);
@@ -118,14 +119,20 @@ pub(super) fn resize_with(image: &RgbImage, window: SourceWindow, size: (u32, u3
             let rows = span(window.top, window.height, size.1, image.height());
             let across = SourceWindow { top: f64::from(rows.0), height: f64::from(rows.1 - rows.0), ..window };
             let half = pass(&mut resizer, &source, Axis::Horizontal, across, size.0);
-            let rest = SourceWindow { left: 0.0, width: f64::from(size.0), top: window.top - f64::from(rows.0), ..window };
+            let rest =
+                SourceWindow { left: 0.0, width: f64::from(size.0), top: window.top - f64::from(rows.0), ..window };
             pass(&mut resizer, &half, Axis::Vertical, rest, size.1)
         }
         Strategy::TwoPass { first: Axis::Vertical, .. } => {
             let columns = span(window.left, window.width, size.0, image.width());
             let across = SourceWindow { left: f64::from(columns.0), width: f64::from(columns.1 - columns.0), ..window };
             let half = pass(&mut resizer, &source, Axis::Vertical, across, size.1);
-            let rest = SourceWindow { top: 0.0, height: f64::from(size.1), left: window.left - f64::from(columns.0), ..window };
+            let rest = SourceWindow {
+                top: 0.0,
+                height: f64::from(size.1),
+                left: window.left - f64::from(columns.0),
+                ..window
+            };
             pass(&mut resizer, &half, Axis::Horizontal, rest, size.0)
         }
     };
@@ -135,7 +142,13 @@ pub(super) fn resize_with(image: &RgbImage, window: SourceWindow, size: (u32, u3
 /// Resizes `window` of `source` along `axis` only, to `out_len` pixels on that axis; on
 /// the other axis the window's extent must be whole pixels and is kept. Done in chunks
 /// of output pixels whose weight tables stay within [`CHUNK_WEIGHT_BYTES`].
-fn pass(resizer: &mut Resizer, source: &impl IntoImageView, axis: Axis, window: SourceWindow, out_len: u32) -> Image<'static> {
+fn pass(
+    resizer: &mut Resizer,
+    source: &impl IntoImageView,
+    axis: Axis,
+    window: SourceWindow,
+    out_len: u32,
+) -> Image<'static> {
     let (start, extent, across) = match axis {
         Axis::Horizontal => (window.left, window.width, window.height as u32),
         Axis::Vertical => (window.top, window.height, window.width as u32),
@@ -176,9 +189,12 @@ fn resize(
     dst: &mut impl fast_image_resize::IntoImageViewMut,
     window: SourceWindow,
 ) {
-    let options = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::Bilinear))
-        .crop(window.left, window.top, window.width, window.height);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)).crop(
+        window.left,
+        window.top,
+        window.width,
+        window.height,
+    );
     resizer.resize(source, dst, &options).expect("the window lies inside the source, both are U8x3 and non-empty");
 }
 
