@@ -17,6 +17,8 @@ mod voc;
 
 use std::collections::HashMap;
 
+use super::report::Capped;
+
 /// Annotation files larger than this are refused: even COCO files for tens of
 /// thousands of images stay well below it, and parsing builds an in-memory tree.
 pub const MAX_ANNOTATION_BYTES: usize = 64 * 1024 * 1024;
@@ -82,10 +84,13 @@ pub struct AnnotationProblem {
 
 /// What one annotation file yielded. Images appear in the order the file first names
 /// them; boxes for the same image spread over several records are merged.
+///
+/// `problems` keeps the first [`LISTED_PER_KIND`](super::LISTED_PER_KIND) and counts the
+/// rest: a file of a million bad rows costs a counter, not a million messages.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ParsedAnnotations {
     pub images: Vec<ImageBoxes>,
-    pub problems: Vec<AnnotationProblem>,
+    pub problems: Capped<AnnotationProblem>,
 }
 
 /// Choices that a file cannot state for itself.
@@ -240,7 +245,7 @@ pub(crate) struct Collector {
     source: String,
     entries: Vec<Entry>,
     index: HashMap<String, usize>,
-    problems: Vec<AnnotationProblem>,
+    problems: Capped<AnnotationProblem>,
 }
 
 struct Entry {
@@ -250,7 +255,7 @@ struct Entry {
 
 impl Collector {
     fn new(source: &str) -> Self {
-        Self { source: source.to_owned(), entries: Vec::new(), index: HashMap::new(), problems: Vec::new() }
+        Self { source: source.to_owned(), entries: Vec::new(), index: HashMap::new(), problems: Capped::default() }
     }
 
     fn entry(&mut self, image: &str) -> &mut Entry {
@@ -303,7 +308,8 @@ impl Collector {
 
     /// A problem that does not cost any image its boxes.
     fn problem(&mut self, reason: String) {
-        self.problems.push(AnnotationProblem { file: self.source.clone(), reason });
+        let file = &self.source;
+        self.problems.push_with(|| AnnotationProblem { file: file.clone(), reason });
     }
 
     /// A problem with one of the image's boxes: the image is left out.
