@@ -640,6 +640,45 @@ mod tests {
     }
 
     #[test]
+    fn annotation_files_over_the_upload_limit_end_the_ingestion() {
+        // 1 000 bytes of annotations are allowed, at 18 bytes a row: 396 + 414 bytes fit,
+        // and a third file of 198 goes over.
+        let options = IngestOptions { max_annotation_bytes: 1000, ..IngestOptions::default() };
+        let mut store = |_: &str, _: &[u8]| Ok(());
+        let mut ingestor = Ingestor::new(options, &mut store);
+        let rows = |n: usize| "a.png,cat,1,1,5,5\n".repeat(n).into_bytes();
+        ingestor.add(file("red/a.png", png(8, 8, 1))).unwrap();
+        ingestor.add(file("first.csv", rows(22))).unwrap();
+        ingestor.add(file("second.csv", rows(23))).unwrap();
+        let err = ingestor.add(file("third.csv", rows(11))).unwrap_err();
+        assert!(err.contains("more than 1000 bytes") && err.contains("--max-annotation-bytes"), "{err}");
+        assert!(err.contains("third.csv brings them to 1008"), "{err}");
+        // Images do not count towards it.
+        let options = IngestOptions { max_annotation_bytes: 10, ..IngestOptions::default() };
+        let mut store = |_: &str, _: &[u8]| Ok(());
+        let mut ingestor = Ingestor::new(options, &mut store);
+        ingestor.add(file("red/a.png", png(64, 64, 1))).unwrap();
+        ingestor.add(file("red/notes.txt", vec![b'x'; 100])).unwrap();
+    }
+
+    #[test]
+    fn a_report_of_many_rejections_lists_a_hundred_and_counts_all() {
+        let mut entries: Vec<ArchiveEntry> = (0..3).map(|i| file(&format!("red/{i}.png"), png(8, 8, i))).collect();
+        entries.extend((0..3).map(|i| file(&format!("blue/{i}.png"), png(8, 8, 10 + i))));
+        entries.extend((0..500).map(|i| file(&format!("blue/junk{i}.png"), b"not a png".to_vec())));
+        entries.extend((0..300).map(|i| file(&format!("blue/copy{i}.png"), png(8, 8, 1))));
+        let outcome = ingest(entries, IngestOptions { min_images_per_class: 1, ..IngestOptions::default() }).unwrap();
+        let report = &outcome.report;
+        assert_eq!((report.rejected.len(), report.rejected.total()), (100, 500));
+        assert_eq!(report.rejected[0].path, "blue/junk0.png");
+        assert_eq!((report.duplicates.len(), report.duplicates.total()), (100, 300));
+        assert_eq!(report.duplicates[0], Duplicate { path: "blue/copy0.png".into(), same_as: "red/1.png".into() });
+        assert_eq!(outcome.images.len(), 6);
+        let json = report.to_bounded_json(crate::data::MAX_REPORT_BYTES);
+        assert_eq!((json["rejected_total"].as_u64(), json["duplicates_total"].as_u64()), (Some(500), Some(300)));
+    }
+
+    #[test]
     fn a_named_format_claims_files_by_extension() {
         assert_eq!(annotation_format_of("a/labels.json", b"[]", None), None);
         assert_eq!(

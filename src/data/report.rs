@@ -264,3 +264,113 @@ fn serialized_len(value: &impl Serialize) -> usize {
         Err(_) => usize::MAX,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(n: usize, path: &str, reason: &str) -> Capped<Rejected> {
+        let mut list = Capped::default();
+        for i in 0..n {
+            list.push(Rejected { path: format!("{path}{i}"), reason: reason.to_owned() });
+        }
+        list
+    }
+
+    fn json_len(value: &serde_json::Value) -> usize {
+        serde_json::to_string(value).unwrap().len()
+    }
+
+    #[test]
+    fn a_capped_list_keeps_the_first_entries_and_counts_all() {
+        let mut list = Capped::new(3);
+        for i in 0..5 {
+            list.push(i);
+        }
+        assert_eq!(&*list, &[0, 1, 2]);
+        assert_eq!((list.total(), list.omitted()), (5, 2));
+        let mut built = 0;
+        list.push_with(|| {
+            built += 1;
+            9
+        });
+        assert_eq!((built, list.total()), (0, 6), "an entry past the cap is not built");
+
+        // Absorbing keeps order, fills up to the cap, and carries the other's omitted count.
+        let mut other = Capped::new(2);
+        other.extend([10, 11, 12, 13]);
+        let mut room = Capped::new(3);
+        room.push(1);
+        room.absorb(other);
+        assert_eq!(&*room, &[1, 10, 11]);
+        assert_eq!(room.total(), 5);
+        assert!(room != vec![1, 10, 11], "a list with omitted entries is not equal to its listed ones");
+    }
+
+    #[test]
+    fn the_report_lists_the_first_hundred_of_each_kind_with_totals() {
+        let report = IngestReport {
+            files_seen: 100_006,
+            images: 6,
+            rejected: rejected(100_000, "a/", "not an image"),
+            warnings: {
+                let mut warnings = Capped::default();
+                warnings.extend((0..250).map(|i| format!("class {i} is small")));
+                warnings
+            },
+            ..IngestReport::default()
+        };
+        let json = report.to_bounded_json(MAX_REPORT_BYTES);
+        assert_eq!(json["rejected"].as_array().unwrap().len(), 100);
+        assert_eq!(json["rejected"][0], serde_json::json!({"path": "a/0", "reason": "not an image"}));
+        assert_eq!(json["rejected"][99]["path"], "a/99");
+        assert_eq!(json["rejected_total"], 100_000);
+        assert_eq!(json["warnings"].as_array().unwrap().len(), 100);
+        assert_eq!(json["warnings_total"], 250);
+        assert_eq!((json["duplicates_total"].as_u64(), json["annotation_problems_total"].as_u64()), (Some(0), Some(0)));
+        assert_eq!(json["files_seen"], 100_006);
+        // 100 entries of {"path":"a/NN","reason":"not an image"} are about 4 KB.
+        assert!(json_len(&json) < 12_000, "{}", json_len(&json));
+    }
+
+    #[test]
+    fn long_texts_are_cut_on_a_character_boundary() {
+        // 'é' is two bytes: 1000 of them cut to 256 bytes is 128 characters.
+        let long = "é".repeat(1000);
+        let report = IngestReport { rejected: rejected(1, &long, &long), ..IngestReport::default() };
+        let json = report.to_bounded_json(MAX_REPORT_BYTES);
+        let expected = format!("{}…", "é".repeat(128));
+        assert_eq!(json["rejected"][0]["reason"], expected.as_str());
+        // The path had the index appended after the 1000 characters, so it is cut the same way.
+        assert_eq!(json["rejected"][0]["path"], expected.as_str());
+        let short = IngestReport { top_folder: Some("top".into()), ..IngestReport::default() };
+        assert_eq!(short.to_bounded_json(MAX_REPORT_BYTES)["top_folder"], "top");
+    }
+
+    #[test]
+    fn the_byte_bound_holds_however_texts_escape() {
+        // A control character serializes as six bytes (\u0001): 256 of them per text, two
+        // texts an entry, 100 entries in each of four lists is about 1.2 MB before the bound.
+        let nasty = "\u{1}".repeat(5000);
+        let mut report = IngestReport {
+            top_folder: Some(nasty.clone()),
+            rejected: rejected(10_000, &nasty, &nasty),
+            ..IngestReport::default()
+        };
+        for i in 0..10_000 {
+            report.duplicates.push(Duplicate { path: format!("{nasty}{i}"), same_as: nasty.clone() });
+            report.warnings.push(nasty.clone());
+            report.annotation_problems.push(AnnotationProblem { file: nasty.clone(), reason: nasty.clone() });
+        }
+        let whole = serde_json::to_string(&report.view(LISTED_PER_KIND, MAX_TEXT_BYTES)).unwrap().len();
+        assert!(whole > 4 * MAX_REPORT_BYTES, "the test starts far over the bound: {whole}");
+        for bound in [MAX_REPORT_BYTES, 64 * 1024, 4096] {
+            let json = report.to_bounded_json(bound);
+            assert!(json_len(&json) <= bound, "{} > {bound}", json_len(&json));
+            assert_eq!(json["rejected_total"], 10_000);
+            assert_eq!(json["duplicates_total"], 10_000);
+            assert_eq!(json["annotation_problems_total"], 10_000);
+            assert!(!json["rejected"].as_array().unwrap().is_empty(), "{bound}: some entries still fit");
+        }
+    }
+}

@@ -558,6 +558,17 @@ mod tests {
     }
 
     #[test]
+    fn a_file_of_bad_rows_keeps_the_first_problems_and_counts_the_rest() {
+        let rows: String = (0..5000).map(|i| format!("img{i}.jpg,cat,30,0,10,5\n")).collect();
+        let parsed = parse(AnnotationFormat::Csv, "bad.csv", rows.as_bytes()).unwrap();
+        assert!(parsed.images.is_empty());
+        assert_eq!(parsed.problems.total(), 5000);
+        assert_eq!(parsed.problems.len(), crate::data::LISTED_PER_KIND);
+        assert_eq!(parsed.problems[0].reason, "row 1 (img0.jpg): xmax 10 is not greater than xmin 30");
+        assert_eq!(parsed.problems[99].reason, "row 100 (img99.jpg): xmax 10 is not greater than xmin 30");
+    }
+
+    #[test]
     fn problems_name_the_source_file() {
         let parsed = parse(AnnotationFormat::Csv, "labels/boxes.csv", b"a.jpg,cat,30,0,10,5\n").unwrap();
         assert_eq!(
