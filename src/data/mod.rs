@@ -8,6 +8,7 @@ mod ingest;
 mod layout;
 mod report;
 mod split;
+mod zip_end;
 
 pub use folder::{FolderSummary, read_folder, resolve_import};
 pub use ingest::{
