@@ -241,15 +241,20 @@ pub fn largest(boxes: &[LabeledBox]) -> Option<&LabeledBox> {
 
 /// Gathers images and problems while a parser walks a file: merges records for the
 /// same image, keeps first-seen order, and leaves out images with a bad box.
+///
+/// A file may name millions of images, so each costs little: its name is kept once (as the
+/// key of `index`), and a spoiled image drops its boxes.
 pub(crate) struct Collector {
     source: String,
     entries: Vec<Entry>,
-    index: HashMap<String, usize>,
+    /// Image name → its place in `entries`.
+    index: HashMap<Box<str>, usize>,
     problems: Capped<AnnotationProblem>,
 }
 
 struct Entry {
-    image: ImageBoxes,
+    size: Option<(u32, u32)>,
+    boxes: Vec<LabeledBox>,
     spoiled: bool,
 }
 
@@ -262,11 +267,8 @@ impl Collector {
         let at = match self.index.get(image) {
             Some(&at) => at,
             None => {
-                self.entries.push(Entry {
-                    image: ImageBoxes { image: image.to_owned(), size: None, boxes: Vec::new() },
-                    spoiled: false,
-                });
-                self.index.insert(image.to_owned(), self.entries.len() - 1);
+                self.entries.push(Entry { size: None, boxes: Vec::new(), spoiled: false });
+                self.index.insert(image.into(), self.entries.len() - 1);
                 self.entries.len() - 1
             }
         };
@@ -279,7 +281,10 @@ impl Collector {
     }
 
     fn add_box(&mut self, image: &str, label: &str, bbox: PixelBox) {
-        self.entry(image).image.boxes.push(LabeledBox { label: label.to_owned(), bbox });
+        let entry = self.entry(image);
+        if !entry.spoiled {
+            entry.boxes.push(LabeledBox { label: label.to_owned(), bbox });
+        }
     }
 
     /// Records the stated size; a second, different size for the same image makes the
@@ -295,8 +300,8 @@ impl Collector {
 
     fn set_size(&mut self, image: &str, size: (u32, u32)) {
         let entry = self.entry(image);
-        match entry.image.size {
-            None => entry.image.size = Some(size),
+        match entry.size {
+            None => entry.size = Some(size),
             Some(known) if known == size => {}
             Some((w, h)) => {
                 let reason =
@@ -314,17 +319,30 @@ impl Collector {
 
     /// A problem with one of the image's boxes: the image is left out.
     fn spoil(&mut self, image: &str, reason: String) {
-        self.entry(image).spoiled = true;
+        self.leave_out(image);
         self.problem(reason);
     }
 
     /// Leaves an image out for a problem already reported under another image.
     fn leave_out(&mut self, image: &str) {
-        self.entry(image).spoiled = true;
+        let entry = self.entry(image);
+        entry.spoiled = true;
+        entry.boxes = Vec::new();
     }
 
     fn finish(self) -> ParsedAnnotations {
-        let images = self.entries.into_iter().filter(|entry| !entry.spoiled).map(|entry| entry.image).collect();
+        let mut names: Vec<Option<Box<str>>> = vec![None; self.entries.len()];
+        for (name, at) in self.index {
+            names[at] = Some(name);
+        }
+        let images = (self.entries.into_iter().zip(names))
+            .filter(|(entry, _)| !entry.spoiled)
+            .map(|(entry, name)| ImageBoxes {
+                image: name.map(String::from).unwrap_or_default(),
+                size: entry.size,
+                boxes: entry.boxes,
+            })
+            .collect();
         ParsedAnnotations { images, problems: self.problems }
     }
 }
