@@ -966,7 +966,10 @@ fn a_zip_path_over_4096_bytes_is_skipped() {
     let (result, seen) = read_all(&path, &ArchiveLimits::default());
     assert_eq!(result, Ok(summary(ArchiveFormat::Zip, 1, 1, 2)));
     let shown = format!("top/{}…", "a".repeat(252));
-    assert_eq!(seen, vec![skipped(&shown, "the path has 5008 bytes, over the limit of 4096"), file("top/ok.jpg", b"ok")]);
+    assert_eq!(
+        seen,
+        vec![skipped(&shown, "the path has 5008 bytes, over the limit of 4096"), file("top/ok.jpg", b"ok")]
+    );
 }
 
 #[test]

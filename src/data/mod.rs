@@ -15,6 +15,6 @@ pub use ingest::{
     DEFAULT_MAX_ANNOTATION_BYTES, Duplicate, IngestError, IngestOptions, IngestOutcome, IngestReport, IngestedImage,
     Ingestor, Rejected,
 };
-pub use report::{Capped, LISTED_PER_KIND, MAX_REPORT_BYTES, MAX_TEXT_BYTES};
 pub use layout::{Placement, place_in_classes};
+pub use report::{Capped, LISTED_PER_KIND, MAX_REPORT_BYTES, MAX_TEXT_BYTES};
 pub use split::{Split, SplitFractions, assign_split};

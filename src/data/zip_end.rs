@@ -60,7 +60,8 @@ pub(super) fn check_declared(reader: &mut (impl Read + Seek), max_entries: usize
 
 fn check_one(declared: Declared, file_bytes: u64, max_entries: usize) -> Result<(), ArchiveError> {
     let Declared { entries, size, zip64 } = declared;
-    let record = if zip64 { "the ZIP64 end-of-central-directory record" } else { "the end-of-central-directory record" };
+    let record =
+        if zip64 { "the ZIP64 end-of-central-directory record" } else { "the end-of-central-directory record" };
     if entries > max_entries as u64 {
         return Err(ArchiveError::TooManyEntries { limit: max_entries });
     }
@@ -235,7 +236,10 @@ mod tests {
         let at = eocd_at(&bytes);
         for cut in [at + 3, at + 10, bytes.len() - 1] {
             let err = check(&bytes[..cut], 10).unwrap_err();
-            assert!(matches!(err, ArchiveError::Corrupt(ref m) if m.contains("no end-of-central-directory")), "{cut}: {err}");
+            assert!(
+                matches!(err, ArchiveError::Corrupt(ref m) if m.contains("no end-of-central-directory")),
+                "{cut}: {err}"
+            );
         }
         assert!(matches!(check(b"", 10), Err(ArchiveError::Corrupt(_))));
     }
@@ -261,7 +265,7 @@ mod tests {
         fake.extend_from_slice(&(50_000u32 * 46).to_le_bytes());
         fake.extend_from_slice(&0u32.to_le_bytes());
         fake.extend_from_slice(&0u16.to_le_bytes());
-        zip.set_raw_comment(fake.into_boxed_slice());
+        zip.set_raw_comment(fake.into_boxed_slice()).unwrap();
         let bytes = zip.finish().unwrap().into_inner();
         let records = declared_records(&mut Cursor::new(&bytes), bytes.len() as u64).unwrap().unwrap();
         assert_eq!(records.len(), 2);

@@ -162,7 +162,10 @@ impl Db {
     }
 
     pub async fn dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
-        let Some(row) = sqlx::query(&format!("SELECT {} FROM datasets WHERE id = $1", dataset_columns())).bind(id).fetch_optional(&self.pool).await?
+        let Some(row) = sqlx::query(&format!("SELECT {} FROM datasets WHERE id = $1", dataset_columns()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
         else {
             return Ok(None);
         };
