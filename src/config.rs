@@ -132,7 +132,7 @@ pub struct DatasetSettings {
     pub max_archive_entries: usize,
     /// Most bytes of all the annotation files (VOC, VIA, COCO, CSV) in one upload together;
     /// more fails the upload.
-    #[arg(long = "max-annotation-bytes", env = "GRAFT_MAX_ANNOTATION_BYTES", default_value_t = 256 * 1024 * 1024)]
+    #[arg(long = "max-annotation-bytes", env = "GRAFT_MAX_ANNOTATION_BYTES", default_value_t = crate::data::DEFAULT_MAX_ANNOTATION_BYTES)]
     pub max_annotation_bytes: u64,
 }
 
@@ -144,7 +144,7 @@ impl Default for DatasetSettings {
             max_entry_bytes: 64 * 1024 * 1024,
             max_archive_bytes: 16 * 1024 * 1024 * 1024,
             max_archive_entries: 200_000,
-            max_annotation_bytes: 256 * 1024 * 1024,
+            max_annotation_bytes: crate::data::DEFAULT_MAX_ANNOTATION_BYTES,
         }
     }
 }

@@ -116,8 +116,8 @@ pub struct Duplicate {
     pub same_as: String,
 }
 
-/// What an ingestion saw and left out. Serialized as itself, with a `<list>_total` beside
-/// each list; [`to_bounded_json`](Self::to_bounded_json) is what gets stored.
+/// What an ingestion saw and left out. [`to_bounded_json`](Self::to_bounded_json) is what
+/// gets stored: the fields as named here, with a `<list>_total` beside each list.
 #[derive(Debug, Clone, Default)]
 pub struct IngestReport {
     pub files_seen: usize,
@@ -235,14 +235,6 @@ impl IngestReport {
             boxes_clipped: self.boxes_clipped,
             images_with_several_boxes: self.images_with_several_boxes,
         }
-    }
-}
-
-/// The report as JSON with every list and text whole (cut only to what was kept): for tests
-/// and for callers that bound it themselves.
-impl Serialize for IngestReport {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.view(usize::MAX, usize::MAX).serialize(serializer)
     }
 }
 
