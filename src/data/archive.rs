@@ -9,8 +9,9 @@
 //! - write anywhere: no extraction, and links, devices, absolute paths and `..` are skipped;
 //! - exhaust memory: at most one entry is held at a time, read with a hard cap even when its
 //!   header lies about its size; tar name/PAX headers are read with a cap of their own;
-//! - take unbounded time: the number of entries and the bytes expanded are both bounded, and
-//!   for zip the declared sizes are checked before anything is decompressed;
+//! - take unbounded time: the number of entries and the bytes expanded are both bounded; for
+//!   zip the entry count the end record declares is checked before the central directory is
+//!   parsed ([`super::zip_end`]), and the declared sizes before anything is decompressed;
 //! - panic the service: the readers run under `catch_unwind` (a panic in the visitor itself is
 //!   passed on unchanged).
 
