@@ -11,7 +11,7 @@
 //!   header lies about its size; tar name/PAX headers are read with a cap of their own;
 //! - take unbounded time: the number of entries and the bytes expanded are both bounded; for
 //!   zip the entry count the end record declares is checked before the central directory is
-//!   parsed ([`super::zip_end`]), and the declared sizes before anything is decompressed;
+//!   parsed (`data::zip_end`), and the declared sizes before anything is decompressed;
 //! - panic the service: the readers run under `catch_unwind` (a panic in the visitor itself is
 //!   passed on unchanged).
 
