@@ -125,6 +125,15 @@ pub struct DatasetSettings {
     /// Largest total of the files inside an archive, in bytes (a zip bomb stops here).
     #[arg(long = "max-archive-bytes", env = "GRAFT_MAX_ARCHIVE_BYTES", default_value_t = 16 * 1024 * 1024 * 1024)]
     pub max_archive_bytes: u64,
+    /// Most entries (files, folders, links) in an archive or imported folder; more fails it.
+    /// For zip this is checked from the end-of-central-directory record before the
+    /// directory is read.
+    #[arg(long = "max-archive-entries", env = "GRAFT_MAX_ARCHIVE_ENTRIES", default_value_t = 200_000)]
+    pub max_archive_entries: usize,
+    /// Most bytes of all the annotation files (VOC, VIA, COCO, CSV) in one upload together;
+    /// more fails the upload.
+    #[arg(long = "max-annotation-bytes", env = "GRAFT_MAX_ANNOTATION_BYTES", default_value_t = crate::data::DEFAULT_MAX_ANNOTATION_BYTES)]
+    pub max_annotation_bytes: u64,
 }
 
 impl Default for DatasetSettings {
@@ -134,6 +143,8 @@ impl Default for DatasetSettings {
             max_upload_bytes: 4 * 1024 * 1024 * 1024,
             max_entry_bytes: 64 * 1024 * 1024,
             max_archive_bytes: 16 * 1024 * 1024 * 1024,
+            max_archive_entries: 200_000,
+            max_annotation_bytes: crate::data::DEFAULT_MAX_ANNOTATION_BYTES,
         }
     }
 }

@@ -866,6 +866,170 @@ fn too_many_entries_are_refused() {
     assert_eq!(read_all(&dirs_path, &limits(10, MIB, MIB)), (Err(ArchiveError::TooManyEntries { limit: 10 }), vec![]));
 }
 
+/// A zip of `n` empty stored files named `top/c/<i>`, built in memory.
+fn tiny_entries_zip(n: usize) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..n {
+        zip.start_file(format!("top/c/{i}"), stored()).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+/// Where the end-of-central-directory record starts (its signature, searched from the end).
+fn eocd_offset(zip: &[u8]) -> usize {
+    zip.windows(4).rposition(|w| w == b"PK\x05\x06").unwrap()
+}
+
+/// Rewrites the entry counts (this disk's and the total) of the end record.
+fn forge_count(zip: &mut [u8], count: u16) {
+    let at = eocd_offset(zip);
+    zip[at + 8..at + 10].copy_from_slice(&count.to_le_bytes());
+    zip[at + 10..at + 12].copy_from_slice(&count.to_le_bytes());
+}
+
+#[test]
+fn a_zip_of_100000_tiny_entries_is_refused_from_its_end_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.zip");
+    // 100 000 entries are more than a u16 holds: the zip crate writes ZIP64 end records.
+    let bytes = tiny_entries_zip(100_000);
+    std::fs::write(&path, &bytes).unwrap();
+    let started = std::time::Instant::now();
+    let (result, seen) = read_all(&path, &limits(99_999, MIB, MIB));
+    let elapsed = started.elapsed();
+    assert_eq!(result, Err(ArchiveError::TooManyEntries { limit: 99_999 }));
+    assert_eq!(seen, vec![]);
+    println!("100000 entries ({} bytes) refused in {elapsed:?}", bytes.len());
+    // Reading the end record is a few small reads, not a pass over 100 000 headers.
+    assert!(elapsed < std::time::Duration::from_millis(500), "{elapsed:?}");
+    let text = result.unwrap_err().to_string();
+    assert!(text.contains("more than 99999 entries") && text.contains("--max-archive-entries"), "{text}");
+}
+
+#[test]
+fn a_forged_entry_count_is_caught_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forged.zip");
+
+    // The end record says 5; the directory holds 3 000 headers of 53 to 56 bytes.
+    let mut under = tiny_entries_zip(3000);
+    forge_count(&mut under, 5);
+    std::fs::write(&path, &under).unwrap();
+    let (result, seen) = read_all(&path, &limits(10, MIB, MIB));
+    assert!(
+        matches!(&result, Err(ArchiveError::Corrupt(m)) if m.contains("declares 5 entries for a central directory of")),
+        "{result:?}"
+    );
+    assert_eq!(seen, vec![]);
+
+    // The same, with the directory size forged to fit 5 headers: the zip crate reads five
+    // headers at most, so no more than five entries are ever seen.
+    let at = eocd_offset(&under);
+    under[at + 12..at + 16].copy_from_slice(&(5u32 * 53).to_le_bytes());
+    std::fs::write(&path, &under).unwrap();
+    let (_, seen) = read_all(&path, &limits(10, MIB, MIB));
+    assert!(seen.len() <= 5, "{} entries seen", seen.len());
+
+    // The end record says 60 000; the directory holds 2 headers.
+    let mut over = tiny_entries_zip(2);
+    forge_count(&mut over, 60_000);
+    std::fs::write(&path, &over).unwrap();
+    let (result, seen) = read_all(&path, &ArchiveLimits::default());
+    assert!(matches!(&result, Err(ArchiveError::Corrupt(m)) if m.contains("declares 60000 entries")), "{result:?}");
+    assert_eq!(seen, vec![]);
+    assert_eq!(read_all(&path, &limits(1000, MIB, MIB)).0, Err(ArchiveError::TooManyEntries { limit: 1000 }));
+}
+
+#[test]
+fn a_truncated_or_missing_end_record_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cut.zip");
+    let whole = tiny_entries_zip(3);
+    let at = eocd_offset(&whole);
+    for cut in [at + 4, at + 21] {
+        std::fs::write(&path, &whole[..cut]).unwrap();
+        let (result, seen) = read_all(&path, &ArchiveLimits::default());
+        assert!(
+            matches!(&result, Err(ArchiveError::Corrupt(m)) if m.contains("no end-of-central-directory record")),
+            "cut at {cut}: {result:?}"
+        );
+        assert_eq!(seen, vec![]);
+    }
+}
+
+#[test]
+fn a_zip_path_over_4096_bytes_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.zip");
+    let long = format!("top/{}.jpg", "a".repeat(5000));
+    write_zip(&path, &[(long.as_str(), b"x"), ("top/ok.jpg", b"ok")], stored());
+    let (result, seen) = read_all(&path, &ArchiveLimits::default());
+    assert_eq!(result, Ok(summary(ArchiveFormat::Zip, 1, 1, 2)));
+    let shown = format!("top/{}…", "a".repeat(252));
+    assert_eq!(
+        seen,
+        vec![skipped(&shown, "the path has 5008 bytes, over the limit of 4096"), file("top/ok.jpg", b"ok")]
+    );
+}
+
+#[test]
+fn tar_sparse_files_and_doubled_extension_headers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sparse.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    // A GNU sparse entry, and a PAX one (GNU.sparse.* keys describe a sparse map).
+    builder.append(&raw_header(b"top/a/gnu.jpg", EntryType::GNUSparse, 0), &[][..]).unwrap();
+    builder.append_pax_extensions([("GNU.sparse.size", "1000000000".as_bytes())]).unwrap();
+    append_raw(&mut builder, "top/a/pax.jpg", b"map");
+    append_raw(&mut builder, "top/b/ok.jpg", b"ok");
+    builder.into_inner().unwrap();
+    let (result, seen) = read_all(&path, &ArchiveLimits::default());
+    assert_eq!(result, Ok(summary(ArchiveFormat::Tar, 1, 2, 2)));
+    assert_eq!(
+        seen,
+        vec![
+            skipped("top/a/gnu.jpg", "sparse file (not supported)"),
+            skipped("top/a/pax.jpg", "sparse file (not supported)"),
+            file("top/b/ok.jpg", b"ok"),
+        ]
+    );
+
+    // Two long names for one entry: readers would disagree on its name.
+    let doubled = dir.path().join("doubled.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&doubled).unwrap());
+    for name in [&b"top/a/first.jpg"[..], b"top/a/second.jpg"] {
+        builder.append(&raw_header(b"././@LongLink", EntryType::GNULongName, name.len() as u64), name).unwrap();
+    }
+    append_raw(&mut builder, "top/a/x.jpg", b"x");
+    builder.into_inner().unwrap();
+    let (result, seen) = read_all(&doubled, &ArchiveLimits::default());
+    assert_eq!(result, Err(ArchiveError::Corrupt("two extension headers of the same kind describe one entry".into())));
+    assert_eq!(seen, vec![]);
+}
+
+#[test]
+fn a_tar_is_refused_at_the_limit_before_the_next_entry_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("count.tar");
+    let mut builder = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    for i in 0..3 {
+        append_raw(&mut builder, &format!("top/a/{i}.jpg"), b"x");
+    }
+    // The fourth entry's data would be the per-file maximum; it is never read.
+    let big = vec![1u8; MIB as usize];
+    append_raw(&mut builder, "top/a/big.jpg", &big);
+    builder.into_inner().unwrap();
+    let mut delivered = 0u64;
+    let result = read_archive(&path, &limits(3, MIB, 16 * MIB), &mut |entry| {
+        if let ArchiveEntry::File(file) = entry {
+            delivered += file.bytes.len() as u64;
+        }
+        Ok(())
+    });
+    assert_eq!(result, Err(ArchiveError::TooManyEntries { limit: 3 }));
+    assert_eq!(delivered, 3);
+}
+
 #[test]
 fn a_visitor_error_stops_the_reading() {
     let dir = tempfile::tempdir().unwrap();

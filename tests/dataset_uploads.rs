@@ -394,3 +394,68 @@ async fn an_unknown_annotation_format_is_422() {
     let list: Value = client().get(format!("{}/v1/datasets", server.url)).send().await.unwrap().json().await.unwrap();
     assert!(list["datasets"].as_array().unwrap().is_empty());
 }
+
+/// Three images in each of two class folders, and a CSV of `rows` box rows that are all
+/// invalid (xmax below xmin), each naming a different image.
+fn class_folders_with_bad_csv(rows: usize) -> (Vec<u8>, usize) {
+    let csv: String = (0..rows).map(|i| format!("photo_{i:07}.jpg,cat,30,0,10,5\n")).collect();
+    let csv_bytes = csv.len();
+    let mut files: Vec<(&str, Vec<u8>)> = Vec::new();
+    for (i, path) in ["set/red/0.png", "set/red/1.png", "set/red/2.png"].into_iter().enumerate() {
+        files.push((path, png(2, i as u64)));
+    }
+    for (i, path) in ["set/blue/0.png", "set/blue/1.png", "set/blue/2.png"].into_iter().enumerate() {
+        files.push((path, png(0, i as u64)));
+    }
+    // Last, so that the images are stored before the limit is reached.
+    files.push(("labels.csv", csv.into_bytes()));
+    (zip_of(files), csv_bytes)
+}
+
+#[tokio::test]
+async fn annotation_files_over_the_upload_limit_are_refused_and_leave_nothing() {
+    let mut server = start_server(&fixture_models(), Limits::default()).await;
+    // "photo_0000000.jpg,cat,30,0,10,5\n" is 32 bytes: 2 000 rows are 64 000.
+    let (archive, csv_bytes) = class_folders_with_bad_csv(2000);
+    assert_eq!(csv_bytes, 64_000);
+    server.state.datasets.max_annotation_bytes = 63_999;
+    let url = serve_app(server.state.clone()).await;
+    let body = expect_problem(upload(&url, archive.clone()).await, 422).await;
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("more than 63999 bytes") && detail.contains("--max-annotation-bytes"), "{body}");
+    let list: Value = client().get(format!("{url}/v1/datasets")).send().await.unwrap().json().await.unwrap();
+    assert!(list["datasets"].as_array().unwrap().is_empty(), "no rows: {list}");
+    assert!(server.state.blobs.list("images").unwrap().is_empty(), "the images stored before the CSV are removed");
+
+    // At the limit, the same upload is a class-folder dataset with a bounded report.
+    server.state.datasets.max_annotation_bytes = 64_000;
+    let url = serve_app(server.state.clone()).await;
+    let response = upload(&url, archive).await;
+    assert_eq!(response.status(), 201);
+    let dataset: Value = response.json().await.unwrap();
+    assert_eq!((dataset["task"].as_str(), dataset["images"].as_i64()), (Some("classify"), Some(6)));
+    let report = &dataset["report"];
+    assert_eq!(report["annotation_problems"].as_array().unwrap().len(), 100);
+    assert_eq!(report["annotation_problems_total"], 2000);
+    assert_eq!(
+        report["annotation_problems"][99]["reason"],
+        "row 100 (photo_0000099.jpg): xmax 10 is not greater than xmin 30"
+    );
+}
+
+#[tokio::test]
+async fn a_report_of_a_hundred_thousand_problems_stays_small() {
+    let server = start_server(&fixture_models(), Limits::default()).await;
+    let (archive, _) = class_folders_with_bad_csv(100_000);
+    let response = upload(&server.url, archive).await;
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let text = client().get(format!("{}/v1/datasets", server.url)).send().await.unwrap().text().await.unwrap();
+    // 100 problems of about 110 bytes each, plus the classes: well under the 256 KiB bound.
+    assert!(text.len() < 20_000, "{} bytes", text.len());
+    let list: Value = serde_json::from_str(&text).unwrap();
+    let report = &list["datasets"][0]["report"];
+    assert_eq!(list["datasets"][0]["id"], id.as_str());
+    assert_eq!(report["annotation_problems_total"], 100_000);
+    assert_eq!((report["rejected_total"].as_u64(), report["duplicates_total"].as_u64()), (Some(0), Some(0)));
+}

@@ -106,6 +106,51 @@ async fn box_datasets_keep_their_task_and_boxes() {
 }
 
 #[tokio::test]
+async fn dataset_reports_over_the_bound_are_neither_stored_nor_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let bound = graft::data::MAX_REPORT_BYTES;
+    for (backend, db) in both_databases(dir.path()).await {
+        let dataset = |id: &str, report| NewDataset {
+            id: id.into(),
+            name: "big".into(),
+            task: "classify".into(),
+            seed: 0,
+            splits: [0.75, 0.15, 0.10],
+            report,
+            classes: vec!["a".into(), "b".into()],
+            items: vec![item(&format!("{:064x}", 1), 0, "train")],
+        };
+        // {"warnings":["xxx…"]} is 17 bytes besides the text.
+        let over = json!({"warnings": ["x".repeat(bound - 16)]});
+        assert_eq!(over.to_string().len(), bound + 1);
+        let err = db.insert_dataset(&dataset("over", over)).await.unwrap_err().to_string();
+        assert!(err.contains(&format!("{} bytes, over the limit of {bound}", bound + 1)), "{backend}: {err}");
+        assert!(db.dataset("over").await.unwrap().is_none(), "{backend}: nothing stored");
+        let at_bound = json!({"warnings": ["x".repeat(bound - 17)]});
+        db.insert_dataset(&dataset("at", at_bound.clone())).await.unwrap();
+        assert_eq!(db.dataset("at").await.unwrap().unwrap().report, at_bound, "{backend}");
+
+        // A report an older version stored whole is not read back: a note stands in for it.
+        db.insert_dataset(&dataset("old", json!({}))).await.unwrap();
+        let huge = json!({"rejected": ["y".repeat(3 * bound)]}).to_string();
+        sqlx::query("UPDATE datasets SET report = $1 WHERE id = $2")
+            .bind(&huge)
+            .bind("old")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        let note = json!({"omitted": format!(
+            "the stored report has {} bytes, over the limit of {bound}; it is not shown",
+            huge.len()
+        )});
+        assert_eq!(db.dataset("old").await.unwrap().unwrap().report, note, "{backend}");
+        let listed = db.datasets().await.unwrap();
+        assert_eq!(listed.iter().find(|d| d.id == "old").unwrap().report, note, "{backend}");
+        assert_eq!(listed.iter().find(|d| d.id == "at").unwrap().report, at_bound, "{backend}");
+    }
+}
+
+#[tokio::test]
 async fn leases_heartbeats_and_takeover() {
     let dir = tempfile::tempdir().unwrap();
     for (backend, db) in both_databases(dir.path()).await {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use crate::data::annotations::AnnotationFormat;
 use crate::data::archive::{ArchiveLimits, read_archive};
-use crate::data::{IngestOptions, Ingestor, SplitFractions, read_folder, resolve_import};
+use crate::data::{IngestOptions, Ingestor, MAX_REPORT_BYTES, SplitFractions, read_folder, resolve_import};
 use crate::error::Error;
 use crate::jobs::image_key;
 use crate::store::{DatasetRecord, ItemRecord, NewDataset};
@@ -70,11 +70,12 @@ pub async fn create_dataset(
         splits: split,
         min_images_per_class: options.min_images_per_class.unwrap_or(10),
         annotation_format: annotation_format(options.annotations.as_deref())?,
+        max_annotation_bytes: state.datasets.max_annotation_bytes,
     };
     let limits = ArchiveLimits {
+        max_entries: state.datasets.max_archive_entries,
         max_entry_bytes: state.datasets.max_entry_bytes,
         max_total_bytes: state.datasets.max_archive_bytes,
-        ..ArchiveLimits::default()
     };
     let default_name = match &source {
         Source::Upload(_) => "dataset".to_owned(),
@@ -122,7 +123,7 @@ pub async fn create_dataset(
         task: task.to_owned(),
         seed: options.seed.unwrap_or(0) as i64,
         splits: split.as_array(),
-        report: serde_json::to_value(&outcome.report).map_err(|e| Error::Internal(e.to_string()))?,
+        report: outcome.report.to_bounded_json(MAX_REPORT_BYTES),
         classes: outcome.classes.clone(),
         items: outcome
             .images

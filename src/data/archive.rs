@@ -9,8 +9,9 @@
 //! - write anywhere: no extraction, and links, devices, absolute paths and `..` are skipped;
 //! - exhaust memory: at most one entry is held at a time, read with a hard cap even when its
 //!   header lies about its size; tar name/PAX headers are read with a cap of their own;
-//! - take unbounded time: the number of entries and the bytes expanded are both bounded, and
-//!   for zip the declared sizes are checked before anything is decompressed;
+//! - take unbounded time: the number of entries and the bytes expanded are both bounded; for
+//!   zip the entry count the end record declares is checked before the central directory is
+//!   parsed (`data::zip_end`), and the declared sizes before anything is decompressed;
 //! - panic the service: the readers run under `catch_unwind` (a panic in the visitor itself is
 //!   passed on unchanged).
 
@@ -20,6 +21,8 @@ use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::rc::Rc;
+
+use super::zip_end::check_declared;
 
 /// The container formats an upload may use, told apart by their magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -149,7 +152,7 @@ pub enum ArchiveError {
     NotAnArchive,
     #[error("the archive contains no usable files")]
     Empty,
-    #[error("the archive has more than {limit} entries")]
+    #[error("the archive has more than {limit} entries (the limit, --max-archive-entries)")]
     TooManyEntries { limit: usize },
     #[error("the archive expands to more than {limit} bytes")]
     TooLarge { limit: u64 },
@@ -322,8 +325,20 @@ enum Plan {
     Read { path: String, size: u64 },
 }
 
+/// The longest path an entry may have, in bytes (Linux's PATH_MAX); longer ones are skipped.
+/// Paths are kept for every image, so this bounds what a million long names cost.
+pub const MAX_PATH_BYTES: usize = 4096;
+
 /// Decides what to do with an entry from its raw path, its kind and its declared size.
 fn plan(raw: &[u8], kind: Kind, declared: u64, limits: &ArchiveLimits) -> Plan {
+    if raw.len() > MAX_PATH_BYTES {
+        // Only the start of the name goes into the report.
+        let start = &raw[..raw.len().min(256)];
+        return Plan::Skip {
+            path: format!("{}…", display_path(start)),
+            reason: format!("the path has {} bytes, over the limit of {MAX_PATH_BYTES}", raw.len()),
+        };
+    }
     let skip = |reason: String| Plan::Skip { path: display_path(raw), reason };
     match kind {
         Kind::Dir => return Plan::Dir,
@@ -474,9 +489,13 @@ fn broken(source: &Watch, error: impl Display) -> ArchiveError {
 // ---------------------------------------------------------------------------------------------
 // zip
 
-fn walk_zip(walk: &mut Walk<'_>, file: Watched<fs_err::File>) -> Result<(), ArchiveError> {
+fn walk_zip(walk: &mut Walk<'_>, mut file: Watched<fs_err::File>) -> Result<(), ArchiveError> {
     let source = walk.source.clone();
     let limits = *walk.limits;
+    // The zip crate reads the whole central directory (allocating for every entry it
+    // declares) before it can say how many there are: check what the end record declares first.
+    check_declared(&mut file, limits.max_entries)?;
+    file.seek(SeekFrom::Start(0)).map_err(|e| ArchiveError::Io(e.to_string()))?;
     let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| broken(&source, e))?;
     if zip.len() > limits.max_entries {
         return Err(ArchiveError::TooManyEntries { limit: limits.max_entries });

@@ -10,12 +10,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::annotations::{self, AnnotationFormat, AnnotationProblem, ImageBoxes, LabeledBox, PixelBox};
 use super::archive::{ArchiveEntry, ArchiveFile};
 use super::layout::{Placement, place_in_classes, shared_top};
+pub use super::report::{Capped, Duplicate, IngestReport, Rejected};
 use super::split::{Split, SplitFractions, assign_split};
 use crate::vision::{DecodeLimits, decode_image};
 
@@ -29,7 +29,15 @@ pub struct IngestOptions {
     /// The annotation format the uploader named. It also claims files that detection
     /// would miss (a CSV or JSON it cannot tell apart); `None` recognises each file.
     pub annotation_format: Option<AnnotationFormat>,
+    /// Bytes of all the annotation files of one upload together. They are held in memory
+    /// until every image is known; more fails the upload.
+    pub max_annotation_bytes: u64,
 }
+
+/// The default of [`IngestOptions::max_annotation_bytes`]: four annotation files at the
+/// per-file limit ([`annotations::MAX_ANNOTATION_BYTES`]), or a VOC file for each of a quarter
+/// of a million images.
+pub const DEFAULT_MAX_ANNOTATION_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Default for IngestOptions {
     fn default() -> Self {
@@ -39,40 +47,9 @@ impl Default for IngestOptions {
             splits: SplitFractions::default(),
             min_images_per_class: 10,
             annotation_format: None,
+            max_annotation_bytes: DEFAULT_MAX_ANNOTATION_BYTES,
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Rejected {
-    pub path: String,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Duplicate {
-    pub path: String,
-    pub same_as: String,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct IngestReport {
-    pub files_seen: usize,
-    pub images: usize,
-    pub top_folder: Option<String>,
-    pub rejected: Vec<Rejected>,
-    pub duplicates: Vec<Duplicate>,
-    pub warnings: Vec<String>,
-    /// The annotation format(s) the boxes came from ("voc", or "coco, csv" for a mix);
-    /// `None` for a class-folder dataset.
-    pub annotations: Option<String>,
-    /// Annotation files that could not be read, records that were left out, names
-    /// that match no image, and boxes that were clipped.
-    pub annotation_problems: Vec<AnnotationProblem>,
-    /// Boxes that ran past the image edge and were cut to it.
-    pub boxes_clipped: usize,
-    /// Images annotated with more than one box, of which only the largest is kept.
-    pub images_with_several_boxes: usize,
 }
 
 /// One accepted image.
@@ -130,7 +107,12 @@ pub struct Ingestor<'s> {
     store_image: StoreImage<'s>,
     accepted: Vec<Accepted>,
     annotation_files: Vec<AnnotationFile>,
+    /// Bytes of `annotation_files`.
+    annotation_bytes: u64,
     first_path_of: HashMap<String, String>,
+    /// Every duplicate's path and the path of the copy kept (the report lists only the
+    /// first few): an annotation may name either.
+    duplicate_paths: Vec<(String, String)>,
     report: IngestReport,
 }
 
@@ -142,12 +124,15 @@ impl<'s> Ingestor<'s> {
             store_image,
             accepted: Vec::new(),
             annotation_files: Vec::new(),
+            annotation_bytes: 0,
             first_path_of: HashMap::new(),
+            duplicate_paths: Vec::new(),
             report: IngestReport::default(),
         }
     }
 
-    /// Takes one archive entry. An `Err` is a storage failure and ends the ingestion.
+    /// Takes one archive entry. An `Err` ends the ingestion: a storage failure, or annotation
+    /// files over [`IngestOptions::max_annotation_bytes`].
     pub fn add(&mut self, entry: ArchiveEntry) -> Result<(), String> {
         self.report.files_seen += 1;
         let ArchiveFile { path, bytes } = match entry {
@@ -158,13 +143,23 @@ impl<'s> Ingestor<'s> {
             }
         };
         if let Some(format) = annotation_format_of(&path, &bytes, self.options.annotation_format) {
+            let limit = self.options.max_annotation_bytes;
+            self.annotation_bytes = self.annotation_bytes.saturating_add(bytes.len() as u64);
+            if self.annotation_bytes > limit {
+                return Err(format!(
+                    "the annotation files hold more than {limit} bytes in all, the limit per upload \
+                     (--max-annotation-bytes); {path} brings them to {}",
+                    self.annotation_bytes
+                ));
+            }
             self.annotation_files.push(AnnotationFile { path, format, bytes });
             return Ok(());
         }
         // A copy of an accepted image is known by its hash alone: no need to decode it again.
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if let Some(first) = self.first_path_of.get(&sha256) {
-            self.report.duplicates.push(Duplicate { path, same_as: first.clone() });
+            self.report.duplicates.push(Duplicate { path: path.clone(), same_as: first.clone() });
+            self.duplicate_paths.push((path, first.clone()));
             return Ok(());
         }
         let image = match decode_image(&bytes, &self.options.decode) {
@@ -189,7 +184,7 @@ impl<'s> Ingestor<'s> {
         };
         if by_class.is_empty() {
             let why = if !self.report.rejected.is_empty() {
-                format!("all {} files were rejected; see the reasons in the report", self.report.rejected.len())
+                format!("all {} files were rejected; see the reasons in the report", self.report.rejected.total())
             } else if had_annotation_files {
                 "the archive holds annotation files but no images".to_owned()
             } else {
@@ -264,7 +259,7 @@ impl<'s> Ingestor<'s> {
             match annotations::parse(file.format, &file.path, &file.bytes) {
                 Err(reason) => self.report.annotation_problems.push(AnnotationProblem { file: file.path, reason }),
                 Ok(parsed) => {
-                    self.report.annotation_problems.extend(parsed.problems);
+                    self.report.annotation_problems.absorb(parsed.problems);
                     if parsed.images.is_empty() {
                         continue;
                     }
@@ -294,29 +289,26 @@ impl<'s> Ingestor<'s> {
         let position: HashMap<&str, usize> = paths.iter().enumerate().map(|(at, path)| (*path, at)).collect();
         // A duplicate's annotation describes the same pixels, so it counts for the kept copy.
         let aliases: Vec<(&str, usize)> = self
-            .report
-            .duplicates
+            .duplicate_paths
             .iter()
-            .filter_map(|d| position.get(d.same_as.as_str()).map(|&at| (d.path.as_str(), at)))
+            .filter_map(|(path, same_as)| position.get(same_as.as_str()).map(|&at| (path.as_str(), at)))
             .collect();
         let index = ImageIndex::new(&paths, &aliases);
         let mut found: Vec<Vec<(String, ImageBoxes)>> = vec![Vec::new(); accepted.len()];
-        let mut unmatched = Vec::new();
         for (file, image) in described {
             match index.find(&image.image) {
                 Ok(at) => found[at].push((file, image)),
-                Err(reason) => unmatched.push(AnnotationProblem { file, reason }),
+                Err(reason) => self.report.annotation_problems.push(AnnotationProblem { file, reason }),
             }
         }
         let top_folder = index.top.clone();
-        self.report.annotation_problems.extend(unmatched);
 
         let mut by_class: BTreeMap<String, Vec<Accepted>> = BTreeMap::new();
         for (mut image, found) in accepted.into_iter().zip(found) {
             match choose_box(&image.path, image.width, image.height, &found) {
                 Ok(chosen) => {
-                    self.report.boxes_clipped += chosen.clipped.len();
-                    self.report.annotation_problems.extend(chosen.clipped);
+                    self.report.boxes_clipped += chosen.clipped.total();
+                    self.report.annotation_problems.absorb(chosen.clipped);
                     self.report.images_with_several_boxes += usize::from(chosen.several);
                     image.bbox = Some(chosen.bbox);
                     by_class.entry(chosen.label).or_default().push(image);
@@ -428,7 +420,7 @@ struct Chosen {
     /// More than one box was annotated.
     several: bool,
     /// A note (under the annotation file) for each box that was cut to the image.
-    clipped: Vec<AnnotationProblem>,
+    clipped: Capped<AnnotationProblem>,
 }
 
 /// Picks the box for the image at `path`, decoded (upright) as `width`×`height`, from
@@ -451,13 +443,13 @@ fn choose_box(path: &str, width: u32, height: u32, found: &[(String, ImageBoxes)
         }
     }
     let mut fitted = Vec::new();
-    let mut clipped = Vec::new();
+    let mut clipped = Capped::default();
     for (file, image) in found {
         for labeled in &image.boxes {
             let (bbox, was_clipped) = annotations::fit_to_image(labeled.bbox, width, height)
                 .map_err(|reason| format!("{reason} ({:?} in {file})", labeled.label))?;
             if was_clipped {
-                clipped.push(AnnotationProblem {
+                clipped.push_with(|| AnnotationProblem {
                     file: file.clone(),
                     reason: format!(
                         "{path}: the {:?} box {} runs past the {width}×{height} image and was clipped to {}",
@@ -645,6 +637,45 @@ mod tests {
         assert_eq!(outcome.report.annotation_problems.len(), 1);
         assert_eq!(outcome.report.annotation_problems[0].file, "red/notes.xml");
         assert_eq!((outcome.report.boxes_clipped, outcome.report.images_with_several_boxes), (0, 0));
+    }
+
+    #[test]
+    fn annotation_files_over_the_upload_limit_end_the_ingestion() {
+        // 1 000 bytes of annotations are allowed, at 18 bytes a row: 396 + 414 bytes fit,
+        // and a third file of 198 goes over.
+        let options = IngestOptions { max_annotation_bytes: 1000, ..IngestOptions::default() };
+        let mut store = |_: &str, _: &[u8]| Ok(());
+        let mut ingestor = Ingestor::new(options, &mut store);
+        let rows = |n: usize| "a.png,cat,1,1,5,5\n".repeat(n).into_bytes();
+        ingestor.add(file("red/a.png", png(8, 8, 1))).unwrap();
+        ingestor.add(file("first.csv", rows(22))).unwrap();
+        ingestor.add(file("second.csv", rows(23))).unwrap();
+        let err = ingestor.add(file("third.csv", rows(11))).unwrap_err();
+        assert!(err.contains("more than 1000 bytes") && err.contains("--max-annotation-bytes"), "{err}");
+        assert!(err.contains("third.csv brings them to 1008"), "{err}");
+        // Images do not count towards it.
+        let options = IngestOptions { max_annotation_bytes: 10, ..IngestOptions::default() };
+        let mut store = |_: &str, _: &[u8]| Ok(());
+        let mut ingestor = Ingestor::new(options, &mut store);
+        ingestor.add(file("red/a.png", png(64, 64, 1))).unwrap();
+        ingestor.add(file("red/notes.txt", vec![b'x'; 100])).unwrap();
+    }
+
+    #[test]
+    fn a_report_of_many_rejections_lists_a_hundred_and_counts_all() {
+        let mut entries: Vec<ArchiveEntry> = (0..3).map(|i| file(&format!("red/{i}.png"), png(8, 8, i))).collect();
+        entries.extend((0..3).map(|i| file(&format!("blue/{i}.png"), png(8, 8, 10 + i))));
+        entries.extend((0..500).map(|i| file(&format!("blue/junk{i}.png"), b"not a png".to_vec())));
+        entries.extend((0..300).map(|i| file(&format!("blue/copy{i}.png"), png(8, 8, 1))));
+        let outcome = ingest(entries, IngestOptions { min_images_per_class: 1, ..IngestOptions::default() }).unwrap();
+        let report = &outcome.report;
+        assert_eq!((report.rejected.len(), report.rejected.total()), (100, 500));
+        assert_eq!(report.rejected[0].path, "blue/junk0.png");
+        assert_eq!((report.duplicates.len(), report.duplicates.total()), (100, 300));
+        assert_eq!(report.duplicates[0], Duplicate { path: "blue/copy0.png".into(), same_as: "red/1.png".into() });
+        assert_eq!(outcome.images.len(), 6);
+        let json = report.to_bounded_json(crate::data::MAX_REPORT_BYTES);
+        assert_eq!((json["rejected_total"].as_u64(), json["duplicates_total"].as_u64()), (Some(500), Some(300)));
     }
 
     #[test]

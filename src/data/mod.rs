@@ -6,11 +6,15 @@ pub mod archive;
 mod folder;
 mod ingest;
 mod layout;
+mod report;
 mod split;
+mod zip_end;
 
 pub use folder::{FolderSummary, read_folder, resolve_import};
 pub use ingest::{
-    Duplicate, IngestError, IngestOptions, IngestOutcome, IngestReport, IngestedImage, Ingestor, Rejected,
+    DEFAULT_MAX_ANNOTATION_BYTES, Duplicate, IngestError, IngestOptions, IngestOutcome, IngestReport, IngestedImage,
+    Ingestor, Rejected,
 };
 pub use layout::{Placement, place_in_classes};
+pub use report::{Capped, LISTED_PER_KIND, MAX_REPORT_BYTES, MAX_TEXT_BYTES};
 pub use split::{Split, SplitFractions, assign_split};

@@ -7,6 +7,18 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::db::{Db, StoreError, from_json, now_ms};
+use crate::data::MAX_REPORT_BYTES;
+
+/// The columns of a dataset row. A report over [`MAX_REPORT_BYTES`] (only an older version
+/// stored those) is not read at all: it comes back as NULL with its size, and is served as a
+/// note saying so.
+fn dataset_columns() -> String {
+    format!(
+        "id, name, created_at, seed, split_train, split_valid, split_test, task, \
+         CASE WHEN octet_length(report) > {MAX_REPORT_BYTES} THEN NULL ELSE report END AS report, \
+         CAST(octet_length(report) AS BIGINT) AS report_bytes"
+    )
+}
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ItemRecord {
@@ -76,14 +88,31 @@ fn dataset_from_row(row: &AnyRow, classes: Vec<String>) -> Result<DatasetRecord,
         task: row.try_get("task")?,
         seed: row.try_get("seed")?,
         splits: [row.try_get("split_train")?, row.try_get("split_valid")?, row.try_get("split_test")?],
-        report: from_json(&row.try_get::<String, _>("report")?)?,
+        report: match row.try_get::<Option<String>, _>("report")? {
+            Some(text) => from_json(&text)?,
+            None => serde_json::json!({
+                "omitted": format!(
+                    "the stored report has {} bytes, over the limit of {MAX_REPORT_BYTES}; it is not shown",
+                    row.try_get::<i64, _>("report_bytes")?
+                )
+            }),
+        },
         classes,
     })
 }
 
 impl Db {
     /// Inserts the dataset, its classes and items in one transaction: all or nothing.
+    ///
+    /// A report over [`MAX_REPORT_BYTES`] is refused: every listing sends it back.
     pub async fn insert_dataset(&self, dataset: &NewDataset) -> Result<(), StoreError> {
+        let report = dataset.report.to_string();
+        if report.len() > MAX_REPORT_BYTES {
+            return Err(StoreError::Malformed(format!(
+                "the dataset report has {} bytes, over the limit of {MAX_REPORT_BYTES}",
+                report.len()
+            )));
+        }
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO datasets (id, name, created_at, seed, split_train, split_valid, split_test, report, task) \
@@ -96,7 +125,7 @@ impl Db {
         .bind(dataset.splits[0])
         .bind(dataset.splits[1])
         .bind(dataset.splits[2])
-        .bind(dataset.report.to_string())
+        .bind(report)
         .bind(&dataset.task)
         .execute(&mut *tx)
         .await?;
@@ -133,7 +162,10 @@ impl Db {
     }
 
     pub async fn dataset(&self, id: &str) -> Result<Option<DatasetRecord>, StoreError> {
-        let Some(row) = sqlx::query("SELECT * FROM datasets WHERE id = $1").bind(id).fetch_optional(&self.pool).await?
+        let Some(row) = sqlx::query(&format!("SELECT {} FROM datasets WHERE id = $1", dataset_columns()))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
         else {
             return Ok(None);
         };
@@ -149,7 +181,9 @@ impl Db {
 
     /// Every dataset, oldest first; two queries however many there are.
     pub async fn datasets(&self) -> Result<Vec<DatasetRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM datasets ORDER BY created_at, id").fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&format!("SELECT {} FROM datasets ORDER BY created_at, id", dataset_columns()))
+            .fetch_all(&self.pool)
+            .await?;
         let mut classes: HashMap<String, Vec<String>> = HashMap::new();
         for row in sqlx::query("SELECT dataset_id, name FROM dataset_classes ORDER BY dataset_id, idx")
             .fetch_all(&self.pool)

@@ -2,6 +2,7 @@
 //! attribute is the label" and the order of images both depend on it, and
 //! `serde_json::Value` sorts keys unless a crate-wide feature is switched on.
 
+use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -26,11 +27,22 @@ impl Json {
     /// depth: COCO segmentation polygons can be most of a file and are not needed
     /// for boxes.
     pub(super) fn parse_skipping(text: &str, skip: &'static [&'static str]) -> Result<Json, String> {
+        Self::parse_limited(text, skip, MAX_JSON_VALUES)
+    }
+
+    /// [`Self::parse_skipping`], refusing text of more than `max_values` values (skipped ones
+    /// do not count: they are never built).
+    fn parse_limited(text: &str, skip: &'static [&'static str], max_values: usize) -> Result<Json, String> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        JsonSeed { skip }
+        let left = Cell::new(max_values);
+        JsonSeed { skip, left: &left, max_values }
             .deserialize(&mut deserializer)
             .and_then(|value| deserializer.end().map(|()| value))
-            .map_err(|e| format!("not valid JSON: {e}"))
+            .map_err(|e| {
+                // Too many values is no syntax error.
+                let text = e.to_string();
+                if text.starts_with("the file holds more than") { text } else { format!("not valid JSON: {text}") }
+            })
     }
 
     /// The first value under `key` of an object.
@@ -113,13 +125,34 @@ impl Json {
     }
 }
 
-/// Builds a [`Json`], leaving out the values of the keys in `skip`.
+/// The most values one JSON annotation file may hold. Each takes 32 bytes in the tree (more
+/// for strings, arrays and objects), so text of a few bytes a value, like `[[],[],…]`, would
+/// otherwise grow tenfold in memory. A COCO file of 64 MiB without its segmentations holds
+/// well under this.
+pub(super) const MAX_JSON_VALUES: usize = 8_000_000;
+
+/// Builds a [`Json`], leaving out the values of the keys in `skip`; `left` counts down the
+/// values that may still be built.
 #[derive(Clone, Copy)]
-struct JsonSeed {
+struct JsonSeed<'b> {
     skip: &'static [&'static str],
+    left: &'b Cell<usize>,
+    max_values: usize,
 }
 
-impl<'de> DeserializeSeed<'de> for JsonSeed {
+impl JsonSeed<'_> {
+    fn count<E: de::Error>(&self) -> Result<(), E> {
+        match self.left.get() {
+            0 => Err(E::custom(format!("the file holds more than {} values", self.max_values))),
+            n => {
+                self.left.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for JsonSeed<'_> {
     type Value = Json;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Json, D::Error> {
@@ -127,7 +160,7 @@ impl<'de> DeserializeSeed<'de> for JsonSeed {
     }
 }
 
-impl<'de> Visitor<'de> for JsonSeed {
+impl<'de> Visitor<'de> for JsonSeed<'_> {
     type Value = Json;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -135,34 +168,42 @@ impl<'de> Visitor<'de> for JsonSeed {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Json, E> {
+        self.count()?;
         Ok(Json::Bool(v))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Json, E> {
+        self.count()?;
         Ok(Json::Number(v.into()))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Json, E> {
+        self.count()?;
         Ok(Json::Number(v.into()))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Json, E> {
+        self.count()?;
         Ok(serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Json, E> {
+        self.count()?;
         Ok(Json::String(v.to_owned()))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<Json, E> {
+        self.count()?;
         Ok(Json::String(v))
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Json, E> {
+        self.count()?;
         Ok(Json::Null)
     }
 
     fn visit_none<E: de::Error>(self) -> Result<Json, E> {
+        self.count()?;
         Ok(Json::Null)
     }
 
@@ -171,6 +212,7 @@ impl<'de> Visitor<'de> for JsonSeed {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        self.count()?;
         let mut items = Vec::new();
         while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
@@ -179,6 +221,7 @@ impl<'de> Visitor<'de> for JsonSeed {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        self.count()?;
         let mut fields = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             if self.skip.contains(&key.as_str()) {
@@ -234,6 +277,18 @@ mod tests {
         // Skipped values must still be valid JSON, and nothing may follow the value.
         assert!(Json::parse_skipping(r#"{"seg": [1, }"#, &["seg"]).is_err());
         assert!(Json::parse_skipping(r#"{"a": 1} x"#, &[]).is_err());
+    }
+
+    #[test]
+    fn the_number_of_values_is_bounded() {
+        // An object, an array and three numbers are five values; the skipped list is not built.
+        let text = r#"{"a": [1, 2, 3], "seg": [[1, 2, 3, 4, 5, 6]]}"#;
+        assert!(Json::parse_limited(text, &["seg"], 5).is_ok());
+        let err = Json::parse_limited(text, &["seg"], 4).unwrap_err();
+        assert!(err.contains("the file holds more than 4 values"), "{err}");
+        let empties = format!("[{}[]]", "[],".repeat(1000));
+        assert!(Json::parse_limited(&empties, &[], 1002).is_ok());
+        assert!(Json::parse_limited(&empties, &[], 1001).is_err());
     }
 
     #[test]

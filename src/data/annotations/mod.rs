@@ -17,6 +17,8 @@ mod voc;
 
 use std::collections::HashMap;
 
+use super::report::Capped;
+
 /// Annotation files larger than this are refused: even COCO files for tens of
 /// thousands of images stay well below it, and parsing builds an in-memory tree.
 pub const MAX_ANNOTATION_BYTES: usize = 64 * 1024 * 1024;
@@ -82,10 +84,13 @@ pub struct AnnotationProblem {
 
 /// What one annotation file yielded. Images appear in the order the file first names
 /// them; boxes for the same image spread over several records are merged.
+///
+/// `problems` keeps the first [`LISTED_PER_KIND`](super::LISTED_PER_KIND) and counts the
+/// rest: a file of a million bad rows costs a counter, not a million messages.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ParsedAnnotations {
     pub images: Vec<ImageBoxes>,
-    pub problems: Vec<AnnotationProblem>,
+    pub problems: Capped<AnnotationProblem>,
 }
 
 /// Choices that a file cannot state for itself.
@@ -236,32 +241,34 @@ pub fn largest(boxes: &[LabeledBox]) -> Option<&LabeledBox> {
 
 /// Gathers images and problems while a parser walks a file: merges records for the
 /// same image, keeps first-seen order, and leaves out images with a bad box.
+///
+/// A file may name millions of images, so each costs little: its name is kept once (as the
+/// key of `index`), and a spoiled image drops its boxes.
 pub(crate) struct Collector {
     source: String,
     entries: Vec<Entry>,
-    index: HashMap<String, usize>,
-    problems: Vec<AnnotationProblem>,
+    /// Image name → its place in `entries`.
+    index: HashMap<Box<str>, usize>,
+    problems: Capped<AnnotationProblem>,
 }
 
 struct Entry {
-    image: ImageBoxes,
+    size: Option<(u32, u32)>,
+    boxes: Vec<LabeledBox>,
     spoiled: bool,
 }
 
 impl Collector {
     fn new(source: &str) -> Self {
-        Self { source: source.to_owned(), entries: Vec::new(), index: HashMap::new(), problems: Vec::new() }
+        Self { source: source.to_owned(), entries: Vec::new(), index: HashMap::new(), problems: Capped::default() }
     }
 
     fn entry(&mut self, image: &str) -> &mut Entry {
         let at = match self.index.get(image) {
             Some(&at) => at,
             None => {
-                self.entries.push(Entry {
-                    image: ImageBoxes { image: image.to_owned(), size: None, boxes: Vec::new() },
-                    spoiled: false,
-                });
-                self.index.insert(image.to_owned(), self.entries.len() - 1);
+                self.entries.push(Entry { size: None, boxes: Vec::new(), spoiled: false });
+                self.index.insert(image.into(), self.entries.len() - 1);
                 self.entries.len() - 1
             }
         };
@@ -274,7 +281,10 @@ impl Collector {
     }
 
     fn add_box(&mut self, image: &str, label: &str, bbox: PixelBox) {
-        self.entry(image).image.boxes.push(LabeledBox { label: label.to_owned(), bbox });
+        let entry = self.entry(image);
+        if !entry.spoiled {
+            entry.boxes.push(LabeledBox { label: label.to_owned(), bbox });
+        }
     }
 
     /// Records the stated size; a second, different size for the same image makes the
@@ -290,8 +300,8 @@ impl Collector {
 
     fn set_size(&mut self, image: &str, size: (u32, u32)) {
         let entry = self.entry(image);
-        match entry.image.size {
-            None => entry.image.size = Some(size),
+        match entry.size {
+            None => entry.size = Some(size),
             Some(known) if known == size => {}
             Some((w, h)) => {
                 let reason =
@@ -303,22 +313,36 @@ impl Collector {
 
     /// A problem that does not cost any image its boxes.
     fn problem(&mut self, reason: String) {
-        self.problems.push(AnnotationProblem { file: self.source.clone(), reason });
+        let file = &self.source;
+        self.problems.push_with(|| AnnotationProblem { file: file.clone(), reason });
     }
 
     /// A problem with one of the image's boxes: the image is left out.
     fn spoil(&mut self, image: &str, reason: String) {
-        self.entry(image).spoiled = true;
+        self.leave_out(image);
         self.problem(reason);
     }
 
     /// Leaves an image out for a problem already reported under another image.
     fn leave_out(&mut self, image: &str) {
-        self.entry(image).spoiled = true;
+        let entry = self.entry(image);
+        entry.spoiled = true;
+        entry.boxes = Vec::new();
     }
 
     fn finish(self) -> ParsedAnnotations {
-        let images = self.entries.into_iter().filter(|entry| !entry.spoiled).map(|entry| entry.image).collect();
+        let mut names: Vec<Option<Box<str>>> = vec![None; self.entries.len()];
+        for (name, at) in self.index {
+            names[at] = Some(name);
+        }
+        let images = (self.entries.into_iter().zip(names))
+            .filter(|(entry, _)| !entry.spoiled)
+            .map(|(entry, name)| ImageBoxes {
+                image: name.map(String::from).unwrap_or_default(),
+                size: entry.size,
+                boxes: entry.boxes,
+            })
+            .collect();
         ParsedAnnotations { images, problems: self.problems }
     }
 }
@@ -549,6 +573,17 @@ mod tests {
                 let _ = detect("cut.csv", bytes);
             }
         }
+    }
+
+    #[test]
+    fn a_file_of_bad_rows_keeps_the_first_problems_and_counts_the_rest() {
+        let rows: String = (0..5000).map(|i| format!("img{i}.jpg,cat,30,0,10,5\n")).collect();
+        let parsed = parse(AnnotationFormat::Csv, "bad.csv", rows.as_bytes()).unwrap();
+        assert!(parsed.images.is_empty());
+        assert_eq!(parsed.problems.total(), 5000);
+        assert_eq!(parsed.problems.len(), crate::data::LISTED_PER_KIND);
+        assert_eq!(parsed.problems[0].reason, "row 1 (img0.jpg): xmax 10 is not greater than xmin 30");
+        assert_eq!(parsed.problems[99].reason, "row 100 (img99.jpg): xmax 10 is not greater than xmin 30");
     }
 
     #[test]

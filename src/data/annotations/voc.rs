@@ -7,9 +7,18 @@ use roxmltree::{Document, Node};
 
 use super::{Collector, box_from_corners, image_size, parse_number};
 
+/// The most XML nodes (elements, texts, comments) one VOC file may have. An object takes about
+/// twenty, so this allows ten thousand boxes on one image, and keeps a file of tiny elements
+/// (`<a/><a/>…`, some 70 bytes of tree for every 4 of text) from growing tenfold in memory.
+const MAX_NODES: u32 = 200_000;
+
 pub(super) fn parse(text: &str, out: &mut Collector) -> Result<(), String> {
     // roxmltree refuses DTDs by default, so entity expansion cannot blow up.
-    let doc = Document::parse(text).map_err(|e| format!("not well-formed XML: {e}"))?;
+    let options = roxmltree::ParsingOptions { nodes_limit: MAX_NODES, ..roxmltree::ParsingOptions::default() };
+    let doc = Document::parse_with_options(text, options).map_err(|e| match e {
+        roxmltree::Error::NodesLimitReached => format!("the file has more than {MAX_NODES} XML nodes"),
+        e => format!("not well-formed XML: {e}"),
+    })?;
     let root = doc.root_element();
     if root.tag_name().name() != "annotation" {
         return Err(format!("the root element is <{}>, not <annotation>", root.tag_name().name()));
@@ -259,5 +268,12 @@ pub(super) mod tests {
         let dtd =
             "<?xml version=\"1.0\"?><!DOCTYPE a [<!ENTITY x \"xx\">]><annotation><filename>&x;</filename></annotation>";
         assert!(voc(dtd).is_err());
+    }
+
+    #[test]
+    fn a_file_of_too_many_nodes_is_refused() {
+        let of = |n: usize| format!("<annotation><filename>a.jpg</filename>{}</annotation>", "<a/>".repeat(n));
+        assert!(voc(&of(150_000)).is_ok());
+        assert_eq!(voc(&of(250_000)).unwrap_err(), "the file has more than 200000 XML nodes");
     }
 }
