@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test lint ort models fixtures keras-models bench bench-train bench-tune clean
+.PHONY: all build release run test lint ort models fixtures keras-models bench bench-train bench-tune soak fuzz clean
 
 all: build
 
@@ -92,6 +92,23 @@ bench-tune: release $(VENV)/.installed
 	$(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/pip install --quiet -r bench/requirements.txt -r bench/server-requirements.txt
 	touch $@
+
+## Robustness: SOAK_SECONDS (600) at c=32 of mixed valid and invalid classify requests;
+## fails on any 5xx, a wrongly classed answer, or RSS growth over 10 % after the first minute.
+SOAK_SECONDS ?= 600
+soak: release models fixtures
+	target/release/graft soak --seconds $(SOAK_SECONDS)
+
+## Each cargo-fuzz target in turn for FUZZ_SECONDS (600) on the nightly toolchain; new
+## corpus entries stay in fuzz/corpus (git-ignored but the seeds), crashes in fuzz/artifacts.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= decode_preprocess archive_ingest annotations_voc annotations_via_csv \
+	annotations_via_json annotations_coco annotations_csv job_spec
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for target in $(FUZZ_TARGETS); do \
+		$(CARGO) +nightly fuzz run $$target -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 || exit 1; \
+	done
 
 clean:
 	rm -rf target $(FIXTURES) .ort

@@ -30,6 +30,8 @@ enum Command {
     Bench(Box<graft::bench::BenchSettings>),
     /// Measure tuning speed: phase 2's step and epoch on a tail, against ONNX Runtime's forward pass.
     BenchTune(Box<graft::bench::TuneBenchSettings>),
+    /// Hold mixed valid and invalid classify requests against a server: no 5xx, RSS flat.
+    Soak(Box<graft::bench::SoakSettings>),
     /// Model manifests and files.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -108,6 +110,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Worker(settings) => graft::run_workers(*settings).await,
         Command::Bench(settings) => graft::bench::run(*settings).await,
         Command::BenchTune(settings) => graft::bench::run_tune(*settings).await,
+        Command::Soak(settings) => graft::bench::run_soak(*settings).await,
         Command::Models(ModelsCommand::List(models)) => {
             for manifest in load_manifest_dir(&models.model_dir)? {
                 let present = if manifest.file.is_file() { "present" } else { "missing" };

@@ -6,8 +6,10 @@
 mod load;
 mod process;
 mod raw;
+mod soak;
 mod tune;
 
+pub use soak::{SoakSettings, run as run_soak};
 pub use tune::{TuneBenchSettings, run as run_tune};
 
 use std::path::PathBuf;
