@@ -155,6 +155,9 @@ pub struct Limits {
     /// Largest request body in bytes.
     #[arg(long, env = "GRAFT_MAX_BODY_BYTES", default_value_t = 20 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest JSON body of a job submission or a dataset import, in bytes.
+    #[arg(long, env = "GRAFT_MAX_JSON_BYTES", default_value_t = 1024 * 1024)]
+    pub max_json_bytes: usize,
     /// Largest image in pixels (width × height), checked from the header before decoding.
     #[arg(long, env = "GRAFT_MAX_PIXELS", default_value_t = 40_000_000)]
     pub max_pixels: u64,
@@ -194,6 +197,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 20 * 1024 * 1024,
+            max_json_bytes: 1024 * 1024,
             max_pixels: 40_000_000,
             max_jpeg_scans: crate::vision::DEFAULT_MAX_JPEG_SCANS,
             max_images_per_request: 64,

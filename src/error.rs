@@ -24,6 +24,8 @@ pub enum Error {
     Unprocessable(String),
     #[error("the request body is over the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the form field {field:?} is over the limit of {limit} bytes")]
+    FieldTooLarge { field: String, limit: usize },
     #[error("{0}")]
     Overloaded(String),
     /// A dataset, job or other resource that does not exist.

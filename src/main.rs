@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 /// jemalloc keeps the server's memory flat under sustained load. Measured with `graft bench
 /// --soak-seconds 240` at c=32 (RSS after 40 s → after 240 s): jemalloc 197,648 → 194,824 KiB,
 /// the system allocator 234,016 → 240,140 KiB, mimalloc 424,284 → 466,852 KiB.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use graft::config::{EngineSettings, ModelSettings, RuntimeSettings, ServeSettings};

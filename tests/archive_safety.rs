@@ -3,9 +3,12 @@
 //! temporary folder, with the `zip`, `tar` and `flate2` crates (or by hand where those
 //! refuse to write something broken).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use common::hostile::{append_link, append_raw, raw_header};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use graft::data::archive::{
@@ -67,36 +70,8 @@ fn write_zip(path: &Path, files: &[(&str, &[u8])], options: SimpleFileOptions) {
     zip.finish().unwrap();
 }
 
-/// A GNU tar header with the name written as raw bytes: `Header::set_path` refuses `..` and
-/// absolute paths, which is exactly what these tests need.
-fn raw_header(name: &[u8], entry_type: EntryType, size: u64) -> Header {
-    let mut header = Header::new_gnu();
-    {
-        let gnu = header.as_gnu_mut().unwrap();
-        gnu.name = [0; 100];
-        gnu.name[..name.len()].copy_from_slice(name);
-    }
-    header.set_mode(if entry_type == EntryType::Directory { 0o755 } else { 0o644 });
-    header.set_mtime(0);
-    header.set_size(size);
-    header.set_entry_type(entry_type);
-    header.set_cksum();
-    header
-}
-
-fn append_raw<W: Write>(builder: &mut tar::Builder<W>, name: &str, bytes: &[u8]) {
-    builder.append(&raw_header(name.as_bytes(), EntryType::Regular, bytes.len() as u64), bytes).unwrap();
-}
-
 fn append_dir<W: Write>(builder: &mut tar::Builder<W>, name: &str) {
     builder.append(&raw_header(name.as_bytes(), EntryType::Directory, 0), &[][..]).unwrap();
-}
-
-fn append_link<W: Write>(builder: &mut tar::Builder<W>, name: &str, entry_type: EntryType, target: &str) {
-    let mut header = raw_header(name.as_bytes(), entry_type, 0);
-    header.set_link_name_literal(target).unwrap();
-    header.set_cksum();
-    builder.append(&header, &[][..]).unwrap();
 }
 
 /// A tar of `(name, bytes)` files with raw names.

@@ -3,37 +3,10 @@
 
 mod common;
 
+use common::hostile::png_header_only;
 use common::*;
 use graft::config::Limits;
 use serde_json::json;
-
-/// A PNG whose header claims `width × height`, followed by the start of pixel data that
-/// never finishes: only a decoder that reads the header first can answer "too large".
-fn png_header_only(width: u32, height: u32) -> Vec<u8> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = 0xFFFF_FFFFu32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-            }
-        }
-        !crc
-    }
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend(width.to_be_bytes());
-    ihdr.extend(height.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    png.extend(13u32.to_be_bytes());
-    png.extend(&ihdr);
-    png.extend(crc32(&ihdr).to_be_bytes());
-    let idat = b"IDAT\x78\x9c\x00\x00\x00\xff\xff".to_vec();
-    png.extend(((idat.len() - 4) as u32).to_be_bytes());
-    png.extend(&idat);
-    png.extend(crc32(&idat).to_be_bytes());
-    png
-}
 
 /// img0.jpg without its last `missing` bytes: the scan data stops before the image does
 /// (a decoder that fills the rest with grey would call this a success).

@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::path::Path;
-
+use common::hostile::{models_in_every_mode, progressive_jpeg};
 use common::*;
 use graft::config::Limits;
 
@@ -19,50 +18,11 @@ fn peak_rss() -> u64 {
     kib * 1024
 }
 
-/// The fixture model three times over, as `tiny_pad`, `tiny_crop` and `tiny_stretch`.
-fn models_in_every_mode(dir: &Path) {
-    let source = fixture_models();
-    let manifest = std::fs::read_to_string(source.join("tiny_nchw.toml")).unwrap();
-    assert!(manifest.contains("resize = \"stretch\""), "the fixture manifest changed: {manifest}");
-    for file in ["tiny_nchw.onnx", "fixture_labels.tsv"] {
-        std::fs::copy(source.join(file), dir.join(file)).unwrap();
-    }
-    for mode in ["pad", "crop", "stretch"] {
-        let text = manifest.replace("resize = \"stretch\"", &format!("resize = \"{mode}\""));
-        std::fs::write(dir.join(format!("tiny_{mode}.toml")), text).unwrap();
-    }
-}
-
 fn png(width: u32, height: u32) -> Vec<u8> {
     let image = image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([if (x / 1000 + y / 1000) % 2 == 0 { 40 } else { 220 }, 128, 90])
     });
     common::datasets::encode(&image, image::ImageFormat::Png)
-}
-
-/// An 8×8 grayscale progressive JPEG: a DC scan and `ac_scans` AC scans, every
-/// coefficient 0, each Huffman table one 1-bit code (so each scan's data is 0x7F).
-fn progressive_jpeg(ac_scans: u32) -> Vec<u8> {
-    let segment = |marker: u8, payload: &[u8]| {
-        let mut out = vec![0xFF, marker];
-        out.extend_from_slice(&(payload.len() as u16 + 2).to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    };
-    let table = |class_and_id: u8| [&[class_and_id, 1][..], &[0; 15], &[0x00]].concat();
-    let mut jpeg = vec![0xFF, 0xD8];
-    jpeg.extend(segment(0xDB, &[&[0x00][..], &[1; 64]].concat()));
-    jpeg.extend(segment(0xC2, &[8, 0, 8, 0, 8, 1, 1, 0x11, 0]));
-    jpeg.extend(segment(0xC4, &table(0x00)));
-    jpeg.extend(segment(0xC4, &table(0x10)));
-    jpeg.extend(segment(0xDA, &[1, 1, 0x00, 0, 0, 0x00]));
-    jpeg.push(0x7F);
-    for _ in 0..ac_scans {
-        jpeg.extend(segment(0xDA, &[1, 1, 0x00, 1, 63, 0x00]));
-        jpeg.push(0x7F);
-    }
-    jpeg.extend_from_slice(&[0xFF, 0xD9]);
-    jpeg
 }
 
 async fn classify(url: &str, model: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {

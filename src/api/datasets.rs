@@ -20,6 +20,11 @@ use crate::jobs::image_key;
 use crate::store::{DatasetRecord, ItemRecord, NewDataset};
 use crate::vision::DecodeLimits;
 
+/// Longest text field of the upload form (name, seed, split, …): they are a few words.
+const MAX_FORM_FIELD_BYTES: usize = 64 * 1024;
+/// Longest dataset name, in characters.
+const MAX_NAME_CHARS: usize = 200;
+
 /// The options of an upload or import besides the images.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +67,9 @@ pub async fn create_dataset(
             "send multipart/form-data with an `archive` file (zip, tar or tar.gz), or JSON {\"path\": …}".into(),
         ));
     };
+    if options.name.as_ref().is_some_and(|name| name.chars().count() > MAX_NAME_CHARS) {
+        return Err(Error::Unprocessable(format!("name: a dataset name has at most {MAX_NAME_CHARS} characters")));
+    }
     let split = options.split.unwrap_or_default();
     split.validate().map_err(Error::Unprocessable)?;
     let ingest_options = IngestOptions {
@@ -119,7 +127,7 @@ pub async fn create_dataset(
     let task = if outcome.images.iter().any(|image| image.bbox.is_some()) { "localize" } else { "classify" };
     let dataset = NewDataset {
         id: uuid::Uuid::new_v4().to_string(),
-        name: options.name.unwrap_or(default_name).chars().take(200).collect(),
+        name: options.name.unwrap_or(default_name).chars().take(MAX_NAME_CHARS).collect(),
         task: task.to_owned(),
         seed: options.seed.unwrap_or(0) as i64,
         splits: split.as_array(),
@@ -173,7 +181,7 @@ async fn read_upload(state: &AppState, request: Request) -> Result<(DatasetOptio
                 archive = Some(temp);
             }
             "name" | "seed" | "split" | "min_images_per_class" | "annotations" => {
-                let text = field.text().await.map_err(|e| too_large(&e, limit))?;
+                let text = bounded_text(&mut field, &name).await?;
                 apply_text_option(&mut options, &name, &text)?;
             }
             other => {
@@ -215,17 +223,39 @@ fn apply_text_option(options: &mut DatasetOptions, name: &str, text: &str) -> Re
 }
 
 async fn read_import_request(state: &AppState, request: Request) -> Result<(DatasetOptions, Source), Error> {
-    let Json(options): Json<DatasetOptions> =
-        Json::from_request(request, &()).await.map_err(|r| Error::Unprocessable(r.body_text()))?;
-    annotation_format(options.annotations.as_deref())?;
+    // Refused before the body is read: no import can succeed without an import root.
     let root = state.datasets.import_root.as_deref().ok_or_else(|| {
         Error::Unprocessable(
             "imports from the server's disk are off; start graft with --import-root to allow them".into(),
         )
     })?;
+    let Json(options): Json<DatasetOptions> = Json::from_request(request, &()).await.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge { limit: state.limits.max_json_bytes }
+        } else {
+            Error::Unprocessable(r.body_text())
+        }
+    })?;
+    annotation_format(options.annotations.as_deref())?;
     let path = options.path.as_deref().ok_or_else(|| Error::Unprocessable("the JSON body needs a `path`".into()))?;
     let folder = resolve_import(root, path).map_err(Error::Unprocessable)?;
     Ok((options, Source::Folder(folder)))
+}
+
+/// Reads a text field of the upload form, at most [`MAX_FORM_FIELD_BYTES`].
+async fn bounded_text(field: &mut axum::extract::multipart::Field<'_>, name: &str) -> Result<String, Error> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| Error::BadRequest(format!("the multipart body is malformed: {}", e.body_text())))?
+    {
+        if bytes.len() + chunk.len() > MAX_FORM_FIELD_BYTES {
+            return Err(Error::FieldTooLarge { field: name.to_owned(), limit: MAX_FORM_FIELD_BYTES });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    String::from_utf8(bytes).map_err(|_| Error::Unprocessable(format!("{name}: the field is not UTF-8 text")))
 }
 
 pub async fn list_datasets(State(state): State<AppState>) -> Result<Json<Value>, Error> {

@@ -23,7 +23,13 @@ pub async fn create_job(
     State(state): State<AppState>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), Error> {
-    let Json(body) = body.map_err(|r| Error::Unprocessable(format!("the job must be JSON: {}", r.body_text())))?;
+    let Json(body) = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge { limit: state.limits.max_json_bytes }
+        } else {
+            Error::Unprocessable(format!("the job must be JSON: {}", r.body_text()))
+        }
+    })?;
     let spec = JobSpec::parse(&body).map_err(Error::Unprocessable)?;
     let dataset = state
         .db

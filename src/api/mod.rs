@@ -1,6 +1,7 @@
 //! The API room: HTTP only. Routes, request extraction, JSON shapes and the
 //! mapping of domain errors to problem+json. Everything else is called from here.
 
+mod body_limits;
 mod classify;
 mod datasets;
 mod export;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
 use tokio::sync::Notify;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -42,14 +44,22 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
     let upload_limit = usize::try_from(state.datasets.max_upload_bytes).unwrap_or(usize::MAX);
-    // Dataset uploads get their own, larger body limit (the inner layer wins).
+    let json_limit = state.limits.max_json_bytes;
+    let announced = |any: usize, json: Option<usize>| {
+        from_fn_with_state(body_limits::AnnouncedLimit { any, json }, body_limits::refuse_announced_oversize)
+    };
+    // Dataset uploads get their own, larger body limit, and job submissions their JSON one
+    // (the inner layer wins); a Content-Length over a route's limit is refused unread.
     let uploads = Router::new()
         .route("/v1/datasets", post(datasets::create_dataset).get(datasets::list_datasets))
-        .layer(DefaultBodyLimit::max(upload_limit));
-    Router::new()
-        .merge(uploads)
-        .route("/v1/datasets/{id}", get(datasets::get_dataset).delete(datasets::delete_dataset))
+        .layer(DefaultBodyLimit::max(upload_limit))
+        .route_layer(announced(upload_limit, Some(json_limit)));
+    let submissions = Router::new()
         .route("/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
+        .layer(DefaultBodyLimit::max(json_limit))
+        .route_layer(announced(json_limit, None));
+    Router::new()
+        .route("/v1/datasets/{id}", get(datasets::get_dataset).delete(datasets::delete_dataset))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/events", get(jobs::job_events))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
@@ -61,6 +71,9 @@ pub fn app(state: AppState) -> Router {
         // PUT too, so that `curl -T photo.jpg` (an upload with PUT) works as well as POST.
         .route("/v1/models/{model}/classify", post(classify::classify).put(classify::classify))
         .route("/v1/models/{model}/localize", post(localize::localize).put(localize::localize))
+        .route_layer(announced(body_limit, None))
+        .merge(uploads)
+        .merge(submissions)
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -60,7 +60,9 @@ impl From<&Error> for Problem {
             Error::Image { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid-image"),
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
             Error::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
-            Error::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            Error::PayloadTooLarge { .. } | Error::FieldTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large")
+            }
             Error::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

@@ -3,6 +3,7 @@
 
 pub mod datasets;
 pub mod db;
+pub mod hostile;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
