@@ -34,13 +34,20 @@ pub enum Error {
     /// The request contradicts the current state (a name taken, a dataset in use).
     #[error("{0}")]
     Conflict(String),
+    /// A service graft depends on (the database) cannot be reached right now.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
 
 impl From<crate::store::StoreError> for Error {
     fn from(err: crate::store::StoreError) -> Self {
-        Self::Internal(err.to_string())
+        if err.is_unavailable() {
+            Self::Unavailable(format!("the database cannot be reached ({err}); try again shortly"))
+        } else {
+            Self::Internal(err.to_string())
+        }
     }
 }
 

@@ -33,7 +33,7 @@ impl IntoResponse for Problem {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(&self)).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
@@ -66,10 +66,13 @@ impl From<&Error> for Problem {
             Error::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!("{err}");
+        } else if matches!(err, Error::Unavailable(_)) {
+            tracing::warn!("{err}");
         }
         Problem::new(status, slug, err.to_string())
     }
@@ -107,6 +110,21 @@ pub fn panic_to_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response 
 mod tests {
     use super::*;
     use crate::runtime::InferenceError;
+
+    /// A database that cannot be reached is a 503 the client may retry; a malformed row
+    /// stays a 500.
+    #[test]
+    fn an_unreachable_database_is_503_with_retry_after() {
+        let down = crate::store::StoreError::Database(sqlx::Error::PoolTimedOut);
+        let response = Error::from(down).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let response = Error::from(crate::store::StoreError::Database(sqlx::Error::Io(refused))).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let malformed = crate::store::StoreError::Malformed("job state \"x\"".into());
+        assert_eq!(Error::from(malformed).into_response().status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     /// The runner refuses work when its queue is full (tested in runtime::runner); here the
     /// refusal becomes 429 with Retry-After and a problem body.

@@ -24,6 +24,23 @@ pub enum StoreError {
     Url(String),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (down, restarting, every connection busy
+    /// past the acquire timeout): the request may succeed later, so it is a 503, not a 500.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_)
+            )
+        )
+    }
+}
+
+/// How long a request waits for a database connection before it is answered 503: a
+/// database that is down must not hold requests for sqlx's default 30 s.
+pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Clone)]
 pub struct Db {
     pub pool: AnyPool,
@@ -43,6 +60,7 @@ impl Db {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
