@@ -176,6 +176,12 @@ pub struct Limits {
     /// Requests that may wait per model before new ones get 429.
     #[arg(long, env = "GRAFT_QUEUE_CAPACITY", default_value_t = 256)]
     pub queue_capacity: usize,
+    /// Dataset uploads and imports ingested at once; more are answered 429.
+    #[arg(long, env = "GRAFT_MAX_CONCURRENT_INGESTIONS", default_value_t = 2)]
+    pub max_concurrent_ingestions: usize,
+    /// Job event streams (`GET /v1/jobs/{id}/events`) open at once; more are answered 429.
+    #[arg(long, env = "GRAFT_MAX_EVENT_STREAMS", default_value_t = 256)]
+    pub max_event_streams: usize,
     /// ONNX Runtime sessions per model that run batches side by side, each with its share
     /// of the cores (0: two on a CPU with two or more cores, one on a GPU).
     #[arg(long, env = "GRAFT_MODEL_INSTANCES", default_value_t = 0)]
@@ -205,6 +211,8 @@ impl Default for Limits {
             max_delay_ms: 0,
             queue_capacity: 256,
             model_instances: 0,
+            max_concurrent_ingestions: 2,
+            max_event_streams: 256,
         }
     }
 }

@@ -5,13 +5,14 @@
 
 use std::io::Write;
 
-use axum::Json;
 use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{StatusCode, header};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::admission::Admission;
 use crate::data::annotations::AnnotationFormat;
 use crate::data::archive::{ArchiveLimits, read_archive};
 use crate::data::{IngestOptions, Ingestor, MAX_REPORT_BYTES, SplitFractions, read_folder, resolve_import};
@@ -54,8 +55,11 @@ enum Source {
 
 pub async fn create_dataset(
     State(state): State<AppState>,
+    Extension(admission): Extension<Admission>,
     request: Request,
 ) -> Result<(StatusCode, Json<Value>), Error> {
+    // Held until the ingestion ends; taken before the body is read.
+    let _ingestion = admission.ingestion()?;
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let (options, source) = if content_type.starts_with("multipart/form-data") {

@@ -3,14 +3,15 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::{Extension, Json};
 use futures_util::Stream;
 use serde_json::{Value, json};
 
 use super::AppState;
+use super::admission::Admission;
 use crate::error::Error;
 use crate::jobs::{JobSpec, Task, plan_tuning};
 use crate::store::{JobRecord, JobState};
@@ -18,6 +19,8 @@ use crate::train::LocalizeHeadKind;
 
 /// How often the event stream looks for new events (they may come from another process).
 const EVENT_POLL: Duration = Duration::from_millis(250);
+/// The longest one event stream stays open.
+const MAX_STREAM_LIFETIME: Duration = Duration::from_secs(3600);
 
 pub async fn create_job(
     State(state): State<AppState>,
@@ -126,42 +129,57 @@ pub async fn cancel_job(
 }
 
 /// Server-Sent Events: every event of the job from the start (or after `Last-Event-ID`),
-/// then new ones as they happen; the stream ends after the job's final state.
+/// then new ones as they happen; the stream ends after the job's final state, or when the
+/// job row is final although no final event was written (a worker that died, a job given
+/// up), or after [`MAX_STREAM_LIFETIME`] (a client reconnects with `Last-Event-ID`).
 pub async fn job_events(
     State(state): State<AppState>,
+    Extension(admission): Extension<Admission>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Error> {
     find(&state, &id).await?;
+    // Held by the stream, so given back when it ends or its client leaves.
+    let permit = admission.event_stream()?;
     let after: i64 =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let stream = futures_util::stream::unfold((state, id, after, false), |(state, id, after, finished)| async move {
-        if finished {
-            return None;
-        }
-        loop {
-            let events = match state.db.events_after(&id, after).await {
-                Ok(events) => events,
-                Err(e) => {
-                    let event = Event::default().event("error").data(e.to_string());
-                    return Some((vec![Ok(event)], (state, id, after, true)));
-                }
-            };
-            if events.is_empty() {
-                tokio::time::sleep(EVENT_POLL).await;
-                continue;
+    let until = tokio::time::Instant::now() + MAX_STREAM_LIFETIME;
+    let stream = futures_util::stream::unfold(
+        (state, id, after, false, permit),
+        move |(state, id, after, finished, permit)| async move {
+            if finished {
+                return None;
             }
-            let last = events.last().map_or(after, |e| e.seq);
-            let ended = events.iter().any(|e| {
-                e.kind == "state" && matches!(e.data["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
-            });
-            let batch = events
-                .into_iter()
-                .map(|e| Ok(Event::default().id(e.seq.to_string()).event(e.kind).data(e.data.to_string())))
-                .collect::<Vec<_>>();
-            return Some((batch, (state, id, last, ended)));
-        }
-    });
+            loop {
+                let events = match state.db.events_after(&id, after).await {
+                    Ok(events) => events,
+                    Err(e) => {
+                        let event = Event::default().event("error").data(e.to_string());
+                        return Some((vec![Ok(event)], (state, id, after, true, permit)));
+                    }
+                };
+                if events.is_empty() {
+                    // No final event may ever come: look at the row itself.
+                    let ended = matches!(state.db.job(&id).await, Ok(Some(job)) if job.state.is_terminal())
+                        || tokio::time::Instant::now() >= until;
+                    if ended {
+                        return None;
+                    }
+                    tokio::time::sleep(EVENT_POLL).await;
+                    continue;
+                }
+                let last = events.last().map_or(after, |e| e.seq);
+                let ended = events.iter().any(|e| {
+                    e.kind == "state" && matches!(e.data["state"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+                });
+                let batch = events
+                    .into_iter()
+                    .map(|e| Ok(Event::default().id(e.seq.to_string()).event(e.kind).data(e.data.to_string())))
+                    .collect::<Vec<_>>();
+                return Some((batch, (state, id, last, ended, permit)));
+            }
+        },
+    );
     let stream = futures_util::StreamExt::flat_map(stream, futures_util::stream::iter);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

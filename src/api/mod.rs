@@ -1,6 +1,7 @@
 //! The API room: HTTP only. Routes, request extraction, JSON shapes and the
 //! mapping of domain errors to problem+json. Everything else is called from here.
 
+mod admission;
 mod body_limits;
 mod classify;
 mod datasets;
@@ -14,10 +15,10 @@ mod problem;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use tokio::sync::Notify;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -77,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(admission::Admission::new(&state.limits)))
         .layer(CatchPanicLayer::custom(problem::panic_to_problem))
         // Failures are logged where they are understood (problem.rs logs 500s); a 503 from
         // /readyz while models load is expected and must not read as an error.

@@ -1,0 +1,72 @@
+//! Long-lived work is admitted against a count: a second ingestion while one runs, and an
+//! event stream over the cap, are 429 problem+json at once; an event stream ends when its
+//! job row is final even if no final event was ever written.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use graft::config::Limits;
+use graft::store::JobRecord;
+
+#[tokio::test]
+async fn a_second_ingestion_while_one_runs_is_429() {
+    let limits = Limits { max_concurrent_ingestions: 1, ..Limits::default() };
+    let server = start_server(&fixture_models(), limits).await;
+    // An upload whose body starts and then waits: its ingestion holds the one place.
+    let (feed, body) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    feed.send(Ok(b"--xyz\r\ncontent-disposition: form-data; name=\"archive\"; filename=\"a.zip\"\r\n\r\nPK".to_vec()))
+        .await
+        .unwrap();
+    let slow = client()
+        .post(format!("{}/v1/datasets", server.url))
+        .header("content-type", "multipart/form-data; boundary=xyz")
+        .body(reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(body)))
+        .send();
+    let slow = tokio::spawn(slow);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let form = reqwest::multipart::Form::new()
+        .part("archive", reqwest::multipart::Part::bytes(datasets::class_folder_zip("f", 3, 1)).file_name("a.zip"));
+    let response = client().post(format!("{}/v1/datasets", server.url)).multipart(form).send().await.unwrap();
+    assert_eq!(response.headers()["retry-after"], "1");
+    let problem = expect_problem(response, 429).await;
+    assert!(problem["detail"].as_str().unwrap().contains("--max-concurrent-ingestions"), "{problem}");
+
+    // The slow upload ends (its client gives up); the place is free again.
+    drop(feed);
+    let _ = slow.await;
+    let dataset = upload_dataset(&server.url, datasets::class_folder_zip("f", 3, 1), "after").await;
+    assert_eq!(dataset["images"], 12);
+}
+
+#[tokio::test]
+async fn event_streams_are_capped_and_end_with_their_job_row() {
+    let limits = Limits { max_event_streams: 1, ..Limits::default() };
+    let server = start_server(&fixture_models(), limits).await;
+    let dataset = upload_dataset(&server.url, datasets::class_folder_zip("f", 3, 1), "f").await;
+    let job = JobRecord::queued("job-1", dataset["id"].as_str().unwrap(), "tiny_nchw", "m1", serde_json::json!({}));
+    server.state.db.insert_job(&job).await.unwrap();
+    let events = format!("{}/v1/jobs/job-1/events", server.url);
+
+    let open = client().get(&events).send().await.unwrap();
+    assert_eq!(open.status(), 200);
+    let mut stream = open.bytes_stream();
+    let second = client().get(&events).send().await.unwrap();
+    let problem = expect_problem(second, 429).await;
+    assert!(problem["detail"].as_str().unwrap().contains("--max-event-streams"), "{problem}");
+
+    // Cancelled in the database alone, as a worker's end or the attempts rule would leave
+    // it: no "state" event is written, and the stream must end all the same.
+    server.state.db.cancel_job("job-1").await.unwrap();
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async { while stream.next().await.is_some() {} }).await;
+    assert!(ended.is_ok(), "the stream did not end after the job row became final");
+    println!("the stream ended {:?} after the row did", started.elapsed());
+
+    // Its place is free again.
+    let again = client().get(&events).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+}
