@@ -1,6 +1,7 @@
 //! The API room: HTTP only. Routes, request extraction, JSON shapes and the
 //! mapping of domain errors to problem+json. Everything else is called from here.
 
+pub mod auth;
 mod classify;
 mod datasets;
 mod export;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub datasets: DatasetSettings,
     /// Wakes this process's idle workers when a job is queued.
     pub wake_workers: Arc<Notify>,
+    /// API keys; the default has none, and then everything is open.
+    pub auth: Arc<auth::ApiKeys>,
 }
 
 /// The whole HTTP surface, ready to serve or to test with `tower::ServiceExt::oneshot`.
@@ -63,6 +66,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models/{model}/localize", post(localize::localize).put(localize::localize))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(problem::panic_to_problem))
         // Failures are logged where they are understood (problem.rs logs 500s); a 503 from
