@@ -78,8 +78,10 @@ pub async fn require_key(State(state): State<AppState>, request: Request, next: 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        // The scheme name is case-insensitive (RFC 9110 §11.1).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, key)| key.trim());
     match presented {
         Some(key) if keys.accepts(key) => next.run(request).await,
         Some(_) => Error::Unauthorized("the API key is not valid".into()).into_response(),
