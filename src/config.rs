@@ -67,6 +67,33 @@ pub struct ServeSettings {
     pub engine: EngineSettings,
     #[command(flatten)]
     pub datasets: DatasetSettings,
+    #[command(flatten)]
+    pub auth: AuthSettings,
+}
+
+/// Who may call the API: bearer keys and whether inference needs one too.
+#[derive(Clone, Default, Args)]
+pub struct AuthSettings {
+    /// An API key clients send as `Authorization: Bearer <key>` (repeatable; env: comma-separated).
+    #[arg(long = "api-key", env = "GRAFT_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+    /// A file of API keys, one per line (blank lines and `#` comments ignored).
+    #[arg(long, env = "GRAFT_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Require a key for classify and localize too.
+    #[arg(long, env = "GRAFT_PRIVATE_INFERENCE")]
+    pub private_inference: bool,
+}
+
+// Keys never reach a log line, not even through `{:?}` of the settings.
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("api_keys", &self.api_keys.len())
+            .field("api_key_file", &self.api_key_file)
+            .field("private_inference", &self.private_inference)
+            .finish()
+    }
 }
 
 /// Where state lives: the database and the blob store.

@@ -38,6 +38,8 @@ pub enum Error {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
     Internal(String),
 }
 

@@ -170,7 +170,11 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         blobs: engine.blobs.clone(),
         datasets: settings.datasets.clone(),
         wake_workers: engine.wake_workers.clone(),
+        auth: std::sync::Arc::new(api::auth::ApiKeys::from_settings(&settings.auth)?),
     };
+    if !settings.listen.ip().is_loopback() && state.auth.is_empty() {
+        tracing::warn!("listening on {} with no API keys: anyone who can reach it may use the API", settings.listen);
+    }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     {
         let engine = engine.clone();

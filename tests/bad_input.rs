@@ -179,6 +179,7 @@ async fn a_model_still_loading_is_unavailable_and_not_ready() {
         blobs: graft::store::BlobStore::open(data.path().join("blobs")).unwrap(),
         datasets: graft::config::DatasetSettings::default(),
         wake_workers: std::sync::Arc::new(tokio::sync::Notify::new()),
+        auth: Default::default(),
     };
     let url = serve_app(state).await;
     let ready = client().get(format!("{url}/readyz")).send().await.unwrap();

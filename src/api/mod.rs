@@ -3,6 +3,7 @@
 
 mod admission;
 mod body_limits;
+pub mod auth;
 mod classify;
 mod datasets;
 mod export;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub datasets: DatasetSettings,
     /// Wakes this process's idle workers when a job is queued.
     pub wake_workers: Arc<Notify>,
+    /// API keys; the default has none, and then everything is open.
+    pub auth: Arc<auth::ApiKeys>,
 }
 
 /// The whole HTTP surface, ready to serve or to test with `tower::ServiceExt::oneshot`.
@@ -77,6 +80,7 @@ pub fn app(state: AppState) -> Router {
         .merge(submissions)
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(Extension(admission::Admission::new(&state.limits)))
         .layer(CatchPanicLayer::custom(problem::panic_to_problem))

@@ -36,6 +36,9 @@ impl IntoResponse for Problem {
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         response
     }
 }
@@ -67,6 +70,7 @@ impl From<&Error> for Problem {
             Error::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {

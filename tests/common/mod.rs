@@ -74,6 +74,7 @@ pub async fn start_server_on(
         blobs: BlobStore::open(data_dir.path().join("blobs")).unwrap(),
         datasets: DatasetSettings::default(),
         wake_workers: Arc::new(tokio::sync::Notify::new()),
+        auth: Default::default(),
     };
     let url = serve_app(state.clone()).await;
     TestServer { url, registry, state, data_dir }
