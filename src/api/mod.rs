@@ -2,8 +2,8 @@
 //! mapping of domain errors to problem+json. Everything else is called from here.
 
 mod admission;
-mod body_limits;
 pub mod auth;
+mod body_limits;
 mod classify;
 mod datasets;
 mod export;
