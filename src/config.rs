@@ -55,6 +55,8 @@ pub struct EngineSettings {
     pub storage: StorageSettings,
     #[command(flatten)]
     pub workers: WorkerSettings,
+    #[command(flatten)]
+    pub gc: GcSettings,
 }
 
 /// `graft serve`: the engine plus HTTP.
@@ -122,6 +124,24 @@ impl StorageSettings {
     }
 }
 
+/// Blob collection: what no row references and nothing wrote for the grace period.
+#[derive(Debug, Clone, Args)]
+pub struct GcSettings {
+    /// Seconds between collection passes (a pass also runs at start-up; 0: never, use `graft gc`).
+    #[arg(long, env = "GRAFT_GC_INTERVAL_SECONDS", default_value_t = 3600)]
+    pub gc_interval_seconds: u64,
+    /// Blobs and temporary files written this recently are never collected: it covers a
+    /// job's head written just before its commit, and an upload still being staged.
+    #[arg(long, env = "GRAFT_GC_GRACE_SECONDS", default_value_t = 3600)]
+    pub gc_grace_seconds: u64,
+}
+
+impl GcSettings {
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.gc_grace_seconds)
+    }
+}
+
 /// Training workers.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {
@@ -131,6 +151,10 @@ pub struct WorkerSettings {
     /// Seconds a worker holds a job without a heartbeat before another may take it over.
     #[arg(long, env = "GRAFT_LEASE_SECONDS", default_value_t = 30)]
     pub lease_seconds: u64,
+    /// Claims a job may have; one whose worker died that many times (a lease that ran out,
+    /// as when the kernel kills the process for memory) fails instead of being run again.
+    #[arg(long, env = "GRAFT_MAX_JOB_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_job_attempts: u32,
     /// Most memory a tuning job's cut activations may take, in bytes (all of them are held
     /// while phase 2 trains); a job over it fails, naming the size it needs.
     #[arg(long, env = "GRAFT_MAX_ACTIVATION_BYTES", default_value_t = 8 * 1024 * 1024 * 1024)]

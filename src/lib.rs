@@ -143,6 +143,7 @@ impl Engine {
                         &uuid::Uuid::new_v4().simple().to_string()[..8]
                     ),
                     lease: std::time::Duration::from_secs(self.settings.workers.lease_seconds.max(1)),
+                    max_attempts: self.settings.workers.max_job_attempts,
                     decode_limits: vision::DecodeLimits {
                         max_pixels: self.settings.limits.max_pixels,
                         max_jpeg_scans: self.settings.limits.max_jpeg_scans,
@@ -153,6 +154,31 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// Collects unreferenced blobs now and then every `--gc-interval-seconds` (never when 0).
+fn spawn_collection(db: Db, blobs: BlobStore, settings: config::GcSettings) {
+    if settings.gc_interval_seconds == 0 {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(settings.gc_interval_seconds));
+        loop {
+            ticker.tick().await;
+            match store::collect(&db, &blobs, settings.grace()).await {
+                Ok(report) => tracing::info!(?report, "blob collection"),
+                Err(e) => tracing::warn!("blob collection failed: {e}"),
+            }
+        }
+    });
+}
+
+/// `graft gc`: one collection pass; prints what it removed as JSON.
+pub async fn collect_garbage(storage: StorageSettings, gc: config::GcSettings) -> anyhow::Result<()> {
+    let (db, blobs) = open_storage(&storage).await?;
+    let report = store::collect(&db, &blobs, gc.grace()).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }
 
 fn hostname() -> String {
@@ -175,6 +201,7 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     if !settings.listen.ip().is_loopback() && state.auth.is_empty() {
         tracing::warn!("listening on {} with no API keys: anyone who can reach it may use the API", settings.listen);
     }
+    spawn_collection(engine.db.clone(), engine.blobs.clone(), settings.engine.gc.clone());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     {
         let engine = engine.clone();
@@ -197,6 +224,7 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
 /// `graft worker`: training workers without the HTTP server, for other machines or processes.
 pub async fn run_workers(settings: EngineSettings) -> anyhow::Result<()> {
     let engine = Engine::open(&settings).await?;
+    spawn_collection(engine.db.clone(), engine.blobs.clone(), settings.gc.clone());
     engine.load_models().await;
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let handles = engine.spawn_workers(settings.workers.workers.max(1), &shutdown_rx);

@@ -33,6 +33,13 @@ enum Command {
     BenchTune(Box<graft::bench::TuneBenchSettings>),
     /// Hold mixed valid and invalid classify requests against a server: no 5xx, RSS flat.
     Soak(Box<graft::bench::SoakSettings>),
+    /// Remove blobs no row references and nothing wrote for the grace period, and old temporary files.
+    Gc {
+        #[command(flatten)]
+        storage: graft::config::StorageSettings,
+        #[command(flatten)]
+        gc: graft::config::GcSettings,
+    },
     /// Model manifests and files.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -112,6 +119,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(settings) => graft::bench::run(*settings).await,
         Command::BenchTune(settings) => graft::bench::run_tune(*settings).await,
         Command::Soak(settings) => graft::bench::run_soak(*settings).await,
+        Command::Gc { storage, gc } => graft::collect_garbage(storage, gc).await,
         Command::Models(ModelsCommand::List(models)) => {
             for manifest in load_manifest_dir(&models.model_dir)? {
                 let present = if manifest.file.is_file() { "present" } else { "missing" };

@@ -155,14 +155,14 @@ async fn leases_heartbeats_and_takeover() {
     let dir = tempfile::tempdir().unwrap();
     for (backend, db) in both_databases(dir.path()).await {
         db.insert_job(&job("j1", 1)).await.unwrap();
-        let claimed = db.claim_job("w1", 60_000).await.unwrap().unwrap();
+        let claimed = db.claim_job("w1", 60_000, 3).await.unwrap().unwrap();
         assert_eq!((claimed.id.as_str(), claimed.state, claimed.attempts), ("j1", JobState::Running, 1), "{backend}");
-        assert!(db.claim_job("w2", 60_000).await.unwrap().is_none(), "{backend}: a held job is not claimed twice");
+        assert!(db.claim_job("w2", 60_000, 3).await.unwrap().is_none(), "{backend}: a held job is not claimed twice");
         assert!(db.heartbeat("j1", "w1", 60_000).await.unwrap().held);
 
         // w1 stops heart-beating: a lease in the past lets w2 take the job over.
         assert!(db.heartbeat("j1", "w1", -1).await.unwrap().held);
-        let taken = db.claim_job("w2", 60_000).await.unwrap().unwrap();
+        let taken = db.claim_job("w2", 60_000, 3).await.unwrap().unwrap();
         assert_eq!((taken.worker.as_deref(), taken.attempts), (Some("w2"), 2), "{backend}");
         assert!(!db.heartbeat("j1", "w1", 60_000).await.unwrap().held, "{backend}: w1 learns it lost the job");
         assert!(!db.end_job("j1", "w1", JobState::Failed, Some("late")).await.unwrap(), "{backend}");
@@ -180,12 +180,42 @@ async fn leases_heartbeats_and_takeover() {
 
         // A duplicate model name fails the transaction and leaves the job running.
         db.insert_job(&job("j2", 2)).await.unwrap();
-        db.claim_job("w3", 60_000).await.unwrap().unwrap();
+        db.claim_job("w3", 60_000, 3).await.unwrap().unwrap();
         assert!(db.complete_job("j2", "w3", &json!({}), &model("m", "j2")).await.is_err(), "{backend}");
         assert_eq!(db.job("j2").await.unwrap().unwrap().state, JobState::Running, "{backend}");
     }
 }
 
+#[tokio::test]
+async fn a_job_whose_worker_dies_on_every_attempt_fails_instead_of_looping() {
+    let dir = tempfile::tempdir().unwrap();
+    for (backend, db) in both_databases(dir.path()).await {
+        db.insert_job(&job("j1", 1)).await.unwrap();
+        // Three workers claim it in turn and each dies: its lease runs out (a negative lease).
+        for (attempt, worker) in ["w1", "w2", "w3"].into_iter().enumerate() {
+            assert!(db.fail_abandoned_jobs(3).await.unwrap().is_empty(), "{backend}: attempt {attempt}");
+            let claimed = db.claim_job(worker, -1, 3).await.unwrap().unwrap();
+            assert_eq!(claimed.attempts, attempt as i64 + 1, "{backend}");
+        }
+        // A fourth claim is refused, and the sweep fails the job with the reason.
+        assert!(db.claim_job("w4", 60_000, 3).await.unwrap().is_none(), "{backend}: no fourth attempt");
+        let failed = db.fail_abandoned_jobs(3).await.unwrap();
+        assert_eq!(failed.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), ["j1"], "{backend}");
+        let stored = db.job("j1").await.unwrap().unwrap();
+        assert_eq!(stored.state, JobState::Failed, "{backend}");
+        assert!(stored.failure.as_deref().unwrap().contains("3 times"), "{backend}: {:?}", stored.failure);
+        assert!(stored.finished_at.is_some() && stored.lease_until.is_none(), "{backend}");
+        assert!(db.fail_abandoned_jobs(3).await.unwrap().is_empty(), "{backend}: failed once");
+
+        // A job under the limit whose lease ran out is taken over, not failed; a live one is left alone.
+        db.insert_job(&job("j2", 2)).await.unwrap();
+        db.claim_job("w1", -1, 3).await.unwrap().unwrap();
+        assert!(db.fail_abandoned_jobs(3).await.unwrap().is_empty(), "{backend}");
+        let taken = db.claim_job("w2", 60_000, 3).await.unwrap().unwrap();
+        assert_eq!((taken.id.as_str(), taken.attempts), ("j2", 2), "{backend}");
+        assert!(db.fail_abandoned_jobs(1).await.unwrap().is_empty(), "{backend}: a held lease is never failed");
+    }
+}
 #[tokio::test]
 async fn events_epochs_and_cancellation() {
     let dir = tempfile::tempdir().unwrap();
@@ -213,7 +243,7 @@ async fn events_epochs_and_cancellation() {
         assert_eq!(epochs[0].valid_accuracy, Some(0.75));
 
         assert_eq!(db.cancel_job("j2").await.unwrap(), Some(JobState::Cancelled), "{backend}: queued → cancelled");
-        db.claim_job("w1", 60_000).await.unwrap().unwrap();
+        db.claim_job("w1", 60_000, 3).await.unwrap().unwrap();
         assert_eq!(db.cancel_job("j1").await.unwrap(), Some(JobState::Running), "{backend}");
         assert!(db.heartbeat("j1", "w1", 60_000).await.unwrap().cancel_requested, "{backend}");
         assert!(db.end_job("j1", "w1", JobState::Cancelled, None).await.unwrap());
@@ -235,7 +265,7 @@ async fn two_workers_on_postgres_claim_distinct_jobs() {
         let db = Db::connect(&url).await.unwrap();
         workers.push(tokio::spawn(async move {
             let mut mine = Vec::new();
-            while let Some(job) = db.claim_job(worker, 600_000).await.unwrap() {
+            while let Some(job) = db.claim_job(worker, 600_000, 3).await.unwrap() {
                 mine.push(job.id);
             }
             mine

@@ -17,8 +17,7 @@ use crate::data::annotations::AnnotationFormat;
 use crate::data::archive::{ArchiveLimits, read_archive};
 use crate::data::{IngestOptions, Ingestor, MAX_REPORT_BYTES, SplitFractions, read_folder, resolve_import};
 use crate::error::Error;
-use crate::jobs::image_key;
-use crate::store::{DatasetRecord, ItemRecord, NewDataset};
+use crate::store::{DatasetRecord, IngestionLease, ItemRecord, NewDataset, image_key, remove_unreferenced_image};
 use crate::vision::DecodeLimits;
 
 /// Longest text field of the upload form (name, seed, split, …): they are a few words.
@@ -94,14 +93,16 @@ pub async fn create_dataset(
         Source::Folder(path) => path.file_name().map_or("dataset".into(), |n| n.to_string_lossy().into_owned()),
     };
 
+    // Registered before the first image is stored: blob collection leaves images alone
+    // while an ingestion may rely on one it found but has not yet referenced.
+    let lease = IngestionLease::begin(&state.db).await?;
     // Ingest on a blocking thread: decoding thousands of images is CPU work.
     let blobs = state.blobs.clone();
     let (outcome, new_blobs) = tokio::task::spawn_blocking(move || {
         let mut new_blobs = Vec::new();
         let mut store_image = |sha: &str, bytes: &[u8]| -> Result<(), String> {
-            let key = image_key(sha);
-            if blobs.put(&key, bytes).map_err(|e| e.to_string())? {
-                new_blobs.push(key);
+            if blobs.put(&image_key(sha), bytes).map_err(|e| e.to_string())? {
+                new_blobs.push(sha.to_owned());
             }
             Ok(())
         };
@@ -116,15 +117,10 @@ pub async fn create_dataset(
     .await
     .map_err(|e| Error::Internal(format!("ingestion stopped: {e}")))?;
 
-    let cleanup = |state: &AppState, keys: Vec<String>| {
-        for key in keys {
-            let _ = state.blobs.delete(&key);
-        }
-    };
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(reason) => {
-            cleanup(&state, new_blobs);
+            remove_new_images(&state, lease, new_blobs).await;
             return Err(Error::Unprocessable(reason));
         }
     };
@@ -152,11 +148,22 @@ pub async fn create_dataset(
             .collect(),
     };
     if let Err(e) = state.db.insert_dataset(&dataset).await {
-        cleanup(&state, new_blobs);
+        remove_new_images(&state, lease, new_blobs).await;
         return Err(e.into());
     }
+    lease.end().await;
     let record = state.db.dataset(&dataset.id).await?.ok_or_else(|| Error::Internal("the dataset vanished".into()))?;
     Ok((StatusCode::CREATED, Json(describe(&state, &record).await?)))
+}
+
+/// Removes the images a failed ingestion stored, unless another ingestion is live (it may
+/// have found them stored and rely on them; blob collection takes them later). Ends the
+/// ingestion.
+async fn remove_new_images(state: &AppState, lease: IngestionLease, shas: Vec<String>) {
+    for sha in shas {
+        let _ = remove_unreferenced_image(&state.db, &state.blobs, &sha, Some(&lease.id)).await;
+    }
+    lease.end().await;
 }
 
 async fn read_upload(state: &AppState, request: Request) -> Result<(DatasetOptions, Source), Error> {
@@ -283,9 +290,11 @@ pub async fn delete_dataset(State(state): State<AppState>, Path(id): Path<String
     if active > 0 {
         return Err(Error::Conflict(format!("{active} queued or running jobs use dataset {id}; cancel them first")));
     }
+    // An upload in progress may rely on an image this dataset held alone: such images
+    // are kept, and blob collection takes them once nothing holds them.
     let orphans = state.db.delete_dataset(&id).await?.unwrap_or_default();
     for sha in orphans {
-        let _ = state.blobs.delete(&image_key(&sha));
+        let _ = remove_unreferenced_image(&state.db, &state.blobs, &sha, None).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

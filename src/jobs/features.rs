@@ -6,7 +6,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::store::BlobStore;
+use crate::store::{BlobStore, image_key};
 use crate::vision::{Augmentation, DecodeLimits, Preprocessing, decode_for, preprocess_into};
 use crate::zoo::{ImageFeatures, LoadedModel};
 
@@ -35,10 +35,6 @@ pub fn feature_fingerprint(model: &LoadedModel) -> String {
 pub struct FeatureRequest {
     pub sha256: String,
     pub variant: usize,
-}
-
-pub fn image_key(sha256: &str) -> String {
-    format!("images/{}/{sha256}", &sha256[..2])
 }
 
 fn feature_key(

@@ -9,7 +9,7 @@ mod spec;
 mod tune;
 mod worker;
 
-pub use features::{FeatureRequest, FeatureStats, extract_features, feature_fingerprint, image_key};
+pub use features::{FeatureRequest, FeatureStats, extract_features, feature_fingerprint};
 pub use run::{JobContext, checkpoint_key, head_key, run_job, tuned_base_key};
 pub use spec::{JobSpec, Task};
 pub use tune::{TunePlan, plan_tuning};

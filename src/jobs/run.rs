@@ -34,6 +34,8 @@ pub struct JobContext {
     pub registry: Arc<ModelRegistry>,
     pub worker_id: String,
     pub lease: Duration,
+    /// Claims a job may have before a lease that runs out fails it (`--max-job-attempts`).
+    pub max_attempts: u32,
     pub decode_limits: DecodeLimits,
     /// The most memory a tuning job's cut activations may take.
     pub max_activation_bytes: u64,
@@ -81,12 +83,14 @@ pub fn fine_tune_checkpoint_key(job_id: &str) -> String {
     format!("checkpoints/{job_id}.fine-tune.bin")
 }
 
-pub fn head_key(job_id: &str) -> String {
-    format!("heads/{job_id}.bin")
+/// The head an attempt of a job trains. Each attempt writes its own keys, so a worker
+/// that lost its lease never overwrites or removes the weights of the one that took over.
+pub fn head_key(job_id: &str, attempt: i64) -> String {
+    format!("heads/{job_id}-a{attempt}.bin")
 }
 
-pub fn tuned_base_key(job_id: &str) -> String {
-    format!("tuned/{job_id}.onnx")
+pub fn tuned_base_key(job_id: &str, attempt: i64) -> String {
+    format!("tuned/{job_id}-a{attempt}.onnx")
 }
 
 /// Runs `job` (already claimed by this worker) to its end.
@@ -366,9 +370,9 @@ pub(super) fn stats_json(stats: FeatureStats, width: usize) -> Value {
 
 /// Stores the head, then marks the job succeeded and registers the model atomically.
 async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<bool, String> {
-    let key = head_key(&job.id);
+    let key = head_key(&job.id, job.attempts);
     ctx.blobs.replace(&key, &trained.head.to_bytes()).map_err(|e| e.to_string())?;
-    let tuned_key = tuned_base_key(&job.id);
+    let tuned_key = tuned_base_key(&job.id, job.attempts);
     if let Some(bytes) = &trained.tuned_base {
         ctx.blobs.replace(&tuned_key, bytes).map_err(|e| e.to_string())?;
     }
@@ -393,7 +397,8 @@ async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<b
             Ok(true)
         }
         Ok(false) => {
-            // Another worker holds the job now; it writes its own tuned base if it gets one.
+            // Another worker holds the job now and writes its own attempt's keys.
+            let _ = ctx.blobs.delete(&key);
             let _ = ctx.blobs.delete(&tuned_key);
             Ok(false)
         }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use super::run::{JobContext, run_job};
+use serde_json::json;
+
+use super::run::{JobContext, checkpoint_key, fine_tune_checkpoint_key, run_job};
 
 /// How long an idle worker waits before looking at the queue again.
 pub const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -15,8 +17,10 @@ pub const IDLE_POLL: Duration = Duration::from_millis(500);
 pub async fn worker_loop(ctx: JobContext, wake: std::sync::Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     tracing::info!(worker = %ctx.worker_id, "worker started");
     let lease_ms = ctx.lease.as_millis() as i64;
+    let max_attempts = i64::from(ctx.max_attempts);
     while !*shutdown.borrow() {
-        match ctx.db.claim_job(&ctx.worker_id, lease_ms).await {
+        fail_abandoned_jobs(&ctx, max_attempts).await;
+        match ctx.db.claim_job(&ctx.worker_id, lease_ms, max_attempts).await {
             Ok(Some(job)) => {
                 tracing::info!(worker = %ctx.worker_id, job = %job.id, attempt = job.attempts, "job claimed");
                 run_job(&ctx, job).await;
@@ -35,4 +39,22 @@ pub async fn worker_loop(ctx: JobContext, wake: std::sync::Arc<Notify>, mut shut
         }
     }
     tracing::info!(worker = %ctx.worker_id, "worker stopped");
+}
+
+/// Ends the jobs whose workers died on every attempt, so a job that kills its worker
+/// (for memory, say) cannot crash-loop the server after each restart.
+async fn fail_abandoned_jobs(ctx: &JobContext, max_attempts: i64) {
+    let failed = match ctx.db.fail_abandoned_jobs(max_attempts).await {
+        Ok(failed) => failed,
+        Err(e) => {
+            tracing::warn!(worker = %ctx.worker_id, "looking for abandoned jobs failed: {e}");
+            return;
+        }
+    };
+    for job in failed {
+        tracing::error!(job = %job.id, attempts = job.attempts, "job failed: its worker stopped on every attempt");
+        let _ = ctx.blobs.delete(&checkpoint_key(&job.id));
+        let _ = ctx.blobs.delete(&fine_tune_checkpoint_key(&job.id));
+        let _ = ctx.db.append_event(&job.id, "state", &json!({"state": "failed", "failure": job.failure})).await;
+    }
 }

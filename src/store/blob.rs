@@ -96,6 +96,61 @@ impl BlobStore {
         }
     }
 
+    /// Moves the blob out of its key into the temporary folder, where no reader finds it,
+    /// and returns where it went (`None` if there was no blob). Collection sets a blob
+    /// aside, checks once more that nothing references it, then discards or restores it:
+    /// a writer that looks for the key meanwhile finds it missing and writes it again.
+    pub fn set_aside(&self, key: &str) -> Result<Option<SetAside>, BlobError> {
+        let path = self.path(key)?;
+        let aside = self.root.join(".tmp").join(format!("aside-{}", uuid::Uuid::new_v4().simple()));
+        match std::fs::rename(&path, &aside) {
+            Ok(()) => Ok(Some(SetAside { key: key.to_owned(), path: aside })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Self::io(key)(e)),
+        }
+    }
+
+    /// Puts a blob set aside back under its key (the same content if it was written again).
+    pub fn restore(&self, aside: SetAside) -> Result<(), BlobError> {
+        let path = self.path(&aside.key)?;
+        std::fs::rename(&aside.path, &path).map_err(Self::io(&aside.key))
+    }
+
+    /// Deletes a blob set aside for good; returns its size in bytes.
+    pub fn discard(&self, aside: SetAside) -> Result<u64, BlobError> {
+        let size = std::fs::metadata(&aside.path).map_or(0, |m| m.len());
+        std::fs::remove_file(&aside.path).map_err(Self::io(&aside.key))?;
+        Ok(size)
+    }
+
+    /// Every blob under `prefix` with its size and last write, for collection.
+    pub fn entries(&self, prefix: &str) -> Result<Vec<BlobEntry>, BlobError> {
+        let mut entries = Vec::new();
+        for key in self.list(prefix)? {
+            if let Ok(meta) = std::fs::metadata(self.root.join(&key)) {
+                let modified = meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+                entries.push(BlobEntry { key, size: meta.len(), modified });
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Deletes the temporary files (staged uploads, half-written blobs of a process that
+    /// died) last written before `cutoff`; returns how many and their bytes.
+    pub fn sweep_temporary(&self, cutoff: std::time::SystemTime) -> (u64, u64) {
+        let (mut files, mut bytes) = (0, 0);
+        let Ok(entries) = std::fs::read_dir(self.root.join(".tmp")) else { return (0, 0) };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let old = meta.modified().is_ok_and(|m| m < cutoff);
+            if meta.is_file() && old && std::fs::remove_file(entry.path()).is_ok() {
+                files += 1;
+                bytes += meta.len();
+            }
+        }
+        (files, bytes)
+    }
+
     /// Every key under `prefix` (a directory key), for tests and cleanup.
     pub fn list(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
         let dir = self.path(prefix)?;
@@ -117,6 +172,21 @@ impl BlobStore {
     }
 }
 
+/// A blob moved out of its key by [`BlobStore::set_aside`].
+#[derive(Debug)]
+pub struct SetAside {
+    key: String,
+    path: PathBuf,
+}
+
+/// One stored blob, as [`BlobStore::entries`] lists it.
+#[derive(Debug, Clone)]
+pub struct BlobEntry {
+    pub key: String,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +204,38 @@ mod tests {
         assert_eq!(store.list("images").unwrap(), ["images/ab/abcdef"]);
         store.delete("images/ab/abcdef").unwrap();
         assert_eq!(store.try_get("images/ab/abcdef").unwrap(), None);
+    }
+
+    #[test]
+    fn a_blob_set_aside_is_hidden_then_restored_or_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        store.put("images/ab/one", b"12345").unwrap();
+        let aside = store.set_aside("images/ab/one").unwrap().unwrap();
+        assert!(!store.exists("images/ab/one").unwrap(), "a reader no longer finds it");
+        // A writer that comes meanwhile writes it again; restoring keeps the content.
+        assert!(store.put("images/ab/one", b"12345").unwrap());
+        store.restore(aside).unwrap();
+        assert_eq!(store.get("images/ab/one").unwrap(), b"12345");
+
+        let aside = store.set_aside("images/ab/one").unwrap().unwrap();
+        assert_eq!(store.discard(aside).unwrap(), 5);
+        assert!(!store.exists("images/ab/one").unwrap());
+        assert!(store.set_aside("images/ab/one").unwrap().is_none(), "nothing to set aside");
+        assert!(store.list(".tmp").is_err(), "the temporary folder is not a key");
+    }
+
+    #[test]
+    fn only_old_temporary_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let temp = dir.path().join("blobs/.tmp");
+        fs_err::write(temp.join("old"), b"abc").unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options().write(true).open(temp.join("old")).unwrap().set_modified(hour_ago).unwrap();
+        fs_err::write(temp.join("fresh"), b"abcdef").unwrap();
+        let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        assert_eq!(store.sweep_temporary(cutoff), (1, 3));
+        assert!(temp.join("fresh").is_file() && !temp.join("old").exists());
     }
 }

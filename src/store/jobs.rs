@@ -187,8 +187,37 @@ impl Db {
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
-    /// Takes the oldest queued job, or a running one whose lease has expired, for `worker`.
-    pub async fn claim_job(&self, worker: &str, lease_ms: i64) -> Result<Option<JobRecord>, StoreError> {
+    /// Fails every running job whose lease expired after `max_attempts` claims: its worker
+    /// died that often (killed for memory, say), so another try would likely die too.
+    /// Returns the jobs it failed.
+    pub async fn fail_abandoned_jobs(&self, max_attempts: i64) -> Result<Vec<JobRecord>, StoreError> {
+        let now = now_ms();
+        let failure = format!(
+            "its worker stopped without finishing it {max_attempts} times (--max-job-attempts); the server \
+             log says why, often a memory limit"
+        );
+        let rows = sqlx::query(
+            "UPDATE jobs SET state = 'failed', progress = '{\"phase\": \"failed\"}', finished_at = $1, \
+             lease_until = NULL, failure = $2 \
+             WHERE state = 'running' AND lease_until < $3 AND attempts >= $4 RETURNING *",
+        )
+        .bind(now)
+        .bind(failure)
+        .bind(now)
+        .bind(max_attempts)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Takes the oldest queued job, or a running one whose lease has expired and which has
+    /// had fewer than `max_attempts` claims, for `worker`.
+    pub async fn claim_job(
+        &self,
+        worker: &str,
+        lease_ms: i64,
+        max_attempts: i64,
+    ) -> Result<Option<JobRecord>, StoreError> {
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -197,12 +226,19 @@ impl Db {
         let sql = format!(
             "UPDATE jobs SET state = 'running', worker = $1, lease_until = $2, attempts = attempts + 1, \
              started_at = COALESCE(started_at, $3) \
-             WHERE id = (SELECT id FROM jobs WHERE state = 'queued' OR (state = 'running' AND lease_until < $4) \
+             WHERE id = (SELECT id FROM jobs WHERE state = 'queued' \
+                         OR (state = 'running' AND lease_until < $4 AND attempts < $5) \
                          ORDER BY created_at, id LIMIT 1 {lock}) \
              RETURNING *"
         );
-        let row =
-            sqlx::query(&sql).bind(worker).bind(now + lease_ms).bind(now).bind(now).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(worker)
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(now)
+            .bind(max_attempts)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(job_from_row).transpose()
     }
 

@@ -4,11 +4,15 @@
 mod blob;
 mod datasets;
 mod db;
+mod gc;
 mod jobs;
 mod models;
+mod references;
 
-pub use blob::{BlobError, BlobStore};
+pub use blob::{BlobEntry, BlobError, BlobStore, SetAside};
 pub use datasets::{ClassCount, DatasetRecord, ItemRecord, NewDataset};
 pub use db::{Backend, Db, StoreError, now_ms};
+pub use gc::{GcReport, collect, image_key, remove_unreferenced_image};
 pub use jobs::{EpochRow, JobEvent, JobRecord, JobState, Lease};
 pub use models::TrainedModelRecord;
+pub use references::{INGESTION_HEARTBEAT, INGESTION_STALE_MS, IngestionLease};

@@ -144,6 +144,7 @@ pub fn spawn_worker(server: &TestServer, lease: std::time::Duration) -> tokio::s
         registry: server.registry.clone(),
         worker_id: format!("test-worker-{}", uuid::Uuid::new_v4().simple()),
         lease,
+        max_attempts: 3,
         decode_limits: graft::vision::DecodeLimits::default(),
         max_activation_bytes: 1 << 30,
     };
