@@ -185,6 +185,10 @@ pub struct DatasetSettings {
     /// more fails the upload.
     #[arg(long = "max-annotation-bytes", env = "GRAFT_MAX_ANNOTATION_BYTES", default_value_t = crate::data::DEFAULT_MAX_ANNOTATION_BYTES)]
     pub max_annotation_bytes: u64,
+    /// Free disk space, in bytes, that uploads and imports leave on the storage root: one
+    /// that would go below it (its declared length counted up front) is answered 507.
+    #[arg(long, env = "GRAFT_MIN_FREE_DISK_BYTES", default_value_t = 1024 * 1024 * 1024)]
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for DatasetSettings {
@@ -196,6 +200,7 @@ impl Default for DatasetSettings {
             max_archive_bytes: 16 * 1024 * 1024 * 1024,
             max_archive_entries: 200_000,
             max_annotation_bytes: crate::data::DEFAULT_MAX_ANNOTATION_BYTES,
+            min_free_disk_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -233,6 +238,26 @@ pub struct Limits {
     /// Job event streams (`GET /v1/jobs/{id}/events`) open at once; more are answered 429.
     #[arg(long, env = "GRAFT_MAX_EVENT_STREAMS", default_value_t = 256)]
     pub max_event_streams: usize,
+    /// Seconds a connection may take to send a request's headers before it is closed.
+    #[arg(long, env = "GRAFT_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a request body may go without sending a byte before the request fails (408).
+    #[arg(long, env = "GRAFT_BODY_READ_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub body_read_timeout_seconds: u64,
+    /// Seconds a request may take from its headers to its answer (503 after), except
+    /// dataset uploads (bounded by size and the body timeout) and event streams (an hour).
+    #[arg(long, env = "GRAFT_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub request_timeout_seconds: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long, env = "GRAFT_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Bytes of classify and localize bodies read or decoding at once (a body counts its
+    /// Content-Length, or --max-body-bytes without one); more are answered 429.
+    #[arg(long, env = "GRAFT_MAX_INFERENCE_BYTES_IN_FLIGHT", default_value_t = 512 * 1024 * 1024)]
+    pub max_inference_bytes_in_flight: usize,
+    /// ONNX exports of trained models built at once (each is built in memory); more get 429.
+    #[arg(long, env = "GRAFT_MAX_CONCURRENT_EXPORTS", default_value_t = 2)]
+    pub max_concurrent_exports: usize,
     /// ONNX Runtime sessions per model that run batches side by side, each with its share
     /// of the cores (0: two on a CPU with two or more cores, one on a GPU).
     #[arg(long, env = "GRAFT_MODEL_INSTANCES", default_value_t = 0)]
@@ -264,6 +289,12 @@ impl Default for Limits {
             model_instances: 0,
             max_concurrent_ingestions: 2,
             max_event_streams: 256,
+            header_read_timeout_seconds: 10,
+            body_read_timeout_seconds: 30,
+            request_timeout_seconds: 60,
+            max_connections: 1024,
+            max_inference_bytes_in_flight: 512 * 1024 * 1024,
+            max_concurrent_exports: 2,
         }
     }
 }

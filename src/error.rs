@@ -39,6 +39,9 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     Unauthorized(String),
+    /// The storage root's disk has too little free space for what the request would write.
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -215,7 +215,8 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     tracing::info!("graft listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    let connections = api::ConnectionLimits::of(&state.limits);
+    api::serve(listener, app(state), connections, shutdown_signal()).await?;
     let _ = shutdown_tx.send(true);
     tracing::info!("graft stopped");
     Ok(())

@@ -161,6 +161,28 @@ async fn a_zip_bomb_entry_is_skipped_and_an_upload_over_the_limit_is_413() {
     expect_problem(upload(&small_limit, vec![0u8; 50_000]).await, 413).await;
 }
 
+#[tokio::test]
+async fn an_upload_that_would_fill_the_disk_is_507_and_writes_nothing() {
+    let mut server = start_server(&fixture_models(), Limits::default()).await;
+    let archive = common::datasets::class_folder_zip("flowers", 3, 5);
+    // A reserve over the disk's free space: any upload would cross it.
+    let free = fs4::available_space(server.state.blobs.root()).unwrap();
+    server.state.datasets.min_free_disk_bytes = free + (1 << 40);
+    let tight = serve_app(server.state.clone()).await;
+    let body = expect_problem(upload(&tight, archive.clone()).await, 507).await;
+    assert_eq!(body["type"], "urn:graft:problem:insufficient-storage");
+    assert!(body["detail"].as_str().unwrap().contains("--min-free-disk-bytes"), "{body}");
+    let list: Value = client().get(format!("{tight}/v1/datasets")).send().await.unwrap().json().await.unwrap();
+    assert!(list["datasets"].as_array().unwrap().is_empty(), "{list}");
+    assert!(server.state.blobs.list("images").unwrap().is_empty());
+    assert_eq!(std::fs::read_dir(server.state.blobs.root().join(".tmp")).unwrap().count(), 0, "nothing staged");
+
+    // With room for it, the same upload goes through.
+    server.state.datasets.min_free_disk_bytes = 0;
+    let roomy = serve_app(server.state.clone()).await;
+    assert_eq!(upload(&roomy, archive).await.status(), 201);
+}
+
 /// A `width`×`height` picture whose pixels depend on `seed`, so that each is distinct content.
 fn picture(width: u32, height: u32, seed: u8) -> image::RgbImage {
     image::RgbImage::from_fn(width, height, |x, y| {

@@ -1,7 +1,8 @@
 //! Work that a request starts and that outlives a quick answer is admitted against a
-//! count: dataset ingestions (CPU and disk for minutes) and event streams (a connection
-//! and a database poll each). Over the count the request is a 429 at once, before its
-//! body is read, rather than a queue that grows without bound.
+//! count: dataset ingestions (CPU and disk for minutes), event streams (a connection and
+//! a database poll each), ONNX exports (a model built in memory), and the bytes of
+//! inference bodies being read and decoded. Over the count the request is a 429 at once,
+//! before its body is read, rather than a queue that grows without bound.
 
 use std::sync::Arc;
 
@@ -16,6 +17,11 @@ pub struct Admission {
     max_ingestions: usize,
     event_streams: Arc<Semaphore>,
     max_event_streams: usize,
+    exports: Arc<Semaphore>,
+    max_exports: usize,
+    /// In KiB, so that a permit count fits the semaphore's `u32` requests.
+    inference_kib: Arc<Semaphore>,
+    max_inference_bytes: usize,
 }
 
 impl Admission {
@@ -25,7 +31,33 @@ impl Admission {
             max_ingestions: limits.max_concurrent_ingestions,
             event_streams: Arc::new(Semaphore::new(limits.max_event_streams)),
             max_event_streams: limits.max_event_streams,
+            exports: Arc::new(Semaphore::new(limits.max_concurrent_exports)),
+            max_exports: limits.max_concurrent_exports,
+            inference_kib: Arc::new(Semaphore::new(limits.max_inference_bytes_in_flight.div_ceil(1024))),
+            max_inference_bytes: limits.max_inference_bytes_in_flight,
         }
+    }
+
+    /// Room for an inference body of `bytes`, held while it is read, decoded and run.
+    pub fn inference(&self, bytes: usize) -> Result<OwnedSemaphorePermit, Error> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        self.inference_kib.clone().try_acquire_many_owned(kib).map_err(|_| {
+            Error::Overloaded(format!(
+                "images of {} bytes in all are being read or decoded, the most at once \
+                 (--max-inference-bytes-in-flight); try again shortly",
+                self.max_inference_bytes
+            ))
+        })
+    }
+
+    /// A place for one ONNX export, held while it is built and sent.
+    pub fn export(&self) -> Result<OwnedSemaphorePermit, Error> {
+        self.exports.clone().try_acquire_owned().map_err(|_| {
+            Error::Overloaded(format!(
+                "{} ONNX exports are being built, the most at once (--max-concurrent-exports); try again shortly",
+                self.max_exports
+            ))
+        })
     }
 
     /// A place for one dataset ingestion, held until it ends.
@@ -66,5 +98,24 @@ mod tests {
         assert!(admission.event_stream().is_err());
         drop(stream);
         assert!(admission.event_stream().is_ok());
+    }
+
+    #[test]
+    fn inference_bytes_are_counted_by_size() {
+        let limits =
+            Limits { max_inference_bytes_in_flight: 10 * 1024, max_concurrent_exports: 1, ..Limits::default() };
+        let admission = Admission::new(&limits);
+        let big = admission.inference(6 * 1024).unwrap();
+        let small = admission.inference(4 * 1024).unwrap();
+        assert!(admission.inference(1).is_err(), "full");
+        drop(small);
+        assert!(admission.inference(4 * 1024).is_ok());
+        assert!(admission.inference(5 * 1024).is_err());
+        drop(big);
+        assert!(admission.inference(usize::MAX).is_err(), "larger than the whole budget");
+        let export = admission.export().unwrap();
+        assert!(admission.export().is_err());
+        drop(export);
+        assert!(admission.export().is_ok());
     }
 }

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
+use axum::http::header;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use ndarray::Array2;
 
 use super::AppState;
+use super::admission::Admission;
 use super::images::{EncodedImage, read_images};
 use super::models::{trained_model, tuned_base};
 use crate::error::Error;
@@ -110,6 +112,17 @@ pub(super) async fn run_request(
 ) -> Result<(usize, Vec<ImageOutputs>, Vec<ImageGeometry>), Error> {
     let Query(params) = params.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
     let top_k = checked_top_k(params.top_k, classes)?;
+    // Held until the answer: what the body announces (or the most it may be) counts
+    // against the bytes all inference requests may have in reading and decoding.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(state.limits.max_body_bytes);
+    let _room = match request.extensions().get::<Admission>() {
+        Some(admission) => Some(admission.inference(declared.min(state.limits.max_body_bytes))?),
+        None => None,
+    };
     let images = read_images(request, state.limits.max_images_per_request, state.limits.max_body_bytes).await?;
     let decode_limits =
         DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans };

@@ -22,6 +22,8 @@ use crate::vision::DecodeLimits;
 
 /// Longest text field of the upload form (name, seed, split, …): they are a few words.
 const MAX_FORM_FIELD_BYTES: usize = 64 * 1024;
+/// How often (in staged bytes) an upload re-checks the free disk space.
+const DISK_CHECK_EVERY_BYTES: usize = 64 * 1024 * 1024;
 /// Longest dataset name, in characters.
 const MAX_NAME_CHARS: usize = 200;
 
@@ -61,6 +63,9 @@ pub async fn create_dataset(
     let _ingestion = admission.ingestion()?;
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+    ensure_free_space(&state, declared)?;
     let (options, source) = if content_type.starts_with("multipart/form-data") {
         read_upload(&state, request).await?
     } else if content_type.starts_with("application/json") {
@@ -156,6 +161,27 @@ pub async fn create_dataset(
     Ok((StatusCode::CREATED, Json(describe(&state, &record).await?)))
 }
 
+/// Refuses (507) a request that would leave less than `--min-free-disk-bytes` free on the
+/// storage root after writing `incoming` bytes.
+fn ensure_free_space(state: &AppState, incoming: u64) -> Result<(), Error> {
+    match state.blobs.available_bytes() {
+        Some(available) => {
+            room_for(available, incoming, state.datasets.min_free_disk_bytes).map_err(Error::InsufficientStorage)
+        }
+        None => Ok(()),
+    }
+}
+
+fn room_for(available: u64, incoming: u64, reserve: u64) -> Result<(), String> {
+    if available >= incoming.saturating_add(reserve) {
+        return Ok(());
+    }
+    Err(format!(
+        "the storage has {available} bytes free; this upload needs {incoming} more and graft keeps {reserve} \
+         free (--min-free-disk-bytes): free some space (`graft gc`, deleting datasets) and try again"
+    ))
+}
+
 /// Removes the images a failed ingestion stored, unless another ingestion is live (it may
 /// have found them stored and rely on them; blob collection takes them later). Ends the
 /// ingestion.
@@ -186,8 +212,15 @@ async fn read_upload(state: &AppState, request: Request) -> Result<(DatasetOptio
             "archive" | "file" => {
                 let mut temp = tempfile::NamedTempFile::new_in(state.blobs.root().join(".tmp"))
                     .map_err(|e| Error::Internal(format!("cannot stage the upload: {e}")))?;
+                let mut since_check = 0;
                 while let Some(chunk) = field.chunk().await.map_err(|e| too_large(&e, limit))? {
                     temp.write_all(&chunk).map_err(|e| Error::Internal(format!("cannot stage the upload: {e}")))?;
+                    since_check += chunk.len();
+                    // A body without a length is checked as it comes.
+                    if since_check >= DISK_CHECK_EVERY_BYTES {
+                        since_check = 0;
+                        ensure_free_space(state, 0)?;
+                    }
                 }
                 archive = Some(temp);
             }
@@ -331,4 +364,18 @@ async fn describe(state: &AppState, record: &DatasetRecord) -> Result<Value, Err
         "classes": classes,
         "report": record.report,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::room_for;
+
+    #[test]
+    fn the_declared_length_and_the_reserve_both_count() {
+        assert!(room_for(1_000, 400, 600).is_ok());
+        assert!(room_for(1_000, 401, 600).is_err());
+        assert!(room_for(1_000, 0, 1_001).is_err());
+        assert!(room_for(u64::MAX, u64::MAX, 1).is_ok(), "no overflow");
+        assert!(room_for(10, u64::MAX, 1).unwrap_err().contains("--min-free-disk-bytes"));
+    }
 }

@@ -2,10 +2,14 @@
 //! file; a trained one is its base (tuned, when the job tuned it) with the head appended,
 //! answering `probabilities` over the dataset's classes (and a localizer's `box`).
 
+use axum::Extension;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
+use tokio_util::io::ReaderStream;
 
 use super::AppState;
+use super::admission::Admission;
 use super::models::trained_model;
 use crate::error::Error;
 use crate::tune::{export_classifier, export_localizer};
@@ -13,44 +17,52 @@ use crate::zoo::TrainedHead;
 
 pub async fn download_onnx(
     State(state): State<AppState>,
+    Extension(admission): Extension<Admission>,
     Path(name): Path<String>,
-) -> Result<(HeaderMap, Vec<u8>), Error> {
-    let bytes = if let Some((manifest, _)) = state.registry.get(&name) {
-        tokio::fs::read(&manifest.file).await.map_err(|e| Error::ModelFailed {
-            name: name.clone(),
-            reason: format!("{}: {e}", manifest.file.display()),
-        })?
-    } else {
-        let model = trained_model(&state, &name).await?.ok_or_else(|| Error::UnknownModel(name.clone()))?;
-        let base = state.registry.get(&model.record.base_model).map(|(manifest, _)| manifest).ok_or_else(|| {
-            Error::ModelFailed {
-                name: name.clone(),
-                reason: format!("its base {} is not configured", model.record.base_model),
-            }
-        })?;
-        let features = base.features.clone().ok_or_else(|| Error::Internal("the base names no features".into()))?;
-        let base_file = match &model.record.tuned_base_blob {
-            Some(key) => state.blobs.root().join(key),
-            None => base.file.clone(),
-        };
-        tokio::task::spawn_blocking(move || {
-            let bytes = fs_err::read(&base_file).map_err(|e| e.to_string())?;
-            match &model.head {
-                TrainedHead::Classifier(head) => export_classifier(&bytes, &features, head),
-                TrainedHead::Localizer(head) => {
-                    let spatial = base.spatial_features.as_ref().map(|s| (s.tensor.as_str(), s.layout));
-                    export_localizer(&bytes, &features, spatial, head)
-                }
-            }
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?
-        .map_err(|reason| Error::Internal(format!("exporting {name}: {reason}")))?
-    };
+) -> Result<(HeaderMap, Body), Error> {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if let Ok(disposition) = HeaderValue::from_str(&format!("attachment; filename=\"{name}.onnx\"")) {
         headers.insert(header::CONTENT_DISPOSITION, disposition);
     }
-    Ok((headers, bytes))
+    // A pretrained model is its file, streamed from disk: nothing is held in memory.
+    if let Some((manifest, _)) = state.registry.get(&name) {
+        let file = tokio::fs::File::open(&manifest.file).await.map_err(|e| Error::ModelFailed {
+            name: name.clone(),
+            reason: format!("{}: {e}", manifest.file.display()),
+        })?;
+        if let Ok(length) = file.metadata().await.map(|m| m.len()) {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        return Ok((headers, Body::from_stream(ReaderStream::new(file))));
+    }
+    let model = trained_model(&state, &name).await?.ok_or_else(|| Error::UnknownModel(name.clone()))?;
+    // A trained model is built in memory (the base's graph with the head appended): a few
+    // at once, each about the size of the base.
+    let _place = admission.export()?;
+    let base = state.registry.get(&model.record.base_model).map(|(manifest, _)| manifest).ok_or_else(|| {
+        Error::ModelFailed {
+            name: name.clone(),
+            reason: format!("its base {} is not configured", model.record.base_model),
+        }
+    })?;
+    let features = base.features.clone().ok_or_else(|| Error::Internal("the base names no features".into()))?;
+    let base_file = match &model.record.tuned_base_blob {
+        Some(key) => state.blobs.root().join(key),
+        None => base.file.clone(),
+    };
+    let bytes = tokio::task::spawn_blocking(move || {
+        let bytes = fs_err::read(&base_file).map_err(|e| e.to_string())?;
+        match &model.head {
+            TrainedHead::Classifier(head) => export_classifier(&bytes, &features, head),
+            TrainedHead::Localizer(head) => {
+                let spatial = base.spatial_features.as_ref().map(|s| (s.tensor.as_str(), s.layout));
+                export_localizer(&bytes, &features, spatial, head)
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
+    .map_err(|reason| Error::Internal(format!("exporting {name}: {reason}")))?;
+    Ok((headers, Body::from(bytes)))
 }

@@ -6,6 +6,7 @@ pub mod auth;
 mod body_limits;
 mod classify;
 mod datasets;
+mod deadline;
 mod export;
 mod health;
 mod images;
@@ -13,6 +14,7 @@ mod jobs;
 mod localize;
 mod models;
 mod problem;
+mod server;
 
 use std::sync::Arc;
 
@@ -22,6 +24,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use tokio::sync::Notify;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::config::{DatasetSettings, Limits};
@@ -29,6 +32,7 @@ use crate::store::{BlobStore, Db};
 use crate::zoo::ModelRegistry;
 
 pub use problem::Problem;
+pub use server::{ConnectionLimits, serve};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -58,14 +62,20 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/datasets", post(datasets::create_dataset).get(datasets::list_datasets))
         .layer(DefaultBodyLimit::max(upload_limit))
         .route_layer(announced(upload_limit, Some(json_limit)));
+    let deadline = from_fn_with_state(
+        std::time::Duration::from_secs(state.limits.request_timeout_seconds.max(1)),
+        deadline::enforce_deadline,
+    );
     let submissions = Router::new()
         .route("/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
         .layer(DefaultBodyLimit::max(json_limit))
-        .route_layer(announced(json_limit, None));
+        .route_layer(announced(json_limit, None))
+        .route_layer(deadline.clone());
+    // An event stream lives until its job ends (at most an hour): no request deadline.
+    let streams = Router::new().route("/v1/jobs/{id}/events", get(jobs::job_events));
     Router::new()
         .route("/v1/datasets/{id}", get(datasets::get_dataset).delete(datasets::delete_dataset))
         .route("/v1/jobs/{id}", get(jobs::get_job))
-        .route("/v1/jobs/{id}/events", get(jobs::job_events))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -76,12 +86,18 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models/{model}/classify", post(classify::classify).put(classify::classify))
         .route("/v1/models/{model}/localize", post(localize::localize).put(localize::localize))
         .route_layer(announced(body_limit, None))
+        .route_layer(deadline)
         .merge(uploads)
         .merge(submissions)
+        .merge(streams)
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
         .layer(DefaultBodyLimit::max(body_limit))
+        // A body that stops sending for this long fails its request rather than holding it.
+        .layer(RequestBodyTimeoutLayer::new(std::time::Duration::from_secs(
+            state.limits.body_read_timeout_seconds.max(1),
+        )))
         .layer(Extension(admission::Admission::new(&state.limits)))
         .layer(CatchPanicLayer::custom(problem::panic_to_problem))
         // Failures are logged where they are understood (problem.rs logs 500s); a 503 from

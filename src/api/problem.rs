@@ -71,11 +71,12 @@ impl From<&Error> for Problem {
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Error::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(err, Error::Internal(_)) {
             tracing::error!("{err}");
-        } else if matches!(err, Error::Unavailable(_)) {
+        } else if matches!(err, Error::Unavailable(_) | Error::InsufficientStorage(_)) {
             tracing::warn!("{err}");
         }
         Problem::new(status, slug, err.to_string())

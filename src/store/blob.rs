@@ -31,6 +31,12 @@ impl BlobStore {
         &self.root
     }
 
+    /// Bytes free for this process on the storage root's file system (`None` when the
+    /// system cannot tell).
+    pub fn available_bytes(&self) -> Option<u64> {
+        fs4::available_space(&self.root).ok()
+    }
+
     /// A key is `/`-separated segments of `[A-Za-z0-9._-]`, none empty, `.` or `..`.
     fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
         let valid = !key.is_empty()

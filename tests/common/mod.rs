@@ -93,7 +93,8 @@ pub async fn loaded_registry(model_dir: &Path, limits: &Limits) -> Arc<ModelRegi
 pub async fn serve_app(state: AppState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+    let connections = graft::api::ConnectionLimits::of(&state.limits);
+    tokio::spawn(async move { graft::api::serve(listener, app(state), connections, std::future::pending()).await });
     url
 }
 
