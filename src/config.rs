@@ -258,6 +258,13 @@ pub struct Limits {
     /// ONNX exports of trained models built at once (each is built in memory); more get 429.
     #[arg(long, env = "GRAFT_MAX_CONCURRENT_EXPORTS", default_value_t = 2)]
     pub max_concurrent_exports: usize,
+    /// Requests per second each caller may make (an API key, or else a peer address),
+    /// beyond its burst; over it the answer is 429 with Retry-After (0: no rate limit).
+    #[arg(long, env = "GRAFT_RATE_LIMIT_PER_SECOND", default_value_t = 0)]
+    pub rate_limit_per_second: u32,
+    /// Requests a caller may make at once before its rate applies.
+    #[arg(long, env = "GRAFT_RATE_LIMIT_BURST", default_value_t = 50)]
+    pub rate_limit_burst: u32,
     /// ONNX Runtime sessions per model that run batches side by side, each with its share
     /// of the cores (0: two on a CPU with two or more cores, one on a GPU).
     #[arg(long, env = "GRAFT_MODEL_INSTANCES", default_value_t = 0)]
@@ -295,6 +302,8 @@ impl Default for Limits {
             max_connections: 1024,
             max_inference_bytes_in_flight: 512 * 1024 * 1024,
             max_concurrent_exports: 2,
+            rate_limit_per_second: 0,
+            rate_limit_burst: 50,
         }
     }
 }

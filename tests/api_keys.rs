@@ -93,3 +93,36 @@ async fn no_keys_means_open() {
         assert_ne!(send(&url, method, path, None).await.status().as_u16(), 401, "{method} {path}");
     }
 }
+
+#[tokio::test]
+async fn each_caller_has_its_own_rate_and_health_checks_have_none() {
+    let limits = Limits { rate_limit_per_second: 1, rate_limit_burst: 3, ..Limits::default() };
+    let server = start_server(&fixture_models(), limits).await;
+    let mut state = server.state.clone();
+    state.auth = Arc::new(ApiKeys::new(["k1".to_owned(), "k2".to_owned()], false));
+    let url = serve_app(state).await;
+
+    // k1's burst of three, then 429 with a Retry-After of at least a second.
+    for i in 0..3 {
+        assert_eq!(send(&url, "GET", "/v1/datasets", Some("k1")).await.status(), 200, "request {i}");
+    }
+    let over = send(&url, "GET", "/v1/datasets", Some("k1")).await;
+    let retry: u64 = over.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    let body = expect_problem(over, 429).await;
+    assert_eq!(body["type"], "urn:graft:problem:rate-limited");
+
+    // Another key has its own bucket; a wrong key is refused by the key check, not counted.
+    assert_eq!(send(&url, "GET", "/v1/datasets", Some("k2")).await.status(), 200);
+    expect_unauthorized(send(&url, "GET", "/v1/datasets", Some("nope")).await, "a wrong key").await;
+    // Open inference is counted by peer address, apart from the keys.
+    let classify = post_image(&url, "tiny_nchw", "image/png", "img0.png").await;
+    assert_eq!(classify.status(), 200);
+    // Health checks are never limited.
+    for _ in 0..10 {
+        assert_eq!(send(&url, "GET", "/healthz", None).await.status(), 200);
+    }
+    // A second later k1 has a token again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(send(&url, "GET", "/v1/datasets", Some("k1")).await.status(), 200);
+}

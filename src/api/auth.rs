@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use super::rate_limit::VerifiedKey;
 use crate::config::AuthSettings;
 use crate::error::Error;
 
@@ -69,7 +70,7 @@ pub fn needs_key(method: &Method, path: &str, private_inference: bool) -> bool {
     false
 }
 
-pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub async fn require_key(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let keys = &state.auth;
     if keys.is_empty() || !needs_key(request.method(), request.uri().path(), keys.private_inference) {
         return next.run(request).await;
@@ -83,7 +84,12 @@ pub async fn require_key(State(state): State<AppState>, request: Request, next: 
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, key)| key.trim());
     match presented {
-        Some(key) if keys.accepts(key) => next.run(request).await,
+        Some(key) if keys.accepts(key) => {
+            // The rate limit counts this request against its key.
+            let verified = VerifiedKey(digest(key));
+            request.extensions_mut().insert(verified);
+            next.run(request).await
+        }
         Some(_) => Error::Unauthorized("the API key is not valid".into()).into_response(),
         None => Error::Unauthorized("this endpoint needs an API key: send Authorization: Bearer <key>".into())
             .into_response(),

@@ -14,6 +14,7 @@ mod jobs;
 mod localize;
 mod models;
 mod problem;
+mod rate_limit;
 mod server;
 
 use std::sync::Arc;
@@ -73,12 +74,10 @@ pub fn app(state: AppState) -> Router {
         .route_layer(deadline.clone());
     // An event stream lives until its job ends (at most an hour): no request deadline.
     let streams = Router::new().route("/v1/jobs/{id}/events", get(jobs::job_events));
-    Router::new()
+    let api = Router::new()
         .route("/v1/datasets/{id}", get(datasets::get_dataset).delete(datasets::delete_dataset))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::get_model).delete(models::delete_model))
         .route("/v1/models/{model}/onnx", get(export::download_onnx))
@@ -89,7 +88,21 @@ pub fn app(state: AppState) -> Router {
         .route_layer(deadline)
         .merge(uploads)
         .merge(submissions)
-        .merge(streams)
+        .merge(streams);
+    // Inside the key check (it names the caller), outside nothing else: health checks are not limited.
+    let api = match rate_limit::config(state.limits.rate_limit_per_second, state.limits.rate_limit_burst) {
+        Some(config) => {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rate_limit::spawn_pruning(config.clone());
+            }
+            api.layer(rate_limit::layer(&config))
+        }
+        None => api,
+    };
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .merge(api)
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
