@@ -258,6 +258,11 @@ pub struct Limits {
     /// ONNX exports of trained models built at once (each is built in memory); more get 429.
     #[arg(long, env = "GRAFT_MAX_CONCURRENT_EXPORTS", default_value_t = 2)]
     pub max_concurrent_exports: usize,
+    /// Most memory a training job may hold (features of every image and variant, the
+    /// head with its optimiser copies, its checkpoint), estimated when it is submitted;
+    /// a job over it is refused (422) with the figure.
+    #[arg(long, env = "GRAFT_MAX_JOB_MEMORY_BYTES", default_value_t = 8 * 1024 * 1024 * 1024)]
+    pub max_job_memory_bytes: u64,
     /// Requests per second each caller may make (an API key, or else a peer address),
     /// beyond its burst; over it the answer is 429 with Retry-After (0: no rate limit).
     #[arg(long, env = "GRAFT_RATE_LIMIT_PER_SECOND", default_value_t = 0)]
@@ -304,6 +309,7 @@ impl Default for Limits {
             max_concurrent_exports: 2,
             rate_limit_per_second: 0,
             rate_limit_burst: 50,
+            max_job_memory_bytes: 8 * 1024 * 1024 * 1024,
         }
     }
 }

@@ -149,6 +149,7 @@ impl Engine {
                         max_jpeg_scans: self.settings.limits.max_jpeg_scans,
                     },
                     max_activation_bytes: self.settings.workers.max_activation_bytes,
+                    max_job_memory_bytes: self.settings.limits.max_job_memory_bytes,
                 };
                 tokio::spawn(jobs::worker_loop(ctx, self.wake_workers.clone(), shutdown.clone()))
             })

@@ -70,3 +70,31 @@ async fn event_streams_are_capped_and_end_with_their_job_row() {
     let again = client().get(&events).send().await.unwrap();
     assert_eq!(again.status(), 200);
 }
+
+#[tokio::test]
+async fn a_job_over_the_memory_budget_is_refused_with_its_figure() {
+    let limits = Limits { max_job_memory_bytes: 4 << 20, ..Limits::default() };
+    let server = start_server(&fixture_models(), limits).await;
+    let dataset = upload_dataset(&server.url, datasets::class_folder_zip("f", 3, 2), "f").await;
+    let images = dataset["images"].as_u64().unwrap();
+    let train: u64 = dataset["classes"].as_array().unwrap().iter().map(|c| c["train"].as_u64().unwrap()).sum();
+    let width = *server.registry.ready("tiny_nchw").unwrap().features.as_ref().unwrap() as u64;
+    let jobs = format!("{}/v1/jobs", server.url);
+
+    // A linear head on a few images is far under 4 MiB.
+    let small = serde_json::json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "epochs": 1});
+    assert_eq!(client().post(&jobs).json(&small).send().await.unwrap().status(), 202);
+
+    // 65,536 hidden units and 16 variants: the head alone is width × 65,536 floats, six copies.
+    let big = serde_json::json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "name": "too-big",
+                                 "hidden_units": 65536, "augment": {"variants": 16}});
+    let problem = expect_problem(client().post(&jobs).json(&big).send().await.unwrap(), 422).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("--max-job-memory-bytes"), "{detail}");
+    let parameters = width * 65536 + 65536 + 65536 * 3 + 3;
+    let features = (train * 17 + (images - train)) * width * 8;
+    let total = parameters * 24 + parameters * 16 + features;
+    assert!(detail.contains(&format!("about {:.2} GB", total as f64 / 1e9)), "{detail} vs {total}");
+    let listed: serde_json::Value = client().get(&jobs).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1, "only the small job was queued: {listed}");
+}

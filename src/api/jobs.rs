@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::admission::Admission;
 use crate::error::Error;
-use crate::jobs::{JobSpec, Task, plan_tuning};
+use crate::jobs::{JobShape, JobSpec, Task, check_footprint, estimate_footprint, plan_tuning};
 use crate::store::{JobRecord, JobState};
 use crate::train::LocalizeHeadKind;
 
@@ -49,6 +49,14 @@ pub async fn create_job(
         && let Err(reason) = &model.features
     {
         return Err(Error::Unprocessable(format!("base model {} cannot train heads: {reason}", spec.base_model)));
+    }
+    if let Ok(model) = state.registry.ready(&spec.base_model) {
+        // A base still loading is estimated by the worker when the job starts.
+        let counts = state.db.dataset_counts(&dataset.id).await?;
+        if let Some(shape) = JobShape::of(&model, &counts, dataset.classes.len()) {
+            check_footprint(&estimate_footprint(&spec, &shape), state.limits.max_job_memory_bytes)
+                .map_err(Error::Unprocessable)?;
+        }
     }
     if let (Some(unfreeze), Some((manifest, _))) = (&spec.unfreeze, state.registry.get(&spec.base_model)) {
         // Reading the base and finding the cut costs a model decode: off the async runtime.

@@ -2,6 +2,7 @@
 //! job (features → head → [tuned top blocks] → evaluation → registration) with progress and checkpoints.
 //! It orchestrates data/, runtime/, train/ and store/.
 
+mod estimate;
 mod features;
 mod localize;
 mod run;
@@ -9,6 +10,7 @@ mod spec;
 mod tune;
 mod worker;
 
+pub use estimate::{Footprint, JobShape, check as check_footprint, estimate as estimate_footprint};
 pub use features::{FeatureRequest, FeatureStats, extract_features, feature_fingerprint};
 pub use run::{JobContext, checkpoint_key, head_key, run_job, tuned_base_key};
 pub use spec::{JobSpec, Task};

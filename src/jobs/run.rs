@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::runtime::Handle;
 
+use super::estimate::{JobShape, check as check_footprint, estimate as estimate_footprint};
 use super::features::{FeatureError, FeatureRequest, FeatureStats, extract_features};
 use super::localize::execute_localize;
 use super::spec::{JobSpec, Task};
@@ -37,6 +38,8 @@ pub struct JobContext {
     /// Claims a job may have before a lease that runs out fails it (`--max-job-attempts`).
     pub max_attempts: u32,
     pub decode_limits: DecodeLimits,
+    /// The most memory a job may hold by its estimate (`--max-job-memory-bytes`).
+    pub max_job_memory_bytes: u64,
     /// The most memory a tuning job's cut activations may take.
     pub max_activation_bytes: u64,
 }
@@ -176,6 +179,12 @@ fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle
     let splits = Splits::of(&items);
     if splits.train.is_empty() {
         return Err(failed("the dataset's train split is empty".into()));
+    }
+    // Checked again here: the base may have been loading at submission, or this worker's
+    // budget may differ from the API's.
+    let counts = handle.block_on(ctx.db.dataset_counts(&job.dataset_id)).map_err(db)?;
+    if let Some(shape) = JobShape::of(&model, &counts, dataset.classes.len()) {
+        check_footprint(&estimate_footprint(&spec, &shape), ctx.max_job_memory_bytes).map_err(failed)?;
     }
     let progress = Progress::new(ctx, job, handle);
     match spec.task {

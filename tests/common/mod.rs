@@ -148,6 +148,7 @@ pub fn spawn_worker(server: &TestServer, lease: std::time::Duration) -> tokio::s
         max_attempts: 3,
         decode_limits: graft::vision::DecodeLimits::default(),
         max_activation_bytes: 1 << 30,
+        max_job_memory_bytes: 8 << 30,
     };
     tokio::spawn(graft::jobs::worker_loop(ctx, server.state.wake_workers.clone(), stopped));
     stop
