@@ -23,6 +23,10 @@ struct Server {
 
 impl Server {
     async fn start(data: &Path) -> Self {
+        Self::start_with(data, &[]).await
+    }
+
+    async fn start_with(data: &Path, extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_graft"))
             .arg("serve")
@@ -31,6 +35,7 @@ impl Server {
             .arg(fixture_models())
             .arg("--data-dir")
             .arg(data)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -126,6 +131,39 @@ async fn a_server_killed_during_training_finishes_the_job_after_a_restart() {
     assert_rows_whole(data.path()).await;
     let response = post_image(&server.url, "survivor", "image/png", "img0.png").await;
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_job_that_kills_its_server_on_every_attempt_fails_instead_of_looping() {
+    let data = tempfile::tempdir().unwrap();
+    let attempts = ["--max-job-attempts", "2"];
+    let mut server = Server::start_with(data.path(), &attempts).await;
+    let dataset = upload_dataset(&server.url, class_folder_zip("shapes", 20, 2), "shapes").await;
+    let body = json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "name": "doomed", "epochs": 500,
+                      "batch_size": 1, "hidden_units": 256, "early_stopping": null});
+    let id = submit_job(&server.url, body).await["id"].as_str().unwrap().to_owned();
+    // Each attempt dies (as one killed for memory would) once it is running.
+    for attempt in 1..=2 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let job: Value =
+                client().get(format!("{}/v1/jobs/{id}", server.url)).send().await.unwrap().json().await.unwrap();
+            if job["state"] == "running" && job["attempts"] == attempt {
+                break;
+            }
+            assert!(Instant::now() < deadline, "attempt {attempt} never started: {job}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.kill();
+        server = Server::start_with(data.path(), &attempts).await;
+    }
+    // The restarted server does not run it a third time: once the lease runs out it fails it.
+    let done = wait_for_job(&server.url, &id, Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
+    let failure = done["failure"].as_str().unwrap();
+    assert!(failure.contains("2 times") && failure.contains("--max-job-attempts"), "{failure}");
+    assert_eq!(files_under(&data.path().join("blobs/checkpoints")), 0, "its checkpoints are removed");
 }
 
 #[tokio::test]
