@@ -10,6 +10,7 @@ use common::*;
 use futures_util::StreamExt;
 use graft::config::Limits;
 use graft::store::JobRecord;
+use serde_json::json;
 
 #[tokio::test]
 async fn a_second_ingestion_while_one_runs_is_429() {
@@ -97,4 +98,43 @@ async fn a_job_over_the_memory_budget_is_refused_with_its_figure() {
     assert!(detail.contains(&format!("about {:.2} GB", total as f64 / 1e9)), "{detail} vs {total}");
     let listed: serde_json::Value = client().get(&jobs).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1, "only the small job was queued: {listed}");
+}
+
+#[tokio::test]
+async fn lists_come_in_bounded_pages() {
+    let server = start_server(&fixture_models(), Limits::default()).await;
+    let mut ids = Vec::new();
+    for seed in 0..3 {
+        let dataset = upload_dataset(&server.url, datasets::class_folder_zip("f", 3, seed), "f").await;
+        ids.push(dataset["id"].as_str().unwrap().to_owned());
+    }
+    let list = |query: &str| {
+        let url = format!("{}/v1/datasets{query}", server.url);
+        async move { client().get(url).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let first = list("?limit=2").await;
+    let names = |page: &serde_json::Value| -> Vec<String> {
+        page["datasets"].as_array().unwrap().iter().map(|d| d["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(names(&first), ids[..2], "oldest first");
+    assert_eq!(first["next_offset"], 2);
+    let second = list("?limit=2&offset=2").await;
+    assert_eq!(names(&second), ids[2..]);
+    assert!(second["next_offset"].is_null(), "{second}");
+    assert_eq!(names(&list("").await), ids, "the default page holds all three");
+    for bad in ["?limit=0", "?limit=201", "?offset=-1", "?limit=many"] {
+        let response = client().get(format!("{}/v1/datasets{bad}", server.url)).send().await.unwrap();
+        expect_problem(response, 400).await;
+    }
+
+    // Job lists too, newest first, without each job's epoch history.
+    for seed in 0..2 {
+        let job = JobRecord::queued(&format!("job-{seed}"), &ids[0], "tiny_nchw", &format!("m{seed}"), json!({}));
+        server.state.db.insert_job(&JobRecord { created_at: seed, ..job }).await.unwrap();
+    }
+    let jobs: serde_json::Value =
+        client().get(format!("{}/v1/jobs?limit=1", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jobs["jobs"][0]["id"], "job-1");
+    assert!(jobs["jobs"][0].get("epochs").is_none(), "{jobs}");
+    assert_eq!(jobs["next_offset"], 1);
 }

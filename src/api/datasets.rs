@@ -5,7 +5,8 @@
 
 use std::io::Write;
 
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -13,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::admission::Admission;
+use super::pagination::{Page, PageParams};
 use crate::data::annotations::AnnotationFormat;
 use crate::data::archive::{ArchiveLimits, read_archive};
 use crate::data::{IngestOptions, Ingestor, MAX_REPORT_BYTES, SplitFractions, read_folder, resolve_import};
@@ -302,12 +304,18 @@ async fn bounded_text(field: &mut axum::extract::multipart::Field<'_>, name: &st
     String::from_utf8(bytes).map_err(|_| Error::Unprocessable(format!("{name}: the field is not UTF-8 text")))
 }
 
-pub async fn list_datasets(State(state): State<AppState>) -> Result<Json<Value>, Error> {
+pub async fn list_datasets(
+    State(state): State<AppState>,
+    query: Result<Query<PageParams>, QueryRejection>,
+) -> Result<Json<Value>, Error> {
+    let page = Page::from_query(query)?;
+    let mut records = state.db.datasets_page(page.fetch(), page.offset).await?;
+    let next_offset = page.trim(&mut records);
     let mut out = Vec::new();
-    for record in state.db.datasets().await? {
+    for record in records {
         out.push(describe(&state, &record).await?);
     }
-    Ok(Json(json!({ "datasets": out })))
+    Ok(Json(json!({ "datasets": out, "next_offset": next_offset })))
 }
 
 pub async fn get_dataset(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, Error> {

@@ -3,7 +3,8 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Extension, Json};
@@ -12,6 +13,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::admission::Admission;
+use super::pagination::{Page, PageParams};
 use crate::error::Error;
 use crate::jobs::{JobShape, JobSpec, Task, check_footprint, estimate_footprint, plan_tuning};
 use crate::store::{JobRecord, JobState};
@@ -108,12 +110,19 @@ fn generated_name(dataset: &str, base: &str, id: &str) -> String {
     format!("{}-{base}-{}", slug.trim_matches('-'), &id[..8])
 }
 
-pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<Value>, Error> {
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    query: Result<Query<PageParams>, QueryRejection>,
+) -> Result<Json<Value>, Error> {
+    let page = Page::from_query(query)?;
+    let mut records = state.db.jobs_page(page.fetch(), page.offset).await?;
+    let next_offset = page.trim(&mut records);
     let mut jobs = Vec::new();
-    for job in state.db.jobs().await? {
-        jobs.push(describe(&state, job).await?);
+    // A list item leaves out the epoch history (up to one row per epoch); GET /v1/jobs/{id} has it.
+    for job in records {
+        jobs.push(summary(job)?);
     }
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(json!({ "jobs": jobs, "next_offset": next_offset })))
 }
 
 pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, Error> {
@@ -198,9 +207,15 @@ async fn find(state: &AppState, id: &str) -> Result<JobRecord, Error> {
 
 async fn describe(state: &AppState, job: JobRecord) -> Result<Value, Error> {
     let epochs = state.db.epochs(&job.id).await?;
+    let mut out = summary(job)?;
+    out["epochs"] = json!(epochs);
+    Ok(out)
+}
+
+/// A job without its epoch history.
+fn summary(job: JobRecord) -> Result<Value, Error> {
     let mut out = serde_json::to_value(&job).map_err(|e| Error::Internal(e.to_string()))?;
     out["model"] = json!(job.model_name);
-    out["epochs"] = json!(epochs);
     if let Some(object) = out.as_object_mut() {
         object.remove("worker");
         object.remove("lease_until");

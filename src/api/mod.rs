@@ -13,6 +13,7 @@ mod images;
 mod jobs;
 mod localize;
 mod models;
+mod pagination;
 mod problem;
 mod rate_limit;
 mod server;

@@ -181,13 +181,28 @@ impl Db {
 
     /// Every dataset, oldest first; two queries however many there are.
     pub async fn datasets(&self) -> Result<Vec<DatasetRecord>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {} FROM datasets ORDER BY created_at, id", dataset_columns()))
-            .fetch_all(&self.pool)
-            .await?;
+        self.datasets_page(i64::MAX, 0).await
+    }
+
+    /// At most `limit` datasets after the first `offset`, oldest first; two queries.
+    pub async fn datasets_page(&self, limit: i64, offset: i64) -> Result<Vec<DatasetRecord>, StoreError> {
+        let page = "SELECT id FROM datasets ORDER BY created_at, id LIMIT $1 OFFSET $2";
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM datasets WHERE id IN ({page}) ORDER BY created_at, id",
+            dataset_columns()
+        ))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
         let mut classes: HashMap<String, Vec<String>> = HashMap::new();
-        for row in sqlx::query("SELECT dataset_id, name FROM dataset_classes ORDER BY dataset_id, idx")
-            .fetch_all(&self.pool)
-            .await?
+        for row in sqlx::query(&format!(
+            "SELECT dataset_id, name FROM dataset_classes WHERE dataset_id IN ({page}) ORDER BY dataset_id, idx"
+        ))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?
         {
             classes.entry(row.try_get("dataset_id")?).or_default().push(row.try_get("name")?);
         }

@@ -163,7 +163,16 @@ impl Db {
     }
 
     pub async fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM jobs ORDER BY created_at DESC, id").fetch_all(&self.pool).await?;
+        self.jobs_page(i64::MAX, 0).await
+    }
+
+    /// At most `limit` jobs after the first `offset`, newest first.
+    pub async fn jobs_page(&self, limit: i64, offset: i64) -> Result<Vec<JobRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs ORDER BY created_at DESC, id LIMIT $1 OFFSET $2")
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(job_from_row).collect()
     }
 
