@@ -155,6 +155,10 @@ pub struct WorkerSettings {
     /// as when the kernel kills the process for memory) fails instead of being run again.
     #[arg(long, env = "GRAFT_MAX_JOB_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_job_attempts: u32,
+    /// Wall-clock seconds a job may run from its first start, all attempts together; a
+    /// job still running then fails with that reason.
+    #[arg(long, env = "GRAFT_MAX_JOB_SECONDS", default_value_t = 24 * 3600)]
+    pub max_job_seconds: u64,
     /// Most memory a tuning job's cut activations may take, in bytes (all of them are held
     /// while phase 2 trains); a job over it fails, naming the size it needs.
     #[arg(long, env = "GRAFT_MAX_ACTIVATION_BYTES", default_value_t = 8 * 1024 * 1024 * 1024)]

@@ -144,6 +144,7 @@ impl Engine {
                     ),
                     lease: std::time::Duration::from_secs(self.settings.workers.lease_seconds.max(1)),
                     max_attempts: self.settings.workers.max_job_attempts,
+                    max_job_seconds: self.settings.workers.max_job_seconds,
                     decode_limits: vision::DecodeLimits {
                         max_pixels: self.settings.limits.max_pixels,
                         max_jpeg_scans: self.settings.limits.max_jpeg_scans,

@@ -138,3 +138,46 @@ async fn lists_come_in_bounded_pages() {
     assert!(jobs["jobs"][0].get("epochs").is_none(), "{jobs}");
     assert_eq!(jobs["next_offset"], 1);
 }
+
+#[tokio::test]
+async fn an_ingestion_stops_when_its_client_goes_away() {
+    let server = start_server(&fixture_models(), Limits::default()).await;
+    let form = reqwest::multipart::Form::new().part(
+        "archive",
+        reqwest::multipart::Part::bytes(datasets::class_folder_zip("many", 300, 3)).file_name("a.zip"),
+    );
+    let upload = tokio::spawn(client().post(format!("{}/v1/datasets", server.url)).multipart(form).send());
+    let stored = || server.state.blobs.list("images").unwrap().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored() == 0 {
+        assert!(Instant::now() < deadline && !upload.is_finished(), "the ingestion never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The client gives up: its connection closes.
+    upload.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_stop = stored();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(stored(), after_stop, "nothing more is stored once the client is gone");
+    assert!(after_stop < 1200, "it stopped before the end: {after_stop}");
+    let list: serde_json::Value =
+        client().get(format!("{}/v1/datasets", server.url)).send().await.unwrap().json().await.unwrap();
+    assert!(list["datasets"].as_array().unwrap().is_empty(), "{list}");
+    assert_eq!(server.state.db.live_ingestions(None).await.unwrap(), 0, "its registration is gone");
+}
+
+#[tokio::test]
+async fn a_job_past_its_time_limit_fails_with_the_reason() {
+    let server = start_server(&fixture_models(), Limits::default()).await;
+    let _worker = spawn_worker_with(&server, Duration::from_millis(600), |ctx| ctx.max_job_seconds = 1);
+    let dataset = upload_dataset(&server.url, datasets::class_folder_zip("f", 10, 1), "f").await;
+    let body = json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "epochs": 10000, "batch_size": 1,
+                      "hidden_units": 256, "early_stopping": null});
+    let id = submit_job(&server.url, body).await["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let done = wait_for_job(&server.url, &id, Duration::from_secs(30)).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(done["failure"].as_str().unwrap().contains("--max-job-seconds"), "{done}");
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped soon after the limit: {:?}", started.elapsed());
+    assert!(done["epochs"].as_array().unwrap().len() < 10000);
+}

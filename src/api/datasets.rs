@@ -4,6 +4,8 @@
 //! "localize"), whose classes are the box labels.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
@@ -103,8 +105,12 @@ pub async fn create_dataset(
     // Registered before the first image is stored: blob collection leaves images alone
     // while an ingestion may rely on one it found but has not yet referenced.
     let lease = IngestionLease::begin(&state.db).await?;
-    // Ingest on a blocking thread: decoding thousands of images is CPU work.
+    // Ingest on a blocking thread: decoding thousands of images is CPU work. If the client
+    // goes away, this handler is dropped and the flag stops the ingestion at its next file
+    // (what it stored is collected later).
     let blobs = state.blobs.clone();
+    let abandoned = RaiseOnDrop::default();
+    let stop = abandoned.flag();
     let (outcome, new_blobs) = tokio::task::spawn_blocking(move || {
         let mut new_blobs = Vec::new();
         let mut store_image = |sha: &str, bytes: &[u8]| -> Result<(), String> {
@@ -114,15 +120,22 @@ pub async fn create_dataset(
             Ok(())
         };
         let mut ingestor = Ingestor::new(ingest_options, &mut store_image);
+        let mut visit = |entry| {
+            if stop.load(Ordering::Relaxed) {
+                return Err("the client went away".to_owned());
+            }
+            ingestor.add(entry)
+        };
         let read = match &source {
-            Source::Upload(file) => read_archive(file.path(), &limits, &mut |entry| ingestor.add(entry)).map(|_| ()),
-            Source::Folder(dir) => read_folder(dir, &limits, &mut |entry| ingestor.add(entry)).map(|_| ()),
+            Source::Upload(file) => read_archive(file.path(), &limits, &mut visit).map(|_| ()),
+            Source::Folder(dir) => read_folder(dir, &limits, &mut visit).map(|_| ()),
         };
         let outcome = read.map_err(|e| e.to_string()).and_then(|()| ingestor.finish().map_err(|e| e.to_string()));
         (outcome, new_blobs)
     })
     .await
     .map_err(|e| Error::Internal(format!("ingestion stopped: {e}")))?;
+    drop(abandoned);
 
     let outcome = match outcome {
         Ok(outcome) => outcome,
@@ -161,6 +174,23 @@ pub async fn create_dataset(
     lease.end().await;
     let record = state.db.dataset(&dataset.id).await?.ok_or_else(|| Error::Internal("the dataset vanished".into()))?;
     Ok((StatusCode::CREATED, Json(describe(&state, &record).await?)))
+}
+
+/// A flag raised when this guard is dropped: with the handler that holds it, when its
+/// client disconnects.
+#[derive(Default)]
+struct RaiseOnDrop(Arc<AtomicBool>);
+
+impl RaiseOnDrop {
+    fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+impl Drop for RaiseOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Refuses (507) a request that would leave less than `--min-free-disk-bytes` free on the

@@ -37,6 +37,8 @@ pub struct JobContext {
     pub lease: Duration,
     /// Claims a job may have before a lease that runs out fails it (`--max-job-attempts`).
     pub max_attempts: u32,
+    /// Wall-clock seconds a job may run, all attempts together (`--max-job-seconds`).
+    pub max_job_seconds: u64,
     pub decode_limits: DecodeLimits,
     /// The most memory a job may hold by its estimate (`--max-job-memory-bytes`).
     pub max_job_memory_bytes: u64,
@@ -49,11 +51,15 @@ pub struct JobContext {
 pub(super) struct Control {
     cancel: AtomicBool,
     lease_lost: AtomicBool,
+    /// Set when the job has run past `--max-job-seconds` (all its attempts together).
+    overtime: AtomicBool,
 }
 
 impl Control {
     pub(super) fn should_stop(&self) -> bool {
-        self.cancel.load(Ordering::Relaxed) || self.lease_lost.load(Ordering::Relaxed)
+        self.cancel.load(Ordering::Relaxed)
+            || self.lease_lost.load(Ordering::Relaxed)
+            || self.overtime.load(Ordering::Relaxed)
     }
 
     /// What a trainer's epoch callback answers: stop when cancelled or taken over.
@@ -100,7 +106,8 @@ pub fn tuned_base_key(job_id: &str, attempt: i64) -> String {
 pub async fn run_job(ctx: &JobContext, job: JobRecord) {
     let control = Arc::new(Control::default());
     let done = Arc::new(tokio::sync::Notify::new());
-    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), job.id.clone(), control.clone(), done.clone()));
+    let started_at = job.started_at.unwrap_or_else(now_ms);
+    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), job.id.clone(), started_at, control.clone(), done.clone()));
     let _ = ctx
         .db
         .append_event(&job.id, "state", &json!({"state": "running", "attempt": job.attempts, "worker": ctx.worker_id}))
@@ -144,14 +151,24 @@ pub async fn run_job(ctx: &JobContext, job: JobRecord) {
 }
 
 /// Keeps the lease while the job runs; learns about cancellation and takeover.
-async fn heartbeat(ctx: JobContext, job_id: String, control: Arc<Control>, done: Arc<tokio::sync::Notify>) {
+async fn heartbeat(
+    ctx: JobContext,
+    job_id: String,
+    started_at: i64,
+    control: Arc<Control>,
+    done: Arc<tokio::sync::Notify>,
+) {
     let lease_ms = ctx.lease.as_millis() as i64;
+    let deadline = started_at.saturating_add(ctx.max_job_seconds.saturating_mul(1000) as i64);
     let mut ticker = tokio::time::interval(ctx.lease / 3);
     ticker.tick().await;
     loop {
         tokio::select! {
             () = done.notified() => return,
             _ = ticker.tick() => {}
+        }
+        if now_ms() > deadline {
+            control.overtime.store(true, Ordering::Relaxed);
         }
         match ctx.db.heartbeat(&job_id, &ctx.worker_id, lease_ms).await {
             Ok(lease) => {
@@ -370,7 +387,13 @@ pub(super) fn feature_failure(control: &Control, error: FeatureError) -> Failure
 }
 
 pub(super) fn stop_reason(control: &Control) -> Failure {
-    if control.lease_lost.load(Ordering::Relaxed) { Failure::LeaseLost } else { Failure::Cancelled }
+    if control.lease_lost.load(Ordering::Relaxed) {
+        Failure::LeaseLost
+    } else if control.overtime.load(Ordering::Relaxed) {
+        Failure::Failed("the job ran longer than its time limit (--max-job-seconds)".into())
+    } else {
+        Failure::Cancelled
+    }
 }
 
 pub(super) fn stats_json(stats: FeatureStats, width: usize) -> Value {

@@ -138,18 +138,29 @@ pub async fn expect_problem(response: reqwest::Response, status: u16) -> serde_j
 
 /// Runs one in-process training worker on the server's database, blobs and models.
 pub fn spawn_worker(server: &TestServer, lease: std::time::Duration) -> tokio::sync::watch::Sender<bool> {
+    spawn_worker_with(server, lease, |_| {})
+}
+
+/// As [`spawn_worker`], with the worker's settings changed by `adjust`.
+pub fn spawn_worker_with(
+    server: &TestServer,
+    lease: std::time::Duration,
+    adjust: impl FnOnce(&mut graft::jobs::JobContext),
+) -> tokio::sync::watch::Sender<bool> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let ctx = graft::jobs::JobContext {
+    let mut ctx = graft::jobs::JobContext {
         db: server.state.db.clone(),
         blobs: server.state.blobs.clone(),
         registry: server.registry.clone(),
         worker_id: format!("test-worker-{}", uuid::Uuid::new_v4().simple()),
         lease,
         max_attempts: 3,
+        max_job_seconds: 24 * 3600,
         decode_limits: graft::vision::DecodeLimits::default(),
         max_activation_bytes: 1 << 30,
         max_job_memory_bytes: 8 << 30,
     };
+    adjust(&mut ctx);
     tokio::spawn(graft::jobs::worker_loop(ctx, server.state.wake_workers.clone(), stopped));
     stop
 }
