@@ -97,9 +97,16 @@ impl Graft {
         let url = common::db::sqlite_url(self.data.path());
         let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&url).await.unwrap();
         let mut counts = Vec::new();
-        for table in
-            ["datasets", "dataset_classes", "dataset_items", "jobs", "job_epochs", "job_events", "trained_models"]
-        {
+        for table in [
+            "datasets",
+            "dataset_classes",
+            "dataset_items",
+            "jobs",
+            "job_epochs",
+            "job_events",
+            "trained_models",
+            "ingestions",
+        ] {
             let row: (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&pool).await.unwrap();
             counts.push((table.to_owned(), row.0));
         }
