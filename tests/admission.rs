@@ -86,15 +86,17 @@ async fn a_job_over_the_memory_budget_is_refused_with_its_figure() {
     let small = serde_json::json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "epochs": 1});
     assert_eq!(client().post(&jobs).json(&small).send().await.unwrap().status(), 202);
 
-    // 65,536 hidden units and 16 variants: the head alone is width × 65,536 floats, six copies.
+    // 65,536 hidden units and 16 variants: the head alone is width × 65,536 parameters.
     let big = serde_json::json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "name": "too-big",
                                  "hidden_units": 65536, "augment": {"variants": 16}});
     let problem = expect_problem(client().post(&jobs).json(&big).send().await.unwrap(), 422).await;
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("--max-job-memory-bytes"), "{detail}");
-    let parameters = width * 65536 + 65536 + 65536 * 3 + 3;
+    let classes = dataset["classes"].as_array().unwrap().len() as u64;
+    let parameters = width * 65536 + 65536 + 65536 * classes + classes;
     let features = (train * 17 + (images - train)) * width * 8;
-    let total = parameters * 24 + parameters * 16 + features;
+    // Nine in-memory copies of 4 bytes and 32 bytes of checkpoint text per parameter.
+    let total = parameters * 36 + parameters * 32 + features;
     assert!(detail.contains(&format!("about {:.2} GB", total as f64 / 1e9)), "{detail} vs {total}");
     let listed: serde_json::Value = client().get(&jobs).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1, "only the small job was queued: {listed}");
