@@ -7,28 +7,17 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::context::{Failure, Run, Trained, compute_features, labels, record_phase2, stats_json, train_failure};
 use super::features::variant_seed;
-use super::run::{
-    Control, Failure, JobContext, Progress, Splits, Trained, compute_features, labels, record_phase2, stats_json,
-    train_failure,
-};
-use super::spec::JobSpec;
 use super::tune::{SplitBoxes, fine_tune, spatial_tap};
 use crate::store::{DatasetRecord, ItemRecord};
 use crate::train::{LocalizeData, LocalizeHeadKind, LocalizeSplit, box_metrics, evaluate, stack_rows, train_localizer};
 use crate::tune::TuneHead;
 use crate::vision::{Augmentation, InputBox, PixelBox, Preprocessing, ResizePlan, box_to_input};
-use crate::zoo::{ImageFeatures, LoadedModel, TrainedHead};
+use crate::zoo::{ImageFeatures, TrainedHead};
 
-pub(super) fn execute_localize(
-    ctx: &JobContext,
-    spec: &JobSpec,
-    dataset: &DatasetRecord,
-    splits: &Splits<'_>,
-    model: &LoadedModel,
-    control: &Control,
-    progress: &Progress<'_>,
-) -> Result<Trained, Failure> {
+pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<Trained, Failure> {
+    let Run { spec, splits, model, control, progress, .. } = run;
     let failed = |reason: String| Failure::Failed(reason);
     let mut items = splits.train.iter().chain(&splits.valid).chain(&splits.test);
     if let Some(item) = items.find(|i| i.bbox.is_none()) {
@@ -51,8 +40,7 @@ pub(super) fn execute_localize(
 
     let variants = spec.feature_variants();
     let requests = splits.feature_requests(variants);
-    let (features, stats, features_seconds) =
-        compute_features(ctx, spec, model, &requests, with_spatial, control, progress)?;
+    let (features, stats, features_seconds) = compute_features(run, &requests, with_spatial)?;
 
     let pre = &model.manifest.preprocessing;
     let split_of = |rows: &[ImageFeatures], items: &[&ItemRecord], variant: usize| {
@@ -106,7 +94,7 @@ pub(super) fn execute_localize(
             valid: data.valid.as_ref().map(|v| v.boxes.clone()).unwrap_or_default(),
             test: test.boxes.clone(),
         };
-        let tuned = fine_tune(ctx, spec, splits, dataset.classes.len(), model, head, Some(boxes), control, progress)?;
+        let tuned = fine_tune(run, dataset.classes.len(), head, Some(boxes))?;
         let boxes = tuned.test.boxes.unwrap_or_default();
         let test_metrics =
             evaluate(tuned.test.probabilities.view(), &test.labels, 5).map_err(|e| failed(e.to_string()))?;

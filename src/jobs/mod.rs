@@ -2,17 +2,22 @@
 //! job (features → head → [tuned top blocks] → evaluation → registration) with progress and checkpoints.
 //! It orchestrates data/, runtime/, train/ and store/.
 
+mod classify;
+mod context;
 mod estimate;
 mod features;
+mod keys;
 mod localize;
 mod run;
 mod spec;
 mod tune;
 mod worker;
 
+pub use context::JobContext;
 pub use estimate::{Footprint, JobShape, check as check_footprint, estimate as estimate_footprint};
 pub use features::{FeatureRequest, FeatureStats, extract_features, feature_fingerprint};
-pub use run::{JobContext, checkpoint_key, head_key, run_job, tuned_base_key};
+pub use keys::{checkpoint_key, fine_tune_checkpoint_key, head_key, tuned_base_key};
+pub use run::run_job;
 pub use spec::{JobSpec, Task};
 pub use tune::{TunePlan, plan_tuning};
 pub use worker::{IDLE_POLL, worker_loop};

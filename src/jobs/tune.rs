@@ -8,13 +8,12 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::context::{Control, Failure, JobContext, Progress, Run, feature_failure, labels, train_failure};
 use super::features::{
     FeatureError, FeatureRequest, FeatureStats, PixelSource, cached_or_computed, encode_f32, feature_fingerprint,
     read_f32, variant_suffix,
 };
-use super::run::{
-    Control, Failure, JobContext, Progress, Splits, feature_failure, fine_tune_checkpoint_key, labels, train_failure,
-};
+use super::keys::fine_tune_checkpoint_key;
 use super::spec::JobSpec;
 use crate::tune::{
     BaseGraph, Predictions, TailModel, TuneCheckpoint, TuneData, TuneHead, TuneSplit, Unfreeze, choose_cut,
@@ -80,18 +79,14 @@ pub(super) struct SplitBoxes {
     pub test: Vec<[f32; 4]>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Phase 2 of `run`: tunes the tail with the phase-1 `head` (and a localizer's `boxes`).
 pub(super) fn fine_tune(
-    ctx: &JobContext,
-    spec: &JobSpec,
-    splits: &Splits<'_>,
+    run: Run<'_>,
     classes: usize,
-    model: &LoadedModel,
     head: TuneHead,
     boxes: Option<SplitBoxes>,
-    control: &Control,
-    progress: &Progress<'_>,
 ) -> Result<Tuned, Failure> {
+    let Run { ctx, spec, splits, model, control, progress, .. } = run;
     let failed = |reason: String| Failure::Failed(reason);
     let unfreeze = spec.unfreeze.as_ref().map_or(Unfreeze::Blocks(1), |u| u.to_unfreeze());
     let needs_spatial = matches!(&head, TuneHead::Localizer { spatial: Some(_), .. });

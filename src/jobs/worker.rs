@@ -8,7 +8,9 @@ use tokio::sync::{Notify, watch};
 
 use serde_json::json;
 
-use super::run::{JobContext, checkpoint_key, fine_tune_checkpoint_key, run_job};
+use super::context::JobContext;
+use super::keys::{checkpoint_key, fine_tune_checkpoint_key};
+use super::run::run_job;
 
 /// How long an idle worker waits before looking at the queue again.
 pub const IDLE_POLL: Duration = Duration::from_millis(500);

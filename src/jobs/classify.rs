@@ -1,0 +1,82 @@
+//! A `task: "classify"` job: pooled features of every image and variant, the dense head,
+//! the test evaluation, and phase 2 when the job tunes the top of its base.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::context::{Failure, Run, Trained, compute_features, labels, record_phase2, stats_json, train_failure};
+use super::keys::checkpoint_key;
+use super::tune::fine_tune;
+use crate::store::DatasetRecord;
+use crate::train::{Checkpoint, TrainData, evaluate, stack_rows, train};
+use crate::tune::TuneHead;
+use crate::zoo::{ImageFeatures, TrainedHead};
+
+pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<Trained, Failure> {
+    let Run { ctx, job, spec, splits, control, progress, .. } = run;
+    let failed = |reason: String| Failure::Failed(reason);
+    let variants = spec.feature_variants();
+    let requests = splits.feature_requests(variants);
+    let (features, stats, features_seconds) = compute_features(run, &requests, false)?;
+
+    let width = features.first().map_or(0, |f| f.pooled.len());
+    let pooled = |rows: &[ImageFeatures]| stack_rows(rows.iter().map(|f| f.pooled.as_slice())).map_err(failed);
+    let (train_rows, valid_rows, test_rows) = splits.cut(&features, variants);
+    let train_variants = train_rows.into_iter().map(pooled).collect::<Result<Vec<_>, _>>()?;
+    let (valid, test) = (pooled(valid_rows)?, pooled(test_rows)?);
+    let test_labels = labels(&splits.test);
+    let data = TrainData {
+        train: train_variants,
+        train_labels: labels(&splits.train),
+        valid,
+        valid_labels: labels(&splits.valid),
+        classes: dataset.classes.len(),
+    };
+
+    let resume = ctx
+        .blobs
+        .try_get(&checkpoint_key(&job.id))
+        .ok()
+        .flatten()
+        .and_then(|bytes| serde_json::from_slice::<Checkpoint>(&bytes).ok());
+    if let Some(checkpoint) = &resume {
+        progress.event("resumed", json!({"after_epoch": checkpoint.epoch}));
+    }
+    let training_started = Instant::now();
+    let outcome = train(&spec.train, &data, resume, &mut |report, checkpoint| {
+        // The checkpoint is durable before the epoch is reported: a reported epoch is never redone.
+        if let Ok(bytes) = serde_json::to_vec(checkpoint) {
+            let _ = ctx.blobs.replace(&checkpoint_key(&job.id), &bytes);
+        }
+        progress.epoch(report);
+        control.flow()
+    })
+    .map_err(|e| train_failure(control, e))?;
+    let training_seconds = training_started.elapsed().as_secs_f64();
+
+    progress.phase("evaluating");
+    let probabilities = outcome.head.forward(test.view());
+    let test_metrics = evaluate(probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
+    let mut evaluation = json!({
+        "test": test_metrics,
+        "classes": dataset.classes,
+        "best_epoch": outcome.best_epoch,
+        "epochs_run": outcome.epochs_run,
+        "stopped_early": outcome.stopped_early,
+        "features": stats_json(stats, width),
+        "timings": {"features_seconds": features_seconds, "training_seconds": training_seconds},
+    });
+    let (head, tuned_base) = if spec.unfreeze.is_some() {
+        let head = TuneHead::Classifier(outcome.head);
+        let tuned = fine_tune(run, dataset.classes.len(), head, None)?;
+        let test = evaluate(tuned.test.probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
+        record_phase2(&mut evaluation, json!({"test": test}), tuned.report);
+        let TuneHead::Classifier(head) = tuned.head else { unreachable!("phase 2 keeps the head's kind") };
+        (head, tuned.tuned_base)
+    } else {
+        (outcome.head, None)
+    };
+    progress.event("evaluation", evaluation.clone());
+    Ok(Trained { head: TrainedHead::Classifier(head), classes: dataset.classes, evaluation, tuned_base })
+}

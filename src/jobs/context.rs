@@ -1,0 +1,279 @@
+//! What the pipelines of one job run share: the job's context, the stop flags the
+//! heartbeat sets, how a run fails, the dataset's splits, the feature pass, progress
+//! reporting, and [`Run`], which hands all of it to a pipeline in one value.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::runtime::Handle;
+
+use super::features::{FeatureError, FeatureRequest, FeatureStats, extract_features};
+use super::spec::JobSpec;
+use crate::data::Split;
+use crate::store::{BlobStore, Db, EpochRow, ItemRecord, JobRecord};
+use crate::train::{EpochReport, TrainError};
+use crate::vision::DecodeLimits;
+use crate::zoo::{ImageFeatures, LoadedModel, ModelRegistry, TrainedHead};
+
+/// What every job run needs.
+#[derive(Clone)]
+pub struct JobContext {
+    pub db: Db,
+    pub blobs: BlobStore,
+    pub registry: Arc<ModelRegistry>,
+    pub worker_id: String,
+    pub lease: Duration,
+    /// Claims a job may have before a lease that runs out fails it (`--max-job-attempts`).
+    pub max_attempts: u32,
+    /// Wall-clock seconds a job may run, all attempts together (`--max-job-seconds`).
+    pub max_job_seconds: u64,
+    pub decode_limits: DecodeLimits,
+    /// The most memory a job may hold by its estimate (`--max-job-memory-bytes`).
+    pub max_job_memory_bytes: u64,
+    /// The most memory a tuning job's cut activations may take.
+    pub max_activation_bytes: u64,
+}
+
+/// Flags the heartbeat sets and the work checks between batches and epochs.
+#[derive(Default)]
+pub(super) struct Control {
+    pub(super) cancel: AtomicBool,
+    pub(super) lease_lost: AtomicBool,
+    /// Set when the job has run past `--max-job-seconds` (all its attempts together).
+    pub(super) overtime: AtomicBool,
+}
+
+impl Control {
+    pub(super) fn should_stop(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+            || self.lease_lost.load(Ordering::Relaxed)
+            || self.overtime.load(Ordering::Relaxed)
+    }
+
+    /// What a trainer's epoch callback answers: stop when cancelled or taken over.
+    pub(super) fn flow(&self) -> ControlFlow<()> {
+        if self.should_stop() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    }
+}
+
+pub(super) enum Failure {
+    Cancelled,
+    LeaseLost,
+    Failed(String),
+}
+
+/// The result of a successful run, before it is committed.
+pub(super) struct Trained {
+    pub head: TrainedHead,
+    pub classes: Vec<String>,
+    pub evaluation: Value,
+    /// The base with its tuned top blocks (ONNX), when the job tuned them.
+    pub tuned_base: Option<Vec<u8>>,
+}
+
+/// One job run as a pipeline sees it: everything but the dataset, which each pipeline
+/// takes in its own form.
+#[derive(Clone, Copy)]
+pub(super) struct Run<'a> {
+    pub ctx: &'a JobContext,
+    pub job: &'a JobRecord,
+    pub spec: &'a JobSpec,
+    pub splits: &'a Splits<'a>,
+    pub model: &'a LoadedModel,
+    pub control: &'a Control,
+    pub progress: &'a Progress<'a>,
+}
+
+/// A dataset's items by split, in the stored order.
+pub(super) struct Splits<'a> {
+    pub train: Vec<&'a ItemRecord>,
+    pub valid: Vec<&'a ItemRecord>,
+    pub test: Vec<&'a ItemRecord>,
+}
+
+impl<'a> Splits<'a> {
+    pub(super) fn of(items: &'a [ItemRecord]) -> Self {
+        let of_split = |split: Split| items.iter().filter(|i| i.split == split.as_str()).collect();
+        Self { train: of_split(Split::Train), valid: of_split(Split::Valid), test: of_split(Split::Test) }
+    }
+
+    /// Every train image once per variant (variant 0 as is), then the valid and test images
+    /// as they are: the order of the feature rows [`Splits::cut`] takes apart.
+    pub(super) fn feature_requests(&self, variants: usize) -> Vec<FeatureRequest> {
+        let request = |item: &&ItemRecord, variant| FeatureRequest { sha256: item.sha256.clone(), variant };
+        let mut requests = Vec::new();
+        for variant in 0..variants {
+            requests.extend(self.train.iter().map(|item| request(item, variant)));
+        }
+        requests.extend(self.valid.iter().chain(&self.test).map(|item| request(item, 0)));
+        requests
+    }
+
+    /// The rows answering [`Splits::feature_requests`]: one block of train rows per variant,
+    /// then the valid rows, then the test rows.
+    pub(super) fn cut<'f, T>(&self, rows: &'f [T], variants: usize) -> (Vec<&'f [T]>, &'f [T], &'f [T]) {
+        let n = self.train.len();
+        let (train, rest) = rows.split_at(n * variants);
+        let (valid, test) = rest.split_at(self.valid.len());
+        (train.chunks(n.max(1)).collect(), valid, test)
+    }
+}
+
+/// The labels of `items`, in their order.
+pub(super) fn labels(items: &[&ItemRecord]) -> Vec<usize> {
+    items.iter().map(|i| i.class_idx as usize).collect()
+}
+
+/// The features of every request, read from the cache or computed, with progress and
+/// stop checks; also how many seconds it took.
+pub(super) fn compute_features(
+    run: Run<'_>,
+    requests: &[FeatureRequest],
+    with_spatial: bool,
+) -> Result<(Vec<ImageFeatures>, FeatureStats, f64), Failure> {
+    let Run { ctx, spec, model, control, progress, .. } = run;
+    let started = Instant::now();
+    let (features, stats) = extract_features(
+        model,
+        &ctx.blobs,
+        requests,
+        spec.augment.as_ref(),
+        &ctx.decode_limits,
+        with_spatial,
+        &mut |done, total| {
+            progress.counted("features", done, total, started);
+            !control.should_stop()
+        },
+    )
+    .map_err(|e| feature_failure(control, e))?;
+    Ok((features, stats, started.elapsed().as_secs_f64()))
+}
+
+/// A trainer's error as the job's failure: a cancelled run is the stop that caused it.
+pub(super) fn train_failure(control: &Control, error: TrainError) -> Failure {
+    match error {
+        TrainError::Cancelled { .. } => stop_reason(control),
+        other => Failure::Failed(other.to_string()),
+    }
+}
+
+/// Phase 2's numbers in a job's evaluation: the test metrics so far become phase 1's, the
+/// tuned model's (`test`, and any other keys of `tuned`) replace them, and `fine_tune`
+/// reports what phase 2 did.
+pub(super) fn record_phase2(evaluation: &mut Value, tuned: Value, report: Value) {
+    let mut phase1 = json!({"best_epoch": evaluation["best_epoch"], "epochs_run": evaluation["epochs_run"]});
+    if let (Value::Object(tuned), Some(summary)) = (tuned, evaluation.as_object_mut()) {
+        for (key, value) in tuned {
+            let before = summary.insert(key.clone(), value).unwrap_or(Value::Null);
+            phase1[key] = before;
+        }
+    }
+    evaluation["phase1"] = phase1;
+    evaluation["fine_tune"] = report;
+}
+
+/// A feature or activation pass's error as the job's failure.
+pub(super) fn feature_failure(control: &Control, error: FeatureError) -> Failure {
+    match error {
+        FeatureError::Stopped => stop_reason(control),
+        FeatureError::Failed(reason) => Failure::Failed(reason),
+    }
+}
+
+pub(super) fn stop_reason(control: &Control) -> Failure {
+    if control.lease_lost.load(Ordering::Relaxed) {
+        Failure::LeaseLost
+    } else if control.overtime.load(Ordering::Relaxed) {
+        Failure::Failed("the job ran longer than its time limit (--max-job-seconds)".into())
+    } else {
+        Failure::Cancelled
+    }
+}
+
+pub(super) fn stats_json(stats: FeatureStats, width: usize) -> Value {
+    json!({"images": stats.total, "cached": stats.cached, "computed": stats.computed, "width": width})
+}
+
+/// Writes progress to the job row and its events, at most a few times a second.
+pub(super) struct Progress<'a> {
+    ctx: &'a JobContext,
+    job: &'a JobRecord,
+    handle: &'a Handle,
+    last_write: std::cell::Cell<Option<Instant>>,
+}
+
+impl<'a> Progress<'a> {
+    pub(super) fn new(ctx: &'a JobContext, job: &'a JobRecord, handle: &'a Handle) -> Self {
+        Self { ctx, job, handle, last_write: std::cell::Cell::new(None) }
+    }
+
+    fn write(&self, progress: Value, kind: &str, throttle: bool) {
+        let now = Instant::now();
+        if throttle && self.last_write.get().is_some_and(|t| now.duration_since(t) < Duration::from_millis(250)) {
+            return;
+        }
+        self.last_write.set(Some(now));
+        let _ = self.handle.block_on(self.ctx.db.set_progress(&self.job.id, &self.ctx.worker_id, &progress));
+        let _ = self.handle.block_on(self.ctx.db.append_event(&self.job.id, kind, &progress));
+    }
+
+    pub(super) fn job_id(&self) -> &str {
+        &self.job.id
+    }
+
+    pub(super) fn event(&self, kind: &str, data: Value) {
+        let _ = self.handle.block_on(self.ctx.db.append_event(&self.job.id, kind, &data));
+    }
+
+    pub(super) fn phase(&self, phase: &str) {
+        self.write(json!({"phase": phase}), "progress", false);
+    }
+
+    /// A counting phase (`features`, `activations`): done of total, with an ETA.
+    pub(super) fn counted(&self, phase: &str, done: usize, total: usize, started: Instant) {
+        let elapsed = started.elapsed().as_secs_f64();
+        let eta = (done > 0 && done < total).then(|| elapsed / done as f64 * (total - done) as f64);
+        let mut progress = json!({"phase": phase, "eta_seconds": eta});
+        progress[phase] = json!({"done": done, "total": total});
+        self.write(progress, "progress", done < total);
+    }
+
+    pub(super) fn epoch(&self, report: &EpochReport) {
+        let row = EpochRow {
+            epoch: report.epoch as i64,
+            train_loss: f64::from(report.train_loss),
+            train_accuracy: f64::from(report.train_accuracy),
+            valid_loss: report.valid_loss.map(f64::from),
+            valid_accuracy: report.valid_accuracy.map(f64::from),
+        };
+        let _ = self.handle.block_on(self.ctx.db.record_epoch(&self.job.id, &row));
+        self.training("training", report.epoch, report.epochs, report.best_epoch, report.elapsed_seconds, report);
+    }
+
+    /// A training phase (`training`, or `fine-tuning` for phase 2) after an epoch, with an
+    /// ETA from the time per epoch so far; `last` is the trainer's own report of the epoch.
+    pub(super) fn training(
+        &self,
+        phase: &str,
+        epoch: usize,
+        epochs: usize,
+        best_epoch: usize,
+        elapsed_seconds: f64,
+        last: &impl Serialize,
+    ) {
+        let per_epoch = elapsed_seconds / epoch.max(1) as f64;
+        let progress = json!({
+            "phase": phase,
+            "epoch": epoch,
+            "epochs": epochs,
+            "best_epoch": best_epoch,
+            "eta_seconds": per_epoch * epochs.saturating_sub(epoch) as f64,
+            "last": last,
+        });
+        self.write(progress, "epoch", false);
+    }
+}
