@@ -6,7 +6,8 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::store::{BlobStore, image_key};
+use super::keys::{feature_key, image_key, spatial_key};
+use crate::store::BlobStore;
 use crate::vision::{Augmentation, DecodeLimits, Preprocessing, decode_for, preprocess_into};
 use crate::zoo::{ImageFeatures, LoadedModel};
 
@@ -35,16 +36,6 @@ pub fn feature_fingerprint(model: &LoadedModel) -> String {
 pub struct FeatureRequest {
     pub sha256: String,
     pub variant: usize,
-}
-
-fn feature_key(
-    model: &str,
-    fingerprint: &str,
-    request: &FeatureRequest,
-    augmentation: Option<&Augmentation>,
-) -> String {
-    let variant = variant_suffix(request, augmentation);
-    format!("features/{model}/{fingerprint}/{}/{}{variant}.f32", &request.sha256[..2], request.sha256)
 }
 
 /// What tells a variant's cached values from the original's in a key ("" for variant 0).
@@ -100,7 +91,9 @@ pub fn extract_features(
     };
     let spatial_len = spatial_shape.map(|s| s.height * s.width * s.channels);
     let fingerprint = feature_fingerprint(model);
-    let key = |request: &FeatureRequest| feature_key(&model.manifest.name, &fingerprint, request, augmentation);
+    let key = |request: &FeatureRequest| {
+        feature_key(&model.manifest.name, &fingerprint, &request.sha256, &variant_suffix(request, augmentation))
+    };
     let failed = |e: String| FeatureError::Failed(e);
     let pixels = PixelSource { blobs, augmentation, decode_limits, preprocessing: &model.manifest.preprocessing };
     let mut read = |request: &FeatureRequest| -> Result<Option<ImageFeatures>, FeatureError> {
@@ -215,10 +208,6 @@ pub(super) fn read_f32(blobs: &BlobStore, key: &str, len: usize) -> Result<Optio
 }
 
 /// Where the spatial map of the image whose pooled features are at `pooled_key` is kept.
-fn spatial_key(pooled_key: &str) -> String {
-    pooled_key.replace(".f32", ".spatial.f32")
-}
-
 /// The augmentation seed of variant `k` of an image: fixed by its content.
 pub fn variant_seed(sha256: &str, k: usize) -> u64 {
     let digest = Sha256::digest(format!("{sha256}:{k}"));

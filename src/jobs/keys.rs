@@ -1,4 +1,32 @@
-//! Every blob key a job writes, in one place (images are keyed by the store).
+//! Every blob key a job reads or writes, in one place. Images are keyed by the store
+//! (collection needs their key too); the layouts here are the ones `store::collect` reads
+//! back (`…/<sha256>[suffix].f32`, `checkpoints/<job>.…`).
+
+pub use crate::store::image_key;
+
+/// A cached pooled feature vector: the image's variant under a base and its preprocessing
+/// (`fingerprint`); `variant` is "" for the image as it is.
+pub fn feature_key(model: &str, fingerprint: &str, sha256: &str, variant: &str) -> String {
+    format!("features/{model}/{fingerprint}/{}/{sha256}{variant}.f32", &sha256[..2])
+}
+
+/// The spatial feature map cached beside a pooled vector's key.
+pub fn spatial_key(pooled_key: &str) -> String {
+    pooled_key.replace(".f32", ".spatial.f32")
+}
+
+/// Where phase 2 caches the activations at one cut of a base.
+pub fn activations_namespace(model: &str, fingerprint: &str, cut_id: &str) -> String {
+    format!("activations/{model}/{fingerprint}/{cut_id}")
+}
+
+pub fn activation_shape_key(namespace: &str) -> String {
+    format!("{namespace}/shape.json")
+}
+
+pub fn activation_key(namespace: &str, sha256: &str, variant: &str) -> String {
+    format!("{namespace}/{}/{sha256}{variant}.f32", &sha256[..2])
+}
 
 pub fn checkpoint_key(job_id: &str) -> String {
     format!("checkpoints/{job_id}.json")

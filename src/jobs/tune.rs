@@ -13,7 +13,7 @@ use super::features::{
     FeatureError, FeatureRequest, FeatureStats, PixelSource, cached_or_computed, encode_f32, feature_fingerprint,
     read_f32, variant_suffix,
 };
-use super::keys::fine_tune_checkpoint_key;
+use super::keys::{activation_key, activation_shape_key, activations_namespace, fine_tune_checkpoint_key};
 use super::spec::JobSpec;
 use crate::tune::{
     BaseGraph, Predictions, TailModel, TuneCheckpoint, TuneData, TuneHead, TuneSplit, Unfreeze, choose_cut,
@@ -251,11 +251,10 @@ fn activations(
 ) -> Result<Activations, Failure> {
     let failed = |reason: String| FeatureError::Failed(reason);
     let cut_id = &hex::encode(Sha256::digest(plan.cut.as_bytes()))[..12];
-    let namespace = format!("activations/{}/{}/{cut_id}", model.manifest.name, feature_fingerprint(model));
-    let shape_key = format!("{namespace}/shape.json");
+    let namespace = activations_namespace(&model.manifest.name, &feature_fingerprint(model), cut_id);
+    let shape_key = activation_shape_key(&namespace);
     let key = |request: &FeatureRequest| {
-        let suffix = variant_suffix(request, spec.augment.as_ref());
-        format!("{namespace}/{}/{}{suffix}.f32", &request.sha256[..2], request.sha256)
+        activation_key(&namespace, &request.sha256, &variant_suffix(request, spec.augment.as_ref()))
     };
     let cached_shape: Option<Vec<usize>> = ctx
         .blobs
