@@ -38,6 +38,7 @@ test: ort fixtures
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(PYTHON) scripts/check_module_cycles.py
 
 ## The ONNX Runtime shared library, from the onnxruntime (ORT_VARIANT=gpu: onnxruntime-gpu) wheel.
 ort: $(ORT_LIB)

@@ -11,9 +11,11 @@
 //!   header lies about its size; tar name/PAX headers are read with a cap of their own;
 //! - take unbounded time: the number of entries and the bytes expanded are both bounded; for
 //!   zip the entry count the end record declares is checked before the central directory is
-//!   parsed (`data::zip_end`), and the declared sizes before anything is decompressed;
+//!   parsed (`archive::zip_end`), and the declared sizes before anything is decompressed;
 //! - panic the service: the readers run under `catch_unwind` (a panic in the visitor itself is
 //!   passed on unchanged).
+
+mod zip_end;
 
 use std::cell::Cell;
 use std::fmt::Display;
@@ -22,7 +24,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::rc::Rc;
 
-use super::zip_end::check_declared;
+use zip_end::check_declared;
 
 /// The container formats an upload may use, told apart by their magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

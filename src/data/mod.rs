@@ -3,12 +3,12 @@
 
 pub mod annotations;
 pub mod archive;
+mod capped;
 mod folder;
 mod ingest;
 mod layout;
 mod report;
 mod split;
-mod zip_end;
 
 pub use folder::{FolderSummary, read_folder, resolve_import};
 pub use ingest::{

@@ -10,7 +10,25 @@ use super::config::{StopMetric, TrainConfig, becomes_best};
 use super::data::TrainData;
 use super::head::Head;
 use super::optim::{Optimizer, OptimizerState};
-use super::trainer::EpochReport;
+
+/// What happened in one epoch, as shown to a user watching a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    /// 1-based.
+    pub epoch: usize,
+    /// Epochs configured.
+    pub epochs: usize,
+    /// Mean (class-weighted) loss over the epoch's batches, as the head changed during it.
+    pub train_loss: f32,
+    pub train_accuracy: f32,
+    /// Mean cross-entropy on the validation split; `None` without one.
+    pub valid_loss: Option<f32>,
+    pub valid_accuracy: Option<f32>,
+    /// The epoch whose head would be kept if training ended now.
+    pub best_epoch: usize,
+    /// Seconds since training started, including time before a resume.
+    pub elapsed_seconds: f64,
+}
 
 /// Everything needed to continue a run after `epoch` completed epochs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,6 +5,8 @@
 //! validated on the way in) and a compact versioned binary blob (`to_bytes`/`from_bytes`) for
 //! the stored artefact.
 
+mod blob;
+
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -22,7 +24,7 @@ pub enum HeadError {
     #[error("malformed head blob: {0}")]
     Malformed(String),
     /// A head blob written by a newer (or unknown) format version.
-    #[error("unsupported head blob version {0} (this build reads version {current})", current = crate::train::blob::VERSION)]
+    #[error("unsupported head blob version {0} (this build reads version {current})", current = blob::VERSION)]
     UnsupportedVersion(u32),
 }
 
@@ -226,12 +228,12 @@ impl Head {
     /// The head as a self-describing, versioned binary blob: magic, a JSON header with the
     /// layer shapes, then little-endian f32 weights and biases.
     pub fn to_bytes(&self) -> Vec<u8> {
-        crate::train::blob::encode(self)
+        blob::encode(self)
     }
 
     /// Reads a blob written by `to_bytes`, rejecting anything malformed.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeadError> {
-        crate::train::blob::decode(bytes)
+        blob::decode(bytes)
     }
 }
 

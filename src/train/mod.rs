@@ -2,7 +2,6 @@
 //! nothing of HTTP, SQL or ONNX Runtime: features and labels in, weights and metrics out.
 
 mod backprop;
-mod blob;
 mod checkpoint;
 mod config;
 mod data;
@@ -12,7 +11,7 @@ mod metrics;
 mod optim;
 mod trainer;
 
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{Checkpoint, EpochReport};
 pub(crate) use config::becomes_best;
 pub use config::{EarlyStopping, OptimizerKind, StopMetric, TrainConfig};
 pub(crate) use data::balanced_class_weights;
@@ -27,4 +26,4 @@ pub(crate) use localize::{cross_entropy, label_tensors, sigmoid_tensor, tensor_e
 pub use metrics::{ClassMetrics, Evaluation, LOG_LOSS_EPSILON, MetricsError, evaluate, log_loss};
 pub use optim::{BETA1, BETA2, EPSILON, OptimError, Optimizer, OptimizerState, Param, Rule};
 pub(crate) use trainer::epoch_rng;
-pub use trainer::{EpochReport, TrainError, TrainOutcome, train};
+pub use trainer::{TrainError, TrainOutcome, train};

@@ -16,30 +16,11 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::backprop::{Dropout, apply_gradients, batch_gradients, evaluate_split};
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, EpochReport};
 use super::config::{EarlyStopping, StopMetric, TrainConfig};
 use super::data::TrainData;
 use super::head::Head;
 use super::optim::{OptimError, Optimizer};
-
-/// What happened in one epoch, as shown to a user watching a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochReport {
-    /// 1-based.
-    pub epoch: usize,
-    /// Epochs configured.
-    pub epochs: usize,
-    /// Mean (class-weighted) loss over the epoch's batches, as the head changed during it.
-    pub train_loss: f32,
-    pub train_accuracy: f32,
-    /// Mean cross-entropy on the validation split; `None` without one.
-    pub valid_loss: Option<f32>,
-    pub valid_accuracy: Option<f32>,
-    /// The epoch whose head would be kept if training ended now.
-    pub best_epoch: usize,
-    /// Seconds since training started, including time before a resume.
-    pub elapsed_seconds: f64,
-}
 
 /// The result of a finished run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ mod voc;
 
 use std::collections::HashMap;
 
-use super::report::Capped;
+use super::capped::Capped;
 
 /// Annotation files larger than this are refused: even COCO files for tens of
 /// thousands of images stay well below it, and parsing builds an in-memory tree.

@@ -10,7 +10,7 @@
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
-use super::head::{Dense, Head, HeadError};
+use super::{Dense, Head, HeadError};
 
 /// Marks the start of a head blob.
 pub(crate) const MAGIC: &[u8; 8] = b"graftHD\0";

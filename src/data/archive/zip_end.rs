@@ -10,7 +10,7 @@
 
 use std::io::{self, Read, Seek, SeekFrom};
 
-use super::archive::ArchiveError;
+use super::ArchiveError;
 
 const EOCD_SIGNATURE: &[u8; 4] = b"PK\x05\x06";
 /// The fixed part of the end-of-central-directory record; a comment of up to 65,535 bytes
