@@ -32,11 +32,14 @@ impl AnnouncedLimit {
     }
 }
 
+/// The body length a request announces in `Content-Length`, if it gives a valid one.
+pub fn announced_length(headers: &axum::http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
+
 pub async fn refuse_announced_oversize(State(limit): State<AnnouncedLimit>, request: Request, next: Next) -> Response {
     let limit = limit.for_request(&request);
-    let announced =
-        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    match announced {
+    match announced_length(request.headers()) {
         Some(length) if length > limit as u64 => Error::PayloadTooLarge { limit }.into_response(),
         _ => next.run(request).await,
     }

@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::header;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +12,7 @@ use ndarray::Array2;
 
 use super::AppState;
 use super::admission::Admission;
+use super::body_limits::announced_length;
 use super::images::{EncodedImage, read_images};
 use super::models::{trained_model, tuned_base};
 use crate::error::Error;
@@ -114,11 +114,7 @@ pub(super) async fn run_request(
     let top_k = checked_top_k(params.top_k, classes)?;
     // Held until the answer: what the body announces (or the most it may be) counts
     // against the bytes all inference requests may have in reading and decoding.
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .unwrap_or(state.limits.max_body_bytes);
+    let declared = announced_length(request.headers()).map_or(state.limits.max_body_bytes, |n| n as usize);
     let _room = match request.extensions().get::<Admission>() {
         Some(admission) => Some(admission.inference(declared.min(state.limits.max_body_bytes))?),
         None => None,

@@ -4,8 +4,6 @@
 //! "localize"), whose classes are the box labels.
 
 use std::io::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
@@ -13,9 +11,11 @@ use axum::http::{StatusCode, header};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::admission::Admission;
+use super::body_limits::announced_length;
 use super::pagination::{Page, PageParams};
 use crate::data::annotations::AnnotationFormat;
 use crate::data::archive::{ArchiveLimits, read_archive};
@@ -67,9 +67,7 @@ pub async fn create_dataset(
     let _ingestion = admission.ingestion()?;
     let content_type =
         request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let declared =
-        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
-    ensure_free_space(&state, declared)?;
+    ensure_free_space(&state, announced_length(request.headers()).unwrap_or(0))?;
     let (options, source) = if content_type.starts_with("multipart/form-data") {
         read_upload(&state, request).await?
     } else if content_type.starts_with("application/json") {
@@ -109,8 +107,8 @@ pub async fn create_dataset(
     // goes away, this handler is dropped and the flag stops the ingestion at its next file
     // (what it stored is collected later).
     let blobs = state.blobs.clone();
-    let abandoned = RaiseOnDrop::default();
-    let stop = abandoned.flag();
+    let stop = CancellationToken::new();
+    let abandoned = stop.clone().drop_guard();
     let (outcome, new_blobs) = tokio::task::spawn_blocking(move || {
         let mut new_blobs = Vec::new();
         let mut store_image = |sha: &str, bytes: &[u8]| -> Result<(), String> {
@@ -121,7 +119,7 @@ pub async fn create_dataset(
         };
         let mut ingestor = Ingestor::new(ingest_options, &mut store_image);
         let mut visit = |entry| {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_cancelled() {
                 return Err("the client went away".to_owned());
             }
             ingestor.add(entry)
@@ -135,7 +133,7 @@ pub async fn create_dataset(
     })
     .await
     .map_err(|e| Error::Internal(format!("ingestion stopped: {e}")))?;
-    drop(abandoned);
+    abandoned.disarm();
 
     let outcome = match outcome {
         Ok(outcome) => outcome,
@@ -174,23 +172,6 @@ pub async fn create_dataset(
     lease.end().await;
     let record = state.db.dataset(&dataset.id).await?.ok_or_else(|| Error::Internal("the dataset vanished".into()))?;
     Ok((StatusCode::CREATED, Json(describe(&state, &record).await?)))
-}
-
-/// A flag raised when this guard is dropped: with the handler that holds it, when its
-/// client disconnects.
-#[derive(Default)]
-struct RaiseOnDrop(Arc<AtomicBool>);
-
-impl RaiseOnDrop {
-    fn flag(&self) -> Arc<AtomicBool> {
-        self.0.clone()
-    }
-}
-
-impl Drop for RaiseOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// Refuses (507) a request that would leave less than `--min-free-disk-bytes` free on the

@@ -37,6 +37,12 @@ pub fn fine_tune_checkpoint_key(job_id: &str) -> String {
     format!("checkpoints/{job_id}.fine-tune.bin")
 }
 
+/// Removes both checkpoints of a job that has ended; a missing one is not an error.
+pub(super) fn remove_checkpoints(blobs: &crate::store::BlobStore, job_id: &str) {
+    let _ = blobs.delete(&checkpoint_key(job_id));
+    let _ = blobs.delete(&fine_tune_checkpoint_key(job_id));
+}
+
 /// The head an attempt of a job trains. Each attempt writes its own keys, so a worker
 /// that lost its lease never overwrites or removes the weights of the one that took over.
 pub fn head_key(job_id: &str, attempt: i64) -> String {

@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 use super::classify::execute_classify;
 use super::context::{Control, Failure, JobContext, Progress, Run, Splits, Trained};
 use super::estimate::{JobShape, check as check_footprint, estimate as estimate_footprint};
-use super::keys::{checkpoint_key, fine_tune_checkpoint_key, head_key, tuned_base_key};
+use super::keys::{head_key, remove_checkpoints, tuned_base_key};
 use super::localize::execute_localize;
 use super::spec::{JobSpec, Task};
 use crate::store::{JobRecord, JobState, TrainedModelRecord, now_ms};
@@ -54,8 +54,7 @@ pub async fn run_job(ctx: &JobContext, job: JobRecord) {
     match state {
         JobState::Failed | JobState::Cancelled => {
             if let Ok(true) = ctx.db.end_job(&job.id, &ctx.worker_id, state, detail.as_deref()).await {
-                let _ = ctx.blobs.delete(&checkpoint_key(&job.id));
-                let _ = ctx.blobs.delete(&fine_tune_checkpoint_key(&job.id));
+                remove_checkpoints(&ctx.blobs, &job.id);
                 let _ = ctx.db.append_event(&job.id, "state", &json!({"state": state, "failure": detail})).await;
             }
             tracing::info!(job = %job.id, state = state.as_str(), "job ended: {}", detail.as_deref().unwrap_or(""));
@@ -150,8 +149,7 @@ async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<b
     };
     match ctx.db.complete_job(&job.id, &ctx.worker_id, &trained.evaluation, &record).await {
         Ok(true) => {
-            let _ = ctx.blobs.delete(&checkpoint_key(&job.id));
-            let _ = ctx.blobs.delete(&fine_tune_checkpoint_key(&job.id));
+            remove_checkpoints(&ctx.blobs, &job.id);
             let _ = ctx.db.append_event(&job.id, "state", &json!({"state": "succeeded", "model": record.name})).await;
             ctx.registry.insert_trained(TrainedModel::new(record, trained.head));
             Ok(true)

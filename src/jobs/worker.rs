@@ -2,14 +2,14 @@
 //! until a submission in this process wakes it). Runs inside the server (`--workers N`)
 //! or alone (`graft worker`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
 use serde_json::json;
 
 use super::context::JobContext;
-use super::keys::{checkpoint_key, fine_tune_checkpoint_key};
+use super::keys::remove_checkpoints;
 use super::run::run_job;
 
 /// How long an idle worker waits before looking at the queue again.
@@ -20,8 +20,13 @@ pub async fn worker_loop(ctx: JobContext, wake: std::sync::Arc<Notify>, mut shut
     tracing::info!(worker = %ctx.worker_id, "worker started");
     let lease_ms = ctx.lease.as_millis() as i64;
     let max_attempts = i64::from(ctx.max_attempts);
+    // A lease only runs out once a lease period has passed: sweeping more often finds nothing.
+    let mut next_sweep = Instant::now();
     while !*shutdown.borrow() {
-        fail_abandoned_jobs(&ctx, max_attempts).await;
+        if Instant::now() >= next_sweep {
+            fail_abandoned_jobs(&ctx, max_attempts).await;
+            next_sweep = Instant::now() + ctx.lease;
+        }
         match ctx.db.claim_job(&ctx.worker_id, lease_ms, max_attempts).await {
             Ok(Some(job)) => {
                 tracing::info!(worker = %ctx.worker_id, job = %job.id, attempt = job.attempts, "job claimed");
@@ -55,8 +60,7 @@ async fn fail_abandoned_jobs(ctx: &JobContext, max_attempts: i64) {
     };
     for job in failed {
         tracing::error!(job = %job.id, attempts = job.attempts, "job failed: its worker stopped on every attempt");
-        let _ = ctx.blobs.delete(&checkpoint_key(&job.id));
-        let _ = ctx.blobs.delete(&fine_tune_checkpoint_key(&job.id));
+        remove_checkpoints(&ctx.blobs, &job.id);
         let _ = ctx.db.append_event(&job.id, "state", &json!({"state": "failed", "failure": job.failure})).await;
     }
 }

@@ -83,6 +83,7 @@ pub async fn collect(db: &Db, blobs: &BlobStore, grace: Duration) -> Result<GcRe
     report.temporary = files;
     report.bytes += bytes;
 
+    db.purge_dead_ingestions().await?;
     let images = db.referenced_images().await?;
     if db.live_ingestions(None).await? > 0 {
         report.images_deferred = true;

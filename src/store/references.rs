@@ -41,15 +41,23 @@ impl Db {
         Ok(())
     }
 
-    /// Live ingestions other than `except`; removes the rows of dead ones on the way.
+    /// Live ingestions (a heartbeat within [`INGESTION_STALE_MS`]) other than `except`.
     pub async fn live_ingestions(&self, except: Option<&str>) -> Result<i64, StoreError> {
-        let stale = now_ms() - INGESTION_STALE_MS;
-        sqlx::query("DELETE FROM ingestions WHERE heartbeat_at < $1").bind(stale).execute(&self.pool).await?;
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM ingestions WHERE id <> $1")
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM ingestions WHERE id <> $1 AND heartbeat_at >= $2")
             .bind(except.unwrap_or(""))
+            .bind(now_ms() - INGESTION_STALE_MS)
             .fetch_one(&self.pool)
             .await?;
         Ok(row.try_get("n")?)
+    }
+
+    /// Removes the rows of ingestions whose process died (no heartbeat for a minute).
+    pub async fn purge_dead_ingestions(&self) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM ingestions WHERE heartbeat_at < $1")
+            .bind(now_ms() - INGESTION_STALE_MS)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The hash of every image some dataset holds.
