@@ -361,10 +361,11 @@ fn exported_localizers_equal_their_heads() {
     let config =
         TrainConfig { epochs: 5, batch_size: 3, learning_rate: 0.05, early_stopping: None, ..TrainConfig::default() };
     for kind in [LocalizeHeadKind::Pooled, LocalizeHeadKind::Spatial] {
-        let head =
-            train_localizer(&config, LossWeights::default(), kind, &data, &mut |_| std::ops::ControlFlow::Continue(()))
-                .unwrap()
-                .head;
+        let head = train_localizer(&config, LossWeights::default(), kind, &data, None, &mut |_, _| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap()
+        .head;
         let (probabilities, boxes) = head.predict(pooled.view(), Some(spatial.view())).unwrap();
         let exported = export_localizer(&bytes, "pooled", Some(("spatial", Layout::Nchw)), &head).unwrap();
         let theirs = ort_run(&env, &exported, "pixels", &[images, 3, 64, 64], &pixels, &["probabilities", "box"]);

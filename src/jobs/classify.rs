@@ -6,7 +6,6 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::context::{Failure, Run, Trained, compute_features, labels, record_phase2, stats_json, train_failure};
-use super::keys::checkpoint_key;
 use super::tune::fine_tune;
 use crate::store::DatasetRecord;
 use crate::train::{Checkpoint, TrainData, evaluate, stack_rows, train};
@@ -14,7 +13,7 @@ use crate::tune::TuneHead;
 use crate::zoo::{ImageFeatures, TrainedHead};
 
 pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<Trained, Failure> {
-    let Run { ctx, job, spec, splits, control, progress, .. } = run;
+    let Run { spec, splits, control, progress, .. } = run;
     let failed = |reason: String| Failure::Failed(reason);
     let variants = spec.feature_variants();
     let requests = splits.feature_requests(variants);
@@ -34,21 +33,10 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
         classes: dataset.classes.len(),
     };
 
-    let resume = ctx
-        .blobs
-        .try_get(&checkpoint_key(&job.id))
-        .ok()
-        .flatten()
-        .and_then(|bytes| serde_json::from_slice::<Checkpoint>(&bytes).ok());
-    if let Some(checkpoint) = &resume {
-        progress.event("resumed", json!({"after_epoch": checkpoint.epoch}));
-    }
+    let resume = run.stored_checkpoint(|c: &Checkpoint| c.fit.epoch);
     let training_started = Instant::now();
     let outcome = train(&spec.train, &data, resume, &mut |report, checkpoint| {
-        // The checkpoint is durable before the epoch is reported: a reported epoch is never redone.
-        if let Ok(bytes) = serde_json::to_vec(checkpoint) {
-            let _ = ctx.blobs.replace(&checkpoint_key(&job.id), &bytes);
-        }
+        run.store_checkpoint(checkpoint);
         progress.epoch(report);
         control.flow()
     })

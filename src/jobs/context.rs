@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio::runtime::Handle;
 
 use super::features::{FeatureError, FeatureRequest, FeatureStats, extract_features};
+use super::keys::checkpoint_key;
 use super::spec::JobSpec;
 use crate::data::Split;
 use crate::store::{BlobStore, Db, EpochRow, ItemRecord, JobRecord};
@@ -86,6 +87,25 @@ pub(super) struct Run<'a> {
     pub model: &'a LoadedModel,
     pub control: &'a Control,
     pub progress: &'a Progress<'a>,
+}
+
+impl Run<'_> {
+    /// Phase 1's checkpoint of this job, stored by an earlier attempt; `None` when there is
+    /// none or it does not parse (the run then starts afresh). A resume is reported.
+    pub fn stored_checkpoint<C: serde::de::DeserializeOwned>(&self, epoch: impl Fn(&C) -> usize) -> Option<C> {
+        let bytes = self.ctx.blobs.try_get(&checkpoint_key(&self.job.id)).ok().flatten()?;
+        let checkpoint = serde_json::from_slice::<C>(&bytes).ok()?;
+        self.progress.event("resumed", json!({"after_epoch": epoch(&checkpoint)}));
+        Some(checkpoint)
+    }
+
+    /// Stores phase 1's checkpoint after an epoch. It is durable before the epoch is reported,
+    /// so a reported epoch is never redone; a failed write only costs the resume.
+    pub fn store_checkpoint(&self, checkpoint: &impl Serialize) {
+        if let Ok(bytes) = serde_json::to_vec(checkpoint) {
+            let _ = self.ctx.blobs.replace(&checkpoint_key(&self.job.id), &bytes);
+        }
+    }
 }
 
 /// A dataset's items by split, in the stored order.

@@ -11,7 +11,10 @@ use super::context::{Failure, Run, Trained, compute_features, labels, record_pha
 use super::features::variant_seed;
 use super::tune::{SplitBoxes, fine_tune, spatial_tap};
 use crate::store::{DatasetRecord, ItemRecord};
-use crate::train::{LocalizeData, LocalizeHeadKind, LocalizeSplit, box_metrics, evaluate, stack_rows, train_localizer};
+use crate::train::{
+    LocalizeCheckpoint, LocalizeData, LocalizeHeadKind, LocalizeSplit, box_metrics, evaluate, stack_rows,
+    train_localizer,
+};
 use crate::tune::TuneHead;
 use crate::vision::{Augmentation, InputBox, PixelBox, Preprocessing, ResizePlan, box_to_input};
 use crate::zoo::{ImageFeatures, TrainedHead};
@@ -59,7 +62,9 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
     let data = LocalizeData { classes: dataset.classes.len(), spatial_shape, train, valid: Some(valid) };
 
     let training_started = Instant::now();
-    let outcome = train_localizer(&spec.train, spec.loss_weights, kind, &data, &mut |report| {
+    let resume = run.stored_checkpoint(|c: &LocalizeCheckpoint| c.fit.epoch);
+    let outcome = train_localizer(&spec.train, spec.loss_weights, kind, &data, resume, &mut |report, checkpoint| {
+        run.store_checkpoint(checkpoint);
         progress.training("training", report.epoch, report.epochs, report.best_epoch, report.elapsed_seconds, report);
         control.flow()
     })

@@ -120,7 +120,7 @@ pub(super) fn fine_tune(
     let key = fine_tune_checkpoint_key(progress.job_id());
     let resume = ctx.blobs.try_get(&key).ok().flatten().and_then(|bytes| TuneCheckpoint::from_bytes(&bytes));
     if let Some(checkpoint) = &resume {
-        progress.event("resumed", json!({"phase": "fine-tuning", "after_epoch": checkpoint.epoch}));
+        progress.event("resumed", json!({"phase": "fine-tuning", "after_epoch": checkpoint.fit.epoch}));
     }
     let outcome = tune(&config, &plan.tail, &head, &data, resume, &mut |report, checkpoint| {
         // The checkpoint is durable before the epoch is reported: a reported epoch is never redone.

@@ -39,15 +39,6 @@ impl StopMetric {
     }
 }
 
-/// Whether an epoch becomes the best so far: with a monitored metric and its `value`, when it
-/// beats `best` (or there is none yet); without either, every epoch does (the latest is kept).
-pub(crate) fn becomes_best(metric: Option<StopMetric>, value: Option<f32>, best: Option<f32>) -> bool {
-    match (metric, value) {
-        (Some(metric), Some(value)) => best.is_none_or(|best| metric.improves(value, best)),
-        _ => true,
-    }
-}
-
 /// Stop when the metric has not improved for `patience` epochs, keeping the best epoch's head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -5,6 +5,8 @@ mod backprop;
 mod checkpoint;
 mod config;
 mod data;
+mod error;
+mod fit;
 mod head;
 mod localize;
 mod metrics;
@@ -12,18 +14,19 @@ mod optim;
 mod trainer;
 
 pub use checkpoint::{Checkpoint, EpochReport};
-pub(crate) use config::becomes_best;
 pub use config::{EarlyStopping, OptimizerKind, StopMetric, TrainConfig};
 pub(crate) use data::balanced_class_weights;
 pub use data::{TrainData, stack_rows};
+pub use error::TrainError;
+pub(crate) use fit::epoch_rng;
+pub use fit::{BestEpoch, EpochOutcome, EpochTraining, FitState, Fitted, Trainable, Validation, fit};
 pub use head::{Dense, Head, HeadError};
 pub use localize::{
-    BoxMetrics, BoxParts, CENTROID_EPSILON, LocalizeData, LocalizeEpochReport, LocalizeHeadKind, LocalizeOutcome,
-    LocalizeSplit, LocalizerHead, LocalizerLoss, LocalizerScores, LossWeights, box_metrics, iou, localizer_scores,
-    train_localizer,
+    BoxMetrics, BoxParts, CENTROID_EPSILON, LocalizeCheckpoint, LocalizeData, LocalizeEpochReport, LocalizeHeadKind,
+    LocalizeOutcome, LocalizeSplit, LocalizerHead, LocalizerLoss, LocalizerScores, LossWeights, box_metrics, iou,
+    localizer_scores, train_localizer,
 };
 pub(crate) use localize::{cross_entropy, label_tensors, sigmoid_tensor, tensor_error};
 pub use metrics::{ClassMetrics, Evaluation, LOG_LOSS_EPSILON, MetricsError, evaluate, log_loss};
 pub use optim::{BETA1, BETA2, EPSILON, OptimError, Optimizer, OptimizerState, Param, Rule};
-pub(crate) use trainer::epoch_rng;
-pub use trainer::{TrainError, TrainOutcome, train};
+pub use trainer::{TrainOutcome, train};

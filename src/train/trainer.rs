@@ -1,13 +1,11 @@
-//! The training loop: mini-batch epochs over frozen features, a report and checkpoint after each
-//! epoch, early stopping, cancellation and exact resumption.
+//! The dense head on frozen features: mini-batch epochs of hand-written backprop, run by
+//! [`fit`] (early stopping, the best epoch, a report and checkpoint after each epoch, exact
+//! resumption).
 //!
-//! Reproducibility: the head is initialised from `StdRng::seed_from_u64(seed)`, and epoch e's
-//! shuffle and dropout masks come from a generator seeded by `seed` mixed with e alone. Nothing
-//! random carries across epochs, so a run resumed from a checkpoint after epoch e continues
-//! exactly as an uninterrupted run would.
+//! Reproducibility: the head is initialised from `StdRng::seed_from_u64(seed)`; epoch e's
+//! shuffle and dropout masks come from [`epoch_rng`].
 
 use std::ops::ControlFlow;
-use std::time::Instant;
 
 use ndarray::Axis;
 use rand::SeedableRng;
@@ -17,10 +15,12 @@ use serde::{Deserialize, Serialize};
 
 use super::backprop::{Dropout, apply_gradients, batch_gradients, evaluate_split};
 use super::checkpoint::{Checkpoint, EpochReport};
-use super::config::{EarlyStopping, StopMetric, TrainConfig};
+use super::config::TrainConfig;
 use super::data::TrainData;
+use super::error::TrainError;
+use super::fit::{EpochOutcome, EpochTraining, FitState, Trainable, Validation, epoch_rng, fit};
 use super::head::Head;
-use super::optim::{OptimError, Optimizer};
+use super::optim::Optimizer;
 
 /// The result of a finished run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,27 +32,6 @@ pub struct TrainOutcome {
     pub history: Vec<EpochReport>,
     /// True when early stopping ended the run before the configured epochs.
     pub stopped_early: bool,
-}
-
-/// Why training did not produce a head.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum TrainError {
-    #[error("invalid training configuration: {0}")]
-    InvalidConfig(String),
-    #[error("invalid training data: {0}")]
-    InvalidData(String),
-    #[error("cannot resume from this checkpoint: {0}")]
-    InvalidCheckpoint(String),
-    #[error("training diverged in epoch {epoch}: the loss is no longer a finite number (try a lower learning rate)")]
-    Diverged { epoch: usize },
-    #[error("training was cancelled after epoch {epoch}")]
-    Cancelled { epoch: usize },
-}
-
-impl From<OptimError> for TrainError {
-    fn from(error: OptimError) -> Self {
-        TrainError::InvalidCheckpoint(error.to_string())
-    }
 }
 
 /// Trains a head on `data`, from scratch or from `resume`.
@@ -70,53 +49,79 @@ pub fn train(
     config.validate().map_err(TrainError::InvalidConfig)?;
     data.validate().map_err(TrainError::InvalidData)?;
     let run = Run::new(config, data);
-    let mut checkpoint = match resume {
+    let checkpoint = match resume {
         Some(checkpoint) => {
             checkpoint.check_resumable(config, data, &run.optimizer).map_err(TrainError::InvalidCheckpoint)?;
             checkpoint
         }
         None => run.fresh_checkpoint()?,
     };
-    let started = Instant::now();
     let earlier_seconds = checkpoint.history.last().map_or(0.0, |r| r.elapsed_seconds);
+    let mut model = DenseRun { run, checkpoint };
+    let fitted = fit(&mut model, config, earlier_seconds, &mut |model, outcome| {
+        let report = epoch_report(outcome);
+        model.checkpoint.history.push(report.clone());
+        on_epoch(&report, &model.checkpoint)
+    })?;
+    Ok(TrainOutcome {
+        stopped_early: fitted.stopped_early,
+        head: model.checkpoint.best_head,
+        best_epoch: fitted.best_epoch,
+        epochs_run: fitted.epochs_run,
+        history: model.checkpoint.history,
+    })
+}
 
-    while checkpoint.epoch < config.epochs && !checkpoint.patience_exhausted(run.patience()) {
-        let epoch = checkpoint.epoch + 1;
-        let (train_loss, train_accuracy) = run.epoch(&mut checkpoint)?;
-        if !(train_loss.is_finite() && checkpoint.head.is_finite()) {
-            return Err(TrainError::Diverged { epoch });
-        }
-        let valid = run.validate(&checkpoint.head);
-        let monitored = run.monitor.map(|m| m.metric);
-        let value = valid.map(|(loss, accuracy)| match monitored {
-            Some(StopMetric::ValLoss) => loss,
-            _ => accuracy,
-        });
-        checkpoint.record(epoch, monitored, value);
-        checkpoint.epoch = epoch;
-        let report = EpochReport {
-            epoch,
-            epochs: config.epochs,
-            train_loss,
-            train_accuracy,
-            valid_loss: valid.map(|v| v.0),
-            valid_accuracy: valid.map(|v| v.1),
-            best_epoch: checkpoint.best_epoch,
-            elapsed_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
-        };
-        checkpoint.history.push(report.clone());
-        if on_epoch(&report, &checkpoint).is_break() {
-            return Err(TrainError::Cancelled { epoch });
-        }
+fn epoch_report(outcome: &EpochOutcome) -> EpochReport {
+    EpochReport {
+        epoch: outcome.epoch,
+        epochs: outcome.epochs,
+        train_loss: outcome.train.loss,
+        train_accuracy: outcome.train.accuracy.unwrap_or_default(),
+        valid_loss: outcome.valid.map(|v| v.loss),
+        valid_accuracy: outcome.valid.map(|v| v.accuracy),
+        best_epoch: outcome.best_epoch,
+        elapsed_seconds: outcome.elapsed_seconds,
+    }
+}
+
+/// The dense head as a [`Trainable`]: the run's fixed parts and the checkpoint it updates.
+struct DenseRun<'a> {
+    run: Run<'a>,
+    checkpoint: Checkpoint,
+}
+
+impl Trainable for DenseRun<'_> {
+    fn has_validation(&self) -> bool {
+        !self.run.data.valid_labels.is_empty()
     }
 
-    Ok(TrainOutcome {
-        stopped_early: checkpoint.epoch < config.epochs,
-        head: checkpoint.best_head,
-        best_epoch: checkpoint.best_epoch,
-        epochs_run: checkpoint.epoch,
-        history: checkpoint.history,
-    })
+    fn fit_state(&mut self) -> &mut FitState {
+        &mut self.checkpoint.fit
+    }
+
+    fn train_epoch(&mut self, epoch_index: usize) -> Result<EpochTraining, TrainError> {
+        let (loss, accuracy) = self.run.epoch(epoch_index, &mut self.checkpoint)?;
+        Ok(EpochTraining { loss, accuracy: Some(accuracy) })
+    }
+
+    fn is_finite(&self) -> bool {
+        self.checkpoint.head.is_finite()
+    }
+
+    fn validate(&mut self) -> Result<Option<Validation>, TrainError> {
+        let valid = self.run.validate(&self.checkpoint.head);
+        Ok(valid.map(|(loss, accuracy)| Validation { loss, accuracy, mean_iou: None }))
+    }
+
+    fn keep_best(&mut self) {
+        self.checkpoint.best_head.clone_from(&self.checkpoint.head);
+    }
+
+    /// The caller takes `best_head`: nothing to move.
+    fn finish(&mut self) -> Result<(), TrainError> {
+        Ok(())
+    }
 }
 
 /// What stays fixed over a run.
@@ -125,24 +130,16 @@ struct Run<'a> {
     data: &'a TrainData,
     optimizer: Optimizer,
     class_weights: Option<Vec<f32>>,
-    /// Early stopping, when there is a validation split to watch.
-    monitor: Option<EarlyStopping>,
 }
 
 impl<'a> Run<'a> {
     fn new(config: &'a TrainConfig, data: &'a TrainData) -> Self {
-        let has_validation = !data.valid_labels.is_empty();
         Self {
             config,
             data,
             optimizer: config.optimizer(),
             class_weights: config.class_weights.then(|| data.balanced_class_weights()),
-            monitor: config.early_stopping.filter(|_| has_validation),
         }
-    }
-
-    fn patience(&self) -> Option<usize> {
-        self.monitor.map(|m| m.patience)
     }
 
     fn fresh_checkpoint(&self) -> Result<Checkpoint, TrainError> {
@@ -154,8 +151,7 @@ impl<'a> Run<'a> {
     }
 
     /// One pass over the training set; returns the epoch's running loss and accuracy.
-    fn epoch(&self, checkpoint: &mut Checkpoint) -> Result<(f32, f32), TrainError> {
-        let epoch_index = checkpoint.epoch;
+    fn epoch(&self, epoch_index: usize, checkpoint: &mut Checkpoint) -> Result<(f32, f32), TrainError> {
         let mut rng = epoch_rng(self.config.seed, epoch_index);
         let x = self.data.variant(epoch_index);
         let labels = &self.data.train_labels;
@@ -188,20 +184,6 @@ impl<'a> Run<'a> {
         let labels = &self.data.valid_labels;
         (!labels.is_empty()).then(|| evaluate_split(head, self.data.valid.view(), labels))
     }
-}
-
-/// The generator for epoch `epoch_index` (0-based): the seed mixed with a SplitMix64 hash of
-/// the epoch, so neighbouring epochs (and the initialisation, seeded by `seed` itself) get
-/// unrelated streams, and a resumed run shuffles as an uninterrupted one.
-pub(crate) fn epoch_rng(seed: u64, epoch_index: usize) -> StdRng {
-    StdRng::seed_from_u64(seed ^ splitmix64(epoch_index as u64 + 1))
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -8,20 +8,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::train::OptimizerState;
+use crate::train::{BestEpoch, FitState, OptimizerState};
 
-/// The state of phase 2 after `epoch` epochs.
-#[derive(Debug, Clone, PartialEq)]
+/// The state of phase 2 after `fit.epoch` epochs.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct TuneCheckpoint {
-    pub epoch: usize,
+    pub fit: FitState,
     /// Every variable (tail, then head), flattened.
     pub values: Vec<Vec<f32>>,
     pub optimizer: OptimizerState,
     pub best_values: Vec<Vec<f32>>,
-    pub best_epoch: usize,
-    pub best_metric: Option<f32>,
-    /// Epochs since the best one.
-    pub since: usize,
     /// Seconds phase 2 had run, for its reports.
     pub elapsed_seconds: f64,
 }
@@ -45,11 +41,11 @@ impl TuneCheckpoint {
     pub fn to_bytes(&self) -> Vec<u8> {
         let lengths = |buffers: &[Vec<f32>]| buffers.iter().map(Vec::len).collect();
         let header = Header {
-            epoch: self.epoch,
+            epoch: self.fit.epoch,
             step: self.optimizer.step,
-            best_epoch: self.best_epoch,
-            best_metric: self.best_metric,
-            since: self.since,
+            best_epoch: self.fit.best.best_epoch,
+            best_metric: self.fit.best.best_metric,
+            since: self.fit.best.epochs_since_best,
             elapsed_seconds: self.elapsed_seconds,
             values: lengths(&self.values),
             first: lengths(&self.optimizer.first),
@@ -87,14 +83,16 @@ impl TuneCheckpoint {
         if !rest.is_empty() {
             return None;
         }
+        let best = BestEpoch {
+            best_epoch: header.best_epoch,
+            best_metric: header.best_metric,
+            epochs_since_best: header.since,
+        };
         Some(Self {
-            epoch: header.epoch,
+            fit: FitState { epoch: header.epoch, best },
             values,
             optimizer: OptimizerState { step: header.step, first, second },
             best_values,
-            best_epoch: header.best_epoch,
-            best_metric: header.best_metric,
-            since: header.since,
             elapsed_seconds: header.elapsed_seconds,
         })
     }
@@ -112,8 +110,9 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_damage() {
+        let best = BestEpoch { best_epoch: 2, best_metric: Some(0.75), epochs_since_best: 1 };
         let checkpoint = TuneCheckpoint {
-            epoch: 3,
+            fit: FitState { epoch: 3, best },
             values: vec![vec![1.0, -2.5], vec![3.25]],
             optimizer: OptimizerState {
                 step: 12,
@@ -121,9 +120,6 @@ mod tests {
                 second: vec![vec![0.4, 0.5], vec![0.6]],
             },
             best_values: vec![vec![0.0, 1.0], vec![2.0]],
-            best_epoch: 2,
-            best_metric: Some(0.75),
-            since: 1,
             elapsed_seconds: 4.5,
         };
         let bytes = checkpoint.to_bytes();

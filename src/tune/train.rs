@@ -4,7 +4,6 @@
 //! kept.
 
 use std::ops::ControlFlow;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use ndarray::Array2;
@@ -14,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::TuneCheckpoint;
 use super::eval::TailModel;
 use crate::train::{
-    Head, LocalizerHead, LocalizerLoss, LossWeights, OptimizerState, Param, StopMetric, TrainConfig, TrainError,
-    becomes_best, cross_entropy, evaluate, label_tensors, localizer_scores, log_loss, tensor_error,
+    BestEpoch, EpochTraining, FitState, Head, LocalizerHead, LocalizerLoss, LossWeights, Param, TrainConfig,
+    TrainError, Trainable, Validation, cross_entropy, evaluate, fit, label_tensors, localizer_scores, log_loss,
+    tensor_error,
 };
 use crate::vision::Layout;
 
@@ -264,31 +264,14 @@ pub fn tail_features(
     Ok((pooled, spatial))
 }
 
-/// Validation of one epoch: loss, accuracy and (a localizer's) mean IoU.
-struct Scores {
-    loss: f32,
-    accuracy: f32,
-    mean_iou: Option<f32>,
-}
-
-impl Scores {
-    fn monitored(&self, metric: Option<StopMetric>) -> f32 {
-        match (metric, self.mean_iou) {
-            (Some(StopMetric::ValLoss), _) => self.loss,
-            // A localizer watches accuracy + mean IoU, as in phase 1.
-            (_, Some(iou)) => self.accuracy + iou,
-            (_, None) => self.accuracy,
-        }
-    }
-}
-
+/// Validation of the head as it stands: loss, accuracy and (a localizer's) mean IoU.
 fn score(
     head: &TuneHead,
     tail: &TailModel,
     split: &TuneSplit,
     data: &TuneData,
     batch_size: usize,
-) -> Result<Scores, TrainError> {
+) -> Result<Validation, TrainError> {
     let invalid = |e: String| TrainError::InvalidData(format!("validation split: {e}"));
     let (pooled, spatial) =
         tail_features(tail, &split.activations, &data.shape, batch_size, head.spatial()).map_err(tensor_error)?;
@@ -296,9 +279,9 @@ fn score(
     match (head, boxes) {
         (TuneHead::Localizer { weights, .. }, Some(boxes)) => {
             let s = localizer_scores(&probabilities, &boxes, &split.labels, &split.boxes, *weights)?;
-            Ok(Scores { loss: s.loss, accuracy: s.accuracy, mean_iou: Some(s.mean_iou) })
+            Ok(Validation { loss: s.loss, accuracy: s.accuracy, mean_iou: Some(s.mean_iou) })
         }
-        _ => Ok(Scores {
+        _ => Ok(Validation {
             loss: log_loss(probabilities.view(), &split.labels).map_err(|e| invalid(e.to_string()))?,
             accuracy: evaluate(probabilities.view(), &split.labels, 1).map_err(|e| invalid(e.to_string()))?.accuracy,
             mean_iou: None,
@@ -306,20 +289,16 @@ fn score(
     }
 }
 
-/// The best epoch so far: every variable's values, the epoch, its monitored value, and the
-/// epochs since.
-struct Best {
-    values: Vec<Vec<f32>>,
-    epoch: usize,
-    metric: Option<f32>,
-    since: usize,
-}
-
 fn load(vars: &[(&Var, bool)], values: &[Vec<f32>]) -> candle_core::Result<()> {
     for ((var, _), values) in vars.iter().zip(values) {
         var.set(&Tensor::from_slice(values, var.shape(), &Device::Cpu)?)?;
     }
     Ok(())
+}
+
+/// Every trained variable, the tail's then the head's, with whether weight decay applies.
+fn all_vars<'v>(tail: &'v TailModel, trainer: &'v HeadTrainer) -> Vec<(&'v Var, bool)> {
+    tail.params().iter().map(|p| (&p.var, p.decay)).chain(trainer.vars()).collect()
 }
 
 /// Trains `tail` and `head` together on `data` (phase 2). `config` is phase 2's own (its
@@ -341,64 +320,116 @@ pub fn tune(
         return Err(TrainError::InvalidData("no training activations".into()));
     }
     let trainer = HeadTrainer::new(head).map_err(tensor_error)?;
-    let vars: Vec<(&Var, bool)> = tail.params().iter().map(|p| (&p.var, p.decay)).chain(trainer.vars()).collect();
-    let tail_count = tail.params().len();
     let optimizer = config.optimizer();
-    let sizes: Vec<usize> = vars.iter().map(|(v, _)| v.elem_count()).collect();
-    let mut state: OptimizerState = optimizer.init_state(&sizes);
-    let mut values = vars
-        .iter()
-        .map(|(v, _)| v.as_tensor().flatten_all()?.to_vec1::<f32>())
-        .collect::<candle_core::Result<Vec<_>>>()
-        .map_err(tensor_error)?;
-    let class_weights =
-        config.class_weights.then(|| crate::train::balanced_class_weights(&data.train[0].labels, data.classes));
+    let sizes: Vec<usize> = all_vars(tail, &trainer).iter().map(|(v, _)| v.elem_count()).collect();
     let valid = data.valid.as_ref().filter(|v| v.rows() > 0);
-    let monitor = config.early_stopping.filter(|_| valid.is_some());
-    let mut current = head.clone();
-
-    let started = Instant::now();
-    let metric = monitor.map(|m| m.metric);
     let resume = resume.filter(|c| c.fits(&sizes) && optimizer.check_state(&c.optimizer, &sizes).is_ok());
-    let (mut best, mut epoch, earlier_seconds) = match resume {
+    let mut run = TuneRun {
+        config,
+        tail,
+        data,
+        valid,
+        class_weights: config
+            .class_weights
+            .then(|| crate::train::balanced_class_weights(&data.train[0].labels, data.classes)),
+        tail_count: tail.params().len(),
+        current: head.clone(),
+        checkpoint: TuneCheckpoint::default(),
+        trainer,
+    };
+    run.checkpoint = match resume {
         Some(checkpoint) => {
-            values = checkpoint.values;
-            state = checkpoint.optimizer;
-            load(&vars, &values).map_err(tensor_error)?;
-            HeadTrainer::write_back(&values[tail_count..], &mut current);
-            let best = Best {
-                values: checkpoint.best_values,
-                epoch: checkpoint.best_epoch,
-                metric: checkpoint.best_metric,
-                since: checkpoint.since,
-            };
-            (best, checkpoint.epoch, checkpoint.elapsed_seconds)
+            load(&all_vars(tail, &run.trainer), &checkpoint.values).map_err(tensor_error)?;
+            HeadTrainer::write_back(&checkpoint.values[run.tail_count..], &mut run.current);
+            checkpoint
         }
         None => {
+            let values = all_vars(tail, &run.trainer)
+                .iter()
+                .map(|(v, _)| v.as_tensor().flatten_all()?.to_vec1::<f32>())
+                .collect::<candle_core::Result<Vec<_>>>()
+                .map_err(tensor_error)?;
             // With early stopping, epoch 0 is phase 1's model as it is: phase 2 must beat it on
             // the validation split to replace it, so tuning never leaves a model that validates
             // worse than the frozen one. Without early stopping the last epoch is kept, as in phase 1.
-            let baseline = match monitor {
-                Some(_) => valid.map(|v| score(&current, tail, v, data, config.batch_size)).transpose()?,
+            let baseline = match config.early_stopping.filter(|_| valid.is_some()) {
+                Some(monitor) => run.validate()?.map(|v| v.monitored(Some(monitor.metric))),
                 None => None,
             };
-            (Best { values: values.clone(), epoch: 0, metric: baseline.map(|s| s.monitored(metric)), since: 0 }, 0, 0.0)
+            TuneCheckpoint {
+                fit: FitState { epoch: 0, best: BestEpoch::starting_at(baseline) },
+                best_values: values.clone(),
+                values,
+                optimizer: optimizer.init_state(&sizes),
+                elapsed_seconds: 0.0,
+            }
         }
     };
-    while epoch < config.epochs && monitor.is_none_or(|m| best.since < m.patience) {
-        let epoch_started = Instant::now();
-        let split = &data.train[epoch % data.train.len()];
+    let earlier_seconds = run.checkpoint.elapsed_seconds;
+    let fitted = fit(&mut run, config, earlier_seconds, &mut |run, outcome| {
+        run.checkpoint.elapsed_seconds = outcome.elapsed_seconds;
+        let report = TuneEpochReport {
+            epoch: outcome.epoch,
+            epochs: outcome.epochs,
+            train_loss: outcome.train.loss,
+            train_accuracy: outcome.train.accuracy.unwrap_or_default(),
+            valid_loss: outcome.valid.map(|v| v.loss),
+            valid_accuracy: outcome.valid.map(|v| v.accuracy),
+            valid_mean_iou: outcome.valid.and_then(|v| v.mean_iou),
+            best_epoch: outcome.best_epoch,
+            epoch_seconds: outcome.epoch_seconds,
+            elapsed_seconds: outcome.elapsed_seconds,
+        };
+        on_epoch(&report, &run.checkpoint)
+    })?;
+    Ok(TuneOutcome {
+        head: run.current,
+        best_epoch: fitted.best_epoch,
+        epochs_run: fitted.epochs_run,
+        stopped_early: fitted.stopped_early,
+    })
+}
+
+/// Phase 2 as a [`Trainable`]: the tail and head variables, and the checkpoint holding their
+/// values, the optimiser's moments and the best epoch's values.
+struct TuneRun<'a> {
+    config: &'a TrainConfig,
+    tail: &'a TailModel,
+    data: &'a TuneData,
+    valid: Option<&'a TuneSplit>,
+    class_weights: Option<Vec<f32>>,
+    trainer: HeadTrainer,
+    /// Variables before this index are the tail's.
+    tail_count: usize,
+    /// The head as the current values leave it, for scoring.
+    current: TuneHead,
+    checkpoint: TuneCheckpoint,
+}
+
+impl Trainable for TuneRun<'_> {
+    fn has_validation(&self) -> bool {
+        self.valid.is_some()
+    }
+
+    fn fit_state(&mut self) -> &mut FitState {
+        &mut self.checkpoint.fit
+    }
+
+    fn train_epoch(&mut self, epoch_index: usize) -> Result<EpochTraining, TrainError> {
+        let Self { config, tail, data, trainer, checkpoint, .. } = self;
+        let vars = all_vars(tail, trainer);
+        let optimizer = config.optimizer();
+        let split = &data.train[epoch_index % data.train.len()];
         let mut order: Vec<usize> = (0..split.rows()).collect();
-        order.shuffle(&mut crate::train::epoch_rng(config.seed, epoch));
-        epoch += 1;
+        order.shuffle(&mut crate::train::epoch_rng(config.seed, epoch_index));
         let (mut loss_sum, mut right) = (0f64, 0usize);
         for rows in order.chunks(config.batch_size) {
             let labels: Vec<usize> = rows.iter().map(|&r| split.labels[r]).collect();
             let boxes: Vec<[f32; 4]> = rows.iter().filter_map(|&r| split.boxes.get(r).copied()).collect();
-            let (pooled, spatial) =
-                tail_outputs(tail, &split.activations, rows, &data.shape, head.spatial()).map_err(tensor_error)?;
+            let (pooled, spatial) = tail_outputs(tail, &split.activations, rows, &data.shape, self.current.spatial())
+                .map_err(tensor_error)?;
             let (loss, logits) =
-                trainer.loss(pooled, spatial, &labels, &boxes, class_weights.as_deref()).map_err(tensor_error)?;
+                trainer.loss(pooled, spatial, &labels, &boxes, self.class_weights.as_deref()).map_err(tensor_error)?;
             let grads = loss.backward().map_err(tensor_error)?;
             let gradients = vars
                 .iter()
@@ -408,62 +439,41 @@ pub fn tune(
                 })
                 .collect::<candle_core::Result<Vec<_>>>()
                 .map_err(tensor_error)?;
-            let mut params: Vec<Param<'_>> = values
+            let mut params: Vec<Param<'_>> = checkpoint
+                .values
                 .iter_mut()
                 .zip(&gradients)
                 .zip(&vars)
                 .map(|((value, grad), (_, decay))| Param { value, grad, decay: *decay })
                 .collect();
-            optimizer.step(&mut state, &mut params)?;
-            load(&vars, &values).map_err(tensor_error)?;
+            optimizer.step(&mut checkpoint.optimizer, &mut params)?;
+            load(&vars, &checkpoint.values).map_err(tensor_error)?;
             loss_sum += f64::from(loss.to_scalar::<f32>().map_err(tensor_error)?) * rows.len() as f64;
             right += correct(&logits, &labels).map_err(tensor_error)?;
         }
-        let train_loss = (loss_sum / split.rows() as f64) as f32;
-        if !train_loss.is_finite() || values.iter().flatten().any(|v| !v.is_finite()) {
-            return Err(TrainError::Diverged { epoch });
-        }
-        HeadTrainer::write_back(&values[tail_count..], &mut current);
-        let scores = valid.map(|v| score(&current, tail, v, data, config.batch_size)).transpose()?;
-        let value = scores.as_ref().map(|s| s.monitored(metric));
-        if becomes_best(metric, value, best.metric) {
-            best = Best { values: values.clone(), epoch, metric: value, since: 0 };
-        } else {
-            best.since += 1;
-        }
-        let report = TuneEpochReport {
-            epoch,
-            epochs: config.epochs,
-            train_loss,
-            train_accuracy: right as f32 / split.rows() as f32,
-            valid_loss: scores.as_ref().map(|s| s.loss),
-            valid_accuracy: scores.as_ref().map(|s| s.accuracy),
-            valid_mean_iou: scores.as_ref().and_then(|s| s.mean_iou),
-            best_epoch: best.epoch,
-            epoch_seconds: epoch_started.elapsed().as_secs_f64(),
-            elapsed_seconds: earlier_seconds + started.elapsed().as_secs_f64(),
-        };
-        // The buffers move into the checkpoint for the callback and back: no copy of millions
-        // of parameters per epoch.
-        let checkpoint = TuneCheckpoint {
-            epoch,
-            values: std::mem::take(&mut values),
-            optimizer: std::mem::take(&mut state),
-            best_values: std::mem::take(&mut best.values),
-            best_epoch: best.epoch,
-            best_metric: best.metric,
-            since: best.since,
-            elapsed_seconds: report.elapsed_seconds,
-        };
-        let flow = on_epoch(&report, &checkpoint);
-        (values, state, best.values) = (checkpoint.values, checkpoint.optimizer, checkpoint.best_values);
-        if flow.is_break() {
-            return Err(TrainError::Cancelled { epoch });
-        }
+        let rows = split.rows() as f64;
+        HeadTrainer::write_back(&checkpoint.values[self.tail_count..], &mut self.current);
+        Ok(EpochTraining { loss: (loss_sum / rows) as f32, accuracy: Some((right as f64 / rows) as f32) })
     }
-    load(&vars, &best.values).map_err(tensor_error)?;
-    HeadTrainer::write_back(&best.values[tail_count..], &mut current);
-    Ok(TuneOutcome { head: current, best_epoch: best.epoch, epochs_run: epoch, stopped_early: epoch < config.epochs })
+
+    fn is_finite(&self) -> bool {
+        self.checkpoint.values.iter().flatten().all(|v| v.is_finite())
+    }
+
+    fn validate(&mut self) -> Result<Option<Validation>, TrainError> {
+        self.valid.map(|v| score(&self.current, self.tail, v, self.data, self.config.batch_size)).transpose()
+    }
+
+    fn keep_best(&mut self) {
+        self.checkpoint.best_values.clone_from(&self.checkpoint.values);
+    }
+
+    /// The best epoch's values go back into the variables and the head.
+    fn finish(&mut self) -> Result<(), TrainError> {
+        load(&all_vars(self.tail, &self.trainer), &self.checkpoint.best_values).map_err(tensor_error)?;
+        HeadTrainer::write_back(&self.checkpoint.best_values[self.tail_count..], &mut self.current);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

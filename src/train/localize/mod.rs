@@ -25,7 +25,6 @@ mod graph;
 mod localizer;
 
 use std::ops::ControlFlow;
-use std::time::Instant;
 
 use ndarray::Array2;
 use rand::seq::SliceRandom;
@@ -34,11 +33,12 @@ use serde::{Deserialize, Serialize};
 pub use boxes::{BoxMetrics, box_metrics, iou};
 pub use localizer::{BoxParts, CENTROID_EPSILON, LocalizerHead};
 
-use super::config::{StopMetric, TrainConfig, becomes_best};
+use super::config::TrainConfig;
 use super::data::balanced_class_weights;
+use super::error::TrainError;
+use super::fit::{EpochTraining, FitState, Trainable, Validation, epoch_rng, fit};
 use super::metrics::{evaluate, log_loss};
 use super::optim::{Optimizer, OptimizerState, Param};
-use super::trainer::{TrainError, epoch_rng};
 use graph::{Batch, Graph};
 pub(crate) use graph::{cross_entropy, label_tensors, sigmoid as sigmoid_tensor};
 use localizer::Part;
@@ -140,19 +140,33 @@ pub struct LocalizeOutcome {
     pub stopped_early: bool,
 }
 
-/// Trains a localizer on `data`.
+/// A localizer run after an epoch: enough to resume it exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LocalizeCheckpoint {
+    #[serde(flatten)]
+    pub fit: FitState,
+    pub head: LocalizerHead,
+    pub optimizer: OptimizerState,
+    /// The best epoch's head (the latest one when nothing is monitored).
+    pub best_head: LocalizerHead,
+    /// Seconds training had run, for its reports.
+    pub elapsed_seconds: f64,
+}
+
+/// Trains a localizer on `data`, from scratch or from `resume` (a checkpoint of the same run).
 ///
-/// After each epoch `on_epoch` gets the report; `ControlFlow::Break(())` cancels the run
-/// (`TrainError::Cancelled`). With a validation split and early stopping, the run stops once
-/// the metric (the weighted validation loss for `ValLoss`, mean IoU + accuracy for
-/// `ValAccuracy`) has not improved for `patience` epochs, and returns the best epoch's head.
+/// After each epoch `on_epoch` gets the report and the checkpoint; `ControlFlow::Break(())`
+/// cancels the run (`TrainError::Cancelled`). With a validation split and early stopping, the
+/// run stops once the metric (the weighted validation loss for `ValLoss`, mean IoU + accuracy
+/// for `ValAccuracy`) has not improved for `patience` epochs, and returns the best epoch's head.
 /// `hidden_units` and `dropout` are refused: this head has neither.
 pub fn train_localizer(
     config: &TrainConfig,
     weights: LossWeights,
     kind: LocalizeHeadKind,
     data: &LocalizeData,
-    on_epoch: &mut dyn FnMut(&LocalizeEpochReport) -> ControlFlow<()>,
+    resume: Option<LocalizeCheckpoint>,
+    on_epoch: &mut dyn FnMut(&LocalizeEpochReport, &LocalizeCheckpoint) -> ControlFlow<()>,
 ) -> Result<LocalizeOutcome, TrainError> {
     config.validate().map_err(TrainError::InvalidConfig)?;
     if config.hidden_units.is_some() || config.dropout > 0.0 {
@@ -166,74 +180,145 @@ pub fn train_localizer(
     let pooled_dim = data.train[0].pooled.ncols();
     let mut head = LocalizerHead::init(kind, pooled_dim, data.classes, data.spatial_shape, config.seed)
         .map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
-    let mut stepper = Stepper::new(&mut head, config, weights)?;
-    let class_weights = config.class_weights.then(|| balanced_class_weights(&data.train[0].labels, data.classes));
-    let valid = data.valid.as_ref().filter(|v| v.rows() > 0);
-    let monitor = config.early_stopping.filter(|_| valid.is_some());
-    let spatial = kind == LocalizeHeadKind::Spatial;
-
-    let started = Instant::now();
-    let mut best = Best { head: head.clone(), epoch: 0, metric: None, since: 0 };
-    let mut epoch = 0;
-    while epoch < config.epochs && monitor.is_none_or(|m| best.since < m.patience) {
-        let split = &data.train[epoch % data.train.len()];
-        let mut order: Vec<usize> = (0..split.rows()).collect();
-        order.shuffle(&mut epoch_rng(config.seed, epoch));
-        epoch += 1;
-
-        let mut loss_sum = 0f64;
-        for rows in order.chunks(config.batch_size) {
-            let batch =
-                Batch::new(split, rows, data.classes, class_weights.as_deref(), spatial).map_err(tensor_error)?;
-            loss_sum += f64::from(stepper.step(&mut head, &batch)?) * rows.len() as f64;
+    let stepper = Stepper::new(&mut head, config, weights)?;
+    let checkpoint = match resume {
+        Some(checkpoint) => {
+            check_resumable(&checkpoint, &mut head, &stepper).map_err(TrainError::InvalidCheckpoint)?;
+            checkpoint
         }
-        let train_loss = (loss_sum / split.rows() as f64) as f32;
-        if !(train_loss.is_finite() && head.is_finite()) {
-            return Err(TrainError::Diverged { epoch });
-        }
-
-        let scores = valid.map(|v| score(&head, v, weights)).transpose()?;
-        let value = scores.map(|s| s.monitored(monitor.map(|m| m.metric)));
-        best.record(epoch, monitor.map(|m| m.metric), value, &head);
+        None => LocalizeCheckpoint {
+            fit: FitState::default(),
+            optimizer: stepper.fresh_state(&mut head),
+            best_head: head.clone(),
+            head,
+            elapsed_seconds: 0.0,
+        },
+    };
+    let earlier_seconds = checkpoint.elapsed_seconds;
+    let mut model = LocalizeRun {
+        stepper,
+        checkpoint,
+        config,
+        data,
+        valid: data.valid.as_ref().filter(|v| v.rows() > 0),
+        class_weights: config.class_weights.then(|| balanced_class_weights(&data.train[0].labels, data.classes)),
+        spatial: kind == LocalizeHeadKind::Spatial,
+    };
+    model.stepper.graph.load(&model.checkpoint.head).map_err(tensor_error)?;
+    let fitted = fit(&mut model, config, earlier_seconds, &mut |model, outcome| {
+        model.checkpoint.elapsed_seconds = outcome.elapsed_seconds;
         let report = LocalizeEpochReport {
-            epoch,
-            epochs: config.epochs,
-            train_loss,
-            valid_loss: scores.map(|s| s.loss),
-            valid_accuracy: scores.map(|s| s.accuracy),
-            valid_mean_iou: scores.map(|s| s.mean_iou),
-            best_epoch: best.epoch,
-            elapsed_seconds: started.elapsed().as_secs_f64(),
+            epoch: outcome.epoch,
+            epochs: outcome.epochs,
+            train_loss: outcome.train.loss,
+            valid_loss: outcome.valid.map(|v| v.loss),
+            valid_accuracy: outcome.valid.map(|v| v.accuracy),
+            valid_mean_iou: outcome.valid.and_then(|v| v.mean_iou),
+            best_epoch: outcome.best_epoch,
+            elapsed_seconds: outcome.elapsed_seconds,
         };
-        if on_epoch(&report).is_break() {
-            return Err(TrainError::Cancelled { epoch });
-        }
-    }
+        on_epoch(&report, &model.checkpoint)
+    })?;
     Ok(LocalizeOutcome {
-        head: best.head,
-        best_epoch: best.epoch,
-        epochs_run: epoch,
-        stopped_early: epoch < config.epochs,
+        head: model.checkpoint.best_head,
+        best_epoch: fitted.best_epoch,
+        epochs_run: fitted.epochs_run,
+        stopped_early: fitted.stopped_early,
     })
 }
 
-/// The candle graph and the optimiser's state over a run.
+/// Checks that `checkpoint` continues a run whose fresh head is `head`.
+fn check_resumable(checkpoint: &LocalizeCheckpoint, head: &mut LocalizerHead, stepper: &Stepper) -> Result<(), String> {
+    let same = |other: &LocalizerHead| {
+        other.kind() == head.kind()
+            && other.classes() == head.classes()
+            && other.pooled_dim() == head.pooled_dim()
+            && other.spatial_shape() == head.spatial_shape()
+    };
+    if !(same(&checkpoint.head) && same(&checkpoint.best_head)) {
+        return Err("the checkpoint's head has another kind or shape than this run's".into());
+    }
+    let FitState { epoch, best } = checkpoint.fit;
+    if best.best_epoch > epoch || best.epochs_since_best > epoch {
+        return Err("epoch counters are inconsistent".into());
+    }
+    if !(checkpoint.head.is_finite() && checkpoint.best_head.is_finite()) {
+        return Err("the head holds NaN or infinite values".into());
+    }
+    let sizes = stepper.trained_sizes(head);
+    stepper.optimizer.check_state(&checkpoint.optimizer, &sizes).map_err(|e| e.to_string())
+}
+
+/// A localizer as a [`Trainable`].
+struct LocalizeRun<'a> {
+    stepper: Stepper,
+    checkpoint: LocalizeCheckpoint,
+    config: &'a TrainConfig,
+    data: &'a LocalizeData,
+    valid: Option<&'a LocalizeSplit>,
+    class_weights: Option<Vec<f32>>,
+    spatial: bool,
+}
+
+impl Trainable for LocalizeRun<'_> {
+    fn has_validation(&self) -> bool {
+        self.valid.is_some()
+    }
+
+    fn fit_state(&mut self) -> &mut FitState {
+        &mut self.checkpoint.fit
+    }
+
+    fn train_epoch(&mut self, epoch_index: usize) -> Result<EpochTraining, TrainError> {
+        let split = &self.data.train[epoch_index % self.data.train.len()];
+        let mut order: Vec<usize> = (0..split.rows()).collect();
+        order.shuffle(&mut epoch_rng(self.config.seed, epoch_index));
+        let mut loss_sum = 0f64;
+        for rows in order.chunks(self.config.batch_size) {
+            let batch = Batch::new(split, rows, self.data.classes, self.class_weights.as_deref(), self.spatial)
+                .map_err(tensor_error)?;
+            let checkpoint = &mut self.checkpoint;
+            let loss = self.stepper.step(&mut checkpoint.head, &mut checkpoint.optimizer, &batch)?;
+            loss_sum += f64::from(loss) * rows.len() as f64;
+        }
+        Ok(EpochTraining { loss: (loss_sum / split.rows() as f64) as f32, accuracy: None })
+    }
+
+    fn is_finite(&self) -> bool {
+        self.checkpoint.head.is_finite()
+    }
+
+    fn validate(&mut self) -> Result<Option<Validation>, TrainError> {
+        let scores = self.valid.map(|v| score(&self.checkpoint.head, v, self.stepper.weights)).transpose()?;
+        Ok(scores.map(|s| Validation { loss: s.loss, accuracy: s.accuracy, mean_iou: Some(s.mean_iou) }))
+    }
+
+    fn keep_best(&mut self) {
+        self.checkpoint.best_head.clone_from(&self.checkpoint.head);
+    }
+
+    /// The caller takes `best_head`: nothing to move.
+    fn finish(&mut self) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// The candle graph and the optimiser over a run; the optimiser's state is the checkpoint's.
 struct Stepper {
     graph: Graph,
     optimizer: Optimizer,
-    state: OptimizerState,
     weights: LossWeights,
 }
 
 impl Stepper {
     fn new(head: &mut LocalizerHead, config: &TrainConfig, weights: LossWeights) -> Result<Self, TrainError> {
         let graph = Graph::new(head).map_err(tensor_error)?;
-        let optimizer = config.optimizer();
-        let mut stepper = Self { graph, optimizer, state: OptimizerState::default(), weights };
-        let sizes: Vec<usize> =
-            head.params_mut().iter().filter(|p| stepper.trains(p.part)).map(|p| p.values.len()).collect();
-        stepper.state = optimizer.init_state(&sizes);
-        Ok(stepper)
+        Ok(Self { graph, optimizer: config.optimizer(), weights })
+    }
+
+    /// The optimiser's state before the first step.
+    fn fresh_state(&self, head: &mut LocalizerHead) -> OptimizerState {
+        self.optimizer.init_state(&self.trained_sizes(head))
     }
 
     /// A term with weight 0 trains nothing: its parameters are left out of the update
@@ -245,9 +330,14 @@ impl Stepper {
         }
     }
 
+    /// The sizes of the parameters the optimiser updates, in its state's order.
+    fn trained_sizes(&self, head: &mut LocalizerHead) -> Vec<usize> {
+        head.params_mut().iter().filter(|p| self.trains(p.part)).map(|p| p.values.len()).collect()
+    }
+
     /// One optimiser step on `batch`: candle's gradients, graft's update, written back to
     /// both the head and the graph. Returns the batch loss before the step.
-    fn step(&mut self, head: &mut LocalizerHead, batch: &Batch) -> Result<f32, TrainError> {
+    fn step(&self, head: &mut LocalizerHead, state: &mut OptimizerState, batch: &Batch) -> Result<f32, TrainError> {
         let loss = self.graph.loss(batch, self.weights).map_err(tensor_error)?;
         let grads = loss.backward().map_err(tensor_error)?;
         let mut gradients = Vec::new();
@@ -267,7 +357,7 @@ impl Stepper {
             .zip(&gradients)
             .map(|(p, g)| Param { value: p.values, grad: g, decay: p.decay })
             .collect();
-        self.optimizer.step(&mut self.state, &mut params)?;
+        self.optimizer.step(state, &mut params)?;
         self.graph.load(head).map_err(tensor_error)?;
         loss.to_scalar::<f32>().map_err(tensor_error)
     }
@@ -350,44 +440,11 @@ pub struct LocalizerScores {
     pub mean_iou: f32,
 }
 
-impl LocalizerScores {
-    /// What early stopping watches: the loss, or mean IoU + accuracy.
-    pub fn monitored(&self, metric: Option<StopMetric>) -> f32 {
-        match metric {
-            Some(StopMetric::ValLoss) => self.loss,
-            _ => self.mean_iou + self.accuracy,
-        }
-    }
-}
-
 fn score(head: &LocalizerHead, split: &LocalizeSplit, weights: LossWeights) -> Result<LocalizerScores, TrainError> {
     let (probabilities, boxes) = head
         .predict(split.pooled.view(), split.spatial.as_ref().map(|s| s.view()))
         .map_err(|e| TrainError::InvalidData(format!("validation split: {e}")))?;
     localizer_scores(&probabilities, &boxes, &split.labels, &split.boxes, weights)
-}
-
-/// The best epoch so far, for early stopping (ties do not improve, as in Keras).
-struct Best {
-    head: LocalizerHead,
-    /// 1-based; 0 before the first epoch.
-    epoch: usize,
-    metric: Option<f32>,
-    /// Epochs since the best one.
-    since: usize,
-}
-
-impl Best {
-    fn record(&mut self, epoch: usize, metric: Option<StopMetric>, value: Option<f32>, head: &LocalizerHead) {
-        if becomes_best(metric, value, self.metric) {
-            self.metric = metric.and(value);
-            self.epoch = epoch;
-            self.since = 0;
-            self.head.clone_from(head);
-        } else {
-            self.since += 1;
-        }
-    }
 }
 
 /// Checks shapes, label ranges and that every number is finite, naming the split at fault.

@@ -4,7 +4,9 @@
 use super::graph::{Batch, Graph};
 use super::localizer::{BoxHead, SpatialBox};
 use super::*;
-use crate::train::config::{EarlyStopping, OptimizerKind};
+use std::time::Instant;
+
+use crate::train::config::{EarlyStopping, OptimizerKind, StopMetric};
 use crate::train::head::{Dense, HeadError};
 use ndarray::{Array1, Axis, array};
 use rand::rngs::StdRng;
@@ -68,7 +70,7 @@ fn data(train_rows: usize, valid_rows: usize) -> LocalizeData {
     }
 }
 
-fn quiet(_: &LocalizeEpochReport) -> ControlFlow<()> {
+fn quiet(_: &LocalizeEpochReport, _: &LocalizeCheckpoint) -> ControlFlow<()> {
     ControlFlow::Continue(())
 }
 
@@ -150,7 +152,7 @@ fn spatial_head_localises_and_beats_the_pooled_head() {
     let mut results = Vec::new();
     for kind in [LocalizeHeadKind::Pooled, LocalizeHeadKind::Spatial] {
         let started = Instant::now();
-        let outcome = train_localizer(&config, LossWeights::default(), kind, &data, &mut quiet).unwrap();
+        let outcome = train_localizer(&config, LossWeights::default(), kind, &data, None, &mut quiet).unwrap();
         let seconds = started.elapsed().as_secs_f64();
         let (p, boxes) = predict(&outcome.head, &test);
         let accuracy = evaluate(p.view(), &test.labels, 1).unwrap().accuracy;
@@ -173,7 +175,7 @@ fn predict_equals_the_training_forward_and_survives_bytes() {
     let split = &data.train[0];
     let config = TrainConfig { epochs: 3, learning_rate: 0.05, batch_size: 16, ..TrainConfig::default() };
     for kind in [LocalizeHeadKind::Pooled, LocalizeHeadKind::Spatial] {
-        let head = train_localizer(&config, LossWeights::default(), kind, &data, &mut quiet).unwrap().head;
+        let head = train_localizer(&config, LossWeights::default(), kind, &data, None, &mut quiet).unwrap().head;
         let (p, boxes) = predict(&head, split);
 
         let rows: Vec<usize> = (0..split.rows()).collect();
@@ -240,10 +242,10 @@ fn a_zero_loss_weight_leaves_its_parameters_unchanged() {
             let config = TrainConfig { optimizer, ..config.clone() };
             let box_only = LossWeights { class: 0.0, box_: 1.0 };
             let class_only = LossWeights { class: 1.0, box_: 0.0 };
-            let trained = train_localizer(&config, class_only, kind, &data, &mut quiet).unwrap().head;
+            let trained = train_localizer(&config, class_only, kind, &data, None, &mut quiet).unwrap().head;
             assert_eq!(trained.boxes, initial.boxes, "{kind:?} {optimizer:?}");
             assert_ne!(trained.class, initial.class);
-            let trained = train_localizer(&config, box_only, kind, &data, &mut quiet).unwrap().head;
+            let trained = train_localizer(&config, box_only, kind, &data, None, &mut quiet).unwrap().head;
             assert_eq!(trained.class, initial.class, "{kind:?} {optimizer:?}");
             assert_ne!(trained.boxes, initial.boxes);
         }
@@ -278,7 +280,7 @@ fn bad_inputs_are_errors_not_panics() {
     for (needle, spoil) in cases {
         let mut d = data(12, 8);
         spoil(&mut d);
-        match train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Spatial, &d, &mut quiet) {
+        match train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Spatial, &d, None, &mut quiet) {
             Err(TrainError::InvalidData(message)) => assert!(message.contains(needle), "{needle}: {message}"),
             other => panic!("{needle}: {other:?}"),
         }
@@ -288,7 +290,9 @@ fn bad_inputs_are_errors_not_panics() {
     no_map.spatial_shape = None;
     no_map.train[0].spatial = None;
     no_map.valid.as_mut().unwrap().spatial = None;
-    assert!(train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Pooled, &no_map, &mut quiet).is_ok());
+    assert!(
+        train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Pooled, &no_map, None, &mut quiet).is_ok()
+    );
 
     let d = data(12, 0);
     for weights in [
@@ -296,7 +300,7 @@ fn bad_inputs_are_errors_not_panics() {
         LossWeights { class: -1.0, box_: 1.0 },
         LossWeights { class: 1.0, box_: f32::NAN },
     ] {
-        let result = train_localizer(&config, weights, LocalizeHeadKind::Pooled, &d, &mut quiet);
+        let result = train_localizer(&config, weights, LocalizeHeadKind::Pooled, &d, None, &mut quiet);
         assert!(matches!(result, Err(TrainError::InvalidConfig(_))), "{weights:?}: {result:?}");
     }
     for spoiled in [
@@ -304,7 +308,7 @@ fn bad_inputs_are_errors_not_panics() {
         TrainConfig { dropout: 0.5, ..config.clone() },
         TrainConfig { epochs: 0, ..config.clone() },
     ] {
-        let result = train_localizer(&spoiled, LossWeights::default(), LocalizeHeadKind::Pooled, &d, &mut quiet);
+        let result = train_localizer(&spoiled, LossWeights::default(), LocalizeHeadKind::Pooled, &d, None, &mut quiet);
         assert!(matches!(result, Err(TrainError::InvalidConfig(_))), "{result:?}");
     }
 }
@@ -345,11 +349,12 @@ fn early_stopping_returns_the_best_epochs_head() {
             ..TrainConfig::default()
         };
         let mut reports = Vec::new();
-        let outcome = train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Spatial, &data, &mut |r| {
-            reports.push(r.clone());
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+        let outcome =
+            train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Spatial, &data, None, &mut |r, _| {
+                reports.push(r.clone());
+                ControlFlow::Continue(())
+            })
+            .unwrap();
         assert!(outcome.stopped_early, "{metric:?}");
         assert_eq!(outcome.epochs_run, outcome.best_epoch + 3, "{metric:?}");
         assert_eq!(reports.len(), outcome.epochs_run);
@@ -375,11 +380,12 @@ fn early_stopping_returns_the_best_epochs_head() {
 fn without_validation_the_last_epoch_is_kept() {
     let config = TrainConfig { epochs: 4, ..TrainConfig::default() };
     let mut reports = Vec::new();
-    let outcome = train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Pooled, &data(40, 0), &mut |r| {
-        reports.push(r.clone());
-        ControlFlow::Continue(())
-    })
-    .unwrap();
+    let outcome =
+        train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Pooled, &data(40, 0), None, &mut |r, _| {
+            reports.push(r.clone());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
     assert_eq!((outcome.epochs_run, outcome.best_epoch, outcome.stopped_early), (4, 4, false));
     assert!(reports.iter().all(|r| r.valid_loss.is_none() && r.valid_mean_iou.is_none() && r.best_epoch == r.epoch));
 }
@@ -387,9 +393,16 @@ fn without_validation_the_last_epoch_is_kept() {
 #[test]
 fn break_cancels_the_run() {
     let config = TrainConfig { epochs: 10, ..TrainConfig::default() };
-    let result = train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Spatial, &data(40, 20), &mut |r| {
-        if r.epoch == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
-    });
+    let result = train_localizer(
+        &config,
+        LossWeights::default(),
+        LocalizeHeadKind::Spatial,
+        &data(40, 20),
+        None,
+        &mut |r, _| {
+            if r.epoch == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        },
+    );
     assert_eq!(result, Err(TrainError::Cancelled { epoch: 2 }));
 }
 
@@ -413,15 +426,16 @@ fn runs_repeat_for_a_seed_and_use_every_variant() {
     let config = TrainConfig { epochs: 4, early_stopping: None, ..TrainConfig::default() };
     let run = |seed| {
         let config = TrainConfig { seed, ..config.clone() };
-        train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Spatial, &d, &mut quiet).unwrap().head
+        train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Spatial, &d, None, &mut quiet).unwrap().head
     };
     assert_eq!(run(7), run(7));
     assert_ne!(run(7), run(8));
     // Only the first variant for every epoch gives a different head.
     let single = LocalizeData { train: vec![d.train[0].clone()], ..d.clone() };
     let config = TrainConfig { seed: 7, ..config };
-    let head =
-        train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Spatial, &single, &mut quiet).unwrap().head;
+    let head = train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Spatial, &single, None, &mut quiet)
+        .unwrap()
+        .head;
     assert_ne!(head, run(7));
 }
 
@@ -430,7 +444,7 @@ fn class_weights_are_neutral_when_balanced_and_count_otherwise() {
     let config = TrainConfig { epochs: 3, early_stopping: None, ..TrainConfig::default() };
     let weighted = TrainConfig { class_weights: true, ..config.clone() };
     let train = |config: &TrainConfig, data: &LocalizeData| {
-        train_localizer(config, LossWeights::default(), LocalizeHeadKind::Pooled, data, &mut quiet).unwrap().head
+        train_localizer(config, LossWeights::default(), LocalizeHeadKind::Pooled, data, None, &mut quiet).unwrap().head
     };
     // Labels cycle 0, 1, 2: every balanced weight n/(C·n_c) is exactly 1.
     let balanced = data(48, 0);
@@ -439,4 +453,31 @@ fn class_weights_are_neutral_when_balanced_and_count_otherwise() {
     let mut skewed = balanced;
     skewed.train[0].labels.iter_mut().filter(|l| **l == 2).for_each(|l| *l = 0);
     assert_ne!(train(&weighted, &skewed), train(&config, &skewed));
+}
+
+#[test]
+fn a_run_resumed_from_its_checkpoint_ends_where_the_uninterrupted_run_does() {
+    let config = TrainConfig { epochs: 6, batch_size: 8, early_stopping: None, ..TrainConfig::default() };
+    let d = data(40, 16);
+    let kind = LocalizeHeadKind::Spatial;
+    let whole = train_localizer(&config, LossWeights::default(), kind, &d, None, &mut quiet).unwrap();
+
+    let mut saved = None;
+    let stopped = train_localizer(&config, LossWeights::default(), kind, &d, None, &mut |report, checkpoint| {
+        saved = Some(serde_json::from_slice::<LocalizeCheckpoint>(&serde_json::to_vec(checkpoint).unwrap()).unwrap());
+        if report.epoch == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    });
+    assert_eq!(stopped, Err(TrainError::Cancelled { epoch: 3 }));
+    let mut epochs = Vec::new();
+    let resumed = train_localizer(&config, LossWeights::default(), kind, &d, saved.clone(), &mut |report, _| {
+        epochs.push(report.epoch);
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!((epochs, resumed.epochs_run), (vec![4, 5, 6], 6), "only the epochs after the checkpoint run");
+    assert_eq!(resumed.head, whole.head, "bit for bit");
+
+    // A checkpoint of another head kind is refused, not trained on.
+    let other = train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Pooled, &d, saved, &mut quiet);
+    assert!(matches!(other, Err(TrainError::InvalidCheckpoint(_))), "{other:?}");
 }

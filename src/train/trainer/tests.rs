@@ -1,7 +1,9 @@
 //! Tests of the training loop on synthetic data.
 
 use super::*;
-use crate::train::config::{EarlyStopping, OptimizerKind};
+use std::time::Instant;
+
+use crate::train::config::{EarlyStopping, OptimizerKind, StopMetric};
 use crate::train::metrics::evaluate;
 use ndarray::Array2;
 use rand::Rng;
@@ -262,7 +264,7 @@ fn cancelling_stops_after_that_epoch() {
     let data = blob_data();
     let mut seen = Vec::new();
     let result = train(&TrainConfig::default(), &data, None, &mut |report, checkpoint| {
-        seen.push((report.epoch, checkpoint.epoch, report.epochs));
+        seen.push((report.epoch, checkpoint.fit.epoch, report.epochs));
         if report.epoch == 2 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
     });
     assert_eq!(result, Err(TrainError::Cancelled { epoch: 2 }));
