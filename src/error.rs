@@ -56,13 +56,23 @@ impl From<crate::store::StoreError> for Error {
     }
 }
 
-impl From<crate::zoo::Unavailable> for Error {
-    fn from(err: crate::zoo::Unavailable) -> Self {
-        use crate::zoo::Unavailable;
+impl From<crate::serving::Unavailable> for Error {
+    fn from(err: crate::serving::Unavailable) -> Self {
+        use crate::serving::Unavailable;
         match err {
             Unavailable::Unknown(name) => Self::UnknownModel(name),
             Unavailable::Loading(name) => Self::ModelLoading { name },
             Unavailable::Failed(name, reason) => Self::ModelFailed { name, reason },
+        }
+    }
+}
+
+impl From<crate::serving::TrainedModelError> for Error {
+    fn from(err: crate::serving::TrainedModelError) -> Self {
+        use crate::serving::TrainedModelError;
+        match err {
+            TrainedModelError::BaseUnavailable(unavailable) => unavailable.into(),
+            other => Self::Internal(other.to_string()),
         }
     }
 }

@@ -10,11 +10,13 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod finetune;
 pub mod jobs;
+pub mod onnx;
 pub mod runtime;
+pub mod serving;
 pub mod store;
 pub mod train;
-pub mod tune;
 pub mod vision;
 pub mod zoo;
 
@@ -25,8 +27,9 @@ use anyhow::Context;
 pub use api::{AppState, app};
 use config::{EngineSettings, RuntimeSettings, ServeSettings, StorageSettings};
 use jobs::JobContext;
+use serving::{ModelRegistry, ModelRuntime};
 use store::{BlobStore, Db};
-use zoo::{Manifest, ModelRegistry, load_manifest_dir};
+use zoo::{Manifest, load_manifest_dir};
 
 /// Chooses the models to serve: the ones named, or else every manifest whose model file is present.
 pub fn select_models(manifests: Vec<Manifest>, names: &[String]) -> anyhow::Result<Vec<Manifest>> {
@@ -95,33 +98,29 @@ struct Engine {
     blobs: BlobStore,
     registry: Arc<ModelRegistry>,
     settings: EngineSettings,
-    env: ort::environment::Environment,
-    session_options: runtime::SessionOptions,
     wake_workers: Arc<tokio::sync::Notify>,
 }
 
 impl Engine {
     /// Loads ONNX Runtime and the manifests, opens storage; no model is loaded yet.
     async fn open(settings: &EngineSettings) -> anyhow::Result<Self> {
-        let (env, selected, session_options) =
+        let (env, selected, options) =
             prepare_models(&settings.runtime, &settings.models.model_dir, &settings.serve_models)?;
         let (db, blobs) = open_storage(&settings.storage).await?;
+        let runtime = ModelRuntime { env, options, batching: settings.limits.batching() };
         Ok(Self {
             db,
             blobs,
-            registry: Arc::new(ModelRegistry::new(selected)),
+            registry: Arc::new(ModelRegistry::new(selected, runtime)),
             settings: settings.clone(),
-            env,
-            session_options,
             wake_workers: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
     /// Loads and warms every model, on a blocking thread.
     async fn load_models(&self) {
-        let (registry, env, options, batching) =
-            (self.registry.clone(), self.env.clone(), self.session_options.clone(), self.settings.limits.batching());
-        let _ = tokio::task::spawn_blocking(move || registry.load_all(&env, &options, &batching)).await;
+        let registry = self.registry.clone();
+        let _ = tokio::task::spawn_blocking(move || registry.load_all()).await;
     }
 
     /// Starts `count` training workers; they stop when `shutdown` turns true.

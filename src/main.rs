@@ -146,7 +146,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let mut options = runtime.session_options();
             options.device = graft::runtime::resolve_device(&env, options.device)?;
             let model = tokio::task::spawn_blocking(move || {
-                graft::zoo::load_model(&env, manifest, &options, &graft::config::Limits::default().batching())
+                let batching = graft::config::Limits::default().batching();
+                graft::serving::load_model(&graft::serving::ModelRuntime { env, options, batching }, manifest)
             })
             .await?
             .map_err(|reason| anyhow::anyhow!("{name} does not match its manifest: {reason}"))?;

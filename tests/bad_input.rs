@@ -169,8 +169,10 @@ async fn a_small_pixel_budget_refuses_ordinary_images() {
 #[tokio::test]
 async fn a_model_still_loading_is_unavailable_and_not_ready() {
     // A registry whose models were never loaded: readiness is 503, classify is 503.
-    let registry =
-        std::sync::Arc::new(graft::zoo::ModelRegistry::new(graft::zoo::load_manifest_dir(&fixture_models()).unwrap()));
+    let registry = std::sync::Arc::new(graft::serving::ModelRegistry::new(
+        graft::zoo::load_manifest_dir(&fixture_models()).unwrap(),
+        common::model_runtime(common::cpu(), Limits::default().batching()),
+    ));
     let data = tempfile::tempdir().unwrap();
     let state = graft::AppState {
         registry,

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use graft::zoo::{Manifest, load_model};
+use graft::serving::load_model;
+use graft::zoo::Manifest;
 
 /// Writes a variant of the fixture manifest `base` into `dir`, edited by `edit`.
 fn variant(dir: &Path, base: &str, edit: impl Fn(String) -> String) -> Manifest {
@@ -33,7 +34,7 @@ fn batching() -> graft::runtime::Batching {
 }
 
 fn refusal(manifest: Manifest) -> String {
-    match load_model(&runtime(), Arc::new(manifest), &cpu(), &batching()) {
+    match load_model(&model_runtime(cpu(), batching()), Arc::new(manifest)) {
         Ok(_) => panic!("the model was accepted"),
         Err(reason) => reason,
     }
@@ -43,7 +44,7 @@ fn refusal(manifest: Manifest) -> String {
 fn the_fixture_manifests_are_accepted() {
     let dir = tempfile::tempdir().unwrap();
     for base in ["tiny_nchw", "tiny_nhwc"] {
-        let model = load_model(&runtime(), Arc::new(variant(dir.path(), base, |t| t)), &cpu(), &batching()).unwrap();
+        let model = load_model(&model_runtime(cpu(), batching()), Arc::new(variant(dir.path(), base, |t| t))).unwrap();
         assert_eq!(model.labels.len(), 10);
         assert_eq!(model.runner.config().max_batch_size, 4);
         // The pooled features (GlobalAveragePool of an 8-channel conv) are exposed by graph surgery.
@@ -55,7 +56,7 @@ fn the_fixture_manifests_are_accepted() {
 fn a_wrong_feature_tensor_still_serves_scores_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = variant(dir.path(), "tiny_nchw", |t| t.replace("features = \"pooled\"", "features = \"pooling\""));
-    let model = load_model(&runtime(), Arc::new(manifest), &cpu(), &batching()).unwrap();
+    let model = load_model(&model_runtime(cpu(), batching()), Arc::new(manifest)).unwrap();
     let reason = model.features.unwrap_err();
     assert!(reason.contains("`pooling`") && reason.contains("pooled"), "{reason}");
 }
@@ -99,11 +100,11 @@ fn several_instances_answer_every_request_as_one_session_does() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = Arc::new(variant(dir.path(), "tiny_nchw", |t| t));
     let one = graft::runtime::Batching { instances: 1, ..batching() };
-    let single = load_model(&runtime(), manifest.clone(), &cpu(), &one).unwrap();
+    let single = load_model(&model_runtime(cpu(), one), manifest.clone()).unwrap();
     // Three instances of one thread each, plus a three-thread session for lone batches.
     let three = graft::runtime::Batching { instances: 3, queue_capacity: 32, ..batching() };
     let options = graft::runtime::SessionOptions { intra_threads: 3, ..cpu() };
-    let shared = load_model(&runtime(), manifest, &options, &three).unwrap();
+    let shared = load_model(&model_runtime(options, three), manifest).unwrap();
     let image_len = single.runner.image_len();
     let inputs: Vec<Vec<f32>> =
         (0..24).map(|i| (0..image_len).map(|j| ((i * 7919 + j * 104_729) % 1000) as f32 / 1000.0).collect()).collect();

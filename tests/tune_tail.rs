@@ -7,10 +7,11 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, Var};
-use graft::runtime::graph::expose_outputs;
+use graft::finetune::TailModel;
+use graft::onnx::expose_outputs;
+use graft::onnx::{BaseGraph, export_classifier, with_initializers};
 use graft::runtime::{ModelSource, open_session};
 use graft::train::{Dense, Head};
-use graft::tune::{BaseGraph, TailModel, export_classifier, with_initializers};
 use ndarray::{Array1, Array2};
 use ort::value::Tensor as OrtTensor;
 use rand::rngs::StdRng;
@@ -99,7 +100,7 @@ fn every_operator_matches_onnx_runtime() {
                 .collect::<Vec<_>>()
         })
         .collect();
-    for op in graft::tune::SUPPORTED_OPERATORS {
+    for op in graft::finetune::SUPPORTED_OPERATORS {
         assert!(covered.contains(op), "no operator case uses {op}");
     }
     for case in cases {
@@ -304,7 +305,7 @@ fn exported_tuned_models_equal_the_trainers_forward_pass() {
         let shape = activation_shape(&base, cut, activations.len() / 4);
         let width = forward(&tail, &[&[4][..], &shape].concat(), activations).len() / 4;
         let head = random_head(width, hidden, 5, &mut rng);
-        let (pooled, _) = graft::tune::tail_features(&tail, activations, &shape, 3, None).unwrap();
+        let (pooled, _) = graft::finetune::tail_features(&tail, activations, &shape, 3, None).unwrap();
         let ours = head.forward(pooled.view());
 
         let tuned = with_initializers(&bytes, &tail.initializers().unwrap()).unwrap();
@@ -324,7 +325,7 @@ fn exported_tuned_models_equal_the_trainers_forward_pass() {
 fn operators_outside_the_list_are_refused_by_name() {
     use prost::Message;
     let case = cases().into_iter().find(|c| c.name == "sigmoid_mul").unwrap();
-    let mut model = graft::runtime::graph::onnx::ModelProto::decode(case.bytes.as_slice()).unwrap();
+    let mut model = graft::onnx::proto::ModelProto::decode(case.bytes.as_slice()).unwrap();
     model.graph.as_mut().unwrap().node[0].op_type = Some("LpNormalization".into());
     let base = BaseGraph::decode(&model.encode_to_vec()).unwrap();
     let err = TailModel::new(&base.tail("x", "y").unwrap()).err().expect("an unsupported operator is refused");
@@ -335,8 +336,8 @@ fn operators_outside_the_list_are_refused_by_name() {
 /// base's pooled features and spatial map.
 #[test]
 fn exported_localizers_equal_their_heads() {
+    use graft::onnx::export_localizer;
     use graft::train::{LocalizeData, LocalizeHeadKind, LocalizeSplit, LossWeights, TrainConfig, train_localizer};
-    use graft::tune::export_localizer;
     use graft::vision::Layout;
     let env = common::runtime();
     let mut rng = StdRng::seed_from_u64(5);
@@ -429,8 +430,8 @@ fn efficientnet_lite0_tails_match_onnx_runtime() {
 /// activations' meaning and the layers below the cut.
 #[test]
 fn initializers_shared_with_the_prefix_stay_frozen() {
-    use graft::runtime::graph::onnx::{GraphProto, ModelProto, ValueInfoProto};
-    use graft::tune::tensor::{float_tensor, node};
+    use graft::onnx::proto::{GraphProto, ModelProto, ValueInfoProto};
+    use graft::onnx::tensor::{float_tensor, node};
     use prost::Message;
     let plain = |op: &str, inputs: &[&str], output: &str| node(op, inputs, output, vec![]);
     let model = ModelProto {

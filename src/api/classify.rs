@@ -17,9 +17,10 @@ use super::images::{EncodedImage, read_images};
 use super::models::{trained_model, tuned_base};
 use crate::error::Error;
 use crate::runtime::ImageOutputs;
+use crate::serving::{LoadedModel, TrainedHead, TrainedModel, Unavailable};
 use crate::train::stack_rows;
 use crate::vision::{DecodeLimits, InputBox, ResizePlan, decode_for, preprocess_into};
-use crate::zoo::{LoadedModel, OutputKind, TrainedHead, TrainedModel, Unavailable};
+use crate::zoo::OutputKind;
 
 #[derive(Deserialize)]
 pub struct ClassifyParams {

@@ -12,8 +12,8 @@ use super::AppState;
 use super::admission::Admission;
 use super::models::trained_model;
 use crate::error::Error;
-use crate::tune::{export_classifier, export_localizer};
-use crate::zoo::TrainedHead;
+use crate::onnx::{export_classifier, export_localizer};
+use crate::serving::TrainedHead;
 
 pub async fn download_onnx(
     State(state): State<AppState>,
@@ -48,7 +48,7 @@ pub async fn download_onnx(
     })?;
     let features = base.features.clone().ok_or_else(|| Error::Internal("the base names no features".into()))?;
     let base_file = match &model.record.tuned_base_blob {
-        Some(key) => state.blobs.root().join(key),
+        Some(key) => state.blobs.path(key).map_err(|e| Error::Internal(e.to_string()))?,
         None => base.file.clone(),
     };
     let bytes = tokio::task::spawn_blocking(move || {

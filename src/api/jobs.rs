@@ -15,7 +15,8 @@ use super::AppState;
 use super::admission::Admission;
 use super::pagination::{Page, PageParams};
 use crate::error::Error;
-use crate::jobs::{JobShape, JobSpec, Task, check_footprint, estimate_footprint, plan_tuning};
+use crate::jobs::{JobShape, JobSpec, check_footprint, estimate_footprint, plan_tuning};
+use crate::serving::Task;
 use crate::store::{JobRecord, JobState};
 use crate::train::LocalizeHeadKind;
 

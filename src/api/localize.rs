@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::AppState;
 use super::classify::{ClassifyParams, Prediction, Target, class_predictions, resolve, run_head, run_request};
 use crate::error::Error;
+use crate::serving::TrainedHead;
 use crate::vision::{PixelBox, box_from_input};
-use crate::zoo::TrainedHead;
 
 #[derive(Serialize)]
 pub struct Localization {

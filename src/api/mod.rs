@@ -30,8 +30,8 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::config::{DatasetSettings, Limits};
+use crate::serving::ModelRegistry;
 use crate::store::{BlobStore, Db};
-use crate::zoo::ModelRegistry;
 
 pub use problem::Problem;
 pub use server::{ConnectionLimits, serve};

@@ -10,8 +10,9 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use crate::error::Error;
+use crate::serving::{LoadedModel, ModelState, TrainedHead, TrainedModel, TrainedModelError};
 use crate::store::TrainedModelRecord;
-use crate::zoo::{LoadedModel, Manifest, ModelState, TrainedHead, TrainedModel};
+use crate::zoo::Manifest;
 
 pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, Error> {
     let mut models: Vec<Value> =
@@ -63,45 +64,23 @@ pub(super) async fn trained_model(state: &AppState, name: &str) -> Result<Option
     cached_or_load(state, record).await.map(Some)
 }
 
-/// The registry's copy of the model `record` describes, or its head read from the blob
-/// store and registered.
+/// The registry's copy of the model `record` describes, loading its head on first use.
 async fn cached_or_load(state: &AppState, record: TrainedModelRecord) -> Result<Arc<TrainedModel>, Error> {
-    if let Some(model) = state.registry.trained(&record.name) {
-        return Ok(model);
-    }
-    let name = record.name.clone();
-    let bytes = state.blobs.get(&record.head_blob).map_err(|e| Error::Internal(e.to_string()))?;
-    let head = TrainedHead::from_bytes(&record.task, &bytes)
-        .map_err(|e| Error::Internal(format!("the head of {name} is unreadable: {e}")))?;
-    state.registry.insert_trained(TrainedModel::new(record, head));
-    state.registry.trained(&name).ok_or_else(|| Error::Internal(format!("{name} was removed while loading")))
-}
-
-/// The tuned copy of the base a model was trained with, loaded (off the async runtime) from
-/// the blob store on its first request.
-pub(super) async fn tuned_base(state: &AppState, model: &TrainedModel, key: &str) -> Result<Arc<LoadedModel>, Error> {
-    model
-        .tuned_base
-        .get_or_try_init(|| load_tuned_base(state, &model.record.base_model, &model.record.name, key))
-        .await
-        .cloned()
-}
-
-async fn load_tuned_base(state: &AppState, base: &str, name: &str, key: &str) -> Result<Arc<LoadedModel>, Error> {
-    let base = state.registry.ready(base).map_err(|e| Error::ModelFailed {
-        name: name.to_owned(),
-        reason: format!("its base model is not available: {e}"),
-    })?;
-    let (registry, path, name) = (state.registry.clone(), state.blobs.root().join(key), name.to_owned());
-    let failed_name = name.clone();
-    tokio::task::spawn_blocking(move || registry.load_tuned_base(&base.manifest, &name, path))
+    let (registry, blobs) = (state.registry.clone(), state.blobs.clone());
+    tokio::task::spawn_blocking(move || registry.trained_or_load(record, &blobs))
         .await
         .map_err(|e| Error::Internal(e.to_string()))?
-        .map(Arc::new)
-        .map_err(|reason| Error::ModelFailed {
-            name: failed_name,
-            reason: format!("its tuned base does not load: {reason}"),
-        })
+        .map_err(Error::from)
+}
+
+/// The tuned copy of the base a model was trained with, loaded on its first request.
+pub(super) async fn tuned_base(state: &AppState, model: &TrainedModel, key: &str) -> Result<Arc<LoadedModel>, Error> {
+    state.registry.tuned_base(model, &state.blobs, key).await.map_err(|e| match e {
+        TrainedModelError::BaseUnavailable(_) | TrainedModelError::TunedBase(_) => {
+            Error::ModelFailed { name: model.record.name.clone(), reason: e.to_string() }
+        }
+        other => Error::from(other),
+    })
 }
 
 fn describe_trained(model: &TrainedModel) -> Value {

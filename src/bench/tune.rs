@@ -12,9 +12,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::config::RuntimeSettings;
+use crate::finetune::{TailModel, TuneData, TuneHead, TuneSplit, tune};
+use crate::onnx::BaseGraph;
 use crate::runtime::{ModelSource, open_session};
 use crate::train::{Head, TrainConfig};
-use crate::tune::{BaseGraph, TailModel, TuneData, TuneHead, TuneSplit, tune};
 
 #[derive(Debug, Clone, Args)]
 pub struct TuneBenchSettings {
@@ -118,7 +119,7 @@ fn measure(settings: &TuneBenchSettings) -> anyhow::Result<()> {
 fn ort_forward_seconds(settings: &TuneBenchSettings, bytes: &[u8], batch: &[f32]) -> anyhow::Result<f64> {
     let env = crate::runtime::init_runtime(&crate::runtime::find_library(settings.runtime.ort_library.as_deref())?)?;
     let options = settings.runtime.session_options();
-    let graph = crate::runtime::graph::expose_outputs(bytes, &[&settings.features])?;
+    let graph = crate::onnx::expose_outputs(bytes, &[&settings.features])?;
     let mut session =
         open_session(&env, ModelSource::Edited { path: Path::new(&settings.model), bytes: &graph }, &options)
             .context("opening the tail in ONNX Runtime")?;

@@ -6,11 +6,11 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::context::{Failure, Run, Trained, compute_features, labels, record_phase2, stats_json, train_failure};
-use super::tune::fine_tune;
+use super::finetune::fine_tune;
+use crate::finetune::TuneHead;
+use crate::serving::{ImageFeatures, TrainedHead};
 use crate::store::DatasetRecord;
 use crate::train::{Checkpoint, TrainData, evaluate, stack_rows, train};
-use crate::tune::TuneHead;
-use crate::zoo::{ImageFeatures, TrainedHead};
 
 pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<Trained, Failure> {
     let Run { spec, splits, control, progress, .. } = run;

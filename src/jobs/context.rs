@@ -15,10 +15,10 @@ use super::features::{FeatureError, FeatureRequest, FeatureStats, extract_featur
 use super::keys::checkpoint_key;
 use super::spec::JobSpec;
 use crate::data::Split;
+use crate::serving::{ImageFeatures, LoadedModel, ModelRegistry, TrainedHead};
 use crate::store::{BlobStore, Db, EpochRow, ItemRecord, JobRecord};
 use crate::train::{EpochReport, TrainError};
 use crate::vision::DecodeLimits;
-use crate::zoo::{ImageFeatures, LoadedModel, ModelRegistry, TrainedHead};
 
 /// What every job run needs.
 #[derive(Clone)]

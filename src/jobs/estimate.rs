@@ -7,11 +7,12 @@
 
 use serde::Serialize;
 
-use super::spec::{JobSpec, Task};
+use super::spec::JobSpec;
 use crate::data::Split;
+use crate::serving::LoadedModel;
+use crate::serving::Task;
 use crate::store::ClassCount;
 use crate::train::LocalizeHeadKind;
-use crate::zoo::LoadedModel;
 
 /// Copies of every head parameter while training: the weights, their gradients, Adam's
 /// two moments and the best epoch's copy, and the checkpoint's own copy of the four it

@@ -7,9 +7,9 @@
 use sha2::{Digest, Sha256};
 
 use super::keys::{feature_key, image_key, spatial_key};
+use crate::serving::{ImageFeatures, LoadedModel};
 use crate::store::BlobStore;
 use crate::vision::{Augmentation, DecodeLimits, Preprocessing, decode_for, preprocess_into};
-use crate::zoo::{ImageFeatures, LoadedModel};
 
 /// The cache namespace of a base model: its name, file identity, preprocessing and feature tensor.
 pub fn feature_fingerprint(model: &LoadedModel) -> String {

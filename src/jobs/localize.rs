@@ -9,15 +9,15 @@ use serde_json::json;
 
 use super::context::{Failure, Run, Trained, compute_features, labels, record_phase2, stats_json, train_failure};
 use super::features::variant_seed;
-use super::tune::{SplitBoxes, fine_tune, spatial_tap};
+use super::finetune::{SplitBoxes, fine_tune, spatial_tap};
+use crate::finetune::TuneHead;
+use crate::serving::{ImageFeatures, TrainedHead};
 use crate::store::{DatasetRecord, ItemRecord};
 use crate::train::{
     LocalizeCheckpoint, LocalizeData, LocalizeHeadKind, LocalizeSplit, box_metrics, evaluate, stack_rows,
     train_localizer,
 };
-use crate::tune::TuneHead;
 use crate::vision::{Augmentation, InputBox, PixelBox, Preprocessing, ResizePlan, box_to_input};
-use crate::zoo::{ImageFeatures, TrainedHead};
 
 pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<Trained, Failure> {
     let Run { spec, splits, model, control, progress, .. } = run;

@@ -15,9 +15,10 @@ use super::context::{Control, Failure, JobContext, Progress, Run, Splits, Traine
 use super::estimate::{JobShape, check as check_footprint, estimate as estimate_footprint};
 use super::keys::{head_key, remove_checkpoints, tuned_base_key};
 use super::localize::execute_localize;
-use super::spec::{JobSpec, Task};
+use super::spec::JobSpec;
+use crate::serving::Task;
+use crate::serving::TrainedModel;
 use crate::store::{JobRecord, JobState, TrainedModelRecord, now_ms};
-use crate::zoo::TrainedModel;
 
 /// Runs `job` (already claimed by this worker) to its end.
 pub async fn run_job(ctx: &JobContext, job: JobRecord) {
@@ -144,7 +145,7 @@ async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<b
         head_blob: key.clone(),
         evaluation: trained.evaluation.clone(),
         created_at: now_ms(),
-        task: trained.head.task().to_owned(),
+        task: trained.head.task().as_str().to_owned(),
         tuned_base_blob: trained.tuned_base.as_ref().map(|_| tuned_key.clone()),
     };
     match ctx.db.complete_job(&job.id, &ctx.worker_id, &trained.evaluation, &record).await {

@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::onnx::Unfreeze;
+use crate::serving::Task;
 use crate::train::{LocalizeHeadKind, LossWeights, TrainConfig};
-use crate::tune::Unfreeze;
 use crate::vision::Augmentation;
 use crate::zoo::is_valid_model_name;
 
@@ -85,26 +86,6 @@ fn fine_tune_epochs() -> usize {
 impl Default for FineTune {
     fn default() -> Self {
         Self { epochs: fine_tune_epochs(), learning_rate: None, batch_size: None }
-    }
-}
-
-/// What the trained model does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    /// A class head (class-folder or box datasets).
-    #[default]
-    Classify,
-    /// Class and box heads trained together (box datasets).
-    Localize,
-}
-
-impl Task {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Classify => "classify",
-            Self::Localize => "localize",
-        }
     }
 }
 

@@ -11,4 +11,3 @@ pub use device::{Device, cores};
 pub use library::{LibraryError, find_library, init_runtime};
 pub use runner::{BatchExecutor, Batching, ImageOutputs, InferenceError, ModelRunner, OrtExecutor, RunnerConfig};
 pub use session::{ModelSession, ModelSource, SessionError, SessionOptions, TensorSpec, open_session, resolve_device};
-pub mod graph;

@@ -37,8 +37,9 @@ impl BlobStore {
         fs4::available_space(&self.root).ok()
     }
 
+    /// The file behind `key`, for readers that need a path (ONNX Runtime, streamed exports).
     /// A key is `/`-separated segments of `[A-Za-z0-9._-]`, none empty, `.` or `..`.
-    fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
+    pub fn path(&self, key: &str) -> Result<PathBuf, BlobError> {
         let valid = !key.is_empty()
             && key.len() <= 512
             && key.split('/').all(|seg| {

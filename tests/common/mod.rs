@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use graft::config::{DatasetSettings, Limits};
 use graft::runtime::{Device, SessionOptions, find_library, init_runtime};
+use graft::serving::{ModelRegistry, ModelRuntime};
 use graft::store::{BlobStore, Db};
-use graft::zoo::{ModelRegistry, load_manifest_dir};
+use graft::zoo::load_manifest_dir;
 use graft::{AppState, app};
 
 pub fn fixtures() -> PathBuf {
@@ -33,6 +34,11 @@ pub fn json(path: &Path) -> serde_json::Value {
 }
 
 /// The ONNX Runtime environment, from ORT_DYLIB_PATH (set by .cargo/config.toml).
+/// ONNX Runtime on the CPU with these session and batching settings.
+pub fn model_runtime(options: SessionOptions, batching: graft::runtime::Batching) -> ModelRuntime {
+    ModelRuntime { env: runtime(), options, batching }
+}
+
 pub fn runtime() -> ort::environment::Environment {
     let explicit = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
     let library = find_library(explicit.as_deref()).expect("run `make ort`");
@@ -83,9 +89,10 @@ pub async fn start_server_on(
 /// Every manifest in `model_dir`, loaded and warmed up.
 pub async fn loaded_registry(model_dir: &Path, limits: &Limits) -> Arc<ModelRegistry> {
     let env = runtime();
-    let registry = Arc::new(ModelRegistry::new(load_manifest_dir(model_dir).unwrap()));
-    let (loading, limits) = (registry.clone(), limits.clone());
-    tokio::task::spawn_blocking(move || loading.load_all(&env, &cpu(), &limits.batching())).await.unwrap();
+    let runtime = ModelRuntime { env, options: cpu(), batching: limits.batching() };
+    let registry = Arc::new(ModelRegistry::new(load_manifest_dir(model_dir).unwrap(), runtime));
+    let loading = registry.clone();
+    tokio::task::spawn_blocking(move || loading.load_all()).await.unwrap();
     registry
 }
 

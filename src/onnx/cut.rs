@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use prost::Message;
 
-use crate::runtime::graph::onnx::{GraphProto, ModelProto, NodeProto, TensorProto};
+use super::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CutError {
@@ -262,8 +262,8 @@ pub fn has_weights(node: &NodeProto) -> bool {
 }
 
 /// A float graph output named `name` with no stated shape.
-pub fn float_output(name: &str) -> crate::runtime::graph::onnx::ValueInfoProto {
-    use crate::runtime::graph::onnx::{TypeProto, ValueInfoProto, type_proto};
+pub fn float_output(name: &str) -> super::proto::ValueInfoProto {
+    use super::proto::{TypeProto, ValueInfoProto, type_proto};
     ValueInfoProto {
         name: Some(name.to_owned()),
         r#type: Some(TypeProto {

@@ -1,21 +1,26 @@
-//! The registry of configured models and their state: loading, ready (with a warm
-//! session runner) or failed with the reason. The API serves only ready models.
+//! Loading one model: its sessions opened from the manifest (with the pooled features and the
+//! spatial map exposed as outputs), checked against the manifest, warmed up at every batch
+//! size, and the runner started; and what a loaded model hands the heads that read it.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::Arc;
 
 use ort::environment::Environment;
 
-use super::{Labels, Manifest};
-use crate::runtime::graph::expose_outputs;
+use crate::onnx::expose_outputs;
 use crate::runtime::{
     BatchExecutor, Batching, ImageOutputs, ModelRunner, ModelSession, ModelSource, OrtExecutor, RunnerConfig,
     SessionOptions, TensorSpec, open_session,
 };
-use crate::store::TrainedModelRecord;
-use crate::train::{Head, LocalizeHeadKind, LocalizerHead};
 use crate::vision::Layout;
+use crate::zoo::{Labels, Manifest};
+
+/// ONNX Runtime's environment and the session and batching settings models load with.
+#[derive(Clone)]
+pub struct ModelRuntime {
+    pub env: Environment,
+    pub options: SessionOptions,
+    pub batching: Batching,
+}
 
 /// A model that answered its warm-up run and can serve.
 pub struct LoadedModel {
@@ -122,206 +127,11 @@ impl SpatialShape {
     }
 }
 
-#[derive(Clone)]
-pub enum ModelState {
-    Loading,
-    Ready(Arc<LoadedModel>),
-    Failed(String),
-}
-
-impl ModelState {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Loading => "loading",
-            Self::Ready(_) => "ready",
-            Self::Failed(_) => "failed",
-        }
-    }
-}
-
-/// A head trained by a job, served on its base model's features — or, when the job tuned
-/// the top of the base, on the features of its own tuned copy of the base.
-pub struct TrainedModel {
-    pub record: TrainedModelRecord,
-    pub head: TrainedHead,
-    /// The tuned copy of the base (`record.tuned_base_blob`), loaded on the model's first
-    /// request, once, so that listing models or training them loads no extra session.
-    pub tuned_base: tokio::sync::OnceCell<Arc<LoadedModel>>,
-}
-
-impl TrainedModel {
-    pub fn new(record: TrainedModelRecord, head: TrainedHead) -> Self {
-        Self { record, head, tuned_base: tokio::sync::OnceCell::new() }
-    }
-}
-
-/// What a job trained: a classifier, or class and box heads together.
-pub enum TrainedHead {
-    Classifier(Head),
-    Localizer(LocalizerHead),
-}
-
-impl TrainedHead {
-    /// The head as stored in its blob; `task` is the record's.
-    pub fn from_bytes(task: &str, bytes: &[u8]) -> Result<Self, String> {
-        match task {
-            "localize" => LocalizerHead::from_bytes(bytes).map(Self::Localizer).map_err(|e| e.to_string()),
-            "classify" => Head::from_bytes(bytes).map(Self::Classifier).map_err(|e| e.to_string()),
-            other => Err(format!("unknown task {other:?}")),
-        }
-    }
-
-    pub fn to_bytes(&self) -> Vec<u8> {
-        match self {
-            Self::Classifier(head) => head.to_bytes(),
-            Self::Localizer(head) => head.to_bytes(),
-        }
-    }
-
-    pub fn task(&self) -> &'static str {
-        match self {
-            Self::Classifier(_) => "classify",
-            Self::Localizer(_) => "localize",
-        }
-    }
-
-    /// Whether serving it needs the base's spatial feature map.
-    pub fn needs_spatial(&self) -> bool {
-        matches!(self, Self::Localizer(head) if head.kind() == LocalizeHeadKind::Spatial)
-    }
-}
-
-/// Why a configured model cannot serve.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Unavailable {
-    #[error("no model named {0:?} is configured")]
-    Unknown(String),
-    #[error("model {0} is still loading")]
-    Loading(String),
-    #[error("model {0} failed to load: {1}")]
-    Failed(String, String),
-}
-
-#[derive(Default)]
-pub struct ModelRegistry {
-    entries: RwLock<BTreeMap<String, (Arc<Manifest>, ModelState)>>,
-    trained: RwLock<BTreeMap<String, Arc<TrainedModel>>>,
-    /// How models are loaded, kept from [`ModelRegistry::load_all`] for the models jobs make.
-    runtime: OnceLock<Runtime>,
-}
-
-/// ONNX Runtime's environment and the session and batching settings models load with.
-#[derive(Clone)]
-struct Runtime {
-    env: Environment,
-    options: SessionOptions,
-    batching: Batching,
-}
-
-impl ModelRegistry {
-    /// Registers the models to serve, all in the loading state.
-    pub fn new(manifests: impl IntoIterator<Item = Manifest>) -> Self {
-        let entries = manifests.into_iter().map(|m| (m.name.clone(), (Arc::new(m), ModelState::Loading))).collect();
-        Self { entries: RwLock::new(entries), trained: RwLock::default(), runtime: OnceLock::new() }
-    }
-
-    pub fn get(&self, name: &str) -> Option<(Arc<Manifest>, ModelState)> {
-        self.entries.read().expect("registry lock").get(name).cloned()
-    }
-
-    pub fn list(&self) -> Vec<(Arc<Manifest>, ModelState)> {
-        self.entries.read().expect("registry lock").values().cloned().collect()
-    }
-
-    pub fn set_state(&self, name: &str, state: ModelState) {
-        if let Some(entry) = self.entries.write().expect("registry lock").get_mut(name) {
-            entry.1 = state;
-        }
-    }
-
-    pub fn trained(&self, name: &str) -> Option<Arc<TrainedModel>> {
-        self.trained.read().expect("registry lock").get(name).cloned()
-    }
-
-    pub fn trained_list(&self) -> Vec<Arc<TrainedModel>> {
-        self.trained.read().expect("registry lock").values().cloned().collect()
-    }
-
-    pub fn insert_trained(&self, model: TrainedModel) {
-        self.trained.write().expect("registry lock").insert(model.record.name.clone(), Arc::new(model));
-    }
-
-    pub fn remove_trained(&self, name: &str) -> Option<Arc<TrainedModel>> {
-        self.trained.write().expect("registry lock").remove(name)
-    }
-
-    /// The loaded model `name`, or why it cannot be used.
-    pub fn ready(&self, name: &str) -> Result<Arc<LoadedModel>, Unavailable> {
-        match self.get(name) {
-            None => Err(Unavailable::Unknown(name.to_owned())),
-            Some((_, ModelState::Loading)) => Err(Unavailable::Loading(name.to_owned())),
-            Some((_, ModelState::Failed(reason))) => Err(Unavailable::Failed(name.to_owned(), reason)),
-            Some((_, ModelState::Ready(model))) => Ok(model),
-        }
-    }
-
-    /// Ready when every registered model is ready.
-    pub fn all_ready(&self) -> bool {
-        self.entries.read().expect("registry lock").values().all(|(_, state)| matches!(state, ModelState::Ready(_)))
-    }
-
-    /// Loads every registered model in turn, recording each outcome.
-    pub fn load_all(&self, env: &Environment, options: &SessionOptions, batching: &Batching) {
-        let _ = self.runtime.set(Runtime { env: env.clone(), options: options.clone(), batching: *batching });
-        for (manifest, _) in self.list() {
-            let state = match load_model(env, manifest.clone(), options, batching) {
-                Ok(model) => {
-                    tracing::info!(model = %manifest.name, provider = model.provider, "model ready");
-                    ModelState::Ready(Arc::new(model))
-                }
-                Err(reason) => {
-                    tracing::error!(model = %manifest.name, "model refused: {reason}");
-                    ModelState::Failed(reason)
-                }
-            };
-            self.set_state(&manifest.name, state);
-        }
-    }
-}
-
-impl ModelRegistry {
-    fn runtime(&self) -> Result<&Runtime, String> {
-        self.runtime
-            .get()
-            .ok_or_else(|| "no model has been loaded yet, so no ONNX Runtime settings are known".to_owned())
-    }
-
-    /// A session for an edited graph (a base's prefix, say), with the registry's settings.
-    pub fn open_graph(&self, label: &str, bytes: &[u8]) -> Result<ModelSession, String> {
-        let runtime = self.runtime()?;
-        let path = PathBuf::from(label);
-        open_session(&runtime.env, ModelSource::Edited { path: &path, bytes }, &runtime.options)
-            .map_err(|e| e.to_string())
-    }
-
-    /// Loads `file`, a tuned copy of the base `base` (same input, outputs and preprocessing),
-    /// as the base the trained model `name` is served on.
-    pub fn load_tuned_base(&self, base: &Manifest, name: &str, file: PathBuf) -> Result<LoadedModel, String> {
-        let runtime = self.runtime()?;
-        let manifest = Manifest { name: format!("{name}.tuned-base"), file, sha256: None, url: None, ..base.clone() };
-        load_model(&runtime.env, Arc::new(manifest), &runtime.options, &runtime.batching)
-    }
-}
-
 /// Opens the model's sessions (one per instance), checks them against the manifest,
 /// warms each up at every batch size it will run, so no request pays for a first run,
 /// and starts the runner.
-pub fn load_model(
-    env: &Environment,
-    manifest: Arc<Manifest>,
-    options: &SessionOptions,
-    batching: &Batching,
-) -> Result<LoadedModel, String> {
+pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<LoadedModel, String> {
+    let ModelRuntime { env, options, batching } = runtime;
     if !manifest.file.is_file() {
         return Err(format!(
             "the model file {} is missing; run `graft models pull {}` to fetch it",

@@ -483,9 +483,9 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::*;
-    use crate::runtime::graph::onnx::{GraphProto, ModelProto, ValueInfoProto};
-    use crate::tune::graph::BaseGraph;
-    use crate::tune::tensor::{float_tensor, node};
+    use crate::onnx::cut::BaseGraph;
+    use crate::onnx::proto::{GraphProto, ModelProto, ValueInfoProto};
+    use crate::onnx::tensor::{float_tensor, node};
 
     /// A tail x [N,2,3,3] → Conv 1×1 (2→3) → Relu → GlobalAveragePool → Flatten → `pooled`.
     fn small_tail() -> TailModel {

@@ -9,10 +9,10 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Result as CandleResult, Tensor, Var};
 
-use super::graph::Tail;
 use super::ops::{depthwise_conv2d, max_pool2d};
-use super::tensor::{Attributes, dims, floats, ints};
-use crate::runtime::graph::onnx::{NodeProto, TensorProto};
+use crate::onnx::cut::Tail;
+use crate::onnx::proto::{NodeProto, TensorProto};
+use crate::onnx::tensor::{Attributes, dims, floats, ints};
 
 /// The operators the evaluator runs (forward and backward).
 pub const SUPPORTED_OPERATORS: [&str; 26] = [
@@ -260,7 +260,7 @@ impl TailModel {
             .iter()
             .map(|p| {
                 let values = p.var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-                Ok(super::tensor::float_tensor(&p.name, &p.shape, &values))
+                Ok(crate::onnx::tensor::float_tensor(&p.name, &p.shape, &values))
             })
             .collect()
     }

@@ -15,19 +15,18 @@ use super::features::{
 };
 use super::keys::{activation_key, activation_shape_key, activations_namespace, fine_tune_checkpoint_key};
 use super::spec::JobSpec;
-use crate::tune::{
-    BaseGraph, Predictions, TailModel, TuneCheckpoint, TuneData, TuneHead, TuneSplit, Unfreeze, choose_cut,
-    tail_features, tune, with_initializers,
-};
-use crate::zoo::{LoadedModel, Manifest};
+use crate::finetune::{Predictions, TailModel, TuneCheckpoint, TuneData, TuneHead, TuneSplit, tail_features, tune};
+use crate::onnx::{BaseGraph, Unfreeze, choose_cut, with_initializers};
+use crate::serving::LoadedModel;
+use crate::zoo::Manifest;
 
 /// The spatial-map tap of a localizer's spatial head on `model`, for phase 2.
-pub(super) fn spatial_tap(model: &LoadedModel) -> Option<crate::tune::SpatialTap> {
+pub(super) fn spatial_tap(model: &LoadedModel) -> Option<crate::finetune::SpatialTap> {
     model
         .manifest
         .spatial_features
         .as_ref()
-        .map(|map| crate::tune::SpatialTap { tensor: map.tensor.clone(), layout: map.layout })
+        .map(|map| crate::finetune::SpatialTap { tensor: map.tensor.clone(), layout: map.layout })
 }
 
 /// Where a job cuts its base and what it will train there.

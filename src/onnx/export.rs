@@ -9,9 +9,9 @@
 
 use prost::Message;
 
-use super::graph::float_output;
+use super::cut::float_output;
+use super::proto::{AttributeProto, GraphProto, ModelProto, TensorProto, attribute_proto};
 use super::tensor::{float_tensor, node};
-use crate::runtime::graph::onnx::{AttributeProto, GraphProto, ModelProto, TensorProto, attribute_proto};
 use crate::train::{BoxParts, CENTROID_EPSILON, Dense, Head, LocalizerHead};
 use crate::vision::Layout;
 

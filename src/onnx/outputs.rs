@@ -1,14 +1,9 @@
-//! Graph surgery on the ONNX protobuf (prost types generated from proto/onnx.proto):
-//! exposing intermediate tensors — the pooled features a head trains on — as graph
-//! outputs, so that users need no second model file.
+//! Exposing intermediate tensors — the pooled features a head trains on, the spatial map a
+//! box head reads — as graph outputs, so that users need no second model file.
 
 use prost::Message;
 
-/// The ONNX protobuf types.
-#[allow(clippy::all, missing_docs)]
-pub mod onnx {
-    include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
-}
+use super::proto as onnx;
 
 /// `TensorProto.DataType.FLOAT`.
 const FLOAT: i32 = 1;

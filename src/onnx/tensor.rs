@@ -1,6 +1,6 @@
 //! Reading and writing ONNX `TensorProto` values and node attributes.
 
-use crate::runtime::graph::onnx::{AttributeProto, NodeProto, TensorProto, tensor_proto};
+use super::proto::{AttributeProto, NodeProto, TensorProto, tensor_proto};
 
 /// `TensorProto.DataType` codes graft reads.
 const FLOAT: i32 = 1;

@@ -1,0 +1,95 @@
+//! Trained models: what a job trained (a classifier, or class and box heads), the task it
+//! serves, and loading both from the blob store on first use — the head when a model trained
+//! elsewhere is first asked for, the tuned copy of its base on its first request.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::loader::LoadedModel;
+use crate::store::TrainedModelRecord;
+use crate::train::{Head, LocalizeHeadKind, LocalizerHead};
+
+/// What a trained model does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// A class head (class-folder or box datasets).
+    #[default]
+    Classify,
+    /// Class and box heads trained together (box datasets).
+    Localize,
+}
+
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classify => "classify",
+            Self::Localize => "localize",
+        }
+    }
+}
+
+impl FromStr for Task {
+    type Err = String;
+
+    fn from_str(task: &str) -> Result<Self, String> {
+        match task {
+            "classify" => Ok(Self::Classify),
+            "localize" => Ok(Self::Localize),
+            other => Err(format!("unknown task {other:?}")),
+        }
+    }
+}
+
+/// A head trained by a job, served on its base model's features — or, when the job tuned
+/// the top of the base, on the features of its own tuned copy of the base.
+pub struct TrainedModel {
+    pub record: TrainedModelRecord,
+    pub head: TrainedHead,
+    /// The tuned copy of the base (`record.tuned_base_blob`), loaded on the model's first
+    /// request, once, so that listing models or training them loads no extra session.
+    pub tuned_base: tokio::sync::OnceCell<Arc<LoadedModel>>,
+}
+
+impl TrainedModel {
+    pub fn new(record: TrainedModelRecord, head: TrainedHead) -> Self {
+        Self { record, head, tuned_base: tokio::sync::OnceCell::new() }
+    }
+}
+
+/// What a job trained: a classifier, or class and box heads together.
+pub enum TrainedHead {
+    Classifier(Head),
+    Localizer(LocalizerHead),
+}
+
+impl TrainedHead {
+    /// The head as stored in its blob; `task` is the record's.
+    pub fn from_bytes(task: &str, bytes: &[u8]) -> Result<Self, String> {
+        match task.parse::<Task>()? {
+            Task::Localize => LocalizerHead::from_bytes(bytes).map(Self::Localizer).map_err(|e| e.to_string()),
+            Task::Classify => Head::from_bytes(bytes).map(Self::Classifier).map_err(|e| e.to_string()),
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Classifier(head) => head.to_bytes(),
+            Self::Localizer(head) => head.to_bytes(),
+        }
+    }
+
+    pub fn task(&self) -> Task {
+        match self {
+            Self::Classifier(_) => Task::Classify,
+            Self::Localizer(_) => Task::Localize,
+        }
+    }
+
+    /// Whether serving it needs the base's spatial feature map.
+    pub fn needs_spatial(&self) -> bool {
+        matches!(self, Self::Localizer(head) if head.kind() == LocalizeHeadKind::Spatial)
+    }
+}
