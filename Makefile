@@ -74,7 +74,7 @@ keras-models:
 ## preprocessing vs Pillow + numpy (BENCH_ARGS='--model resnet50 --soak-seconds 600' for more).
 BENCH_ARGS ?=
 bench: release models fixtures .venv-bench/.installed
-	target/release/graft bench --python .venv-bench/bin/python $(BENCH_ARGS)
+	target/release/graft-bench serving --python .venv-bench/bin/python $(BENCH_ARGS)
 
 ## Head training: graft vs scikit-learn LogisticRegression and Keras model.fit on the same
 ## features, and the second job's speed-up from the feature cache (needs EfficientNet-Lite0).
@@ -87,7 +87,7 @@ TUNE_BENCH_ARGS ?=
 bench-tune: release $(VENV)/.installed
 	@mkdir -p target/bench
 	$(VENV)/bin/python scripts/make_resnet50_stage5.py target/bench/resnet50_stage5.onnx --batch-free
-	target/release/graft bench-tune --model target/bench/resnet50_stage5.onnx $(TUNE_BENCH_ARGS)
+	target/release/graft-bench tune --model target/bench/resnet50_stage5.onnx $(TUNE_BENCH_ARGS)
 
 .venv-bench/.installed: bench/requirements.txt bench/server-requirements.txt
 	$(PYTHON) -m venv .venv-bench
@@ -98,7 +98,7 @@ bench-tune: release $(VENV)/.installed
 ## fails on any 5xx, a wrongly classed answer, or RSS growth over 10 % after the first minute.
 SOAK_SECONDS ?= 600
 soak: release models fixtures
-	target/release/graft soak --seconds $(SOAK_SECONDS)
+	target/release/graft-bench soak --seconds $(SOAK_SECONDS)
 
 ## Each cargo-fuzz target in turn for FUZZ_SECONDS (600) on the nightly toolchain; new
 ## corpus entries stay in fuzz/corpus (git-ignored but the seeds), crashes in fuzz/artifacts.

@@ -6,7 +6,7 @@
 //! them into a server and a worker; `tune` fine-tunes the top of a base.
 
 pub mod api;
-pub mod bench;
+pub mod codec;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -27,12 +27,6 @@ enum Command {
     Serve(Box<ServeSettings>),
     /// Run training workers only (no HTTP), against the same database and blob store.
     Worker(Box<EngineSettings>),
-    /// Measure serving speed: raw ONNX Runtime, graft over HTTP, a Python server, preprocessing.
-    Bench(Box<graft::bench::BenchSettings>),
-    /// Measure tuning speed: phase 2's step and epoch on a tail, against ONNX Runtime's forward pass.
-    BenchTune(Box<graft::bench::TuneBenchSettings>),
-    /// Hold mixed valid and invalid classify requests against a server: no 5xx, RSS flat.
-    Soak(Box<graft::bench::SoakSettings>),
     /// Remove blobs no row references and nothing wrote for the grace period, and old temporary files.
     Gc {
         #[command(flatten)]
@@ -72,7 +66,7 @@ enum ModelsCommand {
 }
 
 fn main() -> ExitCode {
-    pin_candle_threads();
+    graft::runtime::pin_candle_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()),
@@ -100,25 +94,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// candle asks for its thread count before every matrix product and, unless
-/// `RAYON_NUM_THREADS` is set, counts physical cores by parsing /proc/cpuinfo each time (about
-/// 8 % of a tuning step, measured with perf on `graft bench-tune`). Setting it once, before any
-/// thread starts, makes that a lookup; it also sizes rayon's pool, to the same count it picks.
-fn pin_candle_threads() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let threads = graft::runtime::cores();
-        // SAFETY: called first thing in main, while this is the only thread.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
-    }
-}
-
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(settings) => graft::serve(*settings).await,
         Command::Worker(settings) => graft::run_workers(*settings).await,
-        Command::Bench(settings) => graft::bench::run(*settings).await,
-        Command::BenchTune(settings) => graft::bench::run_tune(*settings).await,
-        Command::Soak(settings) => graft::bench::run_soak(*settings).await,
         Command::Gc { storage, gc } => graft::collect_garbage(storage, gc).await,
         Command::Models(ModelsCommand::List(models)) => {
             for manifest in load_manifest_dir(&models.model_dir)? {

@@ -55,8 +55,8 @@ impl TuneCheckpoint {
         let mut bytes = serde_json::to_vec(&header).expect("a header of numbers serialises");
         bytes.push(b'\n');
         let buffers = [&self.values, &self.optimizer.first, &self.optimizer.second, &self.best_values];
-        for value in buffers.into_iter().flatten().flatten() {
-            bytes.extend_from_slice(&value.to_le_bytes());
+        for buffer in buffers.into_iter().flatten() {
+            bytes.extend_from_slice(crate::codec::to_bytes(buffer));
         }
         bytes
     }
@@ -72,7 +72,7 @@ impl TuneCheckpoint {
                 .map(|&len| {
                     let raw = rest.get(..len.checked_mul(4)?)?;
                     rest = &rest[len * 4..];
-                    Some(raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+                    crate::codec::from_bytes(raw)
                 })
                 .collect()
         };

@@ -607,16 +607,10 @@ mod tests {
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn ref_dw(
-        x: &[f32],
-        d: Dims,
-        k: &[f32],
-        kd: Dims,
-        s: (usize, usize),
-        p: [usize; 4],
-        dil: (usize, usize),
-    ) -> Vec<f64> {
+    /// A window's stride, padding `[top, left, bottom, right]` and dilation.
+    type Geometry = ((usize, usize), [usize; 4], (usize, usize));
+
+    fn ref_dw(x: &[f32], d: Dims, k: &[f32], kd: Dims, (s, p, dil): Geometry) -> Vec<f64> {
         let (oh, ow) = ref_out(d, (kd[2], kd[3]), s, p, dil);
         let m = kd[0] / d[1];
         let mut out = Vec::new();
@@ -684,7 +678,7 @@ mod tests {
             let y = depthwise_conv2d(&tensor(&x, d), &tensor(&k, kd), s, p, dil).unwrap();
             let (oh, ow) = ref_out(d, (kd[2], kd[3]), s, p, dil);
             assert_eq!(y.dims(), &[d[0], kd[0], oh, ow]);
-            assert_close(&values(&y), &ref_dw(&x, d, &k, kd, s, p, dil), 1e-5, "depthwise");
+            assert_close(&values(&y), &ref_dw(&x, d, &k, kd, (s, p, dil)), 1e-5, "depthwise");
         }
     }
 
@@ -701,7 +695,7 @@ mod tests {
         let kt = tensor(&k, [3, 3, 3, 1]).permute((0, 3, 1, 2)).unwrap();
         let kv = values(&kt);
         let y = depthwise_conv2d(&x, &kt, (1, 1), [1, 1, 1, 1], (1, 1)).unwrap();
-        let want = ref_dw(&xv, d, &kv, [3, 1, 3, 3], (1, 1), [1, 1, 1, 1], (1, 1));
+        let want = ref_dw(&xv, d, &kv, [3, 1, 3, 3], ((1, 1), [1, 1, 1, 1], (1, 1)));
         assert_close(&values(&y), &want, 1e-5, "depthwise non-contiguous");
         let z = max_pool2d(&x, (3, 3), (2, 2), [1, 1, 1, 1]).unwrap();
         assert_close(&values(&z), &ref_pool(&xv, d, (3, 3), (2, 2), [1, 1, 1, 1]), 0.0, "pool");

@@ -7,6 +7,7 @@
 use sha2::{Digest, Sha256};
 
 use super::keys::{feature_key, image_key, spatial_key};
+use crate::codec;
 use crate::serving::{ImageFeatures, LoadedModel};
 use crate::store::BlobStore;
 use crate::vision::{Augmentation, DecodeLimits, Preprocessing, decode_for, preprocess_into};
@@ -117,9 +118,9 @@ pub fn extract_features(
                 let features = model.image_features(image_outputs, with_spatial).map_err(failed)?;
                 let key = key(request);
                 if let Some(map) = &features.spatial {
-                    blobs.replace(&spatial_key(&key), &encode_f32(map)).map_err(|e| failed(e.to_string()))?;
+                    blobs.replace(&spatial_key(&key), codec::to_bytes(map)).map_err(|e| failed(e.to_string()))?;
                 }
-                blobs.replace(&key, &encode_f32(&features.pooled)).map_err(|e| failed(e.to_string()))?;
+                blobs.replace(&key, codec::to_bytes(&features.pooled)).map_err(|e| failed(e.to_string()))?;
                 Ok(features)
             })
             .collect()
@@ -203,8 +204,8 @@ pub(super) fn read_f32(blobs: &BlobStore, key: &str, len: usize) -> Result<Optio
     Ok(blobs
         .try_get(key)
         .map_err(|e| FeatureError::Failed(e.to_string()))?
-        .filter(|b| b.len() == len * 4)
-        .map(|b| decode_f32(&b)))
+        .and_then(|b| codec::from_bytes::<f32>(&b))
+        .filter(|values| values.len() == len))
 }
 
 /// Where the spatial map of the image whose pooled features are at `pooled_key` is kept.
@@ -212,12 +213,4 @@ pub(super) fn read_f32(blobs: &BlobStore, key: &str, len: usize) -> Result<Optio
 pub fn variant_seed(sha256: &str, k: usize) -> u64 {
     let digest = Sha256::digest(format!("{sha256}:{k}"));
     u64::from_le_bytes(digest[..8].try_into().expect("a digest has 32 bytes"))
-}
-
-pub(super) fn encode_f32(values: &[f32]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-pub(super) fn decode_f32(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }

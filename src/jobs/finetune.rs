@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 use super::context::{Control, Failure, JobContext, Progress, Run, feature_failure, labels, train_failure};
 use super::features::{
-    FeatureError, FeatureRequest, FeatureStats, PixelSource, cached_or_computed, encode_f32, feature_fingerprint,
-    read_f32, variant_suffix,
+    FeatureError, FeatureRequest, FeatureStats, PixelSource, cached_or_computed, feature_fingerprint, read_f32,
+    variant_suffix,
 };
 use super::keys::{activation_key, activation_shape_key, activations_namespace, fine_tune_checkpoint_key};
 use super::spec::JobSpec;
@@ -295,7 +295,7 @@ fn activations(
             .iter()
             .zip(values.chunks_exact(per_image))
             .map(|(request, values)| {
-                ctx.blobs.replace(&key(request), &encode_f32(values)).map_err(|e| failed(e.to_string()))?;
+                ctx.blobs.replace(&key(request), crate::codec::to_bytes(values)).map_err(|e| failed(e.to_string()))?;
                 Ok(values.to_vec())
             })
             .collect()

@@ -1,6 +1,7 @@
 //! Reading and writing ONNX `TensorProto` values and node attributes.
 
 use super::proto::{AttributeProto, NodeProto, TensorProto, tensor_proto};
+use crate::codec;
 
 /// `TensorProto.DataType` codes graft reads.
 const FLOAT: i32 = 1;
@@ -18,9 +19,8 @@ pub fn floats(tensor: &TensorProto) -> Result<Vec<f32>, String> {
         return Err(format!("tensor `{}` is not float32 (data type {})", tensor.name(), tensor.data_type()));
     }
     let values: Vec<f32> = match &tensor.raw_data {
-        Some(raw) if !raw.is_empty() => {
-            raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-        }
+        Some(raw) if !raw.is_empty() => codec::from_bytes::<f32>(raw)
+            .ok_or_else(|| format!("tensor `{}` has {} raw bytes, not whole floats", tensor.name(), raw.len()))?,
         _ => tensor.float_data.clone(),
     };
     let expected: usize = dims(tensor).iter().product();
@@ -34,17 +34,16 @@ pub fn floats(tensor: &TensorProto) -> Result<Vec<f32>, String> {
 pub fn ints(tensor: &TensorProto) -> Result<Vec<i64>, String> {
     check_inline(tensor)?;
     let raw = tensor.raw_data.as_deref().filter(|r| !r.is_empty());
+    let partial = || format!("tensor `{}` has raw bytes that are not whole integers", tensor.name());
     match tensor.data_type() {
-        INT64 => Ok(match raw {
-            Some(raw) => raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
-            None => tensor.int64_data.clone(),
-        }),
-        INT32 => Ok(match raw {
-            Some(raw) => {
-                raw.chunks_exact(4).map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes")))).collect()
-            }
-            None => tensor.int32_data.iter().map(|&v| i64::from(v)).collect(),
-        }),
+        INT64 => match raw {
+            Some(raw) => codec::from_bytes::<i64>(raw).ok_or_else(partial),
+            None => Ok(tensor.int64_data.clone()),
+        },
+        INT32 => match raw {
+            Some(raw) => Ok(codec::from_bytes::<i32>(raw).ok_or_else(partial)?.into_iter().map(i64::from).collect()),
+            None => Ok(tensor.int32_data.iter().map(|&v| i64::from(v)).collect()),
+        },
         other => Err(format!("tensor `{}` is not an integer tensor (data type {other})", tensor.name())),
     }
 }
@@ -55,7 +54,7 @@ pub fn float_tensor(name: &str, shape: &[usize], values: &[f32]) -> TensorProto 
         name: Some(name.to_owned()),
         dims: shape.iter().map(|&d| d as i64).collect(),
         data_type: Some(FLOAT),
-        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        raw_data: Some(codec::to_bytes(values).to_vec().into()),
         ..Default::default()
     }
 }
@@ -78,7 +77,7 @@ pub fn int_tensor(name: &str, values: &[i64]) -> TensorProto {
         name: Some(name.to_owned()),
         dims: vec![values.len() as i64],
         data_type: Some(INT64),
-        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        raw_data: Some(codec::to_bytes(values).to_vec().into()),
         ..Default::default()
     }
 }

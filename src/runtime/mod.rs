@@ -11,3 +11,15 @@ pub use device::{Device, cores};
 pub use library::{LibraryError, find_library, init_runtime};
 pub use runner::{BatchExecutor, Batching, ImageOutputs, InferenceError, ModelRunner, OrtExecutor, RunnerConfig};
 pub use session::{ModelSession, ModelSource, SessionError, SessionOptions, TensorSpec, open_session, resolve_device};
+
+/// candle asks for its thread count before every matrix product and, unless
+/// `RAYON_NUM_THREADS` is set, counts physical cores by parsing /proc/cpuinfo each time (about
+/// 8 % of a tuning step, measured with perf on `graft-bench tune`). Setting it once, before any
+/// thread starts (first thing in `main`), makes that a lookup; it also sizes rayon's pool, to the same count it picks.
+pub fn pin_candle_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let threads = cores();
+        // SAFETY: the caller runs this first thing in main, while it is the only thread.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    }
+}

@@ -11,6 +11,7 @@ use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
 use super::{Dense, Head, HeadError};
+use crate::codec;
 
 /// Marks the start of a head blob.
 pub(crate) const MAGIC: &[u8; 8] = b"graftHD\0";
@@ -68,8 +69,9 @@ pub(crate) fn encode(head: &Head) -> Vec<u8> {
     out.extend_from_slice(&(header.len() as u32).to_le_bytes());
     out.extend_from_slice(&header);
     for dense in layers {
-        for v in dense.weights.iter().chain(dense.bias.iter()) {
-            out.extend_from_slice(&v.to_le_bytes());
+        let (weights, bias) = (dense.weights.as_standard_layout(), dense.bias.as_standard_layout());
+        for values in [weights.as_slice(), bias.as_slice()] {
+            out.extend_from_slice(codec::to_bytes(values.expect("a standard-layout array is one slice")));
         }
     }
     out
@@ -153,7 +155,7 @@ fn read_layers(layers: &[LayerHeader], mut payload: &[u8]) -> Result<Head, HeadE
 
 fn take_floats(bytes: &[u8], count: usize) -> Result<(Vec<f32>, &[u8]), HeadError> {
     let (head, rest) = split(bytes, count * 4).ok_or_else(|| malformed("truncated parameters"))?;
-    let floats = head.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let floats = codec::from_bytes(head).ok_or_else(|| malformed("truncated parameters"))?;
     Ok((floats, rest))
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 
-use super::process::{Server, rss_kib};
+use crate::process::{Server, rss_kib};
 
 #[derive(Debug, Clone, Args)]
 pub struct SoakSettings {

@@ -1,16 +1,7 @@
-//! `graft bench`: serving speed measured in one run on the same model and thread count —
-//! raw ONNX Runtime from Rust, graft over HTTP, a reference Python server over HTTP,
-//! and preprocessing alone against Pillow + numpy — printed with the ratios the
-//! targets are stated in. Nothing here is used by the server.
-
-mod load;
-mod process;
-mod raw;
-mod soak;
-mod tune;
-
-pub use soak::{SoakSettings, run as run_soak};
-pub use tune::{TuneBenchSettings, run as run_tune};
+//! `graft-bench serving`: serving speed measured in one run on the same model and thread
+//! count — raw ONNX Runtime from Rust, graft over HTTP, a reference Python server over HTTP,
+//! and preprocessing alone against Pillow + numpy — printed with the ratios the targets are
+//! stated in.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,13 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 
-use crate::config::{Limits, RuntimeSettings};
-use crate::runtime::{Batching, SessionOptions, cores, find_library, init_runtime, resolve_device};
-use crate::vision::{DecodeLimits, decode_for, preprocess_into};
-use crate::zoo::Manifest;
-use load::{LoadResult, run_load};
-use process::{Server, rss_kib};
-use raw::{RawRate, SessionLayout};
+use crate::load::{LoadResult, run_load};
+use crate::process::{Server, rss_kib};
+use crate::raw::{RawRate, SessionLayout};
+use graft::config::{Limits, RuntimeSettings};
+use graft::runtime::{Batching, SessionOptions, cores, find_library, init_runtime, resolve_device};
+use graft::vision::{DecodeLimits, decode_for, preprocess_into};
+use graft::zoo::Manifest;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchSettings {
@@ -91,7 +82,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     }
     layouts.sort_by_key(|l| (l.sessions, l.threads));
     layouts.dedup();
-    let raw = raw::measure(&settings, &manifest, &env, device, &layouts)?;
+    let raw = crate::raw::measure(&settings, &manifest, &env, device, &layouts)?;
     println!("\n(a) raw ONNX Runtime (Rust, preprocessed input)");
     for rate in &raw {
         println!(

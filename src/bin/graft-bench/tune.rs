@@ -11,11 +11,11 @@ use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::config::RuntimeSettings;
-use crate::finetune::{TailModel, TuneData, TuneHead, TuneSplit, tune};
-use crate::onnx::BaseGraph;
-use crate::runtime::{ModelSource, open_session};
-use crate::train::{Head, TrainConfig};
+use graft::config::RuntimeSettings;
+use graft::finetune::{TailModel, TuneData, TuneHead, TuneSplit, tune};
+use graft::onnx::BaseGraph;
+use graft::runtime::{ModelSource, open_session};
+use graft::train::{Head, TrainConfig};
 
 #[derive(Debug, Clone, Args)]
 pub struct TuneBenchSettings {
@@ -117,9 +117,9 @@ fn measure(settings: &TuneBenchSettings) -> anyhow::Result<()> {
 
 /// Median seconds of ONNX Runtime's forward pass of the graph on one batch (5 runs after a warm-up).
 fn ort_forward_seconds(settings: &TuneBenchSettings, bytes: &[u8], batch: &[f32]) -> anyhow::Result<f64> {
-    let env = crate::runtime::init_runtime(&crate::runtime::find_library(settings.runtime.ort_library.as_deref())?)?;
+    let env = graft::runtime::init_runtime(&graft::runtime::find_library(settings.runtime.ort_library.as_deref())?)?;
     let options = settings.runtime.session_options();
-    let graph = crate::onnx::expose_outputs(bytes, &[&settings.features])?;
+    let graph = graft::onnx::expose_outputs(bytes, &[&settings.features])?;
     let mut session =
         open_session(&env, ModelSource::Edited { path: Path::new(&settings.model), bytes: &graph }, &options)
             .context("opening the tail in ONNX Runtime")?;

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use ort::environment::Environment;
 use ort::value::Tensor;
 
-use super::BenchSettings;
-use crate::runtime::{Device, ModelSession, ModelSource, SessionOptions, open_session};
-use crate::vision::Layout;
-use crate::zoo::Manifest;
+use crate::serving::BenchSettings;
+use graft::runtime::{Device, ModelSession, ModelSource, SessionOptions, open_session};
+use graft::vision::Layout;
+use graft::zoo::Manifest;
 
 /// How the model runs: `sessions` sessions side by side, each with `threads` ONNX Runtime threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
