@@ -42,8 +42,22 @@ pub enum Error {
     /// The storage root's disk has too little free space for what the request would write.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// A job refused at submission, with the kind of refusal.
+    #[error("{0}")]
+    JobRefused(crate::jobs::JobRefusal),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<crate::jobs::JobRefusal> for Error {
+    fn from(refusal: crate::jobs::JobRefusal) -> Self {
+        use crate::jobs::JobRefusal;
+        match refusal {
+            JobRefusal::Store(err) => err.into(),
+            JobRefusal::Internal(reason) => Self::Internal(reason),
+            other => Self::JobRefused(other),
+        }
+    }
 }
 
 impl From<crate::store::StoreError> for Error {

@@ -90,6 +90,7 @@ async fn a_job_over_the_memory_budget_is_refused_with_its_figure() {
     let big = serde_json::json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "name": "too-big",
                                  "hidden_units": 65536, "augment": {"variants": 16}});
     let problem = expect_problem(client().post(&jobs).json(&big).send().await.unwrap(), 422).await;
+    assert_eq!(problem["type"], "urn:graft:problem:job-over-memory-budget");
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("--max-job-memory-bytes"), "{detail}");
     let classes = dataset["classes"].as_array().unwrap().len() as u64;
@@ -100,6 +101,43 @@ async fn a_job_over_the_memory_budget_is_refused_with_its_figure() {
     assert!(detail.contains(&format!("about {:.2} GB", total as f64 / 1e9)), "{detail} vs {total}");
     let listed: serde_json::Value = client().get(&jobs).send().await.unwrap().json().await.unwrap();
     assert_eq!(listed["jobs"].as_array().unwrap().len(), 1, "only the small job was queued: {listed}");
+}
+
+#[tokio::test]
+async fn each_kind_of_job_refusal_has_its_own_problem_type() {
+    let server = start_server(&fixture_models(), Limits::default()).await;
+    let dataset = upload_dataset(&server.url, datasets::class_folder_zip("f", 3, 2), "f").await;
+    let jobs = format!("{}/v1/jobs", server.url);
+    let id = dataset["id"].as_str().unwrap();
+    let queued = json!({"dataset": id, "base_model": "tiny_nchw", "epochs": 1, "name": "taken"});
+    assert_eq!(client().post(&jobs).json(&queued).send().await.unwrap().status(), 202);
+
+    let cases = [
+        (json!({"dataset": id, "base_model": "tiny_nchw", "epochs": 0}), 422, "invalid-job-spec", "epochs"),
+        (json!({"dataset": id, "base_model": "tiny_nchw", "epoch": 3}), 422, "invalid-job-spec", "epoch"),
+        (json!({"dataset": "nope", "base_model": "tiny_nchw"}), 422, "unknown-dataset", "nope"),
+        (json!({"dataset": id, "base_model": "resnet1000"}), 422, "unknown-base-model", "resnet1000"),
+        (
+            json!({"dataset": id, "base_model": "tiny_nchw", "unfreeze": {"blocks": 999}}),
+            422,
+            "invalid-unfreeze",
+            "unfreeze",
+        ),
+        (json!({"dataset": id, "base_model": "tiny_nchw", "name": "taken"}), 409, "model-name-taken", "taken"),
+    ];
+    for (body, status, kind, named) in cases {
+        let problem = expect_problem(client().post(&jobs).json(&body).send().await.unwrap(), status).await;
+        assert_eq!(problem["type"], format!("urn:graft:problem:{kind}"), "{body}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains(named), "{body}: {problem}");
+    }
+    let not_json = client().post(&jobs).header("content-type", "application/json").body("{").send().await.unwrap();
+    assert_eq!(expect_problem(not_json, 422).await["type"], "urn:graft:problem:invalid-job-spec");
+
+    let listed: serde_json::Value = client().get(&jobs).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1, "no refused job was queued: {listed}");
+    let job = &listed["jobs"][0];
+    assert_eq!((job["model"].as_str(), job["state"].as_str()), (Some("taken"), Some("queued")), "{job}");
+    assert!(job.get("worker").is_none() && job.get("lease_until").is_none() && job.get("epochs").is_none(), "{job}");
 }
 
 #[tokio::test]

@@ -9,16 +9,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Extension, Json};
 use futures_util::Stream;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::admission::Admission;
 use super::pagination::{Page, PageParams};
 use crate::error::Error;
-use crate::jobs::{JobShape, JobSpec, check_footprint, estimate_footprint, plan_tuning};
-use crate::serving::Task;
-use crate::store::{JobRecord, JobState};
-use crate::train::LocalizeHeadKind;
+use crate::jobs::{JobRefusal, Submission, submit};
+use crate::store::{EpochRow, JobRecord, JobState};
 
 /// How often the event stream looks for new events (they may come from another process).
 const EVENT_POLL: Duration = Duration::from_millis(250);
@@ -33,82 +32,22 @@ pub async fn create_job(
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge { limit: state.limits.max_json_bytes }
         } else {
-            Error::Unprocessable(format!("the job must be JSON: {}", r.body_text()))
+            JobRefusal::InvalidSpec(format!("the job must be JSON: {}", r.body_text())).into()
         }
     })?;
-    let spec = JobSpec::parse(&body).map_err(Error::Unprocessable)?;
-    let dataset = state
-        .db
-        .dataset(&spec.dataset)
-        .await?
-        .ok_or_else(|| Error::Unprocessable(format!("there is no dataset {:?}", spec.dataset)))?;
-    if state.registry.get(&spec.base_model).is_none() {
-        return Err(Error::Unprocessable(format!(
-            "there is no base model {:?}; GET /v1/models lists them",
-            spec.base_model
-        )));
-    }
-    if let Ok(model) = state.registry.ready(&spec.base_model)
-        && let Err(reason) = &model.features
-    {
-        return Err(Error::Unprocessable(format!("base model {} cannot train heads: {reason}", spec.base_model)));
-    }
-    if let Ok(model) = state.registry.ready(&spec.base_model) {
-        // A base still loading is estimated by the worker when the job starts.
-        let counts = state.db.dataset_counts(&dataset.id).await?;
-        if let Some(shape) = JobShape::of(&model, &counts, dataset.classes.len()) {
-            check_footprint(&estimate_footprint(&spec, &shape), state.limits.max_job_memory_bytes)
-                .map_err(Error::Unprocessable)?;
-        }
-    }
-    if let (Some(unfreeze), Some((manifest, _))) = (&spec.unfreeze, state.registry.get(&spec.base_model)) {
-        // Reading the base and finding the cut costs a model decode: off the async runtime.
-        let unfreeze = unfreeze.to_unfreeze();
-        // A localizer's spatial head needs the map inside the tail; without a box_head the
-        // base decides as the job will: spatial when its map loaded (or, while it loads, when
-        // its manifest names one).
-        let has_map = match state.registry.ready(&spec.base_model) {
-            Ok(model) => model.spatial.is_ok(),
-            Err(_) => manifest.spatial_features.is_some(),
-        };
-        let needs_spatial =
-            spec.task == Task::Localize && spec.box_head.map_or(has_map, |k| k == LocalizeHeadKind::Spatial);
-        tokio::task::spawn_blocking(move || plan_tuning(&manifest, &unfreeze, needs_spatial).map(drop))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .map_err(|reason| Error::Unprocessable(format!("unfreeze: {reason}")))?;
-    }
-    let id = uuid::Uuid::new_v4().to_string();
-    let model_name = spec.name.clone().unwrap_or_else(|| generated_name(&dataset.name, &spec.base_model, &id));
-    if state.registry.get(&model_name).is_some()
-        || state.registry.trained(&model_name).is_some()
-        || state.db.trained_model(&model_name).await?.is_some()
-        || state.db.model_name_pending(&model_name).await?
-    {
-        return Err(Error::Conflict(format!(
-            "a model named {model_name:?} exists or is being trained; choose another `name`"
-        )));
-    }
-    let spec_json = serde_json::to_value(&spec).map_err(|e| Error::Internal(e.to_string()))?;
-    let job = JobRecord::queued(&id, &dataset.id, &spec.base_model, &model_name, spec_json);
-    state.db.insert_job(&job).await?;
-    state.db.append_event(&id, "state", &json!({"state": "queued"})).await?;
+    let submission = Submission {
+        db: &state.db,
+        registry: &state.registry,
+        max_job_memory_bytes: state.limits.max_job_memory_bytes,
+    };
+    let job = submit(&submission, &body).await?;
     state.wake_workers.notify_one();
+    let id = &job.id;
     let mut headers = HeaderMap::new();
     if let Ok(location) = format!("/v1/jobs/{id}").parse() {
         headers.insert(header::LOCATION, location);
     }
     Ok((StatusCode::ACCEPTED, headers, Json(describe(&state, job).await?)))
-}
-
-/// `flowers-efficientnet_lite0-1a2b3c4d`: readable and unique.
-fn generated_name(dataset: &str, base: &str, id: &str) -> String {
-    let slug: String = dataset
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c.to_ascii_lowercase() } else { '-' })
-        .take(40)
-        .collect();
-    format!("{}-{base}-{}", slug.trim_matches('-'), &id[..8])
 }
 
 pub async fn list_jobs(
@@ -208,19 +147,58 @@ async fn find(state: &AppState, id: &str) -> Result<JobRecord, Error> {
 
 async fn describe(state: &AppState, job: JobRecord) -> Result<Value, Error> {
     let epochs = state.db.epochs(&job.id).await?;
-    let mut out = summary(job)?;
-    out["epochs"] = json!(epochs);
-    Ok(out)
+    to_json(JobView::of(job, Some(epochs)))
 }
 
 /// A job without its epoch history.
 fn summary(job: JobRecord) -> Result<Value, Error> {
-    let mut out = serde_json::to_value(&job).map_err(|e| Error::Internal(e.to_string()))?;
-    out["model"] = json!(job.model_name);
-    if let Some(object) = out.as_object_mut() {
-        object.remove("worker");
-        object.remove("lease_until");
-        object.remove("model_name");
+    to_json(JobView::of(job, None))
+}
+
+fn to_json(view: JobView) -> Result<Value, Error> {
+    serde_json::to_value(view).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// A job as clients see it: its row without the worker's lease, the model it makes, and
+/// (for one job) its epochs.
+#[derive(Serialize)]
+struct JobView {
+    id: String,
+    dataset_id: String,
+    base_model: String,
+    model: String,
+    spec: Value,
+    state: JobState,
+    failure: Option<String>,
+    progress: Value,
+    evaluation: Option<Value>,
+    cancel_requested: bool,
+    attempts: i64,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epochs: Option<Vec<EpochRow>>,
+}
+
+impl JobView {
+    fn of(job: JobRecord, epochs: Option<Vec<EpochRow>>) -> Self {
+        Self {
+            id: job.id,
+            dataset_id: job.dataset_id,
+            base_model: job.base_model,
+            model: job.model_name,
+            spec: job.spec,
+            state: job.state,
+            failure: job.failure,
+            progress: job.progress,
+            evaluation: job.evaluation,
+            cancel_requested: job.cancel_requested,
+            attempts: job.attempts,
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            epochs,
+        }
     }
-    Ok(out)
 }

@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::jobs::JobRefusal;
 use crate::vision::VisionError;
 
 #[derive(Debug, Serialize)]
@@ -72,6 +73,8 @@ impl From<&Error> for Problem {
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Error::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage"),
+            Error::JobRefused(refusal @ JobRefusal::NameTaken(_)) => (StatusCode::CONFLICT, refusal.kind()),
+            Error::JobRefused(refusal) => (StatusCode::UNPROCESSABLE_ENTITY, refusal.kind()),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if matches!(err, Error::Internal(_)) {

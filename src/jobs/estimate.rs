@@ -12,7 +12,6 @@ use crate::data::Split;
 use crate::serving::LoadedModel;
 use crate::serving::Task;
 use crate::store::ClassCount;
-use crate::train::LocalizeHeadKind;
 
 /// Copies of every head parameter while training: the weights, their gradients, Adam's
 /// two moments and the best epoch's copy, and the checkpoint's own copy of the four it
@@ -66,8 +65,7 @@ impl JobShape {
 
 pub fn estimate(spec: &JobSpec, shape: &JobShape) -> Footprint {
     let rows = shape.train_images.saturating_mul(spec.feature_variants() as u64).saturating_add(shape.other_images);
-    let spatial =
-        spec.task == Task::Localize && spec.box_head.unwrap_or(LocalizeHeadKind::Spatial) == LocalizeHeadKind::Spatial;
+    let spatial = spec.needs_spatial(shape.spatial_values.is_some());
     let per_row = shape.feature_width + if spatial { shape.spatial_values.unwrap_or(0) } else { 0 };
     let features_bytes = rows.saturating_mul(per_row).saturating_mul(4 * FEATURE_COPIES);
 

@@ -30,11 +30,7 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
             dataset.id, item.path
         )));
     }
-    let kind = match (spec.box_head, &model.spatial) {
-        (Some(kind), _) => kind,
-        (None, Ok(_)) => LocalizeHeadKind::Spatial,
-        (None, Err(_)) => LocalizeHeadKind::Pooled,
-    };
+    let kind = spec.box_head_for(model.spatial.is_ok()).unwrap_or(LocalizeHeadKind::Pooled);
     let with_spatial = kind == LocalizeHeadKind::Spatial;
     if let (true, Err(reason)) = (with_spatial, &model.spatial) {
         return Err(failed(format!("box_head \"spatial\" needs the base's spatial feature map: {reason}")));

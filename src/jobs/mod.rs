@@ -1,6 +1,6 @@
-//! The jobs room: the durable training queue — job specs, the worker loop, running a
-//! job (features → head → [tuned top blocks] → evaluation → registration) with progress and checkpoints.
-//! It orchestrates data/, runtime/, train/ and store/.
+//! The jobs room: the durable training queue — job specs and their submission, the worker
+//! loop, running a job (features → head → [tuned top blocks] → evaluation → registration)
+//! with progress and checkpoints. It orchestrates data/, serving/, train/, finetune/ and store/.
 
 mod classify;
 mod context;
@@ -11,6 +11,7 @@ mod keys;
 mod localize;
 mod run;
 mod spec;
+mod submit;
 mod worker;
 
 pub use context::JobContext;
@@ -20,4 +21,5 @@ pub use finetune::{TunePlan, plan_tuning};
 pub use keys::{checkpoint_key, fine_tune_checkpoint_key, head_key, tuned_base_key};
 pub use run::run_job;
 pub use spec::JobSpec;
+pub use submit::{JobRefusal, Submission, submit};
 pub use worker::{IDLE_POLL, worker_loop};

@@ -193,6 +193,19 @@ impl JobSpec {
     pub fn feature_variants(&self) -> usize {
         1 + self.augment.map_or(0, |a| a.variants)
     }
+
+    /// The box head a localize job trains (`None` for a classifier): the one asked for, else
+    /// the spatial head when the base has a spatial map, else the pooled one. Submission, the
+    /// memory estimate and the pipeline all decide with this.
+    pub fn box_head_for(&self, base_has_map: bool) -> Option<LocalizeHeadKind> {
+        let default = if base_has_map { LocalizeHeadKind::Spatial } else { LocalizeHeadKind::Pooled };
+        (self.task == Task::Localize).then(|| self.box_head.unwrap_or(default))
+    }
+
+    /// Whether the job reads the base's spatial map.
+    pub fn needs_spatial(&self, base_has_map: bool) -> bool {
+        self.box_head_for(base_has_map) == Some(LocalizeHeadKind::Spatial)
+    }
 }
 
 #[cfg(test)]

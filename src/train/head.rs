@@ -24,7 +24,7 @@ pub enum HeadError {
     #[error("malformed head blob: {0}")]
     Malformed(String),
     /// A head blob written by a newer (or unknown) format version.
-    #[error("unsupported head blob version {0} (this build reads version {current})", current = blob::VERSION)]
+    #[error("unsupported head blob version {0} (this build reads versions 1 to {current})", current = blob::VERSION)]
     UnsupportedVersion(u32),
 }
 

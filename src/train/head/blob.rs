@@ -1,22 +1,30 @@
-//! The stored form of a head: a small self-describing, versioned binary blob.
+//! The stored form of a head.
 //!
-//! Layout: the 8-byte magic `graftHD\0`, a little-endian u32 header length, a UTF-8 JSON header
+//! Version 2, written now: a safetensors file with `layers.{i}.weight` (`inputs × outputs`,
+//! row by row) and `layers.{i}.bias` for each layer, input side first, and the metadata
+//! `format = "graft.head"`, `version = "2"`, `activations = "relu,softmax"` (or `"softmax"`).
+//! Any safetensors reader (candle, PyTorch, numpy) loads it.
+//!
+//! Version 1, still read so stored heads keep working: the 8-byte magic `graftHD\0`, a
+//! little-endian u32 header length, a UTF-8 JSON header
 //! (`{"format":"graft.head","version":1,"dtype":"f32-le","layers":[{"inputs","outputs","activation"}…]}`),
-//! then for each layer, input side first, its weights row by row (`inputs × outputs`) and its
-//! biases, all little-endian f32. JSON keeps the header readable and extensible; raw f32 keeps
-//! the bulk compact and exact. Decoding trusts nothing: every size is checked against the
-//! bytes actually present before anything is allocated from it.
+//! then each layer's weights and biases as little-endian f32.
+//!
+//! Decoding trusts nothing: every size is checked against the bytes actually present before
+//! anything is allocated from it.
 
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
 use super::{Dense, Head, HeadError};
 use crate::codec;
+use crate::codec::tensors::{self, Named, Reader};
 
-/// Marks the start of a head blob.
-pub(crate) const MAGIC: &[u8; 8] = b"graftHD\0";
-/// The format version this build writes and reads.
-pub(crate) const VERSION: u32 = 1;
+/// Marks the start of a version 1 head blob.
+const MAGIC: &[u8; 8] = b"graftHD\0";
+/// The format version this build writes (it reads this and [`LEGACY_VERSION`]).
+pub(crate) const VERSION: u32 = 2;
+const LEGACY_VERSION: u32 = 1;
 const FORMAT: &str = "graft.head";
 const DTYPE: &str = "f32-le";
 /// A real header is a few hundred bytes; refusing more bounds the JSON parse.
@@ -47,38 +55,67 @@ struct VersionProbe {
 
 pub(crate) fn encode(head: &Head) -> Vec<u8> {
     let layers: Vec<&Dense> = head.layers().collect();
-    let last = layers.len() - 1;
-    let header = Header {
-        format: FORMAT.into(),
-        version: VERSION,
-        dtype: DTYPE.into(),
-        layers: layers
-            .iter()
-            .enumerate()
-            .map(|(i, d)| LayerHeader {
-                inputs: d.inputs(),
-                outputs: d.outputs(),
-                activation: if i == last { "softmax" } else { "relu" }.into(),
-            })
-            .collect(),
-    };
-    let header = serde_json::to_vec(&header).expect("a header of strings and integers always serialises");
-    let floats: usize = layers.iter().map(|d| d.weights.len() + d.bias.len()).sum();
-    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + 4 * floats);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    out.extend_from_slice(&header);
-    for dense in layers {
-        let (weights, bias) = (dense.weights.as_standard_layout(), dense.bias.as_standard_layout());
-        for values in [weights.as_slice(), bias.as_slice()] {
-            out.extend_from_slice(codec::to_bytes(values.expect("a standard-layout array is one slice")));
-        }
+    let activations = if layers.len() == 2 { "relu,softmax" } else { "softmax" };
+    let arrays: Vec<_> = layers.iter().map(|d| (d.weights.as_standard_layout(), d.bias.as_standard_layout())).collect();
+    let mut named = Vec::new();
+    for (i, (weights, bias)) in arrays.iter().enumerate() {
+        let one_slice = "a standard-layout array is one slice";
+        let shape = weights.shape().to_vec();
+        named.push(Named { name: format!("layers.{i}.weight"), shape, values: weights.as_slice().expect(one_slice) });
+        named.push(Named {
+            name: format!("layers.{i}.bias"),
+            shape: vec![bias.len()],
+            values: bias.as_slice().expect(one_slice),
+        });
     }
-    out
+    let metadata =
+        [("format", FORMAT.to_owned()), ("version", VERSION.to_string()), ("activations", activations.into())];
+    tensors::write(&named, &metadata)
 }
 
 pub(crate) fn decode(bytes: &[u8]) -> Result<Head, HeadError> {
-    let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(|| malformed("not a graft head blob (bad magic)"))?;
+    match bytes.strip_prefix(MAGIC.as_slice()) {
+        Some(rest) => decode_legacy(rest),
+        None => decode_safetensors(bytes),
+    }
+}
+
+fn decode_safetensors(bytes: &[u8]) -> Result<Head, HeadError> {
+    let file = Reader::open(bytes).map_err(|e| malformed(&format!("not a graft head blob: {e}")))?;
+    if file.meta("format") != Ok(FORMAT) {
+        return Err(malformed("not a graft head blob (its metadata names another format)"));
+    }
+    let version = file.meta("version").ok().and_then(|v| v.parse::<u32>().ok());
+    match version {
+        Some(VERSION) => {}
+        Some(other) => return Err(HeadError::UnsupportedVersion(other)),
+        None => return Err(malformed("no readable version in the metadata")),
+    }
+    let activations: Vec<&str> = file.meta("activations").map_err(|e| malformed(&e))?.split(',').collect();
+    if activations.len() > 2 || file.tensor_count() != 2 * activations.len() {
+        return Err(malformed(&format!("{} tensors for {} layers", file.tensor_count(), activations.len())));
+    }
+    let mut layers = Vec::with_capacity(activations.len());
+    for (i, activation) in activations.iter().enumerate() {
+        let shape = file.shape(&format!("layers.{i}.weight")).map_err(|e| malformed(&e))?;
+        let [inputs, outputs] = shape[..] else { return Err(malformed("a weight tensor that is not a matrix")) };
+        layers.push(LayerHeader { inputs, outputs, activation: (*activation).to_owned() });
+    }
+    check_layers(&layers)?;
+    let mut dense = Vec::with_capacity(layers.len());
+    for (i, layer) in layers.iter().enumerate() {
+        let read = |name: String, shape: &[usize]| file.f32s(&name, shape).map_err(|e| malformed(&e));
+        let weights = read(format!("layers.{i}.weight"), &[layer.inputs, layer.outputs])?;
+        let bias = read(format!("layers.{i}.bias"), &[layer.outputs])?;
+        let weights = Array2::from_shape_vec((layer.inputs, layer.outputs), weights)
+            .map_err(|e| malformed(&format!("weights: {e}")))?;
+        dense.push(Dense::new(weights, Array1::from(bias)).map_err(|e| malformed(&e.to_string()))?);
+    }
+    let output = dense.pop().ok_or_else(|| malformed("no layers"))?;
+    Head::new(dense.pop(), output)
+}
+
+fn decode_legacy(rest: &[u8]) -> Result<Head, HeadError> {
     let (len, rest) = split(rest, 4).ok_or_else(|| malformed("truncated before the header length"))?;
     let header_len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
     if header_len > MAX_HEADER_LEN {
@@ -96,7 +133,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head, HeadError> {
 fn parse_header(header: &[u8]) -> Result<Header, HeadError> {
     let probe: VersionProbe =
         serde_json::from_slice(header).map_err(|e| malformed(&format!("unreadable header: {e}")))?;
-    if probe.version != VERSION {
+    if probe.version != LEGACY_VERSION {
         return Err(HeadError::UnsupportedVersion(probe.version));
     }
     let header: Header = serde_json::from_slice(header).map_err(|e| malformed(&format!("unreadable header: {e}")))?;
@@ -198,14 +235,43 @@ mod tests {
     fn layout_is_as_documented() {
         let head = Head::new(None, Dense::new(array![[1.0f32, -2.0]], array![0.5, 0.25]).unwrap()).unwrap();
         let bytes = head.to_bytes();
-        assert_eq!(&bytes[..8], b"graftHD\0");
-        let len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
-        let header: serde_json::Value = serde_json::from_slice(&bytes[12..12 + len]).unwrap();
-        assert_eq!(header["version"], 1);
-        assert_eq!(header["layers"][0]["outputs"], 2);
-        let floats: Vec<f32> =
-            bytes[12 + len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        assert_eq!(floats, [1.0, -2.0, 0.5, 0.25]);
+        // Read as any safetensors reader would: a u64 header length, a JSON header, the data.
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        assert_eq!(header["__metadata__"]["format"], "graft.head");
+        assert_eq!(header["__metadata__"]["version"], "2");
+        assert_eq!(header["__metadata__"]["activations"], "softmax");
+        let tensor = |name: &str| -> (serde_json::Value, Vec<f32>) {
+            let entry = &header[name];
+            assert_eq!(entry["dtype"], "F32", "{name}");
+            let [from, to] = [0, 1].map(|k| entry["data_offsets"][k].as_u64().unwrap() as usize + 8 + n);
+            let values = bytes[from..to].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            (entry["shape"].clone(), values)
+        };
+        assert_eq!(tensor("layers.0.weight"), (serde_json::json!([1, 2]), vec![1.0, -2.0]));
+        assert_eq!(tensor("layers.0.bias"), (serde_json::json!([2]), vec![0.5, 0.25]));
+    }
+
+    #[test]
+    fn a_version_1_blob_still_loads() {
+        for hidden in [None, Some(4)] {
+            let head = sample(hidden);
+            let layers: Vec<&Dense> = head.layers().collect();
+            let activations = if layers.len() == 2 { vec!["relu", "softmax"] } else { vec!["softmax"] };
+            let described: Vec<String> = layers
+                .iter()
+                .zip(activations)
+                .map(|(d, a)| format!(r#"{{"inputs":{},"outputs":{},"activation":"{a}"}}"#, d.inputs(), d.outputs()))
+                .collect();
+            let header =
+                format!(r#"{{"format":"graft.head","version":1,"dtype":"f32-le","layers":[{}]}}"#, described.join(","));
+            let payload: Vec<u8> = layers
+                .iter()
+                .flat_map(|d| d.weights.iter().chain(d.bias.iter()))
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            assert_eq!(Head::from_bytes(&with_header(&header, &payload)).unwrap(), head);
+        }
     }
 
     #[test]
@@ -243,8 +309,8 @@ mod tests {
         let two_floats = [0u8; 8];
         let ok = r#"{"format":"graft.head","version":1,"dtype":"f32-le","layers":[{"inputs":1,"outputs":1,"activation":"softmax"}]}"#;
         assert!(Head::from_bytes(&with_header(ok, &two_floats)).is_ok());
-        let newer = ok.replace("\"version\":1", "\"version\":2");
-        assert_eq!(Head::from_bytes(&with_header(&newer, &two_floats)), Err(HeadError::UnsupportedVersion(2)));
+        let newer = ok.replace("\"version\":1", "\"version\":7");
+        assert_eq!(Head::from_bytes(&with_header(&newer, &two_floats)), Err(HeadError::UnsupportedVersion(7)));
         let cases = [
             ok.replace("f32-le", "f16-le"),
             ok.replace("softmax", "relu"),

@@ -1,7 +1,10 @@
 //! Little-endian number buffers: the one codec for every float and integer graft stores or
-//! reads raw — head weights, checkpoints, the feature cache, ONNX initializers. Values are
-//! cast, not copied one by one (`bytemuck`), which is exact on the little-endian targets
-//! graft builds for (a big-endian build stops here, at compile time).
+//! reads raw — the feature cache, ONNX initializers, and (through [`tensors`], safetensors
+//! files) weights and checkpoints. Values are cast, not copied one by one (`bytemuck`), which
+//! is exact on the little-endian targets graft builds for (a big-endian build stops here, at
+//! compile time).
+
+pub mod tensors;
 
 #[cfg(not(target_endian = "little"))]
 compile_error!("graft stores numbers little-endian and reads them by casting: build for a little-endian target");
