@@ -3,9 +3,8 @@
 
 use std::time::Instant;
 
-use serde_json::json;
-
-use super::context::{Failure, Run, Trained, compute_features, labels, record_phase2, stats_json, train_failure};
+use super::context::{Failure, Run, Trained, compute_features, labels, train_failure};
+use super::evaluation::{FeatureSummary, JobEvaluation, TestFigures, Timings};
 use super::finetune::fine_tune;
 use crate::finetune::TuneHead;
 use crate::serving::{ImageFeatures, TrainedHead};
@@ -46,25 +45,31 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
     progress.phase("evaluating");
     let probabilities = outcome.head.forward(test.view());
     let test_metrics = evaluate(probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
-    let mut evaluation = json!({
-        "test": test_metrics,
-        "classes": dataset.classes,
-        "best_epoch": outcome.best_epoch,
-        "epochs_run": outcome.epochs_run,
-        "stopped_early": outcome.stopped_early,
-        "features": stats_json(stats, width),
-        "timings": {"features_seconds": features_seconds, "training_seconds": training_seconds},
-    });
-    let (head, tuned_base) = if spec.unfreeze.is_some() {
+    let evaluation = JobEvaluation {
+        task: None,
+        box_head: None,
+        loss_weights: None,
+        test: TestFigures { test: test_metrics, test_boxes: None },
+        classes: dataset.classes.clone(),
+        best_epoch: outcome.best_epoch,
+        epochs_run: outcome.epochs_run,
+        stopped_early: outcome.stopped_early,
+        features: FeatureSummary::new(stats, width),
+        timings: Timings { features_seconds, training_seconds },
+        phase1: None,
+        fine_tune: None,
+    };
+    let (head, tuned_base, evaluation) = if spec.unfreeze.is_some() {
         let head = TuneHead::Classifier(outcome.head);
         let tuned = fine_tune(run, dataset.classes.len(), head, None)?;
         let test = evaluate(tuned.test.probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
-        record_phase2(&mut evaluation, json!({"test": test}), tuned.report);
+        let evaluation = evaluation.with_phase2(TestFigures { test, test_boxes: None }, tuned.report);
         let TuneHead::Classifier(head) = tuned.head else { unreachable!("phase 2 keeps the head's kind") };
-        (head, tuned.tuned_base)
+        (head, tuned.tuned_base, evaluation)
     } else {
-        (outcome.head, None)
+        (outcome.head, None, evaluation)
     };
+    let evaluation = evaluation.to_json();
     progress.event("evaluation", evaluation.clone());
     Ok(Trained { head: TrainedHead::Classifier(head), classes: dataset.classes, evaluation, tuned_base })
 }

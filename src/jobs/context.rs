@@ -181,21 +181,6 @@ pub(super) fn train_failure(control: &Control, error: TrainError) -> Failure {
     }
 }
 
-/// Phase 2's numbers in a job's evaluation: the test metrics so far become phase 1's, the
-/// tuned model's (`test`, and any other keys of `tuned`) replace them, and `fine_tune`
-/// reports what phase 2 did.
-pub(super) fn record_phase2(evaluation: &mut Value, tuned: Value, report: Value) {
-    let mut phase1 = json!({"best_epoch": evaluation["best_epoch"], "epochs_run": evaluation["epochs_run"]});
-    if let (Value::Object(tuned), Some(summary)) = (tuned, evaluation.as_object_mut()) {
-        for (key, value) in tuned {
-            let before = summary.insert(key.clone(), value).unwrap_or(Value::Null);
-            phase1[key] = before;
-        }
-    }
-    evaluation["phase1"] = phase1;
-    evaluation["fine_tune"] = report;
-}
-
 /// A feature or activation pass's error as the job's failure.
 pub(super) fn feature_failure(control: &Control, error: FeatureError) -> Failure {
     match error {
@@ -212,10 +197,6 @@ pub(super) fn stop_reason(control: &Control) -> Failure {
     } else {
         Failure::Cancelled
     }
-}
-
-pub(super) fn stats_json(stats: FeatureStats, width: usize) -> Value {
-    json!({"images": stats.total, "cached": stats.cached, "computed": stats.computed, "width": width})
 }
 
 /// Writes progress to the job row and its events, at most a few times a second.

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::context::{Failure, Run, Trained, compute_features, labels, record_phase2, stats_json, train_failure};
+use super::context::{Failure, Run, Trained, compute_features, labels, train_failure};
+use super::evaluation::{FeatureSummary, JobEvaluation, TestFigures, Timings};
 use super::features::variant_seed;
 use super::finetune::{SplitBoxes, fine_tune, spatial_tap};
 use crate::finetune::TuneHead;
@@ -74,20 +75,21 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
         .map_err(|e| failed(e.to_string()))?;
     let test_metrics = evaluate(probabilities.view(), &test.labels, 5).map_err(|e| failed(e.to_string()))?;
     let test_boxes = box_metrics(&boxes, &test.boxes);
-    let mut evaluation = json!({
-        "task": "localize",
-        "box_head": kind,
-        "loss_weights": spec.loss_weights,
-        "test": test_metrics,
-        "test_boxes": test_boxes,
-        "classes": dataset.classes,
-        "best_epoch": outcome.best_epoch,
-        "epochs_run": outcome.epochs_run,
-        "stopped_early": outcome.stopped_early,
-        "features": stats_json(stats, test.pooled.ncols()),
-        "timings": {"features_seconds": features_seconds, "training_seconds": training_seconds},
-    });
-    let (head, tuned_base) = if spec.unfreeze.is_some() {
+    let evaluation = JobEvaluation {
+        task: Some("localize"),
+        box_head: Some(kind),
+        loss_weights: Some(spec.loss_weights),
+        test: TestFigures { test: test_metrics, test_boxes: Some(test_boxes) },
+        classes: dataset.classes.clone(),
+        best_epoch: outcome.best_epoch,
+        epochs_run: outcome.epochs_run,
+        stopped_early: outcome.stopped_early,
+        features: FeatureSummary::new(stats, test.pooled.ncols()),
+        timings: Timings { features_seconds, training_seconds },
+        phase1: None,
+        fine_tune: None,
+    };
+    let (head, tuned_base, evaluation) = if spec.unfreeze.is_some() {
         let tap = with_spatial.then(|| spatial_tap(model)).flatten();
         let head = TuneHead::Localizer { head: outcome.head, weights: spec.loss_weights, spatial: tap };
         let boxes = SplitBoxes {
@@ -99,13 +101,14 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
         let boxes = tuned.test.boxes.unwrap_or_default();
         let test_metrics =
             evaluate(tuned.test.probabilities.view(), &test.labels, 5).map_err(|e| failed(e.to_string()))?;
-        let tuned_metrics = json!({"test": test_metrics, "test_boxes": box_metrics(&boxes, &test.boxes)});
-        record_phase2(&mut evaluation, tuned_metrics, tuned.report);
+        let figures = TestFigures { test: test_metrics, test_boxes: Some(box_metrics(&boxes, &test.boxes)) };
+        let evaluation = evaluation.with_phase2(figures, tuned.report);
         let TuneHead::Localizer { head, .. } = tuned.head else { unreachable!("phase 2 keeps the head's kind") };
-        (head, tuned.tuned_base)
+        (head, tuned.tuned_base, evaluation)
     } else {
-        (outcome.head, None)
+        (outcome.head, None, evaluation)
     };
+    let evaluation = evaluation.to_json();
     progress.event("evaluation", evaluation.clone());
     Ok(Trained { head: TrainedHead::Localizer(head), classes: dataset.classes.clone(), evaluation, tuned_base })
 }

@@ -7,7 +7,26 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::LocalizeHeadKind;
+use crate::codec::tensors::{self, Named, Reader};
 use crate::train::head::{Dense, Head, HeadError, softmax_rows};
+
+/// A dense layer's two tensors to store.
+fn dense<'a>(prefix: &str, d: &'a Dense) -> [Named<'a>; 2] {
+    let [w, b] = d.values();
+    [
+        Named { name: format!("{prefix}.weight"), shape: vec![d.inputs(), d.outputs()], values: w },
+        Named { name: format!("{prefix}.bias"), shape: vec![d.outputs()], values: b },
+    ]
+}
+
+/// A 1-D tensor to store.
+fn vector<'a>(name: &str, values: &'a [f32]) -> Named<'a> {
+    Named { name: name.into(), shape: vec![values.len()], values }
+}
+
+/// The stored form's `format` and `version` metadata.
+const LOCALIZER_FORMAT: &str = "graft.localizer";
+const LOCALIZER_VERSION: &str = "2";
 
 /// Added to the centroid's denominator so an all-zero objectness profile gives 0, not NaN.
 pub const CENTROID_EPSILON: f32 = 1e-6;
@@ -272,14 +291,94 @@ impl LocalizerHead {
         Ok((probabilities, boxes))
     }
 
-    /// The head as JSON bytes (validated again by `from_bytes`).
+    /// The stored form: a safetensors file (version 2) with `class.weight` (`inputs ×
+    /// classes`), `class.bias` and the box head's tensors — `box.weight` (`inputs × 4`) and
+    /// `box.bias` for the pooled head; `box.weight` (one per channel), `box.bias`, `box.scale`
+    /// and `box.shift` for the spatial one, whose grid is in the metadata (`height`, `width`).
     pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a localizer head has only numbers, strings and sequences")
+        let mut named = Vec::from(dense("class", &self.class));
+        let mut metadata = vec![("format", LOCALIZER_FORMAT.to_owned()), ("version", LOCALIZER_VERSION.to_owned())];
+        match &self.boxes {
+            BoxHead::Pooled { dense: d } => {
+                named.extend(dense("box", d));
+                metadata.push(("box", "pooled".into()));
+            }
+            BoxHead::Spatial(s) => {
+                named.extend([
+                    vector("box.weight", &s.weights),
+                    vector("box.bias", std::slice::from_ref(&s.bias)),
+                    vector("box.scale", &s.scale),
+                    vector("box.shift", &s.shift),
+                ]);
+                metadata.extend([
+                    ("box", "spatial".into()),
+                    ("height", s.height.to_string()),
+                    ("width", s.width.to_string()),
+                ]);
+            }
+        }
+        tensors::write(&named, &metadata)
     }
 
-    /// Reads bytes written by `to_bytes`, rejecting anything malformed or inconsistent.
+    /// Reads bytes written by `to_bytes` — or the JSON form of version 1, so stored heads keep
+    /// working — rejecting anything malformed or inconsistent.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, HeadError> {
-        serde_json::from_slice(bytes).map_err(|e| HeadError::Malformed(e.to_string()))
+        let malformed = |e: String| HeadError::Malformed(e);
+        let file = match Reader::open(bytes) {
+            Ok(file) => file,
+            Err(_) if bytes.first() == Some(&b'{') => {
+                return serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()));
+            }
+            Err(e) => return Err(malformed(format!("not a localizer head: {e}"))),
+        };
+        if file.meta("format") != Ok(LOCALIZER_FORMAT) {
+            return Err(malformed("not a localizer head (its metadata names another format)".into()));
+        }
+        match file.meta("version").map_err(malformed)? {
+            LOCALIZER_VERSION => {}
+            other => return Err(HeadError::UnsupportedVersion(other.parse().unwrap_or(0))),
+        }
+        let dense = |prefix: &str| -> Result<Dense, HeadError> {
+            let weight = format!("{prefix}.weight");
+            let shape = file.shape(&weight).map_err(malformed)?;
+            let [inputs, outputs] = shape[..] else { return Err(malformed(format!("{weight} is not a matrix"))) };
+            let weights = file.f32s(&weight, &shape).map_err(malformed)?;
+            let bias = file.f32s(&format!("{prefix}.bias"), &[outputs]).map_err(malformed)?;
+            let weights = Array2::from_shape_vec((inputs, outputs), weights).map_err(|e| malformed(e.to_string()))?;
+            Dense::new(weights, bias.into())
+        };
+        let class = dense("class")?;
+        let (boxes, tensors) = match file.meta("box").map_err(malformed)? {
+            "pooled" => (BoxHead::Pooled { dense: dense("box")? }, 4),
+            "spatial" => {
+                let size = |key: &str| -> Result<usize, HeadError> {
+                    file.meta(key).map_err(malformed)?.parse().map_err(|_| malformed(format!("{key} is not a number")))
+                };
+                let channels = match file.shape("box.weight").map_err(malformed)?[..] {
+                    [channels] => channels,
+                    _ => return Err(malformed("box.weight of a spatial head is one weight per channel".into())),
+                };
+                let four = |name: &str| -> Result<[f32; 4], HeadError> {
+                    let values = file.f32s(name, &[4]).map_err(malformed)?;
+                    values.try_into().map_err(|_| malformed(format!("{name} needs 4 values")))
+                };
+                let spatial = SpatialBox {
+                    height: size("height")?,
+                    width: size("width")?,
+                    channels,
+                    weights: file.f32s("box.weight", &[channels]).map_err(malformed)?,
+                    bias: file.f32s("box.bias", &[1]).map_err(malformed)?[0],
+                    scale: four("box.scale")?,
+                    shift: four("box.shift")?,
+                };
+                (BoxHead::Spatial(spatial), 6)
+            }
+            other => return Err(malformed(format!("unknown box head {other:?}"))),
+        };
+        if file.tensor_count() != tensors {
+            return Err(malformed(format!("{} tensors, expected {tensors}", file.tensor_count())));
+        }
+        LocalizerHead::new(class, boxes)
     }
 
     /// Every parameter tensor in a fixed order: class weights and biases, then the box head's.

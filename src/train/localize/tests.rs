@@ -211,8 +211,11 @@ fn predict_equals_the_training_forward_and_survives_bytes() {
 #[test]
 fn bytes_and_inputs_are_checked() {
     assert!(matches!(LocalizerHead::from_bytes(b"not json"), Err(HeadError::Malformed(_))));
+    assert!(matches!(LocalizerHead::from_bytes(b"{not json"), Err(HeadError::Malformed(_))));
     let head = LocalizerHead::init(LocalizeHeadKind::Spatial, C, CLASSES, Some((H, W, C)), 0).unwrap();
-    let json = String::from_utf8(head.to_bytes()).unwrap();
+    // Version 1, JSON, as heads were stored before: still read.
+    let json = serde_json::to_string(&head).unwrap();
+    assert_eq!(LocalizerHead::from_bytes(json.as_bytes()).unwrap(), head);
     // Three convolution weights for four channels.
     let weights = match &head.boxes {
         BoxHead::Spatial(s) => serde_json::to_string(&s.weights).unwrap(),
@@ -221,6 +224,15 @@ fn bytes_and_inputs_are_checked() {
     let spoiled = json.replace(&weights, "[0.1,0.2,0.3]");
     assert_ne!(spoiled, json);
     assert!(LocalizerHead::from_bytes(spoiled.as_bytes()).is_err());
+    // The safetensors form: cut short, lengthened, or with a tensor of the wrong length.
+    let bytes = head.to_bytes();
+    assert!(LocalizerHead::from_bytes(&bytes[..bytes.len() - 4]).is_err());
+    assert!(LocalizerHead::from_bytes(&[bytes.as_slice(), &[0; 4]].concat()).is_err());
+    let three = crate::codec::tensors::write(
+        &[crate::codec::tensors::Named { name: "box.weight".into(), shape: vec![3], values: &[0.1, 0.2, 0.3] }],
+        &[("format", "graft.localizer".into()), ("version", "2".into()), ("box", "spatial".into())],
+    );
+    assert!(LocalizerHead::from_bytes(&three).is_err());
 
     let split = synthetic(4, 9);
     assert!(head.predict(split.pooled.view(), None).is_err());
