@@ -1,9 +1,10 @@
 //! graft: serve and fine-tune ImageNet ONNX models over HTTP.
 //!
-//! The rooms: `vision` (bytes → tensor), `runtime` (ONNX Runtime), `zoo` (manifests
-//! and the model registry), `data` (datasets), `train` (the head trainer), `store`
-//! (database and blobs), `jobs` (the training queue), `api` (HTTP). This file wires
-//! them into a server and a worker; `tune` fine-tunes the top of a base.
+//! The rooms (docs/ARCHITECTURE.md maps them): `vision` (bytes → tensor), `runtime` (ONNX
+//! Runtime), `onnx` (graph surgery), `serving` (the live model registry), `zoo` (manifests,
+//! labels, pull), `data` (datasets), `train` (the one training loop and its heads),
+//! `finetune` (the top of a base), `store` (database and blobs), `jobs` (the training queue),
+//! `api` (HTTP), and `codec` (stored numbers). This file wires them into a server and a worker.
 
 pub mod api;
 pub mod codec;

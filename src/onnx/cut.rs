@@ -1,6 +1,6 @@
 //! Cutting a base model's graph into a frozen prefix (ONNX Runtime computes it once per
 //! image) and a trainable tail (from the cut tensor to the pooled features, evaluated by
-//! [`super::eval`]).
+//! `finetune::eval`).
 //!
 //! A tensor is a valid cut when everything the tail needs comes from it or from constants:
 //! cutting inside a residual block would leave its skip connection on the prefix side.
