@@ -42,6 +42,9 @@ pub enum Error {
     /// The storage root's disk has too little free space for what the request would write.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// An upload or import that made no dataset, with the kind of refusal.
+    #[error("{0}")]
+    DatasetRefused(crate::data::DatasetRefusal),
     /// A job refused at submission, with the kind of refusal.
     #[error("{0}")]
     JobRefused(crate::jobs::JobRefusal),

@@ -111,15 +111,16 @@ async fn broken_archives_are_refused_and_leave_nothing() {
         }
         zip.finish().unwrap().into_inner()
     };
-    for (name, bytes, needle) in [
-        ("truncated tar", truncated, "corrupt or truncated"),
-        ("empty zip", empty_zip, "no usable files"),
-        ("only a text file", only_text, "rejected"),
-        ("one class", one_class, "at least two classes"),
-        ("not an archive", b"just some text".to_vec(), "not a zip, tar or tar.gz"),
+    for (name, bytes, needle, kind) in [
+        ("truncated tar", truncated, "corrupt or truncated", "corrupt-archive"),
+        ("empty zip", empty_zip, "no usable files", "empty-archive"),
+        ("only a text file", only_text, "rejected", "no-usable-images"),
+        ("one class", one_class, "at least two classes", "too-few-classes"),
+        ("not an archive", b"just some text".to_vec(), "not a zip, tar or tar.gz", "not-an-archive"),
     ] {
         let body = expect_problem(upload(&server.url, bytes).await, 422).await;
         assert!(body["detail"].as_str().unwrap().contains(needle), "{name}: {body}");
+        assert_eq!(body["type"], format!("urn:graft:problem:{kind}"), "{name}: {body}");
     }
     let list: Value = client().get(format!("{}/v1/datasets", server.url)).send().await.unwrap().json().await.unwrap();
     assert!(list["datasets"].as_array().unwrap().is_empty(), "no partial rows: {list}");

@@ -19,7 +19,9 @@ use super::body_limits::announced_length;
 use super::pagination::{Page, PageParams};
 use crate::data::annotations::AnnotationFormat;
 use crate::data::archive::{ArchiveLimits, read_archive};
-use crate::data::{IngestOptions, Ingestor, MAX_REPORT_BYTES, SplitFractions, read_folder, resolve_import};
+use crate::data::{
+    DatasetRefusal, IngestOptions, Ingestor, MAX_REPORT_BYTES, SplitFractions, read_folder, resolve_import,
+};
 use crate::error::Error;
 use crate::store::{DatasetRecord, IngestionLease, ItemRecord, NewDataset, image_key, remove_unreferenced_image};
 use crate::vision::DecodeLimits;
@@ -128,7 +130,7 @@ pub async fn create_dataset(
             Source::Upload(file) => read_archive(file.path(), &limits, &mut visit).map(|_| ()),
             Source::Folder(dir) => read_folder(dir, &limits, &mut visit).map(|_| ()),
         };
-        let outcome = read.map_err(|e| e.to_string()).and_then(|()| ingestor.finish().map_err(|e| e.to_string()));
+        let outcome = read.map_err(DatasetRefusal::from).and_then(|()| Ok(ingestor.finish()?));
         (outcome, new_blobs)
     })
     .await
@@ -137,9 +139,9 @@ pub async fn create_dataset(
 
     let outcome = match outcome {
         Ok(outcome) => outcome,
-        Err(reason) => {
+        Err(refusal) => {
             remove_new_images(&state, lease, new_blobs).await;
-            return Err(Error::Unprocessable(reason));
+            return Err(Error::DatasetRefused(refusal));
         }
     };
     let task = if outcome.images.iter().any(|image| image.bbox.is_some()) { "localize" } else { "classify" };

@@ -73,6 +73,7 @@ impl From<&Error> for Problem {
             Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Error::InsufficientStorage(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient-storage"),
+            Error::DatasetRefused(refusal) => (StatusCode::UNPROCESSABLE_ENTITY, refusal.kind()),
             Error::JobRefused(refusal @ JobRefusal::NameTaken(_)) => (StatusCode::CONFLICT, refusal.kind()),
             Error::JobRefused(refusal) => (StatusCode::UNPROCESSABLE_ENTITY, refusal.kind()),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use sha2::{Digest, Sha256};
 
 use super::annotations::{self, AnnotationFormat, AnnotationProblem, ImageBoxes, LabeledBox, PixelBox};
-use super::archive::{ArchiveEntry, ArchiveFile};
+use super::archive::{ArchiveEntry, ArchiveError, ArchiveFile};
 use super::layout::{Placement, place_in_classes, shared_top};
 pub use super::report::{Capped, Duplicate, IngestReport, Rejected};
 use super::split::{Split, SplitFractions, assign_split};
@@ -81,6 +81,35 @@ pub enum IngestError {
     TooFewClasses(usize),
     #[error("storing an image failed: {0}")]
     Storage(String),
+}
+
+/// Why an upload or a folder import made no dataset: the archive could not be read, or
+/// what it held could not make a dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetRefusal {
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+}
+
+impl DatasetRefusal {
+    /// A stable name for the kind of refusal (the problem type's last part).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Archive(ArchiveError::NotAnArchive) => "not-an-archive",
+            Self::Archive(ArchiveError::Empty) => "empty-archive",
+            Self::Archive(ArchiveError::TooManyEntries { .. }) => "too-many-archive-entries",
+            Self::Archive(ArchiveError::TooLarge { .. }) => "archive-too-large",
+            Self::Archive(ArchiveError::Corrupt(_)) => "corrupt-archive",
+            Self::Archive(ArchiveError::Io(_)) => "unreadable-archive",
+            // An entry the ingestion refused: annotations over their budget, a failed store.
+            Self::Archive(ArchiveError::Visitor(_)) => "invalid-dataset",
+            Self::Ingest(IngestError::NoImages(_)) => "no-usable-images",
+            Self::Ingest(IngestError::TooFewClasses(_)) => "too-few-classes",
+            Self::Ingest(IngestError::Storage(_)) => "storage-failed",
+        }
+    }
 }
 
 struct Accepted {

@@ -12,8 +12,8 @@ mod split;
 
 pub use folder::{FolderSummary, read_folder, resolve_import};
 pub use ingest::{
-    DEFAULT_MAX_ANNOTATION_BYTES, Duplicate, IngestError, IngestOptions, IngestOutcome, IngestReport, IngestedImage,
-    Ingestor, Rejected,
+    DEFAULT_MAX_ANNOTATION_BYTES, DatasetRefusal, Duplicate, IngestError, IngestOptions, IngestOutcome, IngestReport,
+    IngestedImage, Ingestor, Rejected,
 };
 pub use layout::{Placement, place_in_classes};
 pub use report::{Capped, LISTED_PER_KIND, MAX_REPORT_BYTES, MAX_TEXT_BYTES};
