@@ -6,13 +6,19 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use crate::error::Error;
-use crate::serving::{LoadedModel, ModelState, TrainedHead, TrainedModel, TrainedModelError};
+use crate::runtime::TensorSpec;
+use crate::serving::{
+    LoadedModel, ModelState, ServingLayout, SpatialShape, TrainedHead, TrainedModel, TrainedModelError,
+};
 use crate::store::TrainedModelRecord;
-use crate::zoo::Manifest;
+use crate::train::LocalizeHeadKind;
+use crate::vision::{ColorOrder, Layout, Normalization, ResizeMode};
+use crate::zoo::{Manifest, OutputKind, SpatialFeatures};
 
 pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, Error> {
     let mut models: Vec<Value> =
@@ -85,64 +91,148 @@ pub(super) async fn tuned_base(state: &AppState, model: &TrainedModel, key: &str
 
 fn describe_trained(model: &TrainedModel) -> Value {
     let record = &model.record;
-    json!({
-        "name": record.name,
-        "kind": "trained",
-        "status": "ready",
-        "base_model": record.base_model,
-        "job": record.job_id,
-        "dataset": record.dataset_id,
-        "task": record.task,
-        "classes": record.classes,
-        "head": match &model.head {
-            TrainedHead::Classifier(head) => json!({"hidden_units": head.hidden_units()}),
-            TrainedHead::Localizer(head) => json!({"box_head": head.kind(), "spatial_shape": head.spatial_shape()}),
-        },
-        "tuned_base": record.tuned_base_blob.is_some(),
-        "created_at": record.created_at,
-        "evaluation": record.evaluation,
+    let head = match &model.head {
+        TrainedHead::Classifier(head) => HeadView::Classifier { hidden_units: head.hidden_units() },
+        TrainedHead::Localizer(head) => {
+            HeadView::Localizer { box_head: head.kind(), spatial_shape: head.spatial_shape() }
+        }
+    };
+    to_json(TrainedView {
+        name: &record.name,
+        kind: "trained",
+        status: "ready",
+        base_model: &record.base_model,
+        job: &record.job_id,
+        dataset: &record.dataset_id,
+        task: &record.task,
+        classes: &record.classes,
+        head,
+        tuned_base: record.tuned_base_blob.is_some(),
+        created_at: record.created_at,
+        evaluation: &record.evaluation,
     })
 }
 
 fn describe(manifest: &Arc<Manifest>, state: &ModelState) -> Value {
-    let mut out = json!({
-        "name": manifest.name,
-        "kind": "pretrained",
-        "description": manifest.description,
-        "status": state.name(),
-        "input": {
-            "name": manifest.input_name,
-            "layout": manifest.preprocessing.layout,
-            "height": manifest.preprocessing.height,
-            "width": manifest.preprocessing.width,
-            "color": manifest.preprocessing.color,
-            "resize": manifest.preprocessing.resize,
-            "normalization": manifest.preprocessing.normalization,
+    let pre = &manifest.preprocessing;
+    let loaded = match state {
+        ModelState::Ready(model) => Some(model.as_ref()),
+        _ => None,
+    };
+    to_json(PretrainedView {
+        name: &manifest.name,
+        kind: "pretrained",
+        description: &manifest.description,
+        status: state.name(),
+        input: InputView {
+            name: &manifest.input_name,
+            layout: pre.layout,
+            height: pre.height,
+            width: pre.width,
+            color: pre.color,
+            resize: pre.resize,
+            normalization: &pre.normalization,
         },
-        "output": {
-            "name": manifest.output_name,
-            "kind": manifest.output_kind,
-            "features": manifest.features,
-            "spatial_features": manifest.spatial_features,
+        output: OutputView {
+            name: &manifest.output_name,
+            kind: manifest.output_kind,
+            features: manifest.features.as_deref(),
+            spatial_features: manifest.spatial_features.as_ref(),
+            feature_width: loaded.and_then(|m| m.features.as_ref().ok().copied()),
+            features_unavailable: loaded.and_then(|m| m.features.as_ref().err().map(String::as_str)),
+            spatial_shape: loaded.and_then(|m| m.spatial.as_ref().ok().copied()),
         },
-    });
-    match state {
-        ModelState::Ready(model) => {
-            out["provider"] = json!(model.provider);
-            out["classes"] = json!(model.labels.len());
-            out["max_batch_size"] = json!(model.runner.config().max_batch_size);
-            out["sessions"] = json!(model.sessions);
-            match &model.features {
-                Ok(width) => out["output"]["feature_width"] = json!(width),
-                Err(reason) => out["output"]["features_unavailable"] = json!(reason),
-            }
-            if let Ok(shape) = &model.spatial {
-                out["output"]["spatial_shape"] = json!(shape);
-            }
-            out["graph"] = json!({ "inputs": model.inputs, "outputs": model.outputs });
-        }
-        ModelState::Failed(reason) => out["reason"] = json!(reason),
-        ModelState::Loading => {}
-    }
-    out
+        provider: loaded.map(|m| m.provider),
+        classes: loaded.map(|m| m.labels.len()),
+        max_batch_size: loaded.map(|m| m.runner.config().max_batch_size),
+        sessions: loaded.map(|m| m.sessions),
+        graph: loaded.map(|m| GraphView { inputs: &m.inputs, outputs: &m.outputs }),
+        reason: match state {
+            ModelState::Failed(reason) => Some(reason.as_str()),
+            _ => None,
+        },
+    })
+}
+
+fn to_json(view: impl Serialize) -> Value {
+    serde_json::to_value(view).expect("a model view is strings, numbers and lists")
+}
+
+/// A pretrained model: its manifest's facts, and once loaded what the loaded graph says.
+#[derive(Serialize)]
+struct PretrainedView<'a> {
+    name: &'a str,
+    kind: &'static str,
+    description: &'a str,
+    status: &'static str,
+    input: InputView<'a>,
+    output: OutputView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    classes: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_batch_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sessions: Option<ServingLayout>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    graph: Option<GraphView<'a>>,
+    /// Why it failed to load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct InputView<'a> {
+    name: &'a str,
+    layout: Layout,
+    height: u32,
+    width: u32,
+    color: ColorOrder,
+    resize: ResizeMode,
+    normalization: &'a Normalization,
+}
+
+#[derive(Serialize)]
+struct OutputView<'a> {
+    name: &'a str,
+    kind: OutputKind,
+    features: Option<&'a str>,
+    spatial_features: Option<&'a SpatialFeatures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    feature_width: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    features_unavailable: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spatial_shape: Option<SpatialShape>,
+}
+
+#[derive(Serialize)]
+struct GraphView<'a> {
+    inputs: &'a [TensorSpec],
+    outputs: &'a [TensorSpec],
+}
+
+/// A trained model: where it came from and how it did.
+#[derive(Serialize)]
+struct TrainedView<'a> {
+    name: &'a str,
+    kind: &'static str,
+    status: &'static str,
+    base_model: &'a str,
+    job: &'a str,
+    dataset: &'a str,
+    task: &'a str,
+    classes: &'a [String],
+    head: HeadView,
+    tuned_base: bool,
+    created_at: i64,
+    evaluation: &'a Value,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum HeadView {
+    Classifier { hidden_units: Option<usize> },
+    Localizer { box_head: LocalizeHeadKind, spatial_shape: Option<(usize, usize, usize)> },
 }
