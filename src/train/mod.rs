@@ -4,10 +4,12 @@
 mod backprop;
 mod checkpoint;
 mod config;
+mod convex;
 mod data;
 mod error;
 mod fit;
 mod head;
+mod lbfgs;
 mod localize;
 mod metrics;
 mod optim;
@@ -15,12 +17,14 @@ mod trainer;
 
 pub use checkpoint::{Checkpoint, EpochReport};
 pub use config::{EarlyStopping, OptimizerKind, StopMetric, TrainConfig};
+pub use convex::{ConvexFit, SoftmaxRegression, Standardization};
 pub(crate) use data::balanced_class_weights;
 pub use data::{TrainData, stack_rows};
 pub use error::TrainError;
 pub(crate) use fit::epoch_rng;
 pub use fit::{BestEpoch, EpochOutcome, EpochTraining, FitState, Fitted, Trainable, Validation, fit};
 pub use head::{Dense, Head, HeadError};
+pub use lbfgs::{LbfgsOptions, LbfgsOutcome, minimize};
 pub use localize::{
     BoxMetrics, BoxParts, CENTROID_EPSILON, LocalizeCheckpoint, LocalizeData, LocalizeEpochReport, LocalizeHeadKind,
     LocalizeOutcome, LocalizeSplit, LocalizerHead, LocalizerLoss, LocalizerScores, LossWeights, box_metrics, iou,
