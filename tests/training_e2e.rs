@@ -169,3 +169,42 @@ async fn cancelling_queued_and_running_jobs() {
     expect_problem(client().get(format!("{url}/v1/models/never")).send().await.unwrap(), 404).await;
     expect_problem(client().get(format!("{url}/v1/jobs/nope")).send().await.unwrap(), 404).await;
 }
+
+#[tokio::test]
+async fn a_convex_job_chooses_its_penalty_on_the_validation_split() {
+    let server = start_server(&fixture_models(), Limits::default()).await;
+    let _worker = spawn_worker(&server, Duration::from_secs(30));
+    let url = &server.url;
+    let dataset = upload_dataset(url, class_folder_zip("shapes", PER_CLASS, 2), "shapes").await;
+    let id = dataset["id"].as_str().unwrap();
+
+    let refused = client()
+        .post(format!("{url}/v1/jobs"))
+        .json(&json!({"dataset": id, "base_model": "tiny_nchw", "solver": "convex", "hidden_units": 8}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expect_problem(refused, 422).await["type"], "urn:graft:problem:invalid-job-spec");
+
+    let job =
+        submit_job(url, json!({"dataset": id, "base_model": "tiny_nchw", "name": "convex", "solver": "convex"})).await;
+    let done = wait_for_job(url, job["id"].as_str().unwrap(), Duration::from_secs(120)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let evaluation = &done["evaluation"];
+    let solver = &evaluation["solver"];
+    assert_eq!((solver["solver"].as_str(), solver["selected_by"].as_str()), (Some("convex"), Some("valid_loss")));
+    let path = solver["path"].as_array().unwrap();
+    assert_eq!(path.len(), graft::train::L2_PATH.len());
+    let losses: Vec<f64> = path.iter().map(|s| s["valid_loss"].as_f64().unwrap()).collect();
+    let lowest = losses.iter().cloned().fold(f64::INFINITY, f64::min);
+    let chosen = evaluation["best_epoch"].as_u64().unwrap() as usize;
+    assert_eq!(losses[chosen - 1], lowest, "{losses:?}");
+    assert_eq!(solver["l2"].as_f64().unwrap() as f32, graft::train::L2_PATH[chosen - 1]);
+    let accuracy = evaluation["test"]["accuracy"].as_f64().unwrap();
+    println!("convex: l2 {} test accuracy {accuracy}", solver["l2"]);
+    assert!(accuracy >= 0.95, "{evaluation}");
+    // Progress walked the path: its last report is the last step.
+    assert_eq!(done["progress"]["phase"], "succeeded");
+    let response = post_image(url, "convex", "image/png", "img0.png").await;
+    assert_eq!(response.status(), 200);
+}

@@ -4,12 +4,12 @@
 use std::time::Instant;
 
 use super::context::{Failure, Run, Trained, compute_features, labels, train_failure};
-use super::evaluation::{FeatureSummary, JobEvaluation, TestFigures, Timings};
+use super::evaluation::{FeatureSummary, JobEvaluation, SolverReport, TestFigures, Timings};
 use super::finetune::fine_tune;
 use crate::finetune::TuneHead;
 use crate::serving::{ImageFeatures, TrainedHead};
 use crate::store::DatasetRecord;
-use crate::train::{Checkpoint, TrainData, evaluate, stack_rows, train};
+use crate::train::{Checkpoint, Head, Solver, TrainData, evaluate, fit_linear, stack_rows, train};
 
 pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<Trained, Failure> {
     let Run { spec, splits, control, progress, .. } = run;
@@ -32,18 +32,46 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
         classes: dataset.classes.len(),
     };
 
-    let resume = run.stored_checkpoint(|c: &Checkpoint| c.fit.epoch);
     let training_started = Instant::now();
-    let outcome = train(&spec.train, &data, resume, &mut |report, checkpoint| {
-        run.store_checkpoint(checkpoint);
-        progress.epoch(report);
-        control.flow()
-    })
-    .map_err(|e| train_failure(control, e))?;
+    let trained = match spec.solver {
+        Solver::Minibatch => {
+            let resume = run.stored_checkpoint(|c: &Checkpoint| c.fit.epoch);
+            let outcome = train(&spec.train, &data, resume, &mut |report, checkpoint| {
+                run.store_checkpoint(checkpoint);
+                progress.epoch(report);
+                control.flow()
+            })
+            .map_err(|e| train_failure(control, e))?;
+            HeadTrained {
+                head: outcome.head,
+                best_epoch: outcome.best_epoch,
+                epochs_run: outcome.epochs_run,
+                stopped_early: outcome.stopped_early,
+                solver: None,
+            }
+        }
+        // The path takes seconds: a job that loses its worker walks it again, no checkpoint.
+        Solver::Convex => {
+            let fit = fit_linear(&spec.train, &data, &mut |step, steps, best, report| {
+                let elapsed = training_started.elapsed().as_secs_f64();
+                progress.training("training", step, steps, best, elapsed, report);
+                control.flow()
+            })
+            .map_err(|e| train_failure(control, e))?;
+            let selected_by = if data.valid_labels.is_empty() { "default" } else { "valid_loss" };
+            HeadTrained {
+                head: fit.head,
+                best_epoch: fit.chosen + 1,
+                epochs_run: fit.path.len(),
+                stopped_early: false,
+                solver: Some(SolverReport { solver: Solver::Convex, l2: fit.l2, selected_by, path: fit.path }),
+            }
+        }
+    };
     let training_seconds = training_started.elapsed().as_secs_f64();
 
     progress.phase("evaluating");
-    let probabilities = outcome.head.forward(test.view());
+    let probabilities = trained.head.forward(test.view());
     let test_metrics = evaluate(probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
     let evaluation = JobEvaluation {
         task: None,
@@ -51,25 +79,36 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
         loss_weights: None,
         test: TestFigures { test: test_metrics, test_boxes: None },
         classes: dataset.classes.clone(),
-        best_epoch: outcome.best_epoch,
-        epochs_run: outcome.epochs_run,
-        stopped_early: outcome.stopped_early,
+        best_epoch: trained.best_epoch,
+        epochs_run: trained.epochs_run,
+        stopped_early: trained.stopped_early,
         features: FeatureSummary::new(stats, width),
         timings: Timings { features_seconds, training_seconds },
+        solver: trained.solver,
         phase1: None,
         fine_tune: None,
     };
     let (head, tuned_base, evaluation) = if spec.unfreeze.is_some() {
-        let head = TuneHead::Classifier(outcome.head);
+        let head = TuneHead::Classifier(trained.head);
         let tuned = fine_tune(run, dataset.classes.len(), head, None)?;
         let test = evaluate(tuned.test.probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
         let evaluation = evaluation.with_phase2(TestFigures { test, test_boxes: None }, tuned.report);
         let TuneHead::Classifier(head) = tuned.head else { unreachable!("phase 2 keeps the head's kind") };
         (head, tuned.tuned_base, evaluation)
     } else {
-        (outcome.head, None, evaluation)
+        (trained.head, None, evaluation)
     };
     let evaluation = evaluation.to_json();
     progress.event("evaluation", evaluation.clone());
     Ok(Trained { head: TrainedHead::Classifier(head), classes: dataset.classes, evaluation, tuned_base })
+}
+
+/// Phase 1's head, whichever solver trained it.
+struct HeadTrained {
+    head: Head,
+    /// The best epoch (the minibatch solver) or path step (the convex one), 1-based.
+    best_epoch: usize,
+    epochs_run: usize,
+    stopped_early: bool,
+    solver: Option<SolverReport>,
 }

@@ -12,6 +12,7 @@ use crate::data::Split;
 use crate::serving::LoadedModel;
 use crate::serving::Task;
 use crate::store::ClassCount;
+use crate::train::Solver;
 
 /// Copies of every head parameter while training: the weights, their gradients, Adam's
 /// two moments and the best epoch's copy, and the checkpoint's own copy of the four it
@@ -67,7 +68,9 @@ pub fn estimate(spec: &JobSpec, shape: &JobShape) -> Footprint {
     let rows = shape.train_images.saturating_mul(spec.feature_variants() as u64).saturating_add(shape.other_images);
     let spatial = spec.needs_spatial(shape.spatial_values.is_some());
     let per_row = shape.feature_width + if spatial { shape.spatial_values.unwrap_or(0) } else { 0 };
-    let features_bytes = rows.saturating_mul(per_row).saturating_mul(4 * FEATURE_COPIES);
+    // The convex solver also holds the training rows standardised, once more.
+    let copies = FEATURE_COPIES + u64::from(spec.solver == Solver::Convex);
+    let features_bytes = rows.saturating_mul(per_row).saturating_mul(4 * copies);
 
     let dense = |inputs: u64, outputs: u64| -> u64 {
         match spec.train.hidden_units {

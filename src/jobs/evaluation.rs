@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::features::FeatureStats;
-use crate::train::{BoxMetrics, Evaluation, LocalizeHeadKind, LossWeights};
+use crate::train::{BoxMetrics, Evaluation, LocalizeHeadKind, LossWeights, PathStep, Solver};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct JobEvaluation {
@@ -26,6 +26,9 @@ pub struct JobEvaluation {
     pub stopped_early: bool,
     pub features: FeatureSummary,
     pub timings: Timings,
+    /// The convex solver's path, when it trained the head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub solver: Option<SolverReport>,
     /// Phase 1's figures, after phase 2 replaced them at the top.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase1: Option<Phase1>,
@@ -48,6 +51,18 @@ pub struct Phase1 {
     pub epochs_run: usize,
     #[serde(flatten)]
     pub test: TestFigures,
+}
+
+/// What the convex solver chose and from what.
+#[derive(Debug, Clone, Serialize)]
+pub struct SolverReport {
+    pub solver: Solver,
+    /// The penalty kept.
+    pub l2: f32,
+    /// What chose it: the lowest validation log loss (or, with no validation split, the
+    /// default penalty).
+    pub selected_by: &'static str,
+    pub path: Vec<PathStep>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]

@@ -86,6 +86,7 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
         stopped_early: outcome.stopped_early,
         features: FeatureSummary::new(stats, test.pooled.ncols()),
         timings: Timings { features_seconds, training_seconds },
+        solver: None,
         phase1: None,
         fine_tune: None,
     };

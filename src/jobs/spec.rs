@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::onnx::Unfreeze;
 use crate::serving::Task;
-use crate::train::{LocalizeHeadKind, LossWeights, TrainConfig};
+use crate::train::{LocalizeHeadKind, LossWeights, Solver, TrainConfig};
 use crate::vision::Augmentation;
 use crate::zoo::is_valid_model_name;
 
@@ -31,6 +31,9 @@ pub struct JobSpec {
     pub box_head: Option<LocalizeHeadKind>,
     /// Localization only: the weights of the class and box losses.
     pub loss_weights: LossWeights,
+    /// How the head is trained: mini-batch epochs (the default), or the convex fit of a
+    /// linear head with its penalty chosen on the validation split.
+    pub solver: Solver,
     #[serde(flatten)]
     pub train: TrainConfig,
 }
@@ -104,9 +107,11 @@ struct JobFields {
     task: Task,
     box_head: Option<LocalizeHeadKind>,
     loss_weights: Option<LossWeights>,
+    #[serde(default)]
+    solver: Solver,
 }
 
-const JOB_FIELDS: [&str; 10] = [
+const JOB_FIELDS: [&str; 11] = [
     "dataset",
     "base_model",
     "name",
@@ -117,6 +122,7 @@ const JOB_FIELDS: [&str; 10] = [
     "task",
     "box_head",
     "loss_weights",
+    "solver",
 ];
 
 impl JobSpec {
@@ -149,6 +155,7 @@ impl JobSpec {
             task: job.task,
             box_head: job.box_head,
             loss_weights: job.loss_weights.unwrap_or_default(),
+            solver: job.solver,
             train,
         };
         spec.validate()?;
@@ -175,6 +182,13 @@ impl JobSpec {
             return Err("box_head and loss_weights apply to task \"localize\" only".into());
         }
         self.loss_weights.validate().map_err(|e| format!("loss_weights: {e}"))?;
+        if self.solver == Solver::Convex
+            && (self.task != Task::Classify || self.train.hidden_units.is_some() || self.train.dropout > 0.0)
+        {
+            return Err(
+                "solver \"convex\" fits a linear classifier: task \"classify\", no hidden_units, no dropout".into()
+            );
+        }
         self.train.validate()
     }
 

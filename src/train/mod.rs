@@ -17,7 +17,7 @@ mod trainer;
 
 pub use checkpoint::{Checkpoint, EpochReport};
 pub use config::{EarlyStopping, OptimizerKind, StopMetric, TrainConfig};
-pub use convex::{ConvexFit, SoftmaxRegression, Standardization};
+pub use convex::{ConvexFit, L2_PATH, LinearFit, PathStep, SoftmaxRegression, Solver, Standardization, fit_linear};
 pub(crate) use data::balanced_class_weights;
 pub use data::{TrainData, stack_rows};
 pub use error::TrainError;
