@@ -26,6 +26,12 @@ const FEATURE_COPIES: u64 = 2;
 /// the two moments, the best head), about 8 bytes a value with its separator.
 const CHECKPOINT_BYTES_PER_PARAMETER: u64 = 32;
 
+/// Bytes per parameter of the convex solver: L-BFGS keeps 10 pairs of f64 vectors (160) and
+/// five more (the point, its gradient, the trial point and its gradient, the direction: 40);
+/// the objective builds the weights and their gradient in f32 (8); the path keeps the previous
+/// fit and the best one (8).
+const CONVEX_BYTES_PER_PARAMETER: u64 = 216;
+
 /// The dataset and base facts an estimate needs.
 #[derive(Debug, Clone, Copy)]
 pub struct JobShape {
@@ -68,9 +74,12 @@ pub fn estimate(spec: &JobSpec, shape: &JobShape) -> Footprint {
     let rows = shape.train_images.saturating_mul(spec.feature_variants() as u64).saturating_add(shape.other_images);
     let spatial = spec.needs_spatial(shape.spatial_values.is_some());
     let per_row = shape.feature_width + if spatial { shape.spatial_values.unwrap_or(0) } else { 0 };
-    // The convex solver also holds the training rows standardised, once more.
-    let copies = FEATURE_COPIES + u64::from(spec.solver == Solver::Convex);
-    let features_bytes = rows.saturating_mul(per_row).saturating_mul(4 * copies);
+    let convex = spec.solver == Solver::Convex;
+    // The convex solver also holds the training rows standardised, once more, and the
+    // scores and their gradient (rows × classes, twice).
+    let copies = FEATURE_COPIES + u64::from(convex);
+    let scores = if convex { rows.saturating_mul(shape.classes).saturating_mul(8) } else { 0 };
+    let features_bytes = rows.saturating_mul(per_row).saturating_mul(4 * copies).saturating_add(scores);
 
     let dense = |inputs: u64, outputs: u64| -> u64 {
         match spec.train.hidden_units {
@@ -89,8 +98,11 @@ pub fn estimate(spec: &JobSpec, shape: &JobShape) -> Footprint {
             if spatial { shape.spatial_values.unwrap_or(shape.feature_width) } else { shape.feature_width };
         parameters = parameters.saturating_add(dense(box_inputs, 4));
     }
-    let head_bytes = parameters.saturating_mul(4 * PARAMETER_COPIES);
-    let checkpoint_bytes = parameters.saturating_mul(CHECKPOINT_BYTES_PER_PARAMETER);
+    // The convex path keeps no checkpoint: a job that loses its worker walks it again.
+    let (per_parameter, checkpoint) =
+        if convex { (CONVEX_BYTES_PER_PARAMETER, 0) } else { (4 * PARAMETER_COPIES, CHECKPOINT_BYTES_PER_PARAMETER) };
+    let head_bytes = parameters.saturating_mul(per_parameter);
+    let checkpoint_bytes = parameters.saturating_mul(checkpoint);
     let total_bytes = features_bytes.saturating_add(head_bytes).saturating_add(checkpoint_bytes);
     Footprint { features_bytes, head_bytes, checkpoint_bytes, total_bytes }
 }
@@ -135,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_linear_head_counts_features_and_parameters() {
-        let footprint = estimate(&spec(json!({})), &SHAPE);
+        let footprint = estimate(&spec(json!({"solver": "minibatch"})), &SHAPE);
         // 1,200 rows × 1,280 floats × 4 bytes × 2 copies; 12,810 parameters.
         assert_eq!(footprint.features_bytes, 1200 * 1280 * 8);
         assert_eq!(footprint.head_bytes, (1280 * 10 + 10) * 36);
@@ -147,7 +159,7 @@ mod tests {
 
     #[test]
     fn variants_hidden_units_and_spatial_maps_grow_it() {
-        let augmented = estimate(&spec(json!({"augment": {"variants": 4}})), &SHAPE);
+        let augmented = estimate(&spec(json!({"augment": {"variants": 4}, "solver": "minibatch"})), &SHAPE);
         assert_eq!(augmented.features_bytes, (1000 * 5 + 200) * 1280 * 8);
         let hidden = estimate(&spec(json!({"hidden_units": 65536})), &SHAPE);
         assert_eq!(hidden.head_bytes, (1280 * 65536 + 65536 + 65536 * 10 + 10) * 36);
@@ -156,6 +168,15 @@ mod tests {
         let pooled = estimate(&spec(json!({"task": "localize", "box_head": "pooled"})), &SHAPE);
         assert_eq!(pooled.features_bytes, 1200 * 1280 * 8);
         assert_eq!(pooled.head_bytes, (1280 * 10 + 10 + 1280 * 4 + 4) * 36);
+    }
+
+    #[test]
+    fn a_convex_fit_counts_the_standardised_copy_and_the_solver_state() {
+        let footprint = estimate(&spec(json!({})), &SHAPE);
+        // Three copies of the rows, their scores and gradient, 216 bytes a parameter, no checkpoint.
+        assert_eq!(footprint.features_bytes, 1200 * 1280 * 12 + 1200 * 10 * 8);
+        assert_eq!(footprint.head_bytes, (1280 * 10 + 10) * 216);
+        assert_eq!(footprint.checkpoint_bytes, 0);
     }
 
     #[test]

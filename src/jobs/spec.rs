@@ -31,8 +31,9 @@ pub struct JobSpec {
     pub box_head: Option<LocalizeHeadKind>,
     /// Localization only: the weights of the class and box losses.
     pub loss_weights: LossWeights,
-    /// How the head is trained: mini-batch epochs (the default), or the convex fit of a
-    /// linear head with its penalty chosen on the validation split.
+    /// How the head is trained: the convex fit of a linear head with its penalty chosen on
+    /// the validation split (a classifier's default when no mini-batch setting is named), or
+    /// mini-batch epochs.
     pub solver: Solver,
     #[serde(flatten)]
     pub train: TrainConfig,
@@ -107,9 +108,23 @@ struct JobFields {
     task: Task,
     box_head: Option<LocalizeHeadKind>,
     loss_weights: Option<LossWeights>,
-    #[serde(default)]
-    solver: Solver,
+    solver: Option<Solver>,
 }
+
+/// Settings of the mini-batch recipe. A job that names one of them (or a hidden layer, or
+/// dropout) trains by mini-batch epochs, exactly as it did before the convex solver existed;
+/// a classifier job that names none gets the convex fit.
+const MINIBATCH_FIELDS: [&str; 9] = [
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "learning_rate",
+    "momentum",
+    "weight_decay",
+    "hidden_units",
+    "dropout",
+    "early_stopping",
+];
 
 const JOB_FIELDS: [&str; 11] = [
     "dataset",
@@ -131,6 +146,7 @@ impl JobSpec {
         let object = body.as_object().ok_or("the job must be a JSON object")?;
         let (job, train): (Map<String, Value>, Map<String, Value>) =
             object.clone().into_iter().partition(|(key, _)| JOB_FIELDS.contains(&key.as_str()));
+        let names_minibatch = train.keys().any(|key| MINIBATCH_FIELDS.contains(&key.as_str()));
         let job: JobFields = serde_json::from_value(Value::Object(job)).map_err(|e| format!("invalid job: {e}"))?;
         let train: TrainConfig =
             serde_json::from_value(Value::Object(train)).map_err(|e| format!("invalid training settings: {e}"))?;
@@ -155,7 +171,11 @@ impl JobSpec {
             task: job.task,
             box_head: job.box_head,
             loss_weights: job.loss_weights.unwrap_or_default(),
-            solver: job.solver,
+            solver: job.solver.unwrap_or(if job.task == Task::Classify && !names_minibatch {
+                Solver::Convex
+            } else {
+                Solver::Minibatch
+            }),
             train,
         };
         spec.validate()?;
@@ -226,6 +246,35 @@ impl JobSpec {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_classifier_naming_no_minibatch_setting_gets_the_convex_solver() {
+        let solver = |body: Value| JobSpec::parse(&body).map(|s| s.solver);
+        assert_eq!(solver(json!({"dataset": "d", "base_model": "m"})), Ok(Solver::Convex));
+        let kept =
+            json!({"dataset": "d", "base_model": "m", "augment": {"variants": 2}, "class_weights": true, "seed": 4});
+        assert_eq!(solver(kept), Ok(Solver::Convex));
+        for field in MINIBATCH_FIELDS {
+            let value = match field {
+                "optimizer" => json!("sgd"),
+                "early_stopping" => Value::Null,
+                "hidden_units" | "epochs" | "batch_size" => json!(8),
+                _ => json!(0.01),
+            };
+            let mut body = json!({"dataset": "d", "base_model": "m"});
+            body[field] = value;
+            assert_eq!(solver(body), Ok(Solver::Minibatch), "{field}");
+        }
+        let localize = json!({"dataset": "d", "base_model": "m", "task": "localize"});
+        assert_eq!(solver(localize), Ok(Solver::Minibatch));
+        assert_eq!(solver(json!({"dataset": "d", "base_model": "m", "solver": "minibatch"})), Ok(Solver::Minibatch));
+        assert!(solver(json!({"dataset": "d", "base_model": "m", "solver": "convex", "hidden_units": 4})).is_err());
+        // The stored spec names its solver, so the worker reads the same decision back.
+        let spec = JobSpec::parse(&json!({"dataset": "d", "base_model": "m"})).unwrap();
+        let stored = serde_json::to_value(&spec).unwrap();
+        assert_eq!(stored["solver"], "convex");
+        assert_eq!(JobSpec::parse(&stored).unwrap(), spec);
+    }
 
     #[test]
     fn defaults_work_and_fields_are_checked() {

@@ -95,11 +95,13 @@ pub fn fit_linear(
     };
 
     let mut path = Vec::with_capacity(penalties.len());
-    let mut fits: Vec<ConvexFit> = Vec::with_capacity(penalties.len());
+    // The previous fit (the next one's start) and the best so far: two fits held, not the path.
+    let (mut previous, mut best): (Option<ConvexFit>, Option<ConvexFit>) = (None, None);
     let mut chosen = 0;
     for (i, &l2) in penalties.iter().enumerate() {
-        let fit =
-            problem.fit(l2, fits.last(), LbfgsOptions::default()).map_err(|_| TrainError::Diverged { epoch: i + 1 })?;
+        let fit = problem
+            .fit(l2, previous.as_ref(), LbfgsOptions::default())
+            .map_err(|_| TrainError::Diverged { epoch: i + 1 })?;
         let scores = match &valid {
             Some(vx) => {
                 let mut p = fit.layer.apply(vx.view());
@@ -118,18 +120,22 @@ pub fn fit_linear(
             iterations: fit.iterations,
             converged: fit.converged,
         };
-        if let (Some(loss), Some(best)) = (step.valid_loss, path.get(chosen).and_then(|s: &PathStep| s.valid_loss))
-            && loss < best
-        {
+        let improves = match (step.valid_loss, path.get(chosen).and_then(|s: &PathStep| s.valid_loss)) {
+            (Some(loss), Some(best)) => loss < best,
+            _ => best.is_none(),
+        };
+        if improves {
             chosen = i;
+            best = Some(fit.clone());
         }
         path.push(step);
-        fits.push(fit);
+        previous = Some(fit);
         if on_step(i + 1, penalties.len(), chosen + 1, &step).is_break() {
             return Err(TrainError::Cancelled { epoch: i + 1 });
         }
     }
-    let head = Head::new(None, standard.fold(&fits[chosen].layer).map_err(|e| TrainError::InvalidData(e.to_string()))?)
+    let best = best.expect("the path has at least one step");
+    let head = Head::new(None, standard.fold(&best.layer).map_err(|e| TrainError::InvalidData(e.to_string()))?)
         .map_err(|e| TrainError::InvalidData(e.to_string()))?;
     Ok(LinearFit { head, l2: penalties[chosen], path, chosen })
 }
