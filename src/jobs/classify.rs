@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::context::{Failure, Run, Trained, compute_features, labels, train_failure};
-use super::evaluation::{FeatureSummary, JobEvaluation, SolverReport, TestFigures, Timings};
+use super::evaluation::{FeatureSummary, JobEvaluation, SolverReport, TestFigures, Timings, TrainingFacts, warnings};
 use super::finetune::fine_tune;
 use crate::finetune::TuneHead;
 use crate::serving::{ImageFeatures, TrainedHead};
@@ -42,12 +42,15 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
                 control.flow()
             })
             .map_err(|e| train_failure(control, e))?;
+            let kept = outcome.history.get(outcome.best_epoch.saturating_sub(1));
             HeadTrained {
                 head: outcome.head,
                 best_epoch: outcome.best_epoch,
                 epochs_run: outcome.epochs_run,
                 stopped_early: outcome.stopped_early,
                 solver: None,
+                epochs: Some((outcome.best_epoch, outcome.epochs_run, spec.train.epochs)),
+                accuracies: kept.and_then(|r| Some((r.train_accuracy, r.valid_accuracy?))),
             }
         }
         // The path takes seconds: a job that loses its worker walks it again, no checkpoint.
@@ -65,6 +68,8 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
                 epochs_run: fit.path.len(),
                 stopped_early: false,
                 solver: Some(SolverReport { solver: Solver::Convex, l2: fit.l2, selected_by, path: fit.path }),
+                epochs: None,
+                accuracies: None,
             }
         }
     };
@@ -85,6 +90,11 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
         features: FeatureSummary::new(stats, width),
         timings: Timings { features_seconds, training_seconds },
         solver: trained.solver,
+        warnings: warnings(&TrainingFacts {
+            epochs: trained.epochs,
+            accuracies: trained.accuracies,
+            valid_per_class: per_class(&dataset.classes, &data.valid_labels),
+        }),
         phase1: None,
         fine_tune: None,
     };
@@ -111,4 +121,13 @@ struct HeadTrained {
     epochs_run: usize,
     stopped_early: bool,
     solver: Option<SolverReport>,
+    /// Mini-batch only: (best epoch, epochs run, epochs configured).
+    epochs: Option<(usize, usize, usize)>,
+    /// Mini-batch only: train and validation accuracy at the kept epoch.
+    accuracies: Option<(f32, f32)>,
+}
+
+/// Images per class in `labels`, by class name.
+fn per_class<'a>(classes: &'a [String], labels: &[usize]) -> Vec<(&'a str, usize)> {
+    classes.iter().enumerate().map(|(i, name)| (name.as_str(), labels.iter().filter(|&&l| l == i).count())).collect()
 }

@@ -29,6 +29,10 @@ pub struct JobEvaluation {
     /// The convex solver's path, when it trained the head.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub solver: Option<SolverReport>,
+    /// What the figures do not show: training that was still improving, a validation split
+    /// too small to choose with, a head that fits its training rows far better than new ones.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Phase 1's figures, after phase 2 replaced them at the top.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phase1: Option<Phase1>,
@@ -86,6 +90,55 @@ pub struct Timings {
     pub training_seconds: f64,
 }
 
+/// Fewer validation images of a class than this cannot choose an epoch or a penalty.
+pub const MIN_VALID_PER_CLASS: usize = 5;
+/// A best epoch within this many of the last, when every configured epoch ran, was still
+/// improving.
+const STILL_IMPROVING_WITHIN: usize = 2;
+/// Train accuracy this far above validation accuracy (at the kept epoch) is overfitting.
+const OVERFIT_GAP: f32 = 0.15;
+
+/// How the kept head trained, for [`warnings`].
+pub struct TrainingFacts<'a> {
+    /// Mini-batch epochs: (best epoch, epochs run, epochs configured); `None` for the convex fit.
+    pub epochs: Option<(usize, usize, usize)>,
+    /// Train and validation accuracy of the kept head, when known.
+    pub accuracies: Option<(f32, f32)>,
+    /// Validation images per class, by class name.
+    pub valid_per_class: Vec<(&'a str, usize)>,
+}
+
+/// The warnings a job's evaluation carries.
+pub fn warnings(facts: &TrainingFacts<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some((best, run, configured)) = facts.epochs
+        && run == configured
+        && best + STILL_IMPROVING_WITHIN >= run
+    {
+        out.push(format!(
+            "training was still improving when it ended (best epoch {best} of {run}): more epochs, or \
+             leaving the epoch settings out for the convex solver, may give a better head"
+        ));
+    }
+    if let Some((name, count)) = facts.valid_per_class.iter().min_by_key(|(_, count)| *count)
+        && *count < MIN_VALID_PER_CLASS
+    {
+        out.push(format!(
+            "the validation split has {count} image(s) of class {name:?}, too few to choose the epoch or \
+             penalty reliably: upload more images or give the dataset a larger validation fraction"
+        ));
+    }
+    if let Some((train, valid)) = facts.accuracies
+        && train - valid > OVERFIT_GAP
+    {
+        out.push(format!(
+            "train accuracy {train:.3} is far above validation accuracy {valid:.3}: the head overfits \
+             (try augment, class_weights, fewer hidden_units or weight_decay)"
+        ));
+    }
+    out
+}
+
 impl JobEvaluation {
     /// Phase 2's `tuned` figures become the served ones; phase 1's move under `phase1`.
     pub fn with_phase2(mut self, tuned: TestFigures, report: Value) -> Self {
@@ -97,5 +150,33 @@ impl JobEvaluation {
 
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).expect("an evaluation is numbers, strings and lists")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(
+        epochs: Option<(usize, usize, usize)>,
+        accuracies: Option<(f32, f32)>,
+        valid: usize,
+    ) -> TrainingFacts<'static> {
+        TrainingFacts { epochs, accuracies, valid_per_class: vec![("cat", 12), ("dog", valid)] }
+    }
+
+    #[test]
+    fn each_warning_fires_on_its_condition_only() {
+        assert!(warnings(&facts(Some((12, 30, 30)), Some((0.95, 0.9)), 12)).is_empty());
+        let climbing = warnings(&facts(Some((29, 30, 30)), None, 12));
+        assert_eq!(climbing.len(), 1);
+        assert!(climbing[0].contains("best epoch 29 of 30"), "{climbing:?}");
+        // Early stopping ended it: whatever the best epoch, it was not cut short.
+        assert!(warnings(&facts(Some((9, 14, 30)), None, 12)).is_empty());
+        let small = warnings(&facts(None, None, 3));
+        assert!(small.len() == 1 && small[0].contains("3 image(s) of class \"dog\""), "{small:?}");
+        let overfit = warnings(&facts(None, Some((1.0, 0.8)), 12));
+        assert!(overfit.len() == 1 && overfit[0].contains("overfits"), "{overfit:?}");
+        assert_eq!(warnings(&facts(Some((30, 30, 30)), Some((1.0, 0.5)), 1)).len(), 3);
     }
 }

@@ -87,6 +87,7 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
         features: FeatureSummary::new(stats, test.pooled.ncols()),
         timings: Timings { features_seconds, training_seconds },
         solver: None,
+        warnings: Vec::new(),
         phase1: None,
         fine_tune: None,
     };
