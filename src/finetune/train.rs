@@ -7,7 +7,6 @@ use std::ops::ControlFlow;
 
 use candle_core::{Device, Tensor, Var};
 use ndarray::Array2;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::TuneCheckpoint;
@@ -420,8 +419,7 @@ impl Trainable for TuneRun<'_> {
         let vars = all_vars(tail, trainer);
         let optimizer = config.optimizer();
         let split = &data.train[epoch_index % data.train.len()];
-        let mut order: Vec<usize> = (0..split.rows()).collect();
-        order.shuffle(&mut crate::train::epoch_rng(config.seed, epoch_index));
+        let order = crate::train::epoch_order(config.seed, epoch_index, split.rows());
         let (mut loss_sum, mut right) = (0f64, 0usize);
         for rows in order.chunks(config.batch_size) {
             let labels: Vec<usize> = rows.iter().map(|&r| split.labels[r]).collect();

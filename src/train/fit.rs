@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use super::config::{StopMetric, TrainConfig};
@@ -202,6 +203,14 @@ pub fn fit<T: Trainable>(
 /// unrelated streams, and a resumed run shuffles as an uninterrupted one.
 pub(crate) fn epoch_rng(seed: u64, epoch_index: usize) -> StdRng {
     StdRng::seed_from_u64(seed ^ splitmix64(epoch_index as u64 + 1))
+}
+
+/// The order epoch `epoch_index` visits `rows` rows in: `0..rows` shuffled by [`epoch_rng`].
+/// (The dense head draws its dropout masks from the same generator, so it shuffles itself.)
+pub(crate) fn epoch_order(seed: u64, epoch_index: usize, rows: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..rows).collect();
+    order.shuffle(&mut epoch_rng(seed, epoch_index));
+    order
 }
 
 fn splitmix64(x: u64) -> u64 {

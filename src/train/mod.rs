@@ -21,7 +21,7 @@ pub use convex::{ConvexFit, L2_PATH, LinearFit, PathStep, SoftmaxRegression, Sol
 pub(crate) use data::balanced_class_weights;
 pub use data::{TrainData, stack_rows};
 pub use error::TrainError;
-pub(crate) use fit::epoch_rng;
+pub(crate) use fit::epoch_order;
 pub use fit::{BestEpoch, EpochOutcome, EpochTraining, FitState, Fitted, Trainable, Validation, fit};
 pub use head::{Dense, Head, HeadError};
 pub use lbfgs::{LbfgsOptions, LbfgsOutcome, minimize};

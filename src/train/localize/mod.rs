@@ -27,7 +27,6 @@ mod localizer;
 use std::ops::ControlFlow;
 
 use ndarray::Array2;
-use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 pub use boxes::{BoxMetrics, box_metrics, iou};
@@ -36,7 +35,7 @@ pub use localizer::{BoxParts, CENTROID_EPSILON, LocalizerHead};
 use super::config::TrainConfig;
 use super::data::balanced_class_weights;
 use super::error::TrainError;
-use super::fit::{EpochTraining, FitState, Trainable, Validation, epoch_rng, fit};
+use super::fit::{EpochTraining, FitState, Trainable, Validation, epoch_order, fit};
 use super::metrics::{evaluate, log_loss};
 use super::optim::{Optimizer, OptimizerState, Param};
 use graph::{Batch, Graph};
@@ -271,8 +270,7 @@ impl Trainable for LocalizeRun<'_> {
 
     fn train_epoch(&mut self, epoch_index: usize) -> Result<EpochTraining, TrainError> {
         let split = &self.data.train[epoch_index % self.data.train.len()];
-        let mut order: Vec<usize> = (0..split.rows()).collect();
-        order.shuffle(&mut epoch_rng(self.config.seed, epoch_index));
+        let order = epoch_order(self.config.seed, epoch_index, split.rows());
         let mut loss_sum = 0f64;
         for rows in order.chunks(self.config.batch_size) {
             let batch = Batch::new(split, rows, self.data.classes, self.class_weights.as_deref(), self.spatial)
