@@ -1,5 +1,6 @@
 //! Servers under test as child processes on a free local port, stopped when dropped.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,20 @@ pub struct Server {
 }
 
 impl Server {
+    /// Runs `graft args…` on a free port, with `model_dir` and a data folder `data_dir`. The
+    /// `graft` binary is the one built beside this benchmark binary (`target/release/graft`).
+    pub async fn start_graft(args: &[String], model_dir: &Path, data_dir: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let graft = exe.with_file_name(format!("graft{}", std::env::consts::EXE_SUFFIX));
+        anyhow::ensure!(graft.is_file(), "no graft binary beside {} (build it: cargo build --release)", exe.display());
+        let env = [
+            ("GRAFT_MODEL_DIR", model_dir.to_string_lossy().into_owned()),
+            ("GRAFT_DATA_DIR", data_dir.to_string_lossy().into_owned()),
+        ];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Self::start(graft.to_str().context("the graft path is not UTF-8")?, args, &env, "--listen").await
+    }
+
     /// Runs `program args… <port_flag> <port>` (graft takes `--listen 127.0.0.1:PORT`) and
     /// waits until `GET /readyz` answers 200.
     pub async fn start(program: &str, args: &[String], env: &[(&str, &str)], port_flag: &str) -> anyhow::Result<Self> {

@@ -119,18 +119,8 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     if settings.runtime.ort_spin {
         graft_args.push("--ort-spin".to_owned());
     }
-    let exe = std::env::current_exe()?;
     let data = tempfile::tempdir()?;
-    let graft = Server::start(
-        exe.to_str().context("the executable path is not UTF-8")?,
-        &graft_args,
-        &[
-            ("GRAFT_MODEL_DIR", settings.model_dir.to_string_lossy().as_ref()),
-            ("GRAFT_DATA_DIR", data.path().to_string_lossy().as_ref()),
-        ],
-        "--listen",
-    )
-    .await?;
+    let graft = Server::start_graft(&graft_args, &settings.model_dir, data.path()).await?;
     let graft_url = format!("{}/v1/models/{}/classify", graft.base_url, manifest.name);
     let graft_results = load_levels(&settings, &graft_url, &image, content_type).await?;
     print_levels("(b) graft over HTTP", &graft_results);

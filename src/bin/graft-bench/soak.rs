@@ -103,23 +103,13 @@ struct Tally {
 pub async fn run(settings: SoakSettings) -> anyhow::Result<()> {
     let photo = fs_err::read(&settings.image)?;
     let cases = Arc::new(cases(&settings.model, &photo));
-    let exe = std::env::current_exe()?;
     let data = tempfile::tempdir()?;
     let args: Vec<String> = ["serve", "--models", &settings.model, "--workers", "0", "--max-body-bytes"]
         .iter()
         .map(|s| (*s).to_owned())
         .chain([BODY_LIMIT.to_string()])
         .collect();
-    let server = Server::start(
-        exe.to_str().context("the executable path is not UTF-8")?,
-        &args,
-        &[
-            ("GRAFT_MODEL_DIR", settings.model_dir.to_string_lossy().as_ref()),
-            ("GRAFT_DATA_DIR", data.path().to_string_lossy().as_ref()),
-        ],
-        "--listen",
-    )
-    .await?;
+    let server = Server::start_graft(&args, &settings.model_dir, data.path()).await?;
     println!(
         "soak: {} s at c={} against {} ({} kinds of request, {} of them invalid)",
         settings.seconds,
