@@ -4,7 +4,9 @@
 use std::time::Instant;
 
 use super::context::{Failure, Run, Trained, compute_features, labels, train_failure};
-use super::evaluation::{FeatureSummary, JobEvaluation, SolverReport, TestFigures, Timings, TrainingFacts, warnings};
+use super::evaluation::{
+    FeatureSummary, JobEvaluation, SolverReport, TestFigures, Timings, TrainingFacts, per_class, warnings,
+};
 use super::finetune::fine_tune;
 use crate::finetune::TuneHead;
 use crate::serving::{ImageFeatures, TrainedHead};
@@ -88,12 +90,13 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
         epochs_run: trained.epochs_run,
         stopped_early: trained.stopped_early,
         features: FeatureSummary::new(stats, width),
-        timings: Timings { features_seconds, training_seconds },
+        timings: Timings::new(&stats, features_seconds, training_seconds),
         solver: trained.solver,
         warnings: warnings(&TrainingFacts {
             epochs: trained.epochs,
             accuracies: trained.accuracies,
             valid_per_class: per_class(&dataset.classes, &data.valid_labels),
+            convex_possible: spec.train.hidden_units.is_none() && spec.train.dropout == 0.0,
         }),
         phase1: None,
         fine_tune: None,
@@ -125,9 +128,4 @@ struct HeadTrained {
     epochs: Option<(usize, usize, usize)>,
     /// Mini-batch only: train and validation accuracy at the kept epoch.
     accuracies: Option<(f32, f32)>,
-}
-
-/// Images per class in `labels`, by class name.
-fn per_class<'a>(classes: &'a [String], labels: &[usize]) -> Vec<(&'a str, usize)> {
-    classes.iter().enumerate().map(|(i, name)| (name.as_str(), labels.iter().filter(|&&l| l == i).count())).collect()
 }

@@ -75,9 +75,9 @@ pub fn estimate(spec: &JobSpec, shape: &JobShape) -> Footprint {
     let spatial = spec.needs_spatial(shape.spatial_values.is_some());
     let per_row = shape.feature_width + if spatial { shape.spatial_values.unwrap_or(0) } else { 0 };
     let convex = spec.solver == Solver::Convex;
-    // The convex solver also holds the training rows standardised, once more, and the
-    // scores and their gradient (rows × classes, twice).
-    let copies = FEATURE_COPIES + u64::from(convex);
+    // The convex solver, and a standardising mini-batch run, also hold the rows standardised,
+    // once more; the convex solver also the scores and their gradient (rows × classes, twice).
+    let copies = FEATURE_COPIES + u64::from(convex || spec.train.standardize);
     let scores = if convex { rows.saturating_mul(shape.classes).saturating_mul(8) } else { 0 };
     let features_bytes = rows.saturating_mul(per_row).saturating_mul(4 * copies).saturating_add(scores);
 
@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_linear_head_counts_features_and_parameters() {
-        let footprint = estimate(&spec(json!({"solver": "minibatch"})), &SHAPE);
+        let footprint = estimate(&spec(json!({"epochs": 20})), &SHAPE);
         // 1,200 rows × 1,280 floats × 4 bytes × 2 copies; 12,810 parameters.
         assert_eq!(footprint.features_bytes, 1200 * 1280 * 8);
         assert_eq!(footprint.head_bytes, (1280 * 10 + 10) * 36);
@@ -159,8 +159,11 @@ mod tests {
 
     #[test]
     fn variants_hidden_units_and_spatial_maps_grow_it() {
-        let augmented = estimate(&spec(json!({"augment": {"variants": 4}, "solver": "minibatch"})), &SHAPE);
+        let augmented = estimate(&spec(json!({"augment": {"variants": 4}, "epochs": 20})), &SHAPE);
         assert_eq!(augmented.features_bytes, (1000 * 5 + 200) * 1280 * 8);
+        // The tuned recipe standardises: a third copy of the rows.
+        let tuned = estimate(&spec(json!({"solver": "minibatch"})), &SHAPE);
+        assert_eq!(tuned.features_bytes, 1200 * 1280 * 12);
         let hidden = estimate(&spec(json!({"hidden_units": 65536})), &SHAPE);
         assert_eq!(hidden.head_bytes, (1280 * 65536 + 65536 + 65536 * 10 + 10) * 36);
         let spatial = estimate(&spec(json!({"task": "localize"})), &SHAPE);

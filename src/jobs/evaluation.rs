@@ -84,10 +84,27 @@ impl FeatureSummary {
     }
 }
 
+/// Where a job's time went. The feature pass's wall time is about the larger of its decode and
+/// inference seconds, which overlap (`jobs::features`), not their sum.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Timings {
     pub features_seconds: f64,
+    /// Decoding and preprocessing the images the pass computed (none for cached ones).
+    pub decode_seconds: f64,
+    /// The base model's runs (and cache writes) for those images.
+    pub inference_seconds: f64,
     pub training_seconds: f64,
+}
+
+impl Timings {
+    pub fn new(stats: &FeatureStats, features_seconds: f64, training_seconds: f64) -> Self {
+        Self {
+            features_seconds,
+            decode_seconds: stats.decode_seconds,
+            inference_seconds: stats.inference_seconds,
+            training_seconds,
+        }
+    }
 }
 
 /// Fewer validation images of a class than this cannot choose an epoch or a penalty.
@@ -106,6 +123,13 @@ pub struct TrainingFacts<'a> {
     pub accuracies: Option<(f32, f32)>,
     /// Validation images per class, by class name.
     pub valid_per_class: Vec<(&'a str, usize)>,
+    /// Whether the convex solver could have fitted this head (a linear classifier).
+    pub convex_possible: bool,
+}
+
+/// Images per class in `labels`, by class name.
+pub fn per_class<'a>(classes: &'a [String], labels: &[usize]) -> Vec<(&'a str, usize)> {
+    classes.iter().enumerate().map(|(i, name)| (name.as_str(), labels.iter().filter(|&&l| l == i).count())).collect()
 }
 
 /// The warnings a job's evaluation carries.
@@ -115,9 +139,13 @@ pub fn warnings(facts: &TrainingFacts<'_>) -> Vec<String> {
         && run == configured
         && best + STILL_IMPROVING_WITHIN >= run
     {
+        let remedy = match facts.convex_possible {
+            true => "more epochs, or leaving the epoch settings out for the convex solver,",
+            false => "more epochs",
+        };
         out.push(format!(
-            "training was still improving when it ended (best epoch {best} of {run}): more epochs, or \
-             leaving the epoch settings out for the convex solver, may give a better head"
+            "training was still improving when it ended (best epoch {best} of {run}): {remedy} may give a \
+             better head"
         ));
     }
     if let Some((name, count)) = facts.valid_per_class.iter().min_by_key(|(_, count)| *count)
@@ -162,7 +190,7 @@ mod tests {
         accuracies: Option<(f32, f32)>,
         valid: usize,
     ) -> TrainingFacts<'static> {
-        TrainingFacts { epochs, accuracies, valid_per_class: vec![("cat", 12), ("dog", valid)] }
+        TrainingFacts { epochs, accuracies, valid_per_class: vec![("cat", 12), ("dog", valid)], convex_possible: true }
     }
 
     #[test]
@@ -171,6 +199,10 @@ mod tests {
         let climbing = warnings(&facts(Some((29, 30, 30)), None, 12));
         assert_eq!(climbing.len(), 1);
         assert!(climbing[0].contains("best epoch 29 of 30"), "{climbing:?}");
+        assert!(climbing[0].contains("convex solver"), "{climbing:?}");
+        // A head the convex solver cannot fit (a localizer, a hidden layer) is not sent there.
+        let deep = warnings(&TrainingFacts { convex_possible: false, ..facts(Some((30, 30, 30)), None, 12) });
+        assert!(deep.len() == 1 && !deep[0].contains("convex") && deep[0].contains("more epochs"), "{deep:?}");
         // Early stopping ended it: whatever the best epoch, it was not cut short.
         assert!(warnings(&facts(Some((9, 14, 30)), None, 12)).is_empty());
         let small = warnings(&facts(None, None, 3));

@@ -59,12 +59,17 @@ pub enum FeatureError {
     Stopped,
 }
 
-/// Counts for progress and for the cache speed-up report.
+/// Counts for progress and for the cache speed-up report, and where the pass spent its time.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct FeatureStats {
     pub total: usize,
     pub cached: usize,
     pub computed: usize,
+    /// Seconds spent decoding, augmenting and preprocessing the computed images, on the
+    /// thread that prepares batches while the model runs.
+    pub decode_seconds: f64,
+    /// Seconds spent in the model (and writing its values to the cache), on the job's thread.
+    pub inference_seconds: f64,
 }
 
 /// Returns the features of every request (same order): the pooled vector, and the
@@ -153,15 +158,36 @@ impl PixelSource<'_> {
         preprocess_into(&image, self.preprocessing, slot);
         Ok(())
     }
+
+    /// The model input of a batch: each request's image written into its slot.
+    fn batch<'r>(
+        &self,
+        requests: impl ExactSizeIterator<Item = &'r FeatureRequest>,
+        image_len: usize,
+    ) -> Result<Vec<f32>, FeatureError> {
+        let mut input = vec![0.0f32; image_len * requests.len()];
+        for (request, slot) in requests.zip(input.chunks_mut(image_len)) {
+            self.write(request, slot).map_err(FeatureError::Failed)?;
+        }
+        Ok(input)
+    }
 }
 
 /// Computes (and stores) one value per image of a batch from its model inputs.
 pub(super) type ComputeBatch<'a, T> = dyn FnMut(Vec<f32>, &[&FeatureRequest]) -> Result<Vec<T>, FeatureError> + 'a;
 
+/// Batches prepared ahead of the model: one waiting in the channel while the next is decoded,
+/// so memory stays at three batches of inputs whatever the dataset's size.
+const BATCHES_AHEAD: usize = 1;
+
 /// The value of every request (same order): `read` from the blob store or, for the ones it
 /// does not find, `compute`d (and stored by it) from their model inputs, `batch` images at a
 /// time. `on_progress(done, total)` is called after the cache pass and after every batch;
 /// returning false stops the work.
+///
+/// Decoding and inference overlap: a scoped thread decodes and preprocesses the next batch
+/// while the model runs the current one, so the pass goes at the speed of the slower of the
+/// two rather than of their sum.
 pub(super) fn cached_or_computed<T: Clone>(
     requests: &[FeatureRequest],
     batch: usize,
@@ -173,28 +199,59 @@ pub(super) fn cached_or_computed<T: Clone>(
 ) -> Result<(Vec<T>, FeatureStats), FeatureError> {
     let mut out: Vec<Option<T>> = requests.iter().map(&mut *read).collect::<Result<_, _>>()?;
     let missing: Vec<usize> = (0..requests.len()).filter(|&i| out[i].is_none()).collect();
-    let mut stats = FeatureStats { total: requests.len(), cached: requests.len() - missing.len(), computed: 0 };
+    let mut stats =
+        FeatureStats { total: requests.len(), cached: requests.len() - missing.len(), ..FeatureStats::default() };
     if !on_progress(stats.cached, stats.total) {
         return Err(FeatureError::Stopped);
     }
-    for chunk in missing.chunks(batch.max(1)) {
-        let mut input = vec![0.0f32; image_len * chunk.len()];
-        for (&i, slot) in chunk.iter().zip(input.chunks_mut(image_len)) {
-            pixels.write(&requests[i], slot).map_err(FeatureError::Failed)?;
-        }
-        let batch_requests: Vec<&FeatureRequest> = chunk.iter().map(|&i| &requests[i]).collect();
-        let values = compute(input, &batch_requests)?;
-        if values.len() != chunk.len() {
-            return Err(FeatureError::Failed(format!("{} values for a batch of {} images", values.len(), chunk.len())));
-        }
-        for (&i, value) in chunk.iter().zip(values) {
-            out[i] = Some(value);
-        }
-        stats.computed += chunk.len();
-        if !on_progress(stats.cached + stats.computed, stats.total) {
-            return Err(FeatureError::Stopped);
-        }
-    }
+    let chunks: Vec<&[usize]> = missing.chunks(batch.max(1)).collect();
+    let chunks = &chunks;
+    std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Result<Vec<f32>, FeatureError>>(BATCHES_AHEAD);
+        let preparing = scope.spawn(move || {
+            let mut seconds = 0.0;
+            for chunk in chunks {
+                let started = std::time::Instant::now();
+                let input = pixels.batch(chunk.iter().map(|&i| &requests[i]), image_len);
+                seconds += started.elapsed().as_secs_f64();
+                let failed = input.is_err();
+                // A closed channel means the job's thread stopped: nothing more is wanted.
+                if sender.send(input).is_err() || failed {
+                    break;
+                }
+            }
+            seconds
+        });
+        let consumed = (|| {
+            for (chunk, input) in chunks.iter().zip(receiver.iter()) {
+                let started = std::time::Instant::now();
+                let batch_requests: Vec<&FeatureRequest> = chunk.iter().map(|&i| &requests[i]).collect();
+                let values = compute(input?, &batch_requests)?;
+                stats.inference_seconds += started.elapsed().as_secs_f64();
+                if values.len() != chunk.len() {
+                    return Err(FeatureError::Failed(format!(
+                        "{} values for a batch of {} images",
+                        values.len(),
+                        chunk.len()
+                    )));
+                }
+                for (&i, value) in chunk.iter().zip(values) {
+                    out[i] = Some(value);
+                }
+                stats.computed += chunk.len();
+                if !on_progress(stats.cached + stats.computed, stats.total) {
+                    return Err(FeatureError::Stopped);
+                }
+            }
+            match stats.computed == missing.len() {
+                true => Ok(()),
+                false => Err(FeatureError::Failed("the thread preparing model inputs stopped".into())),
+            }
+        })();
+        drop(receiver);
+        stats.decode_seconds = preparing.join().unwrap_or_default();
+        consumed
+    })?;
     let values = out.into_iter().map(|v| v.expect("every request was read from the cache or computed")).collect();
     Ok((values, stats))
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::context::{Failure, Run, Trained, compute_features, labels, train_failure};
-use super::evaluation::{FeatureSummary, JobEvaluation, TestFigures, Timings};
+use super::evaluation::{FeatureSummary, JobEvaluation, TestFigures, Timings, TrainingFacts, per_class, warnings};
 use super::features::variant_seed;
 use super::finetune::{SplitBoxes, fine_tune, spatial_tap};
 use crate::finetune::TuneHead;
@@ -85,9 +85,15 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
         epochs_run: outcome.epochs_run,
         stopped_early: outcome.stopped_early,
         features: FeatureSummary::new(stats, test.pooled.ncols()),
-        timings: Timings { features_seconds, training_seconds },
+        timings: Timings::new(&stats, features_seconds, training_seconds),
         solver: None,
-        warnings: Vec::new(),
+        // The localizer's report has no train accuracy, so overfitting is not judged here.
+        warnings: warnings(&TrainingFacts {
+            epochs: Some((outcome.best_epoch, outcome.epochs_run, spec.train.epochs)),
+            accuracies: None,
+            valid_per_class: per_class(&dataset.classes, data.valid.as_ref().map_or(&[][..], |v| &v.labels[..])),
+            convex_possible: false,
+        }),
         phase1: None,
         fine_tune: None,
     };

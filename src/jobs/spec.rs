@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::onnx::Unfreeze;
 use crate::serving::Task;
-use crate::train::{LocalizeHeadKind, LossWeights, Solver, TrainConfig};
+use crate::train::{LocalizeHeadKind, LossWeights, Schedule, Solver, TrainConfig};
 use crate::vision::Augmentation;
 use crate::zoo::is_valid_model_name;
 
@@ -111,20 +111,25 @@ struct JobFields {
     solver: Option<Solver>,
 }
 
-/// Settings of the mini-batch recipe. A job that names one of them (or a hidden layer, or
-/// dropout) trains by mini-batch epochs, exactly as it did before the convex solver existed;
-/// a classifier job that names none gets the convex fit.
-const MINIBATCH_FIELDS: [&str; 9] = [
+/// Settings of the mini-batch recipe. A job that names one of them trains by mini-batch
+/// epochs with the Keras-style defaults for the rest, exactly as it did before the convex
+/// solver existed.
+const RECIPE_FIELDS: [&str; 9] = [
     "epochs",
     "batch_size",
     "optimizer",
     "learning_rate",
     "momentum",
     "weight_decay",
-    "hidden_units",
-    "dropout",
     "early_stopping",
+    "standardize",
+    "schedule",
 ];
+
+/// Settings of the head's shape that only the mini-batch solver can train. A classifier job
+/// that names one of them but nothing of [`RECIPE_FIELDS`] gets the tuned recipe
+/// ([`TrainConfig::tuned`]); one that names nothing of either gets the convex fit.
+const MINIBATCH_SHAPE_FIELDS: [&str; 2] = ["hidden_units", "dropout"];
 
 const JOB_FIELDS: [&str; 11] = [
     "dataset",
@@ -146,10 +151,21 @@ impl JobSpec {
         let object = body.as_object().ok_or("the job must be a JSON object")?;
         let (job, train): (Map<String, Value>, Map<String, Value>) =
             object.clone().into_iter().partition(|(key, _)| JOB_FIELDS.contains(&key.as_str()));
-        let names_minibatch = train.keys().any(|key| MINIBATCH_FIELDS.contains(&key.as_str()));
+        let names = |fields: &[&str]| train.keys().any(|key| fields.contains(&key.as_str()));
+        let (names_recipe, names_shape) = (names(&RECIPE_FIELDS), names(&MINIBATCH_SHAPE_FIELDS));
         let job: JobFields = serde_json::from_value(Value::Object(job)).map_err(|e| format!("invalid job: {e}"))?;
         let train: TrainConfig =
             serde_json::from_value(Value::Object(train)).map_err(|e| format!("invalid training settings: {e}"))?;
+        let solver = job.solver.unwrap_or(if job.task == Task::Classify && !names_recipe && !names_shape {
+            Solver::Convex
+        } else {
+            Solver::Minibatch
+        });
+        // Localization keeps the Keras-style recipe: its box loss has its own schedule needs.
+        let train = match job.task == Task::Classify && solver == Solver::Minibatch && !names_recipe {
+            true => train.tuned(),
+            false => train,
+        };
         let tuning = match job.freeze_base {
             Some(true) if job.unfreeze.is_some() || job.fine_tune.is_some() => {
                 return Err(
@@ -171,11 +187,7 @@ impl JobSpec {
             task: job.task,
             box_head: job.box_head,
             loss_weights: job.loss_weights.unwrap_or_default(),
-            solver: job.solver.unwrap_or(if job.task == Task::Classify && !names_minibatch {
-                Solver::Convex
-            } else {
-                Solver::Minibatch
-            }),
+            solver,
             train,
         };
         spec.validate()?;
@@ -215,7 +227,10 @@ impl JobSpec {
     /// Phase 2's training settings: phase 1's with fine_tune's epochs and learning rate.
     pub fn fine_tune_config(&self) -> TrainConfig {
         let fine_tune = self.fine_tune.clone().unwrap_or_default();
+        // Phase 2 tunes the folded (raw-feature) head at its own steady rate.
         TrainConfig {
+            standardize: false,
+            schedule: Schedule::Constant,
             epochs: fine_tune.epochs,
             learning_rate: fine_tune.learning_rate.unwrap_or(self.train.learning_rate / 10.0),
             batch_size: fine_tune.batch_size.unwrap_or(self.train.batch_size.min(FINE_TUNE_MAX_BATCH)),
@@ -245,6 +260,7 @@ impl JobSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::{EarlyStopping, StopMetric};
     use serde_json::json;
 
     #[test]
@@ -254,10 +270,12 @@ mod tests {
         let kept =
             json!({"dataset": "d", "base_model": "m", "augment": {"variants": 2}, "class_weights": true, "seed": 4});
         assert_eq!(solver(kept), Ok(Solver::Convex));
-        for field in MINIBATCH_FIELDS {
+        for field in RECIPE_FIELDS.iter().chain(&MINIBATCH_SHAPE_FIELDS).copied() {
             let value = match field {
                 "optimizer" => json!("sgd"),
                 "early_stopping" => Value::Null,
+                "standardize" => json!(true),
+                "schedule" => json!("warmup_cosine"),
                 "hidden_units" | "epochs" | "batch_size" => json!(8),
                 _ => json!(0.01),
             };
@@ -274,6 +292,30 @@ mod tests {
         let stored = serde_json::to_value(&spec).unwrap();
         assert_eq!(stored["solver"], "convex");
         assert_eq!(JobSpec::parse(&stored).unwrap(), spec);
+    }
+
+    #[test]
+    fn a_minibatch_classifier_naming_no_recipe_setting_gets_the_tuned_recipe() {
+        let train = |body: Value| JobSpec::parse(&body).unwrap().train;
+        let hidden = train(json!({"dataset": "d", "base_model": "m", "hidden_units": 64, "dropout": 0.2}));
+        assert_eq!(hidden, TrainConfig { hidden_units: Some(64), dropout: 0.2, ..TrainConfig::default() }.tuned());
+        assert_eq!((hidden.epochs, hidden.standardize, hidden.schedule), (60, true, Schedule::WarmupCosine));
+        assert_eq!(hidden.early_stopping, Some(EarlyStopping { patience: 10, metric: StopMetric::ValLoss }));
+        assert_eq!(
+            train(json!({"dataset": "d", "base_model": "m", "solver": "minibatch"})),
+            TrainConfig::default().tuned()
+        );
+        // Naming any recipe setting keeps the Keras-style defaults for the rest, unchanged.
+        for field in RECIPE_FIELDS {
+            let mut body = json!({"dataset": "d", "base_model": "m", "hidden_units": 64});
+            body[field] = serde_json::to_value(TrainConfig::default()).unwrap()[field].clone();
+            assert_eq!(train(body), TrainConfig { hidden_units: Some(64), ..TrainConfig::default() }, "{field}");
+        }
+        // Localization keeps the Keras-style recipe.
+        assert_eq!(train(json!({"dataset": "d", "base_model": "m", "task": "localize"})), TrainConfig::default());
+        // A stored tuned spec reads back as itself.
+        let spec = JobSpec::parse(&json!({"dataset": "d", "base_model": "m", "hidden_units": 8})).unwrap();
+        assert_eq!(JobSpec::parse(&serde_json::to_value(&spec).unwrap()).unwrap(), spec);
     }
 
     #[test]

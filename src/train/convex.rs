@@ -18,6 +18,7 @@ use super::error::TrainError;
 use super::head::{Dense, Head, HeadError, softmax_rows};
 use super::lbfgs::{LbfgsOptions, LbfgsOutcome, minimize};
 use super::metrics::{evaluate, log_loss};
+use super::standardize::Standardization;
 
 /// How a job trains its head.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,51 +146,6 @@ pub fn fit_linear(
     let head = Head::new(None, standard.fold(&best.layer).map_err(|e| TrainError::InvalidData(e.to_string()))?)
         .map_err(|e| TrainError::InvalidData(e.to_string()))?;
     Ok(LinearFit { head, l2: penalties[chosen], path, chosen })
-}
-
-/// Per-feature centring and scaling, fitted on the training rows.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Standardization {
-    pub mean: Array1<f32>,
-    /// 1/σ per feature; 1 for a feature that does not vary.
-    pub inverse_scale: Array1<f32>,
-}
-
-impl Standardization {
-    pub fn fit(x: ArrayView2<f32>) -> Self {
-        let n = x.nrows().max(1) as f64;
-        let d = x.ncols();
-        let mut mean = vec![0f64; d];
-        let mut square = vec![0f64; d];
-        for row in x.rows() {
-            for (j, &v) in row.iter().enumerate() {
-                mean[j] += f64::from(v);
-                square[j] += f64::from(v) * f64::from(v);
-            }
-        }
-        let mean: Vec<f64> = mean.iter().map(|s| s / n).collect();
-        let inverse_scale = square
-            .iter()
-            .zip(&mean)
-            .map(|(s, m)| {
-                let sd = (s / n - m * m).max(0.0).sqrt();
-                if sd > 1e-6 { (1.0 / sd) as f32 } else { 1.0 }
-            })
-            .collect();
-        Self { mean: mean.iter().map(|&m| m as f32).collect(), inverse_scale }
-    }
-
-    pub fn apply(&self, x: ArrayView2<f32>) -> Array2<f32> {
-        (&x - &self.mean) * &self.inverse_scale
-    }
-
-    /// The layer on raw features that equals `layer` on standardised ones:
-    /// W' = diag(1/σ)·W, b' = b − (μ/σ)·W.
-    pub fn fold(&self, layer: &Dense) -> Result<Dense, HeadError> {
-        let scaled = layer.weights() * &self.inverse_scale.view().insert_axis(Axis(1));
-        let shift = (&self.mean * &self.inverse_scale).dot(layer.weights());
-        Dense::new(scaled, layer.bias() - &shift)
-    }
 }
 
 /// A softmax regression problem on (already standardised) rows.

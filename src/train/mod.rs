@@ -13,11 +13,12 @@ mod lbfgs;
 mod localize;
 mod metrics;
 mod optim;
+mod standardize;
 mod trainer;
 
 pub use checkpoint::{Checkpoint, EpochReport};
-pub use config::{EarlyStopping, OptimizerKind, StopMetric, TrainConfig};
-pub use convex::{ConvexFit, L2_PATH, LinearFit, PathStep, SoftmaxRegression, Solver, Standardization, fit_linear};
+pub use config::{EarlyStopping, OptimizerKind, Schedule, StopMetric, TUNED_EPOCHS, TUNED_PATIENCE, TrainConfig};
+pub use convex::{ConvexFit, L2_PATH, LinearFit, PathStep, SoftmaxRegression, Solver, fit_linear};
 pub(crate) use data::balanced_class_weights;
 pub use data::{TrainData, stack_rows};
 pub use error::TrainError;
@@ -33,4 +34,5 @@ pub use localize::{
 pub(crate) use localize::{cross_entropy, label_tensors, sigmoid_tensor, tensor_error};
 pub use metrics::{ClassMetrics, Evaluation, LOG_LOSS_EPSILON, MetricsError, evaluate, log_loss};
 pub use optim::{BETA1, BETA2, EPSILON, OptimError, Optimizer, OptimizerState, Param, Rule};
+pub use standardize::Standardization;
 pub use trainer::{TrainOutcome, train};

@@ -21,6 +21,7 @@ use super::error::TrainError;
 use super::fit::{EpochOutcome, EpochTraining, FitState, Trainable, Validation, epoch_rng, fit};
 use super::head::Head;
 use super::optim::Optimizer;
+use super::standardize::Standardization;
 
 /// The result of a finished run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +41,10 @@ pub struct TrainOutcome {
 /// `ControlFlow::Break(())` cancels the run (`TrainError::Cancelled`). With a validation split
 /// and early stopping, the run stops once the metric has not improved for `patience` epochs and
 /// returns the best epoch's head; otherwise it runs every epoch and returns the last head.
+///
+/// With `standardize`, the run (and its checkpoints) works on standardised features, which a
+/// resumed run recomputes identically from the same rows; the returned head has the
+/// standardisation folded in and takes raw features.
 pub fn train(
     config: &TrainConfig,
     data: &TrainData,
@@ -48,6 +53,29 @@ pub fn train(
 ) -> Result<TrainOutcome, TrainError> {
     config.validate().map_err(TrainError::InvalidConfig)?;
     data.validate().map_err(TrainError::InvalidData)?;
+    if !config.standardize {
+        return train_on(config, data, resume, on_epoch);
+    }
+    let views: Vec<_> = data.train.iter().map(|x| x.view()).collect();
+    let standard = Standardization::fit_all(&views);
+    let standardized = TrainData {
+        train: data.train.iter().map(|x| standard.apply(x.view())).collect(),
+        train_labels: data.train_labels.clone(),
+        valid: standard.apply(data.valid.view()),
+        valid_labels: data.valid_labels.clone(),
+        classes: data.classes,
+    };
+    let mut outcome = train_on(config, &standardized, resume, on_epoch)?;
+    outcome.head = standard.fold_head(&outcome.head).map_err(|e| TrainError::InvalidData(e.to_string()))?;
+    Ok(outcome)
+}
+
+fn train_on(
+    config: &TrainConfig,
+    data: &TrainData,
+    resume: Option<Checkpoint>,
+    on_epoch: &mut dyn FnMut(&EpochReport, &Checkpoint) -> ControlFlow<()>,
+) -> Result<TrainOutcome, TrainError> {
     let run = Run::new(config, data);
     let checkpoint = match resume {
         Some(checkpoint) => {
@@ -158,9 +186,12 @@ impl<'a> Run<'a> {
         let mut order: Vec<usize> = (0..labels.len()).collect();
         order.shuffle(&mut rng);
 
+        let steps = self.config.epochs as u64 * labels.len().div_ceil(self.config.batch_size) as u64;
         let mut loss_sum = 0f64;
         let mut correct = 0usize;
         for batch in order.chunks(self.config.batch_size) {
+            let rate = self.config.schedule.rate(self.config.learning_rate, checkpoint.optimizer.step, steps);
+            let optimizer = Optimizer { learning_rate: rate, ..self.optimizer };
             let batch_x = x.select(Axis(0), batch);
             let batch_labels: Vec<usize> = batch.iter().map(|&i| labels[i]).collect();
             let dropout = Some(Dropout { rate: self.config.dropout, rng: &mut rng });
@@ -171,7 +202,7 @@ impl<'a> Run<'a> {
                 self.class_weights.as_deref(),
                 dropout,
             );
-            apply_gradients(&self.optimizer, &mut checkpoint.optimizer, &mut checkpoint.head, &grads)?;
+            apply_gradients(&optimizer, &mut checkpoint.optimizer, &mut checkpoint.head, &grads)?;
             loss_sum += stats.weighted_loss_sum;
             correct += stats.correct;
         }

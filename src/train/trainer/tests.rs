@@ -31,14 +31,20 @@ fn gaussian(rng: &mut StdRng) -> f32 {
 
 /// Three separable blobs in 16-D: 300 training rows, 150 validation rows from the same centres.
 fn blob_data() -> TrainData {
-    let (x, y) = blobs(3, 150, 16, 2.0, 42);
-    let train_rows: Vec<usize> = (0..300).collect();
-    let valid_rows: Vec<usize> = (300..450).collect();
+    sized_blob_data(150)
+}
+
+/// The blobs with `per_class` rows of each class, two thirds of them for training.
+fn sized_blob_data(per_class: usize) -> TrainData {
+    let (x, y) = blobs(3, per_class, 16, 2.0, 42);
+    let train = 2 * y.len() / 3;
+    let train_rows: Vec<usize> = (0..train).collect();
+    let valid_rows: Vec<usize> = (train..y.len()).collect();
     TrainData {
         train: vec![x.select(Axis(0), &train_rows)],
-        train_labels: y[..300].to_vec(),
+        train_labels: y[..train].to_vec(),
         valid: x.select(Axis(0), &valid_rows),
-        valid_labels: y[300..].to_vec(),
+        valid_labels: y[train..].to_vec(),
         classes: 3,
     }
 }
@@ -376,4 +382,79 @@ fn fifty_epochs_of_a_realistic_head_are_fast() {
     let seconds = started.elapsed().as_secs_f64();
     eprintln!("50 epochs: {seconds:.2} s, valid accuracy {:?}", outcome.history.last().unwrap().valid_accuracy);
     assert!(seconds < 3.0, "{seconds} s");
+}
+
+#[test]
+fn a_tuned_run_resumes_exactly_mid_schedule() {
+    let config = TrainConfig { epochs: 8, hidden_units: Some(8), seed: 5, ..TrainConfig::default() }.tuned();
+    check_resume(&config, &blob_data(), 4);
+}
+
+/// The blobs with every feature moved far from zero and scaled unevenly, as pooled features
+/// of a real base often are (post-activation means of several units, spreads from 0.01 to 10).
+fn badly_scaled_data(per_class: usize) -> TrainData {
+    let mut data = sized_blob_data(per_class);
+    let scale: Vec<f32> = (0..16).map(|j| 10f32.powf(j as f32 / 5.0 - 2.0)).collect();
+    let skew = |x: &Array2<f32>| {
+        let mut x = x.clone();
+        for mut row in x.rows_mut() {
+            for (v, s) in row.iter_mut().zip(&scale) {
+                *v = *v * s + 30.0;
+            }
+        }
+        x
+    };
+    data.train = data.train.iter().map(skew).collect();
+    data.valid = skew(&data.valid);
+    data
+}
+
+#[test]
+fn a_standardising_run_returns_a_head_on_raw_features() {
+    let data = badly_scaled_data(150);
+    let config =
+        TrainConfig { learning_rate: 0.01, standardize: true, early_stopping: None, seed: 2, ..TrainConfig::default() };
+    let outcome = train(&config, &data, None, &mut quiet).unwrap();
+    // The history was measured on standardised validation rows; the folded head on the raw
+    // rows must score the same.
+    let reported = outcome.history.last().unwrap().valid_accuracy.unwrap();
+    assert_eq!(valid_accuracy(&outcome.head, &data), reported);
+    assert!(reported > 0.95, "{reported}");
+}
+
+#[test]
+fn the_tuned_recipe_learns_what_the_keras_recipe_misses_on_badly_scaled_features() {
+    let data = badly_scaled_data(600);
+    let keras = train(&TrainConfig::default(), &data, None, &mut quiet).unwrap();
+    let tuned = train(&TrainConfig::default().tuned(), &data, None, &mut quiet).unwrap();
+    let (keras, tuned) = (valid_accuracy(&keras.head, &data), valid_accuracy(&tuned.head, &data));
+    assert!(tuned > 0.95 && tuned > keras + 0.1, "tuned {tuned}, keras {keras}");
+}
+
+/// An explicit Keras-style job (Adam 1e-3, a hidden layer with dropout, batch 16) trains
+/// exactly as it did before the convex solver and the tuned recipe existed: the losses of
+/// each epoch, bit for bit, and the kept head's outputs, as the trainer at 8020cb8 gave them.
+#[test]
+fn an_explicit_keras_recipe_trains_bit_for_bit_as_before() {
+    let data = blob_data();
+    let config = TrainConfig {
+        optimizer: OptimizerKind::Adam,
+        learning_rate: 1e-3,
+        epochs: 4,
+        batch_size: 16,
+        hidden_units: Some(8),
+        dropout: 0.1,
+        seed: 3,
+        ..TrainConfig::default()
+    };
+    let outcome = train(&config, &data, None, &mut quiet).unwrap();
+    let losses: Vec<(u32, u32)> =
+        outcome.history.iter().map(|r| (r.train_loss.to_bits(), r.valid_loss.unwrap().to_bits())).collect();
+    let pinned =
+        [(1066692433, 1064683531), (1065345036, 1062057065), (1062180085, 1059984884), (1060880550, 1058285429)];
+    assert_eq!(losses, pinned);
+    assert_eq!(outcome.best_epoch, 4);
+    let probabilities = outcome.head.forward(data.valid.view());
+    let probe: f64 = probabilities.iter().enumerate().map(|(i, &p)| f64::from(p) * (i % 7) as f64).sum();
+    assert_eq!(probe, 446.724468574856);
 }
