@@ -76,10 +76,14 @@ BENCH_ARGS ?=
 bench: release models fixtures .venv-bench/.installed
 	target/release/graft-bench serving --python .venv-bench/bin/python $(BENCH_ARGS)
 
-## Head training: graft vs scikit-learn LogisticRegression and Keras model.fit on the same
-## features, and the second job's speed-up from the feature cache (needs EfficientNet-Lite0).
+## Head training on three data sets (photos, digits, tiles): graft's convex default and
+## mini-batch recipes vs scikit-learn LogisticRegression (default and best C) and Keras
+## model.fit on the same features; the feature cache's speed-up; graft's feature pass vs raw
+## ONNX Runtime and a Python pipeline (needs EfficientNet-Lite0; about 5 minutes on 2 cores;
+## TRAIN_BENCH_ARGS='--datasets digits --repeats 1' for less).
+TRAIN_BENCH_ARGS ?=
 bench-train: release models .venv-bench/.installed
-	.venv-bench/bin/python bench/train_bench.py --graft target/release/graft --model-dir models
+	.venv-bench/bin/python bench/train_bench.py --graft target/release/graft --model-dir models $(TRAIN_BENCH_ARGS)
 
 ## Tuning speed: phase 2's step and epoch on ResNet-50's last stage (random weights in the real
 ## shapes) from cached activations, against ONNX Runtime's forward pass of the same stage.

@@ -69,7 +69,13 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
                 best_epoch: fit.chosen + 1,
                 epochs_run: fit.path.len(),
                 stopped_early: false,
-                solver: Some(SolverReport { solver: Solver::Convex, l2: fit.l2, selected_by, path: fit.path }),
+                solver: Some(SolverReport {
+                    solver: Solver::Convex,
+                    scaling: fit.scaling,
+                    l2: fit.l2,
+                    selected_by,
+                    path: fit.path,
+                }),
                 epochs: None,
                 accuracies: None,
             }

@@ -77,7 +77,7 @@ pub fn estimate(spec: &JobSpec, shape: &JobShape) -> Footprint {
     let convex = spec.solver == Solver::Convex;
     // The convex solver, and a standardising mini-batch run, also hold the rows standardised,
     // once more; the convex solver also the scores and their gradient (rows × classes, twice).
-    let copies = FEATURE_COPIES + u64::from(convex || spec.train.standardize);
+    let copies = FEATURE_COPIES + u64::from(convex || spec.train.scaling.is_some());
     let scores = if convex { rows.saturating_mul(shape.classes).saturating_mul(8) } else { 0 };
     let features_bytes = rows.saturating_mul(per_row).saturating_mul(4 * copies).saturating_add(scores);
 
@@ -161,9 +161,9 @@ mod tests {
     fn variants_hidden_units_and_spatial_maps_grow_it() {
         let augmented = estimate(&spec(json!({"augment": {"variants": 4}, "epochs": 20})), &SHAPE);
         assert_eq!(augmented.features_bytes, (1000 * 5 + 200) * 1280 * 8);
-        // The tuned recipe standardises: a third copy of the rows.
-        let tuned = estimate(&spec(json!({"solver": "minibatch"})), &SHAPE);
-        assert_eq!(tuned.features_bytes, 1200 * 1280 * 12);
+        // A scaled run holds a third copy of the rows.
+        let scaled = estimate(&spec(json!({"scaling": "per_feature"})), &SHAPE);
+        assert_eq!(scaled.features_bytes, 1200 * 1280 * 12);
         let hidden = estimate(&spec(json!({"hidden_units": 65536})), &SHAPE);
         assert_eq!(hidden.head_bytes, (1280 * 65536 + 65536 + 65536 * 10 + 10) * 36);
         let spatial = estimate(&spec(json!({"task": "localize"})), &SHAPE);

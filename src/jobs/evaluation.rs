@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::features::FeatureStats;
-use crate::train::{BoxMetrics, Evaluation, LocalizeHeadKind, LossWeights, PathStep, Solver};
+use crate::train::{BoxMetrics, Evaluation, LocalizeHeadKind, LossWeights, PathStep, Scaling, Solver};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct JobEvaluation {
@@ -61,7 +61,8 @@ pub struct Phase1 {
 #[derive(Debug, Clone, Serialize)]
 pub struct SolverReport {
     pub solver: Solver,
-    /// The penalty kept.
+    /// The feature scaling and penalty kept.
+    pub scaling: Scaling,
     pub l2: f32,
     /// What chose it: the lowest validation log loss (or, with no validation split, the
     /// default penalty).

@@ -122,7 +122,7 @@ const RECIPE_FIELDS: [&str; 9] = [
     "momentum",
     "weight_decay",
     "early_stopping",
-    "standardize",
+    "scaling",
     "schedule",
 ];
 
@@ -229,7 +229,7 @@ impl JobSpec {
         let fine_tune = self.fine_tune.clone().unwrap_or_default();
         // Phase 2 tunes the folded (raw-feature) head at its own steady rate.
         TrainConfig {
-            standardize: false,
+            scaling: None,
             schedule: Schedule::Constant,
             epochs: fine_tune.epochs,
             learning_rate: fine_tune.learning_rate.unwrap_or(self.train.learning_rate / 10.0),
@@ -274,7 +274,7 @@ mod tests {
             let value = match field {
                 "optimizer" => json!("sgd"),
                 "early_stopping" => Value::Null,
-                "standardize" => json!(true),
+                "scaling" => json!("per_feature"),
                 "schedule" => json!("warmup_cosine"),
                 "hidden_units" | "epochs" | "batch_size" => json!(8),
                 _ => json!(0.01),
@@ -299,7 +299,7 @@ mod tests {
         let train = |body: Value| JobSpec::parse(&body).unwrap().train;
         let hidden = train(json!({"dataset": "d", "base_model": "m", "hidden_units": 64, "dropout": 0.2}));
         assert_eq!(hidden, TrainConfig { hidden_units: Some(64), dropout: 0.2, ..TrainConfig::default() }.tuned());
-        assert_eq!((hidden.epochs, hidden.standardize, hidden.schedule), (60, true, Schedule::WarmupCosine));
+        assert_eq!((hidden.epochs, hidden.scaling, hidden.schedule), (60, None, Schedule::WarmupCosine));
         assert_eq!(hidden.early_stopping, Some(EarlyStopping { patience: 10, metric: StopMetric::ValLoss }));
         assert_eq!(
             train(json!({"dataset": "d", "base_model": "m", "solver": "minibatch"})),

@@ -21,7 +21,6 @@ use super::error::TrainError;
 use super::fit::{EpochOutcome, EpochTraining, FitState, Trainable, Validation, epoch_rng, fit};
 use super::head::Head;
 use super::optim::Optimizer;
-use super::standardize::Standardization;
 
 /// The result of a finished run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,9 +41,9 @@ pub struct TrainOutcome {
 /// and early stopping, the run stops once the metric has not improved for `patience` epochs and
 /// returns the best epoch's head; otherwise it runs every epoch and returns the last head.
 ///
-/// With `standardize`, the run (and its checkpoints) works on standardised features, which a
+/// With a `scaling`, the run (and its checkpoints) works on scaled features, which a
 /// resumed run recomputes identically from the same rows; the returned head has the
-/// standardisation folded in and takes raw features.
+/// scaling folded in and takes raw features.
 pub fn train(
     config: &TrainConfig,
     data: &TrainData,
@@ -53,11 +52,11 @@ pub fn train(
 ) -> Result<TrainOutcome, TrainError> {
     config.validate().map_err(TrainError::InvalidConfig)?;
     data.validate().map_err(TrainError::InvalidData)?;
-    if !config.standardize {
+    let Some(scaling) = config.scaling else {
         return train_on(config, data, resume, on_epoch);
-    }
+    };
     let views: Vec<_> = data.train.iter().map(|x| x.view()).collect();
-    let standard = Standardization::fit_all(&views);
+    let standard = scaling.fit(&views);
     let standardized = TrainData {
         train: data.train.iter().map(|x| standard.apply(x.view())).collect(),
         train_labels: data.train_labels.clone(),

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::train::config::{EarlyStopping, OptimizerKind, StopMetric};
 use crate::train::metrics::evaluate;
+use crate::train::standardize::Scaling;
 use ndarray::Array2;
 use rand::Rng;
 
@@ -388,6 +389,8 @@ fn fifty_epochs_of_a_realistic_head_are_fast() {
 fn a_tuned_run_resumes_exactly_mid_schedule() {
     let config = TrainConfig { epochs: 8, hidden_units: Some(8), seed: 5, ..TrainConfig::default() }.tuned();
     check_resume(&config, &blob_data(), 4);
+    // A scaled run resumes on the same scaled rows, recomputed from the data.
+    check_resume(&TrainConfig { scaling: Some(Scaling::Shared), ..config }, &badly_scaled_data(150), 4);
 }
 
 /// The blobs with every feature moved far from zero and scaled unevenly, as pooled features
@@ -412,8 +415,13 @@ fn badly_scaled_data(per_class: usize) -> TrainData {
 #[test]
 fn a_standardising_run_returns_a_head_on_raw_features() {
     let data = badly_scaled_data(150);
-    let config =
-        TrainConfig { learning_rate: 0.01, standardize: true, early_stopping: None, seed: 2, ..TrainConfig::default() };
+    let config = TrainConfig {
+        learning_rate: 0.01,
+        scaling: Some(Scaling::PerFeature),
+        early_stopping: None,
+        seed: 2,
+        ..TrainConfig::default()
+    };
     let outcome = train(&config, &data, None, &mut quiet).unwrap();
     // The history was measured on standardised validation rows; the folded head on the raw
     // rows must score the same.
@@ -423,12 +431,24 @@ fn a_standardising_run_returns_a_head_on_raw_features() {
 }
 
 #[test]
-fn the_tuned_recipe_learns_what_the_keras_recipe_misses_on_badly_scaled_features() {
+fn per_feature_scaling_learns_what_raw_features_miss_when_badly_scaled() {
     let data = badly_scaled_data(600);
-    let keras = train(&TrainConfig::default(), &data, None, &mut quiet).unwrap();
+    let raw = train(&TrainConfig::default(), &data, None, &mut quiet).unwrap();
+    let scaled_config = TrainConfig { scaling: Some(Scaling::PerFeature), ..TrainConfig::default() };
+    let scaled = train(&scaled_config, &data, None, &mut quiet).unwrap();
+    let (raw, scaled) = (valid_accuracy(&raw.head, &data), valid_accuracy(&scaled.head, &data));
+    assert!(scaled > 0.95 && scaled > raw + 0.1, "scaled {scaled}, raw {raw}");
+}
+
+#[test]
+fn the_tuned_recipe_converges_where_twenty_keras_epochs_stop_short() {
+    let data = sized_blob_data(600);
+    let keras =
+        train(&TrainConfig { early_stopping: None, ..TrainConfig::default() }, &data, None, &mut quiet).unwrap();
     let tuned = train(&TrainConfig::default().tuned(), &data, None, &mut quiet).unwrap();
-    let (keras, tuned) = (valid_accuracy(&keras.head, &data), valid_accuracy(&tuned.head, &data));
-    assert!(tuned > 0.95 && tuned > keras + 0.1, "tuned {tuned}, keras {keras}");
+    let loss = |outcome: &TrainOutcome| outcome.history[outcome.best_epoch - 1].valid_loss.unwrap();
+    assert!(loss(&tuned) < 0.8 * loss(&keras), "tuned {}, keras {}", loss(&tuned), loss(&keras));
+    assert!(valid_accuracy(&tuned.head, &data) >= valid_accuracy(&keras.head, &data));
 }
 
 /// An explicit Keras-style job (Adam 1e-3, a hidden layer with dropout, batch 16) trains
