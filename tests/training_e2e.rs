@@ -192,14 +192,20 @@ async fn a_convex_job_chooses_its_penalty_on_the_validation_split() {
     assert_eq!(done["state"], "succeeded", "{done}");
     let evaluation = &done["evaluation"];
     let solver = &evaluation["solver"];
-    assert_eq!((solver["solver"].as_str(), solver["selected_by"].as_str()), (Some("convex"), Some("valid_loss")));
+    let selected_by = solver["selected_by"].as_str();
+    assert_eq!((solver["solver"].as_str(), selected_by), (Some("convex"), Some("valid_accuracy, then valid_loss")));
+    // Both scalings were walked; the kept step has the highest validation accuracy and, among
+    // those, the lowest validation loss; the reported penalty and scaling are that step's.
     let path = solver["path"].as_array().unwrap();
-    assert_eq!(path.len(), graft::train::L2_PATH.len());
-    let losses: Vec<f64> = path.iter().map(|s| s["valid_loss"].as_f64().unwrap()).collect();
-    let lowest = losses.iter().cloned().fold(f64::INFINITY, f64::min);
-    let chosen = evaluation["best_epoch"].as_u64().unwrap() as usize;
-    assert_eq!(losses[chosen - 1], lowest, "{losses:?}");
-    assert_eq!(solver["l2"].as_f64().unwrap() as f32, graft::train::L2_PATH[chosen - 1]);
+    let scalings: std::collections::BTreeSet<&str> = path.iter().map(|s| s["scaling"].as_str().unwrap()).collect();
+    assert_eq!(scalings.into_iter().collect::<Vec<_>>(), ["per_feature", "shared"]);
+    assert!(path.len() <= 2 * graft::train::L2_PATH.len());
+    let score = |s: &serde_json::Value| (s["valid_accuracy"].as_f64().unwrap(), s["valid_loss"].as_f64().unwrap());
+    let top = path.iter().map(|s| score(s).0).fold(0.0, f64::max);
+    let lowest = path.iter().map(score).filter(|s| s.0 == top).map(|s| s.1).fold(f64::INFINITY, f64::min);
+    let chosen = &path[evaluation["best_epoch"].as_u64().unwrap() as usize - 1];
+    assert_eq!(score(chosen), (top, lowest), "{path:?}");
+    assert_eq!((&solver["l2"], &solver["scaling"]), (&chosen["l2"], &chosen["scaling"]));
     let accuracy = evaluation["test"]["accuracy"].as_f64().unwrap();
     println!("convex: l2 {} test accuracy {accuracy}", solver["l2"]);
     assert!(accuracy >= 0.95, "{evaluation}");

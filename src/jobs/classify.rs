@@ -63,7 +63,7 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
                 control.flow()
             })
             .map_err(|e| train_failure(control, e))?;
-            let selected_by = if data.valid_labels.is_empty() { "default" } else { "valid_loss" };
+            let selected_by = if data.valid_labels.is_empty() { "default" } else { "valid_accuracy, then valid_loss" };
             HeadTrained {
                 head: fit.head,
                 best_epoch: fit.chosen + 1,

@@ -64,8 +64,8 @@ pub struct SolverReport {
     /// The feature scaling and penalty kept.
     pub scaling: Scaling,
     pub l2: f32,
-    /// What chose it: the lowest validation log loss (or, with no validation split, the
-    /// default penalty).
+    /// What chose it: the highest validation accuracy, ties to the lower log loss (or, with
+    /// no validation split, the default penalty).
     pub selected_by: &'static str,
     pub path: Vec<PathStep>,
 }
