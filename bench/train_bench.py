@@ -77,6 +77,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reference_preprocess as rp  # noqa: E402
+
 SPLIT = "0.5,0.25,0.25"
 KERAS_RECIPE = {"optimizer": "adam", "learning_rate": 0.001, "epochs": 20, "batch_size": 32, "early_stopping": None}
 C_GRID = (0.01, 0.0316, 0.1, 0.316, 1, 3.16, 10, 31.6, 100)
@@ -294,97 +297,50 @@ def with_output(model_bytes, name):
 
 
 @dataclass
-class Manifest:
-    model_path: Path
-    input_name: str
+class Model:
+    """The base as the Python pipeline runs it: graft's manifest, read by the reference
+    preprocessing shared with bench/python_server.py, and the pooled-feature tensor graft
+    trains on."""
+
+    manifest: rp.Manifest
     features: str
-    height: int
-    width: int
-    layout: str
-    resize: str
-    crop_fraction: float
-    scale: float
-    mean: np.ndarray
-    std: np.ndarray
-    bgr: bool
 
 
-NORMALISATIONS = {  # (scale, mean, std, BGR) as graft defines them
-    "tf": (1 / 127.5, [1.0] * 3, [1.0] * 3, False),
-    "torch": (1 / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], False),
-    "caffe": (1.0, [103.939, 116.779, 123.68], [1.0] * 3, True),
-}
+def read_model(model_dir, model):
+    path = Path(model_dir) / f"{model}.toml"
+    output = tomllib.loads(path.read_text())["output"]
+    return Model(rp.load_manifest(path), output.get("features", output["name"]))
 
 
-def read_manifest(model_dir, model):
-    toml = tomllib.loads((Path(model_dir) / f"{model}.toml").read_text())
-    inp, out = toml["input"], toml["output"]
-    if inp["normalize"] == "custom":
-        scale, mean, std, bgr = inp.get("scale", 1.0), inp["mean"], inp["std"], inp.get("color", "rgb") == "bgr"
-    else:
-        scale, mean, std, bgr = NORMALISATIONS[inp["normalize"]]
-    if inp.get("resize", "crop") not in ("crop", "stretch"):
-        sys.exit(f"the Python pipeline implements resize = crop and stretch, not {inp['resize']!r}")
-    return Manifest(model_path=Path(model_dir) / toml["file"], input_name=inp["name"],
-                    features=out.get("features", out["name"]), height=inp["height"], width=inp["width"],
-                    layout=inp.get("layout", "NCHW"), resize=inp.get("resize", "crop"),
-                    crop_fraction=inp.get("crop_fraction", 0.875), scale=scale,
-                    mean=np.array(mean, np.float32), std=np.array(std, np.float32), bgr=bgr)
-
-
-def ort_session(manifest):
+def ort_session(model):
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count()
     options.inter_op_num_threads = 1
-    model = with_output(manifest.model_path.read_bytes(), manifest.features)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    graph = with_output(model.manifest.file.read_bytes(), model.features)
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
 
-def input_shape(manifest, batch):
-    if manifest.layout == "NCHW":
-        return batch, 3, manifest.height, manifest.width
-    return batch, manifest.height, manifest.width, 3
+def input_shape(model, batch):
+    spec = model.manifest.spec
+    if spec.layout == "NCHW":
+        return batch, 3, spec.height, spec.width
+    return batch, spec.height, spec.width, 3
 
 
-def raw_throughput(session, manifest, seed):
+def raw_throughput(session, model, seed):
     """{batch: images/s} of the session alone on pre-made random input."""
     rng = np.random.default_rng(seed)
     rates = {}
     for batch in ORT_BATCHES:
-        feed = {manifest.input_name: rng.standard_normal(input_shape(manifest, batch), dtype=np.float32)}
-        session.run([manifest.features], feed)
+        feed = {model.manifest.input_name: rng.standard_normal(input_shape(model, batch), dtype=np.float32)}
+        session.run([model.features], feed)
         runs, started = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - started) < ORT_SECONDS:
-            session.run([manifest.features], feed)
+            session.run([model.features], feed)
             runs += 1
         rates[batch] = runs * batch / elapsed
     return rates
-
-
-def preprocess(data, manifest):
-    """One encoded image to one model input, as the manifest says (graft's resize plan)."""
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = manifest.width, manifest.height
-    if manifest.resize == "crop":
-        # torchvision's Resize(round(size / fraction)) + CenterCrop(size): the shorter side
-        # scaled, the longer truncated, the offsets rounded half to even.
-        if image.width <= image.height:
-            sw = max(w, round(w / manifest.crop_fraction))
-            sh = max(h, int(sw * image.height / image.width))
-        else:
-            sh = max(h, round(h / manifest.crop_fraction))
-            sw = max(w, int(sh * image.width / image.height))
-        image = image.resize((sw, sh), Image.BILINEAR)
-        left, top = round((sw - w) / 2), round((sh - h) / 2)
-        image = image.crop((left, top, left + w, top + h))
-    else:
-        image = image.resize((w, h), Image.BILINEAR)
-    pixels = np.asarray(image, np.float32)
-    if manifest.bgr:
-        pixels = pixels[..., ::-1]
-    pixels = (pixels * manifest.scale - manifest.mean) / manifest.std
-    return pixels.transpose(2, 0, 1) if manifest.layout == "NCHW" else pixels
 
 
 @dataclass
@@ -398,14 +354,15 @@ class PythonPass:
         return self.preprocess_seconds + self.inference_seconds
 
 
-def python_feature_pass(session, manifest, images):
+def python_feature_pass(session, model, images):
     """Pillow decode and preprocessing, then ONNX Runtime, in batches, timed apart."""
-    prep = infer = 0.0
+    spec, prep, infer = model.manifest.spec, 0.0, 0.0
     for start in range(0, len(images), PIPELINE_BATCH):
         t0 = time.perf_counter()
-        batch = np.stack([preprocess(data, manifest) for _, _, data in images[start:start + PIPELINE_BATCH]])
+        batch = np.concatenate([rp.preprocess(rp.decode(data), spec)
+                                for _, _, data in images[start:start + PIPELINE_BATCH]])
         t1 = time.perf_counter()
-        session.run([manifest.features], {manifest.input_name: batch})
+        session.run([model.features], {model.manifest.input_name: batch})
         t2 = time.perf_counter()
         prep, infer = prep + t1 - t0, infer + t2 - t1
     return PythonPass(len(images), prep, infer)
@@ -610,13 +567,13 @@ def main():
                 graft_runs[name] = run_graft(graft, name, images[name], args.model, args.seed, args.repeats)
                 log(f"{name}: graft jobs done")
 
-    manifest = read_manifest(args.model_dir, args.model)
-    session = ort_session(manifest)
-    raw = raw_throughput(session, manifest, args.seed)
+    base = read_model(args.model_dir, args.model)
+    session = ort_session(base)
+    raw = raw_throughput(session, base, args.seed)
     log("raw ONNX Runtime measured")
     python = {}
     for name in names:
-        python[name] = python_feature_pass(session, manifest, images[name])
+        python[name] = python_feature_pass(session, base, images[name])
         log(f"{name}: Python feature pass done")
 
     for name in names:
