@@ -102,7 +102,7 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
             epochs: trained.epochs,
             accuracies: trained.accuracies,
             valid_per_class: per_class(&dataset.classes, &data.valid_labels),
-            convex_possible: spec.train.hidden_units.is_none() && spec.train.dropout == 0.0,
+            convex_possible: spec.train.is_linear(),
         }),
         phase1: None,
         fine_tune: None,

@@ -214,9 +214,7 @@ impl JobSpec {
             return Err("box_head and loss_weights apply to task \"localize\" only".into());
         }
         self.loss_weights.validate().map_err(|e| format!("loss_weights: {e}"))?;
-        if self.solver == Solver::Convex
-            && (self.task != Task::Classify || self.train.hidden_units.is_some() || self.train.dropout > 0.0)
-        {
+        if self.solver == Solver::Convex && (self.task != Task::Classify || !self.train.is_linear()) {
             return Err(
                 "solver \"convex\" fits a linear classifier: task \"classify\", no hidden_units, no dropout".into()
             );

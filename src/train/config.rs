@@ -199,6 +199,12 @@ impl TrainConfig {
         }
     }
 
+    /// Whether these settings describe a linear head (no hidden layer, no dropout): the only
+    /// head the convex solver and the localizer fit.
+    pub fn is_linear(&self) -> bool {
+        self.hidden_units.is_none() && self.dropout == 0.0
+    }
+
     /// The optimiser these settings describe.
     pub fn optimizer(&self) -> Optimizer {
         let rule = match self.optimizer {

@@ -18,7 +18,7 @@ use super::error::TrainError;
 use super::head::{Dense, Head, HeadError, softmax_rows};
 use super::lbfgs::{LbfgsOptions, LbfgsOutcome, minimize};
 use super::metrics::{evaluate, log_loss};
-use super::standardize::{Scaling, Standardization};
+use super::standardize::{Scaling, Standardization, scaled};
 
 /// How a job trains its head.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,12 +107,11 @@ pub fn fit_linear(
 ) -> Result<LinearFit, TrainError> {
     config.validate().map_err(TrainError::InvalidConfig)?;
     data.validate().map_err(TrainError::InvalidData)?;
-    if config.hidden_units.is_some() || config.dropout > 0.0 {
+    if !config.is_linear() {
         return Err(TrainError::InvalidConfig(
             "the convex solver fits a linear head: leave hidden_units and dropout unset".into(),
         ));
     }
-    let views: Vec<_> = data.train.iter().map(|x| x.view()).collect();
     let labels: Vec<usize> = data.train.iter().flat_map(|_| data.train_labels.iter().copied()).collect();
     let row_weights: Option<Vec<f32>> = config.class_weights.then(|| {
         let weights = balanced_class_weights(&labels, data.classes);
@@ -132,14 +131,19 @@ pub fn fit_linear(
     let mut best: Option<(ConvexFit, Standardization)> = None;
     let mut chosen = 0;
     for &scaling in scalings {
-        let standard = scaling.fit(&views);
-        let scaled: Vec<_> = views.iter().map(|x| standard.apply(*x)).collect();
-        let scaled_views: Vec<_> = scaled.iter().map(|x| x.view()).collect();
-        let x = concatenate(Axis(0), &scaled_views).map_err(|e| invalid(&e))?;
-        drop(scaled);
+        let (standard, TrainData { train: mut variants, valid, .. }) = scaled(data, scaling);
+        // The variants' rows one after another; a single variant is already that.
+        let x = match variants.len() {
+            1 => variants.pop().expect("one variant"),
+            _ => {
+                let views: Vec<_> = variants.iter().map(|x| x.view()).collect();
+                concatenate(Axis(0), &views).map_err(|e| invalid(&e))?
+            }
+        };
+        drop(variants);
+        let valid = validated.then_some(valid);
         let problem =
             SoftmaxRegression { x: x.view(), labels: &labels, classes: data.classes, row_weights: row_weights.clone() };
-        let valid = validated.then(|| standard.apply(data.valid.view()));
         let mut previous: Option<ConvexFit> = None;
         let mut path_best: Option<f32> = None;
         let mut since_best = 0;
@@ -171,7 +175,7 @@ pub fn fit_linear(
                 (_, None) => true,
                 (None, Some(_)) => false,
             };
-            if path.get(chosen).is_none_or(|kept| step.validates_better_than(kept)) || best.is_none() {
+            if path.get(chosen).is_none_or(|kept| step.validates_better_than(kept)) {
                 chosen = path.len();
                 best = Some((fit.clone(), standard.clone()));
             }

@@ -5,6 +5,7 @@
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
+use super::data::TrainData;
 use super::head::{Dense, Head, HeadError};
 
 /// How features are scaled before a head is fitted on them. The convex solver walks its path
@@ -29,6 +30,22 @@ impl Scaling {
             Scaling::Shared => Standardization::fit_shared(parts),
         }
     }
+}
+
+/// `data` scaled by `scaling` fitted on its training rows (every variant): the training
+/// variants and the validation split, with the standardisation that did it (to fold into the
+/// head trained on them).
+pub fn scaled(data: &TrainData, scaling: Scaling) -> (Standardization, TrainData) {
+    let views: Vec<_> = data.train.iter().map(|x| x.view()).collect();
+    let standard = scaling.fit(&views);
+    let scaled = TrainData {
+        train: views.iter().map(|x| standard.apply(*x)).collect(),
+        train_labels: data.train_labels.clone(),
+        valid: standard.apply(data.valid.view()),
+        valid_labels: data.valid_labels.clone(),
+        classes: data.classes,
+    };
+    (standard, scaled)
 }
 
 /// Per-feature means and variances over the rows of every part. Sums are in f64, so a million

@@ -21,6 +21,7 @@ use super::error::TrainError;
 use super::fit::{EpochOutcome, EpochTraining, FitState, Trainable, Validation, epoch_rng, fit};
 use super::head::Head;
 use super::optim::Optimizer;
+use super::standardize::scaled;
 
 /// The result of a finished run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,16 +56,8 @@ pub fn train(
     let Some(scaling) = config.scaling else {
         return train_on(config, data, resume, on_epoch);
     };
-    let views: Vec<_> = data.train.iter().map(|x| x.view()).collect();
-    let standard = scaling.fit(&views);
-    let standardized = TrainData {
-        train: data.train.iter().map(|x| standard.apply(x.view())).collect(),
-        train_labels: data.train_labels.clone(),
-        valid: standard.apply(data.valid.view()),
-        valid_labels: data.valid_labels.clone(),
-        classes: data.classes,
-    };
-    let mut outcome = train_on(config, &standardized, resume, on_epoch)?;
+    let (standard, scaled_data) = scaled(data, scaling);
+    let mut outcome = train_on(config, &scaled_data, resume, on_epoch)?;
     outcome.head = standard.fold_head(&outcome.head).map_err(|e| TrainError::InvalidData(e.to_string()))?;
     Ok(outcome)
 }

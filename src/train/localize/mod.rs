@@ -168,7 +168,7 @@ pub fn train_localizer(
     on_epoch: &mut dyn FnMut(&LocalizeEpochReport, &LocalizeCheckpoint) -> ControlFlow<()>,
 ) -> Result<LocalizeOutcome, TrainError> {
     config.validate().map_err(TrainError::InvalidConfig)?;
-    if config.hidden_units.is_some() || config.dropout > 0.0 {
+    if !config.is_linear() {
         return Err(TrainError::InvalidConfig(
             "the localization head has no hidden layer and no dropout: leave hidden_units and dropout unset".into(),
         ));
