@@ -13,6 +13,7 @@ mod lbfgs;
 mod localize;
 mod metrics;
 mod optim;
+mod softmax_pass;
 mod standardize;
 mod trainer;
 
