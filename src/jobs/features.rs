@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::keys::{feature_key, image_key, spatial_key};
 use crate::codec;
+use crate::runtime::PendingInference;
 use crate::serving::{ImageFeatures, LoadedModel};
 use crate::store::BlobStore;
 use crate::vision::{Augmentation, DecodeLimits, Preprocessing, decode_for, preprocess_into};
@@ -114,24 +115,60 @@ pub fn extract_features(
         };
         Ok(Some(ImageFeatures { pooled, spatial }))
     };
-    let mut compute = |pixels: Vec<f32>, batch: &[&FeatureRequest]| -> Result<Vec<ImageFeatures>, FeatureError> {
-        let outputs = model.runner.infer_blocking(pixels, batch.len()).map_err(|e| failed(e.to_string()))?;
+    let store = |request: &FeatureRequest, features: &ImageFeatures| -> Result<(), FeatureError> {
+        let key = key(request);
+        if let Some(map) = &features.spatial {
+            blobs.replace(&spatial_key(&key), codec::to_bytes(map)).map_err(|e| failed(e.to_string()))?;
+        }
+        blobs.replace(&key, codec::to_bytes(&features.pooled)).map_err(|e| failed(e.to_string()))
+    };
+    let mut compute = OnRunner { model, with_spatial, store };
+    let batch = model.runner.config().max_batch_size;
+    cached_or_computed(requests, batch, model.runner.image_len(), &pixels, &mut read, &mut compute, on_progress)
+}
+
+/// The features of a batch from the model's runner, stored by `store` as they come. Batches
+/// are handed over one per instance ahead of the one collected, so every instance has one to
+/// run and the next waits in the queue: on two cores two single-threaded instances side by
+/// side outrun one session on both (their threads never wait on each other) and the
+/// whole-machine session is left alone, which runs a batch only when nothing else waits.
+struct OnRunner<'m, S> {
+    model: &'m LoadedModel,
+    with_spatial: bool,
+    store: S,
+}
+
+impl<S> BatchCompute<ImageFeatures> for OnRunner<'_, S>
+where
+    S: FnMut(&FeatureRequest, &ImageFeatures) -> Result<(), FeatureError>,
+{
+    type Started = PendingInference;
+
+    fn in_flight(&self) -> usize {
+        self.model.runner.instances() + 1
+    }
+
+    fn start(&mut self, input: Vec<f32>, batch: &[&FeatureRequest]) -> Result<PendingInference, FeatureError> {
+        self.model.runner.start_blocking(input, batch.len()).map_err(|e| FeatureError::Failed(e.to_string()))
+    }
+
+    fn finish(
+        &mut self,
+        started: PendingInference,
+        batch: &[&FeatureRequest],
+    ) -> Result<Vec<ImageFeatures>, FeatureError> {
+        let outputs = started.wait().map_err(|e| FeatureError::Failed(e.to_string()))?;
         batch
             .iter()
             .zip(outputs)
             .map(|(request, image_outputs)| {
-                let features = model.image_features(image_outputs, with_spatial).map_err(failed)?;
-                let key = key(request);
-                if let Some(map) = &features.spatial {
-                    blobs.replace(&spatial_key(&key), codec::to_bytes(map)).map_err(|e| failed(e.to_string()))?;
-                }
-                blobs.replace(&key, codec::to_bytes(&features.pooled)).map_err(|e| failed(e.to_string()))?;
+                let features =
+                    self.model.image_features(image_outputs, self.with_spatial).map_err(FeatureError::Failed)?;
+                (self.store)(request, &features)?;
                 Ok(features)
             })
             .collect()
-    };
-    let batch = model.runner.config().max_batch_size;
-    cached_or_computed(requests, batch, model.runner.image_len(), &pixels, &mut read, &mut compute, on_progress)
+    }
 }
 
 /// Where a job's model inputs come from: the stored images, augmented and preprocessed.
@@ -173,8 +210,41 @@ impl PixelSource<'_> {
     }
 }
 
-/// Computes (and stores) one value per image of a batch from its model inputs.
-pub(super) type ComputeBatch<'a, T> = dyn FnMut(Vec<f32>, &[&FeatureRequest]) -> Result<Vec<T>, FeatureError> + 'a;
+/// Computes (and stores) one value per image of a batch from its model inputs, in two steps so
+/// that several batches can be in the model at once: `start` hands a batch over, `finish`
+/// collects its values.
+pub(super) trait BatchCompute<T> {
+    type Started;
+
+    /// Batches started and not yet finished that keep the model busy.
+    fn in_flight(&self) -> usize;
+
+    fn start(&mut self, input: Vec<f32>, batch: &[&FeatureRequest]) -> Result<Self::Started, FeatureError>;
+
+    fn finish(&mut self, started: Self::Started, batch: &[&FeatureRequest]) -> Result<Vec<T>, FeatureError>;
+}
+
+/// A computation that runs a batch as it is handed over: one in flight.
+pub(super) struct Synchronous<F>(pub F);
+
+impl<T, F> BatchCompute<T> for Synchronous<F>
+where
+    F: FnMut(Vec<f32>, &[&FeatureRequest]) -> Result<Vec<T>, FeatureError>,
+{
+    type Started = Vec<T>;
+
+    fn in_flight(&self) -> usize {
+        1
+    }
+
+    fn start(&mut self, input: Vec<f32>, batch: &[&FeatureRequest]) -> Result<Vec<T>, FeatureError> {
+        (self.0)(input, batch)
+    }
+
+    fn finish(&mut self, started: Vec<T>, _batch: &[&FeatureRequest]) -> Result<Vec<T>, FeatureError> {
+        Ok(started)
+    }
+}
 
 /// Batches prepared ahead of the model: one waiting in the channel while the next is decoded,
 /// so memory stays at three batches of inputs whatever the dataset's size.
@@ -186,15 +256,15 @@ const BATCHES_AHEAD: usize = 1;
 /// returning false stops the work.
 ///
 /// Decoding and inference overlap: a scoped thread decodes and preprocesses the next batch
-/// while the model runs the current one, so the pass goes at the speed of the slower of the
-/// two rather than of their sum.
-pub(super) fn cached_or_computed<T: Clone>(
+/// while the model runs the ones `compute` keeps in flight, so the pass goes at the speed of
+/// the slower of the two rather than of their sum.
+pub(super) fn cached_or_computed<T: Clone, C: BatchCompute<T>>(
     requests: &[FeatureRequest],
     batch: usize,
     image_len: usize,
     pixels: &PixelSource<'_>,
     read: &mut dyn FnMut(&FeatureRequest) -> Result<Option<T>, FeatureError>,
-    compute: &mut ComputeBatch<'_, T>,
+    compute: &mut C,
     on_progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<(Vec<T>, FeatureStats), FeatureError> {
     let mut out: Vec<Option<T>> = requests.iter().map(&mut *read).collect::<Result<_, _>>()?;
@@ -223,25 +293,19 @@ pub(super) fn cached_or_computed<T: Clone>(
             seconds
         });
         let consumed = (|| {
+            let depth = compute.in_flight().max(1);
+            let mut started = std::collections::VecDeque::new();
             for (chunk, input) in chunks.iter().zip(receiver.iter()) {
-                let started = std::time::Instant::now();
-                let batch_requests: Vec<&FeatureRequest> = chunk.iter().map(|&i| &requests[i]).collect();
-                let values = compute(input?, &batch_requests)?;
-                stats.inference_seconds += started.elapsed().as_secs_f64();
-                if values.len() != chunk.len() {
-                    return Err(FeatureError::Failed(format!(
-                        "{} values for a batch of {} images",
-                        values.len(),
-                        chunk.len()
-                    )));
+                let began = std::time::Instant::now();
+                started.push_back((*chunk, compute.start(input?, &requests_of(requests, chunk))?));
+                stats.inference_seconds += began.elapsed().as_secs_f64();
+                if started.len() >= depth {
+                    let (chunk, handle) = started.pop_front().expect("a batch in flight");
+                    finish(compute, chunk, handle, requests, &mut out, &mut stats, on_progress)?;
                 }
-                for (&i, value) in chunk.iter().zip(values) {
-                    out[i] = Some(value);
-                }
-                stats.computed += chunk.len();
-                if !on_progress(stats.cached + stats.computed, stats.total) {
-                    return Err(FeatureError::Stopped);
-                }
+            }
+            while let Some((chunk, handle)) = started.pop_front() {
+                finish(compute, chunk, handle, requests, &mut out, &mut stats, on_progress)?;
             }
             match stats.computed == missing.len() {
                 true => Ok(()),
@@ -254,6 +318,37 @@ pub(super) fn cached_or_computed<T: Clone>(
     })?;
     let values = out.into_iter().map(|v| v.expect("every request was read from the cache or computed")).collect();
     Ok((values, stats))
+}
+
+fn requests_of<'r>(requests: &'r [FeatureRequest], chunk: &[usize]) -> Vec<&'r FeatureRequest> {
+    chunk.iter().map(|&i| &requests[i]).collect()
+}
+
+/// Collects a started batch's values into `out` (at the requests' indices in `chunk`),
+/// counts them and reports progress.
+fn finish<T, C: BatchCompute<T>>(
+    compute: &mut C,
+    chunk: &[usize],
+    handle: C::Started,
+    requests: &[FeatureRequest],
+    out: &mut [Option<T>],
+    stats: &mut FeatureStats,
+    on_progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<(), FeatureError> {
+    let began = std::time::Instant::now();
+    let values = compute.finish(handle, &requests_of(requests, chunk))?;
+    stats.inference_seconds += began.elapsed().as_secs_f64();
+    if values.len() != chunk.len() {
+        return Err(FeatureError::Failed(format!("{} values for a batch of {} images", values.len(), chunk.len())));
+    }
+    for (&i, value) in chunk.iter().zip(values) {
+        out[i] = Some(value);
+    }
+    stats.computed += chunk.len();
+    match on_progress(stats.cached + stats.computed, stats.total) {
+        true => Ok(()),
+        false => Err(FeatureError::Stopped),
+    }
 }
 
 /// The f32 values stored under `key`, when there are exactly `len` of them.
@@ -270,4 +365,108 @@ pub(super) fn read_f32(blobs: &BlobStore, key: &str, len: usize) -> Result<Optio
 pub fn variant_seed(sha256: &str, k: usize) -> u64 {
     let digest = Sha256::digest(format!("{sha256}:{k}"));
     u64::from_le_bytes(digest[..8].try_into().expect("a digest has 32 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use image::{ImageFormat, RgbImage};
+
+    use super::*;
+    use crate::vision::{ColorOrder, Layout, Normalization, ResizeMode};
+
+    /// One pixel per image (a 1 × 1 model input), so an image's input is its grey level.
+    fn preprocessing() -> Preprocessing {
+        Preprocessing {
+            width: 1,
+            height: 1,
+            layout: Layout::Nhwc,
+            color: ColorOrder::Rgb,
+            resize: ResizeMode::Stretch,
+            normalization: Normalization { scale: 1.0, mean: [0.0; 3], std: [1.0; 3] },
+        }
+    }
+
+    /// Stores `count` one-colour PNGs (grey levels 10, 20, …) and returns their requests.
+    fn stored_images(blobs: &BlobStore, count: usize) -> Vec<FeatureRequest> {
+        (0..count)
+            .map(|i| {
+                let level = 10 * (i as u8 + 1);
+                let mut png = std::io::Cursor::new(Vec::new());
+                RgbImage::from_pixel(4, 4, image::Rgb([level; 3])).write_to(&mut png, ImageFormat::Png).unwrap();
+                let sha256 = hex::encode(Sha256::digest(png.get_ref()));
+                blobs.replace(&image_key(&sha256), png.get_ref()).unwrap();
+                FeatureRequest { sha256, variant: 0 }
+            })
+            .collect()
+    }
+
+    /// Records how many batches were started and not finished at the most, and answers each
+    /// image with its model input (three channels of its grey level).
+    struct Recorder {
+        in_flight: usize,
+        open: HashSet<usize>,
+        most_open: usize,
+        next: usize,
+    }
+
+    impl BatchCompute<Vec<f32>> for Recorder {
+        type Started = (usize, Vec<f32>);
+
+        fn in_flight(&self) -> usize {
+            self.in_flight
+        }
+
+        fn start(&mut self, input: Vec<f32>, _batch: &[&FeatureRequest]) -> Result<(usize, Vec<f32>), FeatureError> {
+            let id = self.next;
+            self.next += 1;
+            self.open.insert(id);
+            self.most_open = self.most_open.max(self.open.len());
+            Ok((id, input))
+        }
+
+        fn finish(
+            &mut self,
+            (id, input): (usize, Vec<f32>),
+            batch: &[&FeatureRequest],
+        ) -> Result<Vec<Vec<f32>>, FeatureError> {
+            assert!(self.open.remove(&id), "finished once, after it started");
+            assert_eq!(input.len(), 3 * batch.len());
+            Ok(input.chunks(3).map(<[f32]>::to_vec).collect())
+        }
+    }
+
+    #[test]
+    fn batches_in_flight_are_collected_in_order_up_to_the_depth_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::open(dir.path().join("blobs")).unwrap();
+        let requests = stored_images(&blobs, 7);
+        let preprocessing = preprocessing();
+        let pixels = PixelSource {
+            blobs: &blobs,
+            augmentation: None,
+            decode_limits: &DecodeLimits::default(),
+            preprocessing: &preprocessing,
+        };
+        // The second image is cached already: only the others are computed, two at a batch.
+        let mut read = |request: &FeatureRequest| Ok((request.sha256 == requests[1].sha256).then(|| vec![-1.0; 3]));
+        for depth in [1, 3] {
+            let mut recorder = Recorder { in_flight: depth, open: HashSet::new(), most_open: 0, next: 0 };
+            let mut reported = Vec::new();
+            let (values, stats) =
+                cached_or_computed(&requests, 2, 3, &pixels, &mut read, &mut recorder, &mut |done, total| {
+                    reported.push((done, total));
+                    true
+                })
+                .unwrap();
+            let expected: Vec<Vec<f32>> =
+                (0..7).map(|i| if i == 1 { vec![-1.0; 3] } else { vec![10.0 * (i + 1) as f32; 3] }).collect();
+            assert_eq!(values, expected, "depth {depth}");
+            assert_eq!((stats.total, stats.cached, stats.computed), (7, 1, 6));
+            assert_eq!(recorder.most_open, depth, "at most `depth` batches in flight, and that many");
+            assert!(recorder.open.is_empty());
+            assert_eq!(reported, [(1, 7), (3, 7), (5, 7), (7, 7)]);
+        }
+    }
 }

@@ -10,8 +10,8 @@ use sha2::{Digest, Sha256};
 
 use super::context::{Control, Failure, JobContext, Progress, Run, feature_failure, labels, train_failure};
 use super::features::{
-    FeatureError, FeatureRequest, FeatureStats, PixelSource, cached_or_computed, feature_fingerprint, read_f32,
-    variant_suffix,
+    FeatureError, FeatureRequest, FeatureStats, PixelSource, Synchronous, cached_or_computed, feature_fingerprint,
+    read_f32, variant_suffix,
 };
 use super::keys::{activation_key, activation_shape_key, activations_namespace, fine_tune_checkpoint_key};
 use super::spec::JobSpec;
@@ -269,7 +269,7 @@ fn activations(
         None => Ok(None),
     };
     let mut prefix = None;
-    let mut compute = |pixels: Vec<f32>, batch: &[&FeatureRequest]| -> Result<Vec<Vec<f32>>, FeatureError> {
+    let compute = |pixels: Vec<f32>, batch: &[&FeatureRequest]| -> Result<Vec<Vec<f32>>, FeatureError> {
         if prefix.is_none() {
             prefix = Some(Prefix::open(ctx, model, plan).map_err(failed)?);
         }
@@ -313,7 +313,7 @@ fn activations(
         model.runner.image_len(),
         &pixels,
         &mut read,
-        &mut compute,
+        &mut Synchronous(compute),
         &mut |done, total| {
             progress.counted("activations", done, total, started);
             !control.should_stop()

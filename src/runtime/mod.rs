@@ -9,7 +9,9 @@ mod session;
 
 pub use device::{Device, cores};
 pub use library::{LibraryError, find_library, init_runtime};
-pub use runner::{BatchExecutor, Batching, ImageOutputs, InferenceError, ModelRunner, OrtExecutor, RunnerConfig};
+pub use runner::{
+    BatchExecutor, Batching, ImageOutputs, InferenceError, ModelRunner, OrtExecutor, PendingInference, RunnerConfig,
+};
 pub use session::{ModelSession, ModelSource, SessionError, SessionOptions, TensorSpec, open_session, resolve_device};
 
 /// candle asks for its thread count before every matrix product and, unless

@@ -5,8 +5,8 @@
 //! answers each request through its own oneshot channel. Several instances run
 //! batches side by side, which on a CPU keeps the cores busier than one session's
 //! threads synchronising inside each operator; a batch that finds every other instance
-//! idle may instead run on a session with all the cores (`whole`), so that a lone
-//! request is as fast as with one instance. Requests whose client has gone away
+//! idle and nothing else waiting may instead run on a session with all the cores
+//! (`whole`), so that a lone request is as fast as with one instance. Requests whose client has gone away
 //! are dropped before they are computed; a full queue is refused at once (the API
 //! answers 429). Inference never runs on the async runtime's threads.
 
@@ -91,6 +91,20 @@ struct Request {
 pub struct ModelRunner {
     sender: SyncSender<Request>,
     config: RunnerConfig,
+    /// Requests sent and not yet taken into a batch (shared with the instance threads).
+    waiting: Arc<AtomicUsize>,
+    instances: usize,
+}
+
+/// A request handed to the runner, whose outputs a caller outside the async runtime collects
+/// later: it can prepare or hand over more work while this one runs.
+pub struct PendingInference(oneshot::Receiver<Reply>);
+
+impl PendingInference {
+    /// Blocks until the request's outputs are ready.
+    pub fn wait(self) -> Result<Vec<ImageOutputs>, InferenceError> {
+        self.0.blocking_recv().map_err(|_| InferenceError::Stopped)?
+    }
 }
 
 impl ModelRunner {
@@ -104,22 +118,30 @@ impl ModelRunner {
     ) -> std::io::Result<Self> {
         assert!(!instances.is_empty(), "a runner needs at least one executor");
         let (sender, receiver) = sync_channel(config.queue_capacity.max(1));
+        let waiting = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
             intake: Mutex::new(Intake { receiver, carried: None }),
+            waiting: waiting.clone(),
             busy: AtomicUsize::new(0),
             whole: whole.map(Mutex::new),
         });
+        let count = instances.len();
         for (instance, executor) in instances.into_iter().enumerate() {
             let (shared, config) = (shared.clone(), config.clone());
             thread::Builder::new()
                 .name(format!("ort-{name}-{instance}"))
                 .spawn(move || run_loop(executor, &shared, &config))?;
         }
-        Ok(Self { sender, config })
+        Ok(Self { sender, config, waiting, instances: count })
     }
 
     pub fn config(&self) -> &RunnerConfig {
         &self.config
+    }
+
+    /// Batches that can run side by side: one per instance.
+    pub fn instances(&self) -> usize {
+        self.instances
     }
 
     pub fn image_len(&self) -> usize {
@@ -157,17 +179,28 @@ impl ModelRunner {
 
     /// As [`infer`](Self::infer), for callers outside the async runtime.
     pub fn infer_blocking(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<ImageOutputs>, InferenceError> {
-        let reply = self.submit(pixels, count)?;
-        reply.blocking_recv().map_err(|_| InferenceError::Stopped)?
+        self.start_blocking(pixels, count)?.wait()
+    }
+
+    /// Queues `count` images (at most `max_batch_size`) and returns at once; the outputs are
+    /// collected with [`PendingInference::wait`]. A caller that keeps one request per
+    /// instance in flight keeps every instance busy.
+    pub fn start_blocking(&self, pixels: Vec<f32>, count: usize) -> Result<PendingInference, InferenceError> {
+        self.submit(pixels, count).map(PendingInference)
     }
 
     fn submit(&self, pixels: Vec<f32>, count: usize) -> Result<oneshot::Receiver<Reply>, InferenceError> {
         assert!(count >= 1 && count <= self.config.max_batch_size, "callers split requests into batches");
         assert_eq!(pixels.len(), count * self.image_len(), "pixels must hold `count` whole images");
         let (reply, receiver) = oneshot::channel();
-        self.sender.try_send(Request { pixels, count, reply }).map_err(|err| match err {
-            TrySendError::Full(_) => InferenceError::Overloaded,
-            TrySendError::Disconnected(_) => InferenceError::Stopped,
+        // Counted before it can be taken, so the count never goes below zero.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.sender.try_send(Request { pixels, count, reply }).map_err(|err| {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            match err {
+                TrySendError::Full(_) => InferenceError::Overloaded,
+                TrySendError::Disconnected(_) => InferenceError::Stopped,
+            }
         })?;
         Ok(receiver)
     }
@@ -176,6 +209,8 @@ impl ModelRunner {
 /// What a model's instance threads share.
 struct Shared<E> {
     intake: Mutex<Intake>,
+    /// Requests sent and not yet taken into a batch; the runner handles count them in.
+    waiting: Arc<AtomicUsize>,
     /// Instances running a batch now.
     busy: AtomicUsize,
     /// The session with all the cores, for a batch that runs alone.
@@ -183,12 +218,15 @@ struct Shared<E> {
 }
 
 impl<E: BatchExecutor> Shared<E> {
-    /// Runs the batch on the whole-machine session when no other instance is busy and
-    /// that session is free, else on the instance's own.
+    /// Runs the batch on the whole-machine session when it is the only work (no other
+    /// instance busy, no other request waiting) and that session is free, else on the
+    /// instance's own. A request already waiting will start on another instance while this
+    /// batch runs, and two batches on all the cores plus one more would oversubscribe them.
     fn run(&self, own: &mut E, pixels: Vec<f32>, count: usize) -> Reply {
         let others_busy = self.busy.fetch_add(1, Ordering::SeqCst);
-        let whole = match (others_busy, &self.whole) {
-            (0, Some(whole)) => whole.try_lock().ok(),
+        let alone = others_busy == 0 && self.waiting.load(Ordering::SeqCst) == 0;
+        let whole = match (alone, &self.whole) {
+            (true, Some(whole)) => whole.try_lock().ok(),
             _ => None,
         };
         let reply = match whole {
@@ -241,7 +279,16 @@ fn run_loop<E: BatchExecutor>(mut executor: E, shared: &Shared<E>, config: &Runn
     loop {
         // The lock is held while the batch forms, so the instances take turns at the queue
         // and never split what waits between them. A panic elsewhere leaves the intake intact.
-        let next = shared.intake.lock().unwrap_or_else(PoisonError::into_inner).next_batch(config);
+        let next = {
+            let mut intake = shared.intake.lock().unwrap_or_else(PoisonError::into_inner);
+            let next = intake.next_batch(config);
+            // Counted out while the lock is held: the next instance to form a batch sees
+            // exactly what still waits (a carried request still does).
+            if let Some(batch) = &next {
+                shared.waiting.fetch_sub(batch.len(), Ordering::SeqCst);
+            }
+            next
+        };
         // Every sender gone (the model was unloaded) and the queue drained: the thread ends.
         let Some(mut batch) = next else { return };
         batch.retain(|request| !request.reply.is_closed());

@@ -3,7 +3,8 @@
 //! batch are split, a request that does not fit opens the next batch, a full queue is
 //! refused, a departed client's images are never computed, and dropping the runner
 //! still answers everything queued. With several instances: batches run side by side,
-//! and a batch that runs alone takes the whole-machine executor.
+//! and a batch that runs alone (no other busy, none waiting) takes the whole-machine
+//! executor.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
@@ -260,6 +261,22 @@ fn a_batch_that_runs_alone_gets_the_whole_machine_session() {
     h.release(1);
     outputs(later);
     assert_eq!(h.ran_on(3.0), "whole");
+}
+
+#[test]
+fn a_batch_with_requests_waiting_behind_it_stays_on_its_instance() {
+    let h = harness_with(1, true, config(1, 16, Duration::ZERO));
+    let first = h.occupy_with(1.0);
+    // Two more wait while the only instance runs the first batch.
+    let (queued, last) = (h.runner.submit(vec![2.0], 1).unwrap(), h.runner.submit(vec![3.0], 1).unwrap());
+    assert_eq!(h.runner.waiting.load(Ordering::SeqCst), 2);
+    h.release(3);
+    assert_eq!((outputs(first), outputs(queued), outputs(last)), (vec![10.0], vec![20.0], vec![30.0]));
+    assert_eq!(h.ran_on(1.0), "whole");
+    // When 2.0 ran, 3.0 still waited for the next free instance: not alone.
+    assert_eq!(h.ran_on(2.0), "instance-0");
+    assert_eq!(h.ran_on(3.0), "whole");
+    assert_eq!(h.runner.waiting.load(Ordering::SeqCst), 0, "every request counted out");
 }
 
 /// Unloading a model — dropping its last runner handle — ends its threads and frees
