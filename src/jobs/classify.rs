@@ -75,6 +75,7 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
                     l2: fit.l2,
                     selected_by,
                     path: fit.path,
+                    refit: fit.refit,
                 }),
                 epochs: None,
                 accuracies: None,

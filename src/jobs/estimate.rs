@@ -26,11 +26,17 @@ const FEATURE_COPIES: u64 = 2;
 /// the two moments, the best head), about 8 bytes a value with its separator.
 const CHECKPOINT_BYTES_PER_PARAMETER: u64 = 32;
 
-/// Bytes per parameter of the convex solver: L-BFGS keeps 10 pairs of f64 vectors (160) and
-/// five more (the point, its gradient, the trial point and its gradient, the direction: 40);
-/// the objective builds the weights and their gradient in f32 (8); the path keeps the previous
-/// fit and the best one (8).
+/// Bytes per parameter of the convex solver: L-BFGS keeps 20 pairs of f32 vectors (160) and
+/// five f64 vectors (the point, its gradient, the trial point and its gradient, the
+/// direction: 40); the objective builds the weights and their gradient in f32 (8); the path
+/// keeps the previous fit and the best one (8). Each thread of the pass adds its own f32
+/// gradient ([`convex_bytes_per_parameter`]).
 const CONVEX_BYTES_PER_PARAMETER: u64 = 216;
+
+/// [`CONVEX_BYTES_PER_PARAMETER`] and a gradient share per thread of this machine.
+fn convex_bytes_per_parameter() -> u64 {
+    CONVEX_BYTES_PER_PARAMETER + 4 * std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
 
 /// The dataset and base facts an estimate needs.
 #[derive(Debug, Clone, Copy)]
@@ -76,10 +82,10 @@ pub fn estimate(spec: &JobSpec, shape: &JobShape) -> Footprint {
     let per_row = shape.feature_width + if spatial { shape.spatial_values.unwrap_or(0) } else { 0 };
     let convex = spec.solver == Solver::Convex;
     // The convex solver, and a standardising mini-batch run, also hold the rows standardised,
-    // once more; the convex solver also the scores and their gradient (rows × classes, twice).
+    // once more: the convex path in f16 (half a copy of the training rows), then its final fit
+    // in f32 (a copy of the training and validation rows; `rows` also counts the test split).
     let copies = FEATURE_COPIES + u64::from(convex || spec.train.scaling.is_some());
-    let scores = if convex { rows.saturating_mul(shape.classes).saturating_mul(8) } else { 0 };
-    let features_bytes = rows.saturating_mul(per_row).saturating_mul(4 * copies).saturating_add(scores);
+    let features_bytes = rows.saturating_mul(per_row).saturating_mul(4 * copies);
 
     let dense = |inputs: u64, outputs: u64| -> u64 {
         match spec.train.hidden_units {
@@ -100,7 +106,7 @@ pub fn estimate(spec: &JobSpec, shape: &JobShape) -> Footprint {
     }
     // The convex path keeps no checkpoint: a job that loses its worker walks it again.
     let (per_parameter, checkpoint) =
-        if convex { (CONVEX_BYTES_PER_PARAMETER, 0) } else { (4 * PARAMETER_COPIES, CHECKPOINT_BYTES_PER_PARAMETER) };
+        if convex { (convex_bytes_per_parameter(), 0) } else { (4 * PARAMETER_COPIES, CHECKPOINT_BYTES_PER_PARAMETER) };
     let head_bytes = parameters.saturating_mul(per_parameter);
     let checkpoint_bytes = parameters.saturating_mul(checkpoint);
     let total_bytes = features_bytes.saturating_add(head_bytes).saturating_add(checkpoint_bytes);
@@ -176,9 +182,10 @@ mod tests {
     #[test]
     fn a_convex_fit_counts_the_standardised_copy_and_the_solver_state() {
         let footprint = estimate(&spec(json!({})), &SHAPE);
-        // Three copies of the rows, their scores and gradient, 216 bytes a parameter, no checkpoint.
-        assert_eq!(footprint.features_bytes, 1200 * 1280 * 12 + 1200 * 10 * 8);
-        assert_eq!(footprint.head_bytes, (1280 * 10 + 10) * 216);
+        // Three copies of the rows; 216 bytes a parameter and 4 more per thread; no checkpoint.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        assert_eq!(footprint.features_bytes, 1200 * 1280 * 12);
+        assert_eq!(footprint.head_bytes, (1280 * 10 + 10) * (216 + 4 * threads));
         assert_eq!(footprint.checkpoint_bytes, 0);
     }
 

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::features::FeatureStats;
-use crate::train::{BoxMetrics, Evaluation, LocalizeHeadKind, LossWeights, PathStep, Scaling, Solver};
+use crate::train::{BoxMetrics, Evaluation, LocalizeHeadKind, LossWeights, PathStep, Refit, Scaling, Solver};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct JobEvaluation {
@@ -68,6 +68,8 @@ pub struct SolverReport {
     /// no validation split, the default penalty).
     pub selected_by: &'static str,
     pub path: Vec<PathStep>,
+    /// The kept step's fit finished to the final tolerance.
+    pub refit: Refit,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]

@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 
+use super::vector::{axpy, dot};
+
 /// When to stop.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LbfgsOptions {
@@ -61,15 +63,15 @@ pub fn minimize(
             return outcome(x, value, iteration, evaluations, true);
         }
         curvature.direction(&gradient, &mut direction);
-        let mut slope = dot(&gradient, &direction);
+        let mut slope = dot64(&gradient, &direction);
         if slope >= 0.0 {
             // Not a descent direction (rounding): restart from steepest descent.
             curvature.forget();
             direction.iter_mut().zip(&gradient).for_each(|(d, g)| *d = -g);
-            slope = -dot(&gradient, &gradient);
+            slope = -dot64(&gradient, &gradient);
         }
         // Without curvature to scale it, the first step has unit length.
-        let mut step = if curvature.is_empty() { 1.0 / dot(&direction, &direction).sqrt().max(1e-12) } else { 1.0 };
+        let mut step = if curvature.is_empty() { 1.0 / dot64(&direction, &direction).sqrt().max(1e-12) } else { 1.0 };
         let mut accepted = None;
         for _ in 0..MAX_BACKTRACKS {
             for ((c, xi), di) in candidate.iter_mut().zip(&x).zip(&direction) {
@@ -108,14 +110,17 @@ pub fn minimize(
 /// it) while the gradient is still exact enough to descend on; without this test every fit
 /// ended with a line search halving its step to nothing, a tenth of all evaluations.
 fn approximately_wolfe(value: f64, new_value: f64, slope: f64, new_gradient: &[f64], direction: &[f64]) -> bool {
-    let new_slope = dot(new_gradient, direction);
+    let new_slope = dot64(new_gradient, direction);
     new_value <= value + 1e-6 * value.abs() && -0.8 * slope >= new_slope && new_slope >= 0.9 * slope
 }
 
 /// The newest (step, gradient change, 1 / stepᵀ·change) pairs: what the search has learnt of
-/// the objective's curvature. The oldest pair's buffers are reused for the newest.
+/// the objective's curvature. The pairs are kept in f32: they only shape the search direction,
+/// which the line search then checks, and the recursion streams all of them every step (20
+/// pairs of a 41,000-parameter head are 13 MB in f64, past any core's cache). The oldest
+/// pair's buffers are reused for the newest.
 struct Curvature {
-    pairs: VecDeque<(Vec<f64>, Vec<f64>, f64)>,
+    pairs: VecDeque<(Vec<f32>, Vec<f32>, f64)>,
     memory: usize,
     /// Scratch for the recursion's coefficients.
     alphas: Vec<f64>,
@@ -140,9 +145,9 @@ impl Curvature {
             true => self.pairs.pop_front().map(|(s, y, _)| (s, y)).expect("memory ≥ 1"),
             false => (vec![0.0; x.len()], vec![0.0; x.len()]),
         };
-        s.iter_mut().zip(next).zip(x).for_each(|((si, a), b)| *si = a - b);
-        y.iter_mut().zip(next_gradient).zip(gradient).for_each(|((yi, a), b)| *yi = a - b);
-        let sy = dot(&s, &y);
+        s.iter_mut().zip(next).zip(x).for_each(|((si, a), b)| *si = (a - b) as f32);
+        y.iter_mut().zip(next_gradient).zip(gradient).for_each(|((yi, a), b)| *yi = (a - b) as f32);
+        let sy = stored_dot(&s, &y);
         if sy > 1e-12 {
             self.pairs.push_back((s, y, 1.0 / sy));
         }
@@ -160,7 +165,7 @@ impl Curvature {
             self.alphas.push(alpha);
         }
         if let Some((s, y, _)) = self.pairs.back() {
-            let gamma = dot(s, y) / dot(y, y).max(1e-300);
+            let gamma = stored_dot(s, y) / stored_dot(y, y).max(1e-300);
             q.iter_mut().for_each(|v| *v *= gamma);
         }
         for ((s, y, rho), alpha) in self.pairs.iter().zip(self.alphas.iter().rev()) {
@@ -171,27 +176,18 @@ impl Curvature {
     }
 }
 
-/// aᵀb, summed in eight independent lanes: a single running sum is a chain of dependent
-/// additions that no compiler may reorder, and the recursion takes 4·memory of these a step
-/// over every parameter.
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut lanes = [0f64; 8];
-    let (whole_a, whole_b) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f64 = whole_a.remainder().iter().zip(whole_b.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in whole_a.zip(whole_b) {
-        for lane in 0..8 {
-            lanes[lane] += x[lane] * y[lane];
-        }
-    }
-    lanes.iter().sum::<f64>() + tail
+/// aᵀb of two stored vectors, summed in f64 (once or twice a step).
+fn stored_dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum()
+}
+
+/// aᵀb of two f64 vectors (the gradient and the direction, a few times a step).
+fn dot64(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 fn max_abs(a: &[f64]) -> f64 {
     a.iter().fold(0.0, |m, v| m.max(v.abs()))
-}
-
-fn axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
-    y.iter_mut().zip(x).for_each(|(yi, xi)| *yi += alpha * xi);
 }
 
 #[cfg(test)]

@@ -16,10 +16,11 @@ mod optim;
 mod softmax_pass;
 mod standardize;
 mod trainer;
+mod vector;
 
 pub use checkpoint::{Checkpoint, EpochReport};
 pub use config::{EarlyStopping, OptimizerKind, Schedule, StopMetric, TUNED_EPOCHS, TUNED_PATIENCE, TrainConfig};
-pub use convex::{ConvexFit, L2_PATH, LinearFit, PathStep, SoftmaxRegression, Solver, fit_linear};
+pub use convex::{ConvexFit, L2_PATH, LinearFit, PathStep, Refit, SoftmaxRegression, Solver, fit_linear};
 pub(crate) use data::balanced_class_weights;
 pub use data::{TrainData, stack_rows};
 pub use error::TrainError;

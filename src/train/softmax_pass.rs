@@ -2,26 +2,73 @@
 //! softmax-regression loss and its gradient. For each block of rows small enough to stay in
 //! the core's cache it computes the class scores X·Wᵀ + b, the loss and the per-row gradient
 //! G = w·(softmax − onehot), and adds Gᵀ·X to the gradient while the rows are still in
-//! cache, so the rows are read from memory once per evaluation rather than twice. Blocks run
-//! in parallel on rayon's pool, each thread adding into its own gradient.
+//! cache, so the rows are read from memory once per evaluation rather than twice. The rows
+//! are split into one contiguous share per thread of rayon's pool, each summed into its own
+//! gradient and the shares added in order, so a result does not depend on scheduling.
+//!
+//! Rows are stored as f32, or as f16 ([`half::f16`]) where a fit only has to rank
+//! penalties: reading the rows from memory is what an evaluation waits on, and half the
+//! bytes is about a third off its time. Sums are always in f32 or wider.
 //!
 //! Two general matrix products (ndarray on matrixmultiply) took 3.8 ms an evaluation on
 //! 3,000 × 1,280 rows and 10 classes on two cores, packing the rows twice; this pass takes
-//! about 2 ms. The products have ten columns, too few for a general kernel, so on x86-64 with
-//! AVX2 and FMA (checked at run time) the two products are small register-tiled loops over
-//! the rows; elsewhere, plain loops compute the same sums.
+//! about 2 ms in f32. The products have ten columns, too few for a general kernel, so on
+//! x86-64 with AVX2, FMA and F16C (checked at run time) the two products are small
+//! register-tiled loops over the rows; elsewhere, plain loops compute the same sums.
 
+use half::f16;
 use ndarray::ArrayView2;
 use rayon::prelude::*;
+
+/// How a row's values are stored: f32, or f16 for half the memory traffic.
+pub trait Element: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+
+    /// Eight consecutive values from `ptr`, widened to f32.
+    ///
+    /// # Safety
+    /// AVX2 and F16C are available, and `ptr` points at eight readable values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Element for f32 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(ptr: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract (eight readable values, AVX available).
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(ptr) }
+    }
+}
+
+impl Element for f16 {
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(ptr: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm256_cvtph_ps};
+        // SAFETY: the caller's contract (eight readable values, F16C available).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(ptr.cast::<__m128i>())) }
+    }
+}
 
 /// Rows of about this many bytes make a block: with the block's scores they fit in a core's
 /// L2 cache (512 KiB here), where the second product finds them.
 const BLOCK_BYTES: usize = 256 * 1024;
 
 /// The training rows of a softmax regression, as the pass reads them.
-pub struct Rows<'a> {
+pub struct Rows<'a, E: Element = f32> {
     /// One row per example, in standard (row-major, contiguous) layout.
-    x: ArrayView2<'a, f32>,
+    x: ArrayView2<'a, E>,
     labels: &'a [usize],
     /// Per-row weights; `None`: all 1.
     weights: Option<&'a [f32]>,
@@ -29,10 +76,10 @@ pub struct Rows<'a> {
     total: f64,
 }
 
-impl<'a> Rows<'a> {
+impl<'a, E: Element> Rows<'a, E> {
     /// `x` must be in standard layout (a contiguous row-major array); `labels` and `weights`
     /// have one entry per row.
-    pub fn new(x: ArrayView2<'a, f32>, labels: &'a [usize], weights: Option<&'a [f32]>) -> Self {
+    pub fn new(x: ArrayView2<'a, E>, labels: &'a [usize], weights: Option<&'a [f32]>) -> Self {
         assert!(x.is_standard_layout(), "the pass reads rows as contiguous slices");
         assert_eq!(labels.len(), x.nrows(), "one label per row");
         assert!(weights.is_none_or(|w| w.len() == x.nrows()), "one weight per row");
@@ -54,36 +101,50 @@ pub struct Gradient {
 
 /// The weighted mean cross-entropy of softmax(X·Wᵀ + b) over `rows`, and its gradient.
 /// `weights_t` holds W class-major (k × d), `bias` has k entries.
-pub fn loss_and_gradient(rows: &Rows<'_>, weights_t: &[f32], bias: &[f32]) -> (f64, Gradient) {
+pub fn loss_and_gradient<E: Element>(rows: &Rows<'_, E>, weights_t: &[f32], bias: &[f32]) -> (f64, Gradient) {
     let (n, d, k) = (rows.x.nrows(), rows.x.ncols(), bias.len());
     assert_eq!(weights_t.len(), k * d, "k × d weights");
     let x = rows.x.as_slice().expect("standard layout, checked in Rows::new");
-    let block = (BLOCK_BYTES / (4 * d.max(1))).clamp(8, 512);
-    let empty = || (0f64, vec![0f32; k * d], vec![0f64; k]);
-    let (loss, weights, bias_gradient) = (0..n.div_ceil(block))
+    let block = (BLOCK_BYTES / (std::mem::size_of::<E>() * d.max(1))).clamp(8, 512);
+    // One contiguous share of the blocks per thread, summed in order below.
+    let blocks = n.div_ceil(block);
+    let share = blocks.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let shares: Vec<(f64, Vec<f32>, Vec<f64>)> = (0..blocks.div_ceil(share))
         .into_par_iter()
-        .fold(empty, |(mut loss, mut grad_w, mut grad_b), b| {
-            let start = b * block;
-            let end = (start + block).min(n);
-            let block_x = &x[start * d..end * d];
-            let mut scores = vec![0f32; (end - start) * k];
-            scores_into(block_x, d, weights_t, bias, &mut scores);
-            loss += softmax_gradient(rows, start, k, &mut scores, &mut grad_b);
-            add_gradient(block_x, d, &scores, k, &mut grad_w);
+        .map(|s| {
+            let (mut loss, mut grad_w, mut grad_b) = (0f64, vec![0f32; k * d], vec![0f64; k]);
+            let mut scores = vec![0f32; block * k];
+            for b in s * share..((s + 1) * share).min(blocks) {
+                let start = b * block;
+                let end = (start + block).min(n);
+                let block_x = &x[start * d..end * d];
+                let scores = &mut scores[..(end - start) * k];
+                scores_into(block_x, d, weights_t, bias, scores);
+                loss += softmax_gradient(rows, start, k, scores, &mut grad_b);
+                add_gradient(block_x, d, scores, k, &mut grad_w);
+            }
             (loss, grad_w, grad_b)
         })
-        .reduce(empty, |(la, mut wa, mut ba), (lb, wb, bb)| {
-            wa.iter_mut().zip(&wb).for_each(|(a, b)| *a += b);
-            ba.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
-            (la + lb, wa, ba)
-        });
+        .collect();
+    let (mut loss, mut weights, mut bias_gradient) = (0f64, vec![0f32; k * d], vec![0f64; k]);
+    for (share_loss, share_w, share_b) in shares {
+        loss += share_loss;
+        weights.iter_mut().zip(&share_w).for_each(|(a, b)| *a += b);
+        bias_gradient.iter_mut().zip(&share_b).for_each(|(a, b)| *a += b);
+    }
     (loss / rows.total, Gradient { weights, bias: bias_gradient })
 }
 
 /// Turns each row of `scores` (rows `first..` of `rows`) into its loss gradient
 /// wᵢ·(pᵢ − onehot(yᵢ)) / Σw, adds it to `bias_gradient`, and returns the rows' weighted
 /// (unnormalised) cross-entropy.
-fn softmax_gradient(rows: &Rows<'_>, first: usize, k: usize, scores: &mut [f32], bias_gradient: &mut [f64]) -> f64 {
+fn softmax_gradient<E: Element>(
+    rows: &Rows<'_, E>,
+    first: usize,
+    k: usize,
+    scores: &mut [f32],
+    bias_gradient: &mut [f64],
+) -> f64 {
     let mut loss = 0f64;
     for (offset, row) in scores.chunks_exact_mut(k).enumerate() {
         let i = first + offset;
@@ -109,11 +170,11 @@ fn softmax_gradient(rows: &Rows<'_>, first: usize, k: usize, scores: &mut [f32],
 }
 
 /// `scores[r·k + c] = x[r]·weights_t[c] + bias[c]` for the rows of `x` (each `d` long).
-fn scores_into(x: &[f32], d: usize, weights_t: &[f32], bias: &[f32], scores: &mut [f32]) {
+fn scores_into<E: Element>(x: &[E], d: usize, weights_t: &[f32], bias: &[f32], scores: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above); the slices' lengths are the
-        // shapes the kernel indexes (x: rows × d, weights_t: k × d, scores: rows × k).
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); the slices' lengths are
+        // the shapes the kernel indexes (x: rows × d, weights_t: k × d, scores: rows × k).
         unsafe { avx2::scores(x, d, weights_t, bias.len(), scores) };
         add_bias(scores, bias);
         return;
@@ -129,7 +190,7 @@ fn add_bias(scores: &mut [f32], bias: &[f32]) {
 }
 
 /// `gradient[c·d + j] += Σᵣ g[r·k + c]·x[r·d + j]` over the rows of `x`.
-fn add_gradient(x: &[f32], d: usize, g: &[f32], k: usize, gradient: &mut [f32]) {
+fn add_gradient<E: Element>(x: &[E], d: usize, g: &[f32], k: usize, gradient: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
         // SAFETY: as in `scores_into`; gradient is k × d.
@@ -141,24 +202,26 @@ fn add_gradient(x: &[f32], d: usize, g: &[f32], k: usize, gradient: &mut [f32]) 
 
 /// The same sums in plain loops: any CPU, and the reference the fast kernels are tested on.
 mod portable {
-    pub fn scores(x: &[f32], d: usize, weights_t: &[f32], k: usize, scores: &mut [f32]) {
+    use super::Element;
+
+    pub fn scores<E: Element>(x: &[E], d: usize, weights_t: &[f32], k: usize, scores: &mut [f32]) {
         for (row, out) in x.chunks_exact(d).zip(scores.chunks_exact_mut(k)) {
             for (c, o) in out.iter_mut().enumerate() {
-                *o = row.iter().zip(&weights_t[c * d..(c + 1) * d]).map(|(a, b)| a * b).sum();
+                *o = row.iter().zip(&weights_t[c * d..(c + 1) * d]).map(|(a, b)| a.to_f32() * b).sum();
             }
         }
     }
 
-    pub fn add_gradient(x: &[f32], d: usize, g: &[f32], k: usize, gradient: &mut [f32]) {
+    pub fn add_gradient<E: Element>(x: &[E], d: usize, g: &[f32], k: usize, gradient: &mut [f32]) {
         for (row, gr) in x.chunks_exact(d).zip(g.chunks_exact(k)) {
             for (c, &gc) in gr.iter().enumerate() {
-                gradient[c * d..(c + 1) * d].iter_mut().zip(row).for_each(|(o, &v)| *o += gc * v);
+                gradient[c * d..(c + 1) * d].iter_mut().zip(row).for_each(|(o, &v)| *o += gc * v.to_f32());
             }
         }
     }
 }
 
-/// Register-tiled kernels for x86-64 with AVX2 and FMA. Scores: two rows by up to six
+/// Register-tiled kernels for x86-64 with AVX2, FMA and F16C. Scores: two rows by up to six
 /// classes per tile, 8 features a step (12 accumulators, the rows loaded once per step and
 /// each class's weights once for both rows). Gradient: 16 features by up to six classes per
 /// tile, accumulated over the block's rows (the block is in cache). Features beyond the last
@@ -167,17 +230,19 @@ mod portable {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::Element;
+
     /// Classes per tile: 2 × 6 accumulators plus the loaded values fit the 16 registers.
     const TILE_CLASSES: usize = 6;
 
     pub fn available() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
     }
 
     /// The sum of the 8 lanes.
     #[inline(always)]
     unsafe fn lane_sum(v: __m256) -> f32 {
-        // SAFETY (all intrinsics in this module): the caller runs with AVX2 and FMA, and every
+        // SAFETY (all intrinsics in this module): the caller runs with AVX2, FMA and F16C, and every
         // pointer offset stays inside the slice it came from (the loops' bounds).
         unsafe {
             let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -190,9 +255,9 @@ mod avx2 {
     /// `C` classes whose weights start at `w` (class-major, `d` each), into `out_first` and
     /// `out_second`.
     #[inline(always)]
-    unsafe fn scores_tile<const C: usize>(
-        first: *const f32,
-        second: *const f32,
+    unsafe fn scores_tile<E: Element, const C: usize>(
+        first: *const E,
+        second: *const E,
         w: *const f32,
         d: usize,
         out_first: &mut [f32],
@@ -204,8 +269,8 @@ mod avx2 {
             let whole = d - d % 8;
             let mut j = 0;
             while j < whole {
-                let x0 = _mm256_loadu_ps(first.add(j));
-                let x1 = _mm256_loadu_ps(second.add(j));
+                let x0 = E::load8(first.add(j));
+                let x1 = E::load8(second.add(j));
                 for c in 0..C {
                     let wc = _mm256_loadu_ps(w.add(c * d + j));
                     a[c] = _mm256_fmadd_ps(x0, wc, a[c]);
@@ -217,8 +282,8 @@ mod avx2 {
                 let (mut s0, mut s1) = (lane_sum(a[c]), lane_sum(b[c]));
                 for j in whole..d {
                     let wc = *w.add(c * d + j);
-                    s0 += *first.add(j) * wc;
-                    s1 += *second.add(j) * wc;
+                    s0 += (*first.add(j)).to_f32() * wc;
+                    s1 += (*second.add(j)).to_f32() * wc;
                 }
                 out_first[c] = s0;
                 out_second[c] = s1;
@@ -227,7 +292,14 @@ mod avx2 {
     }
 
     #[inline(always)]
-    unsafe fn scores_classes<const C: usize>(x: &[f32], d: usize, w: &[f32], k: usize, c0: usize, scores: &mut [f32]) {
+    unsafe fn scores_classes<E: Element, const C: usize>(
+        x: &[E],
+        d: usize,
+        w: &[f32],
+        k: usize,
+        c0: usize,
+        scores: &mut [f32],
+    ) {
         let rows = x.len() / d;
         let mut spare = [0f32; TILE_CLASSES];
         let mut r = 0;
@@ -239,7 +311,7 @@ mod avx2 {
             let out_second = if paired { &mut tail[c0..c0 + C] } else { &mut spare[..C] };
             // SAFETY: rows r and `second` are whole rows of x; w holds C classes of d weights.
             unsafe {
-                scores_tile::<C>(
+                scores_tile::<E, C>(
                     x.as_ptr().add(r * d),
                     x.as_ptr().add(second * d),
                     w.as_ptr(),
@@ -252,8 +324,8 @@ mod avx2 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores(x: &[f32], d: usize, weights_t: &[f32], k: usize, scores: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores<E: Element>(x: &[E], d: usize, weights_t: &[f32], k: usize, scores: &mut [f32]) {
         let mut c0 = 0;
         while c0 < k {
             let tile = (k - c0).min(TILE_CLASSES);
@@ -261,12 +333,12 @@ mod avx2 {
             // SAFETY: this function's own precondition (AVX2 and FMA).
             unsafe {
                 match tile {
-                    6 => scores_classes::<6>(x, d, w, k, c0, scores),
-                    5 => scores_classes::<5>(x, d, w, k, c0, scores),
-                    4 => scores_classes::<4>(x, d, w, k, c0, scores),
-                    3 => scores_classes::<3>(x, d, w, k, c0, scores),
-                    2 => scores_classes::<2>(x, d, w, k, c0, scores),
-                    _ => scores_classes::<1>(x, d, w, k, c0, scores),
+                    6 => scores_classes::<E, 6>(x, d, w, k, c0, scores),
+                    5 => scores_classes::<E, 5>(x, d, w, k, c0, scores),
+                    4 => scores_classes::<E, 4>(x, d, w, k, c0, scores),
+                    3 => scores_classes::<E, 3>(x, d, w, k, c0, scores),
+                    2 => scores_classes::<E, 2>(x, d, w, k, c0, scores),
+                    _ => scores_classes::<E, 1>(x, d, w, k, c0, scores),
                 }
             }
             c0 += tile;
@@ -275,8 +347,8 @@ mod avx2 {
 
     /// Adds the block's gradient for features `j..j + 16` of classes `c0..c0 + C`.
     #[inline(always)]
-    unsafe fn gradient_tile<const C: usize>(
-        x: &[f32],
+    unsafe fn gradient_tile<E: Element, const C: usize>(
+        x: &[E],
         d: usize,
         g: &[f32],
         k: usize,
@@ -293,8 +365,8 @@ mod avx2 {
                 b[c] = _mm256_loadu_ps(out.add((c0 + c) * d + j + 8));
             }
             for (row, gr) in x.chunks_exact(d).zip(g.chunks_exact(k)) {
-                let x0 = _mm256_loadu_ps(row.as_ptr().add(j));
-                let x1 = _mm256_loadu_ps(row.as_ptr().add(j + 8));
+                let x0 = E::load8(row.as_ptr().add(j));
+                let x1 = E::load8(row.as_ptr().add(j + 8));
                 for c in 0..C {
                     let gc = _mm256_broadcast_ss(&gr[c0 + c]);
                     a[c] = _mm256_fmadd_ps(x0, gc, a[c]);
@@ -309,8 +381,8 @@ mod avx2 {
     }
 
     #[inline(always)]
-    unsafe fn gradient_classes<const C: usize>(
-        x: &[f32],
+    unsafe fn gradient_classes<E: Element, const C: usize>(
+        x: &[E],
         d: usize,
         g: &[f32],
         k: usize,
@@ -320,30 +392,30 @@ mod avx2 {
         let whole = d - d % 16;
         for j in (0..whole).step_by(16) {
             // SAFETY: j + 16 ≤ d, so every load and store stays inside a row and a class.
-            unsafe { gradient_tile::<C>(x, d, g, k, c0, j, gradient) };
+            unsafe { gradient_tile::<E, C>(x, d, g, k, c0, j, gradient) };
         }
         for (row, gr) in x.chunks_exact(d).zip(g.chunks_exact(k)) {
             for c in c0..c0 + C {
                 let out = &mut gradient[c * d + whole..(c + 1) * d];
-                out.iter_mut().zip(&row[whole..]).for_each(|(o, &v)| *o += gr[c] * v);
+                out.iter_mut().zip(&row[whole..]).for_each(|(o, &v)| *o += gr[c] * v.to_f32());
             }
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn add_gradient(x: &[f32], d: usize, g: &[f32], k: usize, gradient: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn add_gradient<E: Element>(x: &[E], d: usize, g: &[f32], k: usize, gradient: &mut [f32]) {
         let mut c0 = 0;
         while c0 < k {
             let tile = (k - c0).min(TILE_CLASSES);
             // SAFETY: this function's own precondition (AVX2 and FMA).
             unsafe {
                 match tile {
-                    6 => gradient_classes::<6>(x, d, g, k, c0, gradient),
-                    5 => gradient_classes::<5>(x, d, g, k, c0, gradient),
-                    4 => gradient_classes::<4>(x, d, g, k, c0, gradient),
-                    3 => gradient_classes::<3>(x, d, g, k, c0, gradient),
-                    2 => gradient_classes::<2>(x, d, g, k, c0, gradient),
-                    _ => gradient_classes::<1>(x, d, g, k, c0, gradient),
+                    6 => gradient_classes::<E, 6>(x, d, g, k, c0, gradient),
+                    5 => gradient_classes::<E, 5>(x, d, g, k, c0, gradient),
+                    4 => gradient_classes::<E, 4>(x, d, g, k, c0, gradient),
+                    3 => gradient_classes::<E, 3>(x, d, g, k, c0, gradient),
+                    2 => gradient_classes::<E, 2>(x, d, g, k, c0, gradient),
+                    _ => gradient_classes::<E, 1>(x, d, g, k, c0, gradient),
                 }
             }
             c0 += tile;
