@@ -235,6 +235,21 @@ mod avx2 {
     /// Classes per tile: 2 × 6 accumulators plus the loaded values fit the 16 registers.
     const TILE_CLASSES: usize = 6;
 
+    /// `f::<E, C>(args)` with `C` the tile's class count (1 to [`TILE_CLASSES`]) as a constant,
+    /// so that each tile's accumulators are a fixed set of registers.
+    macro_rules! per_tile {
+        ($tile:expr, $f:ident::<$e:ty>($($arg:expr),*)) => {
+            match $tile {
+                6 => $f::<$e, 6>($($arg),*),
+                5 => $f::<$e, 5>($($arg),*),
+                4 => $f::<$e, 4>($($arg),*),
+                3 => $f::<$e, 3>($($arg),*),
+                2 => $f::<$e, 2>($($arg),*),
+                _ => $f::<$e, 1>($($arg),*),
+            }
+        };
+    }
+
     pub fn available() -> bool {
         is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
     }
@@ -330,17 +345,8 @@ mod avx2 {
         while c0 < k {
             let tile = (k - c0).min(TILE_CLASSES);
             let w = &weights_t[c0 * d..(c0 + tile) * d];
-            // SAFETY: this function's own precondition (AVX2 and FMA).
-            unsafe {
-                match tile {
-                    6 => scores_classes::<E, 6>(x, d, w, k, c0, scores),
-                    5 => scores_classes::<E, 5>(x, d, w, k, c0, scores),
-                    4 => scores_classes::<E, 4>(x, d, w, k, c0, scores),
-                    3 => scores_classes::<E, 3>(x, d, w, k, c0, scores),
-                    2 => scores_classes::<E, 2>(x, d, w, k, c0, scores),
-                    _ => scores_classes::<E, 1>(x, d, w, k, c0, scores),
-                }
-            }
+            // SAFETY: this function's own precondition (AVX2, FMA and F16C).
+            unsafe { per_tile!(tile, scores_classes::<E>(x, d, w, k, c0, scores)) }
             c0 += tile;
         }
     }
@@ -407,17 +413,8 @@ mod avx2 {
         let mut c0 = 0;
         while c0 < k {
             let tile = (k - c0).min(TILE_CLASSES);
-            // SAFETY: this function's own precondition (AVX2 and FMA).
-            unsafe {
-                match tile {
-                    6 => gradient_classes::<E, 6>(x, d, g, k, c0, gradient),
-                    5 => gradient_classes::<E, 5>(x, d, g, k, c0, gradient),
-                    4 => gradient_classes::<E, 4>(x, d, g, k, c0, gradient),
-                    3 => gradient_classes::<E, 3>(x, d, g, k, c0, gradient),
-                    2 => gradient_classes::<E, 2>(x, d, g, k, c0, gradient),
-                    _ => gradient_classes::<E, 1>(x, d, g, k, c0, gradient),
-                }
-            }
+            // SAFETY: this function's own precondition (AVX2, FMA and F16C).
+            unsafe { per_tile!(tile, gradient_classes::<E>(x, d, g, k, c0, gradient)) }
             c0 += tile;
         }
     }
@@ -444,34 +441,45 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(11);
         for (n, d, k) in SHAPES {
             let (x, w, g) = (random(n * d, &mut rng), random(k * d, &mut rng), random(n * k, &mut rng));
-            // Sums in f64, straight from the definitions.
-            let expected_scores: Vec<f64> = (0..n * k)
-                .map(|i| (0..d).map(|j| f64::from(x[(i / k) * d + j]) * f64::from(w[(i % k) * d + j])).sum())
-                .collect();
-            let expected_gradient: Vec<f64> = (0..k * d)
-                .map(|i| (0..n).map(|r| f64::from(g[r * k + i / d]) * f64::from(x[r * d + i % d])).sum())
-                .collect();
-            let close = |got: &[f32], expected: &[f64], what: &str| {
-                for (a, b) in got.iter().zip(expected) {
-                    assert!((f64::from(*a) - b).abs() < 1e-4 * (1.0 + b.abs()), "{what} {n}×{d}×{k}: {a} vs {b}");
-                }
-            };
-            let mut scores = vec![0f32; n * k];
-            portable::scores(&x, d, &w, k, &mut scores);
-            close(&scores, &expected_scores, "portable scores");
-            let mut gradient = vec![0f32; k * d];
-            portable::add_gradient(&x, d, &g, k, &mut gradient);
-            close(&gradient, &expected_gradient, "portable gradient");
-            #[cfg(target_arch = "x86_64")]
-            if avx2::available() {
-                let mut scores = vec![0f32; n * k];
-                // SAFETY: AVX2 and FMA are available; the shapes match.
-                unsafe { avx2::scores(&x, d, &w, k, &mut scores) };
-                close(&scores, &expected_scores, "avx2 scores");
-                let mut gradient = vec![0f32; k * d];
-                unsafe { avx2::add_gradient(&x, d, &g, k, &mut gradient) };
-                close(&gradient, &expected_gradient, "avx2 gradient");
+            check_kernels(&x, &w, &g, (n, d, k));
+            // Stored in f16: the same sums of the values as stored.
+            let half: Vec<f16> = x.iter().map(|&v| f16::from_f32(v)).collect();
+            check_kernels(&half, &w, &g, (n, d, k));
+        }
+    }
+
+    /// Both kernels, portable and (where the CPU has it) AVX2, against sums in f64 straight
+    /// from the definitions.
+    fn check_kernels<E: Element + std::fmt::Debug>(x: &[E], w: &[f32], g: &[f32], (n, d, k): (usize, usize, usize)) {
+        let value = |i: usize| f64::from(x[i].to_f32());
+        let expected_scores: Vec<f64> =
+            (0..n * k).map(|i| (0..d).map(|j| value((i / k) * d + j) * f64::from(w[(i % k) * d + j])).sum()).collect();
+        let expected_gradient: Vec<f64> =
+            (0..k * d).map(|i| (0..n).map(|r| f64::from(g[r * k + i / d]) * value(r * d + i % d)).sum()).collect();
+        let what = std::any::type_name::<E>();
+        let close = |got: &[f32], expected: &[f64], kernel: &str| {
+            for (a, b) in got.iter().zip(expected) {
+                assert!(
+                    (f64::from(*a) - b).abs() < 1e-4 * (1.0 + b.abs()),
+                    "{kernel} on {what} {n}×{d}×{k}: {a} vs {b}"
+                );
             }
+        };
+        let mut scores = vec![0f32; n * k];
+        portable::scores(x, d, w, k, &mut scores);
+        close(&scores, &expected_scores, "portable scores");
+        let mut gradient = vec![0f32; k * d];
+        portable::add_gradient(x, d, g, k, &mut gradient);
+        close(&gradient, &expected_gradient, "portable gradient");
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            let mut scores = vec![0f32; n * k];
+            // SAFETY: AVX2, FMA and F16C are available; the shapes match.
+            unsafe { avx2::scores(x, d, w, k, &mut scores) };
+            close(&scores, &expected_scores, "avx2 scores");
+            let mut gradient = vec![0f32; k * d];
+            unsafe { avx2::add_gradient(x, d, g, k, &mut gradient) };
+            close(&gradient, &expected_gradient, "avx2 gradient");
         }
     }
 
