@@ -67,6 +67,7 @@ async fn model_with_head(db: &Db, job_id: &str, head: &str) {
         created_at: now_ms(),
         task: "classify".into(),
         tuned_base_blob: None,
+        geometry: None,
     };
     assert!(db.complete_job(job_id, "w", &json!({}), &record).await.unwrap());
 }

@@ -37,6 +37,7 @@ fn model(name: &str, job_id: &str) -> TrainedModelRecord {
         created_at: now_ms(),
         task: "classify".into(),
         tuned_base_blob: Some(format!("tuned/{job_id}.onnx")),
+        geometry: Some("pad".into()),
     }
 }
 
@@ -175,6 +176,7 @@ async fn leases_heartbeats_and_takeover() {
         let stored = db.trained_model("m").await.unwrap().unwrap();
         assert_eq!(stored.classes, ["a", "b"]);
         assert_eq!(stored.tuned_base_blob.as_deref(), Some("tuned/j1.onnx"), "{backend}");
+        assert_eq!(stored.geometry.as_deref(), Some("pad"), "{backend}");
         assert!(!db.complete_job("j1", "w2", &json!({}), &model("m2", "j1")).await.unwrap(), "{backend}: only once");
         assert!(db.trained_model("m2").await.unwrap().is_none());
 

@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::runtime::ImageOutputs;
 use crate::serving::{LoadedModel, TrainedHead, TrainedModel, Unavailable};
 use crate::train::stack_rows;
-use crate::vision::{DecodeLimits, InputBox, ResizePlan, decode_for, preprocess_into};
+use crate::vision::{DecodeLimits, Geometry, InputBox, Preprocessing, ResizePlan, decode_for, preprocess_into};
 use crate::zoo::OutputKind;
 
 #[derive(Deserialize)]
@@ -61,6 +61,18 @@ impl Target {
             Self::Trained { model, .. } => model.record.classes.len(),
         }
     }
+
+    /// How images reach the base's input: the base's own way, or the geometry the model was
+    /// trained with (a localizer sees the whole image).
+    pub(super) fn preprocessing(&self) -> Preprocessing {
+        let base = &self.base().manifest.preprocessing;
+        match self {
+            Self::Pretrained(_) => base.clone(),
+            Self::Trained { model, .. } => {
+                model.record.geometry.as_deref().and_then(Geometry::parse).unwrap_or_default().apply(base)
+            }
+        }
+    }
 }
 
 pub(super) async fn resolve(state: &AppState, name: &str) -> Result<Target, Error> {
@@ -88,7 +100,7 @@ pub async fn classify(
     request: Request,
 ) -> Result<Json<ClassifyResponse>, Error> {
     let target = resolve(&state, &name).await?;
-    let (top_k, outputs, _) = run_request(&state, target.base(), target.classes(), params, request).await?;
+    let (top_k, outputs, _) = run_request(&state, &target, params, request).await?;
     let predictions = match &target {
         Target::Pretrained(model) => {
             outputs.into_iter().map(|mut image| top_predictions(model, image.swap_remove(0), top_k)).collect()
@@ -101,18 +113,17 @@ pub async fn classify(
     Ok(Json(ClassifyResponse { model: name, predictions }))
 }
 
-/// What classify and localize share: checks `top_k` against the model's `classes`, reads
-/// the request's images and runs them through `base`. Returns `top_k`, each image's
-/// outputs and how each reached the model input.
+/// What classify and localize share: checks `top_k` against the target's classes, reads
+/// the request's images and runs them through its base, prepared as the target wants.
+/// Returns `top_k`, each image's outputs and how each reached the model input.
 pub(super) async fn run_request(
     state: &AppState,
-    base: &Arc<LoadedModel>,
-    classes: usize,
+    target: &Target,
     params: Result<Query<ClassifyParams>, QueryRejection>,
     request: Request,
 ) -> Result<(usize, Vec<ImageOutputs>, Vec<ImageGeometry>), Error> {
     let Query(params) = params.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
-    let top_k = checked_top_k(params.top_k, classes)?;
+    let top_k = checked_top_k(params.top_k, target.classes())?;
     // Held until the answer: what the body announces (or the most it may be) counts
     // against the bytes all inference requests may have in reading and decoding.
     let declared = announced_length(request.headers()).map_or(state.limits.max_body_bytes, |n| n as usize);
@@ -123,7 +134,7 @@ pub(super) async fn run_request(
     let images = read_images(request, state.limits.max_images_per_request, state.limits.max_body_bytes).await?;
     let decode_limits =
         DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans };
-    let (outputs, geometry) = run_base(base, images, decode_limits).await?;
+    let (outputs, geometry) = run_base(target.base(), target.preprocessing(), images, decode_limits).await?;
     Ok((top_k, outputs, geometry))
 }
 
@@ -141,12 +152,13 @@ fn checked_top_k(asked: Option<usize>, classes: usize) -> Result<usize, Error> {
 /// Preprocesses the images off the async runtime, then runs them through the base model.
 async fn run_base(
     base: &Arc<LoadedModel>,
+    preprocessing: Preprocessing,
     images: Vec<EncodedImage>,
     decode_limits: DecodeLimits,
 ) -> Result<(Vec<ImageOutputs>, Vec<ImageGeometry>), Error> {
     let (parts, geometry) = {
         let base = base.clone();
-        tokio::task::spawn_blocking(move || preprocess_all(&base, &images, &decode_limits))
+        tokio::task::spawn_blocking(move || preprocess_all(&base, &preprocessing, &images, &decode_limits))
             .await
             .map_err(|e| Error::Internal(format!("preprocessing stopped: {e}")))??
     };
@@ -228,10 +240,10 @@ pub(super) struct ImageGeometry {
 /// parts of at most one batch.
 pub(super) fn preprocess_all(
     model: &LoadedModel,
+    spec: &Preprocessing,
     images: &[EncodedImage],
     limits: &DecodeLimits,
 ) -> Result<(Vec<Vec<f32>>, Vec<ImageGeometry>), Error> {
-    let spec = &model.manifest.preprocessing;
     let image_len = model.runner.image_len();
     let mut parts = model.runner.part_buffers(images.len());
     let slots: Vec<&mut [f32]> = parts.iter_mut().flat_map(|part| part.chunks_mut(image_len)).collect();

@@ -58,7 +58,7 @@ pub async fn localize(
             )));
         }
     };
-    let (top_k, outputs, geometry) = run_request(&state, base, target.classes(), params, request).await?;
+    let (top_k, outputs, geometry) = run_request(&state, &target, params, request).await?;
     let (probabilities, boxes) = run_head(model, base, outputs)?;
     let boxes = boxes.ok_or_else(|| Error::Internal("a localizer returned no boxes".into()))?;
     let target_size = (base.manifest.preprocessing.width, base.manifest.preprocessing.height);

@@ -120,7 +120,8 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
     };
     let evaluation = evaluation.to_json();
     progress.event("evaluation", evaluation.clone());
-    Ok(Trained { head: TrainedHead::Classifier(head), classes: dataset.classes, evaluation, tuned_base })
+    let geometry = spec.geometry();
+    Ok(Trained { head: TrainedHead::Classifier(head), classes: dataset.classes, evaluation, tuned_base, geometry })
 }
 
 /// Phase 1's head, whichever solver trained it.

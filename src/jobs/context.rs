@@ -11,14 +11,14 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::runtime::Handle;
 
-use super::features::{FeatureError, FeatureRequest, FeatureStats, extract_features};
+use super::features::{FeatureError, FeatureRequest, FeatureStats, PixelSource, extract_features};
 use super::keys::checkpoint_key;
 use super::spec::JobSpec;
 use crate::data::Split;
 use crate::serving::{ImageFeatures, LoadedModel, ModelRegistry, TrainedHead};
 use crate::store::{BlobStore, Db, EpochRow, ItemRecord, JobRecord};
 use crate::train::{EpochReport, TrainError};
-use crate::vision::DecodeLimits;
+use crate::vision::{DecodeLimits, Geometry};
 
 /// What every job run needs.
 #[derive(Clone)]
@@ -74,6 +74,8 @@ pub(super) struct Trained {
     pub evaluation: Value,
     /// The base with its tuned top blocks (ONNX), when the job tuned them.
     pub tuned_base: Option<Vec<u8>>,
+    /// How the head's images reach the base's input size; serving does the same.
+    pub geometry: Geometry,
 }
 
 /// One job run as a pipeline sees it: everything but the dataset, which each pipeline
@@ -157,18 +159,17 @@ pub(super) fn compute_features(
 ) -> Result<(Vec<ImageFeatures>, FeatureStats, f64), Failure> {
     let Run { ctx, spec, model, control, progress, .. } = run;
     let started = Instant::now();
-    let (features, stats) = extract_features(
-        model,
-        &ctx.blobs,
-        requests,
-        spec.augment.as_ref(),
-        &ctx.decode_limits,
-        with_spatial,
-        &mut |done, total| {
-            progress.counted("features", done, total, started);
-            !control.should_stop()
-        },
-    )
+    let preprocessing = spec.preprocessing(&model.manifest.preprocessing);
+    let pixels = PixelSource {
+        blobs: &ctx.blobs,
+        augmentation: spec.augment.as_ref(),
+        decode_limits: &ctx.decode_limits,
+        preprocessing: &preprocessing,
+    };
+    let (features, stats) = extract_features(model, &pixels, requests, with_spatial, &mut |done, total| {
+        progress.counted("features", done, total, started);
+        !control.should_stop()
+    })
     .map_err(|e| feature_failure(control, e))?;
     Ok((features, stats, started.elapsed().as_secs_f64()))
 }

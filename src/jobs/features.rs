@@ -13,8 +13,9 @@ use crate::serving::{ImageFeatures, LoadedModel};
 use crate::store::BlobStore;
 use crate::vision::{Augmentation, DecodeLimits, Preprocessing, decode_for, preprocess_into};
 
-/// The cache namespace of a base model: its name, file identity, preprocessing and feature tensor.
-pub fn feature_fingerprint(model: &LoadedModel) -> String {
+/// The cache namespace of a base model's features: its name, file identity, the preprocessing
+/// the images get (the manifest's, or another geometry's) and the feature tensors.
+pub fn feature_fingerprint(model: &LoadedModel, preprocessing: &Preprocessing) -> String {
     let manifest = &model.manifest;
     let file_identity = manifest.sha256.clone().unwrap_or_else(|| {
         let meta = std::fs::metadata(&manifest.file).ok();
@@ -25,7 +26,7 @@ pub fn feature_fingerprint(model: &LoadedModel) -> String {
     let mut hasher = Sha256::new();
     hasher.update(manifest.name.as_bytes());
     hasher.update(file_identity.as_bytes());
-    hasher.update(serde_json::to_vec(&manifest.preprocessing).unwrap_or_default());
+    hasher.update(serde_json::to_vec(preprocessing).unwrap_or_default());
     hasher.update(manifest.features.as_deref().unwrap_or("").as_bytes());
     if let Some(spatial) = &manifest.spatial_features {
         hasher.update(spatial.tensor.as_bytes());
@@ -74,14 +75,13 @@ pub struct FeatureStats {
 }
 
 /// Returns the features of every request (same order): the pooled vector, and the
-/// spatial map too when `with_spatial`. `on_progress(done, total)` is called after
-/// every batch; returning false stops the work.
+/// spatial map too when `with_spatial`. The images come from `pixels` (its preprocessing
+/// also names the cache). `on_progress(done, total)` is called after every batch;
+/// returning false stops the work.
 pub fn extract_features(
     model: &LoadedModel,
-    blobs: &BlobStore,
+    pixels: &PixelSource<'_>,
     requests: &[FeatureRequest],
-    augmentation: Option<&Augmentation>,
-    decode_limits: &DecodeLimits,
     with_spatial: bool,
     on_progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<(Vec<ImageFeatures>, FeatureStats), FeatureError> {
@@ -97,12 +97,12 @@ pub fn extract_features(
         }
     };
     let spatial_len = spatial_shape.map(|s| s.height * s.width * s.channels);
-    let fingerprint = feature_fingerprint(model);
+    let (blobs, augmentation) = (pixels.blobs, pixels.augmentation);
+    let fingerprint = feature_fingerprint(model, pixels.preprocessing);
     let key = |request: &FeatureRequest| {
         feature_key(&model.manifest.name, &fingerprint, &request.sha256, &variant_suffix(request, augmentation))
     };
     let failed = |e: String| FeatureError::Failed(e);
-    let pixels = PixelSource { blobs, augmentation, decode_limits, preprocessing: &model.manifest.preprocessing };
     let mut read = |request: &FeatureRequest| -> Result<Option<ImageFeatures>, FeatureError> {
         let key = key(request);
         let Some(pooled) = read_f32(blobs, &key, width)? else { return Ok(None) };
@@ -124,7 +124,7 @@ pub fn extract_features(
     };
     let mut compute = OnRunner { model, with_spatial, store };
     let batch = model.runner.config().max_batch_size;
-    cached_or_computed(requests, batch, model.runner.image_len(), &pixels, &mut read, &mut compute, on_progress)
+    cached_or_computed(requests, batch, model.runner.image_len(), pixels, &mut read, &mut compute, on_progress)
 }
 
 /// The features of a batch from the model's runner, stored by `store` as they come. Batches
@@ -172,7 +172,7 @@ where
 }
 
 /// Where a job's model inputs come from: the stored images, augmented and preprocessed.
-pub(super) struct PixelSource<'a> {
+pub struct PixelSource<'a> {
     pub blobs: &'a BlobStore,
     pub augmentation: Option<&'a Augmentation>,
     pub decode_limits: &'a DecodeLimits,

@@ -250,7 +250,8 @@ fn activations(
 ) -> Result<Activations, Failure> {
     let failed = |reason: String| FeatureError::Failed(reason);
     let cut_id = &hex::encode(Sha256::digest(plan.cut.as_bytes()))[..12];
-    let namespace = activations_namespace(&model.manifest.name, &feature_fingerprint(model), cut_id);
+    let preprocessing = spec.preprocessing(&model.manifest.preprocessing);
+    let namespace = activations_namespace(&model.manifest.name, &feature_fingerprint(model, &preprocessing), cut_id);
     let shape_key = activation_shape_key(&namespace);
     let key = |request: &FeatureRequest| {
         activation_key(&namespace, &request.sha256, &variant_suffix(request, spec.augment.as_ref()))
@@ -304,7 +305,7 @@ fn activations(
         blobs: &ctx.blobs,
         augmentation: spec.augment.as_ref(),
         decode_limits: &ctx.decode_limits,
-        preprocessing: &model.manifest.preprocessing,
+        preprocessing: &preprocessing,
     };
     let started = Instant::now();
     let (rows, stats) = cached_or_computed(

@@ -42,7 +42,7 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
     let requests = splits.feature_requests(variants);
     let (features, stats, features_seconds) = compute_features(run, &requests, with_spatial)?;
 
-    let pre = &model.manifest.preprocessing;
+    let pre = &spec.preprocessing(&model.manifest.preprocessing);
     let split_of = |rows: &[ImageFeatures], items: &[&ItemRecord], variant: usize| {
         let boxes = items.iter().map(|item| input_box(item, variant, spec.augment.as_ref(), pre)).collect();
         localize_split(rows, items, boxes).map_err(failed)
@@ -118,7 +118,8 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
     };
     let evaluation = evaluation.to_json();
     progress.event("evaluation", evaluation.clone());
-    Ok(Trained { head: TrainedHead::Localizer(head), classes: dataset.classes.clone(), evaluation, tuned_base })
+    let (classes, geometry) = (dataset.classes.clone(), spec.geometry());
+    Ok(Trained { head: TrainedHead::Localizer(head), classes, evaluation, tuned_base, geometry })
 }
 
 /// The training target of `item`'s variant: its box moved with the variant's crop and

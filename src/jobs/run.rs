@@ -19,6 +19,7 @@ use super::spec::JobSpec;
 use crate::serving::Task;
 use crate::serving::TrainedModel;
 use crate::store::{JobRecord, JobState, TrainedModelRecord, now_ms};
+use crate::vision::Geometry;
 
 /// Runs `job` (already claimed by this worker) to its end.
 pub async fn run_job(ctx: &JobContext, job: JobRecord) {
@@ -147,6 +148,7 @@ async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<b
         created_at: now_ms(),
         task: trained.head.task().as_str().to_owned(),
         tuned_base_blob: trained.tuned_base.as_ref().map(|_| tuned_key.clone()),
+        geometry: (trained.geometry != Geometry::Model).then(|| trained.geometry.as_str().to_owned()),
     };
     match ctx.db.complete_job(&job.id, &ctx.worker_id, &trained.evaluation, &record).await {
         Ok(true) => {

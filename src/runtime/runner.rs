@@ -325,6 +325,9 @@ pub struct OrtExecutor {
     input_name: String,
     output_names: Vec<String>,
     image_dims: [usize; 3],
+    /// The shape of each output (in `output_names` order) in the last batch run: what a
+    /// graph output added without a declared shape turns out to be.
+    last_shapes: Vec<Vec<usize>>,
 }
 
 impl OrtExecutor {
@@ -334,7 +337,13 @@ impl OrtExecutor {
             input_name: config.input_name.clone(),
             output_names: config.output_names.clone(),
             image_dims: config.image_dims,
+            last_shapes: Vec::new(),
         }
+    }
+
+    /// Each output's shape in the last batch run, batch dimension first.
+    pub fn last_shapes(&self) -> &[Vec<usize>] {
+        &self.last_shapes
     }
 }
 
@@ -345,11 +354,13 @@ impl BatchExecutor for OrtExecutor {
         let input = Tensor::from_array(([count, a, b, c], pixels)).map_err(runtime)?;
         let outputs = self.session.session.run(ort::inputs![self.input_name.as_str() => input]).map_err(runtime)?;
         let mut per_image: Vec<ImageOutputs> = vec![Vec::with_capacity(self.output_names.len()); count];
+        self.last_shapes.clear();
         for name in &self.output_names {
             let output = outputs
                 .get(name)
                 .ok_or_else(|| InferenceError::Runtime(format!("the model produced no output named {name}")))?;
-            let (_, values) = output.try_extract_tensor::<f32>().map_err(runtime)?;
+            let (shape, values) = output.try_extract_tensor::<f32>().map_err(runtime)?;
+            self.last_shapes.push(shape.iter().map(|&d| d.max(0) as usize).collect());
             if values.is_empty() || values.len() % count != 0 {
                 return Err(InferenceError::Runtime(format!(
                     "output {name} has {} values for {count} images",

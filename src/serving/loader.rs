@@ -81,9 +81,9 @@ pub struct ImageFeatures {
     pub spatial: Option<Vec<f32>>,
 }
 
-/// A spatial feature map's grid, learned at warm-up from its size: `height·width·channels`
-/// values per image, `channels` being the pooled features' width and the grid's aspect
-/// that of the model input.
+/// A spatial feature map's grid, learned at warm-up from the shape ONNX Runtime gives the
+/// tensor: any number of channels (the map may come from an earlier block than the pooled
+/// features) on any grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SpatialShape {
     pub height: usize,
@@ -94,17 +94,17 @@ pub struct SpatialShape {
 }
 
 impl SpatialShape {
-    /// Infers the grid of a map of `values` values per image.
-    fn infer(values: usize, channels: usize, input: (u32, u32), layout: Layout) -> Result<Self, String> {
-        if channels == 0 || !values.is_multiple_of(channels) {
-            return Err(format!("{values} values per image are not a whole number of {channels}-channel cells"));
-        }
-        let cells = values / channels;
-        let aspect = f64::from(input.1) / f64::from(input.0);
-        let height = ((cells as f64 * aspect).sqrt().round() as usize).max(1);
-        let width = cells / height;
-        if height * width != cells {
-            return Err(format!("{cells} cells do not form a grid with the input's aspect ({}×{})", input.0, input.1));
+    /// The grid of a map whose batch has `shape` (batch first, then NCHW or NHWC as `layout`).
+    fn from_output(shape: &[usize], layout: Layout) -> Result<Self, String> {
+        let [_, a, b, c] = shape[..] else {
+            return Err(format!("the map has shape {shape:?}; a spatial map is rank 4 (batch, and three more)"));
+        };
+        let (height, width, channels) = match layout {
+            Layout::Nchw => (b, c, a),
+            Layout::Nhwc => (a, b, c),
+        };
+        if height == 0 || width == 0 || channels == 0 {
+            return Err(format!("the map has shape {shape:?}, with an empty dimension"));
         }
         Ok(Self { height, width, channels, layout })
     }
@@ -189,7 +189,7 @@ pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<Loa
     let mut whole = whole.map(|session| OrtExecutor::new(session, &config));
     let image_len: usize = image_dims.iter().product();
     let mut features = edited.as_ref().map(|_| 0).map_err(Clone::clone);
-    let mut spatial_values = None;
+    let mut spatial_dims = None;
     // Every session runs every batch size once, before the runner takes requests.
     for executor in executors.iter_mut().chain(whole.as_mut()) {
         for batch in 1..=max_batch_size {
@@ -206,18 +206,16 @@ pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<Loa
             }
             if let Ok(width) = features.as_mut() {
                 *width = images[0][LoadedModel::FEATURES_OUTPUT].len();
-                spatial_values = images[0].get(LoadedModel::SPATIAL_OUTPUT).map(Vec::len);
+                spatial_dims = executor.last_shapes().get(LoadedModel::SPATIAL_OUTPUT).cloned();
             }
         }
     }
     let runner = ModelRunner::spawn(&manifest.name, executors, whole, config).map_err(|e| e.to_string())?;
-    let spatial = match (&manifest.spatial_features, &features, spatial_values) {
+    let spatial = match (&manifest.spatial_features, &features, spatial_dims) {
         (None, _, _) => Err(format!("the manifest of {} names no `spatial_features` tensor", manifest.name)),
         (Some(_), Err(reason), _) => Err(reason.clone()),
-        (Some(map), Ok(channels), Some(values)) => {
-            let input = (manifest.preprocessing.width, manifest.preprocessing.height);
-            SpatialShape::infer(values, *channels, input, map.layout)
-                .map_err(|e| format!("spatial_features `{}`: {e}", map.tensor))
+        (Some(map), Ok(_), Some(dims)) => {
+            SpatialShape::from_output(&dims, map.layout).map_err(|e| format!("spatial_features `{}`: {e}", map.tensor))
         }
         (Some(map), Ok(_), None) => Err(format!("spatial_features `{}` produced no values", map.tensor)),
     };
@@ -298,15 +296,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_grid_follows_the_input_aspect() {
-        // EfficientNet-Lite0: 1280 channels on 7×7 for a 224×224 input.
-        let square = SpatialShape::infer(1280 * 49, 1280, (224, 224), Layout::Nchw).unwrap();
-        assert_eq!((square.height, square.width, square.channels), (7, 7, 1280));
-        // A 320×160 input (2:1) with 5 channels on 4×8 cells.
-        let wide = SpatialShape::infer(5 * 32, 5, (320, 160), Layout::Nhwc).unwrap();
-        assert_eq!((wide.height, wide.width), (4, 8));
-        assert!(SpatialShape::infer(5 * 32 + 1, 5, (320, 160), Layout::Nhwc).is_err(), "not whole cells");
-        assert!(SpatialShape::infer(5 * 7, 5, (64, 64), Layout::Nhwc).is_err(), "7 cells are no square grid");
+    fn the_grid_and_channels_come_from_the_maps_shape() {
+        // EfficientNet-Lite0's 14 × 14 map of 672 channels, NCHW as ONNX Runtime gives it.
+        let map = SpatialShape::from_output(&[2, 672, 14, 14], Layout::Nchw).unwrap();
+        assert_eq!((map.height, map.width, map.channels), (14, 14, 672));
+        // A Keras export's NHWC map on a 2:1 grid.
+        let wide = SpatialShape::from_output(&[1, 4, 8, 5], Layout::Nhwc).unwrap();
+        assert_eq!((wide.height, wide.width, wide.channels), (4, 8, 5));
+        assert!(SpatialShape::from_output(&[1, 1280], Layout::Nchw).is_err(), "a pooled vector is no map");
+        assert!(SpatialShape::from_output(&[1, 0, 7, 7], Layout::Nchw).is_err(), "no channels");
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct TrainedModelRecord {
     pub task: String,
     /// The base with its tuned top blocks (an ONNX file), when the job unfroze them.
     pub tuned_base_blob: Option<String>,
+    /// How images reach the base's input size for this model ("pad", "stretch"), when not
+    /// as the base's own manifest says.
+    pub geometry: Option<String>,
 }
 
 fn from_row(row: &AnyRow) -> Result<TrainedModelRecord, StoreError> {
@@ -34,6 +37,7 @@ fn from_row(row: &AnyRow) -> Result<TrainedModelRecord, StoreError> {
         created_at: row.try_get("created_at")?,
         task: row.try_get("task")?,
         tuned_base_blob: row.try_get("tuned_base_blob")?,
+        geometry: row.try_get("geometry")?,
     })
 }
 
@@ -45,8 +49,8 @@ impl Db {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO trained_models \
-             (name, job_id, base_model, dataset_id, classes, head_blob, evaluation, created_at, task, tuned_base_blob) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             (name, job_id, base_model, dataset_id, classes, head_blob, evaluation, created_at, task, tuned_base_blob, \
+             geometry) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&model.name)
         .bind(&model.job_id)
@@ -58,6 +62,7 @@ impl Db {
         .bind(model.created_at)
         .bind(&model.task)
         .bind(&model.tuned_base_blob)
+        .bind(&model.geometry)
         .execute(&mut **tx)
         .await?;
         Ok(())

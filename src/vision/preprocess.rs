@@ -50,6 +50,48 @@ impl Normalization {
     pub const TORCH: Self = Self { scale: 1.0 / 255.0, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 }
 
+/// How a trained head wants its images brought to the model's size: as the base model does
+/// (its manifest's resize), or keeping every pixel whatever the base does. A localizer needs
+/// the whole image: a centre crop cuts off a sixth of a 4:3 photo's width at each side, and
+/// the objects there with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Geometry {
+    /// The base's own resize, as its manifest says.
+    #[default]
+    Model,
+    /// The whole image, fitted inside with its aspect kept, padded with black.
+    Pad,
+    /// The whole image, stretched to the input size.
+    Stretch,
+}
+
+impl Geometry {
+    /// `base` with this geometry's resize.
+    pub fn apply(self, base: &Preprocessing) -> Preprocessing {
+        let resize = match self {
+            Geometry::Model => base.resize,
+            Geometry::Pad => ResizeMode::Pad,
+            Geometry::Stretch => ResizeMode::Stretch,
+        };
+        Preprocessing { resize, ..base.clone() }
+    }
+
+    /// The name a job and a stored model use ("model", "pad", "stretch").
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Geometry::Model => "model",
+            Geometry::Pad => "pad",
+            Geometry::Stretch => "stretch",
+        }
+    }
+
+    /// Reads [`Self::as_str`]'s names.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Geometry::Model, Geometry::Pad, Geometry::Stretch].into_iter().find(|g| g.as_str() == name)
+    }
+}
+
 /// Everything needed to turn an RGB image into one model input.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Preprocessing {

@@ -41,8 +41,9 @@ pub struct Manifest {
     pub cut_points: Vec<String>,
 }
 
-/// A manifest's `output.spatial_features`: the tensor (rank 4, its channels those of the
-/// pooled `features`) and its layout (`NCHW` unless `spatial_layout` says otherwise).
+/// A manifest's `output.spatial_features`: a rank-4 tensor before global pooling (any block:
+/// its grid and channels are read from the running model) and its layout (`NCHW` unless
+/// `spatial_layout` says otherwise).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SpatialFeatures {
     pub tensor: String,
@@ -220,7 +221,7 @@ impl Manifest {
             (Some(_), _) if raw.output.features.is_none() => {
                 return Err(field(
                     "output.spatial_features",
-                    "needs `features` too: the map's channels are those of the pooled features",
+                    "needs `features` too: a localizer classifies from the pooled features beside the map",
                 ));
             }
             (Some(tensor), layout) if !tensor.is_empty() => {
