@@ -284,7 +284,10 @@ impl<'s> Ingestor<'s> {
     fn read_annotations(&mut self) -> Option<Vec<(String, ImageBoxes)>> {
         let mut described = Vec::new();
         let mut formats: Vec<AnnotationFormat> = Vec::new();
-        for file in std::mem::take(&mut self.annotation_files) {
+        let mut files = std::mem::take(&mut self.annotation_files);
+        // Precedence: where files describe an image differently, the first one's boxes count.
+        files.sort_by(|a, b| (precedence(a.format), &a.path).cmp(&(precedence(b.format), &b.path)));
+        for file in files {
             match annotations::parse(file.format, &file.path, &file.bytes) {
                 Err(reason) => self.report.annotation_problems.push(AnnotationProblem { file: file.path, reason }),
                 Ok(parsed) => {
@@ -302,7 +305,7 @@ impl<'s> Ingestor<'s> {
         if described.is_empty() {
             return None;
         }
-        formats.sort_by_key(|format| AnnotationFormat::ALL.iter().position(|f| f == format));
+        formats.sort_by_key(|format| precedence(*format));
         self.report.annotations = Some(formats.iter().map(AnnotationFormat::as_str).collect::<Vec<_>>().join(", "));
         Some(described)
     }
@@ -333,9 +336,17 @@ impl<'s> Ingestor<'s> {
         let top_folder = index.top.clone();
 
         let mut by_class: BTreeMap<String, Vec<Accepted>> = BTreeMap::new();
+        let (mut agreed, mut disagreed) = (0usize, 0usize);
         for (mut image, found) in accepted.into_iter().zip(found) {
             match choose_box(&image.path, image.width, image.height, &found) {
                 Ok(chosen) => {
+                    if found.len() > 1 {
+                        match chosen.disagreements.is_empty() {
+                            true => agreed += 1,
+                            false => disagreed += 1,
+                        }
+                    }
+                    self.report.annotation_problems.extend(chosen.disagreements);
                     self.report.boxes_clipped += chosen.clipped.total();
                     self.report.annotation_problems.absorb(chosen.clipped);
                     self.report.images_with_several_boxes += usize::from(chosen.several);
@@ -349,6 +360,15 @@ impl<'s> Ingestor<'s> {
             0 => {}
             1 => self.report.warnings.push("1 image has several boxes; the largest is used".to_owned()),
             n => self.report.warnings.push(format!("{n} images have several boxes; the largest of each is used")),
+        }
+        if agreed + disagreed > 0 {
+            let first = self.report.annotations.as_deref().and_then(|list| list.split(", ").next()).unwrap_or("");
+            self.report.warnings.push(format!(
+                "{} images are described by more than one annotation file: {agreed} agree (their boxes are counted \
+                 once), {disagreed} disagree (listed under annotation_problems; the first file in the order of \
+                 annotations, here {first}, gives the boxes)",
+                agreed + disagreed
+            ));
         }
         (top_folder, by_class)
     }
@@ -450,6 +470,14 @@ struct Chosen {
     several: bool,
     /// A note (under the annotation file) for each box that was cut to the image.
     clipped: Capped<AnnotationProblem>,
+    /// A problem for each further annotation file whose boxes differ from the used ones.
+    disagreements: Vec<AnnotationProblem>,
+}
+
+/// A format's rank when several describe the same image: its place in
+/// [`AnnotationFormat::ALL`], which puts a file per image (VOC) before a file for many.
+fn precedence(format: AnnotationFormat) -> usize {
+    AnnotationFormat::ALL.iter().position(|f| *f == format).unwrap_or(usize::MAX)
 }
 
 /// Picks the box for the image at `path`, decoded (upright) as `width`×`height`, from
@@ -471,34 +499,39 @@ fn choose_box(path: &str, width: u32, height: u32, found: &[(String, ImageBoxes)
             ));
         }
     }
+    let merged = annotations::merge_boxes(path, found);
+    let file = merged.file.unwrap_or_default();
     let mut fitted = Vec::new();
     let mut clipped = Capped::default();
-    for (file, image) in found {
-        for labeled in &image.boxes {
-            let (bbox, was_clipped) = annotations::fit_to_image(labeled.bbox, width, height)
-                .map_err(|reason| format!("{reason} ({:?} in {file})", labeled.label))?;
-            if was_clipped {
-                clipped.push_with(|| AnnotationProblem {
-                    file: file.clone(),
-                    reason: format!(
-                        "{path}: the {:?} box {} runs past the {width}×{height} image and was clipped to {}",
-                        labeled.label,
-                        corners(&labeled.bbox),
-                        corners(&bbox)
-                    ),
-                });
-            }
-            fitted.push(LabeledBox { label: labeled.label.clone(), bbox });
+    for labeled in &merged.boxes {
+        let (bbox, was_clipped) = annotations::fit_to_image(labeled.bbox, width, height)
+            .map_err(|reason| format!("{reason} ({:?} in {file})", labeled.label))?;
+        if was_clipped {
+            clipped.push_with(|| AnnotationProblem {
+                file: file.to_owned(),
+                reason: format!(
+                    "{path}: the {:?} box {} runs past the {width}×{height} image and was clipped to {}",
+                    labeled.label,
+                    corners(&labeled.bbox),
+                    corners(&bbox)
+                ),
+            });
         }
+        fitted.push(LabeledBox { label: labeled.label.clone(), bbox });
     }
     let Some(best) = annotations::largest(&fitted) else {
-        let files: Vec<&str> = found.iter().map(|(file, _)| file.as_str()).collect();
-        return Err(format!("no box annotation for this image ({} lists it without a box)", files.join(", ")));
+        return Err(format!("no box annotation for this image ({file} lists it without a box)"));
     };
     if best.label.is_empty() || best.label.chars().count() > 128 {
         return Err("the box label must be 1 to 128 characters".to_owned());
     }
-    Ok(Chosen { label: best.label.clone(), bbox: best.bbox, several: fitted.len() > 1, clipped })
+    Ok(Chosen {
+        label: best.label.clone(),
+        bbox: best.bbox,
+        several: fitted.len() > 1,
+        clipped,
+        disagreements: merged.disagreements,
+    })
 }
 
 fn corners(bbox: &PixelBox) -> String {
@@ -649,6 +682,62 @@ mod tests {
         assert!(problems.iter().any(|p| p.contains("\"missing.png\", which is not in the upload")), "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("clipped")), "{problems:?}");
         assert!(report.annotation_problems.iter().all(|p| p.file == "set/boxes.csv"));
+    }
+
+    fn voc(image: &str, label: &str, corners: [u32; 4]) -> Vec<u8> {
+        let [x0, y0, x1, y1] = corners;
+        format!(
+            "<annotation><filename>{image}</filename><size><width>20</width><height>16</height></size>\
+             <object><name>{label}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>\
+             <ymax>{y1}</ymax></bndbox></object></annotation>"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn the_same_box_from_two_files_is_one_box_and_a_disagreement_names_both() {
+        // one.png: VOC and CSV agree (the CSV within a pixel, in decimals). two.png: the CSV
+        // draws another box and label. The VOC file's boxes count for both images.
+        let csv = "filename,label,xmin,ymin,xmax,ymax\n\
+                   one.png,cat,2.4,2,10,9.5\n\
+                   two.png,cat,1,1,4,4\n";
+        let entries = vec![
+            file("set/one.png", png(20, 16, 1)),
+            file("set/one.xml", voc("one.png", "cat", [2, 2, 10, 10])),
+            file("set/two.png", png(20, 16, 2)),
+            file("set/two.xml", voc("two.png", "dog", [0, 0, 20, 12])),
+            file("set/boxes.csv", csv.as_bytes().to_vec()),
+        ];
+        let outcome = ingest(entries, IngestOptions::default()).unwrap();
+        let report = &outcome.report;
+        assert_eq!(report.annotations.as_deref(), Some("voc, csv"));
+        assert_eq!(report.images_with_several_boxes, 0, "{report:?}");
+        let by_path: HashMap<&str, &IngestedImage> = outcome.images.iter().map(|i| (i.path.as_str(), i)).collect();
+        assert_eq!(by_path["set/one.png"].bbox, Some(pb(2.0, 2.0, 10.0, 10.0)));
+        assert_eq!(by_path["set/two.png"].bbox, Some(pb(0.0, 0.0, 20.0, 12.0)));
+        assert_eq!(outcome.classes, ["cat", "dog"]);
+        assert_eq!(by_path["set/two.png"].class_idx, 1);
+        assert_eq!(report.annotation_problems.len(), 1, "{:?}", report.annotation_problems);
+        let problem = &report.annotation_problems[0];
+        assert_eq!(problem.file, "set/boxes.csv");
+        assert!(
+            problem
+                .reason
+                .starts_with("set/two.png: set/boxes.csv gives 1 box \"cat\" (1, 1, 4, 4) but set/two.xml gives")
+                && problem.reason.contains("the boxes of set/two.xml are used"),
+            "{}",
+            problem.reason
+        );
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("2 images are described by more than one annotation file: 1 agree")
+                    && w.contains("1 disagree")
+                    && w.contains("here voc")),
+            "{:?}",
+            report.warnings
+        );
     }
 
     #[test]

@@ -41,11 +41,13 @@ pub struct IngestReport {
     pub rejected: Capped<Rejected>,
     pub duplicates: Capped<Duplicate>,
     pub warnings: Capped<String>,
-    /// The annotation format(s) the boxes came from ("voc", or "coco, csv" for a mix);
-    /// `None` for a class-folder dataset.
+    /// The annotation format(s) the boxes came from ("voc", or "voc, csv" for a mix), in
+    /// precedence order: where files of two formats describe an image differently, the
+    /// first format's file gives its boxes. `None` for a class-folder dataset.
     pub annotations: Option<String>,
     /// Annotation files that could not be read, records that were left out, names
-    /// that match no image, and boxes that were clipped.
+    /// that match no image, boxes that were clipped, and files whose boxes for an image
+    /// disagree with the file that was used (naming both).
     pub annotation_problems: Capped<AnnotationProblem>,
     /// Boxes that ran past the image edge and were cut to it.
     pub boxes_clipped: usize,

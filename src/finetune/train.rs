@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::TuneCheckpoint;
 use super::eval::TailModel;
 use crate::train::{
-    BestEpoch, EpochTraining, FitState, Head, LocalizerHead, LocalizerLoss, LossWeights, Param, TrainConfig,
+    BestEpoch, EpochTraining, FitState, Head, LocalizeLoss, LocalizerHead, LocalizerLoss, Param, TrainConfig,
     TrainError, Trainable, Validation, cross_entropy, evaluate, fit, label_tensors, localizer_scores, log_loss,
     tensor_error,
 };
@@ -54,7 +54,7 @@ pub struct SpatialTap {
 #[derive(Debug, Clone)]
 pub enum TuneHead {
     Classifier(Head),
-    Localizer { head: LocalizerHead, weights: LossWeights, spatial: Option<SpatialTap> },
+    Localizer { head: LocalizerHead, loss: LocalizeLoss, spatial: Option<SpatialTap> },
 }
 
 impl TuneHead {
@@ -134,8 +134,8 @@ impl HeadTrainer {
                     })
                     .collect::<candle_core::Result<_>>()?,
             )),
-            TuneHead::Localizer { head, weights, .. } => {
-                Ok(Self::Localizer(LocalizerLoss::new(&mut head.clone(), *weights)?))
+            TuneHead::Localizer { head, loss, .. } => {
+                Ok(Self::Localizer(LocalizerLoss::new(&mut head.clone(), *loss)?))
             }
         }
     }
@@ -276,8 +276,8 @@ fn score(
         tail_features(tail, &split.activations, &data.shape, batch_size, head.spatial()).map_err(tensor_error)?;
     let Predictions { probabilities, boxes } = head.predict(&pooled, spatial.as_ref()).map_err(invalid)?;
     match (head, boxes) {
-        (TuneHead::Localizer { weights, .. }, Some(boxes)) => {
-            let s = localizer_scores(&probabilities, &boxes, &split.labels, &split.boxes, *weights)?;
+        (TuneHead::Localizer { loss, .. }, Some(boxes)) => {
+            let s = localizer_scores(&probabilities, &boxes, &split.labels, &split.boxes, *loss)?;
             Ok(Validation { loss: s.loss, accuracy: s.accuracy, mean_iou: Some(s.mean_iou) })
         }
         _ => Ok(Validation {

@@ -90,7 +90,7 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
     let evaluation = JobEvaluation {
         task: None,
         box_head: None,
-        loss_weights: None,
+        loss: None,
         test: TestFigures { test: test_metrics, test_boxes: None },
         classes: dataset.classes.clone(),
         best_epoch: trained.best_epoch,

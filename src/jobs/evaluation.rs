@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::features::FeatureStats;
-use crate::train::{BoxMetrics, Evaluation, LocalizeHeadKind, LossWeights, PathStep, Refit, Scaling, Solver};
+use crate::train::{BoxMetrics, Evaluation, LocalizeHeadKind, LocalizeLoss, PathStep, Refit, Scaling, Solver};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct JobEvaluation {
@@ -16,7 +16,8 @@ pub struct JobEvaluation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub box_head: Option<LocalizeHeadKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub loss_weights: Option<LossWeights>,
+    /// A localizer's loss: its weights and box term.
+    pub loss: Option<LocalizeLoss>,
     /// The served model's test figures: phase 2's when the job tuned the base.
     #[serde(flatten)]
     pub test: TestFigures,

@@ -60,7 +60,8 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
 
     let training_started = Instant::now();
     let resume = run.stored_checkpoint(|c: &LocalizeCheckpoint| c.fit.epoch);
-    let outcome = train_localizer(&spec.train, spec.loss_weights, kind, &data, resume, &mut |report, checkpoint| {
+    let loss = spec.localize_loss(kind);
+    let outcome = train_localizer(&spec.train, loss, kind, &data, resume, &mut |report, checkpoint| {
         run.store_checkpoint(checkpoint);
         progress.training("training", report.epoch, report.epochs, report.best_epoch, report.elapsed_seconds, report);
         control.flow()
@@ -78,7 +79,7 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
     let evaluation = JobEvaluation {
         task: Some("localize"),
         box_head: Some(kind),
-        loss_weights: Some(spec.loss_weights),
+        loss: Some(loss),
         test: TestFigures { test: test_metrics, test_boxes: Some(test_boxes) },
         classes: dataset.classes.clone(),
         best_epoch: outcome.best_epoch,
@@ -99,7 +100,7 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
     };
     let (head, tuned_base, evaluation) = if spec.unfreeze.is_some() {
         let tap = with_spatial.then(|| spatial_tap(model)).flatten();
-        let head = TuneHead::Localizer { head: outcome.head, weights: spec.loss_weights, spatial: tap };
+        let head = TuneHead::Localizer { head: outcome.head, loss, spatial: tap };
         let boxes = SplitBoxes {
             train: data.train.iter().map(|s| s.boxes.clone()).collect(),
             valid: data.valid.as_ref().map(|v| v.boxes.clone()).unwrap_or_default(),

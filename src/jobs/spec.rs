@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::onnx::Unfreeze;
 use crate::serving::Task;
-use crate::train::{LocalizeHeadKind, LossWeights, Schedule, Solver, TrainConfig};
+use crate::train::{BoxLoss, LocalizeHeadKind, LocalizeLoss, LossWeights, Schedule, Solver, TrainConfig};
 use crate::vision::{Augmentation, Geometry, Preprocessing};
 use crate::zoo::is_valid_model_name;
 
@@ -29,8 +29,13 @@ pub struct JobSpec {
     /// Localization only: the box head's input; `None` lets the base decide (spatial when
     /// its manifest names a spatial feature map, else pooled).
     pub box_head: Option<LocalizeHeadKind>,
-    /// Localization only: the weights of the class and box losses.
-    pub loss_weights: LossWeights,
+    /// Localization only: the weights of the class and box losses, as named; the defaults
+    /// depend on the box head ([`Self::localize_loss`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_weights: Option<LossWeights>,
+    /// Localization only: the box term of the loss, as named ([`Self::localize_loss`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub box_loss: Option<BoxLoss>,
     /// How images are brought to the base's input size for this job's head, as named; see
     /// [`Self::geometry`] for the default.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,6 +117,7 @@ struct JobFields {
     task: Task,
     box_head: Option<LocalizeHeadKind>,
     loss_weights: Option<LossWeights>,
+    box_loss: Option<BoxLoss>,
     geometry: Option<Geometry>,
     solver: Option<Solver>,
 }
@@ -136,7 +142,7 @@ const RECIPE_FIELDS: [&str; 9] = [
 /// ([`TrainConfig::tuned`]); one that names nothing of either gets the convex fit.
 const MINIBATCH_SHAPE_FIELDS: [&str; 2] = ["hidden_units", "dropout"];
 
-const JOB_FIELDS: [&str; 12] = [
+const JOB_FIELDS: [&str; 13] = [
     "dataset",
     "base_model",
     "name",
@@ -147,6 +153,7 @@ const JOB_FIELDS: [&str; 12] = [
     "task",
     "box_head",
     "loss_weights",
+    "box_loss",
     "geometry",
     "solver",
 ];
@@ -192,7 +199,8 @@ impl JobSpec {
             augment: job.augment,
             task: job.task,
             box_head: job.box_head,
-            loss_weights: job.loss_weights.unwrap_or_default(),
+            loss_weights: job.loss_weights,
+            box_loss: job.box_loss,
             geometry: job.geometry,
             solver,
             train,
@@ -217,10 +225,14 @@ impl JobSpec {
         if let Some(augment) = &self.augment {
             augment.validate()?;
         }
-        if self.task == Task::Classify && (self.box_head.is_some() || self.loss_weights != LossWeights::default()) {
-            return Err("box_head and loss_weights apply to task \"localize\" only".into());
+        if self.task == Task::Classify
+            && (self.box_head.is_some() || self.loss_weights.is_some() || self.box_loss.is_some())
+        {
+            return Err("box_head, loss_weights and box_loss apply to task \"localize\" only".into());
         }
-        self.loss_weights.validate().map_err(|e| format!("loss_weights: {e}"))?;
+        if let Some(weights) = &self.loss_weights {
+            weights.validate().map_err(|e| format!("loss_weights: {e}"))?;
+        }
         if self.solver == Solver::Convex && (self.task != Task::Classify || !self.train.is_linear()) {
             return Err(
                 "solver \"convex\" fits a linear classifier: task \"classify\", no hidden_units, no dropout".into()
@@ -252,6 +264,16 @@ impl JobSpec {
             Task::Localize => Geometry::Pad,
             Task::Classify => Geometry::Model,
         })
+    }
+
+    /// A localizer's loss with `kind`'s box head: the weights and box term the job names,
+    /// else [`LocalizeLoss::default_for`] the head.
+    pub fn localize_loss(&self, kind: LocalizeHeadKind) -> LocalizeLoss {
+        let default = LocalizeLoss::default_for(kind);
+        LocalizeLoss {
+            weights: self.loss_weights.unwrap_or(default.weights),
+            box_loss: self.box_loss.unwrap_or(default.box_loss),
+        }
     }
 
     /// The base's preprocessing with this job's geometry.
@@ -365,7 +387,10 @@ mod tests {
         assert_eq!(spec.train.epochs, 3);
         let spec = JobSpec::parse(&json!({"dataset": "d", "base_model": "m", "task": "localize"})).unwrap();
         assert_eq!((spec.task, spec.box_head), (Task::Localize, None));
-        assert_eq!((spec.loss_weights.class, spec.loss_weights.box_), (0.8, 0.2));
+        let (pooled, spatial) =
+            (spec.localize_loss(LocalizeHeadKind::Pooled), spec.localize_loss(LocalizeHeadKind::Spatial));
+        assert_eq!((pooled.weights.class, pooled.weights.box_, pooled.box_loss), (0.8, 0.2, BoxLoss::Mse));
+        assert_eq!((spatial.weights.class, spatial.weights.box_, spatial.box_loss), (0.5, 1.0, BoxLoss::L1Giou));
         for (body, needle) in [
             (json!({"base_model": "m"}), "dataset"),
             (json!({"dataset": "d", "base_model": "m", "epoch": 3}), "epoch"),

@@ -4,14 +4,14 @@
 //! `box` (`[cx, cy, w, h]` as fractions of the model input).
 //!
 //! The appended nodes use only operators whose attributes have not changed across opsets
-//! (Flatten, Gemm, Relu, Sigmoid, Softmax on 2-D, Conv, MaxPool, Transpose, Concat and
-//! element-wise arithmetic), so the head fits a base of any opset.
+//! (Flatten, Gemm, MatMul, Reshape, Relu, Sigmoid, Softplus, Softmax on 2-D, Conv, MaxPool,
+//! Transpose, Concat and element-wise arithmetic), so the head fits a base of any opset.
 
 use prost::Message;
 
 use super::cut::float_output;
 use super::proto::{AttributeProto, GraphProto, ModelProto, TensorProto, attribute_proto};
-use super::tensor::{float_tensor, node};
+use super::tensor::{float_tensor, int_tensor, node};
 use crate::train::{BoxParts, CENTROID_EPSILON, Dense, Head, LocalizerHead};
 use crate::vision::Layout;
 
@@ -61,6 +61,12 @@ pub fn export_localizer(
     let mut graph = Appender::new(&mut model)?;
     let flat = graph.node("Flatten", &[features], "features", vec![int("axis", 1)]);
     let (class, boxes) = head.parts();
+    if let BoxParts::Cells { grid, hidden, output } = boxes {
+        let (map, layout) = spatial.ok_or("the spatial box head needs the base's spatial feature map")?;
+        graph.cells(map, layout, &flat, class, grid, (hidden, output));
+        graph.finish(&[PROBABILITIES, BOX]);
+        return Ok(model.encode_to_vec());
+    }
     let logits = graph.dense(&flat, class, "class");
     graph.output("Softmax", &[&logits], PROBABILITIES, vec![int("axis", 1)]);
     match boxes {
@@ -91,6 +97,7 @@ pub fn export_localizer(
             let scaled = graph.node("Mul", &[&raw, &scale], "box_scaled", vec![]);
             graph.output("Add", &[&scaled, &shift], BOX, vec![]);
         }
+        BoxParts::Cells { .. } => unreachable!("written by Appender::cells above"),
     }
     graph.finish(&[PROBABILITIES, BOX]);
     Ok(model.encode_to_vec())
@@ -140,6 +147,82 @@ impl<'a> Appender<'a> {
         let w = self.constant(&format!("{name}_weights"), &[dense.inputs(), dense.outputs()], weights);
         let b = self.constant(&format!("{name}_bias"), &[dense.outputs()], bias);
         self.node("Gemm", &[x, &w, &b], &format!("{name}_logits"), vec![])
+    }
+
+    /// The cell head (see `LocalizerHead`) on the map `map`: 1×1 convolutions for the per-cell
+    /// layers, a softmax over the cells, and the weighing of the cells' corners and features
+    /// as batched MatMuls; then [`BOX`] and, from the weighed features beside the pooled
+    /// `flat` ones, [`PROBABILITIES`].
+    fn cells(
+        &mut self,
+        map: &str,
+        layout: Layout,
+        flat: &str,
+        class: &Dense,
+        (height, width): (usize, usize),
+        (hidden, output): (&Dense, &Dense),
+    ) {
+        let map = match layout {
+            Layout::Nchw => map.to_owned(),
+            Layout::Nhwc => self.node("Transpose", &[map], "spatial_nchw", vec![ints("perm", &[0, 3, 1, 2])]),
+        };
+        let (channels, units, cells) = (hidden.inputs(), hidden.outputs(), height * width);
+        // A dense layer over every cell is a 1×1 convolution with its weights transposed.
+        let conv = |graph: &mut Self, x: &str, layer: &Dense, columns: std::ops::Range<usize>, name: &str| {
+            let [weights, bias] = layer.values();
+            let rows = layer.inputs();
+            let kernel: Vec<f32> =
+                columns.clone().flat_map(|o| (0..rows).map(move |i| weights[i * layer.outputs() + o])).collect();
+            let w = graph.constant(&format!("{name}_w"), &[columns.len(), rows, 1, 1], &kernel);
+            let b = graph.constant(&format!("{name}_b"), &[columns.len()], &bias[columns]);
+            graph.node("Conv", &[x, &w, &b], name, vec![ints("kernel_shape", &[1, 1])])
+        };
+        let z = conv(self, &map, hidden, 0..units, "cells_hidden");
+        let z = self.node("Relu", &[&z], "cells_hidden_relu", vec![]);
+        let objectness = conv(self, &z, output, 0..1, "cells_objectness");
+        let distances = conv(self, &z, output, 1..5, "cells_distances");
+        let objectness = self.reshape(&objectness, &[0, -1], "cells_objectness_flat");
+        let attention = self.node("Softmax", &[&objectness], "cells_attention", vec![int("axis", 1)]);
+        let attention = self.reshape(&attention, &[0, -1, 1], "cells_attention_column");
+        // Corners of every cell's box: centre + distance·[−1/W, −1/H, 1/W, 1/H], as [N, 4, cells].
+        let distances = self.node("Softplus", &[&distances], "cells_distances_soft", vec![]);
+        let distances = self.reshape(&distances, &[0, 4, -1], "cells_distances_flat");
+        let (w, h) = (width as f32, height as f32);
+        let factors = self.constant("cells_factors", &[1, 4, 1], &[-1.0 / w, -1.0 / h, 1.0 / w, 1.0 / h]);
+        let centres: Vec<f32> = (0..4)
+            .flat_map(|k| {
+                (0..cells).map(move |cell| match k % 2 {
+                    0 => ((cell % width) as f32 + 0.5) / w,
+                    _ => ((cell / width) as f32 + 0.5) / h,
+                })
+            })
+            .collect();
+        let centres = self.constant("cells_centres", &[1, 4, cells], &centres);
+        let offsets = self.node("Mul", &[&distances, &factors], "cells_offsets", vec![]);
+        let corners = self.node("Add", &[&offsets, &centres], "cells_corners", vec![]);
+        let corners = self.node("MatMul", &[&corners, &attention], "corners", vec![]);
+        let corners = self.node("Flatten", &[&corners], "corners_flat", vec![int("axis", 1)]);
+        // [x0, y0, x1, y1] · M = [cx, cy, w, h].
+        let to_box = self.constant(
+            "corners_to_box",
+            &[4, 4],
+            &[0.5, 0.0, -1.0, 0.0, 0.0, 0.5, 0.0, -1.0, 0.5, 0.0, 1.0, 0.0, 0.0, 0.5, 0.0, 1.0],
+        );
+        self.output("MatMul", &[&corners, &to_box], BOX, vec![]);
+        // The class reads the weighed map features beside the pooled ones.
+        let map = self.reshape(&map, &[0, channels as i64, -1], "cells_map_flat");
+        let attended = self.node("MatMul", &[&map, &attention], "attended", vec![]);
+        let attended = self.node("Flatten", &[&attended], "attended_flat", vec![int("axis", 1)]);
+        let inputs = self.node("Concat", &[&attended, flat], "class_inputs", vec![int("axis", 1)]);
+        let logits = self.dense(&inputs, class, "class");
+        self.output("Softmax", &[&logits], PROBABILITIES, vec![int("axis", 1)]);
+    }
+
+    /// `x` reshaped to `shape` (0 keeps a dimension, −1 infers one).
+    fn reshape(&mut self, x: &str, shape: &[i64], name: &str) -> String {
+        let shape_name = format!("{PREFIX}_{name}_shape");
+        self.graph.initializer.push(int_tensor(&shape_name, shape));
+        self.node("Reshape", &[x, &shape_name], name, vec![])
     }
 
     /// The centre Σ pos·m / (Σ m + ε) and extent mean(m) of a profile `m` of `len` cells (a

@@ -29,9 +29,9 @@ pub use fit::{BestEpoch, EpochOutcome, EpochTraining, FitState, Fitted, Trainabl
 pub use head::{Dense, Head, HeadError};
 pub use lbfgs::{LbfgsOptions, LbfgsOutcome, minimize};
 pub use localize::{
-    BoxMetrics, BoxParts, CENTROID_EPSILON, LocalizeCheckpoint, LocalizeData, LocalizeEpochReport, LocalizeHeadKind,
-    LocalizeOutcome, LocalizeSplit, LocalizerHead, LocalizerLoss, LocalizerScores, LossWeights, box_metrics, iou,
-    localizer_scores, train_localizer,
+    BoxLoss, BoxMetrics, BoxParts, CENTROID_EPSILON, LocalizeCheckpoint, LocalizeData, LocalizeEpochReport,
+    LocalizeHeadKind, LocalizeLoss, LocalizeOutcome, LocalizeSplit, LocalizerHead, LocalizerLoss, LocalizerScores,
+    LossWeights, box_metrics, iou, localizer_scores, softplus, train_localizer,
 };
 pub(crate) use localize::{cross_entropy, label_tensors, sigmoid_tensor, tensor_error};
 pub use metrics::{ClassMetrics, Evaluation, LOG_LOSS_EPSILON, MetricsError, evaluate, log_loss};

@@ -11,11 +11,14 @@
 
 mod coco;
 mod json;
+mod merge;
 mod plain_csv;
 mod via;
 mod voc;
 
 use std::collections::HashMap;
+
+pub use merge::{MergedBoxes, SAME_BOX_PIXELS, merge_boxes};
 
 use super::capped::Capped;
 

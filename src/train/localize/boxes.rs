@@ -20,6 +20,21 @@ pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     if intersection > 0.0 && union > 0.0 { (intersection / union).min(1.0) } else { 0.0 }
 }
 
+/// `[cx, cy, w, h]` as corners `[x0, y0, x1, y1]`.
+pub fn corners(b: [f32; 4]) -> [f32; 4] {
+    [b[0] - b[2] / 2.0, b[1] - b[3] / 2.0, b[0] + b[2] / 2.0, b[1] + b[3] / 2.0]
+}
+
+/// Generalised IoU of two corner boxes: IoU minus the share of the smallest enclosing box
+/// that neither covers (−1 to 1). The training graph's loss computes the same.
+pub fn giou(p: [f32; 4], t: [f32; 4]) -> f32 {
+    let width = |x0: f32, x1: f32| (x1 - x0).max(0.0);
+    let inter = width(p[0].max(t[0]), p[2].min(t[2])) * width(p[1].max(t[1]), p[3].min(t[3]));
+    let union = width(p[0], p[2]) * width(p[1], p[3]) + width(t[0], t[2]) * width(t[1], t[3]) - inter;
+    let enclosing = (p[2].max(t[2]) - p[0].min(t[0])) * (p[3].max(t[3]) - p[1].min(t[1]));
+    inter / (union + 1e-7) - (enclosing - union) / (enclosing + 1e-7)
+}
+
 /// How well a set of predicted boxes matches the true ones.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BoxMetrics {

@@ -5,7 +5,7 @@
 use candle_core::{Device, Result, Tensor, Var};
 
 use super::localizer::{BoxHead, CENTROID_EPSILON, LocalizerHead};
-use super::{LocalizeSplit, LossWeights};
+use super::{BoxLoss, LocalizeLoss, LocalizeSplit};
 
 /// The head's parameters as candle variables, in the order of `LocalizerHead::params`.
 pub(super) struct Graph {
@@ -29,6 +29,18 @@ enum BoxVars {
         /// Cell-centre positions (j + 0.5)/W and (i + 0.5)/H.
         xs: Tensor,
         ys: Tensor,
+    },
+    Cells {
+        /// (height, width, channels) of the map.
+        shape: (usize, usize, usize),
+        hidden_w: Var,
+        hidden_b: Var,
+        output_w: Var,
+        output_b: Var,
+        /// Each cell's centre as corners `[cx, cy, cx, cy]` (cells × 4), and the factors that
+        /// turn the distances (in cells) into corner offsets: `[−1/W, −1/H, 1/W, 1/H]`.
+        centres: Tensor,
+        offsets: Tensor,
     },
 }
 
@@ -151,6 +163,25 @@ impl Graph {
                 xs: centres(s.width)?,
                 ys: centres(s.height)?,
             },
+            BoxHead::Cells(c) => {
+                let (h, w) = (c.height, c.width);
+                let grid: Vec<f32> = (0..h * w)
+                    .flat_map(|cell| {
+                        let (x, y) = (((cell % w) as f32 + 0.5) / w as f32, ((cell / w) as f32 + 0.5) / h as f32);
+                        [x, y, x, y]
+                    })
+                    .collect();
+                let (wf, hf) = (w as f32, h as f32);
+                BoxVars::Cells {
+                    shape: (h, w, c.hidden.inputs()),
+                    hidden_w: var(values[2], &[c.hidden.inputs(), c.hidden.outputs()])?,
+                    hidden_b: var(values[3], &[c.hidden.outputs()])?,
+                    output_w: var(values[4], &[c.output.inputs(), 5])?,
+                    output_b: var(values[5], &[5])?,
+                    centres: Tensor::from_vec(grid, (h * w, 4), &Device::Cpu)?,
+                    offsets: Tensor::from_vec(vec![-1.0 / wf, -1.0 / hf, 1.0 / wf, 1.0 / hf], 4, &Device::Cpu)?,
+                }
+            }
         };
         Ok(Self { class_w: var(values[0], &[dim, classes])?, class_b: var(values[1], &[classes])?, boxes })
     }
@@ -161,6 +192,9 @@ impl Graph {
         match &self.boxes {
             BoxVars::Pooled { w, b } => vars.extend([w, b]),
             BoxVars::Spatial { u, a, scale, shift, .. } => vars.extend([u, a, scale, shift]),
+            BoxVars::Cells { hidden_w, hidden_b, output_w, output_b, .. } => {
+                vars.extend([hidden_w, hidden_b, output_w, output_b])
+            }
         }
         vars
     }
@@ -173,13 +207,41 @@ impl Graph {
         Ok(())
     }
 
-    /// (n × classes) class logits.
-    pub(super) fn class_logits(&self, batch: &Batch) -> Result<Tensor> {
-        batch.pooled.matmul(&self.class_w)?.broadcast_add(&self.class_b)
+    /// (n × classes) class logits and (n × 4) predicted `[cx, cy, w, h]`.
+    pub(super) fn forward(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        let logits = |features: &Tensor| features.matmul(&self.class_w)?.broadcast_add(&self.class_b);
+        match &self.boxes {
+            BoxVars::Cells { .. } => {
+                let (attended, corners) = self.cells(batch)?;
+                let features = Tensor::cat(&[&attended, &batch.pooled], 1)?;
+                Ok((logits(&features)?, from_corners(&corners)?))
+            }
+            _ => Ok((logits(&batch.pooled)?, self.boxes(batch)?)),
+        }
     }
 
-    /// (n × 4) predicted `[cx, cy, w, h]`.
-    pub(super) fn boxes(&self, batch: &Batch) -> Result<Tensor> {
+    /// The cell head on `batch`: the objectness-weighed map features (n × channels) and the box
+    /// corners `[x0, y0, x1, y1]` (n × 4).
+    fn cells(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        let BoxVars::Cells { shape: (h, w, c), hidden_w, hidden_b, output_w, output_b, centres, offsets } = &self.boxes
+        else {
+            return Err(candle_core::Error::Msg("not a cell head".into()));
+        };
+        let map = batch.spatial.as_ref().ok_or_else(|| candle_core::Error::Msg("no spatial features".into()))?;
+        let (n, cells) = (map.dim(0)?, h * w);
+        let hidden = map.reshape((n * cells, *c))?.matmul(hidden_w)?.broadcast_add(hidden_b)?.relu()?;
+        let out = hidden.matmul(output_w)?.broadcast_add(output_b)?.reshape((n, cells, 5))?;
+        let attention = softmax_cells(&out.narrow(2, 0, 1)?.squeeze(2)?)?; // (n, cells)
+        let distances = softplus(&out.narrow(2, 1, 4)?)?; // (n, cells, 4), in cells
+        let cell_corners = distances.broadcast_mul(offsets)?.broadcast_add(centres)?;
+        let weights = attention.unsqueeze(2)?; // (n, cells, 1)
+        let corners = cell_corners.broadcast_mul(&weights)?.sum(1)?;
+        let attended = attention.unsqueeze(1)?.matmul(&map.reshape((n, cells, *c))?)?.squeeze(1)?;
+        Ok((attended, corners))
+    }
+
+    /// (n × 4) predicted `[cx, cy, w, h]` of the pooled and profile heads.
+    fn boxes(&self, batch: &Batch) -> Result<Tensor> {
         match &self.boxes {
             BoxVars::Pooled { w, b } => sigmoid(&batch.pooled.matmul(w)?.broadcast_add(b)?),
             BoxVars::Spatial { shape: (h, w, c), u, a, scale, shift, xs, ys } => {
@@ -201,12 +263,15 @@ impl Graph {
                 )?;
                 raw.broadcast_mul(scale)?.broadcast_add(shift)
             }
+            BoxVars::Cells { .. } => from_corners(&self.cells(batch)?.1),
         }
     }
 
-    /// class·mean cross-entropy (class-weighted as Keras does: Σ wᵢℓᵢ/n) + box·MSE over the
-    /// 4 numbers; a term with weight 0 is left out, so its parameters get no gradient.
-    pub(super) fn loss(&self, batch: &Batch, weights: LossWeights) -> Result<Tensor> {
+    /// class·mean cross-entropy (class-weighted as Keras does: Σ wᵢℓᵢ/n) + box·the box loss;
+    /// a term with weight 0 is left out, so its parameters get no gradient. Also the logits.
+    pub(super) fn loss(&self, batch: &Batch, loss: LocalizeLoss) -> Result<(Tensor, Tensor)> {
+        let (logits, predicted) = self.forward(batch)?;
+        let weights = loss.weights;
         let mut total: Option<Tensor> = None;
         let mut add = |term: Tensor| -> Result<()> {
             total = Some(match total.take() {
@@ -216,14 +281,69 @@ impl Graph {
             Ok(())
         };
         if weights.class > 0.0 {
-            let logits = self.class_logits(batch)?;
             let loss = cross_entropy(&logits, &batch.onehot, batch.row_weights.as_ref())?;
             add(loss.affine(f64::from(weights.class), 0.0)?)?;
         }
         if weights.box_ > 0.0 {
-            let error = self.boxes(batch)?.sub(&batch.boxes)?.sqr()?.mean_all()?;
-            add(error.affine(f64::from(weights.box_), 0.0)?)?;
+            let term = box_loss(loss.box_loss, &predicted, &batch.boxes)?;
+            add(term.affine(f64::from(weights.box_), 0.0)?)?;
         }
-        total.ok_or_else(|| candle_core::Error::Msg("both loss weights are 0".into()))
+        let total = total.ok_or_else(|| candle_core::Error::Msg("both loss weights are 0".into()))?;
+        Ok((total, logits))
     }
+}
+
+/// The box term: MSE over `[cx, cy, w, h]`, or the mean L1 distance of the corners plus
+/// 1 − GIoU, or 1 − GIoU alone.
+fn box_loss(kind: BoxLoss, predicted: &Tensor, truth: &Tensor) -> Result<Tensor> {
+    match kind {
+        BoxLoss::Mse => predicted.sub(truth)?.sqr()?.mean_all(),
+        BoxLoss::Giou => generalized_iou(&to_corners(predicted)?, &to_corners(truth)?)?.affine(-1.0, 1.0)?.mean_all(),
+        BoxLoss::L1Giou => {
+            let (p, t) = (to_corners(predicted)?, to_corners(truth)?);
+            let l1 = p.sub(&t)?.abs()?.mean_all()?;
+            l1 + generalized_iou(&p, &t)?.affine(-1.0, 1.0)?.mean_all()?
+        }
+    }
+}
+
+/// GIoU (Rezatofighi et al., 2019) of corner boxes row by row: IoU minus the share of the
+/// smallest enclosing box that neither covers. Unlike IoU it still has a gradient when the
+/// boxes do not overlap.
+pub(super) fn generalized_iou(p: &Tensor, t: &Tensor) -> Result<Tensor> {
+    let col = |x: &Tensor, k: usize| x.narrow(1, k, 1);
+    let (p0, p1, p2, p3) = (col(p, 0)?, col(p, 1)?, col(p, 2)?, col(p, 3)?);
+    let (t0, t1, t2, t3) = (col(t, 0)?, col(t, 1)?, col(t, 2)?, col(t, 3)?);
+    let inter_w = p2.minimum(&t2)?.sub(&p0.maximum(&t0)?)?.relu()?;
+    let inter_h = p3.minimum(&t3)?.sub(&p1.maximum(&t1)?)?.relu()?;
+    let inter = inter_w.mul(&inter_h)?;
+    let area = |x0: &Tensor, y0: &Tensor, x1: &Tensor, y1: &Tensor| x1.sub(x0)?.relu()?.mul(&y1.sub(y0)?.relu()?);
+    let union = area(&p0, &p1, &p2, &p3)?.add(&area(&t0, &t1, &t2, &t3)?)?.sub(&inter)?;
+    let enclosing = p2.maximum(&t2)?.sub(&p0.minimum(&t0)?)?.mul(&p3.maximum(&t3)?.sub(&p1.minimum(&t1)?)?)?;
+    let iou = inter.div(&union.affine(1.0, 1e-7)?)?;
+    let outside = enclosing.sub(&union)?.div(&enclosing.affine(1.0, 1e-7)?)?;
+    iou.sub(&outside)?.squeeze(1)
+}
+
+/// `[cx, cy, w, h]` rows as corners `[x0, y0, x1, y1]`.
+fn to_corners(b: &Tensor) -> Result<Tensor> {
+    let (centre, size) = (b.narrow(1, 0, 2)?, b.narrow(1, 2, 2)?.affine(0.5, 0.0)?);
+    Tensor::cat(&[centre.sub(&size)?, centre.add(&size)?], 1)
+}
+
+/// Corner rows as `[cx, cy, w, h]`.
+fn from_corners(c: &Tensor) -> Result<Tensor> {
+    let (low, high) = (c.narrow(1, 0, 2)?, c.narrow(1, 2, 2)?);
+    Tensor::cat(&[low.add(&high)?.affine(0.5, 0.0)?, high.sub(&low)?], 1)
+}
+
+/// Softmax over the cells (dimension 1); the max is subtracted outside the gradient.
+fn softmax_cells(logits: &Tensor) -> Result<Tensor> {
+    let e = logits.broadcast_sub(&logits.max_keepdim(1)?.detach())?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(1)?)
+}
+
+/// ln(1 + eˣ) as max(x, 0) + ln(1 + e^−|x|): finite for any x.
+fn softplus(x: &Tensor) -> Result<Tensor> {
+    x.relu()? + x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?
 }

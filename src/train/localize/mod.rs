@@ -29,8 +29,8 @@ use std::ops::ControlFlow;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-pub use boxes::{BoxMetrics, box_metrics, iou};
-pub use localizer::{BoxParts, CENTROID_EPSILON, LocalizerHead};
+pub use boxes::{BoxMetrics, box_metrics, corners, giou, iou};
+pub use localizer::{BoxParts, CENTROID_EPSILON, LocalizerHead, softplus};
 
 use super::config::TrainConfig;
 use super::data::balanced_class_weights;
@@ -79,6 +79,48 @@ impl LossWeights {
             return Err("the class and box loss weights cannot both be 0".into());
         }
         Ok(())
+    }
+}
+
+/// The box term of a localizer's loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BoxLoss {
+    /// Mean squared error over `[cx, cy, w, h]` (the seed's Keras recipe).
+    Mse,
+    /// The mean L1 distance of the corners plus 1 − GIoU: the L1 term places the box early on,
+    /// GIoU judges it as IoU does and still has a gradient when the boxes do not overlap.
+    L1Giou,
+    /// 1 − GIoU alone.
+    Giou,
+}
+
+/// A localizer's loss: `class`·cross-entropy + `box`·the box term.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LocalizeLoss {
+    pub weights: LossWeights,
+    pub box_loss: BoxLoss,
+}
+
+impl LocalizeLoss {
+    /// The loss a job gets when it names none: for the pooled head the seed's recipe
+    /// (0.8 · cross-entropy + 0.2 · MSE); for the spatial head 0.5 · cross-entropy +
+    /// 1.0 · (L1 + GIoU), which measured best on `make bench-localize` (MSE on the cell head
+    /// placed boxes well but drew them too small).
+    pub fn default_for(kind: LocalizeHeadKind) -> Self {
+        match kind {
+            LocalizeHeadKind::Pooled => LossWeights::default().into(),
+            LocalizeHeadKind::Spatial => {
+                Self { weights: LossWeights { class: 0.5, box_: 1.0 }, box_loss: BoxLoss::L1Giou }
+            }
+        }
+    }
+}
+
+impl From<LossWeights> for LocalizeLoss {
+    /// The seed's recipe: these weights with the MSE box term.
+    fn from(weights: LossWeights) -> Self {
+        Self { weights, box_loss: BoxLoss::Mse }
     }
 }
 
@@ -161,7 +203,7 @@ pub struct LocalizeCheckpoint {
 /// `hidden_units` and `dropout` are refused: this head has neither.
 pub fn train_localizer(
     config: &TrainConfig,
-    weights: LossWeights,
+    loss: impl Into<LocalizeLoss>,
     kind: LocalizeHeadKind,
     data: &LocalizeData,
     resume: Option<LocalizeCheckpoint>,
@@ -173,13 +215,14 @@ pub fn train_localizer(
             "the localization head has no hidden layer and no dropout: leave hidden_units and dropout unset".into(),
         ));
     }
-    weights.validate().map_err(TrainError::InvalidConfig)?;
+    let loss = loss.into();
+    loss.weights.validate().map_err(TrainError::InvalidConfig)?;
     validate(data, kind).map_err(TrainError::InvalidData)?;
 
     let pooled_dim = data.train[0].pooled.ncols();
     let mut head = LocalizerHead::init(kind, pooled_dim, data.classes, data.spatial_shape, config.seed)
         .map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
-    let stepper = Stepper::new(&mut head, config, weights)?;
+    let stepper = Stepper::new(&mut head, config, loss)?;
     let checkpoint = match resume {
         Some(checkpoint) => {
             check_resumable(&checkpoint, &mut head, &stepper).map_err(TrainError::InvalidCheckpoint)?;
@@ -287,7 +330,7 @@ impl Trainable for LocalizeRun<'_> {
     }
 
     fn validate(&mut self) -> Result<Option<Validation>, TrainError> {
-        let scores = self.valid.map(|v| score(&self.checkpoint.head, v, self.stepper.weights)).transpose()?;
+        let scores = self.valid.map(|v| score(&self.checkpoint.head, v, self.stepper.loss)).transpose()?;
         Ok(scores.map(|s| Validation { loss: s.loss, accuracy: s.accuracy, mean_iou: Some(s.mean_iou) }))
     }
 
@@ -305,13 +348,13 @@ impl Trainable for LocalizeRun<'_> {
 struct Stepper {
     graph: Graph,
     optimizer: Optimizer,
-    weights: LossWeights,
+    loss: LocalizeLoss,
 }
 
 impl Stepper {
-    fn new(head: &mut LocalizerHead, config: &TrainConfig, weights: LossWeights) -> Result<Self, TrainError> {
+    fn new(head: &mut LocalizerHead, config: &TrainConfig, loss: LocalizeLoss) -> Result<Self, TrainError> {
         let graph = Graph::new(head).map_err(tensor_error)?;
-        Ok(Self { graph, optimizer: config.optimizer(), weights })
+        Ok(Self { graph, optimizer: config.optimizer(), loss })
     }
 
     /// The optimiser's state before the first step.
@@ -323,8 +366,8 @@ impl Stepper {
     /// entirely, so weight decay does not shrink them either.
     fn trains(&self, part: Part) -> bool {
         match part {
-            Part::Class => self.weights.class > 0.0,
-            Part::Box => self.weights.box_ > 0.0,
+            Part::Class => self.loss.weights.class > 0.0,
+            Part::Box => self.loss.weights.box_ > 0.0,
         }
     }
 
@@ -336,7 +379,7 @@ impl Stepper {
     /// One optimiser step on `batch`: candle's gradients, graft's update, written back to
     /// both the head and the graph. Returns the batch loss before the step.
     fn step(&self, head: &mut LocalizerHead, state: &mut OptimizerState, batch: &Batch) -> Result<f32, TrainError> {
-        let loss = self.graph.loss(batch, self.weights).map_err(tensor_error)?;
+        let (loss, _) = self.graph.loss(batch, self.loss).map_err(tensor_error)?;
         let grads = loss.backward().map_err(tensor_error)?;
         let mut gradients = Vec::new();
         for (var, param) in self.graph.vars().into_iter().zip(head.params_mut()) {
@@ -366,15 +409,15 @@ impl Stepper {
 pub struct LocalizerLoss {
     graph: Graph,
     decays: Vec<bool>,
-    weights: LossWeights,
+    loss: LocalizeLoss,
     classes: usize,
 }
 
 impl LocalizerLoss {
-    pub fn new(head: &mut LocalizerHead, weights: LossWeights) -> candle_core::Result<Self> {
+    pub fn new(head: &mut LocalizerHead, loss: LocalizeLoss) -> candle_core::Result<Self> {
         let graph = Graph::new(head)?;
         let decays = head.params_mut().iter().map(|p| p.decay).collect();
-        Ok(Self { graph, decays, weights, classes: head.classes() })
+        Ok(Self { graph, decays, loss, classes: head.classes() })
     }
 
     /// The head's variables with whether weight decay applies, in [`LocalizerLoss::write_back`]'s order.
@@ -382,7 +425,7 @@ impl LocalizerLoss {
         self.graph.vars().into_iter().zip(self.decays.iter().copied()).collect()
     }
 
-    /// class·cross-entropy + box·MSE of a batch, and its class logits.
+    /// class·cross-entropy + box·the box term of a batch, and its class logits.
     pub fn loss(
         &self,
         pooled: candle_core::Tensor,
@@ -392,7 +435,7 @@ impl LocalizerLoss {
         class_weights: Option<&[f32]>,
     ) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)> {
         let batch = Batch::from_tensors(pooled, spatial, labels, boxes, self.classes, class_weights)?;
-        Ok((self.graph.loss(&batch, self.weights)?, self.graph.class_logits(&batch)?))
+        self.graph.loss(&batch, self.loss)
     }
 
     /// Copies `values` (one per variable, in [`LocalizerLoss::vars`]'s order) into `head`.
@@ -403,25 +446,44 @@ impl LocalizerLoss {
     }
 }
 
-/// Validation numbers of a localizer's predictions against `labels` and `truth` boxes.
+/// Validation numbers of a localizer's predictions against `labels` and `truth` boxes; the
+/// loss is the training loss's, without class weights.
 pub fn localizer_scores(
     probabilities: &Array2<f32>,
     boxes: &[[f32; 4]],
     labels: &[usize],
     truth: &[[f32; 4]],
-    weights: LossWeights,
+    loss: LocalizeLoss,
 ) -> Result<LocalizerScores, TrainError> {
     let invalid = |e: &dyn std::fmt::Display| TrainError::InvalidData(format!("validation split: {e}"));
     let cross_entropy = log_loss(probabilities.view(), labels).map_err(|e| invalid(&e))?;
     let accuracy = evaluate(probabilities.view(), labels, 1).map_err(|e| invalid(&e))?.accuracy;
-    let squared: f64 =
-        boxes.iter().zip(truth).flat_map(|(p, t)| p.iter().zip(t).map(|(a, b)| f64::from(a - b).powi(2))).sum();
-    let mse = (squared / (4 * labels.len().max(1)) as f64) as f32;
+    let box_term = mean_box_loss(loss.box_loss, boxes, truth);
     Ok(LocalizerScores {
-        loss: weights.class * cross_entropy + weights.box_ * mse,
+        loss: loss.weights.class * cross_entropy + loss.weights.box_ * box_term,
         accuracy,
         mean_iou: box_metrics(boxes, truth).mean_iou,
     })
+}
+
+/// The box term of the loss over `boxes` against `truth`, in plain f32 (what the training
+/// graph computes, for validation).
+fn mean_box_loss(kind: BoxLoss, boxes: &[[f32; 4]], truth: &[[f32; 4]]) -> f32 {
+    let rows = boxes.len().max(1) as f64;
+    let sum: f64 = boxes
+        .iter()
+        .zip(truth)
+        .map(|(p, t)| {
+            let (pc, tc) = (corners(*p), corners(*t));
+            let l1 = || pc.iter().zip(&tc).map(|(a, b)| f64::from((a - b).abs())).sum::<f64>() / 4.0;
+            match kind {
+                BoxLoss::Mse => p.iter().zip(t).map(|(a, b)| f64::from(a - b).powi(2)).sum::<f64>() / 4.0,
+                BoxLoss::Giou => 1.0 - f64::from(giou(pc, tc)),
+                BoxLoss::L1Giou => l1() + 1.0 - f64::from(giou(pc, tc)),
+            }
+        })
+        .sum();
+    (sum / rows) as f32
 }
 
 /// A candle failure; the shapes are checked beforehand, so this means inconsistent data.
@@ -432,17 +494,17 @@ pub(crate) fn tensor_error(error: candle_core::Error) -> TrainError {
 /// Validation numbers of one epoch.
 #[derive(Debug, Clone, Copy)]
 pub struct LocalizerScores {
-    /// class·log loss + box·MSE.
+    /// class·log loss + box·the box term.
     pub loss: f32,
     pub accuracy: f32,
     pub mean_iou: f32,
 }
 
-fn score(head: &LocalizerHead, split: &LocalizeSplit, weights: LossWeights) -> Result<LocalizerScores, TrainError> {
+fn score(head: &LocalizerHead, split: &LocalizeSplit, loss: LocalizeLoss) -> Result<LocalizerScores, TrainError> {
     let (probabilities, boxes) = head
         .predict(split.pooled.view(), split.spatial.as_ref().map(|s| s.view()))
         .map_err(|e| TrainError::InvalidData(format!("validation split: {e}")))?;
-    localizer_scores(&probabilities, &boxes, &split.labels, &split.boxes, weights)
+    localizer_scores(&probabilities, &boxes, &split.labels, &split.boxes, loss)
 }
 
 /// Checks shapes, label ranges and that every number is finite, naming the split at fault.

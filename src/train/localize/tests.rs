@@ -2,7 +2,7 @@
 //! contracts (forward = predict, loss weights, validation, early stopping, cancellation).
 
 use super::graph::{Batch, Graph};
-use super::localizer::{BoxHead, SpatialBox};
+use super::localizer::{BoxHead, CellsBox, SpatialBox};
 use super::*;
 use std::time::Instant;
 
@@ -140,19 +140,66 @@ fn spatial_box_follows_the_formula() {
 }
 
 #[test]
+fn cell_head_follows_the_formula() {
+    // A 1×2 grid of one channel, f = [0, ln 3]. The hidden layer passes f through (ReLU of
+    // f ≥ 0); the output layer gives objectness f and raw distances from its bias: ln(e − 1)
+    // left and right (softplus 1 cell = 0.5 of the width), 0 up and down (ln 2 cells = ln 2 of
+    // the height). Softmax of [0, ln 3] = [1/4, 3/4]. Cell centres x = 0.25, 0.75; y = 0.5.
+    // x0 = 1/4·(0.25 − 0.5) + 3/4·(0.75 − 0.5) = 0.125; x1 = 1/4·0.75 + 3/4·1.25 = 1.125:
+    // cx = 0.625, w = 1. y0, y1 = 0.5 ∓ ln 2: cy = 0.5, h = 2 ln 2. The class layer reads the
+    // attended feature 3/4·ln 3 (weight 1) beside the pooled one (weight 0): p₀ = σ(3/4·ln 3).
+    let ln3 = 3f32.ln();
+    let raw_one = (std::f32::consts::E - 1.0).ln();
+    let cells = CellsBox {
+        height: 1,
+        width: 2,
+        hidden: Dense::new(array![[1.0f32]], array![0.0]).unwrap(),
+        output: Dense::new(array![[1.0f32, 0.0, 0.0, 0.0, 0.0]], array![0.0, raw_one, 0.0, raw_one, 0.0]).unwrap(),
+    };
+    let class = Dense::new(array![[1.0f32, 0.0], [0.0, 0.0]], array![0.0, 0.0]).unwrap();
+    let head = LocalizerHead::new(class, BoxHead::Cells(cells)).unwrap();
+    assert_eq!((head.kind(), head.pooled_dim(), head.spatial_shape()), (LocalizeHeadKind::Spatial, 1, Some((1, 2, 1))));
+    let (p, boxes) = head.predict(array![[5.0f32]].view(), Some(array![[0.0f32, ln3]].view())).unwrap();
+    let p0 = 1.0 / (1.0 + (-0.75 * ln3).exp());
+    assert!((p[[0, 0]] - p0).abs() < 1e-6 && (p[[0, 1]] - (1.0 - p0)).abs() < 1e-6, "{p:?}");
+    for (got, want) in boxes[0].iter().zip([0.625, 0.5, 1.0, 2.0 * 2f32.ln()]) {
+        assert!((got - want).abs() < 1e-5, "{:?}", boxes[0]);
+    }
+    // The training graph computes the same numbers.
+    let split = LocalizeSplit {
+        pooled: array![[5.0f32]],
+        spatial: Some(array![[0.0f32, ln3]]),
+        labels: vec![0],
+        boxes: vec![[0.5, 0.5, 0.5, 0.5]],
+    };
+    let batch = Batch::new(&split, &[0], 2, None, true).unwrap();
+    let (logits, forward) = Graph::new(&head).unwrap().forward(&batch).unwrap();
+    let logits: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+    assert!((logits[0] - 0.75 * ln3).abs() < 1e-6 && logits[1].abs() < 1e-6, "{logits:?}");
+    let forward: Vec<f32> = forward.flatten_all().unwrap().to_vec1().unwrap();
+    for (got, want) in forward.iter().zip(boxes[0]) {
+        assert!((got - want).abs() < 1e-6, "{forward:?}");
+    }
+}
+
+#[test]
+fn giou_matches_hand_calculations() {
+    // [0, 2]² and [1, 3]²: IoU 1/7; the enclosing [0, 3]² (9) less the union (7) is 2/9 of it.
+    assert!(close(giou([0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0]), 1.0 / 7.0 - 2.0 / 9.0));
+    // Apart: [0, 1]² and [2, 3]×[0, 1]: IoU 0, enclosing 3, union 2: −1/3.
+    assert!(close(giou([0.0, 0.0, 1.0, 1.0], [2.0, 0.0, 3.0, 1.0]), -1.0 / 3.0));
+    assert!(close(giou([0.1, 0.2, 0.5, 0.9], [0.1, 0.2, 0.5, 0.9]), 1.0));
+}
+
+#[test]
 fn spatial_head_localises_and_beats_the_pooled_head() {
     let data = data(480, 120);
     let test = synthetic(200, 3);
-    let config = TrainConfig {
-        epochs: 60,
-        learning_rate: 0.02,
-        early_stopping: Some(EarlyStopping { patience: 10, metric: StopMetric::ValAccuracy }),
-        ..TrainConfig::default()
-    };
+    let config = TrainConfig::default().tuned();
     let mut results = Vec::new();
     for kind in [LocalizeHeadKind::Pooled, LocalizeHeadKind::Spatial] {
         let started = Instant::now();
-        let outcome = train_localizer(&config, LossWeights::default(), kind, &data, None, &mut quiet).unwrap();
+        let outcome = train_localizer(&config, LocalizeLoss::default_for(kind), kind, &data, None, &mut quiet).unwrap();
         let seconds = started.elapsed().as_secs_f64();
         let (p, boxes) = predict(&outcome.head, &test);
         let accuracy = evaluate(p.view(), &test.labels, 1).unwrap().accuracy;
@@ -181,8 +228,9 @@ fn predict_equals_the_training_forward_and_survives_bytes() {
         let rows: Vec<usize> = (0..split.rows()).collect();
         let batch = Batch::new(split, &rows, CLASSES, None, kind == LocalizeHeadKind::Spatial).unwrap();
         let graph = Graph::new(&head).unwrap();
-        let logits: Vec<Vec<f32>> = graph.class_logits(&batch).unwrap().to_vec2().unwrap();
-        let forward_boxes: Vec<Vec<f32>> = graph.boxes(&batch).unwrap().to_vec2().unwrap();
+        let (logits, forward_boxes) = graph.forward(&batch).unwrap();
+        let logits: Vec<Vec<f32>> = logits.to_vec2().unwrap();
+        let forward_boxes: Vec<Vec<f32>> = forward_boxes.to_vec2().unwrap();
         let mut worst = 0f32;
         for (r, z) in logits.iter().enumerate() {
             let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
@@ -216,12 +264,11 @@ fn bytes_and_inputs_are_checked() {
     // Version 1, JSON, as heads were stored before: still read.
     let json = serde_json::to_string(&head).unwrap();
     assert_eq!(LocalizerHead::from_bytes(json.as_bytes()).unwrap(), head);
-    // Three convolution weights for four channels.
-    let weights = match &head.boxes {
-        BoxHead::Spatial(s) => serde_json::to_string(&s.weights).unwrap(),
-        BoxHead::Pooled { .. } => unreachable!(),
-    };
-    let spoiled = json.replace(&weights, "[0.1,0.2,0.3]");
+    // An output layer of four columns where the cell head needs five.
+    let BoxHead::Cells(cells) = &head.boxes else { unreachable!("a spatial head is a cell head") };
+    let output = serde_json::to_string(&cells.output).unwrap();
+    let four = Dense::new(Array2::zeros((cells.output.inputs(), 4)), Array1::zeros(4)).unwrap();
+    let spoiled = json.replace(&output, &serde_json::to_string(&four).unwrap());
     assert_ne!(spoiled, json);
     assert!(LocalizerHead::from_bytes(spoiled.as_bytes()).is_err());
     // The safetensors form: cut short, lengthened, or with a tensor of the wrong length.
