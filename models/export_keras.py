@@ -5,8 +5,9 @@
     python models/export_keras.py xception --weights none       # random weights, works offline
 
 Needs tensorflow-cpu, tf2onnx and onnx (`make keras-models` installs them in .venv-keras).
-The manifest written beside the model names the input, the probabilities output and the
-pooled-feature tensor (the GlobalAveragePool output) as found in the exported graph; it
+The manifest written beside the model names the input, the probabilities output, the
+pooled-feature tensor (the GlobalAveragePool output) and the spatial map the pool reads (the
+last activation, for localization) with its layout, as found in the exported graph; it
 carries no sha256 because every export is a new file (the script prints the file's hash).
 The export is then run once with onnxruntime when it is installed.
 """
@@ -37,16 +38,42 @@ name = "{output}"
 kind = "probabilities"
 labels = "imagenet_classes.tsv"
 features = "{features}"
+# The last activation before global pooling, for localization heads.
+spatial_features = "{spatial}"
+spatial_layout = "{spatial_layout}"
 """
 
 
-def pooled_feature_tensor(model_proto):
-    """The output of the global-average-pool node (tf2onnx writes it as ReduceMean or GlobalAveragePool)."""
-    candidates = [n.output[0] for n in model_proto.graph.node
+def pooling_node(model_proto):
+    """The global-average-pool node (tf2onnx writes it as ReduceMean or GlobalAveragePool)."""
+    candidates = [n for n in model_proto.graph.node
                   if n.op_type in ("GlobalAveragePool", "ReduceMean") and "avg_pool" in n.name]
     if len(candidates) != 1:
-        raise SystemExit(f"expected one avg_pool node, found {candidates}")
+        raise SystemExit(f"expected one avg_pool node, found {[n.name for n in candidates]}")
     return candidates[0]
+
+
+def map_layout(node, model_proto):
+    """The layout of the pool's input: GlobalAveragePool reads NCHW; ReduceMean over axes 1 and 2
+    reads NHWC, over 2 and 3 NCHW (the axes are an attribute before opset 18, an input after)."""
+    if node.op_type == "GlobalAveragePool":
+        return "NCHW"
+    import onnx
+    from onnx import numpy_helper
+    axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if axes is None and len(node.input) > 1:
+        init = {i.name: i for i in model_proto.graph.initializer}
+        producer = {o: n for n in model_proto.graph.node for o in n.output}
+        if node.input[1] in init:
+            axes = numpy_helper.to_array(init[node.input[1]]).tolist()
+        elif node.input[1] in producer and producer[node.input[1]].op_type == "Constant":
+            value = next(a for a in producer[node.input[1]].attribute if a.name == "value")
+            axes = numpy_helper.to_array(onnx.helper.get_attribute_value(value)).tolist()
+    if sorted(axes or []) == [1, 2]:
+        return "NHWC"
+    if sorted(axes or []) == [2, 3]:
+        return "NCHW"
+    raise SystemExit(f"cannot tell the layout of the pool's input from axes {axes}")
 
 
 def main():
@@ -68,11 +95,12 @@ def main():
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, output_path=str(path))
 
     output = proto.graph.output[0].name
-    features = pooled_feature_tensor(proto)
+    pool = pooling_node(proto)
+    features, spatial, spatial_layout = pool.output[0], pool.input[0], map_layout(pool, proto)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest = args.out_dir / f"{args.model}.toml"
     manifest.write_text(MANIFEST.format(cls=cls, file=path.name, size=size, normalize=normalize, output=output,
-                                        features=features))
+                                        features=features, spatial=spatial, spatial_layout=spatial_layout))
     onnx.checker.check_model(str(path))
     try:
         import numpy as np
@@ -83,7 +111,7 @@ def main():
         print(f"onnxruntime check: output {output} {probs.shape}, sums to {probs.sum():.4f}")
     except ImportError:
         print("onnxruntime is not installed: skipped the run check (graft models check does it)")
-    print(f"wrote {path} (sha256 {sha}) and {manifest} (features: {features})")
+    print(f"wrote {path} (sha256 {sha}) and {manifest} (features: {features}, map: {spatial} {spatial_layout})")
 
 
 if __name__ == "__main__":

@@ -130,7 +130,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
             })
             .await?
             .map_err(|reason| anyhow::anyhow!("{name} does not match its manifest: {reason}"))?;
-            println!("{name}: ok ({} classes, {})", model.labels.len(), model.provider);
+            // A manifest's feature tensors are only served with a warning when they fail, so
+            // that ImageNet scores still work; the check names the failure instead.
+            let features = match (&model.manifest.features, &model.features) {
+                (None, _) => "no pooled features (heads cannot be trained)".to_owned(),
+                (Some(tensor), Ok(width)) => format!("features {tensor} ({width})"),
+                (Some(_), Err(reason)) => anyhow::bail!("{name}: features: {reason}"),
+            };
+            let map = match (&model.manifest.spatial_features, &model.spatial) {
+                (None, _) => "no spatial map (localizers use the pooled box head)".to_owned(),
+                (Some(map), Ok(shape)) => format!(
+                    "spatial map {} ({}×{}×{}, {})",
+                    map.tensor,
+                    shape.height,
+                    shape.width,
+                    shape.channels,
+                    map.layout.as_str()
+                ),
+                (Some(_), Err(reason)) => anyhow::bail!("{name}: {reason}"),
+            };
+            println!("{name}: ok ({} classes, {}; {features}; {map})", model.labels.len(), model.provider);
             Ok(())
         }
     }

@@ -49,7 +49,32 @@ fn cuda_that_cannot_start_is_a_start_up_error_and_auto_falls_back() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("using the CPU"), "{stderr}");
-    assert!(String::from_utf8_lossy(&output.stdout).contains("tiny_nchw: ok (10 classes, CPUExecutionProvider)"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("tiny_nchw: ok (10 classes, CPUExecutionProvider; "));
+}
+
+#[test]
+fn models_check_validates_the_feature_tensors_and_the_spatial_map() {
+    // tiny_spatial: 64×64 pixels, an 8×8 stride-8 convolution to 5 channels (NCHW) = the map.
+    let dir = fixtures().join("spatial");
+    let output = graft().args(["models", "check", "tiny_spatial"]).arg("--model-dir").arg(&dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("features pooled (5); spatial map spatial (8×8×5, NCHW))"), "{stdout}");
+
+    // The same model with a manifest naming a map the graph does not have.
+    let copy = tempfile::tempdir().unwrap();
+    for name in ["tiny_spatial.onnx", "fixture_labels.tsv"] {
+        std::fs::copy(dir.join(name), copy.path().join(name)).unwrap();
+    }
+    let manifest = std::fs::read_to_string(dir.join("tiny_spatial.toml")).unwrap();
+    let spoiled = manifest.replace("spatial_features = \"spatial\"", "spatial_features = \"no_such_map\"");
+    assert_ne!(spoiled, manifest);
+    std::fs::write(copy.path().join("tiny_spatial.toml"), spoiled).unwrap();
+    let output =
+        graft().args(["models", "check", "tiny_spatial"]).arg("--model-dir").arg(copy.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no_such_map"), "{stderr}");
 }
 
 #[test]

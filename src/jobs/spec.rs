@@ -174,8 +174,10 @@ impl JobSpec {
         } else {
             Solver::Minibatch
         });
-        // Localization keeps the Keras-style recipe: its box loss has its own schedule needs.
-        let train = match job.task == Task::Classify && solver == Solver::Minibatch && !names_recipe {
+        // A mini-batch run that names no recipe field gets the tuned recipe, localizers too:
+        // on `make bench-localize` the cell head reached 0.80 mean IoU with it, 0.78 with
+        // Keras' 20 epochs at a constant rate.
+        let train = match solver == Solver::Minibatch && !names_recipe {
             true => train.tuned(),
             false => train,
         };
@@ -354,8 +356,11 @@ mod tests {
             body[field] = serde_json::to_value(TrainConfig::default()).unwrap()[field].clone();
             assert_eq!(train(body), TrainConfig { hidden_units: Some(64), ..TrainConfig::default() }, "{field}");
         }
-        // Localization keeps the Keras-style recipe.
-        assert_eq!(train(json!({"dataset": "d", "base_model": "m", "task": "localize"})), TrainConfig::default());
+        // Localization gets it too, unless a recipe field is named.
+        let localize = json!({"dataset": "d", "base_model": "m", "task": "localize"});
+        assert_eq!(train(localize), TrainConfig::default().tuned());
+        let named = json!({"dataset": "d", "base_model": "m", "task": "localize", "epochs": 20});
+        assert_eq!(train(named), TrainConfig { epochs: 20, ..TrainConfig::default() });
         // A stored tuned spec reads back as itself.
         let spec = JobSpec::parse(&json!({"dataset": "d", "base_model": "m", "hidden_units": 8})).unwrap();
         assert_eq!(JobSpec::parse(&serde_json::to_value(&spec).unwrap()).unwrap(), spec);

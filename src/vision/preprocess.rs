@@ -13,6 +13,16 @@ pub enum Layout {
     Nhwc,
 }
 
+impl Layout {
+    /// The name manifests use ("NCHW", "NHWC").
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::Nchw => "NCHW",
+            Layout::Nhwc => "NHWC",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ColorOrder {
