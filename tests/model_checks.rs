@@ -53,6 +53,28 @@ fn the_fixture_manifests_are_accepted() {
 }
 
 #[test]
+fn a_run_returns_the_outputs_asked_for_and_the_same_values() {
+    // tiny_spatial: scores, pooled features (5) and the 8 × 8 × 5 map.
+    let manifest = Manifest::load(&fixtures().join("spatial/tiny_spatial.toml")).unwrap();
+    let model = load_model(&model_runtime(cpu(), batching()), Arc::new(manifest)).unwrap();
+    assert_eq!(model.runner.config().output_names.len(), 3);
+    assert_eq!((model.outputs_needed(false, false), model.outputs_needed(true, false)), (1, 2));
+    assert_eq!(model.outputs_needed(true, true), 3);
+    let image_len = model.runner.image_len();
+    let pixels: Vec<f32> = (0..2 * image_len).map(|j| (j * 7919 % 1000) as f32 / 1000.0).collect();
+    let all = model.runner.infer_blocking(pixels.clone(), 2, 3).unwrap();
+    assert_eq!(
+        all.iter().map(|image| image.iter().map(Vec::len).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        [[10, 5, 320], [10, 5, 320]]
+    );
+    for wanted in [1, 2] {
+        let some = model.runner.infer_blocking(pixels.clone(), 2, wanted).unwrap();
+        let prefix: Vec<Vec<Vec<f32>>> = all.iter().map(|image| image[..wanted].to_vec()).collect();
+        assert_eq!(some, prefix, "{wanted} outputs");
+    }
+}
+
+#[test]
 fn a_wrong_feature_tensor_still_serves_scores_and_says_why() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = variant(dir.path(), "tiny_nchw", |t| t.replace("features = \"pooled\"", "features = \"pooling\""));
@@ -109,7 +131,7 @@ fn several_instances_answer_every_request_as_one_session_does() {
     let inputs: Vec<Vec<f32>> =
         (0..24).map(|i| (0..image_len).map(|j| ((i * 7919 + j * 104_729) % 1000) as f32 / 1000.0).collect()).collect();
     let expected: Vec<_> =
-        inputs.iter().map(|pixels| single.runner.infer_blocking(pixels.clone(), 1).unwrap()).collect();
+        inputs.iter().map(|pixels| single.runner.infer_blocking(pixels.clone(), 1, 2).unwrap()).collect();
     // Six clients at once, so that batches run side by side and some run alone.
     let answers: Vec<_> = std::thread::scope(|scope| {
         let clients: Vec<_> = inputs
@@ -117,7 +139,7 @@ fn several_instances_answer_every_request_as_one_session_does() {
             .map(|chunk| {
                 let runner = &shared.runner;
                 scope.spawn(move || {
-                    chunk.iter().map(|p| runner.infer_blocking(p.clone(), 1).unwrap()).collect::<Vec<_>>()
+                    chunk.iter().map(|p| runner.infer_blocking(p.clone(), 1, 2).unwrap()).collect::<Vec<_>>()
                 })
             })
             .collect();

@@ -62,6 +62,15 @@ impl Target {
         }
     }
 
+    /// How many of the base's outputs the answer reads: the scores for the base itself; the
+    /// pooled features, and the map for a head that reads it, for a trained model.
+    pub(super) fn outputs_needed(&self) -> usize {
+        match self {
+            Self::Pretrained(model) => model.outputs_needed(false, false),
+            Self::Trained { base, model } => base.outputs_needed(true, model.head.needs_spatial()),
+        }
+    }
+
     /// How images reach the base's input: the base's own way, or the geometry the model was
     /// trained with (a localizer sees the whole image).
     pub(super) fn preprocessing(&self) -> Preprocessing {
@@ -134,7 +143,8 @@ pub(super) async fn run_request(
     let images = read_images(request, state.limits.max_images_per_request, state.limits.max_body_bytes).await?;
     let decode_limits =
         DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans };
-    let (outputs, geometry) = run_base(target.base(), target.preprocessing(), images, decode_limits).await?;
+    let (outputs, geometry) =
+        run_base(target.base(), target.preprocessing(), target.outputs_needed(), images, decode_limits).await?;
     Ok((top_k, outputs, geometry))
 }
 
@@ -153,6 +163,7 @@ fn checked_top_k(asked: Option<usize>, classes: usize) -> Result<usize, Error> {
 async fn run_base(
     base: &Arc<LoadedModel>,
     preprocessing: Preprocessing,
+    outputs: usize,
     images: Vec<EncodedImage>,
     decode_limits: DecodeLimits,
 ) -> Result<(Vec<ImageOutputs>, Vec<ImageGeometry>), Error> {
@@ -162,7 +173,7 @@ async fn run_base(
             .await
             .map_err(|e| Error::Internal(format!("preprocessing stopped: {e}")))??
     };
-    Ok((base.runner.infer_parts(parts).await?, geometry))
+    Ok((base.runner.infer_parts(parts, outputs).await?, geometry))
 }
 
 /// A trained head on the base's features: probabilities over the dataset's classes, and

@@ -149,7 +149,8 @@ where
     }
 
     fn start(&mut self, input: Vec<f32>, batch: &[&FeatureRequest]) -> Result<PendingInference, FeatureError> {
-        self.model.runner.start_blocking(input, batch.len()).map_err(|e| FeatureError::Failed(e.to_string()))
+        let outputs = self.model.outputs_needed(true, self.with_spatial);
+        self.model.runner.start_blocking(input, batch.len(), outputs).map_err(|e| FeatureError::Failed(e.to_string()))
     }
 
     fn finish(

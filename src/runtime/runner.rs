@@ -17,6 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
 use ort::value::Tensor;
 use tokio::sync::oneshot;
 
@@ -69,21 +70,24 @@ pub enum InferenceError {
     Runtime(String),
 }
 
-/// Per image: one vector per configured output, in `output_names` order.
+/// Per image: one vector per output asked for, in `output_names` order.
 pub type ImageOutputs = Vec<Vec<f32>>;
 
 /// One entry per image, or why the batch failed.
 type Reply = Result<Vec<ImageOutputs>, InferenceError>;
 
-/// Runs one batch: `count` images back to back in `pixels`.
+/// Runs one batch: `count` images back to back in `pixels`, returning the first `outputs`
+/// of the configured outputs (at least those; an executor may return all of them).
 pub trait BatchExecutor: Send + 'static {
-    fn run(&mut self, pixels: Vec<f32>, count: usize) -> Reply;
+    fn run(&mut self, pixels: Vec<f32>, count: usize, outputs: usize) -> Reply;
 }
 
 struct Request {
     /// `count` images, each `image_len` values, back to back.
     pixels: Vec<f32>,
     count: usize,
+    /// How many of the configured outputs the caller reads (the first ones).
+    outputs: usize,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -148,9 +152,17 @@ impl ModelRunner {
         self.config.image_dims.iter().product()
     }
 
-    /// Runs `count` preprocessed images (at most `max_batch_size`) and returns each image's outputs.
-    pub async fn infer(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<ImageOutputs>, InferenceError> {
-        let reply = self.submit(pixels, count)?;
+    /// Runs `count` preprocessed images (at most `max_batch_size`) and returns each image's
+    /// first `outputs` outputs (or more, when a request sharing the batch asked for more).
+    /// Outputs not asked for are not copied out of ONNX Runtime: a spatial map is 100 times
+    /// the size of the scores.
+    pub async fn infer(
+        &self,
+        pixels: Vec<f32>,
+        count: usize,
+        outputs: usize,
+    ) -> Result<Vec<ImageOutputs>, InferenceError> {
+        let reply = self.submit(pixels, count, outputs)?;
         reply.await.map_err(|_| InferenceError::Stopped)?
     }
 
@@ -165,37 +177,53 @@ impl ModelRunner {
     /// [`part_buffers`](Self::part_buffers)): each part is one request, which may share a
     /// batch with other requests, and its buffer goes to the runner without a copy.
     /// Outputs come back in input order.
-    pub async fn infer_parts(&self, parts: Vec<Vec<f32>>) -> Result<Vec<ImageOutputs>, InferenceError> {
+    pub async fn infer_parts(&self, parts: Vec<Vec<f32>>, outputs: usize) -> Result<Vec<ImageOutputs>, InferenceError> {
         let image_len = self.image_len().max(1);
         let requests: Vec<_> = parts
             .into_iter()
             .map(|part| {
                 let count = part.len() / image_len;
-                self.infer(part, count)
+                self.infer(part, count, outputs)
             })
             .collect();
         Ok(try_join_all(requests).await?.into_iter().flatten().collect())
     }
 
     /// As [`infer`](Self::infer), for callers outside the async runtime.
-    pub fn infer_blocking(&self, pixels: Vec<f32>, count: usize) -> Result<Vec<ImageOutputs>, InferenceError> {
-        self.start_blocking(pixels, count)?.wait()
+    pub fn infer_blocking(
+        &self,
+        pixels: Vec<f32>,
+        count: usize,
+        outputs: usize,
+    ) -> Result<Vec<ImageOutputs>, InferenceError> {
+        self.start_blocking(pixels, count, outputs)?.wait()
     }
 
     /// Queues `count` images (at most `max_batch_size`) and returns at once; the outputs are
     /// collected with [`PendingInference::wait`]. A caller that keeps one request per
     /// instance in flight keeps every instance busy.
-    pub fn start_blocking(&self, pixels: Vec<f32>, count: usize) -> Result<PendingInference, InferenceError> {
-        self.submit(pixels, count).map(PendingInference)
+    pub fn start_blocking(
+        &self,
+        pixels: Vec<f32>,
+        count: usize,
+        outputs: usize,
+    ) -> Result<PendingInference, InferenceError> {
+        self.submit(pixels, count, outputs).map(PendingInference)
     }
 
-    fn submit(&self, pixels: Vec<f32>, count: usize) -> Result<oneshot::Receiver<Reply>, InferenceError> {
+    fn submit(
+        &self,
+        pixels: Vec<f32>,
+        count: usize,
+        outputs: usize,
+    ) -> Result<oneshot::Receiver<Reply>, InferenceError> {
         assert!(count >= 1 && count <= self.config.max_batch_size, "callers split requests into batches");
         assert_eq!(pixels.len(), count * self.image_len(), "pixels must hold `count` whole images");
+        assert!((1..=self.config.output_names.len()).contains(&outputs), "callers ask for configured outputs");
         let (reply, receiver) = oneshot::channel();
         // Counted before it can be taken, so the count never goes below zero.
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        self.sender.try_send(Request { pixels, count, reply }).map_err(|err| {
+        self.sender.try_send(Request { pixels, count, outputs, reply }).map_err(|err| {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             match err {
                 TrySendError::Full(_) => InferenceError::Overloaded,
@@ -222,7 +250,7 @@ impl<E: BatchExecutor> Shared<E> {
     /// instance busy, no other request waiting) and that session is free, else on the
     /// instance's own. A request already waiting will start on another instance while this
     /// batch runs, and two batches on all the cores plus one more would oversubscribe them.
-    fn run(&self, own: &mut E, pixels: Vec<f32>, count: usize) -> Reply {
+    fn run(&self, own: &mut E, pixels: Vec<f32>, count: usize, outputs: usize) -> Reply {
         let others_busy = self.busy.fetch_add(1, Ordering::SeqCst);
         let alone = others_busy == 0 && self.waiting.load(Ordering::SeqCst) == 0;
         let whole = match (alone, &self.whole) {
@@ -230,8 +258,8 @@ impl<E: BatchExecutor> Shared<E> {
             _ => None,
         };
         let reply = match whole {
-            Some(mut whole) => whole.run(pixels, count),
-            None => own.run(pixels, count),
+            Some(mut whole) => whole.run(pixels, count, outputs),
+            None => own.run(pixels, count, outputs),
         };
         self.busy.fetch_sub(1, Ordering::SeqCst);
         reply
@@ -303,7 +331,8 @@ fn run_loop<E: BatchExecutor>(mut executor: E, shared: &Shared<E>, config: &Runn
         for request in &mut batch[1..] {
             pixels.append(&mut request.pixels);
         }
-        match shared.run(&mut executor, pixels, count) {
+        let outputs = batch.iter().map(|r| r.outputs).max().unwrap_or(1);
+        match shared.run(&mut executor, pixels, count, outputs) {
             Ok(mut rows) if rows.len() == count => {
                 for request in batch.into_iter().rev() {
                     let mine = rows.split_off(rows.len() - request.count);
@@ -328,6 +357,9 @@ pub struct OrtExecutor {
     /// The shape of each output (in `output_names` order) in the last batch run: what a
     /// graph output added without a declared shape turns out to be.
     last_shapes: Vec<Vec<usize>>,
+    /// Run options selecting the first `k + 1` outputs, made when first needed (`k + 1`
+    /// below all of them; all of them run without options).
+    selections: Vec<Option<RunOptions<HasSelectedOutputs>>>,
 }
 
 impl OrtExecutor {
@@ -338,7 +370,23 @@ impl OrtExecutor {
             output_names: config.output_names.clone(),
             image_dims: config.image_dims,
             last_shapes: Vec::new(),
+            selections: Vec::new(),
         }
+    }
+
+    /// Makes (once) the options that have ONNX Runtime return only the first `outputs` outputs.
+    fn prepare_selection(&mut self, outputs: usize) -> ort::Result<()> {
+        if self.selections.len() < outputs {
+            self.selections.resize_with(outputs, || None);
+        }
+        let slot = &mut self.selections[outputs - 1];
+        if slot.is_none() {
+            let selector = self.output_names[..outputs]
+                .iter()
+                .fold(OutputSelector::no_default(), |selector, name| selector.with(name.as_str()));
+            *slot = Some(RunOptions::new()?.with_outputs(selector));
+        }
+        Ok(())
     }
 
     /// Each output's shape in the last batch run, batch dimension first.
@@ -348,14 +396,24 @@ impl OrtExecutor {
 }
 
 impl BatchExecutor for OrtExecutor {
-    fn run(&mut self, pixels: Vec<f32>, count: usize) -> Reply {
+    fn run(&mut self, pixels: Vec<f32>, count: usize, wanted: usize) -> Reply {
         let runtime = |e: ort::Error| InferenceError::Runtime(e.to_string());
         let [a, b, c] = self.image_dims;
+        let wanted = wanted.clamp(1, self.output_names.len());
+        let every = wanted == self.output_names.len();
+        if !every {
+            self.prepare_selection(wanted).map_err(runtime)?;
+        }
         let input = Tensor::from_array(([count, a, b, c], pixels)).map_err(runtime)?;
-        let outputs = self.session.session.run(ort::inputs![self.input_name.as_str() => input]).map_err(runtime)?;
-        let mut per_image: Vec<ImageOutputs> = vec![Vec::with_capacity(self.output_names.len()); count];
+        let inputs = ort::inputs![self.input_name.as_str() => input];
+        let outputs = match self.selections.get(wanted - 1).and_then(Option::as_ref) {
+            Some(options) if !every => self.session.session.run_with_options(inputs, options),
+            _ => self.session.session.run(inputs),
+        }
+        .map_err(runtime)?;
+        let mut per_image: Vec<ImageOutputs> = vec![Vec::with_capacity(wanted); count];
         self.last_shapes.clear();
-        for name in &self.output_names {
+        for name in &self.output_names[..wanted] {
             let output = outputs
                 .get(name)
                 .ok_or_else(|| InferenceError::Runtime(format!("the model produced no output named {name}")))?;

@@ -54,6 +54,17 @@ impl LoadedModel {
     /// Index of the spatial feature map in each image's outputs, when the model has one.
     pub const SPATIAL_OUTPUT: usize = 2;
 
+    /// How many of the runner's outputs (`infer`'s `outputs`) a caller reads: the scores;
+    /// also the pooled features when `features`; also the spatial map when `spatial`.
+    pub fn outputs_needed(&self, features: bool, spatial: bool) -> usize {
+        let needed = match (features, spatial) {
+            (_, true) => Self::SPATIAL_OUTPUT + 1,
+            (true, false) => Self::FEATURES_OUTPUT + 1,
+            (false, false) => 1,
+        };
+        needed.min(self.runner.config().output_names.len())
+    }
+
     /// What heads read from one image's outputs: the pooled vector and, `with_spatial`, the
     /// spatial map in (row, column, channel) order.
     pub fn image_features(&self, mut outputs: ImageOutputs, with_spatial: bool) -> Result<ImageFeatures, String> {
@@ -190,11 +201,14 @@ pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<Loa
     let image_len: usize = image_dims.iter().product();
     let mut features = edited.as_ref().map(|_| 0).map_err(Clone::clone);
     let mut spatial_dims = None;
-    // Every session runs every batch size once, before the runner takes requests.
+    // Every session runs every batch size once, before the runner takes requests, with
+    // every output (their shapes are learned here).
+    let every_output = config.output_names.len();
     for executor in executors.iter_mut().chain(whole.as_mut()) {
         for batch in 1..=max_batch_size {
-            let images =
-                executor.run(vec![0.0; image_len * batch], batch).map_err(|e| format!("warm-up failed: {e}"))?;
+            let images = executor
+                .run(vec![0.0; image_len * batch], batch, every_output)
+                .map_err(|e| format!("warm-up failed: {e}"))?;
             let scores = &images[0][0];
             if scores.len() != labels.len() {
                 return Err(format!(

@@ -24,7 +24,7 @@ struct Fake {
 }
 
 impl BatchExecutor for Fake {
-    fn run(&mut self, pixels: Vec<f32>, count: usize) -> Reply {
+    fn run(&mut self, pixels: Vec<f32>, count: usize, _outputs: usize) -> Reply {
         assert_eq!(pixels.len(), count);
         let _ = self.started.send(());
         let _ = self.permits.lock().unwrap().recv();
@@ -81,7 +81,7 @@ impl Harness {
     }
 
     fn occupy_with(&self, value: f32) -> oneshot::Receiver<Reply> {
-        let reply = self.runner.submit(vec![value], 1).unwrap();
+        let reply = self.runner.submit(vec![value], 1, 1).unwrap();
         self.started.recv_timeout(Duration::from_secs(5)).expect("an executor took the request");
         reply
     }
@@ -111,9 +111,9 @@ fn outputs(reply: oneshot::Receiver<Reply>) -> Vec<f32> {
 fn batches_keep_arrival_order_and_answer_each_request_with_its_own_images() {
     let h = harness(4, 16, Duration::ZERO);
     let first = h.occupy();
-    let a = h.runner.submit(vec![1.0, 2.0, 3.0], 3).unwrap();
-    let b = h.runner.submit(vec![4.0], 1).unwrap();
-    let c = h.runner.submit(vec![5.0, 6.0], 2).unwrap();
+    let a = h.runner.submit(vec![1.0, 2.0, 3.0], 3, 1).unwrap();
+    let b = h.runner.submit(vec![4.0], 1, 1).unwrap();
+    let c = h.runner.submit(vec![5.0, 6.0], 2, 1).unwrap();
     h.release(3);
     assert_eq!(outputs(first), [0.0]);
     assert_eq!(outputs(a), [10.0, 20.0, 30.0]);
@@ -127,9 +127,9 @@ fn batches_keep_arrival_order_and_answer_each_request_with_its_own_images() {
 fn a_request_that_does_not_fit_waits_its_turn_instead_of_being_overtaken() {
     let h = harness(4, 16, Duration::ZERO);
     let first = h.occupy();
-    let a = h.runner.submit(vec![1.0, 2.0], 2).unwrap();
-    let big = h.runner.submit(vec![3.0, 4.0, 5.0], 3).unwrap();
-    let small = h.runner.submit(vec![6.0], 1).unwrap();
+    let a = h.runner.submit(vec![1.0, 2.0], 2, 1).unwrap();
+    let big = h.runner.submit(vec![3.0, 4.0, 5.0], 3, 1).unwrap();
+    let small = h.runner.submit(vec![6.0], 1, 1).unwrap();
     h.release(4);
     for reply in [first, a, big, small] {
         outputs(reply);
@@ -147,7 +147,7 @@ async fn large_requests_are_split_into_batches_and_reassembled_in_order() {
     for (slot, value) in parts.iter_mut().flatten().zip(1..) {
         *slot = value as f32;
     }
-    let out = h.runner.infer_parts(parts).await.unwrap();
+    let out = h.runner.infer_parts(parts, 1).await.unwrap();
     assert_eq!(out.iter().map(|image| image[0][0]).collect::<Vec<_>>(), [10.0, 20.0, 30.0, 40.0, 50.0]);
     assert!(h.batches().iter().all(|batch| batch.len() <= 2), "{:?}", h.batches());
     assert_eq!(h.batches().concat().len(), 5);
@@ -157,15 +157,15 @@ async fn large_requests_are_split_into_batches_and_reassembled_in_order() {
 fn a_full_queue_is_refused_at_once() {
     let h = harness(1, 2, Duration::ZERO);
     let first = h.occupy();
-    let queued: Vec<_> = (1..=2).map(|i| h.runner.submit(vec![i as f32], 1).unwrap()).collect();
-    assert_eq!(h.runner.submit(vec![9.0], 1).unwrap_err(), InferenceError::Overloaded);
+    let queued: Vec<_> = (1..=2).map(|i| h.runner.submit(vec![i as f32], 1, 1).unwrap()).collect();
+    assert_eq!(h.runner.submit(vec![9.0], 1, 1).unwrap_err(), InferenceError::Overloaded);
     h.release(3);
     outputs(first);
     for reply in queued {
         outputs(reply);
     }
     // Room again once the queue drained.
-    let again = h.runner.submit(vec![7.0], 1).unwrap();
+    let again = h.runner.submit(vec![7.0], 1, 1).unwrap();
     h.release(1);
     assert_eq!(outputs(again), [70.0]);
 }
@@ -174,9 +174,9 @@ fn a_full_queue_is_refused_at_once() {
 fn images_of_a_departed_client_are_never_computed() {
     let h = harness(4, 16, Duration::ZERO);
     let first = h.occupy();
-    let gone = h.runner.submit(vec![1.0, 2.0], 2).unwrap();
+    let gone = h.runner.submit(vec![1.0, 2.0], 2, 1).unwrap();
     drop(gone);
-    let kept = h.runner.submit(vec![3.0], 1).unwrap();
+    let kept = h.runner.submit(vec![3.0], 1, 1).unwrap();
     h.release(2);
     outputs(first);
     assert_eq!(outputs(kept), [30.0]);
@@ -187,7 +187,7 @@ fn images_of_a_departed_client_are_never_computed() {
 fn dropping_the_runner_still_answers_what_was_queued() {
     let h = harness(1, 16, Duration::ZERO);
     let first = h.occupy();
-    let queued: Vec<_> = (1..=3).map(|i| h.runner.submit(vec![i as f32], 1).unwrap()).collect();
+    let queued: Vec<_> = (1..=3).map(|i| h.runner.submit(vec![i as f32], 1, 1).unwrap()).collect();
     let Harness { runner, permits, batches, .. } = h;
     drop(runner);
     for _ in 0..4 {
@@ -203,9 +203,9 @@ fn dropping_the_runner_still_answers_what_was_queued() {
 fn a_batching_delay_gathers_requests_that_arrive_close_together() {
     let h = harness(4, 16, Duration::from_millis(300));
     h.release(4);
-    let a = h.runner.submit(vec![1.0], 1).unwrap();
+    let a = h.runner.submit(vec![1.0], 1, 1).unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    let b = h.runner.submit(vec![2.0], 1).unwrap();
+    let b = h.runner.submit(vec![2.0], 1, 1).unwrap();
     assert_eq!(outputs(a), [10.0]);
     assert_eq!(outputs(b), [20.0]);
     assert_eq!(h.batches(), [vec![1.0, 2.0]]);
@@ -229,9 +229,9 @@ fn several_instances_still_keep_arrival_order_within_each_batch() {
     let first = h.occupy_with(0.0);
     let second = h.occupy_with(0.5);
     // Both instances are busy: these wait, then fill the next batch in arrival order.
-    let a = h.runner.submit(vec![1.0, 2.0, 3.0], 3).unwrap();
-    let b = h.runner.submit(vec![4.0], 1).unwrap();
-    let c = h.runner.submit(vec![5.0, 6.0], 2).unwrap();
+    let a = h.runner.submit(vec![1.0, 2.0, 3.0], 3, 1).unwrap();
+    let b = h.runner.submit(vec![4.0], 1, 1).unwrap();
+    let c = h.runner.submit(vec![5.0, 6.0], 2, 1).unwrap();
     h.release(5);
     for reply in [first, second] {
         outputs(reply);
@@ -268,7 +268,7 @@ fn a_batch_with_requests_waiting_behind_it_stays_on_its_instance() {
     let h = harness_with(1, true, config(1, 16, Duration::ZERO));
     let first = h.occupy_with(1.0);
     // Two more wait while the only instance runs the first batch.
-    let (queued, last) = (h.runner.submit(vec![2.0], 1).unwrap(), h.runner.submit(vec![3.0], 1).unwrap());
+    let (queued, last) = (h.runner.submit(vec![2.0], 1, 1).unwrap(), h.runner.submit(vec![3.0], 1, 1).unwrap());
     assert_eq!(h.runner.waiting.load(Ordering::SeqCst), 2);
     h.release(3);
     assert_eq!((outputs(first), outputs(queued), outputs(last)), (vec![10.0], vec![20.0], vec![30.0]));
@@ -285,7 +285,7 @@ fn a_batch_with_requests_waiting_behind_it_stays_on_its_instance() {
 fn dropping_the_last_handle_frees_the_executors() {
     struct Dropped(Arc<std::sync::atomic::AtomicUsize>);
     impl BatchExecutor for Dropped {
-        fn run(&mut self, pixels: Vec<f32>, _count: usize) -> Reply {
+        fn run(&mut self, pixels: Vec<f32>, _count: usize, _outputs: usize) -> Reply {
             Ok(pixels.into_iter().map(|v| vec![vec![v]]).collect())
         }
     }
@@ -299,7 +299,7 @@ fn dropping_the_last_handle_frees_the_executors() {
     let runner =
         ModelRunner::spawn("dropped", executors, Some(Dropped(freed.clone())), config(1, 1, Duration::ZERO)).unwrap();
     let copy = runner.clone();
-    assert_eq!(runner.infer_blocking(vec![3.0], 1).unwrap()[0][0], [3.0]);
+    assert_eq!(runner.infer_blocking(vec![3.0], 1, 1).unwrap()[0][0], [3.0]);
     drop(runner);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(freed.load(std::sync::atomic::Ordering::SeqCst), 0, "a handle is still alive");
@@ -319,4 +319,29 @@ fn the_default_instance_count_depends_on_the_device() {
     assert_eq!(batching(0).instances_on(Device::Cuda(0)), 1);
     assert_eq!(batching(3).instances_on(Device::Cpu), 3);
     assert_eq!(batching(3).instances_on(Device::Cuda(0)), 3);
+}
+
+/// A batch asks its executor for the most outputs any of its requests wants.
+#[test]
+fn a_batch_runs_with_the_most_outputs_its_requests_ask_for() {
+    struct Counting(Arc<Mutex<Vec<usize>>>);
+    impl BatchExecutor for Counting {
+        fn run(&mut self, pixels: Vec<f32>, _count: usize, outputs: usize) -> Reply {
+            self.0.lock().unwrap().push(outputs);
+            Ok(pixels.into_iter().map(|v| (0..outputs).map(|k| vec![v + k as f32]).collect()).collect())
+        }
+    }
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let config = RunnerConfig {
+        output_names: vec!["scores".into(), "features".into(), "map".into()],
+        ..config(4, 4, Duration::from_millis(300))
+    };
+    let runner = ModelRunner::spawn("counting", vec![Counting(asked.clone())], None, config).unwrap();
+    let one = runner.submit(vec![1.0], 1, 1).unwrap();
+    let two = runner.submit(vec![2.0], 1, 2).unwrap();
+    let (one, two) = (one.blocking_recv().unwrap().unwrap(), two.blocking_recv().unwrap().unwrap());
+    assert_eq!(*asked.lock().unwrap(), [2], "one batch, with the larger ask");
+    assert_eq!((one[0].len(), two[0].len()), (2, 2));
+    assert_eq!(runner.infer_blocking(vec![5.0], 1, 3).unwrap()[0], [vec![5.0], vec![6.0], vec![7.0]]);
+    assert_eq!(*asked.lock().unwrap(), [2, 3]);
 }
