@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test lint ort models fixtures keras-models bench bench-train bench-tune soak fuzz clean
+.PHONY: all build release run test lint ort models fixtures keras-models bench bench-train bench-localize bench-tune soak fuzz clean
 
 all: build
 
@@ -84,6 +84,14 @@ bench: release models fixtures .venv-bench/.installed
 TRAIN_BENCH_ARGS ?=
 bench-train: release models .venv-bench/.installed
 	.venv-bench/bin/python bench/train_bench.py --graft target/release/graft --model-dir models $(TRAIN_BENCH_ARGS)
+
+## Localization on 720 generated images (shapes on real photos, landscape and portrait, a quarter
+## touching an edge): graft's default localize job and its pooled head against the Keras recipe
+## and a Ridge read-out of the spatial map, on the same features and split (needs
+## EfficientNet-Lite0; about 4 minutes on 2 cores; LOCALIZE_BENCH_ARGS='--jobs NAME=JSON' adds rows).
+LOCALIZE_BENCH_ARGS ?=
+bench-localize: release models .venv-bench/.installed
+	.venv-bench/bin/python bench/localize_bench.py --graft target/release/graft --model-dir models $(LOCALIZE_BENCH_ARGS)
 
 ## Tuning speed: phase 2's step and epoch on ResNet-50's last stage (random weights in the real
 ## shapes) from cached activations, against ONNX Runtime's forward pass of the same stage.

@@ -37,6 +37,7 @@ import random
 import sys
 import tempfile
 import time
+import urllib.error
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,7 +269,11 @@ def main():
                 f"several boxes {report.get('images_with_several_boxes')}, problems {report.get('annotation_problems_total')}")
             base = {"dataset": dataset["id"], "base_model": args.model, "task": "localize", "seed": args.seed}
             for name, fields in [("graft defaults", {}), ("graft pooled head", {"box_head": "pooled"})] + extra:
-                job, _ = graft.job({**base, **fields})
+                try:
+                    job, _ = graft.job({**base, **fields})
+                except urllib.error.HTTPError as refused:
+                    log(f"{name}: refused: {refused.read().decode(errors='replace')}")
+                    continue
                 rows.append(job_row(name, job))
                 log(f"{name}: done")
             features = cached_features(graft, dataset["id"], args.model)

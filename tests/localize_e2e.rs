@@ -111,7 +111,8 @@ async fn localize_job_trains_and_serves_boxes_in_original_pixels() {
     // The spatial head is the default on a base with a spatial map.
     let spatial = train(url, dataset_id, "scenes-spatial", None).await;
     assert_eq!(spatial["box_head"], "spatial");
-    let pooled = train(url, dataset_id, "scenes-pooled", Some("pooled")).await;
+    // The pooled head with the image stretched to the input: the geometry is the job's.
+    let pooled = train_with(url, dataset_id, "scenes-pooled", Some("pooled"), json!({"geometry": "stretch"})).await;
     assert_eq!(pooled["box_head"], "pooled");
     for (head, evaluation) in [("spatial", &spatial), ("pooled", &pooled)] {
         println!(
@@ -210,5 +211,25 @@ async fn localize_job_trains_and_serves_boxes_in_original_pixels() {
         let session = graft::runtime::open_session(&env, source, &cpu()).unwrap();
         let outputs: Vec<&str> = session.outputs.iter().map(|o| o.name.as_str()).collect();
         assert_eq!(outputs, ["probabilities", "box"], "{model}");
+        // Its metadata says how to prepare an image: the whole image padded (a localizer's
+        // default geometry) or stretched (as the pooled job asked), 64 × 64, NCHW.
+        let mode = if model == "scenes-pooled" { "stretch" } else { "pad" };
+        let proto = <graft::onnx::proto::ModelProto as prost::Message>::decode(bytes.as_ref()).unwrap();
+        let meta = |key: &str| {
+            let entry = proto.metadata_props.iter().find(|e| e.key() == key);
+            entry.unwrap_or_else(|| panic!("{model}: no {key}")).value().to_owned()
+        };
+        assert_eq!(meta("graft.task"), "localize");
+        assert_eq!(meta("graft.base_model"), "tiny_spatial");
+        let classes: Value = serde_json::from_str(&meta("graft.classes")).unwrap();
+        assert_eq!(classes, spatial["classes"], "{model}");
+        let preprocessing: Value = serde_json::from_str(&meta("graft.preprocessing")).unwrap();
+        assert_eq!(
+            (&preprocessing["resize"]["mode"], &preprocessing["width"], &preprocessing["height"]),
+            (&json!(mode), &json!(64), &json!(64)),
+            "{preprocessing}"
+        );
+        assert_eq!(preprocessing["layout"], "NCHW");
+        assert!(meta("graft.box").starts_with("[cx, cy, w, h]"));
     }
 }

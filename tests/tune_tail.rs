@@ -309,13 +309,13 @@ fn exported_tuned_models_equal_the_trainers_forward_pass() {
         let ours = head.forward(pooled.view());
 
         let tuned = with_initializers(&bytes, &tail.initializers().unwrap()).unwrap();
-        let exported = export_classifier(&tuned, "pooled", &head).unwrap();
+        let exported = export_classifier(&tuned, "pooled", &head, &[]).unwrap();
         let theirs = &ort_run(&env, &exported, "pixels", &[4, 3, 32, 32], &pixels, &["probabilities"])[0];
         let diff = max_abs_diff(ours.as_slice().unwrap(), theirs);
         println!("{file} tuned above {cut}, exported: probabilities max |Δ| {diff:.2e} (ONNX Runtime vs trainer)");
         assert!(diff <= 1e-4, "{file}: {diff}");
         // The tuning changed the model: the untuned base gives other probabilities.
-        let untuned = export_classifier(&bytes, "pooled", &head).unwrap();
+        let untuned = export_classifier(&bytes, "pooled", &head, &[]).unwrap();
         let before = &ort_run(&env, &untuned, "pixels", &[4, 3, 32, 32], &pixels, &["probabilities"])[0];
         assert!(max_abs_diff(before, theirs) > 1e-3, "{file}: the tuned weights were not written back");
     }
@@ -368,7 +368,7 @@ fn exported_localizers_equal_their_heads() {
         .unwrap()
         .head;
         let (probabilities, boxes) = head.predict(pooled.view(), Some(spatial.view())).unwrap();
-        let exported = export_localizer(&bytes, "pooled", Some(("spatial", Layout::Nchw)), &head).unwrap();
+        let exported = export_localizer(&bytes, "pooled", Some(("spatial", Layout::Nchw)), &head, &[]).unwrap();
         let theirs = ort_run(&env, &exported, "pixels", &[images, 3, 64, 64], &pixels, &["probabilities", "box"]);
         let box_values: Vec<f32> = boxes.iter().flatten().copied().collect();
         let (dp, db) =

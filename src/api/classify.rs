@@ -19,7 +19,7 @@ use crate::error::Error;
 use crate::runtime::ImageOutputs;
 use crate::serving::{LoadedModel, TrainedHead, TrainedModel, Unavailable};
 use crate::train::stack_rows;
-use crate::vision::{DecodeLimits, Geometry, InputBox, Preprocessing, ResizePlan, decode_for, preprocess_into};
+use crate::vision::{DecodeLimits, InputBox, Preprocessing, ResizePlan, decode_for, preprocess_into};
 use crate::zoo::OutputKind;
 
 #[derive(Deserialize)]
@@ -77,9 +77,7 @@ impl Target {
         let base = &self.base().manifest.preprocessing;
         match self {
             Self::Pretrained(_) => base.clone(),
-            Self::Trained { model, .. } => {
-                model.record.geometry.as_deref().and_then(Geometry::parse).unwrap_or_default().apply(base)
-            }
+            Self::Trained { model, .. } => model.preprocessing(base),
         }
     }
 }

@@ -13,7 +13,25 @@ use super::admission::Admission;
 use super::models::trained_model;
 use crate::error::Error;
 use crate::onnx::{export_classifier, export_localizer};
-use crate::serving::TrainedHead;
+use crate::serving::{TrainedHead, TrainedModel};
+use crate::vision::Preprocessing;
+
+/// What an exported model says about itself in its ONNX metadata (`metadata_props`): the
+/// input it expects (size, layout, colour order, resize geometry and normalisation, exactly
+/// as graft prepares images for it), its task, and its class names in output order.
+fn metadata(model: &TrainedModel, base: &Preprocessing) -> Result<Vec<(&'static str, String)>, Error> {
+    let json = |value: serde_json::Result<String>| value.map_err(|e| Error::Internal(e.to_string()));
+    let mut entries = vec![
+        ("graft.task", model.record.task.clone()),
+        ("graft.base_model", model.record.base_model.clone()),
+        ("graft.classes", json(serde_json::to_string(&model.record.classes))?),
+        ("graft.preprocessing", json(serde_json::to_string(&model.preprocessing(base)))?),
+    ];
+    if matches!(model.head, TrainedHead::Localizer(_)) {
+        entries.push(("graft.box", "[cx, cy, w, h] as fractions of the model input".to_owned()));
+    }
+    Ok(entries)
+}
 
 pub async fn download_onnx(
     State(state): State<AppState>,
@@ -51,13 +69,15 @@ pub async fn download_onnx(
         Some(key) => state.blobs.path(key).map_err(|e| Error::Internal(e.to_string()))?,
         None => base.file.clone(),
     };
+    let metadata = metadata(&model, &base.preprocessing)?;
     let bytes = tokio::task::spawn_blocking(move || {
         let bytes = fs_err::read(&base_file).map_err(|e| e.to_string())?;
+        let metadata: Vec<(&str, String)> = metadata.iter().map(|(k, v)| (*k, v.clone())).collect();
         match &model.head {
-            TrainedHead::Classifier(head) => export_classifier(&bytes, &features, head),
+            TrainedHead::Classifier(head) => export_classifier(&bytes, &features, head, &metadata),
             TrainedHead::Localizer(head) => {
                 let spatial = base.spatial_features.as_ref().map(|s| (s.tensor.as_str(), s.layout));
-                export_localizer(&bytes, &features, spatial, head)
+                export_localizer(&bytes, &features, spatial, head, &metadata)
             }
         }
     })

@@ -48,10 +48,22 @@ pub fn plan_tuning(manifest: &Manifest, unfreeze: &Unfreeze, needs_spatial: bool
     let cut = choose_cut(&graph, features, &manifest.cut_points, unfreeze).map_err(|e| e.to_string())?;
     let tail = graph.tail(&cut, features).map_err(|e| e.to_string())?;
     if let (true, Some(map)) = (needs_spatial, &manifest.spatial_features) {
-        let computed = map.tensor == cut || tail.nodes.iter().any(|n| n.output.contains(&map.tensor));
-        if !computed {
+        let computes_map = |cut: &str| -> bool {
+            map.tensor == cut
+                || graph.tail(cut, features).is_ok_and(|t| t.nodes.iter().any(|n| n.output.contains(&map.tensor)))
+        };
+        if !computes_map(&cut) {
+            // The fewest blocks whose tail computes the map, for the message.
+            const MOST_BLOCKS: usize = 64;
+            let fewest = (1..=MOST_BLOCKS).find(|&n| {
+                choose_cut(&graph, features, &manifest.cut_points, &Unfreeze::Blocks(n))
+                    .is_ok_and(|candidate| computes_map(&candidate))
+            });
+            let hint = fewest
+                .map(|n| format!(" (`unfreeze: {{\"blocks\": {n}}}` is the least that does)"))
+                .unwrap_or_default();
             return Err(format!(
-                "the spatial box head reads `{}`, which lies below the cut `{cut}`; unfreeze more of the base",
+                "the spatial box head reads `{}`, which lies below the cut `{cut}`; unfreeze more of the base{hint}",
                 map.tensor
             ));
         }

@@ -10,7 +10,7 @@
 use prost::Message;
 
 use super::cut::float_output;
-use super::proto::{AttributeProto, GraphProto, ModelProto, TensorProto, attribute_proto};
+use super::proto::{AttributeProto, GraphProto, ModelProto, StringStringEntryProto, TensorProto, attribute_proto};
 use super::tensor::{float_tensor, int_tensor, node};
 use crate::train::{BoxParts, CENTROID_EPSILON, Dense, Head, LocalizerHead};
 use crate::vision::Layout;
@@ -30,9 +30,16 @@ pub fn with_initializers(base: &[u8], tuned: &[TensorProto]) -> Result<Vec<u8>, 
 }
 
 /// The base (tuned or not) with `head` on its `features` tensor: Flatten → Gemm (→ Relu →
-/// Gemm) → Softmax, the graph's only output being [`PROBABILITIES`].
-pub fn export_classifier(base: &[u8], features: &str, head: &Head) -> Result<Vec<u8>, String> {
+/// Gemm) → Softmax, the graph's only output being [`PROBABILITIES`]. `metadata` is written
+/// into the model's `metadata_props` (what ONNX Runtime shows as custom metadata).
+pub fn export_classifier(
+    base: &[u8],
+    features: &str,
+    head: &Head,
+    metadata: &[(&str, String)],
+) -> Result<Vec<u8>, String> {
     let mut model = decode(base)?;
+    set_metadata(&mut model, metadata);
     let mut graph = Appender::new(&mut model)?;
     let flat = graph.node("Flatten", &[features], "features", vec![int("axis", 1)]);
     let layers: Vec<&Dense> = head.layers().collect();
@@ -56,8 +63,10 @@ pub fn export_localizer(
     features: &str,
     spatial: Option<(&str, Layout)>,
     head: &LocalizerHead,
+    metadata: &[(&str, String)],
 ) -> Result<Vec<u8>, String> {
     let mut model = decode(base)?;
+    set_metadata(&mut model, metadata);
     let mut graph = Appender::new(&mut model)?;
     let flat = graph.node("Flatten", &[features], "features", vec![int("axis", 1)]);
     let (class, boxes) = head.parts();
@@ -245,6 +254,14 @@ impl<'a> Appender<'a> {
     /// Makes `outputs` the graph's only outputs.
     fn finish(self, outputs: &[&str]) {
         self.graph.output = outputs.iter().map(|name| float_output(name)).collect();
+    }
+}
+
+/// Sets each `(key, value)` in the model's metadata, replacing an entry of the same key.
+fn set_metadata(model: &mut ModelProto, metadata: &[(&str, String)]) {
+    for (key, value) in metadata {
+        model.metadata_props.retain(|entry| entry.key() != *key);
+        model.metadata_props.push(StringStringEntryProto { key: Some((*key).to_owned()), value: Some(value.clone()) });
     }
 }
 

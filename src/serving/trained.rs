@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::loader::LoadedModel;
 use crate::store::TrainedModelRecord;
 use crate::train::{Head, LocalizeHeadKind, LocalizerHead};
+use crate::vision::{Geometry, Preprocessing};
 
 /// What a trained model does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +57,12 @@ pub struct TrainedModel {
 impl TrainedModel {
     pub fn new(record: TrainedModelRecord, head: TrainedHead) -> Self {
         Self { record, head, tuned_base: tokio::sync::OnceCell::new() }
+    }
+
+    /// How images reach the base's input for this model: the base's own way (`base`), or
+    /// the geometry the job trained with (a localizer sees the whole image).
+    pub fn preprocessing(&self, base: &Preprocessing) -> Preprocessing {
+        self.record.geometry.as_deref().and_then(Geometry::parse).unwrap_or_default().apply(base)
     }
 }
 
