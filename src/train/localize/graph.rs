@@ -2,6 +2,7 @@
 //! tensors, and the weighted loss whose `backward()` gives the gradients graft's optimiser
 //! applies. Every step is a tensor op over the whole batch.
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
 
 use super::localizer::{BoxHead, CENTROID_EPSILON, LocalizerHead};
@@ -223,21 +224,82 @@ impl Graph {
     /// The cell head on `batch`: the objectness-weighed map features (n × channels) and the box
     /// corners `[x0, y0, x1, y1]` (n × 4).
     fn cells(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
-        let BoxVars::Cells { shape: (h, w, c), hidden_w, hidden_b, output_w, output_b, centres, offsets } = &self.boxes
-        else {
+        let BoxVars::Cells { shape: (h, w, c), hidden_w, hidden_b, .. } = &self.boxes else {
             return Err(candle_core::Error::Msg("not a cell head".into()));
         };
         let map = batch.spatial.as_ref().ok_or_else(|| candle_core::Error::Msg("no spatial features".into()))?;
         let (n, cells) = (map.dim(0)?, h * w);
-        let hidden = map.reshape((n * cells, *c))?.matmul(hidden_w)?.broadcast_add(hidden_b)?.relu()?;
-        let out = hidden.matmul(output_w)?.broadcast_add(output_b)?.reshape((n, cells, 5))?;
+        let pre = map.reshape((n * cells, *c))?.matmul(hidden_w)?.broadcast_add(hidden_b)?;
+        let (attention, corners) = self.cell_boxes(&pre, n)?;
+        let attended = attention.unsqueeze(1)?.matmul(&map.reshape((n, cells, *c))?)?.squeeze(1)?;
+        Ok((attended, corners))
+    }
+
+    /// From the cells' hidden pre-activations (n·cells × hidden): each row's attention over its
+    /// cells (n × cells) and its box corners (n × 4).
+    fn cell_boxes(&self, pre: &Tensor, n: usize) -> Result<(Tensor, Tensor)> {
+        let BoxVars::Cells { shape: (h, w, _), output_w, output_b, centres, offsets, .. } = &self.boxes else {
+            return Err(candle_core::Error::Msg("not a cell head".into()));
+        };
+        let out = pre.relu()?.matmul(output_w)?.broadcast_add(output_b)?.reshape((n, h * w, 5))?;
         let attention = softmax_cells(&out.narrow(2, 0, 1)?.squeeze(2)?)?; // (n, cells)
         let distances = softplus(&out.narrow(2, 1, 4)?)?; // (n, cells, 4), in cells
         let cell_corners = distances.broadcast_mul(offsets)?.broadcast_add(centres)?;
-        let weights = attention.unsqueeze(2)?; // (n, cells, 1)
-        let corners = cell_corners.broadcast_mul(&weights)?.sum(1)?;
-        let attended = attention.unsqueeze(1)?.matmul(&map.reshape((n, cells, *c))?)?.squeeze(1)?;
-        Ok((attended, corners))
+        let corners = cell_corners.broadcast_mul(&attention.unsqueeze(2)?)?.sum(1)?;
+        Ok((attention, corners))
+    }
+
+    /// [`Self::loss`] on features that are not differentiated (phase 1's cached map). candle
+    /// differentiates both operands of a product, and the map's gradient (the size of the map,
+    /// several times over) is most of a step's work; here the map's two products with
+    /// parameters — the hidden layer, and the class weights of the attended features, which
+    /// are summed after the product — are computed outside the graph as leaves, and
+    /// [`Self::gradients`] finishes their parameters' gradients with one product.
+    pub(super) fn loss_on_constant_map(
+        &self,
+        batch: &Batch,
+        loss: LocalizeLoss,
+    ) -> Result<(Tensor, Option<MapLeaves>)> {
+        let (BoxVars::Cells { shape: (h, w, c), hidden_w, hidden_b, .. }, Some(map)) = (&self.boxes, &batch.spatial)
+        else {
+            return Ok((self.loss(batch, loss)?.0, None));
+        };
+        let (n, cells, hidden, classes) = (map.dim(0)?, h * w, hidden_w.dim(1)?, self.class_b.dim(0)?);
+        let map = map.reshape((n * cells, *c))?;
+        let weights = Tensor::cat(&[hidden_w.as_tensor(), &self.class_w.narrow(0, 0, *c)?], 1)?.detach();
+        let products = map.matmul(&weights)?;
+        let pre = Var::from_tensor(&products.narrow(1, 0, hidden)?.broadcast_add(&hidden_b.as_tensor().detach())?)?;
+        let scores = Var::from_tensor(&products.narrow(1, hidden, classes)?)?;
+        let (attention, corners) = self.cell_boxes(pre.as_tensor(), n)?;
+        let attended = attention.unsqueeze(1)?.matmul(&scores.as_tensor().reshape((n, cells, classes))?)?.squeeze(1)?;
+        let pooled_w = self.class_w.narrow(0, *c, self.class_w.dim(0)? - c)?;
+        let logits = attended.add(&batch.pooled.matmul(&pooled_w)?)?.broadcast_add(&self.class_b)?;
+        let total = self.weighted_loss(batch, loss, &logits, &from_corners(&corners)?)?;
+        Ok((total, Some(MapLeaves { map, pre, scores })))
+    }
+
+    /// Each variable's gradient (in [`Self::vars`]' order; `None` where the loss does not
+    /// reach it), with the products [`Self::loss_on_constant_map`] left to it.
+    pub(super) fn gradients(&self, grads: &GradStore, leaves: Option<&MapLeaves>) -> Result<Vec<Option<Tensor>>> {
+        let mut out: Vec<Option<Tensor>> = self.vars().iter().map(|var| grads.get(var.as_tensor()).cloned()).collect();
+        let (Some(leaves), BoxVars::Cells { shape: (_, _, c), .. }) = (leaves, &self.boxes) else {
+            return Ok(out);
+        };
+        let zeros = |var: &Var| Tensor::zeros(var.shape(), var.dtype(), var.device());
+        let d_pre = grads.get(leaves.pre.as_tensor()).cloned().map_or_else(|| zeros(&leaves.pre), Ok)?;
+        let d_scores = grads.get(leaves.scores.as_tensor()).cloned().map_or_else(|| zeros(&leaves.scores), Ok)?;
+        let hidden = d_pre.dim(1)?;
+        let products = leaves.map.t()?.matmul(&Tensor::cat(&[&d_pre, &d_scores], 1)?)?;
+        // vars(): class_w, class_b, hidden_w, hidden_b, output_w, output_b.
+        out[2] = Some(products.narrow(1, 0, hidden)?);
+        out[3] = Some(d_pre.sum(0)?);
+        let d_attended = products.narrow(1, hidden, d_scores.dim(1)?)?;
+        let class_w = match out[0].take() {
+            Some(g) => Tensor::cat(&[&g.narrow(0, 0, *c)?.add(&d_attended)?, &g.narrow(0, *c, g.dim(0)? - c)?], 0)?,
+            None => Tensor::cat(&[&d_attended, &zeros(&self.class_w)?.narrow(0, *c, self.class_w.dim(0)? - c)?], 0)?,
+        };
+        out[0] = Some(class_w);
+        Ok(out)
     }
 
     /// (n × 4) predicted `[cx, cy, w, h]` of the pooled and profile heads.
@@ -271,6 +333,10 @@ impl Graph {
     /// a term with weight 0 is left out, so its parameters get no gradient. Also the logits.
     pub(super) fn loss(&self, batch: &Batch, loss: LocalizeLoss) -> Result<(Tensor, Tensor)> {
         let (logits, predicted) = self.forward(batch)?;
+        Ok((self.weighted_loss(batch, loss, &logits, &predicted)?, logits))
+    }
+
+    fn weighted_loss(&self, batch: &Batch, loss: LocalizeLoss, logits: &Tensor, predicted: &Tensor) -> Result<Tensor> {
         let weights = loss.weights;
         let mut total: Option<Tensor> = None;
         let mut add = |term: Tensor| -> Result<()> {
@@ -281,16 +347,25 @@ impl Graph {
             Ok(())
         };
         if weights.class > 0.0 {
-            let loss = cross_entropy(&logits, &batch.onehot, batch.row_weights.as_ref())?;
+            let loss = cross_entropy(logits, &batch.onehot, batch.row_weights.as_ref())?;
             add(loss.affine(f64::from(weights.class), 0.0)?)?;
         }
         if weights.box_ > 0.0 {
-            let term = box_loss(loss.box_loss, &predicted, &batch.boxes)?;
+            let term = box_loss(loss.box_loss, predicted, &batch.boxes)?;
             add(term.affine(f64::from(weights.box_), 0.0)?)?;
         }
-        let total = total.ok_or_else(|| candle_core::Error::Msg("both loss weights are 0".into()))?;
-        Ok((total, logits))
+        total.ok_or_else(|| candle_core::Error::Msg("both loss weights are 0".into()))
     }
+}
+
+/// What [`Graph::loss_on_constant_map`] computed outside the graph: the map (n·cells ×
+/// channels) and the leaves its products became.
+pub(super) struct MapLeaves {
+    map: Tensor,
+    /// The cells' hidden pre-activations.
+    pre: Var,
+    /// The cells' class scores (map · the attended features' class weights).
+    scores: Var,
 }
 
 /// The box term: MSE over `[cx, cy, w, h]`, or the mean L1 distance of the corners plus

@@ -379,12 +379,13 @@ impl Stepper {
     /// One optimiser step on `batch`: candle's gradients, graft's update, written back to
     /// both the head and the graph. Returns the batch loss before the step.
     fn step(&self, head: &mut LocalizerHead, state: &mut OptimizerState, batch: &Batch) -> Result<f32, TrainError> {
-        let (loss, _) = self.graph.loss(batch, self.loss).map_err(tensor_error)?;
+        let (loss, leaves) = self.graph.loss_on_constant_map(batch, self.loss).map_err(tensor_error)?;
         let grads = loss.backward().map_err(tensor_error)?;
+        let all = self.graph.gradients(&grads, leaves.as_ref()).map_err(tensor_error)?;
         let mut gradients = Vec::new();
-        for (var, param) in self.graph.vars().into_iter().zip(head.params_mut()) {
+        for (grad, param) in all.into_iter().zip(head.params_mut()) {
             if self.trains(param.part) {
-                let grad = match grads.get(var.as_tensor()) {
+                let grad = match grad {
                     Some(g) => g.flatten_all().and_then(|g| g.to_vec1::<f32>()).map_err(tensor_error)?,
                     None => vec![0.0; param.values.len()],
                 };

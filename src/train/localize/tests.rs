@@ -543,3 +543,54 @@ fn a_run_resumed_from_its_checkpoint_ends_where_the_uninterrupted_run_does() {
     let other = train_localizer(&config, LossWeights::default(), LocalizeHeadKind::Pooled, &d, saved, &mut quiet);
     assert!(matches!(other, Err(TrainError::InvalidCheckpoint(_))), "{other:?}");
 }
+
+#[test]
+fn constant_map_gradients_equal_full_autograd() {
+    let split = synthetic(24, 4);
+    let mut head = LocalizerHead::init(LocalizeHeadKind::Spatial, C, CLASSES, Some((H, W, C)), 3).unwrap();
+    // Some training first, so that no gradient is trivially zero.
+    let data = LocalizeData { train: vec![split.clone()], ..data(24, 0) };
+    let config = TrainConfig { epochs: 2, early_stopping: None, ..TrainConfig::default() };
+    head = train_localizer(
+        &config,
+        LocalizeLoss::default_for(LocalizeHeadKind::Spatial),
+        LocalizeHeadKind::Spatial,
+        &data,
+        None,
+        &mut quiet,
+    )
+    .map(|o| o.head)
+    .unwrap_or(head);
+    let rows: Vec<usize> = (0..24).collect();
+    for loss in [
+        LocalizeLoss::default_for(LocalizeHeadKind::Spatial),
+        LocalizeLoss { weights: LossWeights { class: 0.0, box_: 1.0 }, box_loss: BoxLoss::Giou },
+        LocalizeLoss { weights: LossWeights { class: 1.0, box_: 0.0 }, box_loss: BoxLoss::Mse },
+    ] {
+        let batch = Batch::new(&split, &rows, CLASSES, Some(&[1.0, 2.0, 0.5]), true).unwrap();
+        let graph = Graph::new(&head).unwrap();
+        let (full, _) = graph.loss(&batch, loss).unwrap();
+        let expected = graph.gradients(&full.backward().unwrap(), None).unwrap();
+        let (fast, leaves) = graph.loss_on_constant_map(&batch, loss).unwrap();
+        assert!(leaves.is_some());
+        let got = graph.gradients(&fast.backward().unwrap(), leaves.as_ref()).unwrap();
+        let (a, b) = (full.to_scalar::<f32>().unwrap(), fast.to_scalar::<f32>().unwrap());
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{loss:?}: loss {a} vs {b}");
+        for (k, (e, g)) in expected.iter().zip(&got).enumerate() {
+            let values = |t: &Option<candle_core::Tensor>| -> Vec<f32> {
+                t.as_ref().map(|t| t.flatten_all().unwrap().to_vec1().unwrap()).unwrap_or_default()
+            };
+            let (e, g) = (values(e), values(g));
+            let scale = e.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            // A variable the loss does not reach has no gradient, or zeros.
+            let (e, g) = match (e.is_empty(), g.is_empty()) {
+                (true, true) => continue,
+                (true, false) => (vec![0.0; g.len()], g),
+                (false, true) => (e.clone(), vec![0.0; e.len()]),
+                (false, false) => (e, g),
+            };
+            let worst = e.iter().zip(&g).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(worst <= 1e-4 * scale, "{loss:?}: variable {k}: max difference {worst} (scale {scale})");
+        }
+    }
+}
