@@ -132,15 +132,16 @@ def archive(samples):
 
 
 def cached_features(graft, dataset_id, model):
-    """{split: (pooled, spatial or None, labels, shas)} from the fingerprint that has maps."""
+    """{split: (pooled, spatial or None, labels, shas)} of the one set of cached features (with maps, if any)."""
     import sqlite3
     db = sqlite3.connect(graft.data_dir / "graft.db")
     rows = db.execute("SELECT sha256, class_idx, split FROM dataset_items WHERE dataset_id = ? ORDER BY path",
                       (dataset_id,)).fetchall()
     db.close()
     folders = list((graft.data_dir / "blobs" / "features" / model).iterdir())
-    with_maps = [f for f in folders if any(f.rglob("*.spatial.f32"))]
-    folder = (with_maps or folders)[0]
+    if len(folders) != 1:
+        raise SystemExit(f"expected one set of cached features, found {len(folders)}")
+    folder = folders[0]
     out = {}
     for sha, label, part in rows:
         base = folder / sha[:2] / sha
@@ -268,6 +269,7 @@ def main():
             log(f"uploaded: {dataset['images']} images, annotations {report.get('annotations')}, "
                 f"several boxes {report.get('images_with_several_boxes')}, problems {report.get('annotation_problems_total')}")
             base = {"dataset": dataset["id"], "base_model": args.model, "task": "localize", "seed": args.seed}
+            features = None
             for name, fields in [("graft defaults", {}), ("graft pooled head", {"box_head": "pooled"})] + extra:
                 try:
                     job, _ = graft.job({**base, **fields})
@@ -276,7 +278,9 @@ def main():
                     continue
                 rows.append(job_row(name, job))
                 log(f"{name}: done")
-            features = cached_features(graft, dataset["id"], args.model)
+                if features is None:
+                    # The defaults' features (their geometry), before another row caches others.
+                    features = cached_features(graft, dataset["id"], args.model)
 
     by_sha = {}
     import hashlib

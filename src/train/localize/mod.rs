@@ -105,8 +105,8 @@ pub struct LocalizeLoss {
 impl LocalizeLoss {
     /// The loss a job gets when it names none: for the pooled head the seed's recipe
     /// (0.8 · cross-entropy + 0.2 · MSE); for the spatial head 0.5 · cross-entropy +
-    /// 1.0 · (L1 + GIoU), which measured best on `make bench-localize` (MSE on the cell head
-    /// placed boxes well but drew them too small).
+    /// 1.0 · (L1 + GIoU). On `make bench-localize` the cell head's test mean IoU was 0.80 with
+    /// these, 0.80 with GIoU alone, 0.77 at the weights 0.8 / 0.2, and 0.62 with MSE.
     pub fn default_for(kind: LocalizeHeadKind) -> Self {
         match kind {
             LocalizeHeadKind::Pooled => LossWeights::default().into(),
