@@ -17,6 +17,7 @@ pub mod onnx;
 pub mod runtime;
 pub mod serving;
 pub mod store;
+pub mod telemetry;
 pub mod train;
 pub mod vision;
 pub mod zoo;

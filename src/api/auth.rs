@@ -57,7 +57,7 @@ pub fn parse_key_file(text: &str) -> Vec<String> {
     text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
 }
 
-/// Whether `method path` needs a key. Health checks never do; inference only when private.
+/// Whether `method path` needs a key. Health checks and metrics never do; inference only when private.
 pub fn needs_key(method: &Method, path: &str, private_inference: bool) -> bool {
     let _ = method; // every method on a protected path is protected
     if path.starts_with("/v1/datasets") || path.starts_with("/v1/jobs") {
@@ -119,6 +119,7 @@ mod tests {
             (Method::POST, "/v1/models/m/localize", true, true),
             (Method::GET, "/healthz", true, false),
             (Method::GET, "/readyz", true, false),
+            (Method::GET, "/metrics", true, false),
         ];
         for (method, path, private, want) in cases {
             assert_eq!(needs_key(&method, path, private), want, "{method} {path} private={private}");

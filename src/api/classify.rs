@@ -256,13 +256,20 @@ pub(super) fn preprocess_all(
     let image_len = model.runner.image_len();
     let mut parts = model.runner.part_buffers(images.len());
     let slots: Vec<&mut [f32]> = parts.iter_mut().flat_map(|part| part.chunks_mut(image_len)).collect();
+    let name = model.manifest.name.clone();
+    let decoding = metrics::histogram!("graft_inference_stage_seconds", "model" => name.clone(), "stage" => "decode");
+    let preprocessing = metrics::histogram!("graft_inference_stage_seconds", "model" => name, "stage" => "preprocess");
     let geometry = slots
         .into_par_iter()
         .zip(images.par_iter())
         .map(|(slot, image)| {
+            let started = std::time::Instant::now();
             let decoded = decode_for(&image.bytes, limits, spec)
                 .map_err(|error| Error::Image { source_name: image.source.clone(), error })?;
+            let decoded_at = std::time::Instant::now();
+            decoding.record(decoded_at.duration_since(started).as_secs_f64());
             let plan = preprocess_into(&decoded.image, spec, slot);
+            preprocessing.record(decoded_at.elapsed().as_secs_f64());
             Ok::<_, Error>(ImageGeometry { plan, original: decoded.original })
         })
         .collect::<Result<Vec<_>, Error>>()?;

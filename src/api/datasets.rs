@@ -140,10 +140,14 @@ pub async fn create_dataset(
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(refusal) => {
+            metrics::counter!("graft_datasets_total", "result" => "refused").increment(1);
             remove_new_images(&state, lease, new_blobs).await;
             return Err(Error::DatasetRefused(refusal));
         }
     };
+    metrics::counter!("graft_datasets_total", "result" => "ingested").increment(1);
+    metrics::counter!("graft_ingested_images_total").increment(outcome.images.len() as u64);
+    metrics::counter!("graft_ingest_rejected_files_total").increment(outcome.report.rejected.total() as u64);
     let task = if outcome.images.iter().any(|image| image.bbox.is_some()) { "localize" } else { "classify" };
     let dataset = NewDataset {
         id: uuid::Uuid::new_v4().to_string(),

@@ -1,4 +1,4 @@
-//! Liveness and readiness.
+//! Liveness, readiness and the Prometheus metrics.
 
 use axum::Json;
 use axum::extract::State;
@@ -24,4 +24,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not ready", "models": models })))
     }
+}
+
+/// The process's metrics in Prometheus' text format (`crate::telemetry`; README.md lists
+/// them). Open like the health checks: scrapers carry no key.
+pub async fn metrics() -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::telemetry::render())
 }

@@ -13,6 +13,7 @@ mod images;
 mod jobs;
 mod localize;
 mod models;
+mod observe;
 mod pagination;
 mod problem;
 mod rate_limit;
@@ -52,6 +53,7 @@ pub struct AppState {
 
 /// The whole HTTP surface, ready to serve or to test with `tower::ServiceExt::oneshot`.
 pub fn app(state: AppState) -> Router {
+    crate::telemetry::install();
     let body_limit = state.limits.max_body_bytes;
     let upload_limit = usize::try_from(state.datasets.max_upload_bytes).unwrap_or(usize::MAX);
     let json_limit = state.limits.max_json_bytes;
@@ -103,6 +105,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .merge(api)
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
@@ -117,5 +120,7 @@ pub fn app(state: AppState) -> Router {
         // Failures are logged where they are understood (problem.rs logs 500s); a 503 from
         // /readyz while models load is expected and must not read as an error.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
+        // Outermost: it sees every answer, the key check's and the rate limit's included.
+        .layer(axum::middleware::from_fn(observe::record_request))
         .with_state(state)
 }

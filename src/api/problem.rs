@@ -29,10 +29,16 @@ impl Problem {
     }
 }
 
+/// A problem answer's type, left on the response for the metrics layer (its refusals by reason).
+#[derive(Debug, Clone)]
+pub struct ProblemType(pub String);
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(&self)).into_response();
+        let slug = self.kind.strip_prefix("urn:graft:problem:").unwrap_or(&self.kind);
+        response.extensions_mut().insert(ProblemType(slug.to_owned()));
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

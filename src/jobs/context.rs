@@ -206,14 +206,40 @@ pub(super) struct Progress<'a> {
     job: &'a JobRecord,
     handle: &'a Handle,
     last_write: std::cell::Cell<Option<Instant>>,
+    /// The phase now running and since when: its duration is a metric when the next begins.
+    phase: std::cell::RefCell<Option<(String, Instant)>>,
+}
+
+impl Drop for Progress<'_> {
+    /// The last phase ends with the job's work.
+    fn drop(&mut self) {
+        if let Some((name, since)) = self.phase.borrow_mut().take() {
+            metrics::histogram!("graft_job_phase_seconds", "phase" => name).record(since.elapsed().as_secs_f64());
+        }
+    }
 }
 
 impl<'a> Progress<'a> {
     pub(super) fn new(ctx: &'a JobContext, job: &'a JobRecord, handle: &'a Handle) -> Self {
-        Self { ctx, job, handle, last_write: std::cell::Cell::new(None) }
+        Self { ctx, job, handle, last_write: std::cell::Cell::new(None), phase: std::cell::RefCell::new(None) }
+    }
+
+    /// Notes that `phase` runs now; when it differs from the one before, that one's time is
+    /// recorded in `graft_job_phase_seconds`.
+    fn enter(&self, phase: &str) {
+        let mut current = self.phase.borrow_mut();
+        if current.as_ref().is_some_and(|(name, _)| name == phase) {
+            return;
+        }
+        if let Some((name, since)) = current.replace((phase.to_owned(), Instant::now())) {
+            metrics::histogram!("graft_job_phase_seconds", "phase" => name).record(since.elapsed().as_secs_f64());
+        }
     }
 
     fn write(&self, progress: Value, kind: &str, throttle: bool) {
+        if let Some(phase) = progress.get("phase").and_then(Value::as_str) {
+            self.enter(phase);
+        }
         let now = Instant::now();
         if throttle && self.last_write.get().is_some_and(|t| now.duration_since(t) < Duration::from_millis(250)) {
             return;
@@ -267,6 +293,7 @@ impl<'a> Progress<'a> {
         elapsed_seconds: f64,
         last: &impl Serialize,
     ) {
+        metrics::counter!("graft_job_epochs_total", "phase" => phase.to_owned()).increment(1);
         let per_epoch = elapsed_seconds / epoch.max(1) as f64;
         let progress = json!({
             "phase": phase,

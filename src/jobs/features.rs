@@ -272,6 +272,8 @@ pub(super) fn cached_or_computed<T: Clone, C: BatchCompute<T>>(
     let missing: Vec<usize> = (0..requests.len()).filter(|&i| out[i].is_none()).collect();
     let mut stats =
         FeatureStats { total: requests.len(), cached: requests.len() - missing.len(), ..FeatureStats::default() };
+    metrics::counter!("graft_feature_cache_total", "result" => "hit").increment(stats.cached as u64);
+    metrics::counter!("graft_feature_cache_total", "result" => "miss").increment(missing.len() as u64);
     if !on_progress(stats.cached, stats.total) {
         return Err(FeatureError::Stopped);
     }

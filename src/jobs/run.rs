@@ -53,6 +53,8 @@ pub async fn run_job(ctx: &JobContext, job: JobRecord) {
     };
     done.notify_one();
     let _ = heartbeat.await;
+    let ended = if state == JobState::Running { "taken_over" } else { state.as_str() };
+    metrics::counter!("graft_jobs_finished_total", "state" => ended).increment(1);
     match state {
         JobState::Failed | JobState::Cancelled => {
             if let Ok(true) = ctx.db.end_job(&job.id, &ctx.worker_id, state, detail.as_deref()).await {

@@ -106,6 +106,7 @@ pub async fn submit(submission: &Submission<'_>, body: &Value) -> Result<JobReco
     let job = JobRecord::queued(&id, &dataset.id, &spec.base_model, &model_name, spec_json);
     db.insert_job(&job).await?;
     db.append_event(&id, "state", &json!({"state": "queued"})).await?;
+    metrics::counter!("graft_jobs_submitted_total").increment(1);
     Ok(job)
 }
 

@@ -83,6 +83,8 @@ pub trait BatchExecutor: Send + 'static {
 }
 
 struct Request {
+    /// When it was queued (its wait is a metric).
+    queued: Instant,
     /// `count` images, each `image_len` values, back to back.
     pixels: Vec<f32>,
     count: usize,
@@ -93,6 +95,8 @@ struct Request {
 
 #[derive(Clone)]
 pub struct ModelRunner {
+    /// The model's name: the `model` label of the runner's metrics.
+    name: Arc<str>,
     sender: SyncSender<Request>,
     config: RunnerConfig,
     /// Requests sent and not yet taken into a batch (shared with the instance threads).
@@ -130,13 +134,14 @@ impl ModelRunner {
             whole: whole.map(Mutex::new),
         });
         let count = instances.len();
+        let name: Arc<str> = Arc::from(name);
         for (instance, executor) in instances.into_iter().enumerate() {
-            let (shared, config) = (shared.clone(), config.clone());
+            let (shared, config, model) = (shared.clone(), config.clone(), name.clone());
             thread::Builder::new()
                 .name(format!("ort-{name}-{instance}"))
-                .spawn(move || run_loop(executor, &shared, &config))?;
+                .spawn(move || run_loop(executor, &shared, &config, &model))?;
         }
-        Ok(Self { sender, config, waiting, instances: count })
+        Ok(Self { name, sender, config, waiting, instances: count })
     }
 
     pub fn config(&self) -> &RunnerConfig {
@@ -222,11 +227,16 @@ impl ModelRunner {
         assert!((1..=self.config.output_names.len()).contains(&outputs), "callers ask for configured outputs");
         let (reply, receiver) = oneshot::channel();
         // Counted before it can be taken, so the count never goes below zero.
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        self.sender.try_send(Request { pixels, count, outputs, reply }).map_err(|err| {
+        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::gauge!("graft_queue_depth", "model" => self.name.to_string()).set(waiting as f64);
+        let request = Request { queued: Instant::now(), pixels, count, outputs, reply };
+        self.sender.try_send(request).map_err(|err| {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             match err {
-                TrySendError::Full(_) => InferenceError::Overloaded,
+                TrySendError::Full(_) => {
+                    metrics::counter!("graft_queue_full_total", "model" => self.name.to_string()).increment(1);
+                    InferenceError::Overloaded
+                }
                 TrySendError::Disconnected(_) => InferenceError::Stopped,
             }
         })?;
@@ -303,7 +313,13 @@ impl Intake {
     }
 }
 
-fn run_loop<E: BatchExecutor>(mut executor: E, shared: &Shared<E>, config: &RunnerConfig) {
+fn run_loop<E: BatchExecutor>(mut executor: E, shared: &Shared<E>, config: &RunnerConfig, model: &str) {
+    let model = model.to_owned();
+    let queue_wait = metrics::histogram!("graft_inference_stage_seconds", "model" => model.clone(), "stage" => "queue");
+    let inference =
+        metrics::histogram!("graft_inference_stage_seconds", "model" => model.clone(), "stage" => "inference");
+    let batch_size = metrics::histogram!("graft_batch_size", "model" => model.clone());
+    let depth = metrics::gauge!("graft_queue_depth", "model" => model);
     loop {
         // The lock is held while the batch forms, so the instances take turns at the queue
         // and never split what waits between them. A panic elsewhere leaves the intake intact.
@@ -313,7 +329,8 @@ fn run_loop<E: BatchExecutor>(mut executor: E, shared: &Shared<E>, config: &Runn
             // Counted out while the lock is held: the next instance to form a batch sees
             // exactly what still waits (a carried request still does).
             if let Some(batch) = &next {
-                shared.waiting.fetch_sub(batch.len(), Ordering::SeqCst);
+                let left = shared.waiting.fetch_sub(batch.len(), Ordering::SeqCst) - batch.len();
+                depth.set(left as f64);
             }
             next
         };
@@ -324,6 +341,11 @@ fn run_loop<E: BatchExecutor>(mut executor: E, shared: &Shared<E>, config: &Runn
             continue;
         }
         let count: usize = batch.iter().map(|r| r.count).sum();
+        let started = Instant::now();
+        for request in &batch {
+            queue_wait.record(started.duration_since(request.queued).as_secs_f64());
+        }
+        batch_size.record(count as f64);
         // The first request's buffer becomes the batch's: a batch of one is never copied.
         let total: usize = batch.iter().map(|r| r.pixels.len()).sum();
         let mut pixels = std::mem::take(&mut batch[0].pixels);
@@ -332,7 +354,9 @@ fn run_loop<E: BatchExecutor>(mut executor: E, shared: &Shared<E>, config: &Runn
             pixels.append(&mut request.pixels);
         }
         let outputs = batch.iter().map(|r| r.outputs).max().unwrap_or(1);
-        match shared.run(&mut executor, pixels, count, outputs) {
+        let result = shared.run(&mut executor, pixels, count, outputs);
+        inference.record(started.elapsed().as_secs_f64());
+        match result {
             Ok(mut rows) if rows.len() == count => {
                 for request in batch.into_iter().rev() {
                     let mine = rows.split_off(rows.len() - request.count);

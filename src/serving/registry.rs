@@ -60,10 +60,23 @@ pub enum TrainedModelError {
     TunedBase(String),
 }
 
+/// `graft_model_state{model, state}`: 1 for the model's state, 0 for the others.
+fn record_state(name: &str, state: &ModelState) {
+    for candidate in ["loading", "ready", "failed"] {
+        let value = if candidate == state.name() { 1.0 } else { 0.0 };
+        metrics::gauge!("graft_model_state", "model" => name.to_owned(), "state" => candidate).set(value);
+    }
+}
+
 impl ModelRegistry {
     /// Registers the models to serve, all in the loading state, to be loaded with `runtime`.
     pub fn new(manifests: impl IntoIterator<Item = Manifest>, runtime: ModelRuntime) -> Self {
-        let entries = manifests.into_iter().map(|m| (m.name.clone(), (Arc::new(m), ModelState::Loading))).collect();
+        crate::telemetry::install();
+        let entries: BTreeMap<String, (Arc<Manifest>, ModelState)> =
+            manifests.into_iter().map(|m| (m.name.clone(), (Arc::new(m), ModelState::Loading))).collect();
+        for name in entries.keys() {
+            record_state(name, &ModelState::Loading);
+        }
         Self { entries: RwLock::new(entries), trained: RwLock::default(), runtime }
     }
 
@@ -77,6 +90,7 @@ impl ModelRegistry {
 
     pub fn set_state(&self, name: &str, state: ModelState) {
         if let Some(entry) = self.entries.write().expect("registry lock").get_mut(name) {
+            record_state(name, &state);
             entry.1 = state;
         }
     }
@@ -115,7 +129,11 @@ impl ModelRegistry {
     /// Loads every registered model in turn, recording each outcome.
     pub fn load_all(&self) {
         for (manifest, _) in self.list() {
-            let state = match load_model(&self.runtime, manifest.clone()) {
+            let started = std::time::Instant::now();
+            let loaded = load_model(&self.runtime, manifest.clone());
+            metrics::gauge!("graft_model_load_seconds", "model" => manifest.name.clone())
+                .set(started.elapsed().as_secs_f64());
+            let state = match loaded {
                 Ok(model) => {
                     tracing::info!(model = %manifest.name, provider = model.provider, "model ready");
                     ModelState::Ready(Arc::new(model))
