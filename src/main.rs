@@ -17,8 +17,18 @@ use graft::zoo::{Manifest, PullOutcome, load_manifest_dir, pull_model};
 #[derive(Parser)]
 #[command(name = "graft", version, about = "Serve and fine-tune ImageNet ONNX models over HTTP")]
 struct Cli {
+    /// Log lines as human-readable text or as one JSON object each (with the request id and
+    /// job id of their span).
+    #[arg(long, global = true, env = "GRAFT_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -67,13 +77,16 @@ enum ModelsCommand {
 
 fn main() -> ExitCode {
     graft::runtime::pin_candle_threads();
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+    }
     let command = cli.command.unwrap_or_else(|| match Cli::parse_from(["graft", "serve"]).command {
         Some(command) => command,
         None => unreachable!("`serve` parses to the serve command"),

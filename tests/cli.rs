@@ -134,3 +134,61 @@ async fn serves_until_sigterm_then_exits_cleanly() {
     tokio::io::AsyncReadExt::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).await.unwrap();
     assert!(stderr.contains("shutting down") && stderr.contains("graft stopped"), "{stderr}");
 }
+
+/// `--log-format json`: one JSON object per line, and a line logged while a request is
+/// handled names the request's id (the client's `x-request-id`, echoed in the answer; a new
+/// UUID when the client sends none).
+#[tokio::test]
+async fn json_logs_carry_the_request_id() {
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(["--log-format", "json", "serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data.path())
+        .arg("--model-dir")
+        .arg(fixture_models())
+        // tower-http logs each answer at debug level, inside the request's span.
+        .env("RUST_LOG", "warn,graft=info,tower_http=debug")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Read as it comes, so that a full pipe never stops the server.
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut text).await.unwrap();
+        text
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(client().get(format!("{url}/readyz")).send().await, Ok(r) if r.status() == 200) {
+        assert!(Instant::now() < deadline, "graft did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = client()
+        .post(format!("{url}/v1/models/tiny_nhwc/classify"))
+        .header("content-type", "image/png")
+        .header("x-request-id", "trace-me-42")
+        .body(image("img1.png"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-request-id"], "trace-me-42");
+    let fresh = client().get(format!("{url}/v1/models")).send().await.unwrap();
+    let generated = fresh.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(uuid::Uuid::parse_str(&generated).map(|u| u.get_version_num()), Ok(4), "{generated}");
+
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("graft did not stop").unwrap();
+    let stderr = reader.await.unwrap();
+    let lines: Vec<serde_json::Value> =
+        stderr.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))).collect();
+    let ours: Vec<&serde_json::Value> = lines.iter().filter(|l| l["span"]["id"] == "trace-me-42").collect();
+    assert!(!ours.is_empty(), "{stderr}");
+    assert!(ours.iter().all(|l| l["span"]["path"] == "/v1/models/tiny_nhwc/classify"), "{ours:?}");
+    assert!(lines.iter().any(|l| l["span"]["id"] == generated.as_str()), "{stderr}");
+}

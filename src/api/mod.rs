@@ -27,6 +27,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use tokio::sync::Notify;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
@@ -117,10 +118,24 @@ pub fn app(state: AppState) -> Router {
         )))
         .layer(Extension(admission::Admission::new(&state.limits)))
         .layer(CatchPanicLayer::custom(problem::panic_to_problem))
+        .layer(PropagateRequestIdLayer::x_request_id())
         // Failures are logged where they are understood (problem.rs logs 500s); a 503 from
-        // /readyz while models load is expected and must not read as an error.
-        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)))
+        // /readyz while models load is expected and must not read as an error. Every line
+        // logged while a request is handled carries its id, through the span.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        // The client's `x-request-id`, or a new UUID; the answer carries it back.
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         // Outermost: it sees every answer, the key check's and the rate limit's included.
         .layer(axum::middleware::from_fn(observe::record_request))
         .with_state(state)
+}
+
+/// The span of one request: its id (see `SetRequestIdLayer`), method and path.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+    tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path())
 }

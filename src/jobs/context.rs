@@ -231,6 +231,7 @@ impl<'a> Progress<'a> {
         if current.as_ref().is_some_and(|(name, _)| name == phase) {
             return;
         }
+        tracing::info!(phase, "phase started");
         if let Some((name, since)) = current.replace((phase.to_owned(), Instant::now())) {
             metrics::histogram!("graft_job_phase_seconds", "phase" => name).record(since.elapsed().as_secs_f64());
         }

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::json;
 use tokio::runtime::Handle;
+use tracing::Instrument;
 
 use super::classify::execute_classify;
 use super::context::{Control, Failure, JobContext, Progress, Run, Splits, Trained};
@@ -23,6 +24,12 @@ use crate::vision::Geometry;
 
 /// Runs `job` (already claimed by this worker) to its end.
 pub async fn run_job(ctx: &JobContext, job: JobRecord) {
+    let span = tracing::info_span!("job", id = %job.id);
+    run_in_span(ctx, job).instrument(span).await
+}
+
+/// [`run_job`] inside the job's span: every line it logs names the job.
+async fn run_in_span(ctx: &JobContext, job: JobRecord) {
     let control = Arc::new(Control::default());
     let done = Arc::new(tokio::sync::Notify::new());
     let started_at = job.started_at.unwrap_or_else(now_ms);
@@ -35,7 +42,8 @@ pub async fn run_job(ctx: &JobContext, job: JobRecord) {
     let outcome = {
         let (ctx, job, control) = (ctx.clone(), job.clone(), control.clone());
         let handle = Handle::current();
-        tokio::task::spawn_blocking(move || execute(&ctx, &job, &control, &handle)).await
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| execute(&ctx, &job, &control, &handle))).await
     };
     let outcome = match outcome {
         Ok(outcome) => outcome,
