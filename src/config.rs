@@ -148,6 +148,10 @@ pub struct WorkerSettings {
     /// Training workers in this process (0: only queue jobs; run `graft worker` elsewhere).
     #[arg(long, env = "GRAFT_WORKERS", default_value_t = 1)]
     pub workers: usize,
+    /// Seconds a stop (SIGTERM, SIGINT) waits for requests in flight to finish and for
+    /// running jobs to checkpoint and hand their leases back; then the process exits.
+    #[arg(long = "shutdown-grace", env = "GRAFT_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
     /// Seconds a worker holds a job without a heartbeat before another may take it over.
     #[arg(long, env = "GRAFT_LEASE_SECONDS", default_value_t = 30)]
     pub lease_seconds: u64,

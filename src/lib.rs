@@ -200,27 +200,40 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         datasets: settings.datasets.clone(),
         wake_workers: engine.wake_workers.clone(),
         auth: std::sync::Arc::new(api::auth::ApiKeys::from_settings(&settings.auth)?),
+        stopping: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
     };
     if !settings.listen.ip().is_loopback() && state.auth.is_empty() {
         tracing::warn!("listening on {} with no API keys: anyone who can reach it may use the API", settings.listen);
     }
     spawn_collection(engine.db.clone(), engine.blobs.clone(), settings.engine.gc.clone());
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    {
-        let engine = engine.clone();
+    let stopping = state.stopping.clone();
+    let workers = {
+        let (engine, stopped) = (engine.clone(), stopping.subscribe());
         tokio::spawn(async move {
             engine.load_models().await;
-            engine.spawn_workers(engine.settings.workers.workers, &shutdown_rx);
-        });
-    }
+            engine.spawn_workers(engine.settings.workers.workers, &stopped)
+        })
+    };
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     tracing::info!("graft listening on http://{}", listener.local_addr()?);
     let connections = api::ConnectionLimits::of(&state.limits);
-    api::serve(listener, app(state), connections, shutdown_signal()).await?;
-    let _ = shutdown_tx.send(true);
+    let grace = std::time::Duration::from_secs(settings.engine.workers.shutdown_grace_seconds);
+    let signal = async {
+        shutdown_signal().await;
+        // Workers start handing their jobs back while the requests in flight finish.
+        stopping.send_replace(true);
+    };
+    api::serve(listener, app(state), connections, signal, grace).await?;
+    stopping.send_replace(true);
+    if workers.is_finished() {
+        let handles = workers.await.unwrap_or_default();
+        if tokio::time::timeout(grace, futures_util::future::join_all(handles)).await.is_err() {
+            tracing::warn!("workers still busy after --shutdown-grace: their leases will run out instead");
+        }
+    }
     tracing::info!("graft stopped");
     Ok(())
 }
@@ -234,9 +247,11 @@ pub async fn run_workers(settings: EngineSettings) -> anyhow::Result<()> {
     let handles = engine.spawn_workers(settings.workers.workers.max(1), &shutdown_rx);
     shutdown_signal().await;
     let _ = shutdown_tx.send(true);
-    for handle in handles {
-        let _ = handle.await;
+    let grace = std::time::Duration::from_secs(settings.workers.shutdown_grace_seconds);
+    if tokio::time::timeout(grace, futures_util::future::join_all(handles)).await.is_err() {
+        tracing::warn!("workers still busy after --shutdown-grace: their leases will run out instead");
     }
+    tracing::info!("graft worker stopped");
     Ok(())
 }
 
@@ -256,5 +271,5 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
-    tracing::info!("shutting down: finishing requests in flight");
+    tracing::info!("shutting down: finishing requests in flight, handing running jobs back");
 }

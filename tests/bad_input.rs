@@ -182,6 +182,7 @@ async fn a_model_still_loading_is_unavailable_and_not_ready() {
         datasets: graft::config::DatasetSettings::default(),
         wake_workers: std::sync::Arc::new(tokio::sync::Notify::new()),
         auth: Default::default(),
+        stopping: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
     };
     let url = serve_app(state).await;
     let ready = client().get(format!("{url}/readyz")).send().await.unwrap();

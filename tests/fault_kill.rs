@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::datasets::class_folder_zip;
@@ -28,17 +28,13 @@ impl Server {
 
     async fn start_with(data: &Path, extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_graft"))
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--workers", "1", "--lease-seconds", "2"])
+        let child = quiet_graft(&["serve", "--listen", &format!("127.0.0.1:{port}"), "--workers", "1"])
+            .args(["--lease-seconds", "2"])
             .arg("--model-dir")
             .arg(fixture_models())
             .arg("--data-dir")
             .arg(data)
             .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let server = Self { child, url: format!("http://127.0.0.1:{port}") };

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,15 +36,11 @@ fn worker(database_url: &str, storage_root: &std::path::Path) -> Worker {
 }
 
 fn worker_on(database_url: &str, storage_root: &std::path::Path, model_dir: &std::path::Path) -> Worker {
-    let child = Command::new(env!("CARGO_BIN_EXE_graft"))
-        .args(["worker", "--lease-seconds", "2", "--database-url", database_url])
+    let child = quiet_graft(&["worker", "--lease-seconds", "2", "--database-url", database_url])
         .arg("--storage-root")
         .arg(storage_root)
         .arg("--model-dir")
         .arg(model_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     Worker(child)

@@ -101,18 +101,27 @@ pub async fn job_events(
     let after: i64 =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
     let until = tokio::time::Instant::now() + MAX_STREAM_LIFETIME;
+    let stopping = state.stopping.subscribe();
     let stream = futures_util::stream::unfold(
-        (state, id, after, false, permit),
-        move |(state, id, after, finished, permit)| async move {
+        (state, id, after, false, permit, stopping),
+        move |(state, id, after, finished, permit, mut stopping)| async move {
             if finished {
                 return None;
             }
             loop {
+                if *stopping.borrow_and_update() {
+                    // A last event, so that the client knows to reconnect (to another replica,
+                    // or after the restart) with Last-Event-ID rather than take the close as
+                    // the job's end.
+                    let data = serde_json::json!({"reason": "the server is stopping", "last_event_id": after});
+                    let event = Event::default().event("shutdown").data(data.to_string());
+                    return Some((vec![Ok(event)], (state, id, after, true, permit, stopping)));
+                }
                 let events = match state.db.events_after(&id, after).await {
                     Ok(events) => events,
                     Err(e) => {
                         let event = Event::default().event("error").data(e.to_string());
-                        return Some((vec![Ok(event)], (state, id, after, true, permit)));
+                        return Some((vec![Ok(event)], (state, id, after, true, permit, stopping)));
                     }
                 };
                 if events.is_empty() {
@@ -122,7 +131,10 @@ pub async fn job_events(
                     if ended {
                         return None;
                     }
-                    tokio::time::sleep(EVENT_POLL).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(EVENT_POLL) => {}
+                        _ = stopping.changed() => {}
+                    }
                     continue;
                 }
                 let last = events.last().map_or(after, |e| e.seq);
@@ -133,7 +145,7 @@ pub async fn job_events(
                     .into_iter()
                     .map(|e| Ok(Event::default().id(e.seq.to_string()).event(e.kind).data(e.data.to_string())))
                     .collect::<Vec<_>>();
-                return Some((batch, (state, id, last, ended, permit)));
+                return Some((batch, (state, id, last, ended, permit, stopping)));
             }
         },
     );

@@ -50,6 +50,9 @@ pub struct AppState {
     pub wake_workers: Arc<Notify>,
     /// API keys; the default has none, and then everything is open.
     pub auth: Arc<auth::ApiKeys>,
+    /// Turns true when the process begins to stop: event streams end with a final event,
+    /// and workers hand their jobs back.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The whole HTTP surface, ready to serve or to test with `tower::ServiceExt::oneshot`.

@@ -39,12 +39,14 @@ impl ConnectionLimits {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then waits for the requests in flight.
+/// Serves `router` on `listener` until `shutdown` resolves, then waits up to `grace` for the
+/// requests in flight.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
+    grace: Duration,
 ) -> std::io::Result<()> {
     let places = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -78,7 +80,9 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("requests still in flight after --shutdown-grace ({} s) are cut", grace.as_secs());
+    }
     Ok(())
 }
 

@@ -46,6 +46,8 @@ pub(super) struct Control {
     pub(super) lease_lost: AtomicBool,
     /// Set when the job has run past `--max-job-seconds` (all its attempts together).
     pub(super) overtime: AtomicBool,
+    /// Set when this process stops: the job checkpoints and its lease is handed back.
+    pub(super) released: AtomicBool,
 }
 
 impl Control {
@@ -53,6 +55,7 @@ impl Control {
         self.cancel.load(Ordering::Relaxed)
             || self.lease_lost.load(Ordering::Relaxed)
             || self.overtime.load(Ordering::Relaxed)
+            || self.released.load(Ordering::Relaxed)
     }
 
     /// What a trainer's epoch callback answers: stop when cancelled or taken over.
@@ -64,6 +67,8 @@ impl Control {
 pub(super) enum Failure {
     Cancelled,
     LeaseLost,
+    /// The process is stopping: the job goes back to the queue for another worker.
+    Released,
     Failed(String),
 }
 
@@ -193,6 +198,8 @@ pub(super) fn feature_failure(control: &Control, error: FeatureError) -> Failure
 pub(super) fn stop_reason(control: &Control) -> Failure {
     if control.lease_lost.load(Ordering::Relaxed) {
         Failure::LeaseLost
+    } else if control.released.load(Ordering::Relaxed) {
+        Failure::Released
     } else if control.overtime.load(Ordering::Relaxed) {
         Failure::Failed("the job ran longer than its time limit (--max-job-seconds)".into())
     } else {

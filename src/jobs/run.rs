@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use serde_json::json;
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::classify::execute_classify;
@@ -23,17 +24,18 @@ use crate::store::{JobRecord, JobState, TrainedModelRecord, now_ms};
 use crate::vision::Geometry;
 
 /// Runs `job` (already claimed by this worker) to its end.
-pub async fn run_job(ctx: &JobContext, job: JobRecord) {
+pub async fn run_job(ctx: &JobContext, job: JobRecord, stopping: watch::Receiver<bool>) {
     let span = tracing::info_span!("job", id = %job.id);
-    run_in_span(ctx, job).instrument(span).await
+    run_in_span(ctx, job, stopping).instrument(span).await
 }
 
 /// [`run_job`] inside the job's span: every line it logs names the job.
-async fn run_in_span(ctx: &JobContext, job: JobRecord) {
+async fn run_in_span(ctx: &JobContext, job: JobRecord, stopping: watch::Receiver<bool>) {
     let control = Arc::new(Control::default());
     let done = Arc::new(tokio::sync::Notify::new());
     let started_at = job.started_at.unwrap_or_else(now_ms);
     let heartbeat = tokio::spawn(heartbeat(ctx.clone(), job.id.clone(), started_at, control.clone(), done.clone()));
+    let release = tokio::spawn(release_on_stop(stopping, control.clone()));
     let _ = ctx
         .db
         .append_event(&job.id, "state", &json!({"state": "running", "attempt": job.attempts, "worker": ctx.worker_id}))
@@ -57,11 +59,17 @@ async fn run_in_span(ctx: &JobContext, job: JobRecord) {
         },
         Err(Failure::Cancelled) => (JobState::Cancelled, None),
         Err(Failure::LeaseLost) => (JobState::Running, Some("lease lost".to_owned())),
+        Err(Failure::Released) => (JobState::Queued, None),
         Err(Failure::Failed(reason)) => (JobState::Failed, Some(reason)),
     };
     done.notify_one();
     let _ = heartbeat.await;
-    let ended = if state == JobState::Running { "taken_over" } else { state.as_str() };
+    release.abort();
+    let ended = match state {
+        JobState::Running => "taken_over",
+        JobState::Queued => "released",
+        ended => ended.as_str(),
+    };
     metrics::counter!("graft_jobs_finished_total", "state" => ended).increment(1);
     match state {
         JobState::Failed | JobState::Cancelled => {
@@ -72,10 +80,30 @@ async fn run_in_span(ctx: &JobContext, job: JobRecord) {
             tracing::info!(job = %job.id, state = state.as_str(), "job ended: {}", detail.as_deref().unwrap_or(""));
         }
         JobState::Succeeded => tracing::info!(job = %job.id, model = %job.model_name, "job succeeded"),
+        JobState::Queued => match ctx.db.release_job(&job.id, &ctx.worker_id).await {
+            Ok(true) => {
+                let event = json!({"state": "queued", "released_by": ctx.worker_id});
+                let _ = ctx.db.append_event(&job.id, "state", &event).await;
+                tracing::info!(job = %job.id, "job handed back to the queue at its last checkpoint");
+            }
+            Ok(false) => tracing::warn!(job = %job.id, "the job was no longer ours to hand back"),
+            Err(e) => tracing::warn!(job = %job.id, "handing the job back failed ({e}): its lease will run out"),
+        },
         _ => {
             tracing::warn!(job = %job.id, "left to the worker that took the job over ({})", detail.unwrap_or_default())
         }
     }
+}
+
+/// Asks the job to stop and hand itself back once `stopping` turns true (aborted when the
+/// job ends first).
+async fn release_on_stop(mut stopping: watch::Receiver<bool>, control: Arc<Control>) {
+    while !*stopping.borrow_and_update() {
+        if stopping.changed().await.is_err() {
+            return; // nobody can ask any more
+        }
+    }
+    control.released.store(true, Ordering::Relaxed);
 }
 
 /// Keeps the lease while the job runs; learns about cancellation and takeover.

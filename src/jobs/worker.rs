@@ -15,7 +15,8 @@ use super::run::run_job;
 /// How long an idle worker waits before looking at the queue again.
 pub const IDLE_POLL: Duration = Duration::from_millis(500);
 
-/// Runs jobs until `shutdown` turns true; the job in hand is finished first.
+/// Runs jobs until `shutdown` turns true; the job in hand is checkpointed at its next epoch
+/// (or feature batch) and handed back to the queue, so another worker resumes it at once.
 pub async fn worker_loop(ctx: JobContext, wake: std::sync::Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     tracing::info!(worker = %ctx.worker_id, "worker started");
     let lease_ms = ctx.lease.as_millis() as i64;
@@ -30,7 +31,7 @@ pub async fn worker_loop(ctx: JobContext, wake: std::sync::Arc<Notify>, mut shut
         match ctx.db.claim_job(&ctx.worker_id, lease_ms, max_attempts).await {
             Ok(Some(job)) => {
                 tracing::info!(worker = %ctx.worker_id, job = %job.id, attempt = job.attempts, "job claimed");
-                run_job(&ctx, job).await;
+                run_job(&ctx, job, shutdown.clone()).await;
             }
             Ok(None) => {
                 tokio::select! {

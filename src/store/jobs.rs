@@ -361,6 +361,23 @@ impl Db {
             .collect()
     }
 
+    /// Puts a job this worker holds back in the queue, its checkpoints kept, for another
+    /// worker to claim at once (this process is stopping). The claim is not counted as an
+    /// attempt: attempts count workers that died. False if the lease was lost.
+    pub async fn release_job(&self, id: &str, worker: &str) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = 'queued', worker = NULL, lease_until = NULL, \
+             attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, progress = $1 \
+             WHERE id = $2 AND worker = $3 AND state = 'running'",
+        )
+        .bind(serde_json::json!({"phase": "queued", "released": true}).to_string())
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
     /// Ends a job this worker holds as failed or cancelled. False if the lease was lost.
     pub async fn end_job(
         &self,

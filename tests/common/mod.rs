@@ -81,6 +81,7 @@ pub async fn start_server_on(
         datasets: DatasetSettings::default(),
         wake_workers: Arc::new(tokio::sync::Notify::new()),
         auth: Default::default(),
+        stopping: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
     };
     let url = serve_app(state.clone()).await;
     TestServer { url, registry, state, data_dir }
@@ -101,7 +102,10 @@ pub async fn serve_app(state: AppState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let connections = graft::api::ConnectionLimits::of(&state.limits);
-    tokio::spawn(async move { graft::api::serve(listener, app(state), connections, std::future::pending()).await });
+    tokio::spawn(async move {
+        graft::api::serve(listener, app(state), connections, std::future::pending(), std::time::Duration::from_secs(30))
+            .await
+    });
     url
 }
 
@@ -202,4 +206,11 @@ pub async fn wait_for_job(base_url: &str, id: &str, timeout: std::time::Duration
         assert!(std::time::Instant::now() < deadline, "job {id} did not finish: {job}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// The `graft` binary with `args`, logging warnings only, its output discarded.
+pub fn quiet_graft(args: &[&str]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_graft"));
+    command.args(args).env("RUST_LOG", "warn").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    command
 }
