@@ -12,6 +12,8 @@ pub enum Error {
     ModelLoading { name: String },
     #[error("model {name} failed to load: {reason}")]
     ModelFailed { name: String, reason: String },
+    #[error("model {name} is unloaded; POST /v1/models/{name}/load loads it again")]
+    ModelUnloaded { name: String },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{source_name}: {error}")]
@@ -80,6 +82,7 @@ impl From<crate::serving::Unavailable> for Error {
             Unavailable::Unknown(name) => Self::UnknownModel(name),
             Unavailable::Loading(name) => Self::ModelLoading { name },
             Unavailable::Failed(name, reason) => Self::ModelFailed { name, reason },
+            Unavailable::Unloaded(name) => Self::ModelUnloaded { name },
         }
     }
 }

@@ -113,7 +113,7 @@ impl Engine {
         Ok(Self {
             db,
             blobs,
-            registry: Arc::new(ModelRegistry::new(selected, runtime)),
+            registry: Arc::new(ModelRegistry::new(selected, runtime).with_model_dir(settings.models.model_dir.clone())),
             settings: settings.clone(),
             wake_workers: Arc::new(tokio::sync::Notify::new()),
         })

@@ -113,6 +113,8 @@ mod tests {
             (Method::GET, "/v1/models/m", false, true),
             (Method::DELETE, "/v1/models/m", false, true),
             (Method::GET, "/v1/models/m/onnx", false, true),
+            (Method::POST, "/v1/models/m/load", false, true),
+            (Method::POST, "/v1/models/m/unload", false, true),
             (Method::POST, "/v1/models/m/classify", false, false),
             (Method::PUT, "/v1/models/m/localize", false, false),
             (Method::POST, "/v1/models/m/classify", true, true),

@@ -88,6 +88,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(models::list_models))
         .route("/v1/models/{model}", get(models::get_model).delete(models::delete_model))
         .route("/v1/models/{model}/onnx", get(export::download_onnx))
+        .route("/v1/models/{model}/load", post(models::load_model))
+        .route("/v1/models/{model}/unload", post(models::unload_model))
         // PUT too, so that `curl -T photo.jpg` (an upload with PUT) works as well as POST.
         .route("/v1/models/{model}/classify", post(classify::classify).put(classify::classify))
         .route("/v1/models/{model}/localize", post(localize::localize).put(localize::localize))

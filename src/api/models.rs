@@ -1,5 +1,6 @@
 //! `/v1/models`: pretrained models (manifest facts, provider, status) and trained
-//! models (base, classes, evaluation); deleting a trained model.
+//! models (base, classes, evaluation); deleting a trained model; loading and unloading a
+//! pretrained one while the server runs.
 
 use std::sync::Arc;
 
@@ -43,6 +44,44 @@ pub async fn get_model(State(state): State<AppState>, Path(name): Path<String>) 
     }
     let model = trained_model(&state, &name).await?.ok_or(Error::UnknownModel(name))?;
     Ok(Json(describe_trained(&model)))
+}
+
+/// One load at a time: each holds a model's sessions, and loads would only race for the cores.
+static LOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// `POST /v1/models/{name}/load`: loads (or reloads) a pretrained model from its manifest in
+/// the model folder, read afresh; answers once it is ready, with its description.
+pub async fn load_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, Error> {
+    let manifest = state
+        .registry
+        .manifest_to_load(&name)
+        .map_err(|reason| Error::Unprocessable(format!("the manifest of {name} is invalid: {reason}")))?
+        .ok_or_else(|| not_pretrained(&name))?;
+    let _turn = LOADS.acquire().await.map_err(|e| Error::Internal(e.to_string()))?;
+    let registry = state.registry.clone();
+    tokio::task::spawn_blocking(move || registry.load(manifest))
+        .await
+        .map_err(|e| Error::Internal(format!("loading stopped: {e}")))?
+        .map_err(|reason| Error::Unprocessable(format!("{name} did not load: {reason}")))?;
+    let (manifest, model) = state.registry.get(&name).ok_or_else(|| Error::UnknownModel(name.clone()))?;
+    Ok(Json(describe(&manifest, &model)))
+}
+
+/// `POST /v1/models/{name}/unload`: new requests to the model get 503, those in flight
+/// finish, and its sessions' memory is freed with the last of them.
+pub async fn unload_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, Error> {
+    if !state.registry.unload(&name) {
+        return Err(not_pretrained(&name));
+    }
+    let (manifest, model) = state.registry.get(&name).ok_or_else(|| Error::UnknownModel(name.clone()))?;
+    Ok(Json(describe(&manifest, &model)))
+}
+
+fn not_pretrained(name: &str) -> Error {
+    Error::NotFound(format!(
+        "there is no manifest {name}.toml in the model folder: only pretrained models load and unload \
+         (a trained model is served on its base)"
+    ))
 }
 
 pub async fn delete_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, Error> {

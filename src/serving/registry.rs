@@ -17,14 +17,19 @@ pub enum ModelState {
     Loading,
     Ready(Arc<LoadedModel>),
     Failed(String),
+    /// Unloaded on request: its sessions are freed once the requests in flight end.
+    Unloaded,
 }
 
 impl ModelState {
+    pub const NAMES: [&'static str; 4] = ["loading", "ready", "failed", "unloaded"];
+
     pub fn name(&self) -> &'static str {
         match self {
             Self::Loading => "loading",
             Self::Ready(_) => "ready",
             Self::Failed(_) => "failed",
+            Self::Unloaded => "unloaded",
         }
     }
 }
@@ -38,6 +43,8 @@ pub enum Unavailable {
     Loading(String),
     #[error("model {0} failed to load: {1}")]
     Failed(String, String),
+    #[error("model {0} is unloaded; POST /v1/models/{0}/load loads it")]
+    Unloaded(String),
 }
 
 pub struct ModelRegistry {
@@ -45,6 +52,8 @@ pub struct ModelRegistry {
     trained: RwLock<BTreeMap<String, Arc<TrainedModel>>>,
     /// How every model loads: the configured ones, tuned bases and the prefixes jobs open.
     runtime: ModelRuntime,
+    /// Where `POST /v1/models/{name}/load` reads `{name}.toml` (none: only reloads).
+    model_dir: Option<PathBuf>,
 }
 
 /// Why a trained model cannot serve.
@@ -62,7 +71,7 @@ pub enum TrainedModelError {
 
 /// `graft_model_state{model, state}`: 1 for the model's state, 0 for the others.
 fn record_state(name: &str, state: &ModelState) {
-    for candidate in ["loading", "ready", "failed"] {
+    for candidate in ModelState::NAMES {
         let value = if candidate == state.name() { 1.0 } else { 0.0 };
         metrics::gauge!("graft_model_state", "model" => name.to_owned(), "state" => candidate).set(value);
     }
@@ -77,7 +86,27 @@ impl ModelRegistry {
         for name in entries.keys() {
             record_state(name, &ModelState::Loading);
         }
-        Self { entries: RwLock::new(entries), trained: RwLock::default(), runtime }
+        Self { entries: RwLock::new(entries), trained: RwLock::default(), runtime, model_dir: None }
+    }
+
+    /// The registry that loads new manifests from `dir` on request.
+    pub fn with_model_dir(self, dir: PathBuf) -> Self {
+        Self { model_dir: Some(dir), ..self }
+    }
+
+    /// The manifest to load `name` with: `{name}.toml` read afresh from the model folder
+    /// (a changed manifest is picked up), else the registered one. `None` when neither exists.
+    pub fn manifest_to_load(&self, name: &str) -> Result<Option<Manifest>, String> {
+        if !crate::zoo::is_valid_model_name(name) {
+            return Ok(None);
+        }
+        if let Some(path) = self.model_dir.as_ref().map(|dir| dir.join(format!("{name}.toml")))
+            && path.is_file()
+        {
+            let manifest = Manifest::load(&path).map_err(|e| e.to_string())?;
+            return Ok((manifest.name == name).then_some(manifest));
+        }
+        Ok(self.get(name).map(|(manifest, _)| (*manifest).clone()))
     }
 
     pub fn get(&self, name: &str) -> Option<(Arc<Manifest>, ModelState)> {
@@ -117,13 +146,61 @@ impl ModelRegistry {
             None => Err(Unavailable::Unknown(name.to_owned())),
             Some((_, ModelState::Loading)) => Err(Unavailable::Loading(name.to_owned())),
             Some((_, ModelState::Failed(reason))) => Err(Unavailable::Failed(name.to_owned(), reason)),
+            Some((_, ModelState::Unloaded)) => Err(Unavailable::Unloaded(name.to_owned())),
             Some((_, ModelState::Ready(model))) => Ok(model),
         }
     }
 
-    /// Ready when every registered model is ready.
+    /// Ready when every registered model is ready, those unloaded on request aside.
     pub fn all_ready(&self) -> bool {
-        self.entries.read().expect("registry lock").values().all(|(_, state)| matches!(state, ModelState::Ready(_)))
+        self.entries
+            .read()
+            .expect("registry lock")
+            .values()
+            .all(|(_, state)| matches!(state, ModelState::Ready(_) | ModelState::Unloaded))
+    }
+
+    /// Loads (or reloads) `manifest`'s model, registering it when it is new; requests meet
+    /// `loading` meanwhile, and the requests in flight on an earlier load finish on it. Err
+    /// is the reason it failed, also kept as its state.
+    pub fn load(&self, manifest: Manifest) -> Result<Arc<LoadedModel>, String> {
+        let name = manifest.name.clone();
+        let manifest = Arc::new(manifest);
+        {
+            let mut entries = self.entries.write().expect("registry lock");
+            entries.insert(name.clone(), (manifest.clone(), ModelState::Loading));
+        }
+        record_state(&name, &ModelState::Loading);
+        let started = std::time::Instant::now();
+        let loaded = load_model(&self.runtime, manifest);
+        metrics::gauge!("graft_model_load_seconds", "model" => name.clone()).set(started.elapsed().as_secs_f64());
+        match loaded {
+            Ok(model) => {
+                let model = Arc::new(model);
+                tracing::info!(model = %name, provider = model.provider, "model ready");
+                self.set_state(&name, ModelState::Ready(model.clone()));
+                Ok(model)
+            }
+            Err(reason) => {
+                tracing::error!(model = %name, "model refused: {reason}");
+                self.set_state(&name, ModelState::Failed(reason.clone()));
+                Err(reason)
+            }
+        }
+    }
+
+    /// Unloads the configured model `name`: new requests get 503, the requests in flight
+    /// finish, and its sessions are freed with the last of them. False when no such model
+    /// is configured.
+    pub fn unload(&self, name: &str) -> bool {
+        let unloaded = match self.entries.write().expect("registry lock").get_mut(name) {
+            Some(entry) => std::mem::replace(&mut entry.1, ModelState::Unloaded),
+            None => return false,
+        };
+        record_state(name, &ModelState::Unloaded);
+        drop(unloaded);
+        tracing::info!(model = %name, "model unloaded");
+        true
     }
 
     /// Loads every registered model in turn, recording each outcome.

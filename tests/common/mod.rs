@@ -91,7 +91,8 @@ pub async fn start_server_on(
 pub async fn loaded_registry(model_dir: &Path, limits: &Limits) -> Arc<ModelRegistry> {
     let env = runtime();
     let runtime = ModelRuntime { env, options: cpu(), batching: limits.batching() };
-    let registry = Arc::new(ModelRegistry::new(load_manifest_dir(model_dir).unwrap(), runtime));
+    let registry =
+        Arc::new(ModelRegistry::new(load_manifest_dir(model_dir).unwrap(), runtime).with_model_dir(model_dir.into()));
     let loading = registry.clone();
     tokio::task::spawn_blocking(move || loading.load_all()).await.unwrap();
     registry
