@@ -71,6 +71,10 @@ pub struct ServeSettings {
     pub datasets: DatasetSettings,
     #[command(flatten)]
     pub auth: AuthSettings,
+    /// Poll the model folder every this many seconds: load new or changed manifests (and
+    /// model files), unload the models whose manifest is removed (0: off).
+    #[arg(long = "watch-models", env = "GRAFT_WATCH_MODELS_SECONDS", default_value_t = 0)]
+    pub watch_models_seconds: u64,
 }
 
 /// Who may call the API: bearer keys and whether inference needs one too.

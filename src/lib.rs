@@ -209,8 +209,13 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let stopping = state.stopping.clone();
     let workers = {
         let (engine, stopped) = (engine.clone(), stopping.subscribe());
+        let watch = settings.watch_models_seconds;
         tokio::spawn(async move {
             engine.load_models().await;
+            if watch > 0 {
+                let (registry, dir) = (engine.registry.clone(), engine.settings.models.model_dir.clone());
+                tokio::spawn(serving::watch_models(registry, dir, std::time::Duration::from_secs(watch)));
+            }
             engine.spawn_workers(engine.settings.workers.workers, &stopped)
         })
     };

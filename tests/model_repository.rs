@@ -85,3 +85,56 @@ async fn models_load_and_unload_while_serving() {
     assert!(problem["detail"].as_str().unwrap().contains("tiny_copy"), "{problem}");
     assert_eq!(status_of(url, "tiny_copy").await, "ready", "a refused manifest leaves the model as it was");
 }
+
+/// `--watch-models`: a manifest added to the folder is loaded, a changed one reloaded, a
+/// removed one's model unloaded, each within a few polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watched_folder_loads_and_unloads_models() {
+    let models = tempfile::tempdir().unwrap();
+    for file in ["tiny_nchw.onnx", "tiny_nchw.toml", "fixture_labels.tsv"] {
+        std::fs::copy(fixture_models().join(file), models.path().join(file)).unwrap();
+    }
+    let server = start_server(models.path(), Limits::default()).await;
+    let url = server.url.clone();
+    let watcher = tokio::spawn(graft::serving::watch_models(
+        server.registry.clone(),
+        models.path().to_owned(),
+        std::time::Duration::from_millis(100),
+    ));
+    let wait_for = |name: &'static str, want: Value| {
+        let url = url.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while status_of(&url, name).await != want {
+                assert!(std::time::Instant::now() < deadline, "{name} never became {want}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // The watcher takes the folder as it finds it first; changes after that act.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let manifest = std::fs::read_to_string(models.path().join("tiny_nchw.toml")).unwrap();
+    std::fs::write(models.path().join("watched.toml"), &manifest).unwrap();
+    wait_for("watched", "ready".into()).await;
+    assert_eq!(post_image(&url, "watched", "image/png", "img0.png").await.status(), 200);
+    std::fs::remove_file(models.path().join("watched.toml")).unwrap();
+    wait_for("watched", "unloaded".into()).await;
+    assert_eq!(post_image(&url, "watched", "image/png", "img0.png").await.status(), 503);
+    // A changed manifest of a loaded model is loaded again: here it names a missing tensor
+    // as its features, which serves scores but says why it has no features.
+    let changed = manifest.replace("features = \"pooled\"", "features = \"no_such_tensor\"");
+    assert_ne!(changed, manifest);
+    std::fs::write(models.path().join("tiny_nchw.toml"), changed).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, state) = server.registry.get("tiny_nchw").unwrap();
+        if let graft::serving::ModelState::Ready(model) = state
+            && model.features.is_err()
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the changed manifest was not loaded");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    watcher.abort();
+}

@@ -5,7 +5,9 @@
 mod loader;
 mod registry;
 mod trained;
+mod watch;
 
 pub use loader::{ImageFeatures, LoadedModel, ModelRuntime, ServingLayout, SpatialShape, load_model};
 pub use registry::{ModelRegistry, ModelState, TrainedModelError, Unavailable};
 pub use trained::{Task, TrainedHead, TrainedModel};
+pub use watch::watch_models;
