@@ -86,6 +86,10 @@ async fn metrics_count_the_traffic() {
     let done = wait_for_job(url, job["id"].as_str().unwrap(), Duration::from_secs(120)).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let end = scrape(url).await;
+    // Jobs by state are counted in the database at each scrape: this server's one job.
+    assert_eq!(end.get(r#"graft_jobs{state="succeeded"}"#), Some(&1.0), "{end:?}");
+    assert_eq!(end.get(r#"graft_jobs{state="queued"}"#), Some(&0.0));
+    assert_eq!(end.get(r#"graft_jobs{state="running"}"#), Some(&0.0));
     assert_eq!(delta(&after, &end, r#"graft_datasets_total{result="ingested"}"#), 1.0);
     assert_eq!(delta(&after, &end, "graft_ingested_images_total"), images);
     assert_eq!(delta(&after, &end, "graft_ingest_rejected_files_total"), rejected);

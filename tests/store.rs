@@ -185,6 +185,16 @@ async fn leases_heartbeats_and_takeover() {
         db.claim_job("w3", 60_000, 3).await.unwrap().unwrap();
         assert!(db.complete_job("j2", "w3", &json!({}), &model("m", "j2")).await.is_err(), "{backend}");
         assert_eq!(db.job("j2").await.unwrap().unwrap().state, JobState::Running, "{backend}");
+
+        // Handing a job back on a stop: queued again, no worker, the claim not counted; only
+        // the holder can.
+        assert!(!db.release_job("j2", "w1").await.unwrap(), "{backend}");
+        assert!(db.release_job("j2", "w3").await.unwrap(), "{backend}");
+        let back = db.job("j2").await.unwrap().unwrap();
+        assert_eq!((back.state, back.worker, back.attempts), (JobState::Queued, None, 0), "{backend}");
+        let counts = db.job_counts().await.unwrap();
+        let count = |state: &str| counts.iter().find(|(s, _)| s == state).map(|(_, n)| *n);
+        assert_eq!((count("succeeded"), count("queued"), count("running")), (Some(1), Some(1), None), "{backend}");
     }
 }
 

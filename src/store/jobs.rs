@@ -21,6 +21,8 @@ pub enum JobState {
 }
 
 impl JobState {
+    pub const ALL: [JobState; 5] = [Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",
@@ -174,6 +176,12 @@ impl Db {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(job_from_row).collect()
+    }
+
+    /// How many jobs are in each state (states without jobs are left out).
+    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetch_all(&self.pool).await?;
+        rows.iter().map(|row| Ok((row.try_get::<String, _>("state")?, row.try_get::<i64, _>("n")?))).collect()
     }
 
     /// Jobs not yet finished that use `dataset_id`.
