@@ -1,6 +1,7 @@
 //! SIGTERM during a training job: the server ends its event streams with a `shutdown` event,
 //! its worker checkpoints the job and hands the lease back, and a worker in another process
-//! resumes the job at once (well inside the 30 s lease), with every epoch run once.
+//! resumes the job at once (well inside the 30 s lease), with every epoch run once. And
+//! SIGTERM during an upload: the upload is finished and answered, new connections refused.
 
 mod common;
 
@@ -120,4 +121,52 @@ async fn sigterm_hands_a_running_job_to_another_worker_at_once() {
     let rows = sqlx::query("SELECT epoch FROM job_epochs WHERE job_id = $1 ORDER BY epoch").bind(&id).fetch_all(&pool);
     let epochs: Vec<i64> = rows.await.unwrap().iter().map(|r| r.get("epoch")).collect();
     assert_eq!(epochs, (1..=120).collect::<Vec<_>>(), "every epoch once");
+}
+
+/// A request in flight when SIGTERM arrives (an upload whose body is still coming) is
+/// finished and answered; new connections are refused; then the server exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_requests_in_flight() {
+    let data = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut server = graft(&["serve", "--listen", &format!("127.0.0.1:{port}"), "--workers", "0"], data.path());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client().get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "graft did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let zip = class_folder_zip("late", 3, 7);
+    let mut body = b"--xyz\r\ncontent-disposition: form-data; name=\"archive\"; filename=\"a.zip\"\r\n\r\n".to_vec();
+    body.extend_from_slice(&zip);
+    body.extend_from_slice(b"\r\n--xyz--\r\n");
+    let (first, rest) = body.split_at(body.len() / 2);
+    let (feed, stream) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    feed.send(Ok(first.to_vec())).await.unwrap();
+    let upload = tokio::spawn(
+        client()
+            .post(format!("{url}/v1/datasets"))
+            .header("content-type", "multipart/form-data; boundary=xyz")
+            .body(reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(stream)))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(Command::new("kill").args(["-TERM", &server.0.id().to_string()]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(client().get(format!("{url}/healthz")).send().await.is_err(), "a new connection after the signal");
+    feed.send(Ok(rest.to_vec())).await.unwrap();
+    drop(feed);
+    let response = upload.await.unwrap().unwrap();
+    assert_eq!(response.status(), 201);
+    let dataset: Value = response.json().await.unwrap();
+    assert_eq!(dataset["images"], 12, "{dataset}");
+    let status = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(status) = server.0.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(status.await.expect("the server did not stop").success());
 }
