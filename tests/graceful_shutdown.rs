@@ -36,6 +36,20 @@ fn graft(args: &[&str], data: &std::path::Path) -> Process {
     Process(child)
 }
 
+/// `graft serve` with `extra` arguments on `data`, once `/readyz` answers 200; its URL.
+async fn ready_server(data: &std::path::Path, extra: &[&str]) -> (Process, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let server = graft(&[&["serve", "--listen", listen.as_str()], extra].concat(), data);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client().get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "graft did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (server, url)
+}
+
 async fn job_row(pool: &sqlx::AnyPool, id: &str) -> (String, Option<String>, i64) {
     let row =
         sqlx::query("SELECT state, worker, attempts FROM jobs WHERE id = $1").bind(id).fetch_one(pool).await.unwrap();
@@ -45,14 +59,8 @@ async fn job_row(pool: &sqlx::AnyPool, id: &str) -> (String, Option<String>, i64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_a_running_job_to_another_worker_at_once() {
     let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut server = graft(&["serve", "--listen", &format!("127.0.0.1:{port}"), "--workers", "1"], data.path());
+    let (mut server, url) = ready_server(data.path(), &["--workers", "1"]).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !client().get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline, "graft did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let dataset = upload_dataset(&url, class_folder_zip("shapes", 20, 2), "shapes").await;
     let body = json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "name": "relay", "epochs": 120,
                       "batch_size": 1, "hidden_units": 256, "early_stopping": null, "seed": 5});
@@ -128,14 +136,7 @@ async fn sigterm_hands_a_running_job_to_another_worker_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_requests_in_flight() {
     let data = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut server = graft(&["serve", "--listen", &format!("127.0.0.1:{port}"), "--workers", "0"], data.path());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !client().get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(Instant::now() < deadline, "graft did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut server, url) = ready_server(data.path(), &["--workers", "0"]).await;
     let zip = class_folder_zip("late", 3, 7);
     let mut body = b"--xyz\r\ncontent-disposition: form-data; name=\"archive\"; filename=\"a.zip\"\r\n\r\n".to_vec();
     body.extend_from_slice(&zip);
