@@ -13,6 +13,10 @@ async fn post(url: &str, path: &str) -> reqwest::Response {
     client().post(format!("{url}{path}")).send().await.unwrap()
 }
 
+fn manifest_of(dir: &std::path::Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.toml"))).unwrap()
+}
+
 async fn status_of(url: &str, name: &str) -> Value {
     let models: Value = client().get(format!("{url}/v1/models")).send().await.unwrap().json().await.unwrap();
     let entry = models["models"].as_array().unwrap().iter().find(|m| m["name"] == name).cloned();
@@ -84,6 +88,15 @@ async fn models_load_and_unload_while_serving() {
     let problem = expect_problem(post(url, "/v1/models/tiny_copy/load").await, 422).await;
     assert!(problem["detail"].as_str().unwrap().contains("tiny_copy"), "{problem}");
     assert_eq!(status_of(url, "tiny_copy").await, "ready", "a refused manifest leaves the model as it was");
+    // Nor does a valid manifest whose model file does not load: the loaded version serves on.
+    std::fs::write(models.path().join("broken.onnx"), b"not onnx").unwrap();
+    let broken = manifest_of(models.path(), "tiny_nchw").replace("tiny_nchw.onnx", "broken.onnx");
+    let broken: String = broken.lines().filter(|l| !l.starts_with("sha256")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(models.path().join("tiny_copy.toml"), broken).unwrap();
+    let problem = expect_problem(post(url, "/v1/models/tiny_copy/load").await, 422).await;
+    assert!(problem["detail"].as_str().unwrap().contains("did not load"), "{problem}");
+    assert_eq!(status_of(url, "tiny_copy").await, "ready");
+    assert_eq!(post_image(url, "tiny_copy", "image/png", "img0.png").await.status(), 200);
 }
 
 /// `--watch-models`: a manifest added to the folder is loaded, a changed one reloaded, a

@@ -160,26 +160,33 @@ impl ModelRegistry {
             .all(|(_, state)| matches!(state, ModelState::Ready(_) | ModelState::Unloaded))
     }
 
-    /// Loads (or reloads) `manifest`'s model, registering it when it is new; requests meet
-    /// `loading` meanwhile, and the requests in flight on an earlier load finish on it. Err
-    /// is the reason it failed, also kept as its state.
+    /// Loads (or reloads) `manifest`'s model, registering it when it is new. A model that is
+    /// ready keeps serving while its new version loads, and is replaced only once that one
+    /// is ready: a reload that fails leaves it serving. Any other model shows `loading`
+    /// meanwhile. Err is the reason the load failed.
     pub fn load(&self, manifest: Manifest) -> Result<Arc<LoadedModel>, String> {
         let name = manifest.name.clone();
         let manifest = Arc::new(manifest);
-        {
-            let mut entries = self.entries.write().expect("registry lock");
-            entries.insert(name.clone(), (manifest.clone(), ModelState::Loading));
+        let serving = matches!(self.get(&name), Some((_, ModelState::Ready(_))));
+        if !serving {
+            self.entries.write().expect("registry lock").insert(name.clone(), (manifest.clone(), ModelState::Loading));
+            record_state(&name, &ModelState::Loading);
         }
-        record_state(&name, &ModelState::Loading);
         let started = std::time::Instant::now();
-        let loaded = load_model(&self.runtime, manifest);
+        let loaded = load_model(&self.runtime, manifest.clone());
         metrics::gauge!("graft_model_load_seconds", "model" => name.clone()).set(started.elapsed().as_secs_f64());
         match loaded {
             Ok(model) => {
                 let model = Arc::new(model);
                 tracing::info!(model = %name, provider = model.provider, "model ready");
-                self.set_state(&name, ModelState::Ready(model.clone()));
+                let state = ModelState::Ready(model.clone());
+                record_state(&name, &state);
+                self.entries.write().expect("registry lock").insert(name, (manifest, state));
                 Ok(model)
+            }
+            Err(reason) if serving => {
+                tracing::error!(model = %name, "reload refused, the loaded version keeps serving: {reason}");
+                Err(reason)
             }
             Err(reason) => {
                 tracing::error!(model = %name, "model refused: {reason}");
