@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test lint ort models fixtures keras-models bench bench-train bench-localize bench-tune soak fuzz clean
+.PHONY: all build release run test api-fuzz lint openapi ort models fixtures keras-models bench bench-train bench-localize bench-tune soak fuzz clean
 
 all: build
 
@@ -31,9 +31,29 @@ release: ort
 run: ort models
 	$(CARGO) run --release -- serve $(GRAFT_ARGS)
 
-## Every test: unit, integration over HTTP, preprocessing parity, the real model when present.
-test: ort fixtures
+## Every test: unit, integration over HTTP, preprocessing parity, the real model when present,
+## then Schemathesis against a live graft.
+test: ort fixtures .venv-schemathesis/.installed
 	$(CARGO) test --all-targets
+	$(MAKE) --no-print-directory api-fuzz
+
+## Schemathesis against a live graft (the debug build, fixture models, an API key), from
+## its served /openapi.json: fails on any 5xx or answer the description does not list.
+## API_FUZZ_ARGS='--max-examples 100' for a longer run.
+API_FUZZ_ARGS ?=
+api-fuzz: .venv-schemathesis/.installed fixtures
+	$(CARGO) build --quiet
+	.venv-schemathesis/bin/python tests/api_fuzz/run_schemathesis.py --graft target/debug/graft \
+		--models $(FIXTURES)/models $(API_FUZZ_ARGS)
+
+.venv-schemathesis/.installed: tests/api_fuzz/requirements.txt
+	$(PYTHON) -m venv .venv-schemathesis
+	.venv-schemathesis/bin/pip install --quiet -r tests/api_fuzz/requirements.txt
+	touch $@
+
+## docs/openapi.json from the code (a test fails when they differ).
+openapi:
+	$(CARGO) run --quiet -- openapi > docs/openapi.json
 
 lint:
 	$(CARGO) fmt --check

@@ -47,6 +47,8 @@ enum Command {
     /// Model manifests and files.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Print the OpenAPI 3.1 description of the HTTP API (as served at /openapi.json).
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -112,6 +114,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(settings) => graft::serve(*settings).await,
         Command::Worker(settings) => graft::run_workers(*settings).await,
         Command::Gc { storage, gc } => graft::collect_garbage(storage, gc).await,
+        Command::Openapi => {
+            print!("{}", graft::api::openapi::spec_json());
+            Ok(())
+        }
         Command::Models(ModelsCommand::List(models)) => {
             for manifest in load_manifest_dir(&models.model_dir)? {
                 let present = if manifest.file.is_file() { "present" } else { "missing" };

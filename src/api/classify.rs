@@ -15,6 +15,7 @@ use super::admission::Admission;
 use super::body_limits::announced_length;
 use super::images::{EncodedImage, read_images};
 use super::models::{trained_model, tuned_base};
+use super::problem::Problem;
 use crate::error::Error;
 use crate::runtime::ImageOutputs;
 use crate::serving::{LoadedModel, TrainedHead, TrainedModel, Unavailable};
@@ -22,20 +23,26 @@ use crate::train::stack_rows;
 use crate::vision::{DecodeLimits, InputBox, Preprocessing, ResizePlan, decode_for, preprocess_into};
 use crate::zoo::OutputKind;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ClassifyParams {
+    /// Labels per image, best first (default 5; at most the model's classes).
+    #[param(minimum = 1)]
     top_k: Option<usize>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Prediction {
+    /// The class's index in the model's output.
     pub index: usize,
+    /// The class's id: an ImageNet WordNet id (`n02123045`), or a trained model's class name.
     pub class_id: String,
     pub label: String,
+    /// The class's probability.
     pub score: f32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ClassifyResponse {
     pub model: String,
     /// One list per image, in request order, best first.
@@ -100,6 +107,15 @@ pub(super) async fn resolve(state: &AppState, name: &str) -> Result<Target, Erro
     Ok(Target::Trained { base, model })
 }
 
+/// Its request body (one image, or several as form parts or JSON) and the refusals of the
+/// images are described for both inference operations by `openapi::describe_inference`.
+#[utoipa::path(method(post, put), path = "/v1/models/{model}/classify", tag = "inference",
+    params(("model" = String, Path, description = "A pretrained classifier or a trained model"), ClassifyParams),
+    responses(
+        (status = 200, description = "The top-k labels of each image", body = ClassifyResponse),
+        (status = 400, description = "`bad-request`: `top_k` is not between 1 and the model's classes, or the body cannot be read", body = Problem),
+        (status = 404, description = "`unknown-model`: no model has this name", body = Problem),
+    ))]
 pub async fn classify(
     State(state): State<AppState>,
     Path(name): Path<String>,

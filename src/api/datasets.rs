@@ -9,14 +9,16 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::admission::Admission;
 use super::body_limits::announced_length;
 use super::pagination::{Page, PageParams};
+use super::problem::Problem;
 use crate::data::annotations::AnnotationFormat;
 use crate::data::archive::{ArchiveLimits, read_archive};
 use crate::data::{
@@ -60,11 +62,63 @@ enum Source {
     Folder(std::path::PathBuf),
 }
 
+/// The upload form of `POST /v1/datasets`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the form that `read_upload` reads field by field.
+struct DatasetUpload {
+    /// A zip, tar or tar.gz archive: a folder per class of images, or images with their
+    /// bounding-box annotations (Pascal VOC / LabelImg XML, VIA CSV or JSON, COCO JSON, or a CSV).
+    #[schema(value_type = String, format = Binary)]
+    archive: Vec<u8>,
+    #[schema(max_length = 200)]
+    name: Option<String>,
+    /// Seeds the split (default 0).
+    seed: Option<u64>,
+    /// `train,valid,test` fractions, e.g. `0.8,0.1,0.1` (the default).
+    split: Option<String>,
+    /// Classes with fewer images are left out and reported (default 10).
+    min_images_per_class: Option<usize>,
+    /// The annotation format, for files that detection cannot tell apart: `voc`, `via_csv`,
+    /// `via_json`, `coco`, `csv`.
+    annotations: Option<String>,
+}
+
+/// The JSON body of `POST /v1/datasets`: a folder under the server's `--import-root`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the body that `read_import_request` reads as `DatasetOptions`.
+struct DatasetImport {
+    /// The folder, relative to --import-root.
+    path: String,
+    #[schema(max_length = 200)]
+    name: Option<String>,
+    seed: Option<u64>,
+    split: Option<SplitFractions>,
+    min_images_per_class: Option<usize>,
+    annotations: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/datasets", tag = "datasets",
+    request_body(content(
+        (DatasetUpload = "multipart/form-data"),
+        (DatasetImport = "application/json"),
+    )),
+    responses(
+        (status = 201, description = "Ingested: the dataset with its classes, splits and the report of rejected files", body = DatasetView),
+        (status = 400, description = "`bad-request`: the multipart body is malformed", body = Problem),
+        (status = 413, description = "`payload-too-large`: the upload is over --max-upload-bytes, or a form field over 64 KiB", body = Problem),
+        (status = 415, description = "`unsupported-media-type`: send multipart/form-data or application/json", body = Problem),
+        (status = 422, description = "`unprocessable`: an option is invalid, the form has no `archive`, or imports are off; \
+            `not-an-archive`, `empty-archive`, `too-many-archive-entries`, `archive-too-large`, `corrupt-archive`, \
+            `unreadable-archive`, `invalid-dataset`, `no-usable-images`, `too-few-classes`, `storage-failed`: \
+            the archive or folder cannot become a dataset", body = Problem),
+        (status = 429, description = "`overloaded`: --max-concurrent-ingestions uploads are being ingested", body = Problem),
+        (status = 507, description = "`insufficient-storage`: the disk would fall under --min-free-disk-bytes", body = Problem),
+    ))]
 pub async fn create_dataset(
     State(state): State<AppState>,
     Extension(admission): Extension<Admission>,
     request: Request,
-) -> Result<(StatusCode, Json<Value>), Error> {
+) -> Result<(StatusCode, Json<DatasetView>), Error> {
     // Held until the ingestion ends; taken before the body is read.
     let _ingestion = admission.ingestion()?;
     let content_type =
@@ -321,10 +375,15 @@ async fn bounded_text(field: &mut axum::extract::multipart::Field<'_>, name: &st
     String::from_utf8(bytes).map_err(|_| Error::Unprocessable(format!("{name}: the field is not UTF-8 text")))
 }
 
+#[utoipa::path(get, path = "/v1/datasets", tag = "datasets", params(PageParams),
+    responses(
+        (status = 200, description = "A page of datasets, newest first", body = DatasetList),
+        (status = 400, description = "`bad-request`: `limit` or `offset` is out of range", body = Problem),
+    ))]
 pub async fn list_datasets(
     State(state): State<AppState>,
     query: Result<Query<PageParams>, QueryRejection>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<DatasetList>, Error> {
     let page = Page::from_query(query)?;
     let mut records = state.db.datasets_page(page.fetch(), page.offset).await?;
     let next_offset = page.trim(&mut records);
@@ -332,14 +391,27 @@ pub async fn list_datasets(
     for record in records {
         out.push(describe(&state, &record).await?);
     }
-    Ok(Json(json!({ "datasets": out, "next_offset": next_offset })))
+    Ok(Json(DatasetList { datasets: out, next_offset }))
 }
 
-pub async fn get_dataset(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, Error> {
+#[utoipa::path(get, path = "/v1/datasets/{id}", tag = "datasets",
+    params(("id" = String, Path, description = "The dataset's id")),
+    responses(
+        (status = 200, description = "The dataset", body = DatasetView),
+        (status = 404, description = "`not-found`: there is no such dataset", body = Problem),
+    ))]
+pub async fn get_dataset(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<DatasetView>, Error> {
     let record = state.db.dataset(&id).await?.ok_or_else(|| Error::NotFound(format!("there is no dataset {id}")))?;
     Ok(Json(describe(&state, &record).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/datasets/{id}", tag = "datasets",
+    params(("id" = String, Path, description = "The dataset's id")),
+    responses(
+        (status = 204, description = "Deleted, with the images no other dataset holds"),
+        (status = 404, description = "`not-found`: there is no such dataset", body = Problem),
+        (status = 409, description = "`conflict`: queued or running jobs use it", body = Problem),
+    ))]
 pub async fn delete_dataset(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, Error> {
     if state.db.dataset(&id).await?.is_none() {
         return Err(Error::NotFound(format!("there is no dataset {id}")));
@@ -363,32 +435,68 @@ fn widen(value: f32) -> f64 {
     value.to_string().parse().unwrap_or(f64::from(value))
 }
 
-async fn describe(state: &AppState, record: &DatasetRecord) -> Result<Value, Error> {
+async fn describe(state: &AppState, record: &DatasetRecord) -> Result<DatasetView, Error> {
     let counts = state.db.dataset_counts(&record.id).await?;
-    let classes: Vec<Value> = record
+    let classes = record
         .classes
         .iter()
         .enumerate()
-        .map(|(idx, name)| {
+        .map(|(index, name)| {
             let count = |split: &str| {
-                counts.iter().filter(|c| c.class_idx == idx as i64 && c.split == split).map(|c| c.count).sum::<i64>()
+                counts.iter().filter(|c| c.class_idx == index as i64 && c.split == split).map(|c| c.count).sum::<i64>()
             };
             let (train, valid, test) = (count("train"), count("valid"), count("test"));
-            json!({"index": idx, "name": name, "images": train + valid + test, "train": train, "valid": valid, "test": test})
+            ClassView { index, name: name.clone(), images: train + valid + test, train, valid, test }
         })
         .collect();
-    let total: i64 = counts.iter().map(|c| c.count).sum();
-    Ok(json!({
-        "id": record.id,
-        "name": record.name,
-        "created_at": record.created_at,
-        "task": record.task,
-        "seed": record.seed,
-        "split": {"train": record.splits[0], "valid": record.splits[1], "test": record.splits[2]},
-        "images": total,
-        "classes": classes,
-        "report": record.report,
-    }))
+    let [train, valid, test] = record.splits;
+    Ok(DatasetView {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        created_at: record.created_at,
+        task: record.task.clone(),
+        seed: record.seed,
+        split: SplitFractions { train, valid, test },
+        images: counts.iter().map(|c| c.count).sum(),
+        classes,
+        report: record.report.clone(),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DatasetList {
+    /// Newest first.
+    datasets: Vec<DatasetView>,
+    /// The `offset` of the next page; `null` on the last.
+    next_offset: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DatasetView {
+    id: String,
+    name: String,
+    /// Unix seconds.
+    created_at: i64,
+    /// `classify` (class folders) or `localize` (boxes).
+    task: String,
+    seed: i64,
+    split: SplitFractions,
+    images: i64,
+    classes: Vec<ClassView>,
+    /// What ingestion accepted and rejected, with each rejected file and its reason.
+    #[schema(value_type = Object)]
+    report: Value,
+}
+
+/// One class and its images per split.
+#[derive(Serialize, ToSchema)]
+struct ClassView {
+    index: usize,
+    name: String,
+    images: i64,
+    train: i64,
+    valid: i64,
+    test: i64,
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use tokio_util::io::ReaderStream;
 use super::AppState;
 use super::admission::Admission;
 use super::models::trained_model;
+use super::problem::Problem;
 use crate::error::Error;
 use crate::onnx::{export_classifier, export_localizer};
 use crate::serving::{TrainedHead, TrainedModel};
@@ -33,6 +34,16 @@ fn metadata(model: &TrainedModel, base: &Preprocessing) -> Result<Vec<(&'static 
     Ok(entries)
 }
 
+#[utoipa::path(get, path = "/v1/models/{model}/onnx", tag = "models",
+    params(("model" = String, Path, description = "A model's name")),
+    responses(
+        (status = 200, description = "The model as one ONNX file; a trained one answers `probabilities` (and a \
+            localizer's `box`) and says in its metadata how to prepare images", body = String,
+            content_type = "application/octet-stream"),
+        (status = 404, description = "`unknown-model`: no model has this name", body = Problem),
+        (status = 429, description = "`overloaded`: --max-concurrent-exports exports are being built", body = Problem),
+        (status = 503, description = "`model-failed`: the model's file or base cannot be read", body = Problem),
+    ))]
 pub async fn download_onnx(
     State(state): State<AppState>,
     Extension(admission): Extension<Admission>,

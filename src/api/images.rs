@@ -10,8 +10,12 @@ use serde::Deserialize;
 use crate::error::Error;
 
 /// Raw image bodies graft accepts; `application/octet-stream` is sniffed.
-const RAW_IMAGE_TYPES: [&str; 6] =
+pub(super) const RAW_IMAGE_TYPES: [&str; 6] =
     ["image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "application/octet-stream"];
+
+/// An 8×8 orange PNG: the description's example of an image.
+const ORANGE_PNG_8X8: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEUlEQVR4nGM4UaGBFTEMLQkAUtVaAV8W4QQAAAAASUVORK5CYII=";
 
 /// One encoded image and how the request named it, for error messages.
 pub struct EncodedImage {
@@ -19,16 +23,28 @@ pub struct EncodedImage {
     pub bytes: Bytes,
 }
 
-#[derive(Deserialize)]
+/// Images as JSON, in request order.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct JsonImages {
+#[schema(example = json!({"images": [{"b64": ORANGE_PNG_8X8}]}))]
+pub struct JsonImages {
+    #[schema(min_items = 1)]
     images: Vec<JsonImage>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct JsonImage {
+pub struct JsonImage {
+    /// The encoded image (JPEG, PNG, WebP, GIF or BMP) in base64, or a `data:` URL.
     b64: String,
+}
+
+/// Images as form parts: every part is an image, in order, whatever its field name.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes the form that `read_multipart` reads part by part.
+pub struct ImageParts {
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
 }
 
 /// Reads every image of the request, in order. The body limit is enforced by axum's

@@ -11,23 +11,40 @@ use axum::{Extension, Json};
 use futures_util::Stream;
 use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::{AllOfBuilder, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::AppState;
 use super::admission::Admission;
 use super::pagination::{Page, PageParams};
+use super::problem::Problem;
 use crate::error::Error;
-use crate::jobs::{JobRefusal, Submission, submit};
+use crate::jobs::{JobFields, JobRefusal, Submission, submit};
 use crate::store::{EpochRow, JobRecord, JobState};
+use crate::train::TrainConfig;
 
 /// How often the event stream looks for new events (they may come from another process).
 const EVENT_POLL: Duration = Duration::from_millis(250);
 /// The longest one event stream stays open.
 const MAX_STREAM_LIFETIME: Duration = Duration::from_secs(3600);
 
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(content = JobRequest, content_type = "application/json",
+        description = "The dataset, the base model and, optionally, how to train (every setting has a default)"),
+    responses(
+        (status = 202, description = "Queued; `Location` names the job", body = JobView,
+            headers(("location" = String, description = "/v1/jobs/{id}"))),
+        (status = 409, description = "`model-name-taken`: a model of this name exists or is being trained", body = Problem),
+        (status = 413, description = "`payload-too-large`: the body is over --max-json-bytes", body = Problem),
+        (status = 415, description = "`unsupported-media-type`: the body is not application/json", body = Problem),
+        (status = 422, description = "`invalid-job-spec`, `unknown-dataset`, `unknown-base-model`, `base-cannot-train`, \
+            `job-over-memory-budget`, `invalid-unfreeze`: the job cannot run as submitted", body = Problem),
+    ))]
 pub async fn create_job(
     State(state): State<AppState>,
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, HeaderMap, Json<Value>), Error> {
+) -> Result<(StatusCode, HeaderMap, Json<JobView>), Error> {
     let Json(body) = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge { limit: state.limits.max_json_bytes }
@@ -50,30 +67,48 @@ pub async fn create_job(
     Ok((StatusCode::ACCEPTED, headers, Json(describe(&state, job).await?)))
 }
 
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(PageParams),
+    responses(
+        (status = 200, description = "A page of jobs, newest first, without their epochs", body = JobList),
+        (status = 400, description = "`bad-request`: `limit` or `offset` is out of range", body = Problem),
+    ))]
 pub async fn list_jobs(
     State(state): State<AppState>,
     query: Result<Query<PageParams>, QueryRejection>,
-) -> Result<Json<Value>, Error> {
+) -> Result<Json<JobList>, Error> {
     let page = Page::from_query(query)?;
     let mut records = state.db.jobs_page(page.fetch(), page.offset).await?;
     let next_offset = page.trim(&mut records);
     let mut jobs = Vec::new();
     // A list item leaves out the epoch history (up to one row per epoch); GET /v1/jobs/{id} has it.
     for job in records {
-        jobs.push(summary(job)?);
+        jobs.push(JobView::of(job, None));
     }
-    Ok(Json(json!({ "jobs": jobs, "next_offset": next_offset })))
+    Ok(Json(JobList { jobs, next_offset }))
 }
 
-pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, Error> {
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job with its epochs", body = JobView),
+        (status = 404, description = "`not-found`: there is no such job", body = Problem),
+    ))]
+pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, Error> {
     let job = find(&state, &id).await?;
     Ok(Json(describe(&state, job).await?))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 202, description = "Cancelled (a queued job), or asked to stop (a running one stops at its next check)", body = JobView),
+        (status = 404, description = "`not-found`: there is no such job", body = Problem),
+        (status = 409, description = "`conflict`: the job has already ended", body = Problem),
+    ))]
 pub async fn cancel_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), Error> {
+) -> Result<(StatusCode, Json<JobView>), Error> {
     let job = find(&state, &id).await?;
     if job.state.is_terminal() {
         return Err(Error::Conflict(format!("job {id} has already ended ({})", job.state.as_str())));
@@ -89,6 +124,18 @@ pub async fn cancel_job(
 /// then new ones as they happen; the stream ends after the job's final state, or when the
 /// job row is final although no final event was written (a worker that died, a job given
 /// up), or after [`MAX_STREAM_LIFETIME`] (a client reconnects with `Last-Event-ID`).
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(
+        ("id" = String, Path, description = "The job's id"),
+        ("last-event-id" = Option<String>, Header, description = "Resume after this event's id"),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: `state`, `progress`, `epoch`, `resumed`, `evaluation` \
+            (each with its id), until the job ends; `shutdown` when the server stops (reconnect with Last-Event-ID)",
+            body = JobStreamEvent, content_type = "text/event-stream"),
+        (status = 404, description = "`not-found`: there is no such job", body = Problem),
+        (status = 429, description = "`overloaded`: --max-event-streams streams are open", body = Problem),
+    ))]
 pub async fn job_events(
     State(state): State<AppState>,
     Extension(admission): Extension<Admission>,
@@ -157,38 +204,88 @@ async fn find(state: &AppState, id: &str) -> Result<JobRecord, Error> {
     state.db.job(id).await?.ok_or_else(|| Error::NotFound(format!("there is no job {id}")))
 }
 
-async fn describe(state: &AppState, job: JobRecord) -> Result<Value, Error> {
+async fn describe(state: &AppState, job: JobRecord) -> Result<JobView, Error> {
     let epochs = state.db.epochs(&job.id).await?;
-    to_json(JobView::of(job, Some(epochs)))
+    Ok(JobView::of(job, Some(epochs)))
 }
 
-/// A job without its epoch history.
-fn summary(job: JobRecord) -> Result<Value, Error> {
-    to_json(JobView::of(job, None))
+/// The body of `POST /v1/jobs`: the job's own fields and the trainer's settings side by side
+/// in one object, as `JobSpec::parse` reads them. Described as one object (rather than the
+/// two schemas' `allOf`) because each refuses fields it does not know.
+pub struct JobRequest;
+
+impl PartialSchema for JobRequest {
+    fn schema() -> RefOr<Schema> {
+        match (JobFields::schema(), TrainConfig::schema()) {
+            (RefOr::T(Schema::Object(mut job)), RefOr::T(Schema::Object(train))) => {
+                job.properties.extend(train.properties);
+                job.description = Some(
+                    "A fine-tuning job. Naming any mini-batch setting (epochs, optimizer, …) trains the head \
+                     by mini-batch epochs; naming none fits a linear classifier head by the convex solver."
+                        .into(),
+                );
+                RefOr::T(Schema::Object(job))
+            }
+            (job, train) => RefOr::T(Schema::AllOf(AllOfBuilder::new().item(job).item(train).build())),
+        }
+    }
 }
 
-fn to_json(view: JobView) -> Result<Value, Error> {
-    serde_json::to_value(view).map_err(|e| Error::Internal(e.to_string()))
+impl ToSchema for JobRequest {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        <JobFields as ToSchema>::schemas(schemas);
+        <TrainConfig as ToSchema>::schemas(schemas);
+    }
+}
+
+/// One Server-Sent Event of a job's stream.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the events `job_events` writes with axum's `Event`.
+pub struct JobStreamEvent {
+    /// The event's sequence number (absent on `shutdown`): send it back as `Last-Event-ID`.
+    id: Option<String>,
+    /// `state`, `progress`, `epoch`, `resumed`, `evaluation`, `error` or `shutdown`.
+    event: String,
+    /// The event's JSON object, as text.
+    data: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobList {
+    /// Newest first.
+    jobs: Vec<JobView>,
+    /// The `offset` of the next page; `null` on the last.
+    next_offset: Option<i64>,
 }
 
 /// A job as clients see it: its row without the worker's lease, the model it makes, and
 /// (for one job) its epochs.
-#[derive(Serialize)]
-struct JobView {
+#[derive(Serialize, ToSchema)]
+pub struct JobView {
     id: String,
     dataset_id: String,
     base_model: String,
+    /// The model the job registers when it succeeds.
     model: String,
+    /// The job as submitted, with every default filled in (the fields of `JobRequest`).
+    #[schema(value_type = Object)]
     spec: Value,
     state: JobState,
+    /// Why the job failed, for a failed one.
     failure: Option<String>,
+    /// The latest progress: `phase`, `eta_seconds`, and the phase's `done` / `total`.
+    #[schema(value_type = Object)]
     progress: Value,
+    /// The held-out metrics, once the job has succeeded.
+    #[schema(value_type = Option<Object>)]
     evaluation: Option<Value>,
     cancel_requested: bool,
     attempts: i64,
+    /// Unix seconds.
     created_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    /// One row per finished epoch (only on `GET /v1/jobs/{id}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     epochs: Option<Vec<EpochRow>>,
 }

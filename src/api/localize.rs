@@ -9,11 +9,12 @@ use serde::Serialize;
 
 use super::AppState;
 use super::classify::{ClassifyParams, Prediction, Target, class_predictions, resolve, run_head, run_request};
+use super::problem::Problem;
 use crate::error::Error;
 use crate::serving::TrainedHead;
 use crate::vision::{PixelBox, box_from_input};
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Localization {
     /// Best first.
     pub classes: Vec<Prediction>,
@@ -27,7 +28,7 @@ pub struct Localization {
     pub image_size: [u32; 2],
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct InputBoxJson {
     pub cx: f32,
     pub cy: f32,
@@ -35,13 +36,23 @@ pub struct InputBoxJson {
     pub h: f32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct LocalizeResponse {
     pub model: String,
     /// One entry per image, in request order.
     pub localizations: Vec<Localization>,
 }
 
+/// Its request body (one image, or several as form parts or JSON) and the refusals of the
+/// images are described for both inference operations by `openapi::describe_inference`.
+#[utoipa::path(method(post, put), path = "/v1/models/{model}/localize", tag = "inference",
+    params(("model" = String, Path, description = "A model trained with task \"localize\""), ClassifyParams),
+    responses(
+        (status = 200, description = "The top-k classes and the box of each image", body = LocalizeResponse),
+        (status = 400, description = "`bad-request`: the model has no box head, `top_k` is not between 1 and the \
+            model's classes, or the body cannot be read", body = Problem),
+        (status = 404, description = "`unknown-model`: no model has this name", body = Problem),
+    ))]
 pub async fn localize(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -14,6 +14,7 @@ mod jobs;
 mod localize;
 mod models;
 mod observe;
+pub mod openapi;
 mod pagination;
 mod problem;
 mod rate_limit;
@@ -22,14 +23,16 @@ mod server;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::from_fn_with_state;
-use axum::routing::{get, post};
 use axum::{Extension, Router};
 use tokio::sync::Notify;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::{DatasetSettings, Limits};
 use crate::serving::ModelRegistry;
@@ -59,60 +62,10 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     crate::telemetry::install();
     let body_limit = state.limits.max_body_bytes;
-    let upload_limit = usize::try_from(state.datasets.max_upload_bytes).unwrap_or(usize::MAX);
-    let json_limit = state.limits.max_json_bytes;
-    let announced = |any: usize, json: Option<usize>| {
-        from_fn_with_state(body_limits::AnnouncedLimit { any, json }, body_limits::refuse_announced_oversize)
-    };
-    // Dataset uploads get their own, larger body limit, and job submissions their JSON one
-    // (the inner layer wins); a Content-Length over a route's limit is refused unread.
-    let uploads = Router::new()
-        .route("/v1/datasets", post(datasets::create_dataset).get(datasets::list_datasets))
-        .layer(DefaultBodyLimit::max(upload_limit))
-        .route_layer(announced(upload_limit, Some(json_limit)));
-    let deadline = from_fn_with_state(
-        std::time::Duration::from_secs(state.limits.request_timeout_seconds.max(1)),
-        deadline::enforce_deadline,
-    );
-    let submissions = Router::new()
-        .route("/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
-        .layer(DefaultBodyLimit::max(json_limit))
-        .route_layer(announced(json_limit, None))
-        .route_layer(deadline.clone());
-    // An event stream lives until its job ends (at most an hour): no request deadline.
-    let streams = Router::new().route("/v1/jobs/{id}/events", get(jobs::job_events));
-    let api = Router::new()
-        .route("/v1/datasets/{id}", get(datasets::get_dataset).delete(datasets::delete_dataset))
-        .route("/v1/jobs/{id}", get(jobs::get_job))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
-        .route("/v1/models", get(models::list_models))
-        .route("/v1/models/{model}", get(models::get_model).delete(models::delete_model))
-        .route("/v1/models/{model}/onnx", get(export::download_onnx))
-        .route("/v1/models/{model}/load", post(models::load_model))
-        .route("/v1/models/{model}/unload", post(models::unload_model))
-        // PUT too, so that `curl -T photo.jpg` (an upload with PUT) works as well as POST.
-        .route("/v1/models/{model}/classify", post(classify::classify).put(classify::classify))
-        .route("/v1/models/{model}/localize", post(localize::localize).put(localize::localize))
-        .route_layer(announced(body_limit, None))
-        .route_layer(deadline)
-        .merge(uploads)
-        .merge(submissions)
-        .merge(streams);
-    // Inside the key check (it names the caller), outside nothing else: health checks are not limited.
-    let api = match rate_limit::config(state.limits.rate_limit_per_second, state.limits.rate_limit_burst) {
-        Some(config) => {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                rate_limit::spawn_pruning(config.clone());
-            }
-            api.layer(rate_limit::layer(&config))
-        }
-        None => api,
-    };
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .merge(api)
+    let (routes, spec) = routes(&state.limits, &state.datasets).split_for_parts();
+    routes
+        // The description and its browser; open like the health checks.
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::finish(spec)))
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
@@ -137,6 +90,69 @@ pub fn app(state: AppState) -> Router {
         // Outermost: it sees every answer, the key check's and the rate limit's included.
         .layer(axum::middleware::from_fn(observe::record_request))
         .with_state(state)
+}
+
+/// Every route with its own limits, and the description of each (`openapi`): a handler is
+/// registered only through `routes!`, which reads its `#[utoipa::path]`.
+fn routes(limits: &Limits, datasets: &DatasetSettings) -> OpenApiRouter<AppState> {
+    let body_limit = limits.max_body_bytes;
+    let upload_limit = usize::try_from(datasets.max_upload_bytes).unwrap_or(usize::MAX);
+    let json_limit = limits.max_json_bytes;
+    let announced = |any: usize, json: Option<usize>| {
+        axum::middleware::from_fn_with_state(
+            body_limits::AnnouncedLimit { any, json },
+            body_limits::refuse_announced_oversize,
+        )
+    };
+    // Dataset uploads get their own, larger body limit, and job submissions their JSON one
+    // (the inner layer wins); a Content-Length over a route's limit is refused unread.
+    let uploads = OpenApiRouter::new()
+        .routes(routes!(datasets::create_dataset, datasets::list_datasets))
+        .layer(DefaultBodyLimit::max(upload_limit))
+        .route_layer(announced(upload_limit, Some(json_limit)));
+    let deadline = axum::middleware::from_fn_with_state(
+        std::time::Duration::from_secs(limits.request_timeout_seconds.max(1)),
+        deadline::enforce_deadline,
+    );
+    let submissions = OpenApiRouter::new()
+        .routes(routes!(jobs::create_job, jobs::list_jobs))
+        .layer(DefaultBodyLimit::max(json_limit))
+        .route_layer(announced(json_limit, None))
+        .route_layer(deadline.clone());
+    // An event stream lives until its job ends (at most an hour): no request deadline.
+    let streams = OpenApiRouter::new().routes(routes!(jobs::job_events));
+    let api = OpenApiRouter::new()
+        .routes(routes!(datasets::get_dataset, datasets::delete_dataset))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(models::list_models))
+        .routes(routes!(models::get_model, models::delete_model))
+        .routes(routes!(export::download_onnx))
+        .routes(routes!(models::load_model))
+        .routes(routes!(models::unload_model))
+        // PUT too, so that `curl -T photo.jpg` (an upload with PUT) works as well as POST.
+        .routes(routes!(classify::classify))
+        .routes(routes!(localize::localize))
+        .route_layer(announced(body_limit, None))
+        .route_layer(deadline)
+        .merge(uploads)
+        .merge(submissions)
+        .merge(streams);
+    // Inside the key check (it names the caller), outside nothing else: health checks are not limited.
+    let api = match rate_limit::config(limits.rate_limit_per_second, limits.rate_limit_burst) {
+        Some(config) => {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rate_limit::spawn_pruning(config.clone());
+            }
+            api.layer(rate_limit::layer(&config))
+        }
+        None => api,
+    };
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .merge(api)
 }
 
 /// The span of one request: its id (see `SetRequestIdLayer`), method and path.

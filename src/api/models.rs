@@ -8,9 +8,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::AppState;
+use super::problem::Problem;
 use crate::error::Error;
 use crate::runtime::TensorSpec;
 use crate::serving::{
@@ -21,8 +23,10 @@ use crate::train::LocalizeHeadKind;
 use crate::vision::{ColorOrder, Layout, Normalization, ResizeMode};
 use crate::zoo::{Manifest, OutputKind, SpatialFeatures};
 
-pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, Error> {
-    let mut models: Vec<Value> =
+#[utoipa::path(get, path = "/v1/models", tag = "models",
+    responses((status = 200, description = "Every pretrained model (with its state) and every trained model", body = ModelList)))]
+pub async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList>, Error> {
+    let mut models: Vec<ModelView> =
         state.registry.list().iter().map(|(manifest, model)| describe(manifest, model)).collect();
     // Models trained by workers in other processes appear once they are in the database.
     for record in state.db.trained_models().await? {
@@ -30,15 +34,25 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<Value>, E
         match cached_or_load(&state, record).await {
             Ok(model) => models.push(describe_trained(&model)),
             // One unreadable head must not hide every other model.
-            Err(e) => {
-                models.push(json!({"name": name, "kind": "trained", "status": "failed", "reason": e.to_string()}))
-            }
+            Err(e) => models.push(ModelView::Unreadable(UnreadableView {
+                name,
+                kind: TrainedKind::Trained,
+                status: FailedStatus::Failed,
+                reason: e.to_string(),
+            })),
         }
     }
-    Ok(Json(json!({ "models": models })))
+    Ok(Json(ModelList { models }))
 }
 
-pub async fn get_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, Error> {
+#[utoipa::path(get, path = "/v1/models/{model}", tag = "models",
+    params(("model" = String, Path, description = "A model's name")),
+    responses(
+        (status = 200, description = "The model", body = ModelView),
+        (status = 404, description = "`unknown-model`: no model has this name", body = Problem),
+        (status = 503, description = "`model-failed`: the trained model's head cannot be read", body = Problem),
+    ))]
+pub async fn get_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ModelView>, Error> {
     if let Some((manifest, model)) = state.registry.get(&name) {
         return Ok(Json(describe(&manifest, &model)));
     }
@@ -51,7 +65,14 @@ static LOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// `POST /v1/models/{name}/load`: loads (or reloads) a pretrained model from its manifest in
 /// the model folder, read afresh; answers once it is ready, with its description.
-pub async fn load_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, Error> {
+#[utoipa::path(post, path = "/v1/models/{model}/load", tag = "models",
+    params(("model" = String, Path, description = "A pretrained model's name: its manifest `<model>.toml` in the model folder")),
+    responses(
+        (status = 200, description = "Loaded and warmed up; until then the version loaded before (if any) kept serving", body = ModelView),
+        (status = 404, description = "`not-found`: the model folder has no manifest of this name", body = Problem),
+        (status = 422, description = "`unprocessable`: the manifest is invalid, or the model did not load", body = Problem),
+    ))]
+pub async fn load_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ModelView>, Error> {
     let manifest = state
         .registry
         .manifest_to_load(&name)
@@ -69,7 +90,13 @@ pub async fn load_model(State(state): State<AppState>, Path(name): Path<String>)
 
 /// `POST /v1/models/{name}/unload`: new requests to the model get 503, those in flight
 /// finish, and its sessions' memory is freed with the last of them.
-pub async fn unload_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, Error> {
+#[utoipa::path(post, path = "/v1/models/{model}/unload", tag = "models",
+    params(("model" = String, Path, description = "A pretrained model's name")),
+    responses(
+        (status = 200, description = "Unloaded: new requests to it get 503 `model-unloaded`", body = ModelView),
+        (status = 404, description = "`not-found`: no pretrained model has this name", body = Problem),
+    ))]
+pub async fn unload_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ModelView>, Error> {
     if !state.registry.unload(&name) {
         return Err(not_pretrained(&name));
     }
@@ -84,6 +111,13 @@ fn not_pretrained(name: &str) -> Error {
     ))
 }
 
+#[utoipa::path(delete, path = "/v1/models/{model}", tag = "models",
+    params(("model" = String, Path, description = "A trained model's name")),
+    responses(
+        (status = 204, description = "Deleted, with its head and tuned base"),
+        (status = 404, description = "`unknown-model`: no model has this name", body = Problem),
+        (status = 409, description = "`conflict`: a pretrained model is configured by its manifest and cannot be deleted", body = Problem),
+    ))]
 pub async fn delete_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, Error> {
     if state.registry.get(&name).is_some() {
         return Err(Error::Conflict(format!(
@@ -128,7 +162,7 @@ pub(super) async fn tuned_base(state: &AppState, model: &TrainedModel, key: &str
     })
 }
 
-fn describe_trained(model: &TrainedModel) -> Value {
+fn describe_trained(model: &TrainedModel) -> ModelView {
     let record = &model.record;
     let head = match &model.head {
         TrainedHead::Classifier(head) => HeadView::Classifier { hidden_units: head.hidden_units() },
@@ -136,78 +170,117 @@ fn describe_trained(model: &TrainedModel) -> Value {
             HeadView::Localizer { box_head: head.kind(), spatial_shape: head.spatial_shape() }
         }
     };
-    to_json(TrainedView {
-        name: &record.name,
-        kind: "trained",
-        status: "ready",
-        base_model: &record.base_model,
-        job: &record.job_id,
-        dataset: &record.dataset_id,
-        task: &record.task,
-        classes: &record.classes,
+    ModelView::Trained(TrainedView {
+        name: record.name.clone(),
+        kind: TrainedKind::Trained,
+        status: ReadyStatus::Ready,
+        base_model: record.base_model.clone(),
+        job: record.job_id.clone(),
+        dataset: record.dataset_id.clone(),
+        task: record.task.clone(),
+        classes: record.classes.clone(),
         head,
         tuned_base: record.tuned_base_blob.is_some(),
         created_at: record.created_at,
-        evaluation: &record.evaluation,
+        evaluation: record.evaluation.clone(),
     })
 }
 
-fn describe(manifest: &Arc<Manifest>, state: &ModelState) -> Value {
+fn describe(manifest: &Arc<Manifest>, state: &ModelState) -> ModelView {
     let pre = &manifest.preprocessing;
     let loaded = match state {
         ModelState::Ready(model) => Some(model.as_ref()),
         _ => None,
     };
-    to_json(PretrainedView {
-        name: &manifest.name,
-        kind: "pretrained",
-        description: &manifest.description,
+    ModelView::Pretrained(Box::new(PretrainedView {
+        name: manifest.name.clone(),
+        kind: PretrainedKind::Pretrained,
+        description: manifest.description.clone(),
         status: state.name(),
         input: InputView {
-            name: &manifest.input_name,
+            name: manifest.input_name.clone(),
             layout: pre.layout,
             height: pre.height,
             width: pre.width,
             color: pre.color,
             resize: pre.resize,
-            normalization: &pre.normalization,
+            normalization: pre.normalization,
         },
         output: OutputView {
-            name: &manifest.output_name,
+            name: manifest.output_name.clone(),
             kind: manifest.output_kind,
-            features: manifest.features.as_deref(),
-            spatial_features: manifest.spatial_features.as_ref(),
+            features: manifest.features.clone(),
+            spatial_features: manifest.spatial_features.clone(),
             feature_width: loaded.and_then(|m| m.features.as_ref().ok().copied()),
-            features_unavailable: loaded.and_then(|m| m.features.as_ref().err().map(String::as_str)),
+            features_unavailable: loaded.and_then(|m| m.features.as_ref().err().cloned()),
             spatial_shape: loaded.and_then(|m| m.spatial.as_ref().ok().copied()),
         },
         provider: loaded.map(|m| m.provider),
         classes: loaded.map(|m| m.labels.len()),
         max_batch_size: loaded.map(|m| m.runner.config().max_batch_size),
         sessions: loaded.map(|m| m.sessions),
-        graph: loaded.map(|m| GraphView { inputs: &m.inputs, outputs: &m.outputs }),
+        graph: loaded.map(|m| GraphView { inputs: m.inputs.clone(), outputs: m.outputs.clone() }),
         reason: match state {
-            ModelState::Failed(reason) => Some(reason.as_str()),
+            ModelState::Failed(reason) => Some(reason.clone()),
             _ => None,
         },
-    })
+    }))
 }
 
-fn to_json(view: impl Serialize) -> Value {
-    serde_json::to_value(view).expect("a model view is strings, numbers and lists")
+#[derive(Serialize, ToSchema)]
+pub struct ModelList {
+    pub models: Vec<ModelView>,
+}
+
+/// A model as `/v1/models` shows it.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ModelView {
+    Pretrained(Box<PretrainedView>),
+    Trained(TrainedView),
+    /// A trained model whose head cannot be read; the others are listed all the same.
+    Unreadable(UnreadableView),
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PretrainedKind {
+    Pretrained,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainedKind {
+    Trained,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadyStatus {
+    Ready,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FailedStatus {
+    Failed,
 }
 
 /// A pretrained model: its manifest's facts, and once loaded what the loaded graph says.
-#[derive(Serialize)]
-struct PretrainedView<'a> {
-    name: &'a str,
-    kind: &'static str,
-    description: &'a str,
+#[derive(Serialize, ToSchema)]
+pub struct PretrainedView {
+    name: String,
+    kind: PretrainedKind,
+    description: String,
+    /// `loading`, `ready`, `failed` or `unloaded`.
+    #[schema(example = "ready")]
     status: &'static str,
-    input: InputView<'a>,
-    output: OutputView<'a>,
+    input: InputView,
+    output: OutputView,
+    /// The ONNX Runtime execution provider: `cpu` or `cuda`.
     #[serde(skip_serializing_if = "Option::is_none")]
     provider: Option<&'static str>,
+    /// How many labels the model's output has.
     #[serde(skip_serializing_if = "Option::is_none")]
     classes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -215,63 +288,90 @@ struct PretrainedView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     sessions: Option<ServingLayout>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    graph: Option<GraphView<'a>>,
+    graph: Option<GraphView>,
     /// Why it failed to load.
     #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
+    reason: Option<String>,
 }
 
-#[derive(Serialize)]
-struct InputView<'a> {
-    name: &'a str,
+/// How images reach the model's input.
+#[derive(Serialize, ToSchema)]
+struct InputView {
+    name: String,
     layout: Layout,
     height: u32,
     width: u32,
     color: ColorOrder,
     resize: ResizeMode,
-    normalization: &'a Normalization,
+    normalization: Normalization,
 }
 
-#[derive(Serialize)]
-struct OutputView<'a> {
-    name: &'a str,
+#[derive(Serialize, ToSchema)]
+struct OutputView {
+    name: String,
     kind: OutputKind,
-    features: Option<&'a str>,
-    spatial_features: Option<&'a SpatialFeatures>,
+    /// The pooled feature tensor a trained head reads.
+    features: Option<String>,
+    /// The spatial feature map a localizer's cell head reads.
+    spatial_features: Option<SpatialFeatures>,
     #[serde(skip_serializing_if = "Option::is_none")]
     feature_width: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    features_unavailable: Option<&'a str>,
+    features_unavailable: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     spatial_shape: Option<SpatialShape>,
 }
 
-#[derive(Serialize)]
-struct GraphView<'a> {
-    inputs: &'a [TensorSpec],
-    outputs: &'a [TensorSpec],
+#[derive(Serialize, ToSchema)]
+struct GraphView {
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
 }
 
 /// A trained model: where it came from and how it did.
-#[derive(Serialize)]
-struct TrainedView<'a> {
-    name: &'a str,
-    kind: &'static str,
-    status: &'static str,
-    base_model: &'a str,
-    job: &'a str,
-    dataset: &'a str,
-    task: &'a str,
-    classes: &'a [String],
+#[derive(Serialize, ToSchema)]
+pub struct TrainedView {
+    name: String,
+    kind: TrainedKind,
+    status: ReadyStatus,
+    base_model: String,
+    /// The job that trained it.
+    job: String,
+    dataset: String,
+    /// `classify` or `localize`.
+    task: String,
+    /// Class names in output order.
+    classes: Vec<String>,
     head: HeadView,
+    /// Whether the job tuned the top of the base (the model serves on its own copy).
     tuned_base: bool,
+    /// Unix seconds.
     created_at: i64,
-    evaluation: &'a Value,
+    /// The held-out metrics the job measured (accuracy, per-class precision and recall,
+    /// the confusion matrix; mean IoU for a localizer).
+    #[schema(value_type = Object)]
+    evaluation: Value,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+pub struct UnreadableView {
+    name: String,
+    kind: TrainedKind,
+    status: FailedStatus,
+    reason: String,
+}
+
+#[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 enum HeadView {
-    Classifier { hidden_units: Option<usize> },
-    Localizer { box_head: LocalizeHeadKind, spatial_shape: Option<(usize, usize, usize)> },
+    Classifier {
+        /// Units in the head's hidden layer; `null` for a linear head.
+        #[schema(required = true)]
+        hidden_units: Option<usize>,
+    },
+    Localizer {
+        box_head: LocalizeHeadKind,
+        /// The spatial map the cell head reads: height, width, channels.
+        spatial_shape: Option<(usize, usize, usize)>,
+    },
 }

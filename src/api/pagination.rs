@@ -9,11 +9,19 @@ use crate::error::Error;
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
+/// The furthest a list may be paged: far past any real list, and small enough that the
+/// offset plus a page never overflows.
+pub const MAX_OFFSET: i64 = 1_000_000_000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageParams {
+    /// Items per page (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// Items to skip: the `next_offset` of the page before.
+    #[param(minimum = 0, maximum = 1_000_000_000)]
     offset: Option<i64>,
 }
 
@@ -31,8 +39,8 @@ impl Page {
         if !(1..=MAX_LIMIT).contains(&limit) {
             return Err(Error::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}; got {limit}")));
         }
-        if offset < 0 {
-            return Err(Error::BadRequest(format!("offset must not be negative; got {offset}")));
+        if !(0..=MAX_OFFSET).contains(&offset) {
+            return Err(Error::BadRequest(format!("offset must be between 0 and {MAX_OFFSET}; got {offset}")));
         }
         Ok(Self { limit, offset })
     }
@@ -63,7 +71,17 @@ mod tests {
     fn limits_are_checked_and_the_next_page_is_named() {
         assert_eq!(page("").unwrap(), Page { limit: 50, offset: 0 });
         assert_eq!(page("limit=5&offset=10").unwrap(), Page { limit: 5, offset: 10 });
-        for bad in ["limit=0", "limit=201", "offset=-1", "limit=x", "size=3"] {
+        assert_eq!(page("offset=1000000000").unwrap(), Page { limit: 50, offset: MAX_OFFSET });
+        // Found by Schemathesis: an offset near i64::MAX overflowed once a page was added to it.
+        for bad in [
+            "limit=0",
+            "limit=201",
+            "offset=-1",
+            "offset=1000000001",
+            "offset=9223372036854775807",
+            "limit=x",
+            "size=3",
+        ] {
             assert!(matches!(page(bad), Err(Error::BadRequest(_))), "{bad}");
         }
         let p = Page { limit: 2, offset: 4 };

@@ -9,12 +9,21 @@ use crate::error::Error;
 use crate::jobs::JobRefusal;
 use crate::vision::VisionError;
 
-#[derive(Debug, Serialize)]
+/// An error answer (RFC 9457), served as `application/problem+json`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `urn:graft:problem:<name>`; each operation lists the names it can answer with.
     #[serde(rename = "type")]
+    #[schema(example = "urn:graft:problem:unknown-model")]
     pub kind: String,
+    /// The HTTP status's reason phrase.
+    #[schema(example = "Not Found")]
     pub title: String,
+    /// The HTTP status code.
+    #[schema(example = 404)]
     pub status: u16,
+    /// What went wrong and what to do about it, in a sentence.
+    #[schema(example = "there is no model named \"pets\"")]
     pub detail: String,
 }
 

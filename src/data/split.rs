@@ -29,7 +29,7 @@ impl Split {
 }
 
 /// Train/valid/test fractions; they must be non-negative, train positive, summing to 1.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SplitFractions {
     pub train: f64,
     pub valid: f64,

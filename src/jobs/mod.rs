@@ -22,6 +22,6 @@ pub use features::{FeatureRequest, FeatureStats, extract_features, feature_finge
 pub use finetune::{TunePlan, plan_tuning};
 pub use keys::{checkpoint_key, fine_tune_checkpoint_key, head_key, tuned_base_key};
 pub use run::run_job;
-pub use spec::JobSpec;
+pub use spec::{JobFields, JobSpec};
 pub use submit::{JobRefusal, Submission, submit};
 pub use worker::{IDLE_POLL, worker_loop};

@@ -49,7 +49,7 @@ pub struct JobSpec {
 }
 
 /// `unfreeze`: the top `blocks` of the base, or everything above the cut `tensor`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnfreezeSpec {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,7 +78,7 @@ impl UnfreezeSpec {
 
 /// Phase 2 (the tail unfrozen): its epochs, learning rate (default: phase 1's ÷ 10) and
 /// batch size (default: phase 1's, at most [`FINE_TUNE_MAX_BATCH`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FineTune {
     #[serde(default = "fine_tune_epochs")]
@@ -103,9 +103,9 @@ impl Default for FineTune {
 }
 
 /// The job-level fields; everything else in the body belongs to [`TrainConfig`].
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct JobFields {
+pub struct JobFields {
     dataset: String,
     base_model: String,
     name: Option<String>,

@@ -36,7 +36,7 @@ impl SessionOptions {
 }
 
 /// Name, element type and shape (−1 for a dynamic dimension) of a graph input or output.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TensorSpec {
     pub name: String,
     pub element_type: String,

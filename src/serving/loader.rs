@@ -41,7 +41,7 @@ pub struct LoadedModel {
 /// How a model's sessions run: `instances` side by side with `threads_each` ONNX Runtime
 /// threads each, and the threads of the session for batches that run alone, if there is
 /// one (0 threads: ONNX Runtime's default, one per core).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ServingLayout {
     pub instances: usize,
     pub threads_each: usize,
@@ -95,7 +95,7 @@ pub struct ImageFeatures {
 /// A spatial feature map's grid, learned at warm-up from the shape ONNX Runtime gives the
 /// tensor: any number of channels (the map may come from an earlier block than the pooled
 /// features) on any grid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct SpatialShape {
     pub height: usize,
     pub width: usize,

@@ -13,7 +13,7 @@ use crate::train::{Head, LocalizeHeadKind, LocalizerHead};
 use crate::vision::{Geometry, Preprocessing};
 
 /// What a trained model does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     /// A class head (class-folder or box datasets).

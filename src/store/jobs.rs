@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 use super::db::{Backend, Db, StoreError, from_json, now_ms};
 use super::models::TrainedModelRecord;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     Queued,
@@ -93,7 +93,7 @@ impl JobRecord {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(utoipa::ToSchema, Debug, Clone, Serialize, PartialEq)]
 pub struct EpochRow {
     pub epoch: i64,
     pub train_loss: f64,

@@ -10,7 +10,7 @@ use super::optim::{Optimizer, Rule};
 use super::standardize::Scaling;
 
 /// Which optimiser trains the head.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerKind {
     Sgd,
@@ -20,7 +20,7 @@ pub enum OptimizerKind {
 }
 
 /// The validation metric early stopping watches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopMetric {
     /// Lower is better.
@@ -41,7 +41,7 @@ impl StopMetric {
 }
 
 /// Stop when the metric has not improved for `patience` epochs, keeping the best epoch's head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EarlyStopping {
     pub patience: usize,
@@ -55,7 +55,7 @@ impl Default for EarlyStopping {
 }
 
 /// How the learning rate moves over a mini-batch run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Schedule {
     /// `learning_rate` at every step (Keras' default).
@@ -97,7 +97,7 @@ pub const TUNED_EPOCHS: usize = 60;
 pub const TUNED_PATIENCE: usize = 10;
 
 /// How to train a head.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// Passes over the training set (1..=10000).

@@ -23,7 +23,7 @@ use super::softmax_pass::{Element, Rows, loss_and_gradient};
 use super::standardize::{Scaling, Standardization};
 
 /// How a job trains its head.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Solver {
     /// Mini-batch epochs with graft's optimisers (`train::train`): any head.

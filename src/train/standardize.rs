@@ -13,7 +13,7 @@ use super::head::{Dense, Head, HeadError};
 /// features differ in spread for no reason, a shared scale keeps the base's own emphasis (on
 /// scikit-learn's digits through `efficientnet_lite0`, test accuracy 0.938 per feature
 /// against 0.955 shared).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scaling {
     /// Each feature centred and divided by its own standard deviation.

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 
 use super::boxes::PixelBox;
 
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Augmentation {
     /// Mirror left–right with probability ½.

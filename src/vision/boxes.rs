@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::preprocess::ResizePlan;
 
 /// A box in pixels of an (upright) image: corners, x to the right, y down.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct PixelBox {
     pub x_min: f32,
     pub y_min: f32,

@@ -5,7 +5,7 @@ use image::RgbImage;
 
 use super::resample::{self, SourceWindow};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Layout {
     #[serde(rename = "NCHW")]
     Nchw,
@@ -23,7 +23,7 @@ impl Layout {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ColorOrder {
     Rgb,
@@ -31,7 +31,7 @@ pub enum ColorOrder {
 }
 
 /// How the image is brought to the model's input size.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, serde::Serialize)]
 #[serde(tag = "mode", rename_all = "lowercase")]
 pub enum ResizeMode {
     /// Keep the aspect ratio, fit inside, pad with black — `tf.image.resize_with_pad`'s geometry.
@@ -44,7 +44,7 @@ pub enum ResizeMode {
 }
 
 /// `value = (pixel · scale − mean[c]) / std[c]`, pixel in 0..255, channels in the model's colour order.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Normalization {
     pub scale: f32,
     pub mean: [f32; 3],
@@ -64,7 +64,7 @@ impl Normalization {
 /// (its manifest's resize), or keeping every pixel whatever the base does. A localizer needs
 /// the whole image: a centre crop cuts off a sixth of a 4:3 photo's width at each side, and
 /// the objects there with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Geometry {
     /// The base's own resize, as its manifest says.

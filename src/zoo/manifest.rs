@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::vision::{ColorOrder, Layout, Normalization, Preprocessing, ResizeMode};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputKind {
     /// Raw scores: graft applies softmax.
@@ -44,7 +44,7 @@ pub struct Manifest {
 /// A manifest's `output.spatial_features`: a rank-4 tensor before global pooling (any block:
 /// its grid and channels are read from the running model) and its layout (`NCHW` unless
 /// `spatial_layout` says otherwise).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SpatialFeatures {
     pub tensor: String,
     pub layout: Layout,

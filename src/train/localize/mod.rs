@@ -43,7 +43,7 @@ pub(crate) use graph::{cross_entropy, label_tensors, sigmoid as sigmoid_tensor};
 use localizer::Part;
 
 /// Which box head to train.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LocalizeHeadKind {
     /// Dense(4) + sigmoid on the pooled feature vector.
@@ -53,7 +53,7 @@ pub enum LocalizeHeadKind {
 }
 
 /// Loss = class·cross-entropy + box·MSE (mean over the 4 box numbers); defaults 0.8 / 0.2.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LossWeights {
     pub class: f32,
@@ -83,7 +83,7 @@ impl LossWeights {
 }
 
 /// The box term of a localizer's loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BoxLoss {
     /// Mean squared error over `[cx, cy, w, h]` (the seed's Keras recipe).
