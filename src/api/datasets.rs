@@ -377,7 +377,7 @@ async fn bounded_text(field: &mut axum::extract::multipart::Field<'_>, name: &st
 
 #[utoipa::path(get, path = "/v1/datasets", tag = "datasets", params(PageParams),
     responses(
-        (status = 200, description = "A page of datasets, newest first", body = DatasetList),
+        (status = 200, description = "A page of datasets, oldest first", body = DatasetList),
         (status = 400, description = "`bad-request`: `limit` or `offset` is out of range", body = Problem),
     ))]
 pub async fn list_datasets(
@@ -465,7 +465,7 @@ async fn describe(state: &AppState, record: &DatasetRecord) -> Result<DatasetVie
 
 #[derive(Serialize, ToSchema)]
 pub struct DatasetList {
-    /// Newest first.
+    /// Oldest first.
     datasets: Vec<DatasetView>,
     /// The `offset` of the next page; `null` on the last.
     next_offset: Option<i64>,
