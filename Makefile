@@ -35,6 +35,7 @@ run: ort models
 ## then Schemathesis against a live graft.
 test: ort fixtures .venv-schemathesis/.installed
 	$(CARGO) test --all-targets
+	$(CARGO) test --features otlp --test otlp
 	$(MAKE) --no-print-directory api-fuzz
 
 ## Schemathesis against a live graft (the debug build, fixture models, an API key), from
@@ -58,6 +59,7 @@ openapi:
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --features otlp --lib --bins --test otlp -- -D warnings
 	$(PYTHON) scripts/check_module_cycles.py
 
 ## The ONNX Runtime shared library, from the onnxruntime (ORT_VARIANT=gpu: onnxruntime-gpu) wheel.

@@ -14,6 +14,8 @@ pub mod error;
 pub mod finetune;
 pub mod jobs;
 pub mod onnx;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod runtime;
 pub mod serving;
 pub mod store;

@@ -21,6 +21,11 @@ struct Cli {
     /// job id of their span).
     #[arg(long, global = true, env = "GRAFT_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Export spans (each request's, each job's and its phases') to this OpenTelemetry
+    /// collector over OTLP/HTTP, e.g. http://localhost:4318 (a build with the `otlp` feature).
+    #[cfg(feature = "otlp")]
+    #[arg(long, global = true, env = "GRAFT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -80,15 +85,16 @@ enum ModelsCommand {
 fn main() -> ExitCode {
     graft::runtime::pin_candle_threads();
     let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into()),
-        )
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
-    }
+    #[cfg(feature = "otlp")]
+    let _export = match init_logs(&cli) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    #[cfg(not(feature = "otlp"))]
+    init_logs(&cli);
     let command = cli.command.unwrap_or_else(|| match Cli::parse_from(["graft", "serve"]).command {
         Some(command) => command,
         None => unreachable!("`serve` parses to the serve command"),
@@ -105,6 +111,48 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Log lines to stderr, as text or JSON, filtered by `RUST_LOG`.
+fn log_lines<S>(format: LogFormat) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => Box::new(lines),
+        LogFormat::Json => Box::new(lines.json().with_current_span(true).with_span_list(false)),
+    }
+}
+
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,ort=warn".into())
+}
+
+#[cfg(not(feature = "otlp"))]
+fn init_logs(cli: &Cli) {
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry().with(log_lines(cli.log_format).with_filter(log_filter())).init();
+}
+
+/// As without the feature, plus the span exporter when `--otlp-endpoint` names a collector;
+/// the guard flushes it at exit. The exporter has its own filter: every span at INFO and
+/// above, whatever `RUST_LOG` lets through to the log lines.
+#[cfg(feature = "otlp")]
+fn init_logs(cli: &Cli) -> anyhow::Result<Option<graft::otlp::ExportGuard>> {
+    use tracing_subscriber::prelude::*;
+    let registry = tracing_subscriber::registry().with(log_lines(cli.log_format).with_filter(log_filter()));
+    match &cli.otlp_endpoint {
+        Some(endpoint) => {
+            let (export, guard) = graft::otlp::layer(endpoint)?;
+            registry.with(export.with_filter(tracing_subscriber::filter::LevelFilter::INFO)).init();
+            Ok(Some(guard))
+        }
+        None => {
+            registry.init();
+            Ok(None)
         }
     }
 }
