@@ -213,14 +213,15 @@ pub(super) struct Progress<'a> {
     job: &'a JobRecord,
     handle: &'a Handle,
     last_write: std::cell::Cell<Option<Instant>>,
-    /// The phase now running and since when: its duration is a metric when the next begins.
-    phase: std::cell::RefCell<Option<(String, Instant)>>,
+    /// The phase now running, since when, and its span (entered on this thread, a child of
+    /// the job's): its duration is a metric, and its span ends, when the next begins.
+    phase: std::cell::RefCell<Option<(String, Instant, tracing::span::EnteredSpan)>>,
 }
 
 impl Drop for Progress<'_> {
     /// The last phase ends with the job's work.
     fn drop(&mut self) {
-        if let Some((name, since)) = self.phase.borrow_mut().take() {
+        if let Some((name, since, _span)) = self.phase.borrow_mut().take() {
             metrics::histogram!("graft_job_phase_seconds", "phase" => name).record(since.elapsed().as_secs_f64());
         }
     }
@@ -235,13 +236,18 @@ impl<'a> Progress<'a> {
     /// recorded in `graft_job_phase_seconds`.
     fn enter(&self, phase: &str) {
         let mut current = self.phase.borrow_mut();
-        if current.as_ref().is_some_and(|(name, _)| name == phase) {
+        if current.as_ref().is_some_and(|(name, _, _)| name == phase) {
             return;
         }
-        tracing::info!(phase, "phase started");
-        if let Some((name, since)) = current.replace((phase.to_owned(), Instant::now())) {
+        // The phase before ends (its span exits) before the next one's span is entered.
+        if let Some((name, since, span)) = current.take() {
+            drop(span);
             metrics::histogram!("graft_job_phase_seconds", "phase" => name).record(since.elapsed().as_secs_f64());
         }
+        // It names the job too: a JSON log line shows only its innermost span.
+        let span = tracing::info_span!("phase", job = %self.job.id, name = phase).entered();
+        tracing::info!(phase, "phase started");
+        *current = Some((phase.to_owned(), Instant::now(), span));
     }
 
     fn write(&self, progress: Value, kind: &str, throttle: bool) {

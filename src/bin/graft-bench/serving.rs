@@ -130,6 +130,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     } else {
         None
     };
+    report_metrics(&graft.base_url, &manifest.name).await?;
     drop(graft);
 
     // (c) The reference Python server.
@@ -193,6 +194,26 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
             first_minute,
             end
         );
+    }
+    Ok(())
+}
+
+/// What graft's own `/metrics` says after the load: kept whole in
+/// `target/bench/serving-metrics.txt`, and the model's series printed.
+async fn report_metrics(base_url: &str, model: &str) -> anyhow::Result<()> {
+    let text = reqwest::get(format!("{base_url}/metrics")).await?.error_for_status()?.text().await?;
+    let path = PathBuf::from("target/bench/serving-metrics.txt");
+    fs_err::create_dir_all("target/bench")?;
+    fs_err::write(&path, &text)?;
+    println!("\ngraft's /metrics after the load (whole scrape in {}):", path.display());
+    let wanted = |line: &&str| {
+        let series = line.split(' ').next().unwrap_or("");
+        let of_model = series.contains(&format!("model=\"{model}\""));
+        let summary = series.ends_with("_sum") || series.ends_with("_count") || !series.contains("_bucket");
+        !line.starts_with('#') && of_model && summary
+    };
+    for line in text.lines().filter(wanted) {
+        println!("  {line}");
     }
     Ok(())
 }
