@@ -57,11 +57,16 @@ pub fn parse_key_file(text: &str) -> Vec<String> {
     text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
 }
 
-/// Whether `method path` needs a key. Health checks and metrics never do; inference only when private.
+/// Whether `method path` needs a key. Health checks and metrics never do; inference only when
+/// private. The v2 protocol's model routes (metadata, readiness, inference) are inference, so
+/// that a client of the protocol needs a key for all of them or for none.
 pub fn needs_key(method: &Method, path: &str, private_inference: bool) -> bool {
     let _ = method; // every method on a protected path is protected
     if path.starts_with("/v1/datasets") || path.starts_with("/v1/jobs") {
         return true;
+    }
+    if path.starts_with("/v2/models/") {
+        return private_inference;
     }
     if let Some(rest) = path.strip_prefix("/v1/models") {
         let inference = rest.ends_with("/classify") || rest.ends_with("/localize");
@@ -122,6 +127,12 @@ mod tests {
             (Method::GET, "/healthz", true, false),
             (Method::GET, "/readyz", true, false),
             (Method::GET, "/metrics", true, false),
+            (Method::POST, "/v2/models/m/infer", false, false),
+            (Method::POST, "/v2/models/m/versions/1/infer", true, true),
+            (Method::GET, "/v2/models/m", true, true),
+            (Method::GET, "/v2/models/m/ready", false, false),
+            (Method::GET, "/v2/health/ready", true, false),
+            (Method::GET, "/v2", true, false),
         ];
         for (method, path, private, want) in cases {
             assert_eq!(needs_key(&method, path, private), want, "{method} {path} private={private}");

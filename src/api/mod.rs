@@ -19,6 +19,7 @@ mod pagination;
 mod problem;
 mod rate_limit;
 mod server;
+mod v2;
 
 use std::sync::Arc;
 
@@ -87,6 +88,8 @@ pub fn app(state: AppState) -> Router {
         )
         // The client's `x-request-id`, or a new UUID; the answer carries it back.
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // Under /v2 every refusal above is the protocol's `{"error": …}`.
+        .layer(axum::middleware::from_fn(v2::protocol_errors))
         // Outermost: it sees every answer, the key check's and the rate limit's included.
         .layer(axum::middleware::from_fn(observe::record_request))
         .with_state(state)
@@ -121,7 +124,9 @@ fn routes(limits: &Limits, datasets: &DatasetSettings) -> OpenApiRouter<AppState
         .route_layer(deadline.clone());
     // An event stream lives until its job ends (at most an hour): no request deadline.
     let streams = OpenApiRouter::new().routes(routes!(jobs::job_events));
+    let (v2_health, v2_models) = v2::routes();
     let api = OpenApiRouter::new()
+        .merge(v2_models)
         .routes(routes!(datasets::get_dataset, datasets::delete_dataset))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
@@ -152,6 +157,7 @@ fn routes(limits: &Limits, datasets: &DatasetSettings) -> OpenApiRouter<AppState
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
+        .merge(v2_health)
         .merge(api)
 }
 

@@ -39,6 +39,8 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
         (name = "datasets", description = "Labelled images uploaded as archives or imported from the server's disk"),
         (name = "jobs", description = "Fine-tuning jobs: submit, follow, cancel"),
         (name = "operations", description = "Health, readiness and metrics"),
+        (name = "v2", description = "The Open Inference Protocol (KServe v2): health, metadata and inference for \
+            every model, with the binary tensor and classification extensions; errors are `{\"error\": …}`"),
     ),
     components(schemas(Problem, ImageParts, JsonImages)),
 )]
@@ -47,8 +49,27 @@ pub struct ApiDoc;
 /// Completes the description the router collected: the key scheme, the answers any route
 /// may give, and problem bodies marked with their media type.
 pub fn finish(mut spec: Spec) -> Spec {
+    describe_versions(&mut spec);
     CommonAnswers.modify(&mut spec);
     spec
+}
+
+/// The v2 routes under `/versions/{version}` answer as the routes without it (with a 404 for
+/// a version other than `1`): their body and answers are copied from those.
+fn describe_versions(spec: &mut Spec) {
+    let versioned: Vec<String> =
+        spec.paths.paths.keys().filter(|path| path.contains("/versions/{version}")).cloned().collect();
+    for path in versioned {
+        let plain = path.replace("/versions/{version}", "");
+        let Some(source) = spec.paths.paths.get(&plain).cloned() else { continue };
+        let Some(item) = spec.paths.paths.get_mut(&path) else { continue };
+        for (source, target) in [(source.get, item.get.as_mut()), (source.post, item.post.as_mut())] {
+            if let (Some(source), Some(target)) = (source, target) {
+                target.request_body = source.request_body;
+                target.responses = source.responses;
+            }
+        }
+    }
 }
 
 struct CommonAnswers;
@@ -177,8 +198,11 @@ fn key_requirement() -> SecurityRequirement {
     SecurityRequirement::new("api_key", Vec::<String>::new())
 }
 
-/// Adds a problem answer, or joins `what` to the description of the one already there.
+/// Adds a problem answer (under `/v2`, the protocol's `{"error": …}`; see
+/// `super::v2::protocol_errors`), or joins `what` to the description of the one already there.
 fn add_problem(operation: &mut Operation, status: &str, what: &str) {
+    let v2 = operation.tags.as_ref().is_some_and(|tags| tags.iter().any(|t| t == "v2"));
+    let (media, schema) = if v2 { ("application/json", "ErrorResponse") } else { (PROBLEM_JSON, "Problem") };
     match operation.responses.responses.get_mut(status) {
         Some(RefOr::T(response)) => {
             if !response.description.contains(what) {
@@ -189,7 +213,7 @@ fn add_problem(operation: &mut Operation, status: &str, what: &str) {
         None => {
             let response = ResponseBuilder::new()
                 .description(what)
-                .content(PROBLEM_JSON, Content::new(Some(Ref::from_schema_name("Problem"))))
+                .content(media, Content::new(Some(Ref::from_schema_name(schema))))
                 .build();
             operation.responses.responses.insert(status.to_owned(), RefOr::T(response));
         }

@@ -162,7 +162,7 @@ values = {values("jobs")}
 values = ["spare"]
 
 [[operations]]
-include-path-regex = "^/v1/models/[{{]model[}}](/classify|/localize|/onnx)?$"
+include-path-regex = "^/v1/models/[{{]model[}}](/classify|/localize|/onnx)?$|^/v2/models/[{{]model[}}]"
 parameters = {{ "path.model" = {{ dictionary = "models", probability = 0.5 }} }}
 
 [[operations]]
