@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test api-fuzz lint openapi ort models fixtures keras-models bench bench-train bench-localize bench-tune soak fuzz clean
+.PHONY: all build release run test api-fuzz v2-clients lint openapi ort models fixtures keras-models bench bench-train bench-localize bench-tune soak fuzz clean
 
 all: build
 
@@ -33,10 +33,11 @@ run: ort models
 
 ## Every test: unit, integration over HTTP, preprocessing parity, the real model when present,
 ## then Schemathesis against a live graft.
-test: ort fixtures .venv-schemathesis/.installed
+test: ort fixtures .venv-schemathesis/.installed .venv-v2clients/.installed
 	$(CARGO) test --all-targets
 	$(CARGO) test --features otlp --test otlp
 	$(MAKE) --no-print-directory api-fuzz
+	$(MAKE) --no-print-directory v2-clients
 
 ## Schemathesis against a live graft (the debug build, fixture models, an API key), from
 ## its served /openapi.json: fails on any 5xx or answer the description does not list.
@@ -46,6 +47,17 @@ api-fuzz: .venv-schemathesis/.installed fixtures
 	$(CARGO) build --quiet
 	.venv-schemathesis/bin/python tests/api_fuzz/run_schemathesis.py --graft target/debug/graft \
 		--models $(FIXTURES)/models $(API_FUZZ_ARGS)
+
+## Triton's published Python client (tritonclient.http) against a live graft over the
+## Open Inference Protocol, checked against /v1 on the same images.
+v2-clients: .venv-v2clients/.installed fixtures
+	$(CARGO) build --quiet
+	.venv-v2clients/bin/python tests/v2_clients/run_clients.py --graft target/debug/graft --models $(FIXTURES)/models
+
+.venv-v2clients/.installed: tests/v2_clients/requirements.txt
+	$(PYTHON) -m venv .venv-v2clients
+	.venv-v2clients/bin/pip install --quiet -r tests/v2_clients/requirements.txt
+	touch $@
 
 .venv-schemathesis/.installed: tests/api_fuzz/requirements.txt
 	$(PYTHON) -m venv .venv-schemathesis
