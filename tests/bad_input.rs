@@ -146,7 +146,7 @@ async fn each_bad_request_gets_a_problem_and_the_server_goes_on() {
             422,
             "not-an-image",
         ),
-        ("unknown route", http.get(format!("{}/v2/nothing", server.url)), 404, "not-found"),
+        ("unknown route", http.get(format!("{}/v9/nothing", server.url)), 404, "not-found"),
         ("wrong method", http.delete(&classify), 405, "method-not-allowed"),
     ];
     for (name, request, status, slug) in cases {

@@ -105,7 +105,7 @@ async fn health_metadata_and_readiness() {
     assert_eq!(get(&format!("{url}/v2/models/tiny_nchw/versions/1/ready")).await.0, 200);
 
     // Errors are the protocol's {"error": …}.
-    for path in ["/v2/models/nope", "/v2/models/nope/ready", "/v2/models/tiny_nchw/versions/2"] {
+    for path in ["/v2/models/nope", "/v2/models/nope/ready", "/v2/models/tiny_nchw/versions/2", "/v2/nothing"] {
         let (status, body) = get(&format!("{url}{path}")).await;
         assert_eq!(status, 404, "{path}");
         assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{path}: {body}");
