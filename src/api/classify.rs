@@ -174,7 +174,7 @@ fn checked_top_k(asked: Option<usize>, classes: usize) -> Result<usize, Error> {
 }
 
 /// Preprocesses the images off the async runtime, then runs them through the base model.
-async fn run_base(
+pub(super) async fn run_base(
     base: &Arc<LoadedModel>,
     preprocessing: Preprocessing,
     outputs: usize,
@@ -245,7 +245,7 @@ pub(super) fn class_predictions(
 }
 
 /// Indices of the `k` highest scores, best first (ties by index).
-fn ranked(scores: &[f32], k: usize) -> Vec<usize> {
+pub(super) fn ranked(scores: &[f32], k: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     order.truncate(k);

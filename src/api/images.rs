@@ -86,7 +86,7 @@ pub async fn read_images(request: Request, max_images: usize, body_limit: usize)
     Ok(images)
 }
 
-async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
+pub(super) async fn read_body(request: Request, limit: usize) -> Result<Bytes, Error> {
     Bytes::from_request(request, &()).await.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge { limit }

@@ -12,17 +12,18 @@ use serde_json::{Map, Value, json};
 use super::super::AppState;
 use super::super::admission::Admission;
 use super::super::body_limits::announced_length;
-use super::super::classify::{Target, preprocess_all, resolve, run_head};
-use super::super::images::EncodedImage;
+use super::super::classify::{Target, ranked, resolve, run_base, run_head};
+use super::super::images::{EncodedImage, read_body};
 use super::protocol::{
     ErrorResponse, InferenceRequest, InferenceResponse, RequestInput, RequestOutput, ResponseOutput,
 };
 use super::tensors;
-use super::{MODEL_VERSION, check_version, output_tensors};
+use super::{BOX, MODEL_VERSION, PROBABILITIES, check_version};
 use crate::error::Error;
 use crate::runtime::ImageOutputs;
 use crate::serving::TrainedHead;
 use crate::vision::DecodeLimits;
+use crate::zoo::Labels;
 
 /// The header that says how much of the body is JSON (the binary tensor extension).
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -75,7 +76,7 @@ pub async fn infer_version(
         None => None,
     };
     let header_length = request.headers().get(HEADER_LENGTH).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body = axum::body::to_bytes(request.into_body(), limit).await.map_err(|_| Error::PayloadTooLarge { limit })?;
+    let body = read_body(request, limit).await?;
     let (json, mut binary) = tensors::split_body(&body, header_length.as_deref()).map_err(Error::BadRequest)?;
     let request: InferenceRequest = serde_json::from_slice(json)
         .map_err(|e| Error::BadRequest(format!("the inference request is not valid: {e}")))?;
@@ -205,52 +206,67 @@ async fn run_images(
         .map(|(i, bytes)| EncodedImage { source: format!("{}[{i}]", input.name), bytes: Bytes::from(bytes) })
         .collect();
     let limits = DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans };
-    let (base, preprocessing) = (target.base().clone(), target.preprocessing());
-    let parts = tokio::task::spawn_blocking(move || preprocess_all(&base, &preprocessing, &encoded, &limits))
-        .await
-        .map_err(|e| Error::Internal(format!("preprocessing stopped: {e}")))??
-        .0;
-    Ok(target.base().runner.infer_parts(parts, target.outputs_needed()).await?)
+    let (outputs, _) =
+        run_base(target.base(), target.preprocessing(), target.outputs_needed(), encoded, limits).await?;
+    Ok(outputs)
 }
 
-/// One output's values, image after image, and its labels for the classification extension.
-pub struct OutputValues {
-    pub name: String,
+/// One output's values, image after image, and the names of its classes for the
+/// classification extension (read only when it is asked for).
+pub struct OutputValues<'a> {
+    pub name: &'a str,
     pub per_image: usize,
     pub values: Vec<f32>,
-    pub labels: Option<Vec<String>>,
+    pub classes: ClassNames<'a>,
+}
+
+/// Where an output's class names come from.
+#[derive(Clone, Copy)]
+pub enum ClassNames<'a> {
+    /// A pretrained model's labels file.
+    Labels(&'a Labels),
+    /// A trained model's dataset classes.
+    Dataset(&'a [String]),
+    None,
+}
+
+impl ClassNames<'_> {
+    fn get(&self, index: usize) -> Option<&str> {
+        match self {
+            Self::Labels(labels) => labels.get(index).map(|l| l.label.as_str()),
+            Self::Dataset(classes) => classes.get(index).map(String::as_str),
+            Self::None => None,
+        }
+    }
 }
 
 /// What the model answers: a pretrained model its output (probabilities or logits, as the
 /// graph gives them); a trained one its probabilities, and a localizer its box.
-fn output_values(target: &Target, outputs: Vec<ImageOutputs>) -> Result<Vec<OutputValues>, Error> {
-    let specs = output_tensors(target);
+fn output_values(target: &Target, outputs: Vec<ImageOutputs>) -> Result<Vec<OutputValues<'_>>, Error> {
     match target {
         Target::Pretrained(model) => {
-            let classes = model.labels.len();
             let values: Vec<f32> = outputs.into_iter().flat_map(|mut image| image.swap_remove(0)).collect();
-            let labels = (0..classes).map(|i| model.labels.get(i).map_or_else(String::new, |l| l.label.clone()));
             Ok(vec![OutputValues {
-                name: specs[0].name.clone(),
-                per_image: classes,
+                name: &model.manifest.output_name,
+                per_image: model.labels.len(),
                 values,
-                labels: Some(labels.collect()),
+                classes: ClassNames::Labels(&model.labels),
             }])
         }
         Target::Trained { model, base } => {
             let (probabilities, boxes) = run_head(model, base, outputs)?;
             let mut tensors = vec![OutputValues {
-                name: specs[0].name.clone(),
+                name: PROBABILITIES,
                 per_image: probabilities.ncols(),
                 values: probabilities.iter().copied().collect(),
-                labels: Some(model.record.classes.clone()),
+                classes: ClassNames::Dataset(&model.record.classes),
             }];
             if let (TrainedHead::Localizer(_), Some(boxes)) = (&model.head, boxes) {
                 tensors.push(OutputValues {
-                    name: specs[1].name.clone(),
+                    name: BOX,
                     per_image: 4,
                     values: boxes.into_iter().flatten().collect(),
-                    labels: None,
+                    classes: ClassNames::None,
                 });
             }
             Ok(tensors)
@@ -264,42 +280,55 @@ fn respond(name: &str, request: InferenceRequest, tensors: Vec<OutputValues>) ->
     let all_binary = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
     let asked: Vec<RequestOutput> = match request.outputs {
         Some(outputs) => outputs,
-        None => tensors.iter().map(|t| RequestOutput { name: t.name.clone(), parameters: Map::new() }).collect(),
+        None => tensors.iter().map(|t| RequestOutput { name: t.name.to_owned(), parameters: Map::new() }).collect(),
     };
     let mut outputs = Vec::new();
     let mut binary = Vec::new();
     for output in &asked {
         let tensor = tensors.iter().find(|t| t.name == output.name).ok_or_else(|| {
-            let known: Vec<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+            let known: Vec<&str> = tensors.iter().map(|t| t.name).collect();
             Error::BadRequest(format!("{name} has no output {:?}; its outputs are {known:?}", output.name))
         })?;
         let as_binary = output.parameters.get("binary_data").and_then(Value::as_bool).unwrap_or(all_binary);
         let images = tensor.values.len() / tensor.per_image.max(1);
-        let (shape, datatype, data, bytes) = match output.parameters.get("classification") {
+        let (shape, datatype, data) = match output.parameters.get("classification") {
             Some(k) => {
                 let k = k.as_u64().filter(|&k| k >= 1).ok_or_else(|| {
                     Error::BadRequest(format!("output {}: classification must be a count ≥ 1, not {k}", tensor.name))
                 })?;
                 let k = (k as usize).min(tensor.per_image);
                 let strings = classification(tensor, k);
-                let bytes = as_binary.then(|| tensors::encode_bytes_elements(&strings));
-                (vec![images as i64, k as i64], "BYTES", json!(strings), bytes)
+                let data = match as_binary {
+                    true => Err(tensors::encode_bytes_elements(&strings)),
+                    false => Ok(json!(strings)),
+                };
+                (vec![images as i64, k as i64], "BYTES", data)
             }
             None => {
-                let bytes = as_binary.then(|| tensors::fp32_to_bytes(&tensor.values));
-                (vec![images as i64, tensor.per_image as i64], "FP32", json!(tensor.values), bytes)
+                let data = match as_binary {
+                    true => Err(tensors::fp32_to_bytes(&tensor.values)),
+                    false => Ok(json!(tensor.values)),
+                };
+                (vec![images as i64, tensor.per_image as i64], "FP32", data)
             }
         };
+        // JSON data, or (Err) bytes that follow the JSON.
         let mut parameters = Map::new();
-        let data = match bytes {
-            Some(bytes) => {
+        let data = match data {
+            Ok(json) => Some(json),
+            Err(bytes) => {
                 parameters.insert("binary_data_size".into(), json!(bytes.len()));
                 binary.extend_from_slice(&bytes);
                 None
             }
-            None => Some(data),
         };
-        outputs.push(ResponseOutput { name: tensor.name.clone(), shape, datatype: datatype.into(), parameters, data });
+        outputs.push(ResponseOutput {
+            name: tensor.name.to_owned(),
+            shape,
+            datatype: datatype.into(),
+            parameters,
+            data,
+        });
     }
     let answer = InferenceResponse {
         model_name: name.to_owned(),
@@ -329,10 +358,7 @@ fn classification(tensor: &OutputValues, k: usize) -> Vec<String> {
         .values
         .chunks(tensor.per_image.max(1))
         .flat_map(|scores| {
-            let mut order: Vec<usize> = (0..scores.len()).collect();
-            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-            order.truncate(k);
-            order.into_iter().map(|i| match tensor.labels.as_ref().and_then(|l| l.get(i)) {
+            ranked(scores, k).into_iter().map(|i| match tensor.classes.get(i) {
                 Some(label) if !label.is_empty() => format!("{}:{i}:{label}", scores[i]),
                 _ => format!("{}:{i}", scores[i]),
             })
@@ -346,11 +372,12 @@ mod tests {
 
     #[test]
     fn classification_is_the_top_k_per_image_best_first() {
+        let classes = ["cat".to_owned(), "dog".to_owned(), String::new()];
         let tensor = OutputValues {
-            name: "probs".into(),
+            name: "probs",
             per_image: 3,
             values: vec![0.2, 0.5, 0.3, 0.9, 0.05, 0.05],
-            labels: Some(vec!["cat".into(), "dog".into(), String::new()]),
+            classes: ClassNames::Dataset(&classes),
         };
         assert_eq!(classification(&tensor, 2), ["0.5:1:dog", "0.3:2", "0.9:0:cat", "0.05:1:dog"]);
     }
@@ -358,7 +385,7 @@ mod tests {
     /// Kept for the logits case: the extension ranks the raw output, as Triton does.
     #[test]
     fn classification_ranks_logits_as_they_are() {
-        let tensor = OutputValues { name: "logits".into(), per_image: 2, values: vec![-1.0, 3.5], labels: None };
+        let tensor = OutputValues { name: "logits", per_image: 2, values: vec![-1.0, 3.5], classes: ClassNames::None };
         assert_eq!(classification(&tensor, 1), ["3.5:1"]);
     }
 }

@@ -27,6 +27,9 @@ use protocol::{ErrorResponse, ModelMetadata, ModelReady, ServerLive, ServerMetad
 
 /// The one version of every model.
 pub const MODEL_VERSION: &str = "1";
+/// A trained model's outputs: its class probabilities, and a localizer's box.
+const PROBABILITIES: &str = "probabilities";
+const BOX: &str = "box";
 /// What `GET /v2` lists.
 pub const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "classification"];
 /// The longest problem body `protocol_errors` reads back (a problem is a few hundred bytes).
@@ -148,7 +151,7 @@ fn input_shape(manifest: &Manifest) -> Vec<i64> {
     }
 }
 
-/// The outputs a model answers with, in the order `infer` produces them.
+/// The outputs a model answers with, in the order `infer::output_values` produces them.
 fn output_tensors(target: &Target) -> Vec<TensorMetadata> {
     let fp32 = |name: &str, width: usize| TensorMetadata {
         name: name.to_owned(),
@@ -158,9 +161,9 @@ fn output_tensors(target: &Target) -> Vec<TensorMetadata> {
     match target {
         Target::Pretrained(model) => vec![fp32(&model.manifest.output_name, model.labels.len())],
         Target::Trained { model, .. } => {
-            let mut outputs = vec![fp32("probabilities", model.record.classes.len())];
+            let mut outputs = vec![fp32(PROBABILITIES, model.record.classes.len())];
             if matches!(model.head, TrainedHead::Localizer(_)) {
-                outputs.push(fp32("box", 4));
+                outputs.push(fp32(BOX, 4));
             }
             outputs
         }
