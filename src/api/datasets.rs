@@ -475,7 +475,7 @@ pub struct DatasetList {
 pub struct DatasetView {
     id: String,
     name: String,
-    /// Unix seconds.
+    /// Unix time in milliseconds.
     created_at: i64,
     /// `classify` (class folders) or `localize` (boxes).
     task: String,

@@ -281,7 +281,7 @@ pub struct JobView {
     evaluation: Option<Value>,
     cancel_requested: bool,
     attempts: i64,
-    /// Unix seconds.
+    /// Unix time in milliseconds.
     created_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,

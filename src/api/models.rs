@@ -345,7 +345,7 @@ pub struct TrainedView {
     head: HeadView,
     /// Whether the job tuned the top of the base (the model serves on its own copy).
     tuned_base: bool,
-    /// Unix seconds.
+    /// Unix time in milliseconds.
     created_at: i64,
     /// The held-out metrics the job measured (accuracy, per-class precision and recall,
     /// the confusion matrix; mean IoU for a localizer).

@@ -117,7 +117,8 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> Vec<(axum::http::Method, 
 }
 
 fn add_common_answers(path: &str, method: axum::http::Method, operation: &mut Operation) {
-    let api = path.starts_with("/v1/");
+    // The routes behind the rate limit and the request deadline (`super::routes`).
+    let api = path.starts_with("/v1/") || path.starts_with("/v2/models/");
     let needs_key_always = needs_key(&method, path, false);
     let needs_key_when_private = needs_key(&method, path, true);
     if needs_key_always {
