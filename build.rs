@@ -1,5 +1,6 @@
 //! Build steps:
-//! - the ONNX protobuf types (prost) from proto/onnx.proto for graph surgery; protoc comes
+//! - the ONNX protobuf types (prost) from proto/onnx.proto for graph surgery, and the Open
+//!   Inference Protocol's gRPC service (tonic) from proto/grpc_service.proto; protoc comes
 //!   from the protoc-bin-vendored crate, nothing to install;
 //! - csrc/turbo_decode.c against the system libjpeg-turbo (`libjpeg-dev` on Debian), when
 //!   its headers are present: JPEG decoding then uses its SIMD decoder and M/8 DCT scaling
@@ -11,10 +12,21 @@ fn main() {
     println!("cargo:rerun-if-changed=migrations");
     let protoc = protoc_bin_vendored::protoc_bin_path().expect("protoc-bin-vendored has a protoc for this platform");
     let mut config = prost_build::Config::new();
-    config.protoc_executable(protoc);
+    config.protoc_executable(protoc.clone());
     // Initializers of a 100 MB model are mostly raw_data: keep them as Bytes slices, not copies.
     config.bytes(["."]);
     config.compile_protos(&["proto/onnx.proto"], &["proto"]).expect("proto/onnx.proto compiles");
+
+    println!("cargo:rerun-if-changed=proto/grpc_service.proto");
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(protoc);
+    // Tensor contents are passed on, not copied: raw_input_contents as Bytes slices of the message.
+    config.bytes(["."]);
+    tonic_prost_build::configure()
+        // A client for graft's own tests and benchmark; the transport is graft's hyper loop.
+        .build_transport(false)
+        .compile_with_config(config, &["proto/grpc_service.proto"], &["proto"])
+        .expect("proto/grpc_service.proto compiles");
 
     build_turbo_decoder();
 }

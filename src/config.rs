@@ -65,6 +65,10 @@ pub struct ServeSettings {
     /// Address to listen on.
     #[arg(long, env = "GRAFT_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Also serve the Open Inference Protocol's gRPC service (KServe v2, as Triton's port
+    /// 8001 does) on this address, over HTTP/2 without TLS. Off when unset.
+    #[arg(long, env = "GRAFT_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub engine: EngineSettings,
     #[command(flatten)]

@@ -233,8 +233,28 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         // Workers start handing their jobs back while the requests in flight finish.
         stopping.send_replace(true);
     };
-    api::serve(listener, app(state), connections, signal, grace).await?;
+    let router = app(state);
+    // The gRPC listener serves the same router (the same limits, keys and admission) over
+    // HTTP/2, and stops when the HTTP one does.
+    let grpc = match settings.grpc_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen for gRPC on {address}"))?;
+            tracing::info!("graft serving the Open Inference Protocol over gRPC on {}", listener.local_addr()?);
+            let (router, mut stopped) = (router.clone(), stopping.subscribe());
+            let stop = async move {
+                let _ = stopped.wait_for(|stopping| *stopping).await;
+            };
+            Some(tokio::spawn(api::serve(listener, router, connections, api::Wire::Http2, stop, grace)))
+        }
+        None => None,
+    };
+    api::serve(listener, router, connections, api::Wire::Http1, signal, grace).await?;
     stopping.send_replace(true);
+    if let Some(grpc) = grpc {
+        grpc.await.context("the gRPC server stopped abnormally")??;
+    }
     if workers.is_finished() {
         let handles = workers.await.unwrap_or_default();
         if tokio::time::timeout(grace, futures_util::future::join_all(handles)).await.is_err() {

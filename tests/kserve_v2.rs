@@ -88,7 +88,7 @@ async fn health_metadata_and_readiness() {
     let (status, server_meta) = get(&format!("{url}/v2")).await;
     assert_eq!(status, 200);
     assert_eq!(server_meta["name"], "graft");
-    assert_eq!(server_meta["extensions"], json!(["binary_tensor_data", "classification"]));
+    assert_eq!(server_meta["extensions"], json!(["binary_tensor_data", "classification", "model_configuration"]));
 
     let (status, meta) = get(&format!("{url}/v2/models/tiny_nchw")).await;
     assert_eq!(status, 200);
@@ -103,6 +103,18 @@ async fn health_metadata_and_readiness() {
         (200, json!({"name": "tiny_nchw", "ready": true}))
     );
     assert_eq!(get(&format!("{url}/v2/models/tiny_nchw/versions/1/ready")).await.0, 200);
+    // Triton's model configuration: the batch is left out of `dims`.
+    let limits = Limits::default();
+    let (status, config) = get(&format!("{url}/v2/models/tiny_nhwc/config")).await;
+    assert_eq!(status, 200);
+    assert_eq!(config["max_batch_size"], limits.max_images_per_request);
+    assert_eq!(
+        config["input"],
+        json!([{"name": "input_1", "data_type": "TYPE_FP32", "format": "FORMAT_NHWC", "dims": [32, 32, 3]}])
+    );
+    assert_eq!(config["output"], json!([{"name": "probs", "data_type": "TYPE_FP32", "dims": [10]}]));
+    assert_eq!(config["dynamic_batching"]["preferred_batch_size"], json!([limits.max_batch_size]));
+    assert_eq!(get(&format!("{url}/v2/models/tiny_nhwc/versions/1/config")).await.1, config);
 
     // Errors are the protocol's {"error": …}.
     for path in ["/v2/models/nope", "/v2/models/nope/ready", "/v2/models/tiny_nchw/versions/2", "/v2/nothing"] {

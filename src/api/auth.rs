@@ -68,6 +68,10 @@ pub fn needs_key(method: &Method, path: &str, private_inference: bool) -> bool {
     if path.starts_with("/v2/models/") {
         return private_inference;
     }
+    // The gRPC service: its model methods as the REST model routes, its server methods open.
+    if let Some(method) = path.strip_prefix(super::v2::grpc::SERVICE_PATH) {
+        return method.starts_with("Model") && private_inference;
+    }
     if let Some(rest) = path.strip_prefix("/v1/models") {
         let inference = rest.ends_with("/classify") || rest.ends_with("/localize");
         return !inference || private_inference;
@@ -128,6 +132,11 @@ mod tests {
             (Method::GET, "/readyz", true, false),
             (Method::GET, "/metrics", true, false),
             (Method::POST, "/v2/models/m/infer", false, false),
+            (Method::POST, "/inference.GRPCInferenceService/ModelInfer", false, false),
+            (Method::POST, "/inference.GRPCInferenceService/ModelInfer", true, true),
+            (Method::POST, "/inference.GRPCInferenceService/ModelMetadata", true, true),
+            (Method::POST, "/inference.GRPCInferenceService/ServerLive", true, false),
+            (Method::POST, "/inference.GRPCInferenceService/ServerMetadata", true, false),
             (Method::POST, "/v2/models/m/versions/1/infer", true, true),
             (Method::GET, "/v2/models/m", true, true),
             (Method::GET, "/v2/models/m/ready", false, false),

@@ -40,7 +40,9 @@ use crate::serving::ModelRegistry;
 use crate::store::{BlobStore, Db};
 
 pub use problem::Problem;
-pub use server::{ConnectionLimits, serve};
+pub use server::{ConnectionLimits, Wire, serve};
+/// The Open Inference Protocol's gRPC messages, service and client (proto/grpc_service.proto).
+pub use v2::grpc::proto as grpc_proto;
 
 /// What every handler shares.
 #[derive(Clone)]

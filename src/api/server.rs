@@ -1,8 +1,10 @@
-//! The HTTP/1.1 server loop: hyper with the time bounds `axum::serve` does not set. A
-//! connection must finish its request headers within `--header-read-timeout-seconds`
-//! (a slow-headers client holds nothing longer), and at most `--max-connections` are
-//! served at once (the rest wait in the listen backlog). Stops gracefully: in-flight
-//! requests finish, idle connections close.
+//! The server loop: hyper with the time bounds `axum::serve` does not set, over HTTP/1.1
+//! (`--listen`) or HTTP/2 without TLS (`--grpc-listen`, which gRPC clients speak). An
+//! HTTP/1.1 connection must finish its request headers within
+//! `--header-read-timeout-seconds` (a slow-headers client holds nothing longer); an HTTP/2
+//! one runs at most `MAX_STREAMS` requests at once and is pinged when idle. At most
+//! `--max-connections` are served at once per listener (the rest wait in the listen
+//! backlog). Stops gracefully: in-flight requests finish, idle connections close.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,8 +16,8 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -39,12 +41,27 @@ impl ConnectionLimits {
     }
 }
 
+/// Requests one HTTP/2 connection runs at once (each is bounded by the request limits).
+const MAX_STREAMS: u32 = 128;
+/// An idle HTTP/2 connection is pinged this often, and closed when a ping goes unanswered
+/// for as long.
+const KEEP_ALIVE: Duration = Duration::from_secs(60);
+
+/// The HTTP version a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), as gRPC clients connect without TLS.
+    Http2,
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then waits up to `grace` for the
 /// requests in flight.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    wire: Wire,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> std::io::Result<()> {
@@ -69,15 +86,33 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(with_peer(router.clone(), peer)));
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(place);
-        });
+        let (io, service) = (TokioIo::new(stream), TowerToHyperService::new(with_peer(router.clone(), peer)));
+        match wire {
+            Wire::Http1 => {
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .serve_connection(io, service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                    drop(place);
+                });
+            }
+            Wire::Http2 => {
+                let connection = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(MAX_STREAMS)
+                    .keep_alive_interval(KEEP_ALIVE)
+                    .keep_alive_timeout(KEEP_ALIVE)
+                    .serve_connection(io, service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                    drop(place);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {

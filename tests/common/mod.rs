@@ -100,13 +100,21 @@ pub async fn loaded_registry(model_dir: &Path, limits: &Limits) -> Arc<ModelRegi
 
 /// Serves `state` on 127.0.0.1:0 in the background; returns the base URL.
 pub async fn serve_app(state: AppState) -> String {
+    serve_wire(state, graft::api::Wire::Http1).await
+}
+
+/// Serves `state` over HTTP/2 (as `--grpc-listen` does) on 127.0.0.1:0 in the background;
+/// returns the URL a gRPC channel connects to.
+pub async fn serve_grpc(state: AppState) -> String {
+    serve_wire(state, graft::api::Wire::Http2).await
+}
+
+async fn serve_wire(state: AppState, wire: graft::api::Wire) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let connections = graft::api::ConnectionLimits::of(&state.limits);
-    tokio::spawn(async move {
-        graft::api::serve(listener, app(state), connections, std::future::pending(), std::time::Duration::from_secs(30))
-            .await
-    });
+    let grace = std::time::Duration::from_secs(30);
+    tokio::spawn(graft::api::serve(listener, app(state), connections, wire, std::future::pending(), grace));
     url
 }
 

@@ -1,136 +1,107 @@
-//! `POST /v2/models/{m}[/versions/{v}]/infer`: one input, either the model's preprocessed
-//! FP32 tensor or a `BYTES` tensor of encoded images (decoded and preprocessed as `/v1`
-//! does), through the same runner and dynamic batcher as `/v1`; the outputs as JSON or as
-//! binary tensor data, and the classification extension's top k.
+//! Inference as the protocol defines it, whichever binding carries it (`rest` over HTTP,
+//! `grpc`): one input, either the model's preprocessed FP32 tensor or a `BYTES` tensor of
+//! encoded images (decoded and preprocessed as `/v1` does), through the same runner and
+//! dynamic batcher as `/v1`; then the outputs asked for, as values or as the classification
+//! extension's top k. The bindings decode the input's data and encode the answer.
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use axum::body::Bytes;
 
 use super::super::AppState;
-use super::super::admission::Admission;
-use super::super::body_limits::announced_length;
-use super::super::classify::{Target, ranked, resolve, run_base, run_head};
-use super::super::images::{EncodedImage, read_body};
-use super::protocol::{
-    ErrorResponse, InferenceRequest, InferenceResponse, RequestInput, RequestOutput, ResponseOutput,
-};
-use super::tensors;
-use super::{BOX, MODEL_VERSION, PROBABILITIES, check_version};
+use super::super::classify::{Target, ranked, run_base, run_head};
+use super::super::images::EncodedImage;
+use super::{BOX, PROBABILITIES};
 use crate::error::Error;
 use crate::runtime::ImageOutputs;
 use crate::serving::TrainedHead;
 use crate::vision::DecodeLimits;
 use crate::zoo::Labels;
 
-/// The header that says how much of the body is JSON (the binary tensor extension).
-pub const HEADER_LENGTH: &str = "inference-header-content-length";
-
-#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "v2",
-    params(("model" = String, Path, description = "A pretrained or trained model")),
-    request_body(content(
-        (InferenceRequest = "application/json"),
-        (String = "application/octet-stream"),
-    ), description = "The request as JSON; with the binary tensor extension, the JSON (its length in \
-        Inference-Header-Content-Length) followed by the inputs' bytes"),
-    responses(
-        (status = 200, description = "The outputs as JSON, or (binary tensor extension) the JSON, its length in \
-            Inference-Header-Content-Length, followed by the outputs' bytes", content(
-            (InferenceResponse = "application/json"),
-            (String = "application/octet-stream"),
-        )),
-        (status = 400, description = "The request does not fit the model: its JSON, inputs, shape, datatype, data or outputs", body = ErrorResponse),
-        (status = 404, description = "No model has this name (or, under `/versions/{version}`, no such version)", body = ErrorResponse),
-        (status = 413, description = "The body is over --max-body-bytes", body = ErrorResponse),
-        (status = 415, description = "An image of a format graft does not decode", body = ErrorResponse),
-        (status = 422, description = "An element that is not an image, or over --max-pixels", body = ErrorResponse),
-        (status = 429, description = "The model's queue is full, or too many bytes are in flight", body = ErrorResponse),
-        (status = 503, description = "The model is loading, failed or unloaded", body = ErrorResponse),
-    ))]
-pub async fn infer(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-    request: Request,
-) -> Result<Response, Error> {
-    infer_version(State(state), Path((name, MODEL_VERSION.to_owned())), request).await
+/// The input's description, as the request gives it.
+pub struct Input<'a> {
+    pub name: &'a str,
+    pub datatype: &'a str,
+    pub shape: &'a [i64],
 }
 
-/// Described as `infer` is (`openapi::describe_versions` copies its body and answers).
-#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "v2",
-    params(("model" = String, Path, description = "A pretrained or trained model"),
-        ("version" = String, Path, description = "`1`, the only version")))]
-pub async fn infer_version(
-    State(state): State<AppState>,
-    Path((name, version)): Path<(String, String)>,
-    request: Request,
-) -> Result<Response, Error> {
-    check_version(&name, &version)?;
-    let target = resolve(&state, &name).await?;
-    // Held until the answer, as on /v1: the body counts against the inference bytes in flight.
-    let limit = state.limits.max_body_bytes;
-    let declared = announced_length(request.headers()).map_or(limit, |n| n as usize);
-    let _room = match request.extensions().get::<Admission>() {
-        Some(admission) => Some(admission.inference(declared.min(limit))?),
-        None => None,
-    };
-    let header_length = request.headers().get(HEADER_LENGTH).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let body = read_body(request, limit).await?;
-    let (json, mut binary) = tensors::split_body(&body, header_length.as_deref()).map_err(Error::BadRequest)?;
-    let request: InferenceRequest = serde_json::from_slice(json)
-        .map_err(|e| Error::BadRequest(format!("the inference request is not valid: {e}")))?;
-    let [input] = request.inputs.as_slice() else {
-        return Err(Error::BadRequest(format!(
-            "{name} takes one input (its FP32 tensor or a BYTES tensor of encoded images); the request has {}",
-            request.inputs.len()
-        )));
-    };
-    let images = checked_batch(input, state.limits.max_images_per_request)?;
-    let binary_input = binary_size(input)?.map(|size| tensors::take(&mut binary, size, &input.name)).transpose();
-    let binary_input = binary_input.map_err(Error::BadRequest)?;
-    let outputs = match input.datatype.as_str() {
-        "FP32" => run_tensor(&target, input, images, binary_input).await?,
-        "BYTES" => run_images(&state, &target, input, images, binary_input).await?,
-        other => {
-            return Err(Error::BadRequest(format!(
+/// The input's elements, decoded by the binding from its JSON, binary or protobuf form.
+pub enum Values {
+    /// The preprocessed tensor, row-major.
+    Fp32(Vec<f32>),
+    /// One encoded image per element.
+    Images(Vec<Bytes>),
+}
+
+/// The kinds of input a model takes.
+pub enum Kind {
+    Fp32,
+    Images,
+}
+
+impl Input<'_> {
+    /// What the datatype asks for, or a refusal naming the two accepted.
+    pub fn kind(&self) -> Result<Kind, Error> {
+        match self.datatype {
+            "FP32" => Ok(Kind::Fp32),
+            "BYTES" => Ok(Kind::Images),
+            other => Err(Error::BadRequest(format!(
                 "input {}: datatype {other} is not accepted; send FP32 (the preprocessed tensor) or BYTES (encoded images)",
-                input.name
+                self.name
+            ))),
+        }
+    }
+
+    /// The batch the input holds: its first dimension, within 1..=`max`. Checked before
+    /// any data is decoded.
+    pub fn batch(&self, max: usize) -> Result<usize, Error> {
+        let batch = self.shape.first().copied().unwrap_or(0);
+        if batch < 1 || batch as usize > max {
+            return Err(Error::BadRequest(format!(
+                "input {}: the first dimension is the batch, 1 to {max} (--max-images-per-request); the shape is {:?}",
+                self.name, self.shape
             )));
         }
+        Ok(batch as usize)
+    }
+}
+
+/// Refuses a request without exactly one input (graft's models take one).
+pub fn only_input<'a, T>(model: &str, inputs: &'a [T]) -> Result<&'a T, Error> {
+    match inputs {
+        [input] => Ok(input),
+        _ => Err(Error::BadRequest(format!(
+            "{model} takes one input (its FP32 tensor or a BYTES tensor of encoded images); the request has {}",
+            inputs.len()
+        ))),
+    }
+}
+
+/// How many FP32 elements `images` preprocessed images hold for this model.
+pub fn fp32_elements(target: &Target, images: usize) -> usize {
+    images * target.base().runner.image_len()
+}
+
+/// Runs the input through the model and returns its outputs (see `output_values`).
+pub async fn run<'t>(
+    state: &AppState,
+    target: &'t Target,
+    input: &Input<'_>,
+    images: usize,
+    values: Values,
+) -> Result<Vec<OutputValues<'t>>, Error> {
+    let outputs = match values {
+        Values::Fp32(values) => run_tensor(target, input, images, values).await?,
+        Values::Images(elements) => run_images(state, target, input, images, elements).await?,
     };
-    let tensors = output_values(&target, outputs)?;
-    respond(&name, request, tensors)
-}
-
-/// The batch a request's input holds: its first dimension, within 1..=`max`.
-fn checked_batch(input: &RequestInput, max: usize) -> Result<usize, Error> {
-    let batch = input.shape.first().copied().unwrap_or(0);
-    if batch < 1 || batch as usize > max {
-        return Err(Error::BadRequest(format!(
-            "input {}: the first dimension is the batch, 1 to {max} (--max-images-per-request); the shape is {:?}",
-            input.name, input.shape
-        )));
-    }
-    Ok(batch as usize)
-}
-
-fn binary_size(input: &RequestInput) -> Result<Option<usize>, Error> {
-    match input.parameters.get("binary_data_size") {
-        None => Ok(None),
-        Some(size) => size.as_u64().map(|s| Some(s as usize)).ok_or_else(|| {
-            Error::BadRequest(format!("input {}: binary_data_size must be a byte count, not {size}", input.name))
-        }),
-    }
+    output_values(target, outputs)
 }
 
 /// The model's own input, preprocessed by the client: its shape must be the batch and then
 /// the manifest's layout and size.
 async fn run_tensor(
     target: &Target,
-    input: &RequestInput,
+    input: &Input<'_>,
     images: usize,
-    binary: Option<&[u8]>,
+    values: Vec<f32>,
 ) -> Result<Vec<ImageOutputs>, Error> {
     let base = target.base();
     let expected = super::input_shape(&base.manifest);
@@ -140,20 +111,13 @@ async fn run_tensor(
             base.manifest.input_name, input.name
         )));
     }
-    if input.shape[1..] != expected[1..] {
+    if input.shape.len() != expected.len() || input.shape[1..] != expected[1..] {
         return Err(Error::BadRequest(format!(
             "input {}: the shape must be {expected:?} with the batch first; got {:?}",
             input.name, input.shape
         )));
     }
-    let image_len = base.runner.image_len();
-    let total = images * image_len;
-    let values = match (binary, &input.data) {
-        (Some(bytes), _) => tensors::fp32_from_bytes(bytes, &input.name),
-        (None, Some(data)) => tensors::fp32_from_json(data, &input.name, total),
-        (None, None) => Err(format!("input {} has no data and no binary_data_size", input.name)),
-    }
-    .map_err(Error::BadRequest)?;
+    let total = fp32_elements(target, images);
     if values.len() != total {
         return Err(Error::BadRequest(format!(
             "input {}: the shape {:?} holds {total} elements; the data has {}",
@@ -163,11 +127,16 @@ async fn run_tensor(
         )));
     }
     let mut parts = base.runner.part_buffers(images);
-    let mut from = 0;
-    for part in &mut parts {
-        let len = part.len();
-        part.copy_from_slice(&values[from..from + len]);
-        from += len;
+    if let [only] = parts.as_mut_slice() {
+        // One batch: the decoded values are the batch, no copy.
+        *only = values;
+    } else {
+        let mut from = 0;
+        for part in &mut parts {
+            let len = part.len();
+            part.copy_from_slice(&values[from..from + len]);
+            from += len;
+        }
     }
     Ok(base.runner.infer_parts(parts, target.outputs_needed()).await?)
 }
@@ -176,9 +145,9 @@ async fn run_tensor(
 async fn run_images(
     state: &AppState,
     target: &Target,
-    input: &RequestInput,
+    input: &Input<'_>,
     images: usize,
-    binary: Option<&[u8]>,
+    elements: Vec<Bytes>,
 ) -> Result<Vec<ImageOutputs>, Error> {
     if input.shape.len() > 2 || input.shape.get(1).is_some_and(|&d| d != 1) {
         return Err(Error::BadRequest(format!(
@@ -186,12 +155,6 @@ async fn run_images(
             input.name, input.shape
         )));
     }
-    let elements = match (binary, &input.data) {
-        (Some(bytes), _) => tensors::bytes_elements(bytes, &input.name, images),
-        (None, Some(data)) => tensors::bytes_from_json(data, &input.name, images),
-        (None, None) => Err(format!("input {} has no data and no binary_data_size", input.name)),
-    }
-    .map_err(Error::BadRequest)?;
     if elements.len() != images {
         return Err(Error::BadRequest(format!(
             "input {}: the shape {:?} holds {images} images; the data has {}",
@@ -203,7 +166,7 @@ async fn run_images(
     let encoded: Vec<EncodedImage> = elements
         .into_iter()
         .enumerate()
-        .map(|(i, bytes)| EncodedImage { source: format!("{}[{i}]", input.name), bytes: Bytes::from(bytes) })
+        .map(|(i, bytes)| EncodedImage { source: format!("{}[{i}]", input.name), bytes })
         .collect();
     let limits = DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans };
     let (outputs, _) =
@@ -274,86 +237,83 @@ fn output_values(target: &Target, outputs: Vec<ImageOutputs>) -> Result<Vec<Outp
     }
 }
 
-/// The answer: the outputs asked for (all when none are named), each as JSON data or binary
-/// data, or as the classification extension's top k.
-fn respond(name: &str, request: InferenceRequest, tensors: Vec<OutputValues>) -> Result<Response, Error> {
-    let all_binary = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
-    let asked: Vec<RequestOutput> = match request.outputs {
-        Some(outputs) => outputs,
-        None => tensors.iter().map(|t| RequestOutput { name: t.name.to_owned(), parameters: Map::new() }).collect(),
-    };
-    let mut outputs = Vec::new();
-    let mut binary = Vec::new();
-    for output in &asked {
-        let tensor = tensors.iter().find(|t| t.name == output.name).ok_or_else(|| {
-            let known: Vec<&str> = tensors.iter().map(|t| t.name).collect();
-            Error::BadRequest(format!("{name} has no output {:?}; its outputs are {known:?}", output.name))
-        })?;
-        let as_binary = output.parameters.get("binary_data").and_then(Value::as_bool).unwrap_or(all_binary);
-        let images = tensor.values.len() / tensor.per_image.max(1);
-        let (shape, datatype, data) = match output.parameters.get("classification") {
-            Some(k) => {
-                let k = k.as_u64().filter(|&k| k >= 1).ok_or_else(|| {
-                    Error::BadRequest(format!("output {}: classification must be a count ≥ 1, not {k}", tensor.name))
-                })?;
-                let k = (k as usize).min(tensor.per_image);
-                let strings = classification(tensor, k);
-                let data = match as_binary {
-                    true => Err(tensors::encode_bytes_elements(&strings)),
-                    false => Ok(json!(strings)),
-                };
-                (vec![images as i64, k as i64], "BYTES", data)
-            }
-            None => {
-                let data = match as_binary {
-                    true => Err(tensors::fp32_to_bytes(&tensor.values)),
-                    false => Ok(json!(tensor.values)),
-                };
-                (vec![images as i64, tensor.per_image as i64], "FP32", data)
-            }
-        };
-        // JSON data, or (Err) bytes that follow the JSON.
-        let mut parameters = Map::new();
-        let data = match data {
-            Ok(json) => Some(json),
-            Err(bytes) => {
-                parameters.insert("binary_data_size".into(), json!(bytes.len()));
-                binary.extend_from_slice(&bytes);
-                None
-            }
-        };
-        outputs.push(ResponseOutput {
-            name: tensor.name.to_owned(),
-            shape,
-            datatype: datatype.into(),
-            parameters,
-            data,
-        });
+/// An output the request names, with the classification extension's k when it asks for it.
+pub struct Requested<'r> {
+    pub name: &'r str,
+    pub classification: Option<i64>,
+}
+
+/// One output of the answer: its values, or (classification) its top-k strings.
+pub struct Answer<'t> {
+    pub name: &'t str,
+    pub shape: [i64; 2],
+    pub data: AnswerData<'t>,
+}
+
+pub enum AnswerData<'t> {
+    Fp32(&'t [f32]),
+    Strings(Vec<String>),
+}
+
+impl Answer<'_> {
+    pub fn datatype(&self) -> &'static str {
+        match self.data {
+            AnswerData::Fp32(_) => "FP32",
+            AnswerData::Strings(_) => "BYTES",
+        }
     }
-    let answer = InferenceResponse {
-        model_name: name.to_owned(),
-        model_version: MODEL_VERSION.to_owned(),
-        id: request.id,
-        parameters: Map::new(),
-        outputs,
+}
+
+/// The outputs asked for, in the request's order (every output, as values, when it names none).
+pub fn select<'t>(
+    model: &str,
+    tensors: &'t [OutputValues<'t>],
+    requested: Option<Vec<Requested>>,
+) -> Result<Vec<Answer<'t>>, Error> {
+    let Some(requested) = requested else {
+        return Ok(tensors.iter().map(|tensor| answer(tensor, None)).collect());
     };
-    let json = serde_json::to_vec(&answer).map_err(|e| Error::Internal(e.to_string()))?;
-    if binary.is_empty() {
-        return Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response());
+    requested
+        .into_iter()
+        .map(|output| {
+            let tensor = tensors.iter().find(|t| t.name == output.name).ok_or_else(|| {
+                let known: Vec<&str> = tensors.iter().map(|t| t.name).collect();
+                Error::BadRequest(format!("{model} has no output {:?}; its outputs are {known:?}", output.name))
+            })?;
+            let k = match output.classification {
+                Some(k) if k < 1 => {
+                    return Err(Error::BadRequest(format!(
+                        "output {}: classification must be a count ≥ 1, not {k}",
+                        tensor.name
+                    )));
+                }
+                Some(k) => Some((k as usize).min(tensor.per_image)),
+                None => None,
+            };
+            Ok(answer(tensor, k))
+        })
+        .collect()
+}
+
+fn answer<'t>(tensor: &'t OutputValues<'t>, classification: Option<usize>) -> Answer<'t> {
+    let images = (tensor.values.len() / tensor.per_image.max(1)) as i64;
+    match classification {
+        Some(k) => Answer {
+            name: tensor.name,
+            shape: [images, k as i64],
+            data: AnswerData::Strings(classification_strings(tensor, k)),
+        },
+        None => Answer {
+            name: tensor.name,
+            shape: [images, tensor.per_image as i64],
+            data: AnswerData::Fp32(&tensor.values),
+        },
     }
-    let json_length = json.len();
-    let mut body = json;
-    body.extend_from_slice(&binary);
-    let mut response = Body::from(body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    headers.insert(HEADER_LENGTH, HeaderValue::from(json_length));
-    Ok(response)
 }
 
 /// The top `k` of each image as `"score:index:label"` (or `"score:index"` without labels),
 /// best first; the score as the output has it, in Rust's shortest exact form.
-fn classification(tensor: &OutputValues, k: usize) -> Vec<String> {
+fn classification_strings(tensor: &OutputValues, k: usize) -> Vec<String> {
     tensor
         .values
         .chunks(tensor.per_image.max(1))
@@ -379,13 +339,34 @@ mod tests {
             values: vec![0.2, 0.5, 0.3, 0.9, 0.05, 0.05],
             classes: ClassNames::Dataset(&classes),
         };
-        assert_eq!(classification(&tensor, 2), ["0.5:1:dog", "0.3:2", "0.9:0:cat", "0.05:1:dog"]);
+        assert_eq!(classification_strings(&tensor, 2), ["0.5:1:dog", "0.3:2", "0.9:0:cat", "0.05:1:dog"]);
     }
 
     /// Kept for the logits case: the extension ranks the raw output, as Triton does.
     #[test]
     fn classification_ranks_logits_as_they_are() {
         let tensor = OutputValues { name: "logits", per_image: 2, values: vec![-1.0, 3.5], classes: ClassNames::None };
-        assert_eq!(classification(&tensor, 1), ["3.5:1"]);
+        assert_eq!(classification_strings(&tensor, 1), ["3.5:1"]);
+    }
+
+    #[test]
+    fn outputs_are_selected_in_the_requested_order_and_k_is_bounded() {
+        let tensors = [
+            OutputValues { name: "a", per_image: 2, values: vec![0.1, 0.9, 0.8, 0.2], classes: ClassNames::None },
+            OutputValues { name: "b", per_image: 1, values: vec![1.0, 2.0], classes: ClassNames::None },
+        ];
+        let all = select("m", &tensors, None).unwrap();
+        assert_eq!(all.iter().map(|a| (a.name, a.shape)).collect::<Vec<_>>(), [("a", [2, 2]), ("b", [2, 1])]);
+        let asked =
+            vec![Requested { name: "b", classification: None }, Requested { name: "a", classification: Some(5) }];
+        let some = select("m", &tensors, Some(asked)).unwrap();
+        assert_eq!(some[0].name, "b");
+        assert_eq!((some[1].shape, some[1].datatype()), ([2, 2], "BYTES"), "k is at most the classes");
+        let AnswerData::Strings(strings) = &some[1].data else { panic!("classification strings") };
+        assert_eq!(strings, &["0.9:1", "0.1:0", "0.8:0", "0.2:1"]);
+        let unknown = select("m", &tensors, Some(vec![Requested { name: "c", classification: None }]));
+        assert!(matches!(unknown, Err(Error::BadRequest(m)) if m.contains("[\"a\", \"b\"]")));
+        let zero = select("m", &tensors, Some(vec![Requested { name: "a", classification: Some(0) }]));
+        assert!(matches!(zero, Err(Error::BadRequest(m)) if m.contains("≥ 1")));
     }
 }

@@ -1,11 +1,14 @@
-//! The Open Inference Protocol (KServe v2) over HTTP, beside graft's own `/v1`: health,
-//! server and model metadata, model readiness and inference, with the binary tensor and
-//! classification extensions. Every pretrained and trained model is a v2 model (version
-//! `1`). Inference shares `/v1`'s runner, batcher, limits and keys; errors are the
-//! protocol's `{"error": "…"}` (`protocol_errors` rewrites graft's problem answers).
+//! The Open Inference Protocol (KServe v2) beside graft's own `/v1`, over HTTP (`rest`) and
+//! gRPC (`grpc`): health, server and model metadata, model readiness, Triton's model
+//! configuration, and inference (`infer`), with the binary tensor and classification
+//! extensions. Every pretrained and trained model is a v2 model (version `1`). Inference
+//! shares `/v1`'s runner, batcher, limits and keys; errors are the protocol's
+//! `{"error": "…"}` or a gRPC status (`protocol_errors` rewrites graft's problem answers).
 
+pub mod grpc;
 mod infer;
 mod protocol;
+mod rest;
 mod tensors;
 
 use axum::Json;
@@ -19,11 +22,15 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::classify::{Target, resolve};
+use super::problem::ProblemType;
 use crate::error::Error;
 use crate::serving::TrainedHead;
 use crate::vision::Layout;
 use crate::zoo::Manifest;
-use protocol::{ErrorResponse, ModelMetadata, ModelReady, ServerLive, ServerMetadata, ServerReady, TensorMetadata};
+use protocol::{
+    ConfigInput, ConfigOutput, DynamicBatching, ErrorResponse, ModelConfig, ModelMetadata, ModelReady, ServerLive,
+    ServerMetadata, ServerReady, TensorMetadata,
+};
 
 /// The one version of every model.
 pub const MODEL_VERSION: &str = "1";
@@ -31,13 +38,14 @@ pub const MODEL_VERSION: &str = "1";
 const PROBABILITIES: &str = "probabilities";
 const BOX: &str = "box";
 /// What `GET /v2` lists.
-pub const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "classification"];
+pub const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "classification", "model_configuration"];
 /// The longest problem body `protocol_errors` reads back (a problem is a few hundred bytes).
 const MAX_PROBLEM_BYTES: usize = 64 * 1024;
 
 /// The v2 routes: the health checks and server metadata (open, not rate limited, like
 /// `/healthz`), and the model routes, which take `/v1`'s body limit, deadline and rate limit
-/// (`super::routes`).
+/// (`super::routes`). The gRPC service is one more model route: it has no OpenAPI
+/// description (proto/grpc_service.proto is its description), so it is added with `route`.
 pub(super) fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
     let health = OpenApiRouter::new()
         .routes(routes!(server_live))
@@ -48,8 +56,11 @@ pub(super) fn routes() -> (OpenApiRouter<AppState>, OpenApiRouter<AppState>) {
         .routes(routes!(model_version_metadata))
         .routes(routes!(model_ready))
         .routes(routes!(model_version_ready))
-        .routes(routes!(infer::infer))
-        .routes(routes!(infer::infer_version));
+        .routes(routes!(model_config))
+        .routes(routes!(model_version_config))
+        .routes(routes!(rest::infer))
+        .routes(routes!(rest::infer_version))
+        .route(grpc::ROUTE, axum::routing::post(grpc::serve));
     (health, models)
 }
 
@@ -134,6 +145,31 @@ pub async fn model_version_ready(
     model_ready(State(state), Path(name)).await
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}/config", tag = "v2",
+    params(("model" = String, Path, description = "A pretrained or trained model")),
+    responses(
+        (status = 200, description = "The model's configuration as Triton describes one (its model configuration \
+            extension): batching, inputs and outputs", body = ModelConfig),
+        (status = 404, description = "No model has this name (or, under `/versions/{version}`, no such version)", body = ErrorResponse),
+        (status = 503, description = "The model is loading, failed or unloaded", body = ErrorResponse),
+    ))]
+pub async fn model_config(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ModelConfig>, Error> {
+    let target = resolve(&state, &name).await?;
+    Ok(Json(config(&state, &name, &target)))
+}
+
+/// Described as the unversioned route is (`openapi::describe_versions` copies its answers).
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/config", tag = "v2",
+    params(("model" = String, Path, description = "A pretrained or trained model"),
+        ("version" = String, Path, description = "`1`, the only version")))]
+pub async fn model_version_config(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<ModelConfig>, Error> {
+    check_version(&name, &version)?;
+    model_config(State(state), Path(name)).await
+}
+
 fn check_version(name: &str, version: &str) -> Result<(), Error> {
     if version == MODEL_VERSION {
         return Ok(());
@@ -185,17 +221,51 @@ fn metadata(name: &str, target: &Target) -> ModelMetadata {
     }
 }
 
+/// The model as a Triton model configuration: a request holds up to
+/// `--max-images-per-request` images (the batch dimension, left out of `dims`), and the
+/// dynamic batcher runs up to `--max-batch-size` at once.
+fn config(state: &AppState, name: &str, target: &Target) -> ModelConfig {
+    let manifest = &target.base().manifest;
+    let format = match manifest.preprocessing.layout {
+        Layout::Nchw => "FORMAT_NCHW",
+        Layout::Nhwc => "FORMAT_NHWC",
+    };
+    let limits = &state.limits;
+    ModelConfig {
+        name: name.to_owned(),
+        platform: "onnxruntime_onnx".into(),
+        backend: "onnxruntime".into(),
+        max_batch_size: i32::try_from(limits.max_images_per_request).unwrap_or(i32::MAX),
+        input: vec![ConfigInput {
+            name: manifest.input_name.clone(),
+            data_type: "TYPE_FP32".into(),
+            format: format.into(),
+            dims: input_shape(manifest)[1..].to_vec(),
+        }],
+        output: output_tensors(target)
+            .into_iter()
+            .map(|t| ConfigOutput { name: t.name, data_type: "TYPE_FP32".into(), dims: t.shape[1..].to_vec() })
+            .collect(),
+        dynamic_batching: DynamicBatching {
+            preferred_batch_size: vec![i32::try_from(limits.max_batch_size).unwrap_or(i32::MAX)],
+            max_queue_delay_microseconds: limits.max_delay_ms.saturating_mul(1000),
+        },
+    }
+}
+
 /// Under `/v2`, graft's problem answers (from the handlers, the key check, the rate limit,
 /// the body limits, the deadline) become the protocol's `{"error": "…"}` with the same status
-/// and headers.
+/// and headers; on the gRPC service, a gRPC status with the code of the same meaning.
 pub async fn protocol_errors(request: Request, next: Next) -> Response {
-    let v2 = request.uri().path() == "/v2" || request.uri().path().starts_with("/v2/");
+    let path = request.uri().path();
+    let rest = path == "/v2" || path.starts_with("/v2/");
+    let grpc = path.starts_with(grpc::SERVICE_PATH);
     let response = next.run(request).await;
     let is_problem = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if !v2 || !is_problem {
+    if !(rest || grpc) || !is_problem {
         return response;
     }
     let (mut parts, body) = response.into_parts();
@@ -206,6 +276,13 @@ pub async fn protocol_errors(request: Request, next: Next) -> Response {
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()),
         Err(_) => parts.status.canonical_reason().unwrap_or("error").to_owned(),
     };
+    if grpc {
+        let kind = parts.extensions.get::<ProblemType>().map_or("", |k| k.0.as_str());
+        let mut answer = tonic::Status::new(grpc::code(parts.status, kind), detail).into_http::<Body>();
+        // The metrics layer reads the refusal's type from here.
+        answer.extensions_mut().extend(parts.extensions);
+        return answer;
+    }
     let body = serde_json::to_vec(&ErrorResponse { error: detail }).unwrap_or_default();
     parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     parts.headers.remove(header::CONTENT_LENGTH);

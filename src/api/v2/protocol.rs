@@ -115,6 +115,44 @@ pub struct TensorMetadata {
     pub shape: Vec<i64>,
 }
 
+/// A model as Triton's model configuration describes one (the fields clients read).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelConfig {
+    pub name: String,
+    pub platform: String,
+    pub backend: String,
+    /// The most images one request may hold; `dims` leave this batch dimension out.
+    pub max_batch_size: i32,
+    pub input: Vec<ConfigInput>,
+    pub output: Vec<ConfigOutput>,
+    pub dynamic_batching: DynamicBatching,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConfigInput {
+    pub name: String,
+    /// `TYPE_FP32`.
+    pub data_type: String,
+    /// `FORMAT_NCHW` or `FORMAT_NHWC`.
+    pub format: String,
+    pub dims: Vec<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConfigOutput {
+    pub name: String,
+    pub data_type: String,
+    pub dims: Vec<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DynamicBatching {
+    /// The batch the batcher runs at most.
+    pub preferred_batch_size: Vec<i32>,
+    /// How long a batch that is not full waits for more requests (`--max-delay-ms`).
+    pub max_queue_delay_microseconds: u64,
+}
+
 /// Every error answer of `/v2`, as the protocol has it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorResponse {

@@ -59,7 +59,7 @@ pub fn fp32_from_json(data: &Value, name: &str, max: usize) -> Result<Vec<f32>, 
 
 /// `BYTES` elements from the binary extension: each a 4-byte little-endian length, then
 /// that many bytes; at most `max` elements.
-pub fn bytes_elements(mut data: &[u8], name: &str, max: usize) -> Result<Vec<Vec<u8>>, String> {
+pub fn bytes_elements<'a>(mut data: &'a [u8], name: &str, max: usize) -> Result<Vec<&'a [u8]>, String> {
     let mut out = Vec::new();
     while !data.is_empty() {
         if out.len() == max {
@@ -67,7 +67,7 @@ pub fn bytes_elements(mut data: &[u8], name: &str, max: usize) -> Result<Vec<Vec
         }
         let length = take(&mut data, 4, name)?;
         let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
-        out.push(take(&mut data, length, name)?.to_vec());
+        out.push(take(&mut data, length, name)?);
     }
     Ok(out)
 }
@@ -143,7 +143,7 @@ mod tests {
         let encoded = encode_bytes_elements(&elements);
         assert_eq!(&encoded[..4], &9u32.to_le_bytes());
         let decoded = bytes_elements(&encoded, "x", 3).unwrap();
-        assert_eq!(decoded, elements.iter().map(|e| e.as_bytes().to_vec()).collect::<Vec<_>>());
+        assert_eq!(decoded, elements.iter().map(|e| e.as_bytes()).collect::<Vec<_>>());
         assert!(bytes_elements(&encoded, "x", 2).is_err(), "more elements than the shape");
         assert!(bytes_elements(&encoded[..6], "x", 3).is_err(), "a length past the end");
         let b64 = json!(["AQI=", ["AwQ="]]);
