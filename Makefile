@@ -48,8 +48,8 @@ api-fuzz: .venv-schemathesis/.installed fixtures
 	.venv-schemathesis/bin/python tests/api_fuzz/run_schemathesis.py --graft target/debug/graft \
 		--models $(FIXTURES)/models $(API_FUZZ_ARGS)
 
-## Triton's published Python client (tritonclient.http) against a live graft over the
-## Open Inference Protocol, checked against /v1 on the same images.
+## The published Open Inference Protocol clients (tritonclient.http and .grpc, the KServe
+## SDK's REST and gRPC clients) against a live graft, checked against /v1 on the same images.
 v2-clients: .venv-v2clients/.installed fixtures
 	$(CARGO) build --quiet
 	.venv-v2clients/bin/python tests/v2_clients/run_clients.py --graft target/debug/graft --models $(FIXTURES)/models

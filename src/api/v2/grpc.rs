@@ -103,13 +103,9 @@ impl GrpcInferenceService for Inference {
         &self,
         request: tonic::Request<proto::ModelReadyRequest>,
     ) -> Answered<proto::ModelReadyResponse> {
+        // As Triton answers: a model or version that is not there is not ready (REST says 404).
         let request = request.into_inner();
-        check_requested_version(&request.name, &request.version)?;
-        let ready = match resolve(&self.state, &request.name).await {
-            Ok(_) => true,
-            Err(unknown @ Error::UnknownModel(_)) => return Err(status(unknown)),
-            Err(_) => false,
-        };
+        let ready = self.target(&request.name, &request.version).await.is_ok();
         Ok(tonic::Response::new(proto::ModelReadyResponse { ready }))
     }
 
