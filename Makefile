@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test api-fuzz v2-clients lint openapi ort models fixtures keras-models bench bench-train bench-localize bench-tune soak fuzz clean
+.PHONY: all build release run test api-fuzz v2-clients lint openapi ort models fixtures keras-models bench bench-v2 bench-perf-analyzer bench-train bench-localize bench-tune soak fuzz clean
 
 all: build
 
@@ -109,6 +109,19 @@ keras-models:
 BENCH_ARGS ?=
 bench: release models fixtures .venv-bench/.installed
 	target/release/graft-bench serving --python .venv-bench/bin/python $(BENCH_ARGS)
+
+## The Open Inference Protocol beside /v1 on one graft: the same image to /v1 classify, as a
+## BYTES tensor over v2 REST (binary extension) and gRPC (raw contents), and its preprocessed
+## FP32 tensor over both; images/s and p50/p99 at c=1/8/32 and each one's ratio to /v1.
+BENCH_V2_ARGS ?=
+bench-v2: release models fixtures
+	target/release/graft-bench v2 $(BENCH_V2_ARGS)
+
+## Triton's perf_analyzer (the perf-analyzer wheel, run with Debian trixie's C runtime where
+## the system's glibc is older than its 2.38) against graft's gRPC and REST v2 endpoints.
+PERF_ANALYZER_ARGS ?=
+bench-perf-analyzer: release models
+	$(PYTHON) bench/perf_analyzer.py --graft target/release/graft --model-dir models $(PERF_ANALYZER_ARGS)
 
 ## Head training on three data sets (photos, digits, tiles): graft's convex default and
 ## mini-batch recipes vs scikit-learn LogisticRegression (default and best C) and Keras

@@ -1,9 +1,14 @@
-//! A closed-loop HTTP load generator: `concurrency` clients each send the next request
-//! as soon as their previous one is answered, until `requests` are done or `duration` passes.
+//! A closed-loop load generator: `concurrency` clients each send the next request as soon
+//! as their previous one is answered, until `requests` are done or `duration` passes. The
+//! request is an HTTP post (`run_load`) or any call (`run_closed_loop`).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
 #[derive(Debug, Clone)]
 pub struct LoadResult {
@@ -14,6 +19,10 @@ pub struct LoadResult {
     pub errors: usize,
 }
 
+/// One request of a closed loop: true when it was answered with success.
+pub type Call = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// `concurrency` clients posting `image` to `url` (one image per request).
 pub async fn run_load(
     url: &str,
     image: &[u8],
@@ -23,25 +32,55 @@ pub async fn run_load(
     duration: Option<Duration>,
 ) -> anyhow::Result<LoadResult> {
     let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
-    let body = bytes::Bytes::copy_from_slice(image);
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_str(content_type)?);
+    let send = post(&client, url, bytes::Bytes::copy_from_slice(image), headers);
+    run_closed_loop(concurrency, requests, duration, send).await
+}
+
+/// A post of `body` with `headers`, whose whole answer is read.
+pub fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: bytes::Bytes,
+    headers: HeaderMap,
+) -> impl Fn() -> Call + Clone + Send + 'static {
+    let (client, url) = (client.clone(), Arc::<str>::from(url));
+    move || {
+        let request = client.post(&*url).headers(headers.clone()).body(body.clone());
+        Box::pin(async move {
+            match request.send().await {
+                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        })
+    }
+}
+
+/// `concurrency` clients each calling `send` (one image per call, true when answered)
+/// as soon as their previous call is answered.
+pub async fn run_closed_loop<F, Call>(
+    concurrency: usize,
+    requests: usize,
+    duration: Option<Duration>,
+    send: F,
+) -> anyhow::Result<LoadResult>
+where
+    F: Fn() -> Call + Clone + Send + 'static,
+    Call: Future<Output = bool> + Send,
+{
     let issued = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let deadline = duration.map(|d| started + d);
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (client, body, issued, url, content_type) =
-                (client.clone(), body.clone(), issued.clone(), url.to_owned(), content_type.to_owned());
+            let (send, issued) = (send.clone(), issued.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0usize;
                 while issued.fetch_add(1, Ordering::Relaxed) < requests && deadline.is_none_or(|d| Instant::now() < d) {
                     let sent = Instant::now();
-                    let ok =
-                        match client.post(&url).header("content-type", &content_type).body(body.clone()).send().await {
-                            Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
-                            Err(_) => false,
-                        };
-                    if ok {
+                    if send().await {
                         latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
                     } else {
                         errors += 1;

@@ -7,6 +7,7 @@ mod raw;
 mod serving;
 mod soak;
 mod tune;
+mod v2;
 
 use std::process::ExitCode;
 
@@ -27,6 +28,8 @@ enum Command {
     Tune(Box<tune::TuneBenchSettings>),
     /// Mixed valid and invalid classify requests held against a server: no 5xx, RSS flat.
     Soak(Box<soak::SoakSettings>),
+    /// The Open Inference Protocol (v2 REST and gRPC, images and tensors) beside /v1.
+    V2(Box<v2::V2BenchSettings>),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
             Command::Serving(settings) => serving::run(*settings).await,
             Command::Tune(settings) => tune::run(*settings).await,
             Command::Soak(settings) => soak::run(*settings).await,
+            Command::V2(settings) => v2::run(*settings).await,
         }
     });
     match outcome {
