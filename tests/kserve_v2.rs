@@ -95,7 +95,14 @@ async fn health_metadata_and_readiness() {
     assert_eq!(meta["versions"], json!(["1"]));
     assert_eq!(meta["platform"], "onnxruntime_onnx");
     assert_eq!(meta["inputs"], json!([{"name": "pixels", "datatype": "FP32", "shape": [-1, 3, 32, 32]}]));
-    assert_eq!(meta["outputs"], json!([{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]));
+    let width = server.registry.ready("tiny_nchw").unwrap().features.clone().unwrap();
+    assert_eq!(
+        meta["outputs"],
+        json!([
+            {"name": "logits", "datatype": "FP32", "shape": [-1, 10]},
+            {"name": "features", "datatype": "FP32", "shape": [-1, width]},
+        ])
+    );
     let (_, nhwc) = get(&format!("{url}/v2/models/tiny_nhwc/versions/1")).await;
     assert_eq!(nhwc["inputs"][0]["shape"], json!([-1, 32, 32, 3]));
     assert_eq!(
@@ -112,7 +119,13 @@ async fn health_metadata_and_readiness() {
         config["input"],
         json!([{"name": "input_1", "data_type": "TYPE_FP32", "format": "FORMAT_NHWC", "dims": [32, 32, 3]}])
     );
-    assert_eq!(config["output"], json!([{"name": "probs", "data_type": "TYPE_FP32", "dims": [10]}]));
+    assert_eq!(
+        config["output"],
+        json!([
+            {"name": "probs", "data_type": "TYPE_FP32", "dims": [10]},
+            {"name": "features", "data_type": "TYPE_FP32", "dims": [width]},
+        ])
+    );
     assert_eq!(config["dynamic_batching"]["preferred_batch_size"], json!([limits.max_batch_size]));
     assert_eq!(get(&format!("{url}/v2/models/tiny_nhwc/versions/1/config")).await.1, config);
 
@@ -244,6 +257,26 @@ async fn fp32_tensors_run_as_given_and_classification_ranks_them() {
             assert_eq!((parts[1], parts[2]), (class.to_string().as_str(), labels[class]));
         }
     }
+
+    // The pooled features, only when asked for: the base's own, as ONNX Runtime gives them.
+    let direct = {
+        let (model, pixels) = (model.clone(), pixels.clone());
+        tokio::task::spawn_blocking(move || model.runner.infer_blocking(pixels, 2, 2).unwrap()).await.unwrap()
+    };
+    let features: Vec<f32> = direct.iter().flat_map(|image| image[1].clone()).collect();
+    let body = json!({
+        "inputs": [{"name": "pixels", "shape": [2, 3, 32, 32], "datatype": "FP32", "data": pixels}],
+        "outputs": [{"name": "features"}, {"name": "logits"}],
+    });
+    let (status, answer) = infer(url, "tiny_nchw", body).await;
+    assert_eq!(status, 200, "{answer}");
+    let width = model.features.clone().unwrap();
+    assert_eq!(
+        (&answer["outputs"][0]["name"], &answer["outputs"][0]["shape"]),
+        (&json!("features"), &json!([2, width]))
+    );
+    assert_eq!(floats(&answer["outputs"][0]["data"]), features);
+    assert_eq!(floats(&answer["outputs"][1]["data"]), want);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +364,14 @@ async fn a_trained_model_answers_its_probabilities() {
 
     let (status, meta) = get(&format!("{url}/v2/models/shapes")).await;
     assert_eq!(status, 200);
-    assert_eq!(meta["outputs"], json!([{"name": "probabilities", "datatype": "FP32", "shape": [-1, classes.len()]}]));
+    let width = server.registry.ready("tiny_nchw").unwrap().features.clone().unwrap();
+    assert_eq!(
+        meta["outputs"],
+        json!([
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, classes.len()]},
+            {"name": "features", "datatype": "FP32", "shape": [-1, width]},
+        ])
+    );
     assert_eq!(meta["inputs"][0]["name"], "pixels", "the base's input");
 
     let photo = image("img0.png");

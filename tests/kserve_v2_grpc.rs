@@ -157,9 +157,21 @@ async fn inference_answers_as_the_rest_binding() {
     )
     .await;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let raw = request("tiny_nchw", input("pixels", "FP32", vec![2, 3, 32, 32]), Some(bytes));
+    let raw = request("tiny_nchw", input("pixels", "FP32", vec![2, 3, 32, 32]), Some(bytes.clone()));
     let answer = grpc.model_infer(raw).await.unwrap().into_inner();
     assert_eq!(le_floats(&answer.raw_output_contents[0]), rest);
+    // The pooled features when asked for, as REST answers them.
+    let rest_features = {
+        let body = json!({"inputs": [{"name": "pixels", "shape": [2, 3, 32, 32], "datatype": "FP32", "data": values}],
+                          "outputs": [{"name": "features"}]});
+        rest_values(url, "tiny_nchw", body).await
+    };
+    let mut call = request("tiny_nchw", input("pixels", "FP32", vec![2, 3, 32, 32]), Some(bytes.clone()));
+    call.outputs = vec![InferRequestedOutputTensor { name: "features".into(), parameters: Default::default() }];
+    let answer = grpc.model_infer(call).await.unwrap().into_inner();
+    assert_eq!(answer.outputs[0].name, "features");
+    assert_eq!(le_floats(&answer.raw_output_contents[0]), rest_features);
+    assert!(!rest_features.is_empty());
     let mut typed = input("pixels", "FP32", vec![2, 3, 32, 32]);
     typed.contents = Some(InferTensorContents { fp32_contents: values.clone(), ..Default::default() });
     let mut call = request("tiny_nchw", typed, None);

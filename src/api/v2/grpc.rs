@@ -158,11 +158,14 @@ impl GrpcInferenceService for Inference {
         let _room = admission.map(|a| a.inference(request.encoded_len())).transpose().map_err(status)?;
         let name = request.model_name.clone();
         let target = self.target(&name, &request.model_version).await?;
-        let tensors = self.run(&target, &mut request).await.map_err(status)?;
-        let requested = request.outputs.iter().map(requested).collect::<Result<Vec<_>, Error>>().map_err(status)?;
+        let id = std::mem::take(&mut request.id);
+        let outputs = std::mem::take(&mut request.outputs);
+        let requested = outputs.iter().map(requested).collect::<Result<Vec<_>, Error>>().map_err(status)?;
         let requested = if requested.is_empty() { None } else { Some(requested) };
+        let with_features = infer::wants_features(requested.as_deref());
+        let tensors = self.run(&target, &request, with_features).await.map_err(status)?;
         let answers = infer::select(&name, &tensors, requested).map_err(status)?;
-        Ok(tonic::Response::new(response(name, std::mem::take(&mut request.id), answers)))
+        Ok(tonic::Response::new(response(name, id, answers)))
     }
 }
 
@@ -170,7 +173,8 @@ impl Inference {
     async fn run<'t>(
         &self,
         target: &'t Target,
-        request: &mut proto::ModelInferRequest,
+        request: &proto::ModelInferRequest,
+        with_features: bool,
     ) -> Result<Vec<infer::OutputValues<'t>>, Error> {
         let name = &request.model_name;
         let input = infer::only_input(name, &request.inputs)?;
@@ -204,7 +208,7 @@ impl Inference {
                 )));
             }
         };
-        infer::run(&self.state, target, &described, images, values).await
+        infer::run(&self.state, target, &described, images, values, with_features).await
     }
 }
 

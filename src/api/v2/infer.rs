@@ -9,10 +9,10 @@ use axum::body::Bytes;
 use super::super::AppState;
 use super::super::classify::{Target, ranked, run_base, run_head};
 use super::super::images::EncodedImage;
-use super::{BOX, PROBABILITIES};
+use super::{BOX, FEATURES, PROBABILITIES};
 use crate::error::Error;
 use crate::runtime::ImageOutputs;
-use crate::serving::TrainedHead;
+use crate::serving::{LoadedModel, TrainedHead};
 use crate::vision::DecodeLimits;
 use crate::zoo::Labels;
 
@@ -80,6 +80,12 @@ pub fn fp32_elements(target: &Target, images: usize) -> usize {
     images * target.base().runner.image_len()
 }
 
+/// Whether the request names the pooled features among its outputs (they cost an output
+/// the model otherwise does not read).
+pub fn wants_features(requested: Option<&[Requested]>) -> bool {
+    requested.is_some_and(|outputs| outputs.iter().any(|o| o.name == FEATURES))
+}
+
 /// Runs the input through the model and returns its outputs (see `output_values`).
 pub async fn run<'t>(
     state: &AppState,
@@ -87,12 +93,41 @@ pub async fn run<'t>(
     input: &Input<'_>,
     images: usize,
     values: Values,
+    with_features: bool,
 ) -> Result<Vec<OutputValues<'t>>, Error> {
-    let outputs = match values {
-        Values::Fp32(values) => run_tensor(target, input, images, values).await?,
-        Values::Images(elements) => run_images(state, target, input, images, elements).await?,
+    let base = target.base();
+    let needed = match with_features {
+        true => target.outputs_needed().max(base.outputs_needed(true, false)),
+        false => target.outputs_needed(),
     };
-    output_values(target, outputs)
+    let outputs = match values {
+        Values::Fp32(values) => run_tensor(target, input, images, values, needed).await?,
+        Values::Images(elements) => run_images(state, target, input, images, elements, needed).await?,
+    };
+    let features = match with_features {
+        true => Some(pooled_features(base, &outputs)?),
+        false => None,
+    };
+    let mut tensors = output_values(target, outputs)?;
+    if let (Some(values), Ok(width)) = (features, &base.features) {
+        tensors.push(OutputValues { name: FEATURES, per_image: *width, values, classes: ClassNames::None });
+    }
+    Ok(tensors)
+}
+
+/// Every image's pooled features, one after the other.
+fn pooled_features(base: &LoadedModel, outputs: &[ImageOutputs]) -> Result<Vec<f32>, Error> {
+    if let Err(why) = &base.features {
+        return Err(Error::BadRequest(format!("{} has no {FEATURES} output: {why}", base.manifest.name)));
+    }
+    let mut values = Vec::new();
+    for image in outputs {
+        let pooled = image
+            .get(LoadedModel::FEATURES_OUTPUT)
+            .ok_or_else(|| Error::Internal(format!("{} returned no pooled features", base.manifest.name)))?;
+        values.extend_from_slice(pooled);
+    }
+    Ok(values)
 }
 
 /// The model's own input, preprocessed by the client: its shape must be the batch and then
@@ -102,6 +137,7 @@ async fn run_tensor(
     input: &Input<'_>,
     images: usize,
     values: Vec<f32>,
+    outputs_needed: usize,
 ) -> Result<Vec<ImageOutputs>, Error> {
     let base = target.base();
     let expected = super::input_shape(&base.manifest);
@@ -138,7 +174,7 @@ async fn run_tensor(
             from += len;
         }
     }
-    Ok(base.runner.infer_parts(parts, target.outputs_needed()).await?)
+    Ok(base.runner.infer_parts(parts, outputs_needed).await?)
 }
 
 /// Encoded images, decoded and preprocessed as `/v1` does for the same model.
@@ -148,6 +184,7 @@ async fn run_images(
     input: &Input<'_>,
     images: usize,
     elements: Vec<Bytes>,
+    outputs_needed: usize,
 ) -> Result<Vec<ImageOutputs>, Error> {
     if input.shape.len() > 2 || input.shape.get(1).is_some_and(|&d| d != 1) {
         return Err(Error::BadRequest(format!(
@@ -169,8 +206,7 @@ async fn run_images(
         .map(|(i, bytes)| EncodedImage { source: format!("{}[{i}]", input.name), bytes })
         .collect();
     let limits = DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans };
-    let (outputs, _) =
-        run_base(target.base(), target.preprocessing(), target.outputs_needed(), encoded, limits).await?;
+    let (outputs, _) = run_base(target.base(), target.preprocessing(), outputs_needed, encoded, limits).await?;
     Ok(outputs)
 }
 

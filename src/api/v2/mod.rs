@@ -37,6 +37,8 @@ pub const MODEL_VERSION: &str = "1";
 /// A trained model's outputs: its class probabilities, and a localizer's box.
 const PROBABILITIES: &str = "probabilities";
 const BOX: &str = "box";
+/// The base's pooled features, answered only when a request names this output.
+const FEATURES: &str = "features";
 /// What `GET /v2` lists.
 pub const EXTENSIONS: [&str; 3] = ["binary_tensor_data", "classification", "model_configuration"];
 /// The longest problem body `protocol_errors` reads back (a problem is a few hundred bytes).
@@ -187,14 +189,15 @@ fn input_shape(manifest: &Manifest) -> Vec<i64> {
     }
 }
 
-/// The outputs a model answers with, in the order `infer::output_values` produces them.
+/// The outputs a model answers with, in the order `infer::output_values` produces them: its
+/// own, then the base's pooled features when it has them (sent only when asked for).
 fn output_tensors(target: &Target) -> Vec<TensorMetadata> {
     let fp32 = |name: &str, width: usize| TensorMetadata {
         name: name.to_owned(),
         datatype: "FP32".into(),
         shape: vec![-1, width as i64],
     };
-    match target {
+    let mut outputs = match target {
         Target::Pretrained(model) => vec![fp32(&model.manifest.output_name, model.labels.len())],
         Target::Trained { model, .. } => {
             let mut outputs = vec![fp32(PROBABILITIES, model.record.classes.len())];
@@ -203,7 +206,11 @@ fn output_tensors(target: &Target) -> Vec<TensorMetadata> {
             }
             outputs
         }
+    };
+    if let Ok(width) = target.base().features {
+        outputs.push(fp32(FEATURES, width));
     }
+    outputs
 }
 
 fn metadata(name: &str, target: &Target) -> ModelMetadata {

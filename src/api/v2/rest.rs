@@ -81,11 +81,12 @@ pub async fn infer_version(
     let binary_input = binary_size(input)?.map(|size| tensors::take(&mut binary, size, &input.name)).transpose();
     let binary_input = binary_input.map_err(Error::BadRequest)?;
     let values = input_values(&body, &target, input, kind, images, binary_input).map_err(Error::BadRequest)?;
-    let tensors = infer::run(&state, &target, &described, images, values).await?;
     let requested = match &request.outputs {
         None => None,
         Some(outputs) => Some(outputs.iter().map(requested).collect::<Result<Vec<_>, Error>>()?),
     };
+    let with_features = infer::wants_features(requested.as_deref());
+    let tensors = infer::run(&state, &target, &described, images, values, with_features).await?;
     let answers = infer::select(&name, &tensors, requested)?;
     respond(&name, &request, answers)
 }

@@ -80,12 +80,23 @@ pub async fn run(settings: V2BenchSettings) -> anyhow::Result<()> {
     let rest_tensor = binary_body(&http, &v2, &manifest.input_name, "FP32", &tensor_shape, &tensor_bytes);
     let grpc_image = infer_request(&manifest.name, "images", "BYTES", vec![1], image_elements);
     let grpc_tensor = infer_request(&manifest.name, &manifest.input_name, "FP32", tensor_shape, tensor_bytes);
+    let v1_image = post(&http, &v1, image.clone().into(), image_headers);
+    let (grpc_image, grpc_tensor) = (grpc_call(&grpc, grpc_image), grpc_call(&grpc, grpc_tensor));
+    // Every way warms up before any is measured, so that the first measured is not also the
+    // one that grows ONNX Runtime's arenas and the connection pools.
+    for (concurrency, requests) in [(4, 32), (most, 4 * most)] {
+        run_closed_loop(concurrency, requests, None, v1_image.clone()).await?;
+        run_closed_loop(concurrency, requests, None, rest_image.clone()).await?;
+        run_closed_loop(concurrency, requests, None, rest_tensor.clone()).await?;
+        run_closed_loop(concurrency, requests, None, grpc_image.clone()).await?;
+        run_closed_loop(concurrency, requests, None, grpc_tensor.clone()).await?;
+    }
     let modes = [
-        ("/v1 classify, the image", levels(&settings, post(&http, &v1, image.clone().into(), image_headers)).await?),
+        ("/v1 classify, the image", levels(&settings, v1_image).await?),
         ("v2 REST, the image (BYTES, binary)", levels(&settings, rest_image).await?),
         ("v2 REST, the tensor (FP32, binary)", levels(&settings, rest_tensor).await?),
-        ("v2 gRPC, the image (BYTES, raw)", levels(&settings, grpc_call(&grpc, grpc_image)).await?),
-        ("v2 gRPC, the tensor (FP32, raw)", levels(&settings, grpc_call(&grpc, grpc_tensor)).await?),
+        ("v2 gRPC, the image (BYTES, raw)", levels(&settings, grpc_image).await?),
+        ("v2 gRPC, the tensor (FP32, raw)", levels(&settings, grpc_tensor).await?),
     ];
     drop(graft);
 
@@ -177,8 +188,6 @@ async fn levels(
     settings: &V2BenchSettings,
     send: impl Fn() -> Call + Clone + Send + 'static,
 ) -> anyhow::Result<Vec<LoadResult>> {
-    // A short warm-up so that connection set-up and first runs are not measured.
-    run_closed_loop(4, 16, None, send.clone()).await?;
     let mut results = Vec::new();
     for &concurrency in &settings.concurrency {
         results.push(run_closed_loop(concurrency, settings.requests.max(concurrency), None, send.clone()).await?);
