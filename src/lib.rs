@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod onnx;
 #[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod quantize;
 pub mod runtime;
 pub mod serving;
 pub mod store;

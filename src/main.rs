@@ -12,6 +12,8 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use graft::config::{EngineSettings, ModelSettings, RuntimeSettings, ServeSettings};
+use graft::onnx::quantize::{ActivationType, QuantizeOptions};
+use graft::quantize::Method;
 use graft::zoo::{Manifest, PullOutcome, load_manifest_dir, pull_model};
 
 #[derive(Parser)]
@@ -71,6 +73,34 @@ enum ModelsCommand {
         force: bool,
         #[command(flatten)]
         models: ModelSettings,
+    },
+    /// Calibrate a model on your images and write NAME_int8 beside it: an INT8 (QDQ) ONNX
+    /// file and its manifest, with the top-1 agreement with FP32 and the speed-up measured.
+    Quantize {
+        name: String,
+        /// A folder of images (searched recursively, in name order).
+        #[arg(long)]
+        calibration: std::path::PathBuf,
+        /// Images to calibrate on (1 to 10000); as many more from the folder, or a fifth
+        /// of it when it has no more, check the top-1 agreement.
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+        images: u16,
+        /// How ranges are read (minmax measured best on EfficientNet-Lite0, and is one pass).
+        #[arg(long, value_enum, default_value_t = Method::Minmax)]
+        method: Method,
+        /// The activations' 8-bit type (weights are int8 per channel either way).
+        #[arg(long, value_enum, default_value_t = ActivationType::U8)]
+        activations: ActivationType,
+        /// Keep the first this many weighted layers (from the image) in FP32.
+        #[arg(long, default_value_t = QuantizeOptions::default().keep_first as u16, value_parser = clap::value_parser!(u16).range(0..=1000))]
+        keep_first: u16,
+        /// Keep the classifier (the last Gemm or MatMul) in FP32.
+        #[arg(long)]
+        keep_classifier: bool,
+        #[command(flatten)]
+        models: ModelSettings,
+        #[command(flatten)]
+        runtime: RuntimeSettings,
     },
     /// Load a model with ONNX Runtime and check it against its manifest.
     Check {
@@ -183,6 +213,58 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     println!("{name}: wrote {} ({bytes} bytes, sha256 {sha256})", path.display())
                 }
             }
+            Ok(())
+        }
+        Command::Models(ModelsCommand::Quantize {
+            name,
+            calibration,
+            images,
+            method,
+            activations,
+            keep_first,
+            keep_classifier,
+            models,
+            runtime,
+        }) => {
+            let manifest = find_manifest(&models, &name)?;
+            let env = graft::runtime::init_runtime(&graft::runtime::find_library(runtime.ort_library.as_deref())?)?;
+            let settings = graft::quantize::QuantizeSettings {
+                calibration_images: usize::from(images),
+                method,
+                options: QuantizeOptions { activations, keep_first: usize::from(keep_first), keep_classifier },
+                session: graft::runtime::SessionOptions {
+                    device: graft::runtime::Device::Cpu,
+                    ..runtime.session_options()
+                },
+            };
+            let outcome = tokio::task::spawn_blocking(move || {
+                let pool = graft::quantize::load_images(&calibration, &manifest, 2 * settings.calibration_images)?;
+                graft::quantize::quantize_model(&env, &manifest, &pool, &settings)
+            })
+            .await?
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            let q = &outcome.quantization;
+            println!("{name}: wrote {} and {}", outcome.manifest_path.display(), outcome.model_path.display());
+            println!(
+                "  quantised {:?}; {} weights, {} activations ({} Clip/Relu folded); kept in FP32: {:?}",
+                outcome.report.nodes,
+                outcome.report.weights,
+                outcome.report.activations,
+                outcome.report.folded_activations,
+                outcome.report.kept_fp32
+            );
+            println!("  ONNX Runtime runs it with {:?}", outcome.fused_nodes);
+            println!(
+                "  calibrated on {} images ({}); top-1 agreement with FP32 {:.1} % on {} held-out images",
+                q.calibration_images,
+                q.method,
+                q.top1_agreement * 100.0,
+                q.agreement_images
+            );
+            println!(
+                "  speed-up over FP32 in ONNX Runtime: {:.2}× at batch 1, {:.2}× at batch 8",
+                q.speedup_batch1, q.speedup_batch8
+            );
             Ok(())
         }
         Command::Models(ModelsCommand::Check { name, models, runtime }) => {

@@ -21,7 +21,7 @@ use crate::serving::{
 use crate::store::TrainedModelRecord;
 use crate::train::LocalizeHeadKind;
 use crate::vision::{ColorOrder, Layout, Normalization, ResizeMode};
-use crate::zoo::{Manifest, OutputKind, SpatialFeatures};
+use crate::zoo::{Manifest, OutputKind, Quantization, SpatialFeatures};
 
 #[utoipa::path(get, path = "/v1/models", tag = "models",
     responses((status = 200, description = "Every pretrained model (with its state) and every trained model", body = ModelList)))]
@@ -196,6 +196,8 @@ fn describe(manifest: &Arc<Manifest>, state: &ModelState) -> ModelView {
         name: manifest.name.clone(),
         kind: PretrainedKind::Pretrained,
         description: manifest.description.clone(),
+        precision: if manifest.quantization.is_some() { "int8" } else { "fp32" },
+        quantization: manifest.quantization.clone(),
         status: state.name(),
         input: InputView {
             name: manifest.input_name.clone(),
@@ -277,6 +279,12 @@ pub struct PretrainedView {
     status: &'static str,
     input: InputView,
     output: OutputView,
+    /// `fp32`, or `int8` for a model `graft models quantize` made (QDQ).
+    #[schema(example = "fp32")]
+    precision: &'static str,
+    /// An INT8 model's source, calibration and measured agreement and speed-up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quantization: Option<Quantization>,
     /// The ONNX Runtime execution provider: `cpu` or `cuda`.
     #[serde(skip_serializing_if = "Option::is_none")]
     provider: Option<&'static str>,

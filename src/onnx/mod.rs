@@ -6,6 +6,7 @@
 pub mod cut;
 pub mod export;
 pub mod outputs;
+pub mod quantize;
 pub mod tensor;
 
 /// The ONNX protobuf types.

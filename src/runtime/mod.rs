@@ -12,7 +12,9 @@ pub use library::{LibraryError, find_library, init_runtime};
 pub use runner::{
     BatchExecutor, Batching, ImageOutputs, InferenceError, ModelRunner, OrtExecutor, PendingInference, RunnerConfig,
 };
-pub use session::{ModelSession, ModelSource, SessionError, SessionOptions, TensorSpec, open_session, resolve_device};
+pub use session::{
+    ModelSession, ModelSource, SessionError, SessionOptions, TensorSpec, open_session, resolve_device, save_optimized,
+};
 
 /// candle asks for its thread count before every matrix product and, unless
 /// `RAYON_NUM_THREADS` is set, counts physical cores by parsing /proc/cpuinfo each time (about

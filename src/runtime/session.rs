@@ -139,6 +139,25 @@ pub fn open_session(
     Ok(ModelSession { session, provider, inputs, outputs })
 }
 
+/// Writes the graph ONNX Runtime runs for `bytes` — after its optimiser, as graft's
+/// sessions optimise (level 3) — to `out`, on the CPU.
+pub fn save_optimized(
+    env: &Environment,
+    path: &Path,
+    bytes: &[u8],
+    options: &SessionOptions,
+    out: &Path,
+) -> Result<(), SessionError> {
+    let load_error = |reason: String| SessionError::Load { path: path.display().to_string(), reason };
+    Session::builder(env)
+        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+        .and_then(|b| b.with_intra_threads(options.intra_threads).map_err(Into::into))
+        .and_then(|b| b.with_optimized_model_path(out).map_err(Into::into))
+        .and_then(|mut b| b.commit_from_memory(bytes))
+        .map(drop)
+        .map_err(|e| load_error(e.to_string()))
+}
+
 fn tensor_spec(outlet: &ort::value::Outlet) -> TensorSpec {
     match outlet.dtype() {
         ValueType::Tensor { ty, shape, .. } => TensorSpec {

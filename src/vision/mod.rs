@@ -14,6 +14,6 @@ pub use boxes::{InputBox, PixelBox, box_from_input, box_to_input};
 pub use decode::{DEFAULT_MAX_JPEG_SCANS, DecodeLimits, VisionError, decode_image};
 pub use decode::{DecodedImage, decode_for, decode_image_for, decode_image_scaled, jpeg_scales, min_decode_size};
 pub use preprocess::{
-    ColorOrder, Geometry, Layout, Normalization, Preprocessing, ResizeMode, ResizePlan, preprocess_into,
+    ColorOrder, Geometry, Layout, Normalization, Preprocessing, ResizeMode, ResizePlan, preprocess_into, tensor_len,
 };
 pub use resample::SourceWindow;

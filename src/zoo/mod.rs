@@ -6,5 +6,7 @@ mod manifest;
 mod pull;
 
 pub use labels::{Label, Labels};
-pub use manifest::{Manifest, ManifestError, OutputKind, SpatialFeatures, is_valid_model_name, load_manifest_dir};
+pub use manifest::{
+    Manifest, ManifestError, OutputKind, Quantization, SpatialFeatures, is_valid_model_name, load_manifest_dir,
+};
 pub use pull::{PullError, PullOutcome, pull_model, sha256_file};

@@ -1,0 +1,159 @@
+//! INT8 (QDQ) quantisation of a fixture model: ONNX Runtime fuses every quantised operator
+//! into its 8-bit kernel, the INT8 outputs stay within a tolerance of the FP32 outputs on the
+//! fixture images, the scales in the graph are the ones the calibrated ranges give, the
+//! written manifest loads with its provenance, and graft serves the model like any other.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::*;
+use graft::config::Limits;
+use graft::onnx::proto::ModelProto;
+use graft::onnx::quantize::{ActivationType, QuantizeOptions, Range, activation_params, plan, quantize};
+use graft::quantize::calibrate::{Method, calibrate, run_batch};
+use graft::quantize::{QuantizeSettings, load_images, quantize_model};
+use graft::runtime::{ModelSource, open_session};
+use graft::zoo::Manifest;
+use prost::Message;
+
+/// The fixture model `name`, its labels and manifest, copied into `dir` (quantising writes beside them).
+fn copy_fixture(name: &str, dir: &Path) -> Manifest {
+    for file in [format!("{name}.toml"), format!("{name}.onnx"), "fixture_labels.tsv".to_owned()] {
+        std::fs::copy(fixture_models().join(&file), dir.join(&file)).unwrap();
+    }
+    Manifest::load(&dir.join(format!("{name}.toml"))).unwrap()
+}
+
+fn settings(options: QuantizeOptions) -> QuantizeSettings {
+    QuantizeSettings { calibration_images: 8, method: Method::Minmax, options, session: cpu() }
+}
+
+#[test]
+fn every_quantised_operator_is_fused_and_the_outputs_stay_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_fixture("tiny_nchw", dir.path());
+    let images = load_images(&fixtures().join("images"), &manifest, 64).unwrap();
+    assert!(images.len() >= 10, "{} fixture images", images.len());
+    let options = QuantizeOptions { keep_first: 0, ..QuantizeOptions::default() };
+    let env = runtime();
+    let outcome = quantize_model(&env, &manifest, &images, &settings(options)).unwrap();
+
+    // ONNX Runtime runs every quantised Conv, Gemm and Add as an 8-bit kernel.
+    let report = &outcome.report;
+    let convs = report.nodes.get("Conv").copied().unwrap_or(0);
+    assert!(convs > 0, "{report:?}");
+    assert_eq!(outcome.fused_nodes.get("QLinearConv").copied().unwrap_or(0), convs, "{:?}", outcome.fused_nodes);
+    let gemms = report.nodes.get("Gemm").copied().unwrap_or(0) + report.nodes.get("MatMul").copied().unwrap_or(0);
+    let fused_gemms: usize =
+        outcome.fused_nodes.iter().filter(|(op, _)| *op == "QGemm" || op.contains("MatMul")).map(|(_, n)| n).sum();
+    assert_eq!(fused_gemms, gemms, "{:?} for {report:?}", outcome.fused_nodes);
+
+    // The INT8 scores stay near the FP32 ones on every fixture image.
+    let fp32_bytes = std::fs::read(&manifest.file).unwrap();
+    let int8_bytes = std::fs::read(&outcome.model_path).unwrap();
+    let mut fp32 =
+        open_session(&env, ModelSource::Edited { path: &manifest.file, bytes: &fp32_bytes }, &cpu()).unwrap();
+    let mut int8 =
+        open_session(&env, ModelSource::Edited { path: &outcome.model_path, bytes: &int8_bytes }, &cpu()).unwrap();
+    let output = [manifest.output_name.as_str()];
+    let pixels = images.concat();
+    let a = run_batch(&mut fp32, &manifest, pixels.clone(), images.len(), &output).unwrap().remove(0);
+    let b = run_batch(&mut int8, &manifest, pixels, images.len(), &output).unwrap().remove(0);
+    let spread = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let worst = a.iter().zip(&b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(worst <= 0.1 * spread, "INT8 differs from FP32 by {worst} where the logits reach {spread}");
+    assert!(worst > 0.0, "the INT8 graph computes something else than the FP32 one");
+
+    // The manifest written beside it loads, with the file's checksum and the provenance.
+    let written = Manifest::load(&outcome.manifest_path).unwrap();
+    assert_eq!(written.name, "tiny_nchw_int8");
+    assert_eq!(written.file, outcome.model_path);
+    let sha = graft::zoo::sha256_file(&outcome.model_path).unwrap();
+    assert_eq!(written.sha256.as_deref(), Some(sha.as_str()));
+    let quantization = written.quantization.unwrap();
+    assert_eq!((quantization.source.as_str(), quantization.method.as_str()), ("tiny_nchw", "minmax"));
+    assert_eq!(quantization.calibration_images, 8);
+    assert_eq!(quantization.agreement_images, images.len() - 8);
+    assert!((0.0..=1.0).contains(&quantization.top1_agreement));
+    assert!(quantization.speedup_batch1 > 0.0 && quantization.speedup_batch8 > 0.0);
+}
+
+/// The graph's activation scales and zero points are the calibrated ranges' (computed here
+/// from the FP32 model's own outputs), and every original tensor name is still produced.
+#[test]
+fn scales_come_from_the_calibrated_ranges_and_names_survive() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_fixture("tiny_nchw", dir.path());
+    let images = load_images(&fixtures().join("images"), &manifest, 16).unwrap();
+    let model_bytes = std::fs::read(&manifest.file).unwrap();
+    let options = QuantizeOptions { keep_first: 0, ..QuantizeOptions::default() };
+    let planned = plan(&model_bytes, &options).unwrap();
+    let env = runtime();
+    let ranges = calibrate(&env, &manifest, &model_bytes, &images, &planned.tensors, Method::Minmax, &cpu()).unwrap();
+    assert_eq!(ranges.len(), planned.tensors.len());
+    assert!(planned.tensors.contains(&manifest.input_name), "the first Conv reads the input: {:?}", planned.tensors);
+    // The input's range, independently: the preprocessed pixels themselves.
+    let pixels = images.concat();
+    let low = pixels.iter().copied().fold(f32::INFINITY, f32::min);
+    let high = pixels.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    assert_eq!(ranges[&manifest.input_name], Range { min: low, max: high });
+
+    let (quantized, _) = quantize(&model_bytes, &ranges, &options).unwrap();
+    let model = ModelProto::decode(quantized.as_slice()).unwrap();
+    let graph = model.graph.unwrap();
+    let initializer = |name: &str| graph.initializer.iter().find(|t| t.name() == name).unwrap().clone();
+    for tensor in &planned.tensors {
+        let (scale, zero_point) = activation_params(ranges[tensor], ActivationType::U8);
+        let stored = initializer(&format!("{tensor}__scale"));
+        assert_eq!(stored.raw_data.as_deref(), Some(&scale.to_le_bytes()[..]), "{tensor}");
+        let stored = initializer(&format!("{tensor}__zero_point"));
+        assert_eq!(stored.raw_data.as_deref(), Some(&[zero_point as u8][..]), "{tensor}");
+    }
+    let original = ModelProto::decode(model_bytes.as_slice()).unwrap().graph.unwrap();
+    let produced: std::collections::HashSet<&str> =
+        graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)).collect();
+    for n in &original.node {
+        for output in &n.output {
+            let folded = planned.folded.values().any(|a| a == output) || planned.output_of.contains_key(output);
+            assert!(produced.contains(output.as_str()) || folded, "{output} is no longer produced");
+        }
+    }
+    // Every Q/DQ pair reads and writes names that exist.
+    let known: HashMap<&str, ()> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name(), ()))
+        .chain(graph.input.iter().map(|i| (i.name(), ())))
+        .chain(produced.iter().map(|p| (*p, ())))
+        .collect();
+    for n in &graph.node {
+        for input in n.input.iter().filter(|i| !i.is_empty()) {
+            assert!(known.contains_key(input.as_str()), "{} reads {input}, which nothing provides", n.name());
+        }
+    }
+}
+
+/// An INT8 model is served like any other, and `/v1/models` shows its precision and provenance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_int8_model_is_served_with_its_provenance() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_fixture("tiny_nchw", dir.path());
+    let images = load_images(&fixtures().join("images"), &manifest, 64).unwrap();
+    let env = runtime();
+    quantize_model(&env, &manifest, &images, &settings(QuantizeOptions::default())).unwrap();
+    let server = start_server(dir.path(), Limits::default()).await;
+    let view: serde_json::Value =
+        client().get(format!("{}/v1/models/tiny_nchw_int8", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(view["status"], "ready", "{view}");
+    assert_eq!(view["precision"], "int8");
+    assert_eq!(view["quantization"]["source"], "tiny_nchw");
+    let fp32: serde_json::Value =
+        client().get(format!("{}/v1/models/tiny_nchw", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!((fp32["precision"].as_str(), fp32.get("quantization")), (Some("fp32"), None));
+    for model in ["tiny_nchw", "tiny_nchw_int8"] {
+        let response = post_image(&server.url, model, "image/png", "img0.png").await;
+        assert_eq!(response.status(), 200, "{model}");
+    }
+}
