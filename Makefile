@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test api-fuzz v2-clients lint openapi ort models fixtures keras-models bench bench-v2 bench-perf-analyzer bench-train bench-localize bench-tune soak fuzz clean
+.PHONY: all build release run test api-fuzz v2-clients lint openapi ort models fixtures keras-models bench bench-int8 bench-v2 bench-perf-analyzer bench-train bench-localize bench-tune soak fuzz clean
 
 all: build
 
@@ -122,6 +122,15 @@ bench-v2: release models fixtures
 PERF_ANALYZER_ARGS ?=
 bench-perf-analyzer: release models
 	$(PYTHON) bench/perf_analyzer.py --graft target/release/graft --model-dir models $(PERF_ANALYZER_ARGS)
+
+## INT8 beside FP32 in one run: 512 photos from the packages that ship them (bench/photos.py),
+## `graft models quantize` on the first 256, then raw ONNX Runtime, the in-process ceiling and
+## graft over HTTP for both precisions, and the Python server (FP32), with the ratios.
+BENCH_MODEL ?= efficientnet_lite0
+bench-int8: release models fixtures .venv-bench/.installed
+	.venv-bench/bin/python bench/photos.py target/bench/photos --count 512
+	target/release/graft models quantize $(BENCH_MODEL) --calibration target/bench/photos
+	target/release/graft-bench serving --model $(BENCH_MODEL) --precision int8 --python .venv-bench/bin/python $(BENCH_ARGS)
 
 ## Head training on three data sets (photos, digits, tiles): graft's convex default and
 ## mini-batch recipes vs scikit-learn LogisticRegression (default and best C) and Keras

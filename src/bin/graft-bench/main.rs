@@ -2,6 +2,7 @@
 //! product binary carries none of them. `make bench`, `make bench-tune` and `make soak` run it.
 
 mod load;
+mod pipeline;
 mod process;
 mod raw;
 mod serving;

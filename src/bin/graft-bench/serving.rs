@@ -49,9 +49,21 @@ pub struct BenchSettings {
     /// Also hold concurrency 32 for this many seconds and report graft's memory (RSS) over time.
     #[arg(long, default_value_t = 0)]
     pub soak_seconds: u64,
+    /// `int8`: also measure `<model>_int8` (made by `graft models quantize`), side by side.
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
     #[command(flatten)]
     pub runtime: RuntimeSettings,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    Fp32,
+    Int8,
+}
+
+/// Concurrency of the in-process ceiling, the level its ratio is stated at.
+const CEILING_CONCURRENCY: usize = 8;
 
 pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     let manifest = Manifest::load(&settings.model_dir.join(format!("{}.toml", settings.model)))?;
@@ -101,6 +113,59 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     println!("    graft is started with {graft_layout}{alone} and --max-batch-size {best_batch},");
     println!("    the best batch size of that layout here");
 
+    // (e) The in-process ceiling: decode, preprocess and the model in this process, graft's layout.
+    let ceiling = |manifest: Manifest| {
+        let (env, options, image) = (env.clone(), options.clone(), image.clone());
+        let requests = settings.requests;
+        async move {
+            let batching = Batching {
+                instances: graft_layout.sessions,
+                max_batch_size: best_batch,
+                ..Limits::default().batching()
+            };
+            crate::pipeline::measure(&env, &manifest, options, batching, &image, (CEILING_CONCURRENCY, requests)).await
+        }
+    };
+    let fp32_ceiling = ceiling(manifest.clone()).await?;
+    println!(
+        "\n(e) in-process pipeline (decode + preprocess + ONNX Runtime, graft's layout, no HTTP), c={CEILING_CONCURRENCY}: {:.1} images/s",
+        fp32_ceiling.images_per_second
+    );
+    let int8_manifest = match settings.precision {
+        Precision::Fp32 => None,
+        Precision::Int8 => {
+            let path = settings.model_dir.join(format!("{}_int8.toml", manifest.name));
+            anyhow::ensure!(
+                path.is_file(),
+                "no {} (make it with `graft models quantize {} --calibration DIR`; make bench-int8 does)",
+                path.display(),
+                manifest.name
+            );
+            Some(Manifest::load(&path)?)
+        }
+    };
+    let int8 = match &int8_manifest {
+        None => None,
+        Some(int8) => {
+            let raw = crate::raw::measure(&settings, int8, &env, device, &layouts)?;
+            println!("\n(a) raw ONNX Runtime, {}", int8.name);
+            for rate in &raw {
+                println!(
+                    "    {:<22} batch {:>2}: {:>8.1} images/s",
+                    rate.layout.to_string(),
+                    rate.batch,
+                    rate.images_per_second
+                );
+            }
+            let ceiling = ceiling(int8.clone()).await?;
+            println!(
+                "(e) in-process pipeline, {}, c={CEILING_CONCURRENCY}: {:.1} images/s",
+                int8.name, ceiling.images_per_second
+            );
+            Some((best(&mut raw.iter()).images_per_second, ceiling))
+        }
+    };
+
     // (b) graft over HTTP.
     let graft_args = vec![
         "serve".to_owned(),
@@ -132,6 +197,18 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     };
     report_metrics(&graft.base_url, &manifest.name).await?;
     drop(graft);
+    let int8_results = match &int8_manifest {
+        None => None,
+        Some(int8) => {
+            let mut args = graft_args.clone();
+            args[2] = int8.name.clone();
+            let server = Server::start_graft(&args, &settings.model_dir, data.path()).await?;
+            let url = format!("{}/v1/models/{}/classify", server.base_url, int8.name);
+            let results = load_levels(&settings, &url, &image, content_type).await?;
+            print_levels(&format!("(b) graft over HTTP, {}", int8.name), &results);
+            Some(results)
+        }
+    };
 
     // (c) The reference Python server.
     let python_results = if settings.python.is_empty() {
@@ -183,6 +260,31 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
                 g8.p99_ms / p8.p99_ms
             );
         }
+    }
+    if let Some(g8) = at(&graft_results, 8) {
+        println!(
+            "    graft c=8 throughput / in-process pipeline c=8:     {:.2} (target ≥ 0.9; the server's own cost)",
+            g8.images_per_second / fp32_ceiling.images_per_second
+        );
+    }
+    if let (Some((raw_int8, ceiling_int8)), Some(int8_results)) = (&int8, &int8_results)
+        && let (Some(i8), Some(g8)) = (at(int8_results, 8), at(&graft_results, 8))
+    {
+        println!("    INT8 raw ONNX Runtime best / FP32 raw best:         {:.2}", raw_int8 / raw_best);
+        println!(
+            "    graft INT8 c=8 / graft FP32 c=8:                    {:.2} (target ≥ 1.8)",
+            i8.images_per_second / g8.images_per_second
+        );
+        if let Some(p8) = python_results.as_deref().and_then(|p| at(p, 8)) {
+            println!(
+                "    graft INT8 c=8 / Python FP32 c=8:                   {:.2} (target ≥ 2.5)",
+                i8.images_per_second / p8.images_per_second
+            );
+        }
+        println!(
+            "    graft INT8 c=8 / in-process INT8 pipeline c=8:      {:.2} (target ≥ 0.9)",
+            i8.images_per_second / ceiling_int8.images_per_second
+        );
     }
     if let Some(pillow) = pillow_ms {
         println!("    graft preprocessing / Pillow + numpy:               {:.2} (target ≤ 0.3)", rust_ms / pillow);
