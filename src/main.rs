@@ -81,9 +81,9 @@ enum ModelsCommand {
         /// A folder of images (searched recursively, in name order).
         #[arg(long)]
         calibration: std::path::PathBuf,
-        /// Images to calibrate on (1 to 10000); as many more from the folder, or a fifth
+        /// Images to calibrate on (1 to 1000); as many more from the folder, or a fifth
         /// of it when it has no more, check the top-1 agreement.
-        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=10_000))]
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=1_000))]
         images: u16,
         /// How ranges are read (minmax measured best on EfficientNet-Lite0, and is one pass).
         #[arg(long, value_enum, default_value_t = Method::Minmax)]
@@ -238,7 +238,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 },
             };
             let outcome = tokio::task::spawn_blocking(move || {
-                let pool = graft::quantize::load_images(&calibration, &manifest, 2 * settings.calibration_images)?;
+                let (pool, skipped) =
+                    graft::quantize::load_images(&calibration, &manifest, 2 * settings.calibration_images)?;
+                if skipped > 0 {
+                    eprintln!(
+                        "{}: {skipped} entries skipped (not images, links, hidden or too large)",
+                        calibration.display()
+                    );
+                }
                 graft::quantize::quantize_model(&env, &manifest, &pool, &settings)
             })
             .await?

@@ -40,6 +40,9 @@ pub struct JobEvaluation {
     /// What phase 2 did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fine_tune: Option<Value>,
+    /// With `quantize`: both precisions' test accuracy and which one is served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<super::quantize::QuantizationVerdict>,
 }
 
 /// Test metrics, and a localizer's boxes.

@@ -183,7 +183,7 @@ pub struct PixelSource<'a> {
 impl PixelSource<'_> {
     /// Decodes the stored image of `request`, applies its augmentation variant and writes the
     /// model input into `slot`.
-    fn write(&self, request: &FeatureRequest, slot: &mut [f32]) -> Result<(), String> {
+    pub(super) fn write(&self, request: &FeatureRequest, slot: &mut [f32]) -> Result<(), String> {
         let bytes = self.blobs.get(&image_key(&request.sha256)).map_err(|e| e.to_string())?;
         let mut image = decode_for(&bytes, self.decode_limits, self.preprocessing)
             .map_err(|e| format!("image {}: {e}", request.sha256))?

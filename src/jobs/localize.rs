@@ -97,6 +97,7 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
         }),
         phase1: None,
         fine_tune: None,
+        quantization: None,
     };
     let (head, tuned_base, evaluation) = if spec.unfreeze.is_some() {
         let tap = with_spatial.then(|| spatial_tap(model)).flatten();

@@ -10,6 +10,7 @@ mod features;
 mod finetune;
 mod keys;
 mod localize;
+mod quantize;
 mod run;
 mod spec;
 mod submit;

@@ -44,6 +44,11 @@ pub struct JobSpec {
     /// the validation split (a classifier's default when no mini-batch setting is named), or
     /// mini-batch epochs.
     pub solver: Solver,
+    /// Also make and judge an INT8 base (`JobFields::quantize`).
+    #[serde(default)]
+    pub quantize: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_accuracy_drop: Option<f64>,
     #[serde(flatten)]
     pub train: TrainConfig,
 }
@@ -120,6 +125,12 @@ pub struct JobFields {
     box_loss: Option<BoxLoss>,
     geometry: Option<Geometry>,
     solver: Option<Solver>,
+    /// Also quantise the base to INT8 on the train split, train the head on the INT8 base's
+    /// features, and serve INT8 when its test accuracy is at most `max_accuracy_drop` points
+    /// under FP32's (a classifier with a frozen base).
+    quantize: Option<bool>,
+    /// With `quantize`: the test accuracy INT8 may lose, in percentage points (0–100, default 1).
+    max_accuracy_drop: Option<f64>,
 }
 
 /// Settings of the mini-batch recipe. A job that names one of them trains by mini-batch
@@ -142,7 +153,7 @@ const RECIPE_FIELDS: [&str; 9] = [
 /// ([`TrainConfig::tuned`]); one that names nothing of either gets the convex fit.
 const MINIBATCH_SHAPE_FIELDS: [&str; 2] = ["hidden_units", "dropout"];
 
-const JOB_FIELDS: [&str; 13] = [
+const JOB_FIELDS: [&str; 15] = [
     "dataset",
     "base_model",
     "name",
@@ -156,7 +167,12 @@ const JOB_FIELDS: [&str; 13] = [
     "box_loss",
     "geometry",
     "solver",
+    "quantize",
+    "max_accuracy_drop",
 ];
+
+/// `max_accuracy_drop`'s default: one point of test accuracy.
+pub const DEFAULT_MAX_ACCURACY_DROP: f64 = 1.0;
 
 impl JobSpec {
     /// Parses and checks a submitted body; the error is a sentence for the user.
@@ -205,6 +221,8 @@ impl JobSpec {
             box_loss: job.box_loss,
             geometry: job.geometry,
             solver,
+            quantize: job.quantize.unwrap_or(false),
+            max_accuracy_drop: job.max_accuracy_drop,
             train,
         };
         spec.validate()?;
@@ -231,6 +249,19 @@ impl JobSpec {
             && (self.box_head.is_some() || self.loss_weights.is_some() || self.box_loss.is_some())
         {
             return Err("box_head, loss_weights and box_loss apply to task \"localize\" only".into());
+        }
+        if self.max_accuracy_drop.is_some() && !self.quantize {
+            return Err("max_accuracy_drop applies with quantize: true".into());
+        }
+        if let Some(drop) = self.max_accuracy_drop
+            && !(0.0..=100.0).contains(&drop)
+        {
+            return Err(format!("max_accuracy_drop must be 0 to 100 points of accuracy, not {drop}"));
+        }
+        if self.quantize && (self.task != Task::Classify || self.unfreeze.is_some()) {
+            return Err("quantize: true works with a classifier on a frozen base (task \"classify\", no unfreeze); \
+                 localizers and tuned bases are not quantised yet"
+                .into());
         }
         if let Some(weights) = &self.loss_weights {
             weights.validate().map_err(|e| format!("loss_weights: {e}"))?;

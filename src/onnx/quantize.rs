@@ -151,6 +151,7 @@ fn plan_graph(graph: &onnx::GraphProto, options: &QuantizeOptions) -> Result<Pla
             consumers.entry(input.as_str()).or_default().push(i);
         }
     }
+    let integers = integer_tensors(graph);
     let weighted: Vec<usize> = (0..graph.node.len())
         .filter(|&i| {
             WEIGHTED.contains(&graph.node[i].op_type()) && has_weight_initializer(&graph.node[i], &initializers)
@@ -162,7 +163,10 @@ fn plan_graph(graph: &onnx::GraphProto, options: &QuantizeOptions) -> Result<Pla
     let nodes: Vec<usize> = (0..graph.node.len())
         .filter(|&i| {
             let op = graph.node[i].op_type();
-            (weighted.contains(&i) && !kept(i)) || ACTIVATION_OPS.contains(&op)
+            let n = &graph.node[i];
+            // Shape arithmetic (int64 Concat, Add) is not an activation.
+            let on_floats = !n.input.iter().chain(&n.output).any(|t| integers.contains(t.as_str()));
+            on_floats && ((weighted.contains(&i) && !kept(i)) || ACTIVATION_OPS.contains(&op))
         })
         .collect();
     if nodes.is_empty() {
@@ -207,16 +211,56 @@ fn plan_graph(graph: &onnx::GraphProto, options: &QuantizeOptions) -> Result<Pla
     Ok(Plan { nodes, tensors, folded, output_of })
 }
 
+/// Tensors that hold integers: non-float initializers and Constants, the outputs of the
+/// operators that make integers (Shape, Size, …, a Cast to an integer type), and whatever
+/// an operator computes from integers only (the shape arithmetic of exported graphs).
+fn integer_tensors(graph: &onnx::GraphProto) -> HashSet<&str> {
+    const FLOAT_TYPES: [i32; 4] = [1, 10, 11, 16]; // float, float16, double, bfloat16
+    let mut integers: HashSet<&str> = graph
+        .initializer
+        .iter()
+        .filter(|t| !FLOAT_TYPES.contains(&t.data_type()))
+        .map(|t| t.name())
+        .chain(graph.input.iter().filter(|i| !is_float_value(i, &FLOAT_TYPES)).map(|i| i.name()))
+        .collect();
+    for n in &graph.node {
+        let makes_integers = match n.op_type() {
+            "Shape" | "Size" | "NonZero" | "ArgMax" | "ArgMin" | "TopK" => true,
+            "Cast" => !FLOAT_TYPES.contains(&(Attributes(n).int("to", 1) as i32)),
+            "Constant" => {
+                n.attribute.iter().filter_map(|a| a.t.as_ref()).any(|t| !FLOAT_TYPES.contains(&t.data_type()))
+            }
+            _ => {
+                let inputs: Vec<&String> = n.input.iter().filter(|x| !x.is_empty()).collect();
+                !inputs.is_empty() && inputs.iter().all(|x| integers.contains(x.as_str()))
+            }
+        };
+        if makes_integers {
+            integers.extend(n.output.iter().map(String::as_str));
+        }
+    }
+    integers
+}
+
+fn is_float_value(value: &onnx::ValueInfoProto, float_types: &[i32]) -> bool {
+    match value.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(onnx::type_proto::Value::TensorType(tensor)) => float_types.contains(&tensor.elem_type()),
+        _ => true,
+    }
+}
+
 fn has_weight_initializer(n: &NodeProto, initializers: &HashSet<&str>) -> bool {
     n.input.get(1).is_some_and(|w| initializers.contains(w.as_str()))
 }
 
-/// A Relu, or a Clip whose lower bound is at most 0 (the quantised range starts at 0 or
-/// below, so clamping to it is the clip).
+/// A Relu, or a Clip from 0 (ReLU6): the clipped tensor's range starts at 0, so its zero
+/// point is the type's lowest value and its largest value the calibrated maximum, which the
+/// clip bounds; clamping to the quantised range is then the clip itself. (A lower bound under
+/// 0 would round the zero point, and the range could pass the clip by half a step.)
 fn folds(n: &NodeProto, graph: &onnx::GraphProto) -> bool {
     match n.op_type() {
         "Relu" => true,
-        "Clip" => clip_bounds(n, graph).is_some_and(|(low, high)| low <= 0.0 && high > 0.0),
+        "Clip" => clip_bounds(n, graph).is_some_and(|(low, high)| low == 0.0 && high > 0.0),
         _ => false,
     }
 }
@@ -272,6 +316,8 @@ pub fn quantize(
 
     // Weights and biases, through DequantizeLinear nodes placed first.
     let mut weight_nodes: Vec<NodeProto> = Vec::new();
+    // Nodes whose bias input is replaced by their own dequantised copy.
+    let mut bias_inputs: HashMap<usize, String> = HashMap::new();
     let quantized: HashSet<usize> = plan.nodes.iter().copied().collect();
     for &i in &plan.nodes {
         let n = &graph.node[i];
@@ -284,22 +330,21 @@ pub fn quantize(
         let axis = weight_axis(n, weight);
         let (values, weight_scales) = per_channel_int8(weight, axis).map_err(QuantizeError::Weights)?;
         if removed_initializers.insert(weight_name.clone()) {
-            extra_initializers.push(int8_tensor(&format!("{weight_name}__q"), &weight.dims, &values));
-            extra_initializers.push(float_vector(&format!("{weight_name}__scale"), &weight_scales));
-            extra_initializers.push(int8_tensor(
-                &format!("{weight_name}__zero_point"),
-                &[weight_scales.len() as i64],
-                &vec![0; weight_scales.len()],
-            ));
-            weight_nodes.push(dequantize(&format!("{weight_name}__q"), &weight_name, Some(axis)));
+            let names = QdqNames::of(&weight_name);
+            extra_initializers.push(int8_tensor(&names.quantized, &weight.dims, &values));
+            extra_initializers.push(float_vector(&names.scale, &weight_scales));
+            let zeros = vec![0; weight_scales.len()];
+            extra_initializers.push(int8_tensor(&names.zero_point, &[weight_scales.len() as i64], &zeros));
+            weight_nodes.push(dequantize(&names, &weight_name, axis));
             report.weights += 1;
         }
-        // The bias: int32 at the scale input × weight, per output channel.
+        // The bias: int32 at the scale input × weight, per output channel. Each node gets its
+        // own copy (`{bias}__{node}`): a bias shared by two nodes has two scales.
         if let Some(bias_name) = n.input.get(2).filter(|b| !b.is_empty()).cloned()
             && let Some(bias) = graph.initializer.iter().find(|t| t.name() == bias_name)
             && let Some(&input_scale) = scales.get(&n.input[0])
-            && removed_initializers.insert(bias_name.clone())
         {
+            removed_initializers.insert(bias_name.clone());
             let bias_values = floats(bias).map_err(QuantizeError::Weights)?;
             if bias_values.len() != weight_scales.len() {
                 return Err(QuantizeError::Weights(format!(
@@ -309,11 +354,19 @@ pub fn quantize(
                 )));
             }
             let bias_scales: Vec<f32> = weight_scales.iter().map(|s| s * input_scale).collect();
-            let q: Vec<i32> = bias_values.iter().zip(&bias_scales).map(|(b, s)| (b / s).round() as i32).collect();
-            extra_initializers.push(int32_tensor(&format!("{bias_name}__q"), &q));
-            extra_initializers.push(float_vector(&format!("{bias_name}__scale"), &bias_scales));
-            extra_initializers.push(int32_tensor(&format!("{bias_name}__zero_point"), &vec![0; q.len()]));
-            weight_nodes.push(dequantize(&format!("{bias_name}__q"), &bias_name, Some(0)));
+            // Saturated, not wrapped, where a degenerate input range makes the scale tiny.
+            let q: Vec<i32> = bias_values
+                .iter()
+                .zip(&bias_scales)
+                .map(|(b, s)| (f64::from(*b) / f64::from(*s)).round().clamp(i32::MIN as f64, i32::MAX as f64) as i32)
+                .collect();
+            let per_node = format!("{bias_name}__{i}");
+            let names = QdqNames::of(&per_node);
+            extra_initializers.push(int32_tensor(&names.quantized, &q));
+            extra_initializers.push(float_vector(&names.scale, &bias_scales));
+            extra_initializers.push(int32_tensor(&names.zero_point, &vec![0; q.len()]));
+            weight_nodes.push(dequantize(&names, &per_node, 0));
+            bias_inputs.insert(i, per_node);
         }
     }
     for (i, n) in graph.node.iter().enumerate() {
@@ -346,6 +399,9 @@ pub fn quantize(
                 *input = dq.clone();
             }
         }
+        if let Some(bias) = bias_inputs.get(&i) {
+            n.input[2] = bias.clone();
+        }
         let mut after = Vec::new();
         for output in n.output.iter_mut() {
             // A folded Clip's output is quantised straight from this node's output.
@@ -367,6 +423,18 @@ pub fn quantize(
     let read: HashSet<&str> = graph.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
     let unread: HashSet<String> = clip_bounds_inputs.into_iter().filter(|name| !read.contains(name.as_str())).collect();
     graph.initializer.retain(|t| !removed_initializers.contains(t.name()) && !unread.contains(t.name()));
+    // Models before IR 4 list their weights as graph inputs too: a DequantizeLinear makes them now.
+    graph.input.retain(|i| !removed_initializers.contains(i.name()));
+    // The names made here (`__q`, `__f`, `__scale`, …) must not meet the graph's own.
+    let mut seen = HashSet::new();
+    let made = graph
+        .initializer
+        .iter()
+        .map(|t| t.name())
+        .chain(graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)));
+    if let Some(twice) = made.into_iter().find(|name| !seen.insert(*name)) {
+        return Err(QuantizeError::Weights(format!("the tensor name `{twice}` would be defined twice")));
+    }
     graph.initializer.extend(extra_initializers);
     Ok((model.encode_to_vec(), report))
 }
@@ -381,21 +449,32 @@ fn qdq_pair(input: &str, quantized: &str, output: &str, tensor: &str) -> [NodePr
     ]
 }
 
-fn dequantize(quantized: &str, output: &str, axis: Option<i64>) -> NodeProto {
-    let (scale, zero_point) = (
-        format!("{}__scale", quantized.trim_end_matches("__q")),
-        format!("{}__zero_point", quantized.trim_end_matches("__q")),
-    );
-    let attribute = axis
-        .map(|axis| AttributeProto {
-            name: Some("axis".into()),
-            r#type: Some(onnx::attribute_proto::AttributeType::Int as i32),
-            i: Some(axis),
-            ..Default::default()
-        })
-        .into_iter()
-        .collect();
-    node("DequantizeLinear", &[quantized, &scale, &zero_point], output, attribute)
+/// The initializers of a quantised constant `{name}`: its values, scales and zero points.
+struct QdqNames {
+    quantized: String,
+    scale: String,
+    zero_point: String,
+}
+
+impl QdqNames {
+    fn of(name: &str) -> Self {
+        Self {
+            quantized: format!("{name}__q"),
+            scale: format!("{name}__scale"),
+            zero_point: format!("{name}__zero_point"),
+        }
+    }
+}
+
+/// DequantizeLinear of a per-channel constant along `axis`, producing `output`.
+fn dequantize(names: &QdqNames, output: &str, axis: i64) -> NodeProto {
+    let attribute = vec![AttributeProto {
+        name: Some("axis".into()),
+        r#type: Some(onnx::attribute_proto::AttributeType::Int as i32),
+        i: Some(axis),
+        ..Default::default()
+    }];
+    node("DequantizeLinear", &[&names.quantized, &names.scale, &names.zero_point], output, attribute)
 }
 
 /// The axis of a weight's output channels: 0 for Conv and Gemm with `transB`, 1 for Gemm
@@ -490,6 +569,80 @@ mod tests {
         let (scale, zero_point) = activation_params(Range { min: -2.0, max: 2.0 }, ActivationType::I8);
         assert!((scale - 4.0 / 255.0).abs() < 1e-7);
         assert_eq!(zero_point, -1, "-128 + 2 / (4/255) = -0.5, rounded half away from zero");
+    }
+
+    /// x → Conv(w, b) → Clip(0, 6) → Conv(w2, b) → Add(·, x2) → y, where both convolutions
+    /// share the bias `b`, and Shape(x) → Concat(int) is shape arithmetic.
+    fn small_graph() -> Vec<u8> {
+        use super::super::tensor::{float_tensor, int_tensor};
+        let float_input = |name: &str| onnx::ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(onnx::TypeProto {
+                value: Some(onnx::type_proto::Value::TensorType(onnx::type_proto::Tensor {
+                    elem_type: Some(1),
+                    shape: None,
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let graph = onnx::GraphProto {
+            node: vec![
+                node("Conv", &["x", "w", "b"], "c1", vec![]),
+                node("Clip", &["c1", "low", "high"], "r1", vec![]),
+                node("Conv", &["r1", "w2", "b"], "c2", vec![]),
+                node("Add", &["c2", "x2"], "y", vec![]),
+                node("Shape", &["x"], "shape", vec![]),
+                node("Concat", &["shape", "extra"], "dims", vec![]),
+            ],
+            initializer: vec![
+                float_tensor("w", &[2, 2, 1, 1], &[1.0, -0.5, 0.25, 2.0]),
+                float_tensor("w2", &[2, 2, 1, 1], &[0.5, 0.5, -1.0, 1.0]),
+                float_tensor("b", &[2], &[0.1, -0.2]),
+                float_tensor("low", &[], &[0.0]),
+                float_tensor("high", &[], &[6.0]),
+                int_tensor("extra", &[1]),
+            ],
+            input: vec![float_input("x"), float_input("x2")],
+            output: vec![float_input("y"), float_input("dims")],
+            ..Default::default()
+        };
+        let model = ModelProto {
+            graph: Some(graph),
+            opset_import: vec![onnx::OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+            ..Default::default()
+        };
+        model.encode_to_vec()
+    }
+
+    #[test]
+    fn clips_fold_shape_arithmetic_stays_and_shared_biases_split() {
+        let options = QuantizeOptions { keep_first: 0, ..QuantizeOptions::default() };
+        let planned = plan(&small_graph(), &options).unwrap();
+        // The Clip is folded: the first Conv's output is quantised as the Clip's, r1.
+        assert_eq!(planned.folded.values().collect::<Vec<_>>(), ["r1"]);
+        assert_eq!(planned.output_of.get("c1").map(String::as_str), Some("r1"));
+        assert_eq!(planned.tensors, ["x", "r1", "c2", "x2"], "y is a graph output, the Concat is integers");
+        let ranges: HashMap<String, Range> =
+            planned.tensors.iter().map(|t| (t.clone(), Range { min: -1.0, max: 4.0 })).collect();
+        let (bytes, report) = quantize(&small_graph(), &ranges, &options).unwrap();
+        assert_eq!(report.nodes.get("Conv"), Some(&2));
+        assert_eq!((report.weights, report.folded_activations), (2, 1));
+        let graph = ModelProto::decode(bytes.as_slice()).unwrap().graph.unwrap();
+        assert!(!graph.node.iter().any(|n| n.op_type() == "Clip"));
+        let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type()).collect();
+        assert_eq!(ops.iter().filter(|op| **op == "QuantizeLinear").count(), 4, "{ops:?}");
+        // Each convolution reads its own dequantised copy of the shared bias.
+        let conv_biases: Vec<&str> =
+            graph.node.iter().filter(|n| n.op_type() == "Conv").map(|n| n.input[2].as_str()).collect();
+        assert_eq!(conv_biases, ["b__0", "b__2"]);
+        assert!(!graph.initializer.iter().any(|t| t.name() == "b" || t.name() == "low"), "replaced and unread");
+        // The Concat of integers is untouched, and every tensor name the graph had is produced.
+        let concat = graph.node.iter().find(|n| n.op_type() == "Concat").unwrap();
+        assert_eq!(concat.input, ["shape", "extra"]);
+        for name in ["r1", "c2", "y", "dims"] {
+            assert!(graph.node.iter().any(|n| n.output.iter().any(|o| o == name)), "{name}");
+        }
     }
 
     #[test]

@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+use crate::data::archive::{ArchiveEntry, ArchiveLimits};
+use crate::data::read_folder;
 use crate::onnx::proto::ModelProto;
 use crate::onnx::quantize::{QuantizeOptions, QuantizeReport, plan, quantize};
 use crate::runtime::{ModelSession, ModelSource, SessionOptions, open_session};
 use crate::vision::{DecodeLimits, decode_for, preprocess_into, tensor_len};
-use crate::zoo::{Manifest, Quantization};
+use crate::zoo::{Manifest, Quantization, is_valid_model_name};
 pub use calibrate::Method;
 
 /// What `quantize_model` was asked for.
@@ -40,35 +42,54 @@ pub struct QuantizeOutcome {
     pub fused_nodes: BTreeMap<String, usize>,
 }
 
-/// Decodes and preprocesses every image file in `dir` for `manifest` (files that are not
-/// images are skipped), in name order, at most `limit`.
-pub fn load_images(dir: &Path, manifest: &Manifest, limit: usize) -> Result<Vec<Vec<f32>>, String> {
-    let mut paths: Vec<PathBuf> = Vec::new();
-    let mut folders = vec![dir.to_owned()];
-    while let Some(folder) = folders.pop() {
-        let entries = std::fs::read_dir(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() { folders.push(path) } else { paths.push(path) }
-        }
-    }
-    paths.sort();
+/// The most bytes of preprocessed images `load_images` holds (about 3,500 images at 224 ×
+/// 224): calibration and the agreement check keep them all in memory.
+pub const MAX_IMAGE_BYTES: usize = 2 << 30;
+
+/// Decodes and preprocesses the image files in `dir` for `manifest`, in name order, at most
+/// `limit` (within `MAX_IMAGE_BYTES`). The folder is read as dataset folders are (no links
+/// followed, hidden and oversized files skipped, bounded in entries and bytes); files that
+/// are not images are skipped and counted.
+pub fn load_images(dir: &Path, manifest: &Manifest, limit: usize) -> Result<(Vec<Vec<f32>>, usize), String> {
     let spec = &manifest.preprocessing;
-    let mut images = Vec::new();
-    for path in paths {
-        if images.len() == limit {
-            break;
+    let image_bytes = tensor_len(spec) * 4;
+    if limit.saturating_mul(image_bytes) > MAX_IMAGE_BYTES {
+        return Err(format!(
+            "{limit} images of {image_bytes} bytes each (preprocessed) are more than the {} bytes calibration may hold; use fewer --images",
+            MAX_IMAGE_BYTES
+        ));
+    }
+    // The first `limit` by path: the walk's order is not the names' order.
+    let mut images: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+    let mut skipped = 0;
+    let mut visit = |entry: ArchiveEntry| {
+        let ArchiveEntry::File(file) = entry else {
+            skipped += 1;
+            return Ok(());
+        };
+        match decode_for(&file.bytes, &DecodeLimits::default(), spec) {
+            Ok(decoded) => {
+                let mut out = vec![0.0; tensor_len(spec)];
+                preprocess_into(&decoded.image, spec, &mut out);
+                images.insert(file.path, out);
+                if images.len() > limit {
+                    images.pop_last();
+                }
+            }
+            Err(_) => skipped += 1,
         }
-        let Ok(bytes) = std::fs::read(&path) else { continue };
-        let Ok(decoded) = decode_for(&bytes, &DecodeLimits::default(), spec) else { continue };
-        let mut out = vec![0.0; tensor_len(spec)];
-        preprocess_into(&decoded.image, spec, &mut out);
-        images.push(out);
+        Ok(())
+    };
+    read_folder(dir, &ArchiveLimits::default(), &mut visit).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let images: Vec<Vec<f32>> = images.into_values().collect();
+    if images.len() < 2 {
+        return Err(format!(
+            "{} holds {} image(s) graft can decode; calibration and the agreement check need at least 2",
+            dir.display(),
+            images.len()
+        ));
     }
-    if images.is_empty() {
-        return Err(format!("{} holds no image graft can decode", dir.display()));
-    }
-    Ok(images)
+    Ok((images, skipped))
 }
 
 /// Quantises `manifest`'s model on `images` (preprocessed), writes `NAME_int8`, and measures it.
@@ -78,14 +99,24 @@ pub fn quantize_model(
     images: &[Vec<f32>],
     settings: &QuantizeSettings,
 ) -> Result<QuantizeOutcome, String> {
+    if manifest.quantization.is_some() {
+        return Err(format!("{} is already an INT8 model (quantise its source, {0}'s FP32 model)", manifest.name));
+    }
+    let name = format!("{}_int8", manifest.name);
+    if !is_valid_model_name(&name) {
+        return Err(format!("{name} is not a valid model name (at most 128 characters)"));
+    }
+    if images.len() < 2 {
+        return Err("calibration and the agreement check need at least 2 images".into());
+    }
     let model_bytes = std::fs::read(&manifest.file).map_err(|e| format!("{}: {e}", manifest.file.display()))?;
-    // Calibration on the first images; agreement on the rest (a fifth when there are few).
+    // Calibration on the first images, agreement on the others: those past
+    // `calibration_images`, or a fifth (at least one) when there are no more.
     let calibration = match images.len() > settings.calibration_images {
         true => settings.calibration_images,
-        false => images.len() - images.len() / 5,
+        false => images.len() - (images.len() / 5).max(1),
     };
-    let (calibration_set, held_out) = images.split_at(calibration.clamp(1, images.len()));
-    let held_out = if held_out.is_empty() { calibration_set } else { held_out };
+    let (calibration_set, held_out) = images.split_at(calibration);
     let planned = plan(&model_bytes, &settings.options).map_err(|e| e.to_string())?;
     let ranges = calibrate::calibrate(
         env,
@@ -98,7 +129,6 @@ pub fn quantize_model(
     )?;
     let (quantized, report) = quantize(&model_bytes, &ranges, &settings.options).map_err(|e| e.to_string())?;
 
-    let name = format!("{}_int8", manifest.name);
     let model_path = manifest.file.with_file_name(format!("{name}.onnx"));
     let mut fp32 =
         open_session(env, ModelSource::Edited { path: &manifest.file, bytes: &model_bytes }, &settings.session)
@@ -121,11 +151,23 @@ pub fn quantize_model(
         speedup_batch8: speedup(8)?,
     };
     let fused_nodes = fused_nodes(env, &model_path, &quantized, &settings.session)?;
-    std::fs::write(&model_path, &quantized).map_err(|e| format!("{}: {e}", model_path.display()))?;
     let manifest_path = manifest.manifest_path.with_file_name(format!("{name}.toml"));
     let text = int8_manifest(manifest, &model_path, &quantized, &quantization)?;
-    std::fs::write(&manifest_path, text).map_err(|e| format!("{}: {e}", manifest_path.display()))?;
+    // The model first, then its manifest, each whole or not at all (--watch-models may look).
+    write_whole(&model_path, &quantized)?;
+    write_whole(&manifest_path, text.as_bytes())?;
+    Manifest::load(&manifest_path).map_err(|e| format!("the written manifest does not load: {e}"))?;
     Ok(QuantizeOutcome { manifest_path, model_path, quantization, report, fused_nodes })
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over `path`.
+fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let failed = |e: std::io::Error| format!("{}: {e}", path.display());
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
+    std::io::Write::write_all(&mut file, bytes).map_err(failed)?;
+    file.persist(path).map_err(|e| failed(e.error))?;
+    Ok(())
 }
 
 /// How many held-out images get the same top-1 class from both models, of how many.
@@ -142,6 +184,9 @@ fn agreement(
         let output = [manifest.output_name.as_str()];
         let a = calibrate::run_batch(fp32, manifest, pixels.clone(), batch.len(), &output)?.remove(0);
         let b = calibrate::run_batch(int8, manifest, pixels, batch.len(), &output)?.remove(0);
+        if a.is_empty() || a.len() != b.len() || !a.len().is_multiple_of(batch.len()) {
+            return Err(format!("the outputs have {} and {} values for {} images", a.len(), b.len(), batch.len()));
+        }
         let classes = a.len() / batch.len();
         same += a.chunks(classes).zip(b.chunks(classes)).filter(|(x, y)| top1(x) == top1(y)).count();
     }
@@ -193,8 +238,11 @@ fn int8_manifest(
 ) -> Result<String, String> {
     let text = std::fs::read_to_string(&manifest.manifest_path).map_err(|e| e.to_string())?;
     let mut table: toml::Table = toml::from_str(&text).map_err(|e| e.to_string())?;
-    let file = model_path.file_name().and_then(|f| f.to_str()).ok_or("the model file name is not UTF-8")?;
-    table.insert("file".into(), file.into());
+    // Beside the FP32 file, wherever the manifest keeps it (`file` may name a subfolder).
+    let file_name = model_path.file_name().and_then(|f| f.to_str()).ok_or("the model file name is not UTF-8")?;
+    let fp32_file = table.get("file").and_then(|f| f.as_str()).ok_or("the manifest has no file")?;
+    let file = Path::new(fp32_file).with_file_name(file_name);
+    table.insert("file".into(), file.to_str().ok_or("the model path is not UTF-8")?.into());
     table.insert("sha256".into(), hex::encode(Sha256::digest(quantized)).into());
     table.remove("url");
     table.insert(

@@ -238,6 +238,24 @@ impl ModelRegistry {
             .map_err(|e| e.to_string())
     }
 
+    /// ONNX Runtime's environment and the session settings models load with.
+    pub fn runtime(&self) -> &ModelRuntime {
+        &self.runtime
+    }
+
+    /// Loads `file`, an edited copy of the base `base` (an INT8 one, say) whose bytes have
+    /// the checksum `sha256`, as `name`; the checksum is its identity in the feature cache.
+    pub fn load_variant(
+        &self,
+        base: &Manifest,
+        name: &str,
+        file: PathBuf,
+        sha256: String,
+    ) -> Result<LoadedModel, String> {
+        let manifest = Manifest { name: name.to_owned(), file, sha256: Some(sha256), url: None, ..base.clone() };
+        load_model(&self.runtime, Arc::new(manifest))
+    }
+
     /// Loads `file`, a tuned copy of the base `base` (same input, outputs and preprocessing),
     /// as the base the trained model `name` is served on.
     pub fn load_tuned_base(&self, base: &Manifest, name: &str, file: PathBuf) -> Result<LoadedModel, String> {

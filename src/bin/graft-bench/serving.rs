@@ -167,25 +167,19 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     };
 
     // (b) graft over HTTP.
-    let graft_args = vec![
-        "serve".to_owned(),
-        "--models".to_owned(),
-        manifest.name.clone(),
-        "--model-instances".to_owned(),
-        graft_layout.sessions.to_string(),
-        "--intra-threads".to_owned(),
-        settings.threads.to_string(),
-        "--workers".to_owned(),
-        "0".to_owned(),
-        "--max-batch-size".to_owned(),
-        best_batch.to_string(),
-    ];
-    let mut graft_args = graft_args;
-    if settings.runtime.ort_spin {
-        graft_args.push("--ort-spin".to_owned());
-    }
+    // `graft serve` of one model with the layout and batch size chosen above.
+    let graft_args = |model: &str| {
+        let mut args: Vec<String> = ["serve", "--models", model, "--workers", "0"].map(String::from).to_vec();
+        args.extend(["--model-instances".into(), graft_layout.sessions.to_string()]);
+        args.extend(["--intra-threads".into(), settings.threads.to_string()]);
+        args.extend(["--max-batch-size".into(), best_batch.to_string()]);
+        if settings.runtime.ort_spin {
+            args.push("--ort-spin".into());
+        }
+        args
+    };
     let data = tempfile::tempdir()?;
-    let graft = Server::start_graft(&graft_args, &settings.model_dir, data.path()).await?;
+    let graft = Server::start_graft(&graft_args(&manifest.name), &settings.model_dir, data.path()).await?;
     let graft_url = format!("{}/v1/models/{}/classify", graft.base_url, manifest.name);
     let graft_results = load_levels(&settings, &graft_url, &image, content_type).await?;
     print_levels("(b) graft over HTTP", &graft_results);
@@ -200,9 +194,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     let int8_results = match &int8_manifest {
         None => None,
         Some(int8) => {
-            let mut args = graft_args.clone();
-            args[2] = int8.name.clone();
-            let server = Server::start_graft(&args, &settings.model_dir, data.path()).await?;
+            let server = Server::start_graft(&graft_args(&int8.name), &settings.model_dir, data.path()).await?;
             let url = format!("{}/v1/models/{}/classify", server.base_url, int8.name);
             let results = load_levels(&settings, &url, &image, content_type).await?;
             print_levels(&format!("(b) graft over HTTP, {}", int8.name), &results);
