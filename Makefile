@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test api-fuzz v2-clients lint openapi ort models fixtures keras-models bench bench-int8 bench-v2 bench-perf-analyzer bench-train bench-localize bench-tune soak fuzz clean
+.PHONY: all build release run test api-fuzz v2-clients lint openapi ort models fixtures keras-models bench bench-int8 bench-int8-heads bench-v2 bench-perf-analyzer bench-train bench-localize bench-tune soak fuzz clean
 
 all: build
 
@@ -131,6 +131,11 @@ bench-int8: release models fixtures .venv-bench/.installed
 	.venv-bench/bin/python bench/photos.py target/bench/photos --count 512
 	target/release/graft models quantize $(BENCH_MODEL) --calibration target/bench/photos
 	target/release/graft-bench serving --model $(BENCH_MODEL) --precision int8 --python .venv-bench/bin/python $(BENCH_ARGS)
+
+## The head's test accuracy on an INT8 base against FP32 (jobs with "quantize": true) on the
+## bench-train data sets; about 3 minutes on 2 cores.
+bench-int8-heads: release models .venv-bench/.installed
+	.venv-bench/bin/python bench/int8_heads.py --graft target/release/graft --model-dir models
 
 ## Head training on three data sets (photos, digits, tiles): graft's convex default and
 ## mini-batch recipes vs scikit-learn LogisticRegression (default and best C) and Keras
