@@ -262,11 +262,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             );
             println!("  ONNX Runtime runs it with {:?}", outcome.fused_nodes);
             println!(
-                "  calibrated on {} images ({}); top-1 agreement with FP32 {:.1} % on {} held-out images",
+                "  calibrated on {} images ({}); top-1 agreement with FP32 {:.1} % on {} held-out images, \
+                 {:.1} % on the {} that FP32 classifies with at least 50 %",
                 q.calibration_images,
                 q.method,
                 q.top1_agreement * 100.0,
-                q.agreement_images
+                q.agreement_images,
+                q.confident_agreement * 100.0,
+                q.confident_images
             );
             println!(
                 "  speed-up over FP32 in ONNX Runtime: {:.2}× at batch 1, {:.2}× at batch 8",

@@ -79,6 +79,8 @@ fn every_quantised_operator_is_fused_and_the_outputs_stay_close() {
     assert_eq!(quantization.calibration_images, 8);
     assert_eq!(quantization.agreement_images, images.len() - 8);
     assert!((0.0..=1.0).contains(&quantization.top1_agreement));
+    assert!(quantization.confident_images <= quantization.agreement_images);
+    assert!((0.0..=1.0).contains(&quantization.confident_agreement));
     assert!(quantization.speedup_batch1 > 0.0 && quantization.speedup_batch8 > 0.0);
 }
 

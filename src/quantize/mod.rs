@@ -19,7 +19,7 @@ use crate::onnx::proto::ModelProto;
 use crate::onnx::quantize::{QuantizeOptions, QuantizeReport, plan, quantize};
 use crate::runtime::{ModelSession, ModelSource, SessionOptions, open_session};
 use crate::vision::{DecodeLimits, decode_for, preprocess_into, tensor_len};
-use crate::zoo::{Manifest, Quantization, is_valid_model_name};
+use crate::zoo::{Manifest, OutputKind, Quantization, is_valid_model_name};
 pub use calibrate::Method;
 
 /// What `quantize_model` was asked for.
@@ -135,7 +135,7 @@ pub fn quantize_model(
             .map_err(|e| e.to_string())?;
     let mut int8 = open_session(env, ModelSource::Edited { path: &model_path, bytes: &quantized }, &settings.session)
         .map_err(|e| e.to_string())?;
-    let (same, checked) = agreement(&mut fp32, &mut int8, manifest, held_out)?;
+    let agreed = agreement(&mut fp32, &mut int8, manifest, held_out)?;
     let mut speedup = |batch: usize| -> Result<f64, String> {
         let sample: Vec<Vec<f32>> = images.iter().cycle().take(batch).cloned().collect();
         Ok(images_per_second(&mut int8, manifest, &sample)? / images_per_second(&mut fp32, manifest, &sample)?)
@@ -145,8 +145,10 @@ pub fn quantize_model(
         method: settings.method.as_str().to_owned(),
         activations: settings.options.activations.as_str().to_owned(),
         calibration_images: calibration_set.len(),
-        agreement_images: checked,
-        top1_agreement: same as f64 / checked.max(1) as f64,
+        agreement_images: agreed.images,
+        top1_agreement: agreed.same as f64 / agreed.images.max(1) as f64,
+        confident_images: agreed.confident,
+        confident_agreement: agreed.confident_same as f64 / agreed.confident.max(1) as f64,
         speedup_batch1: speedup(1)?,
         speedup_batch8: speedup(8)?,
     };
@@ -170,15 +172,37 @@ fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// How many held-out images get the same top-1 class from both models, of how many.
+/// The FP32 top-1 probability from which an image counts as confidently classified.
+const CONFIDENT: f32 = 0.5;
+
+/// Top-1 agreement of the two models on held-out images: on all of them, and on those the
+/// FP32 model classifies confidently (its top class at least `CONFIDENT`), where a flip is
+/// not a near-tie changing sides.
+#[derive(Debug, Default, PartialEq)]
+struct Agreement {
+    same: usize,
+    images: usize,
+    confident_same: usize,
+    confident: usize,
+}
+
 fn agreement(
     fp32: &mut ModelSession,
     int8: &mut ModelSession,
     manifest: &Manifest,
     images: &[Vec<f32>],
-) -> Result<(usize, usize), String> {
+) -> Result<Agreement, String> {
     let top1 = |scores: &[f32]| scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i);
-    let mut same = 0;
+    // The top class's probability: the output itself, or the softmax of logits at the top,
+    // 1 / Σ exp(x − max).
+    let confidence = |scores: &[f32]| {
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        match manifest.output_kind {
+            OutputKind::Probabilities => max,
+            OutputKind::Logits => 1.0 / scores.iter().map(|s| (s - max).exp()).sum::<f32>(),
+        }
+    };
+    let mut found = Agreement { images: images.len(), ..Agreement::default() };
     for batch in images.chunks(8) {
         let pixels = batch.concat();
         let output = [manifest.output_name.as_str()];
@@ -188,9 +212,16 @@ fn agreement(
             return Err(format!("the outputs have {} and {} values for {} images", a.len(), b.len(), batch.len()));
         }
         let classes = a.len() / batch.len();
-        same += a.chunks(classes).zip(b.chunks(classes)).filter(|(x, y)| top1(x) == top1(y)).count();
+        for (x, y) in a.chunks(classes).zip(b.chunks(classes)) {
+            let same = top1(x) == top1(y);
+            found.same += usize::from(same);
+            if confidence(x) >= CONFIDENT {
+                found.confident += 1;
+                found.confident_same += usize::from(same);
+            }
+        }
     }
-    Ok((same, images.len()))
+    Ok(found)
 }
 
 /// Images a second at `images.len()` per run, over about two seconds after a warm-up run.
