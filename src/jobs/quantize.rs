@@ -9,6 +9,7 @@ use super::context::{Failure, Run};
 use super::features::{FeatureRequest, PixelSource};
 use super::spec::DEFAULT_MAX_ACCURACY_DROP;
 use crate::onnx::quantize::{QuantizeOptions, plan, quantize};
+use crate::quantize::MAX_IMAGE_BYTES;
 use crate::quantize::calibrate::{Method, calibrate};
 use crate::serving::LoadedModel;
 use crate::vision::tensor_len;
@@ -29,7 +30,8 @@ pub(super) struct Int8Base {
 }
 
 /// Quantises the job's base on up to `CALIBRATION_IMAGES` of its train images (as they are,
-/// with the job's geometry) and loads the result.
+/// with the job's geometry; fewer for inputs so large that they would pass `MAX_IMAGE_BYTES`)
+/// and loads the result.
 pub(super) fn int8_base(run: &Run<'_>) -> Result<Int8Base, Failure> {
     let failed = |reason: String| Failure::Failed(format!("quantize: {reason}"));
     let Run { ctx, job, spec, splits, model, .. } = run;
@@ -40,8 +42,11 @@ pub(super) fn int8_base(run: &Run<'_>) -> Result<Int8Base, Failure> {
         decode_limits: &ctx.decode_limits,
         preprocessing: &preprocessing,
     };
+    // As `graft models quantize`, the preprocessed images held at once stay within its bound.
+    let image_bytes = tensor_len(&preprocessing) * 4;
+    let count = CALIBRATION_IMAGES.min(MAX_IMAGE_BYTES / image_bytes.max(1)).max(1);
     let mut images = Vec::new();
-    for item in splits.train.iter().take(CALIBRATION_IMAGES) {
+    for item in splits.train.iter().take(count) {
         let mut slot = vec![0.0; tensor_len(&preprocessing)];
         let request = FeatureRequest { sha256: item.sha256.clone(), variant: 0 };
         pixels.write(&request, &mut slot).map_err(failed)?;
