@@ -18,7 +18,7 @@ use crate::data::read_folder;
 use crate::onnx::proto::ModelProto;
 use crate::onnx::quantize::{QuantizeOptions, QuantizeReport, plan, quantize};
 use crate::runtime::{ModelSession, ModelSource, SessionOptions, open_session};
-use crate::vision::{DecodeLimits, decode_for, preprocess_into, tensor_len};
+use crate::vision::{DecodeLimits, image_tensor, tensor_len};
 use crate::zoo::{Manifest, OutputKind, Quantization, is_valid_model_name};
 pub use calibrate::Method;
 
@@ -67,11 +67,9 @@ pub fn load_images(dir: &Path, manifest: &Manifest, limit: usize) -> Result<(Vec
             skipped += 1;
             return Ok(());
         };
-        match decode_for(&file.bytes, &DecodeLimits::default(), spec) {
-            Ok(decoded) => {
-                let mut out = vec![0.0; tensor_len(spec)];
-                preprocess_into(&decoded.image, spec, &mut out);
-                images.insert(file.path, out);
+        match image_tensor(&file.bytes, &DecodeLimits::default(), spec) {
+            Ok(tensor) => {
+                images.insert(file.path, tensor);
                 if images.len() > limit {
                     images.pop_last();
                 }

@@ -110,17 +110,7 @@ pub fn open_session(
         ModelSource::File(path) | ModelSource::Edited { path, .. } => path,
     };
     let load_error = |reason: String| SessionError::Load { path: model.display().to_string(), reason };
-    let base = || -> Result<SessionBuilder, SessionError> {
-        Session::builder(env)
-            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
-            .and_then(|b| b.with_intra_threads(options.intra_threads).map_err(Into::into))
-            // Spinning intra-op threads burn the cores that decoding and HTTP need between runs.
-            .and_then(|b| {
-                b.with_config_entry("session.intra_op.allow_spinning", if options.spin { "1" } else { "0" })
-                    .map_err(Into::into)
-            })
-            .map_err(|e| load_error(e.to_string()))
-    };
+    let base = || builder(env, options).map_err(|e| load_error(e.to_string()));
     // Callers normally pass the device resolve_device chose at start-up; Auto is resolved here otherwise.
     let device = if options.device == Device::Auto { resolve_device(env, Device::Auto)? } else { options.device };
     let (mut builder, provider) = match device {
@@ -139,8 +129,21 @@ pub fn open_session(
     Ok(ModelSession { session, provider, inputs, outputs })
 }
 
+/// A CPU session builder with graft's settings: full optimisation, the intra-op threads,
+/// and spinning as asked.
+fn builder(env: &Environment, options: &SessionOptions) -> ort::Result<SessionBuilder> {
+    Session::builder(env)
+        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+        .and_then(|b| b.with_intra_threads(options.intra_threads).map_err(Into::into))
+        // Spinning intra-op threads burn the cores that decoding and HTTP need between runs.
+        .and_then(|b| {
+            b.with_config_entry("session.intra_op.allow_spinning", if options.spin { "1" } else { "0" })
+                .map_err(Into::into)
+        })
+}
+
 /// Writes the graph ONNX Runtime runs for `bytes` — after its optimiser, as graft's
-/// sessions optimise (level 3) — to `out`, on the CPU.
+/// sessions optimise — to `out`, on the CPU.
 pub fn save_optimized(
     env: &Environment,
     path: &Path,
@@ -148,14 +151,11 @@ pub fn save_optimized(
     options: &SessionOptions,
     out: &Path,
 ) -> Result<(), SessionError> {
-    let load_error = |reason: String| SessionError::Load { path: path.display().to_string(), reason };
-    Session::builder(env)
-        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
-        .and_then(|b| b.with_intra_threads(options.intra_threads).map_err(Into::into))
+    builder(env, options)
         .and_then(|b| b.with_optimized_model_path(out).map_err(Into::into))
         .and_then(|mut b| b.commit_from_memory(bytes))
         .map(drop)
-        .map_err(|e| load_error(e.to_string()))
+        .map_err(|e| SessionError::Load { path: path.display().to_string(), reason: e.to_string() })
 }
 
 fn tensor_spec(outlet: &ort::value::Outlet) -> TensorSpec {

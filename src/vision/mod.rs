@@ -17,3 +17,13 @@ pub use preprocess::{
     ColorOrder, Geometry, Layout, Normalization, Preprocessing, ResizeMode, ResizePlan, preprocess_into, tensor_len,
 };
 pub use resample::SourceWindow;
+
+/// One encoded image as the model's input tensor: decoded (reduced as far as the spec
+/// allows) and preprocessed, for callers that keep whole images rather than write into a
+/// batch.
+pub fn image_tensor(bytes: &[u8], limits: &DecodeLimits, spec: &Preprocessing) -> Result<Vec<f32>, VisionError> {
+    let decoded = decode_for(bytes, limits, spec)?;
+    let mut out = vec![0.0; tensor_len(spec)];
+    preprocess_into(&decoded.image, spec, &mut out);
+    Ok(out)
+}

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::load::{Call, LoadResult, run_closed_loop};
 use graft::runtime::SessionOptions;
 use graft::serving::{LoadedModel, ModelRuntime, load_model};
-use graft::vision::{DecodeLimits, decode_for, preprocess_into, tensor_len};
+use graft::vision::{DecodeLimits, image_tensor};
 use graft::zoo::Manifest;
 
 /// Images a second when `concurrency` callers each decode, preprocess and run one image at a
@@ -40,14 +40,9 @@ pub async fn measure(
 
 async fn classify(model: Arc<LoadedModel>, image: Bytes) -> Option<()> {
     let spec = model.manifest.preprocessing.clone();
-    let pixels = tokio::task::spawn_blocking(move || {
-        let decoded = decode_for(&image, &DecodeLimits::default(), &spec).ok()?;
-        let mut out = vec![0.0; tensor_len(&spec)];
-        preprocess_into(&decoded.image, &spec, &mut out);
-        Some(out)
-    })
-    .await
-    .ok()??;
+    let pixels = tokio::task::spawn_blocking(move || image_tensor(&image, &DecodeLimits::default(), &spec).ok())
+        .await
+        .ok()??;
     let outputs = model.runner.infer_parts(vec![pixels], 1).await.ok()?;
     std::hint::black_box(outputs);
     Some(())

@@ -17,7 +17,7 @@ use crate::process::Server;
 use graft::api::grpc_proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use graft::api::grpc_proto::model_infer_request::InferInputTensor;
 use graft::api::grpc_proto::{ModelInferRequest, ModelMetadataRequest};
-use graft::vision::{DecodeLimits, decode_for, preprocess_into};
+use graft::vision::{DecodeLimits, image_tensor};
 use graft::zoo::Manifest;
 
 #[derive(Debug, Clone, Args)]
@@ -124,11 +124,7 @@ pub async fn run(settings: V2BenchSettings) -> anyhow::Result<()> {
 
 /// The image as graft preprocesses it for the model: the tensor a v2 client sends.
 fn preprocessed(manifest: &Manifest, image: &[u8]) -> anyhow::Result<Vec<f32>> {
-    let spec = &manifest.preprocessing;
-    let decoded = decode_for(image, &DecodeLimits::default(), spec).context("decoding the image")?;
-    let mut out = vec![0.0f32; spec.width as usize * spec.height as usize * 3];
-    preprocess_into(&decoded.image, spec, &mut out);
-    Ok(out)
+    image_tensor(image, &DecodeLimits::default(), &manifest.preprocessing).context("decoding the image")
 }
 
 fn length_prefixed(element: &[u8]) -> Vec<u8> {
