@@ -15,13 +15,14 @@ Usage: perf_analyzer.py --graft target/release/graft --model-dir models --model 
 import argparse
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from graft_process import free_port, wait_ready  # noqa: E402
 
 VERSION = "2.60.0"
 WORK = os.path.join("target", "bench", "perf-analyzer")
@@ -70,25 +71,6 @@ def trixie_runtime() -> list[str]:
     return [loader, "--library-path", f"{libraries}:/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(base: str, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"graft exited with {server.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    sys.exit("graft was not ready after 180 s")
 
 
 def main() -> int:
@@ -113,7 +95,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"},
         )
         try:
-            wait_ready(f"http://127.0.0.1:{http_port}", server)
+            wait_ready(f"http://127.0.0.1:{http_port}", server, 180)
             for protocol in args.protocols.split(","):
                 port = grpc_port if protocol == "grpc" else http_port
                 print(f"\n=== perf_analyzer {VERSION}, {protocol}, model {args.model}, batch {args.batch} ===", flush=True)

@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -24,6 +23,10 @@ import time
 import urllib.request
 import zipfile
 import zlib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from graft_process import free_port, wait_ready  # noqa: E402
 
 KEY = "schemathesis-key"
 # Every check but positive_data_acceptance: a request can match the schema and still name a
@@ -44,11 +47,6 @@ CHECKS = ",".join(
     ]
 )
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
@@ -94,20 +92,6 @@ def multipart(fields: dict[str, str], file_field: str, file_name: str, data: byt
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
-
-def wait_ready(base: str, server: subprocess.Popen, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            sys.exit(f"graft exited with {server.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    sys.exit(f"graft was not ready after {seconds} s")
 
 
 def model_dir(fixtures: str, work: str) -> str:
