@@ -3,12 +3,32 @@
 //! request is an HTTP post (`run_load`) or any call (`run_closed_loop`).
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+
+/// What a serving benchmark sends: one model's requests with one image, at each concurrency.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Workload {
+    /// The model to measure (a manifest in --model-dir).
+    #[arg(long, default_value = "efficientnet_lite0")]
+    pub model: String,
+    #[arg(long, env = "GRAFT_MODEL_DIR", default_value = "models")]
+    pub model_dir: PathBuf,
+    /// The image every request sends.
+    #[arg(long, default_value = "tests/fixtures/generated/images/china.jpg")]
+    pub image: PathBuf,
+    /// Requests per concurrency level.
+    #[arg(long, default_value_t = 400)]
+    pub requests: usize,
+    /// Concurrency levels, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    pub concurrency: Vec<usize>,
+}
 
 #[derive(Debug, Clone)]
 pub struct LoadResult {

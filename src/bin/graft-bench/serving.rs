@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 
-use crate::load::{LoadResult, run_load};
+use crate::load::{LoadResult, Workload, run_load};
 use crate::process::{Server, rss_kib};
 use crate::raw::{RawRate, SessionLayout};
 use graft::config::{Limits, RuntimeSettings};
@@ -19,20 +19,8 @@ use graft::zoo::Manifest;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchSettings {
-    /// The model to measure (a manifest in --model-dir).
-    #[arg(long, default_value = "efficientnet_lite0")]
-    pub model: String,
-    #[arg(long, env = "GRAFT_MODEL_DIR", default_value = "models")]
-    pub model_dir: PathBuf,
-    /// The image every request sends.
-    #[arg(long, default_value = "tests/fixtures/generated/images/china.jpg")]
-    pub image: PathBuf,
-    /// Requests per concurrency level.
-    #[arg(long, default_value_t = 400)]
-    pub requests: usize,
-    /// Concurrency levels, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
-    pub concurrency: Vec<usize>,
+    #[command(flatten)]
+    pub workload: Workload,
     /// Batch sizes for raw ONNX Runtime, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub batch_sizes: Vec<usize>,
@@ -66,16 +54,16 @@ pub enum Precision {
 const CEILING_CONCURRENCY: usize = 8;
 
 pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
-    let manifest = Manifest::load(&settings.model_dir.join(format!("{}.toml", settings.model)))?;
-    let image = fs_err::read(&settings.image)?;
+    let manifest = Manifest::load(&settings.workload.model_dir.join(format!("{}.toml", settings.workload.model)))?;
+    let image = fs_err::read(&settings.workload.image)?;
     let content_type = if image.starts_with(&[0xFF, 0xD8]) { "image/jpeg" } else { "image/png" };
     println!(
         "model {}, image {} ({} bytes), {} ONNX Runtime threads, {} requests per level, {} cores",
         manifest.name,
-        settings.image.display(),
+        settings.workload.image.display(),
         image.len(),
         settings.threads,
-        settings.requests,
+        settings.workload.requests,
         cores()
     );
 
@@ -116,7 +104,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     // (e) The in-process ceiling: decode, preprocess and the model in this process, graft's layout.
     let ceiling = |manifest: Manifest| {
         let (env, options, image) = (env.clone(), options.clone(), image.clone());
-        let requests = settings.requests;
+        let requests = settings.workload.requests;
         async move {
             let batching = Batching {
                 instances: graft_layout.sessions,
@@ -134,7 +122,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     let int8_manifest = match settings.precision {
         Precision::Fp32 => None,
         Precision::Int8 => {
-            let path = settings.model_dir.join(format!("{}_int8.toml", manifest.name));
+            let path = settings.workload.model_dir.join(format!("{}_int8.toml", manifest.name));
             anyhow::ensure!(
                 path.is_file(),
                 "no {} (make it with `graft models quantize {} --calibration DIR`; make bench-int8 does)",
@@ -179,7 +167,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
         args
     };
     let data = tempfile::tempdir()?;
-    let graft = Server::start_graft(&graft_args(&manifest.name), &settings.model_dir, data.path()).await?;
+    let graft = Server::start_graft(&graft_args(&manifest.name), &settings.workload.model_dir, data.path()).await?;
     let graft_url = format!("{}/v1/models/{}/classify", graft.base_url, manifest.name);
     let graft_results = load_levels(&settings, &graft_url, &image, content_type).await?;
     print_levels("(b) graft over HTTP", &graft_results);
@@ -194,7 +182,8 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     let int8_results = match &int8_manifest {
         None => None,
         Some(int8) => {
-            let server = Server::start_graft(&graft_args(&int8.name), &settings.model_dir, data.path()).await?;
+            let server =
+                Server::start_graft(&graft_args(&int8.name), &settings.workload.model_dir, data.path()).await?;
             let url = format!("{}/v1/models/{}/classify", server.base_url, int8.name);
             let results = load_levels(&settings, &url, &image, content_type).await?;
             print_levels(&format!("(b) graft over HTTP, {}", int8.name), &results);
@@ -206,7 +195,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     let python_results = if settings.python.is_empty() {
         None
     } else {
-        let manifest_path = settings.model_dir.join(format!("{}.toml", manifest.name));
+        let manifest_path = settings.workload.model_dir.join(format!("{}.toml", manifest.name));
         let args = vec![
             "bench/python_server.py".to_owned(),
             "--model".to_owned(),
@@ -226,7 +215,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     let pillow_ms = if settings.python.is_empty() { None } else { pillow_median_ms(&settings, &manifest)? };
     println!(
         "\n(d) preprocessing alone, {} → {}×{} tensor, one thread, median",
-        settings.image.display(),
+        settings.workload.image.display(),
         manifest.preprocessing.width,
         manifest.preprocessing.height
     );
@@ -321,8 +310,10 @@ async fn load_levels(
     // A short warm-up so that connection set-up and first runs are not measured.
     run_load(url, image, content_type, 4, 16, None).await?;
     let mut results = Vec::new();
-    for &concurrency in &settings.concurrency {
-        results.push(run_load(url, image, content_type, concurrency, settings.requests.max(concurrency), None).await?);
+    for &concurrency in &settings.workload.concurrency {
+        results.push(
+            run_load(url, image, content_type, concurrency, settings.workload.requests.max(concurrency), None).await?,
+        );
     }
     Ok(results)
 }
@@ -394,9 +385,9 @@ fn preprocess_median_ms(manifest: &Manifest, image: &[u8], iterations: usize) ->
 fn pillow_median_ms(settings: &BenchSettings, manifest: &Manifest) -> anyhow::Result<Option<f64>> {
     let output = std::process::Command::new(&settings.python)
         .args(["bench/preprocess_bench.py", "--iterations", "200", "--image"])
-        .arg(&settings.image)
+        .arg(&settings.workload.image)
         .arg("--manifest")
-        .arg(settings.model_dir.join(format!("{}.toml", manifest.name)))
+        .arg(settings.workload.model_dir.join(format!("{}.toml", manifest.name)))
         .output()
         .context("running bench/preprocess_bench.py")?;
     if !output.status.success() {

@@ -4,7 +4,6 @@
 //! preprocessed FP32 tensor over both — one image per request, printed with each one's ratio
 //! to `/v1`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -12,7 +11,7 @@ use clap::Args;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use tonic::transport::Channel;
 
-use crate::load::{Call, LoadResult, post, run_closed_loop};
+use crate::load::{Call, LoadResult, Workload, post, run_closed_loop};
 use crate::process::Server;
 use graft::api::grpc_proto::grpc_inference_service_client::GrpcInferenceServiceClient;
 use graft::api::grpc_proto::model_infer_request::InferInputTensor;
@@ -22,34 +21,22 @@ use graft::zoo::Manifest;
 
 #[derive(Debug, Clone, Args)]
 pub struct V2BenchSettings {
-    /// The model to measure (a manifest in --model-dir).
-    #[arg(long, default_value = "efficientnet_lite0")]
-    pub model: String,
-    #[arg(long, env = "GRAFT_MODEL_DIR", default_value = "models")]
-    pub model_dir: PathBuf,
-    /// The image every request sends.
-    #[arg(long, default_value = "tests/fixtures/generated/images/china.jpg")]
-    pub image: PathBuf,
-    /// Requests per concurrency level.
-    #[arg(long, default_value_t = 400)]
-    pub requests: usize,
-    /// Concurrency levels, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
-    pub concurrency: Vec<usize>,
+    #[command(flatten)]
+    pub workload: Workload,
 }
 
 pub async fn run(settings: V2BenchSettings) -> anyhow::Result<()> {
-    let manifest = Manifest::load(&settings.model_dir.join(format!("{}.toml", settings.model)))?;
-    let image = fs_err::read(&settings.image)?;
+    let manifest = Manifest::load(&settings.workload.model_dir.join(format!("{}.toml", settings.workload.model)))?;
+    let image = fs_err::read(&settings.workload.image)?;
     let content_type = if image.starts_with(&[0xFF, 0xD8]) { "image/jpeg" } else { "image/png" };
     let tensor = preprocessed(&manifest, &image)?;
     println!(
         "model {}, image {} ({} bytes; its tensor {} bytes), {} requests per level, one image per request",
         manifest.name,
-        settings.image.display(),
+        settings.workload.image.display(),
         image.len(),
         tensor.len() * 4,
-        settings.requests
+        settings.workload.requests
     );
 
     let grpc_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -59,7 +46,7 @@ pub async fn run(settings: V2BenchSettings) -> anyhow::Result<()> {
         .chain([format!("127.0.0.1:{grpc_port}")])
         .collect();
     let data = tempfile::tempdir()?;
-    let graft = Server::start_graft(&args, &settings.model_dir, data.path()).await?;
+    let graft = Server::start_graft(&args, &settings.workload.model_dir, data.path()).await?;
     let channel = Channel::from_shared(format!("http://127.0.0.1:{grpc_port}"))?.connect().await?;
     let grpc = GrpcInferenceServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let metadata = ModelMetadataRequest { name: manifest.name.clone(), version: String::new() };
@@ -72,7 +59,7 @@ pub async fn run(settings: V2BenchSettings) -> anyhow::Result<()> {
     let mut tensor_shape = input_shape.clone();
     tensor_shape[0] = 1;
 
-    let most = settings.concurrency.iter().copied().max().unwrap_or(1);
+    let most = settings.workload.concurrency.iter().copied().max().unwrap_or(1);
     let http = reqwest::Client::builder().pool_max_idle_per_host(most).build()?;
     let mut image_headers = HeaderMap::new();
     image_headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -185,8 +172,9 @@ async fn levels(
     send: impl Fn() -> Call + Clone + Send + 'static,
 ) -> anyhow::Result<Vec<LoadResult>> {
     let mut results = Vec::new();
-    for &concurrency in &settings.concurrency {
-        results.push(run_closed_loop(concurrency, settings.requests.max(concurrency), None, send.clone()).await?);
+    for &concurrency in &settings.workload.concurrency {
+        results
+            .push(run_closed_loop(concurrency, settings.workload.requests.max(concurrency), None, send.clone()).await?);
     }
     Ok(results)
 }
