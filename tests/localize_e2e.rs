@@ -200,9 +200,23 @@ async fn localize_job_trains_and_serves_boxes_in_original_pixels() {
     let response = post_png(url, "/v1/models/scenes-tuned/localize", &image).await;
     assert_eq!(response.status(), 200);
 
+    // With `quantize`, the base in INT8 under the trained class and box heads: the verdict
+    // has both precisions' class accuracy and mean IoU, and the served INT8 model localizes.
+    let extra = json!({"quantize": true, "max_accuracy_drop": 100});
+    let int8 = train_with(url, dataset_id, "scenes-int8", Some("spatial"), extra).await;
+    let verdict = &int8["quantization"];
+    assert_eq!(verdict["served"], "int8", "{verdict}");
+    let fp32_iou = verdict["fp32_test_mean_iou"].as_f64().unwrap();
+    let int8_iou = verdict["int8_test_mean_iou"].as_f64().unwrap();
+    println!("localizer in INT8: {verdict}");
+    assert!((int8["test_boxes"]["mean_iou"].as_f64().unwrap() - int8_iou).abs() < 1e-6, "{int8}");
+    assert!(int8_iou >= fp32_iou - 0.1 && int8_iou >= 0.4, "{verdict}");
+    let (image, _) = scene(1, 900_005);
+    assert_eq!(post_png(url, "/v1/models/scenes-int8/localize", &image).await.status(), 200);
+
     // The download is one ONNX file answering class probabilities and the box (its numbers
     // are checked against the head in tests/tune_tail.rs).
-    for model in ["scenes-spatial", "scenes-pooled", "scenes-tuned"] {
+    for model in ["scenes-spatial", "scenes-pooled", "scenes-tuned", "scenes-int8"] {
         let response = client().get(format!("{url}/v1/models/{model}/onnx")).send().await.unwrap();
         assert_eq!(response.status(), 200);
         let bytes = response.bytes().await.unwrap();

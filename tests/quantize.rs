@@ -13,7 +13,7 @@ use graft::config::Limits;
 use graft::onnx::proto::ModelProto;
 use graft::onnx::quantize::{ActivationType, QuantizeOptions, Range, activation_params, plan, quantize};
 use graft::quantize::calibrate::{Method, calibrate, run_batch};
-use graft::quantize::{QuantizeSettings, load_images, quantize_model};
+use graft::quantize::{CalibrationImages, QuantizeSettings, quantize_model};
 use graft::runtime::{ModelSource, open_session};
 use graft::zoo::Manifest;
 use prost::Message;
@@ -27,18 +27,21 @@ fn copy_fixture(name: &str, dir: &Path) -> Manifest {
 }
 
 fn settings(options: QuantizeOptions) -> QuantizeSettings {
-    QuantizeSettings { calibration_images: 8, method: Method::Minmax, options, session: cpu() }
+    QuantizeSettings { method: Method::Minmax, options, keep_sensitive: 0, session: cpu() }
 }
 
 #[test]
 fn every_quantised_operator_is_fused_and_the_outputs_stay_close() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = copy_fixture("tiny_nchw", dir.path());
-    let (images, _) = load_images(&fixtures().join("images"), &manifest, 64).unwrap();
-    assert!(images.len() >= 10, "{} fixture images", images.len());
-    let options = QuantizeOptions { keep_first: 0, ..QuantizeOptions::default() };
+    // 10 to calibrate, the other fixture images (up to 10) held out.
+    let folder = CalibrationImages::from_folder(&fixtures().join("images"), &manifest, 10).unwrap();
+    assert_eq!(folder.calibration.len(), 10);
+    assert!(folder.held_out.len() >= 5, "{} held out", folder.held_out.len());
+    let options = QuantizeOptions { keep_first: Some(0), ..QuantizeOptions::default() };
     let env = runtime();
-    let outcome = quantize_model(&env, &manifest, &images, &settings(options)).unwrap();
+    let outcome = quantize_model(&env, &manifest, &folder, &settings(options)).unwrap();
+    let images = [&folder.calibration[..], &folder.held_out[..]].concat();
 
     // ONNX Runtime runs every quantised Conv, Gemm and Add as an 8-bit kernel.
     let report = &outcome.report;
@@ -62,12 +65,18 @@ fn every_quantised_operator_is_fused_and_the_outputs_stay_close() {
     let a = run_batch(&mut fp32, &manifest, pixels.clone(), images.len(), &output).unwrap().remove(0);
     let b = run_batch(&mut int8, &manifest, pixels, images.len(), &output).unwrap().remove(0);
     // On average over every image (some of them, such as the 16-bit and palette ones, lie
-    // outside what the 8 calibration images show, and clamp).
+    // outside what the 10 calibration images show, and clamp).
     let spread = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let mean = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
     assert!(mean <= 0.01 * spread, "INT8 differs from FP32 by {mean} on average where the logits reach {spread}");
     assert!(mean > 0.0, "the INT8 graph computes exactly the FP32 one: nothing was quantised");
 
+    // Both files are readable by other users, as model files are (a server in a container
+    // runs as its own user).
+    use std::os::unix::fs::PermissionsExt;
+    for file in [&outcome.model_path, &outcome.manifest_path] {
+        assert_eq!(std::fs::metadata(file).unwrap().permissions().mode() & 0o044, 0o044, "{}", file.display());
+    }
     // The manifest written beside it loads, with the file's checksum and the provenance.
     let written = Manifest::load(&outcome.manifest_path).unwrap();
     assert_eq!(written.name, "tiny_nchw_int8");
@@ -76,8 +85,8 @@ fn every_quantised_operator_is_fused_and_the_outputs_stay_close() {
     assert_eq!(written.sha256.as_deref(), Some(sha.as_str()));
     let quantization = written.quantization.unwrap();
     assert_eq!((quantization.source.as_str(), quantization.method.as_str()), ("tiny_nchw", "minmax"));
-    assert_eq!(quantization.calibration_images, 8);
-    assert_eq!(quantization.agreement_images, images.len() - 8);
+    assert_eq!(quantization.calibration_images, 10);
+    assert_eq!(quantization.agreement_images, folder.held_out.len());
     assert!((0.0..=1.0).contains(&quantization.top1_agreement));
     assert!(quantization.confident_images <= quantization.agreement_images);
     assert!((0.0..=1.0).contains(&quantization.confident_agreement));
@@ -90,9 +99,9 @@ fn every_quantised_operator_is_fused_and_the_outputs_stay_close() {
 fn scales_come_from_the_calibrated_ranges_and_names_survive() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = copy_fixture("tiny_nchw", dir.path());
-    let (images, _) = load_images(&fixtures().join("images"), &manifest, 16).unwrap();
+    let images = CalibrationImages::from_folder(&fixtures().join("images"), &manifest, 16).unwrap().calibration;
     let model_bytes = std::fs::read(&manifest.file).unwrap();
-    let options = QuantizeOptions { keep_first: 0, ..QuantizeOptions::default() };
+    let options = QuantizeOptions { keep_first: Some(0), ..QuantizeOptions::default() };
     let planned = plan(&model_bytes, &options).unwrap();
     let env = runtime();
     let ranges = calibrate(&env, &manifest, &model_bytes, &images, &planned.tensors, Method::Minmax, &cpu()).unwrap();
@@ -144,7 +153,7 @@ fn scales_come_from_the_calibrated_ranges_and_names_survive() {
 async fn an_int8_model_is_served_with_its_provenance() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = copy_fixture("tiny_nchw", dir.path());
-    let (images, _) = load_images(&fixtures().join("images"), &manifest, 64).unwrap();
+    let images = CalibrationImages::from_folder(&fixtures().join("images"), &manifest, 8).unwrap();
     let env = runtime();
     quantize_model(&env, &manifest, &images, &settings(QuantizeOptions::default())).unwrap();
     let server = start_server(dir.path(), Limits::default()).await;
@@ -201,10 +210,8 @@ async fn a_job_quantises_its_base_and_serves_int8_only_within_the_allowed_drop()
         let qdq = exported.graph.unwrap().node.iter().filter(|n| n.op_type() == "QuantizeLinear").count();
         assert_eq!(qdq > 0, served_int8, "{name}: {qdq} QuantizeLinear nodes in the export");
     }
-    // What quantize does not cover yet is refused before anything runs.
+    // A drop bound without quantize, or past 100 points, is refused before anything runs.
     let refusals = [
-        serde_json::json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "quantize": true, "task": "localize"}),
-        serde_json::json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "quantize": true, "unfreeze": {"blocks": 1}}),
         serde_json::json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "max_accuracy_drop": 2}),
         serde_json::json!({"dataset": dataset["id"], "base_model": "tiny_nchw", "quantize": true, "max_accuracy_drop": 101}),
     ];
@@ -217,4 +224,93 @@ async fn a_job_quantises_its_base_and_serves_int8_only_within_the_allowed_drop()
             "{problem}"
         );
     }
+}
+
+/// `graft models quantize NAME --calibration DATASET` calibrates on a stored dataset's train
+/// split and checks agreement on its valid and test images; a name that is neither a folder
+/// nor a dataset is refused, naming where it looked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_calibrates_on_an_uploaded_dataset() {
+    let models = tempfile::tempdir().unwrap();
+    copy_fixture("tiny_nchw", models.path());
+    let server = start_server(&fixture_models(), Limits::default()).await;
+    let dataset = upload_dataset(&server.url, common::datasets::class_folder_zip("shapes", 12, 2), "shapes").await;
+    let split = |key: &str| -> usize {
+        dataset["classes"].as_array().unwrap().iter().map(|c| c[key].as_u64().unwrap() as usize).sum()
+    };
+    let (train, held_out) = (split("train"), split("valid") + split("test"));
+    assert!(train > 8 && held_out > 0, "{dataset}");
+    let quantize = |calibration: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_graft"))
+            .args(["models", "quantize", "tiny_nchw", "--images", "8", "--calibration", calibration, "--model-dir"])
+            .arg(models.path())
+            .arg("--data-dir")
+            .arg(server.data_dir.path())
+            .output()
+            .unwrap()
+    };
+    let output = quantize(dataset["id"].as_str().unwrap());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let written = Manifest::load(&models.path().join("tiny_nchw_int8.toml")).unwrap();
+    let quantization = written.quantization.unwrap();
+    assert_eq!(quantization.calibration_images, 8);
+    assert_eq!(quantization.agreement_images, held_out.min(8));
+
+    let output = quantize("no-such-dataset");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("neither a folder nor a dataset"), "{stderr}");
+}
+
+/// Each quantised weighted layer's sensitivity is the output error with that layer alone
+/// kept in FP32, over the whole quantised model's: recomputed here for the most sensitive
+/// one with sessions of its own, and `keep_sensitive` keeps exactly the first ones.
+#[test]
+fn the_most_sensitive_layers_are_the_ones_whose_fp32_copy_helps_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = copy_fixture("tiny_nchw", dir.path());
+    let images = CalibrationImages::from_folder(&fixtures().join("images"), &manifest, 8).unwrap();
+    let model_bytes = std::fs::read(&manifest.file).unwrap();
+    let options = QuantizeOptions { keep_first: Some(0), ..QuantizeOptions::default() };
+    let env = runtime();
+    let tensors = plan(&model_bytes, &options).unwrap().tensors;
+    let ranges =
+        calibrate(&env, &manifest, &model_bytes, &images.calibration, &tensors, Method::Minmax, &cpu()).unwrap();
+    let found = graft::quantize::sensitivity::most_sensitive(
+        &env,
+        &manifest,
+        &model_bytes,
+        &ranges,
+        &options,
+        &images.calibration,
+        &cpu(),
+    )
+    .unwrap();
+    let candidates = graft::onnx::quantize::quantized_weighted_nodes(&model_bytes, &options).unwrap();
+    assert_eq!(found.len(), candidates.len());
+    assert!(found.windows(2).all(|w| w[0].error_ratio <= w[1].error_ratio), "{found:?}");
+
+    // The first one's ratio, independently: squared output errors summed over the images.
+    let output = [manifest.output_name.as_str()];
+    let pixels = images.calibration.concat();
+    let count = images.calibration.len();
+    let run = |bytes: &[u8]| {
+        let mut session = open_session(&env, ModelSource::Edited { path: &manifest.file, bytes }, &cpu()).unwrap();
+        run_batch(&mut session, &manifest, pixels.clone(), count, &output).unwrap().remove(0)
+    };
+    let reference = run(&model_bytes);
+    let squared =
+        |bytes: &[u8]| -> f64 { run(bytes).iter().zip(&reference).map(|(a, b)| f64::from(a - b).powi(2)).sum() };
+    let whole = squared(&quantize(&model_bytes, &ranges, &options).unwrap().0);
+    let kept = QuantizeOptions { keep_nodes: vec![found[0].node.clone()], ..options.clone() };
+    let (kept_bytes, report) = quantize(&model_bytes, &ranges, &kept).unwrap();
+    assert_eq!(report.kept_fp32, [found[0].node.clone()]);
+    let ratio = squared(&kept_bytes) / whole;
+    assert!((ratio - found[0].error_ratio).abs() <= 1e-6 * ratio.max(1.0), "{ratio} vs {:?}", found[0]);
+    assert!(found[0].error_ratio < 1.0, "keeping some layer in FP32 brings the output closer: {found:?}");
+
+    // quantize_model with keep_sensitive 1 keeps that layer (and records it).
+    let settings = QuantizeSettings { keep_sensitive: 1, ..settings(options) };
+    let outcome = quantize_model(&env, &manifest, &images, &settings).unwrap();
+    assert_eq!(outcome.quantization.kept_fp32, [found[0].node.clone()]);
 }

@@ -139,7 +139,7 @@ async fn tuning_the_top_block_learns_what_the_frozen_base_cannot() {
     tuned_body["name"] = json!("tinted-tuned");
     tuned_body["freeze_base"] = json!(false);
     tuned_body["fine_tune"] = json!({"epochs": 30, "learning_rate": 0.01});
-    let tuned = train(url, tuned_body).await;
+    let tuned = train(url, tuned_body.clone()).await;
     let evaluation = &tuned["evaluation"];
     let phase1 = evaluation["phase1"]["test"]["accuracy"].as_f64().unwrap();
     let phase2 = evaluation["test"]["accuracy"].as_f64().unwrap();
@@ -188,6 +188,36 @@ async fn tuning_the_top_block_learns_what_the_frozen_base_cannot() {
     let worst = check_download(url, "tinted-tuned", &classes, &images).await;
     println!("tinted-tuned ONNX download vs classify: max |Δ probability| {worst:.2e}");
     assert!(worst <= 1e-4, "{worst}");
+
+    // With `quantize`, the tuned base itself is quantised under the head phase 2 left, and
+    // served (the drop allowed here is any): its ONNX download is the QDQ graph and it still
+    // tells red from green, which only the tuned top block can.
+    let mut int8_body = tuned_body.clone();
+    int8_body["name"] = json!("tinted-tuned-int8");
+    int8_body["quantize"] = json!(true);
+    int8_body["max_accuracy_drop"] = json!(100);
+    let int8 = train(url, int8_body).await;
+    let evaluation = &int8["evaluation"];
+    let verdict = &evaluation["quantization"];
+    assert!(evaluation["fine_tune"]["best_epoch"].as_u64().unwrap() > 0, "phase 2 ran: {evaluation}");
+    assert_eq!(verdict["served"], "int8", "{verdict}");
+    assert!(
+        (evaluation["test"]["accuracy"].as_f64().unwrap() - verdict["int8_test_accuracy"].as_f64().unwrap()).abs()
+            < 1e-6
+    );
+    assert!(verdict["int8_test_accuracy"].as_f64().unwrap() >= 0.9, "{verdict}");
+    let onnx =
+        client().get(format!("{url}/v1/models/tinted-tuned-int8/onnx")).send().await.unwrap().bytes().await.unwrap();
+    let exported = <graft::onnx::proto::ModelProto as prost::Message>::decode(onnx.as_ref()).unwrap();
+    let graph = exported.graph.unwrap();
+    let quantized = graph.node.iter().filter(|n| n.op_type() == "QuantizeLinear").count();
+    assert!(quantized > 0, "the export is the QDQ graph");
+    let mut right = 0;
+    for (image, truth) in &fresh {
+        right += usize::from(scores(url, "tinted-tuned-int8", image).await[0].0 == *truth);
+    }
+    println!("tinted-tuned-int8: verdict {verdict}; {right}/8 new images right");
+    assert!(right >= 7, "{right}/8");
 
     // A frozen-base model exports the same way (base + head).
     let mut frozen_body = settings;

@@ -8,7 +8,7 @@ use super::evaluation::{
     FeatureSummary, JobEvaluation, SolverReport, TestFigures, Timings, TrainingFacts, per_class, warnings,
 };
 use super::finetune::fine_tune;
-use super::quantize::{int8_base, verdict};
+use super::quantize::{int8_base, judge_trained_head, verdict};
 use crate::finetune::TuneHead;
 use crate::serving::{ImageFeatures, TrainedHead};
 use crate::store::DatasetRecord;
@@ -31,13 +31,13 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
     progress.phase("evaluating");
     let probabilities = trained.head.forward(test.view());
     let test_metrics = evaluate(probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
-    // With `quantize`, the same head trained on the INT8 base's features, served when its
-    // test accuracy holds.
-    let (trained, test_metrics, quantization, int8_base) = match spec.quantize {
+    // With `quantize` on a frozen base, the same head trained on the INT8 base's features,
+    // served when its test accuracy holds (a tuned base is judged after phase 2).
+    let (trained, test_metrics, quantization, int8_base) = match spec.quantize && spec.unfreeze.is_none() {
         false => (trained, test_metrics, None, None),
         true => {
             progress.phase("quantizing");
-            let int8 = int8_base(&run)?;
+            let int8 = int8_base(&run, None)?;
             let run8 = Run { model: &int8.model, ..run };
             let (features8, _, _) = compute_features(run8, &requests, false)?;
             let (data8, test8) = train_data(run8, &features8, dataset.classes.len())?;
@@ -78,9 +78,24 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
         let head = TuneHead::Classifier(trained.head);
         let tuned = fine_tune(run, dataset.classes.len(), head, None)?;
         let test = evaluate(tuned.test.probabilities.view(), &test_labels, 5).map_err(|e| failed(e.to_string()))?;
-        let evaluation = evaluation.with_phase2(TestFigures { test, test_boxes: None }, tuned.report);
+        let mut evaluation = evaluation.with_phase2(TestFigures { test, test_boxes: None }, tuned.report);
         let TuneHead::Classifier(head) = tuned.head else { unreachable!("phase 2 keeps the head's kind") };
-        (head, tuned.tuned_base, evaluation)
+        // With `quantize`, the tuned base (or the base, when phase 1's model was kept) in INT8
+        // under the head phase 2 left.
+        let tuned_base = match spec.quantize {
+            false => tuned.tuned_base,
+            true => {
+                let figures = |features: &[ImageFeatures]| -> Result<TestFigures, String> {
+                    let pooled = stack_rows(features.iter().map(|f| f.pooled.as_slice()))?;
+                    let probabilities = head.try_forward(pooled.view()).map_err(|e| e.to_string())?;
+                    let test = evaluate(probabilities.view(), &test_labels, 5).map_err(|e| e.to_string())?;
+                    Ok(TestFigures { test, test_boxes: None })
+                };
+                let graph = tuned.tuned_base.as_deref();
+                judge_trained_head(run, graph, false, figures, &mut evaluation)?.or(tuned.tuned_base)
+            }
+        };
+        (head, tuned_base, evaluation)
     } else {
         // A served INT8 base is the model's tuned base: stored, served and exported as one.
         (trained.head, int8_base, evaluation)

@@ -140,6 +140,11 @@ impl<'a> Splits<'a> {
         requests
     }
 
+    /// The test images as they are, in order (the last rows of [`Splits::feature_requests`]).
+    pub(super) fn test_requests(&self) -> Vec<FeatureRequest> {
+        self.test.iter().map(|item| FeatureRequest { sha256: item.sha256.clone(), variant: 0 }).collect()
+    }
+
     /// The rows answering [`Splits::feature_requests`]: one block of train rows per variant,
     /// then the valid rows, then the test rows.
     pub(super) fn cut<'f, T>(&self, rows: &'f [T], variants: usize) -> (Vec<&'f [T]>, &'f [T], &'f [T]) {

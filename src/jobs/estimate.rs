@@ -1,7 +1,7 @@
 //! What a job will hold in memory, estimated before it is queued (and again when a
 //! worker starts it) against `--max-job-memory-bytes`: the feature rows of every image
-//! and augmentation variant, the head's parameters with their optimiser copies, and the
-//! checkpoint written after each epoch. A job over the budget is refused with the figure
+//! and augmentation variant (twice for a frozen classifier with `quantize`), the head's
+//! parameters with their optimiser copies, and the checkpoint written after each epoch. A job over the budget is refused with the figure
 //! rather than left to be killed for memory half-way. Phase 2's cut activations have
 //! their own bound (`--max-activation-bytes`), checked when the tail is planned.
 
@@ -85,7 +85,10 @@ pub fn estimate(spec: &JobSpec, shape: &JobShape) -> Footprint {
     // once more: the convex path in f16 (half a copy of the training rows), then its final fit
     // in f32 (a copy of the training and validation rows; `rows` also counts the test split).
     let copies = FEATURE_COPIES + u64::from(convex || spec.train.scaling.is_some());
-    let features_bytes = rows.saturating_mul(per_row).saturating_mul(4 * copies);
+    // A frozen classifier with `quantize` computes every row again on the INT8 base and
+    // trains on those while the FP32 rows are kept for the verdict.
+    let bases = if spec.quantize && spec.task == Task::Classify && spec.unfreeze.is_none() { 2 } else { 1 };
+    let features_bytes = rows.saturating_mul(per_row).saturating_mul(4 * copies * bases);
 
     let dense = |inputs: u64, outputs: u64| -> u64 {
         match spec.train.hidden_units {

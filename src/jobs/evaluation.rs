@@ -42,7 +42,29 @@ pub struct JobEvaluation {
     pub fine_tune: Option<Value>,
     /// With `quantize`: both precisions' test accuracy and which one is served.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub quantization: Option<super::quantize::QuantizationVerdict>,
+    pub quantization: Option<QuantizationVerdict>,
+}
+
+/// What the job found, in its evaluation under `quantization`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct QuantizationVerdict {
+    /// `int8` when the INT8 base is served, else `fp32`.
+    pub served: &'static str,
+    pub fp32_test_accuracy: f32,
+    pub int8_test_accuracy: f32,
+    /// FP32 − INT8 test accuracy, in percentage points.
+    pub accuracy_drop: f64,
+    pub max_accuracy_drop: f64,
+    pub calibration_images: usize,
+    pub method: &'static str,
+    /// A localizer's mean test IoU on each precision (the verdict is on class accuracy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fp32_test_mean_iou: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub int8_test_mean_iou: Option<f32>,
+    /// Why FP32 is served, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Test metrics, and a localizer's boxes.

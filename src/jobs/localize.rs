@@ -11,6 +11,7 @@ use super::context::{Failure, Run, Trained, compute_features, labels, train_fail
 use super::evaluation::{FeatureSummary, JobEvaluation, TestFigures, Timings, TrainingFacts, per_class, warnings};
 use super::features::variant_seed;
 use super::finetune::{SplitBoxes, fine_tune, spatial_tap};
+use super::quantize::judge_trained_head;
 use crate::finetune::TuneHead;
 use crate::serving::{ImageFeatures, TrainedHead};
 use crate::store::{DatasetRecord, ItemRecord};
@@ -99,7 +100,7 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
         fine_tune: None,
         quantization: None,
     };
-    let (head, tuned_base, evaluation) = if spec.unfreeze.is_some() {
+    let (head, tuned_base, mut evaluation) = if spec.unfreeze.is_some() {
         let tap = with_spatial.then(|| spatial_tap(model)).flatten();
         let head = TuneHead::Localizer { head: outcome.head, loss, spatial: tap };
         let boxes = SplitBoxes {
@@ -117,6 +118,21 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
         (head, tuned.tuned_base, evaluation)
     } else {
         (outcome.head, None, evaluation)
+    };
+    // With `quantize`, the served base (tuned or not) in INT8 under the trained head.
+    let tuned_base = match spec.quantize {
+        false => tuned_base,
+        true => {
+            let figures = |rows: &[ImageFeatures]| -> Result<TestFigures, String> {
+                let split = localize_split(rows, &splits.test, test.boxes.clone())?;
+                let (probabilities, boxes) = head
+                    .predict(split.pooled.view(), split.spatial.as_ref().map(|s| s.view()))
+                    .map_err(|e| e.to_string())?;
+                let test = evaluate(probabilities.view(), &split.labels, 5).map_err(|e| e.to_string())?;
+                Ok(TestFigures { test, test_boxes: Some(box_metrics(&boxes, &split.boxes)) })
+            };
+            judge_trained_head(run, tuned_base.as_deref(), with_spatial, figures, &mut evaluation)?.or(tuned_base)
+        }
     };
     let evaluation = evaluation.to_json();
     progress.event("evaluation", evaluation.clone());

@@ -1,23 +1,24 @@
-//! A job's `"quantize": true`: the base quantised to INT8 (QDQ) with ranges calibrated on the
-//! job's own train split, loaded beside the FP32 base so that the head can be trained and
-//! tested on its features, and the verdict that decides which precision is served.
+//! A job's `"quantize": true`: the served base (the base, or the base phase 2 tuned)
+//! quantised to INT8 (QDQ) with ranges calibrated on the job's own train split, loaded beside
+//! the FP32 base so that the head can be tested (a frozen classifier's also trained) on its
+//! features, and the verdict that decides which precision is served.
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::context::{Failure, Run};
+use super::context::{Failure, Run, compute_features};
+use super::evaluation::{JobEvaluation, QuantizationVerdict, TestFigures};
 use super::features::{FeatureRequest, PixelSource};
 use super::spec::DEFAULT_MAX_ACCURACY_DROP;
 use crate::onnx::quantize::{QuantizeOptions, plan, quantize};
 use crate::quantize::MAX_IMAGE_BYTES;
 use crate::quantize::calibrate::{Method, calibrate};
-use crate::serving::LoadedModel;
+use crate::serving::{ImageFeatures, LoadedModel};
 use crate::vision::tensor_len;
 
 /// Train images calibration reads at most (`graft models quantize`'s default too).
 const CALIBRATION_IMAGES: usize = 256;
-/// The calibration method jobs use: it measured best at the default `keep_first` (README).
-const METHOD: Method = Method::Minmax;
+/// The calibration method jobs use.
+const METHOD: Method = Method::DEFAULT;
 
 /// The INT8 base of a job: its QDQ graph (stored as the model's tuned base when served) and
 /// the loaded model that computes its features.
@@ -29,10 +30,10 @@ pub(super) struct Int8Base {
     _file: tempfile::NamedTempFile,
 }
 
-/// Quantises the job's base on up to `CALIBRATION_IMAGES` of its train images (as they are,
-/// with the job's geometry; fewer for inputs so large that they would pass `MAX_IMAGE_BYTES`)
-/// and loads the result.
-pub(super) fn int8_base(run: &Run<'_>) -> Result<Int8Base, Failure> {
+/// Quantises the FP32 base `graph` (the job's base file when `None`) on up to
+/// `CALIBRATION_IMAGES` of its train images (as they are, with the job's geometry; fewer for
+/// inputs so large that they would pass `MAX_IMAGE_BYTES`) and loads the result.
+pub(super) fn int8_base(run: &Run<'_>, graph: Option<&[u8]>) -> Result<Int8Base, Failure> {
     let failed = |reason: String| Failure::Failed(format!("quantize: {reason}"));
     let Run { ctx, job, spec, splits, model, .. } = run;
     let preprocessing = spec.preprocessing(&model.manifest.preprocessing);
@@ -52,7 +53,10 @@ pub(super) fn int8_base(run: &Run<'_>) -> Result<Int8Base, Failure> {
         pixels.write(&request, &mut slot).map_err(failed)?;
         images.push(slot);
     }
-    let fp32 = std::fs::read(&model.manifest.file).map_err(|e| failed(e.to_string()))?;
+    let fp32 = match graph {
+        Some(bytes) => bytes.to_vec(),
+        None => std::fs::read(&model.manifest.file).map_err(|e| failed(e.to_string()))?,
+    };
     let options = QuantizeOptions::default();
     let tensors = plan(&fp32, &options).map_err(|e| failed(e.to_string()))?.tensors;
     let runtime = ctx.registry.runtime();
@@ -63,25 +67,40 @@ pub(super) fn int8_base(run: &Run<'_>) -> Result<Int8Base, Failure> {
     std::io::Write::write_all(&mut file, &bytes).map_err(|e| failed(e.to_string()))?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let name = format!("{}.int8-base", job.model_name);
-    let model = ctx.registry.load_variant(&model.manifest, &name, file.path().to_owned(), sha256).map_err(failed)?;
+    let model =
+        ctx.registry.load_variant(&model.manifest, &name, file.path().to_owned(), Some(sha256)).map_err(failed)?;
     Ok(Int8Base { bytes, model, calibration_images: images.len(), _file: file })
 }
 
-/// What the job found, in its evaluation under `quantization`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct QuantizationVerdict {
-    /// `int8` when the INT8 base is served, else `fp32`.
-    pub served: &'static str,
-    pub fp32_test_accuracy: f32,
-    pub int8_test_accuracy: f32,
-    /// FP32 − INT8 test accuracy, in percentage points.
-    pub accuracy_drop: f64,
-    pub max_accuracy_drop: f64,
-    pub calibration_images: usize,
-    pub method: &'static str,
-    /// Why FP32 is served, when it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+/// Judges the INT8 copy of the served base `graph` (the tuned base; the job's base when
+/// `None`) with the head as it was trained: `figures` computes the test figures from the
+/// test split's features (pooled, and the spatial map when `with_spatial`), and the INT8
+/// accuracy is held against `evaluation`'s. The evaluation gets the verdict, and the INT8
+/// figures when INT8 is served; the INT8 graph is returned then, to be stored as the tuned base.
+pub(super) fn judge_trained_head(
+    run: Run<'_>,
+    graph: Option<&[u8]>,
+    with_spatial: bool,
+    figures: impl Fn(&[ImageFeatures]) -> Result<TestFigures, String>,
+    evaluation: &mut JobEvaluation,
+) -> Result<Option<Vec<u8>>, Failure> {
+    run.progress.phase("quantizing");
+    let int8 = int8_base(&run, graph)?;
+    let run8 = Run { model: &int8.model, ..run };
+    let (features, _, _) = compute_features(run8, &run.splits.test_requests(), with_spatial)?;
+    let int8_figures = figures(&features).map_err(|e| Failure::Failed(format!("quantize: {e}")))?;
+    let fp32_accuracy = evaluation.test.test.accuracy;
+    let mut verdict =
+        verdict(fp32_accuracy, int8_figures.test.accuracy, run.spec.max_accuracy_drop, int8.calibration_images);
+    // A localizer's boxes, for the record: the verdict is on class accuracy.
+    verdict.fp32_test_mean_iou = evaluation.test.test_boxes.as_ref().map(|b| b.mean_iou);
+    verdict.int8_test_mean_iou = int8_figures.test_boxes.as_ref().map(|b| b.mean_iou);
+    let served = verdict.served == "int8";
+    evaluation.quantization = Some(verdict);
+    Ok(served.then(|| {
+        evaluation.test = int8_figures;
+        int8.bytes
+    }))
 }
 
 /// INT8 is served when it loses at most `max_drop` points of test accuracy.
@@ -103,6 +122,8 @@ pub(super) fn verdict(fp32: f32, int8: f32, max_drop: Option<f64>, calibration_i
         max_accuracy_drop,
         calibration_images,
         method: METHOD.as_str(),
+        fp32_test_mean_iou: None,
+        int8_test_mean_iou: None,
         reason,
     }
 }

@@ -125,9 +125,10 @@ pub struct JobFields {
     box_loss: Option<BoxLoss>,
     geometry: Option<Geometry>,
     solver: Option<Solver>,
-    /// Also quantise the base to INT8 on the train split, train the head on the INT8 base's
-    /// features, and serve INT8 when its test accuracy is at most `max_accuracy_drop` points
-    /// under FP32's (a classifier with a frozen base).
+    /// Also quantise the served base (the base, or the tuned base after phase 2) to INT8 on
+    /// up to 256 train images and serve INT8 when its test accuracy is at most
+    /// `max_accuracy_drop` points under FP32's. A classifier on a frozen base trains its head
+    /// again on the INT8 base's features; a tuned base or a localizer keeps its trained head.
     quantize: Option<bool>,
     /// With `quantize`: the test accuracy INT8 may lose, in percentage points (0–100, default 1).
     max_accuracy_drop: Option<f64>,
@@ -257,11 +258,6 @@ impl JobSpec {
             && !(0.0..=100.0).contains(&drop)
         {
             return Err(format!("max_accuracy_drop must be 0 to 100 points of accuracy, not {drop}"));
-        }
-        if self.quantize && (self.task != Task::Classify || self.unfreeze.is_some()) {
-            return Err("quantize: true works with a classifier on a frozen base (task \"classify\", no unfreeze); \
-                 localizers and tuned bases are not quantised yet"
-                .into());
         }
         if let Some(weights) = &self.loss_weights {
             weights.validate().map_err(|e| format!("loss_weights: {e}"))?;

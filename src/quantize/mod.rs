@@ -5,6 +5,7 @@
 //! `fused_nodes` counts them in the optimised graph.
 
 pub mod calibrate;
+pub mod sensitivity;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,21 +14,23 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
+use crate::config::StorageSettings;
 use crate::data::archive::{ArchiveEntry, ArchiveLimits};
-use crate::data::read_folder;
+use crate::data::{Split, read_folder};
 use crate::onnx::proto::ModelProto;
 use crate::onnx::quantize::{QuantizeOptions, QuantizeReport, plan, quantize};
 use crate::runtime::{ModelSession, ModelSource, SessionOptions, open_session};
+use crate::store::{BlobStore, Db, ItemRecord, image_key, redact};
 use crate::vision::{DecodeLimits, image_tensor, tensor_len};
 use crate::zoo::{Manifest, OutputKind, Quantization, is_valid_model_name};
 pub use calibrate::Method;
 
 /// What `quantize_model` was asked for.
 pub struct QuantizeSettings {
-    /// Images used for calibration; the rest of the folder (at most as many) checks agreement.
-    pub calibration_images: usize,
     pub method: Method,
     pub options: QuantizeOptions,
+    /// Also keep this many of the most sensitive weighted operators in FP32 (`sensitivity`).
+    pub keep_sensitive: usize,
     pub session: SessionOptions,
 }
 
@@ -42,59 +45,144 @@ pub struct QuantizeOutcome {
     pub fused_nodes: BTreeMap<String, usize>,
 }
 
-/// The most bytes of preprocessed images `load_images` holds (about 3,500 images at 224 ×
+/// The most bytes of preprocessed images `CalibrationImages` holds (about 3,500 images at 224 ×
 /// 224): calibration and the agreement check keep them all in memory.
 pub const MAX_IMAGE_BYTES: usize = 2 << 30;
 
-/// Decodes and preprocesses the image files in `dir` for `manifest`, in name order, at most
-/// `limit` (within `MAX_IMAGE_BYTES`). The folder is read as dataset folders are (no links
-/// followed, hidden and oversized files skipped, bounded in entries and bytes); files that
-/// are not images are skipped and counted.
-pub fn load_images(dir: &Path, manifest: &Manifest, limit: usize) -> Result<(Vec<Vec<f32>>, usize), String> {
-    let spec = &manifest.preprocessing;
-    let image_bytes = tensor_len(spec) * 4;
-    if limit.saturating_mul(image_bytes) > MAX_IMAGE_BYTES {
-        return Err(format!(
-            "{limit} images of {image_bytes} bytes each (preprocessed) are more than the {} bytes calibration may hold; use fewer --images",
-            MAX_IMAGE_BYTES
-        ));
-    }
-    // The first `limit` by path: the walk's order is not the names' order.
-    let mut images: BTreeMap<String, Vec<f32>> = BTreeMap::new();
-    let mut skipped = 0;
-    let mut visit = |entry: ArchiveEntry| {
-        let ArchiveEntry::File(file) = entry else {
-            skipped += 1;
-            return Ok(());
-        };
-        match image_tensor(&file.bytes, &DecodeLimits::default(), spec) {
-            Ok(tensor) => {
-                images.insert(file.path, tensor);
-                if images.len() > limit {
-                    images.pop_last();
-                }
-            }
-            Err(_) => skipped += 1,
-        }
-        Ok(())
-    };
-    read_folder(dir, &ArchiveLimits::default(), &mut visit).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let images: Vec<Vec<f32>> = images.into_values().collect();
-    if images.len() < 2 {
-        return Err(format!(
-            "{} holds {} image(s) graft can decode; calibration and the agreement check need at least 2",
-            dir.display(),
-            images.len()
-        ));
-    }
-    Ok((images, skipped))
+/// The preprocessed images a quantisation calibrates on, and those it checks agreement on.
+pub struct CalibrationImages {
+    pub calibration: Vec<Vec<f32>>,
+    pub held_out: Vec<Vec<f32>>,
+    /// Entries passed over: not images, links, hidden or too large files.
+    pub skipped: usize,
 }
 
-/// Quantises `manifest`'s model on `images` (preprocessed), writes `NAME_int8`, and measures it.
+impl CalibrationImages {
+    /// The image files in `dir`, in name order: the first `count` calibrate, as many more
+    /// (or a fifth of them, at least one, when the folder has no more) are held out. The
+    /// folder is read as dataset folders are (no links followed, hidden and oversized files
+    /// skipped, bounded in entries and bytes); files that are not images are skipped and
+    /// counted.
+    pub fn from_folder(dir: &Path, manifest: &Manifest, count: usize) -> Result<Self, String> {
+        check_image_bytes(manifest, 2 * count)?;
+        // The first `2 × count` by path: the walk's order is not the names' order.
+        let mut images: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+        let mut skipped = 0;
+        let mut visit = |entry: ArchiveEntry| {
+            let ArchiveEntry::File(file) = entry else {
+                skipped += 1;
+                return Ok(());
+            };
+            match image_tensor(&file.bytes, &DecodeLimits::default(), &manifest.preprocessing) {
+                Ok(tensor) => {
+                    images.insert(file.path, tensor);
+                    if images.len() > 2 * count {
+                        images.pop_last();
+                    }
+                }
+                Err(_) => skipped += 1,
+            }
+            Ok(())
+        };
+        read_folder(dir, &ArchiveLimits::default(), &mut visit).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut calibration: Vec<Vec<f32>> = images.into_values().collect();
+        if calibration.len() < 2 {
+            return Err(format!(
+                "{} holds {} image(s) graft can decode; calibration and the agreement check need at least 2",
+                dir.display(),
+                calibration.len()
+            ));
+        }
+        let kept = match calibration.len() > count {
+            true => count,
+            false => calibration.len() - (calibration.len() / 5).max(1),
+        };
+        let held_out = calibration.split_off(kept);
+        Ok(Self { calibration, held_out, skipped })
+    }
+
+    /// A stored dataset's images: the first `count` of its train split calibrate, and up to
+    /// as many of its valid and test images are held out.
+    pub fn from_dataset(
+        blobs: &BlobStore,
+        items: &[ItemRecord],
+        manifest: &Manifest,
+        count: usize,
+    ) -> Result<Self, String> {
+        check_image_bytes(manifest, 2 * count)?;
+        let (train, rest): (Vec<&ItemRecord>, Vec<&ItemRecord>) =
+            items.iter().partition(|item| item.split == Split::Train.as_str());
+        let mut skipped = 0;
+        let mut read = |items: Vec<&ItemRecord>| -> Vec<Vec<f32>> {
+            let mut images = Vec::new();
+            for item in items {
+                if images.len() == count {
+                    break;
+                }
+                let bytes = blobs.get(&image_key(&item.sha256));
+                match bytes.map_err(|e| e.to_string()).and_then(|bytes| {
+                    image_tensor(&bytes, &DecodeLimits::default(), &manifest.preprocessing).map_err(|e| e.to_string())
+                }) {
+                    Ok(tensor) => images.push(tensor),
+                    Err(_) => skipped += 1,
+                }
+            }
+            images
+        };
+        let (calibration, held_out) = (read(train), read(rest));
+        if calibration.is_empty() || held_out.is_empty() {
+            return Err(format!(
+                "the dataset has {} train and {} valid or test image(s) graft can read; calibration and the \
+                 agreement check need at least one of each",
+                calibration.len(),
+                held_out.len()
+            ));
+        }
+        Ok(Self { calibration, held_out, skipped })
+    }
+}
+
+/// The blob store and the items of the dataset `id` in `storage`, for
+/// [`CalibrationImages::from_dataset`]; an error names both places looked in when `id` is
+/// neither a folder nor a dataset there.
+pub async fn dataset_items(storage: &StorageSettings, id: &str) -> Result<(BlobStore, Vec<ItemRecord>), String> {
+    let missing = || {
+        format!(
+            "{id} is neither a folder nor a dataset in {} (--data-dir / DATABASE_URL)",
+            redact(&storage.database_url())
+        )
+    };
+    let database = storage.database_url.is_some() || storage.data_dir.join("graft.db").is_file();
+    if !database {
+        return Err(missing());
+    }
+    let db = Db::connect(&storage.database_url()).await.map_err(|e| e.to_string())?;
+    let blobs = storage.blob_store().map_err(|e| e.to_string())?;
+    if db.dataset(id).await.map_err(|e| e.to_string())?.is_none() {
+        return Err(missing());
+    }
+    let items = db.dataset_items(id).await.map_err(|e| e.to_string())?;
+    Ok((blobs, items))
+}
+
+/// Refuses to hold more than `MAX_IMAGE_BYTES` of `manifest`'s preprocessed images.
+fn check_image_bytes(manifest: &Manifest, images: usize) -> Result<(), String> {
+    let image_bytes = tensor_len(&manifest.preprocessing) * 4;
+    if images.saturating_mul(image_bytes) > MAX_IMAGE_BYTES {
+        return Err(format!(
+            "{images} images of {image_bytes} bytes each (preprocessed) are more than the {MAX_IMAGE_BYTES} bytes \
+             calibration may hold; use fewer --images"
+        ));
+    }
+    Ok(())
+}
+
+/// Quantises `manifest`'s model on `images.calibration`, writes `NAME_int8`, and measures it
+/// (agreement on `images.held_out`).
 pub fn quantize_model(
     env: &ort::environment::Environment,
     manifest: &Manifest,
-    images: &[Vec<f32>],
+    images: &CalibrationImages,
     settings: &QuantizeSettings,
 ) -> Result<QuantizeOutcome, String> {
     if manifest.quantization.is_some() {
@@ -104,18 +192,16 @@ pub fn quantize_model(
     if !is_valid_model_name(&name) {
         return Err(format!("{name} is not a valid model name (at most 128 characters)"));
     }
-    if images.len() < 2 {
-        return Err("calibration and the agreement check need at least 2 images".into());
+    let (calibration_set, held_out) = (&images.calibration[..], &images.held_out[..]);
+    if calibration_set.is_empty() || held_out.is_empty() {
+        return Err("calibration and the agreement check need at least one image each".into());
     }
     let model_bytes = std::fs::read(&manifest.file).map_err(|e| format!("{}: {e}", manifest.file.display()))?;
-    // Calibration on the first images, agreement on the others: those past
-    // `calibration_images`, or a fifth (at least one) when there are no more.
-    let calibration = match images.len() > settings.calibration_images {
-        true => settings.calibration_images,
-        false => images.len() - (images.len() / 5).max(1),
-    };
-    let (calibration_set, held_out) = images.split_at(calibration);
-    let planned = plan(&model_bytes, &settings.options).map_err(|e| e.to_string())?;
+    // With `keep_sensitive`, ranges for every tensor any choice of kept layers could need.
+    let widest =
+        QuantizeOptions { keep_first: Some(0), keep_classifier: false, keep_nodes: Vec::new(), ..settings.options };
+    let calibrated = if settings.keep_sensitive > 0 { &widest } else { &settings.options };
+    let planned = plan(&model_bytes, calibrated).map_err(|e| e.to_string())?;
     let ranges = calibrate::calibrate(
         env,
         manifest,
@@ -125,7 +211,20 @@ pub fn quantize_model(
         settings.method,
         &settings.session,
     )?;
-    let (quantized, report) = quantize(&model_bytes, &ranges, &settings.options).map_err(|e| e.to_string())?;
+    let mut options = settings.options.clone();
+    if settings.keep_sensitive > 0 {
+        let sensitive = sensitivity::most_sensitive(
+            env,
+            manifest,
+            &model_bytes,
+            &ranges,
+            &options,
+            calibration_set,
+            &settings.session,
+        )?;
+        options.keep_nodes.extend(sensitive.into_iter().take(settings.keep_sensitive).map(|layer| layer.node));
+    }
+    let (quantized, report) = quantize(&model_bytes, &ranges, &options).map_err(|e| e.to_string())?;
 
     let model_path = manifest.file.with_file_name(format!("{name}.onnx"));
     let mut fp32 =
@@ -135,7 +234,7 @@ pub fn quantize_model(
         .map_err(|e| e.to_string())?;
     let agreed = agreement(&mut fp32, &mut int8, manifest, held_out)?;
     let mut speedup = |batch: usize| -> Result<f64, String> {
-        let sample: Vec<Vec<f32>> = images.iter().cycle().take(batch).cloned().collect();
+        let sample: Vec<Vec<f32>> = calibration_set.iter().cycle().take(batch).cloned().collect();
         Ok(images_per_second(&mut int8, manifest, &sample)? / images_per_second(&mut fp32, manifest, &sample)?)
     };
     let quantization = Quantization {
@@ -149,6 +248,7 @@ pub fn quantize_model(
         confident_agreement: agreed.confident_same as f64 / agreed.confident.max(1) as f64,
         speedup_batch1: speedup(1)?,
         speedup_batch8: speedup(8)?,
+        kept_fp32: report.kept_fp32.clone(),
     };
     let fused_nodes = fused_nodes(env, &model_path, &quantized, &settings.session)?;
     let manifest_path = manifest.manifest_path.with_file_name(format!("{name}.toml"));
@@ -160,11 +260,15 @@ pub fn quantize_model(
     Ok(QuantizeOutcome { manifest_path, model_path, quantization, report, fused_nodes })
 }
 
-/// Writes `bytes` to a temporary file beside `path` and renames it over `path`.
+/// Writes `bytes` to a temporary file beside `path` and renames it over `path`, readable by
+/// everyone as a model file is (a temporary file is created owner-only, and a server running
+/// as another user, such as the container's, could not read it).
 fn write_whole(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
     let failed = |e: std::io::Error| format!("{}: {e}", path.display());
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
+    let readable = std::fs::Permissions::from_mode(0o644);
+    let mut file = tempfile::Builder::new().permissions(readable).tempfile_in(dir).map_err(failed)?;
     std::io::Write::write_all(&mut file, bytes).map_err(failed)?;
     file.persist(path).map_err(|e| failed(e.error))?;
     Ok(())
