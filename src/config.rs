@@ -59,12 +59,27 @@ pub struct EngineSettings {
     pub gc: GcSettings,
 }
 
+/// What one `graft serve` process does; any number of each share one database and blob store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// The HTTP API and `--workers` training workers.
+    All,
+    /// The HTTP API only: jobs are queued for workers elsewhere.
+    Api,
+    /// Training workers only (at least one), with /healthz, /readyz and /metrics on
+    /// `--listen` for probes and scrapers.
+    Worker,
+}
+
 /// `graft serve`: the engine plus HTTP.
 #[derive(Debug, Clone, Args)]
 pub struct ServeSettings {
     /// Address to listen on.
     #[arg(long, env = "GRAFT_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// What this process does: all (API and workers), api, or worker.
+    #[arg(long, env = "GRAFT_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
     /// Also serve the Open Inference Protocol's gRPC service (KServe v2, as Triton's port
     /// 8001 does) on this address, over HTTP/2 without TLS. Off when unset.
     #[arg(long, env = "GRAFT_GRPC_LISTEN")]
@@ -116,8 +131,15 @@ pub struct StorageSettings {
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// Root of the blob store: images, cached features, trained heads (default: <data-dir>/blobs).
+    /// With `--blob-url`, only the spool of uploads and local copies of S3 blobs live here.
     #[arg(long, env = "GRAFT_STORAGE_ROOT")]
     pub storage_root: Option<PathBuf>,
+    /// Keep blobs in an S3-compatible store instead: `s3://bucket/prefix`, with the endpoint,
+    /// region and credentials from the `AWS_*` variables (`AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`; `AWS_ALLOW_HTTP=true` for a plain-HTTP
+    /// endpoint). Every replica must name the same one.
+    #[arg(long, env = "GRAFT_BLOB_URL")]
+    pub blob_url: Option<String>,
 }
 
 impl StorageSettings {
@@ -129,6 +151,14 @@ impl StorageSettings {
 
     pub fn storage_root(&self) -> PathBuf {
         self.storage_root.clone().unwrap_or_else(|| self.data_dir.join("blobs"))
+    }
+
+    /// The blob store these settings name.
+    pub fn blob_store(&self) -> Result<crate::store::BlobStore, crate::store::BlobError> {
+        match &self.blob_url {
+            Some(url) => crate::store::BlobStore::open_s3(url, self.storage_root(), &[]),
+            None => crate::store::BlobStore::open(self.storage_root()),
+        }
     }
 }
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 pub use api::{AppState, app};
-use config::{EngineSettings, RuntimeSettings, ServeSettings, StorageSettings};
+use config::{EngineSettings, Role, RuntimeSettings, ServeSettings, StorageSettings};
 use jobs::JobContext;
 use serving::{ModelRegistry, ModelRuntime};
 use store::{BlobStore, Db};
@@ -64,17 +64,9 @@ pub async fn open_storage(settings: &StorageSettings) -> anyhow::Result<(Db, Blo
         fs_err::create_dir_all(&settings.data_dir)?;
     }
     let url = settings.database_url();
-    let db = Db::connect(&url).await.with_context(|| format!("cannot open the database {}", redact(&url)))?;
-    let blobs = BlobStore::open(settings.storage_root())?;
+    let db = Db::connect(&url).await.with_context(|| format!("cannot open the database {}", store::redact(&url)))?;
+    let blobs = settings.blob_store()?;
     Ok((db, blobs))
-}
-
-/// A URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
-        _ => url.to_owned(),
-    }
 }
 
 /// ONNX Runtime, the manifests to serve and the device sessions will use.
@@ -209,6 +201,18 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         tracing::warn!("listening on {} with no API keys: anyone who can reach it may use the API", settings.listen);
     }
     spawn_collection(engine.db.clone(), engine.blobs.clone(), settings.engine.gc.clone());
+    let role = settings.role;
+    let worker_count = match role {
+        Role::All => settings.engine.workers.workers,
+        Role::Api => 0,
+        Role::Worker => settings.engine.workers.workers.max(1),
+    };
+    tracing::info!(?role, workers = worker_count, "role");
+    if role != Role::Worker {
+        // Models trained or deleted through other replicas appear and disappear here too.
+        let (db, blobs, registry) = (engine.db.clone(), engine.blobs.clone(), engine.registry.clone());
+        tokio::spawn(serving::follow_trained_models(db, blobs, registry));
+    }
     let stopping = state.stopping.clone();
     let workers = {
         let (engine, stopped) = (engine.clone(), stopping.subscribe());
@@ -219,7 +223,7 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
                 let (registry, dir) = (engine.registry.clone(), engine.settings.models.model_dir.clone());
                 tokio::spawn(serving::watch_models(registry, dir, std::time::Duration::from_secs(watch)));
             }
-            engine.spawn_workers(engine.settings.workers.workers, &stopped)
+            engine.spawn_workers(worker_count, &stopped)
         })
     };
 
@@ -234,10 +238,13 @@ pub async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         // Workers start handing their jobs back while the requests in flight finish.
         stopping.send_replace(true);
     };
-    let router = app(state);
+    let router = match role {
+        Role::Worker => api::probes(state),
+        Role::All | Role::Api => app(state),
+    };
     // The gRPC listener serves the same router (the same limits, keys and admission) over
     // HTTP/2, and stops when the HTTP one does.
-    let grpc = match settings.grpc_listen {
+    let grpc = match settings.grpc_listen.filter(|_| role != Role::Worker) {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address)
                 .await

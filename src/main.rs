@@ -78,29 +78,40 @@ enum ModelsCommand {
     /// file and its manifest, with the top-1 agreement with FP32 and the speed-up measured.
     Quantize {
         name: String,
-        /// A folder of images (searched recursively, in name order).
+        /// A folder of images (searched recursively, in name order), or the id of an uploaded
+        /// dataset (its train split calibrates, its valid and test images check agreement).
         #[arg(long)]
-        calibration: std::path::PathBuf,
-        /// Images to calibrate on (1 to 1000); as many more from the folder, or a fifth
-        /// of it when it has no more, check the top-1 agreement.
+        calibration: String,
+        /// Images to calibrate on (1 to 1000); as many more (from the folder, or a fifth of
+        /// it when it has no more; from a dataset's valid and test splits) check the top-1
+        /// agreement.
         #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=1_000))]
         images: u16,
-        /// How ranges are read (minmax measured best on EfficientNet-Lite0, and is one pass).
-        #[arg(long, value_enum, default_value_t = Method::Minmax)]
+        /// How ranges are read (the default measured best on EfficientNet-Lite0; README).
+        #[arg(long, value_enum, default_value_t = Method::DEFAULT)]
         method: Method,
         /// The activations' 8-bit type (weights are int8 per channel either way).
         #[arg(long, value_enum, default_value_t = ActivationType::U8)]
         activations: ActivationType,
-        /// Keep the first this many weighted layers (from the image) in FP32.
-        #[arg(long, default_value_t = QuantizeOptions::default().keep_first as u16, value_parser = clap::value_parser!(u16).range(0..=1000))]
-        keep_first: u16,
+        /// Keep the first this many weighted layers (from the image) in FP32 (default 3, and at
+        /// most one in eight of the model's weighted layers).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(0..=1000))]
+        keep_first: Option<u16>,
         /// Keep the classifier (the last Gemm or MatMul) in FP32.
         #[arg(long)]
         keep_classifier: bool,
+        /// Also keep this many of the most sensitive weighted layers in FP32: each layer is
+        /// kept alone in turn and the ones that bring the output closest to FP32's on 32
+        /// calibration images are kept (one ONNX Runtime session per layer).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
+        keep_sensitive: u16,
         #[command(flatten)]
         models: ModelSettings,
         #[command(flatten)]
         runtime: RuntimeSettings,
+        /// Where datasets are stored, for `--calibration DATASET`.
+        #[command(flatten)]
+        storage: graft::config::StorageSettings,
     },
     /// Load a model with ONNX Runtime and check it against its manifest.
     Check {
@@ -223,30 +234,49 @@ async fn run(command: Command) -> anyhow::Result<()> {
             activations,
             keep_first,
             keep_classifier,
+            keep_sensitive,
             models,
             runtime,
+            storage,
         }) => {
             let manifest = find_manifest(&models, &name)?;
             let env = graft::runtime::init_runtime(&graft::runtime::find_library(runtime.ort_library.as_deref())?)?;
             let settings = graft::quantize::QuantizeSettings {
-                calibration_images: usize::from(images),
                 method,
-                options: QuantizeOptions { activations, keep_first: usize::from(keep_first), keep_classifier },
+                options: QuantizeOptions {
+                    activations,
+                    keep_first: keep_first.map(usize::from),
+                    keep_classifier,
+                    keep_nodes: Vec::new(),
+                },
+                keep_sensitive: usize::from(keep_sensitive),
                 session: graft::runtime::SessionOptions {
                     device: graft::runtime::Device::Cpu,
                     ..runtime.session_options()
                 },
             };
+            let count = usize::from(images);
+            let folder = std::path::PathBuf::from(&calibration);
+            let dataset = match folder.is_dir() {
+                true => None,
+                false => {
+                    Some(graft::quantize::dataset_items(&storage, &calibration).await.map_err(anyhow::Error::msg)?)
+                }
+            };
             let outcome = tokio::task::spawn_blocking(move || {
-                let (pool, skipped) =
-                    graft::quantize::load_images(&calibration, &manifest, 2 * settings.calibration_images)?;
-                if skipped > 0 {
+                let images = match dataset {
+                    None => graft::quantize::CalibrationImages::from_folder(&folder, &manifest, count)?,
+                    Some((blobs, items)) => {
+                        graft::quantize::CalibrationImages::from_dataset(&blobs, &items, &manifest, count)?
+                    }
+                };
+                if images.skipped > 0 {
                     eprintln!(
-                        "{}: {skipped} entries skipped (not images, links, hidden or too large)",
-                        calibration.display()
+                        "{calibration}: {} entries skipped (not images, links, hidden or too large)",
+                        images.skipped
                     );
                 }
-                graft::quantize::quantize_model(&env, &manifest, &pool, &settings)
+                graft::quantize::quantize_model(&env, &manifest, &images, &settings)
             })
             .await?
             .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;

@@ -283,7 +283,7 @@ async fn read_upload(state: &AppState, request: Request) -> Result<(DatasetOptio
         let name = field.name().unwrap_or("").to_owned();
         match name.as_str() {
             "archive" | "file" => {
-                let mut temp = tempfile::NamedTempFile::new_in(state.blobs.root().join(".tmp"))
+                let mut temp = tempfile::NamedTempFile::new_in(state.blobs.spool_dir())
                     .map_err(|e| Error::Internal(format!("cannot stage the upload: {e}")))?;
                 let mut since_check = 0;
                 while let Some(chunk) = field.chunk().await.map_err(|e| too_large(&e, limit))? {

@@ -77,7 +77,7 @@ pub async fn download_onnx(
     })?;
     let features = base.features.clone().ok_or_else(|| Error::Internal("the base names no features".into()))?;
     let base_file = match &model.record.tuned_base_blob {
-        Some(key) => state.blobs.path(key).map_err(|e| Error::Internal(e.to_string()))?,
+        Some(key) => state.blobs.local_path(key).map_err(|e| Error::Internal(e.to_string()))?,
         None => base.file.clone(),
     };
     let metadata = metadata(&model, &base.preprocessing)?;

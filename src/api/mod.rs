@@ -97,6 +97,21 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A worker's HTTP surface: the health checks and the metrics, nothing else.
+pub fn probes(state: AppState) -> Router {
+    let (routes, _) = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .split_for_parts();
+    routes
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .layer(CatchPanicLayer::custom(problem::panic_to_problem))
+        .layer(axum::middleware::from_fn(observe::record_request))
+        .with_state(state)
+}
+
 /// Every route with its own limits, and the description of each (`openapi`): a handler is
 /// registered only through `routes!`, which reads its `#[utoipa::path]`.
 fn routes(limits: &Limits, datasets: &DatasetSettings) -> OpenApiRouter<AppState> {

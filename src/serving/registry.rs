@@ -243,24 +243,24 @@ impl ModelRegistry {
         &self.runtime
     }
 
-    /// Loads `file`, an edited copy of the base `base` (an INT8 one, say) whose bytes have
-    /// the checksum `sha256`, as `name`; the checksum is its identity in the feature cache.
+    /// Loads `file`, an edited copy of the base `base` (same input, outputs and
+    /// preprocessing; an INT8 one, say), as `name`; `sha256`, when given, is its identity in
+    /// the feature cache.
     pub fn load_variant(
         &self,
         base: &Manifest,
         name: &str,
         file: PathBuf,
-        sha256: String,
+        sha256: Option<String>,
     ) -> Result<LoadedModel, String> {
-        let manifest = Manifest { name: name.to_owned(), file, sha256: Some(sha256), url: None, ..base.clone() };
+        let manifest = Manifest { name: name.to_owned(), file, sha256, url: None, ..base.clone() };
         load_model(&self.runtime, Arc::new(manifest))
     }
 
-    /// Loads `file`, a tuned copy of the base `base` (same input, outputs and preprocessing),
-    /// as the base the trained model `name` is served on.
+    /// Loads `file`, a tuned copy of the base `base`, as the base the trained model `name`
+    /// is served on.
     pub fn load_tuned_base(&self, base: &Manifest, name: &str, file: PathBuf) -> Result<LoadedModel, String> {
-        let manifest = Manifest { name: format!("{name}.tuned-base"), file, sha256: None, url: None, ..base.clone() };
-        load_model(&self.runtime, Arc::new(manifest))
+        self.load_variant(base, &format!("{name}.tuned-base"), file, None)
     }
 }
 
@@ -293,7 +293,7 @@ impl ModelRegistry {
     ) -> Result<Arc<LoadedModel>, TrainedModelError> {
         let load = || async {
             let base = self.ready(&model.record.base_model)?;
-            let path = blobs.path(key).map_err(|e| TrainedModelError::TunedBase(e.to_string()))?;
+            let path = blobs.local_path(key).map_err(|e| TrainedModelError::TunedBase(e.to_string()))?;
             let (registry, name) = (self.clone(), model.record.name.clone());
             tokio::task::spawn_blocking(move || registry.load_tuned_base(&base.manifest, &name, path))
                 .await

@@ -45,6 +45,8 @@ pub const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// The URL it was opened with: PostgreSQL's LISTEN needs a connection of its own.
+    url: std::sync::Arc<str>,
 }
 
 impl Db {
@@ -74,8 +76,23 @@ impl Db {
             })
             .connect(url)
             .await?;
+        // On PostgreSQL the migrator holds an advisory lock while it runs: replicas that
+        // start together apply each migration once, the others wait and find it applied.
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, url: url.into() })
+    }
+}
+
+impl Db {
+    /// A connection listening on `channel` (PostgreSQL's LISTEN), or `None` on SQLite, which
+    /// has no such thing: followers poll there instead.
+    pub async fn listen(&self, channel: &str) -> Result<Option<sqlx::postgres::PgListener>, StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen(channel).await?;
+        Ok(Some(listener))
     }
 }
 
@@ -87,4 +104,12 @@ pub(super) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T,
 /// Milliseconds since the Unix epoch: the time unit of every stored timestamp.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://…{}", &url[..scheme], &url[at..]),
+        _ => url.to_owned(),
+    }
 }

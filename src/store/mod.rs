@@ -9,10 +9,10 @@ mod jobs;
 mod models;
 mod references;
 
-pub use blob::{BlobEntry, BlobError, BlobStore, SetAside};
+pub use blob::{BlobEntry, BlobError, BlobStore, MULTIPART_FROM, SetAside};
 pub use datasets::{ClassCount, DatasetRecord, ItemRecord, NewDataset};
-pub use db::{Backend, Db, StoreError, now_ms};
+pub use db::{Backend, Db, StoreError, now_ms, redact};
 pub use gc::{GcReport, collect, image_key, remove_unreferenced_image};
 pub use jobs::{EpochRow, JobEvent, JobRecord, JobState, Lease};
-pub use models::TrainedModelRecord;
+pub use models::{TRAINED_MODELS_CHANNEL, TrainedModelRecord};
 pub use references::{INGESTION_HEARTBEAT, INGESTION_STALE_MS, IngestionLease};

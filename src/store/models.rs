@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::db::{Db, StoreError, from_json};
+use super::db::{Backend, Db, StoreError, from_json};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainedModelRecord {
@@ -41,6 +41,10 @@ fn from_row(row: &AnyRow) -> Result<TrainedModelRecord, StoreError> {
     })
 }
 
+/// The PostgreSQL channel a trained model's name is announced on when it is committed or
+/// deleted, so that every API replica sees it at once.
+pub const TRAINED_MODELS_CHANNEL: &str = "graft_trained_models";
+
 impl Db {
     pub(super) async fn insert_trained_model(
         &self,
@@ -65,7 +69,23 @@ impl Db {
         .bind(&model.geometry)
         .execute(&mut **tx)
         .await?;
+        self.announce(tx, &model.name).await
+    }
+
+    /// Announces `name` on `TRAINED_MODELS_CHANNEL` (PostgreSQL), delivered when `tx`
+    /// commits and not before.
+    async fn announce(&self, tx: &mut sqlx::Transaction<'_, sqlx::Any>, name: &str) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)").bind(TRAINED_MODELS_CHANNEL).bind(name).execute(&mut **tx).await?;
+        }
         Ok(())
+    }
+
+    /// Each trained model's name and the job that made it: what replicas compare their
+    /// registries with, without reading the rows' evaluations.
+    pub async fn trained_model_versions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT name, job_id FROM trained_models").fetch_all(&self.pool).await?;
+        rows.iter().map(|row| Ok((row.try_get("name")?, row.try_get("job_id")?))).collect()
     }
 
     pub async fn trained_models(&self) -> Result<Vec<TrainedModelRecord>, StoreError> {
@@ -81,10 +101,15 @@ impl Db {
 
     /// Removes the row; returns it so the caller can delete its blob.
     pub async fn delete_trained_model(&self, name: &str) -> Result<Option<TrainedModelRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query("DELETE FROM trained_models WHERE name = $1 RETURNING *")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
+        if row.is_some() {
+            self.announce(&mut tx, name).await?;
+        }
+        tx.commit().await?;
         row.as_ref().map(from_row).transpose()
     }
 }

@@ -49,7 +49,7 @@ pub struct Manifest {
 pub struct Quantization {
     /// The FP32 model it was made from.
     pub source: String,
-    /// The calibration method: `minmax` or `percentile`.
+    /// The calibration method: `minmax`, `percentile` or `entropy`.
     pub method: String,
     /// The activations' type: `u8` or `i8` (weights are int8, per channel).
     pub activations: String,
@@ -67,6 +67,10 @@ pub struct Quantization {
     /// INT8 ÷ FP32 images a second in ONNX Runtime, at batch 1 and 8, when it was made.
     pub speedup_batch1: f64,
     pub speedup_batch8: f64,
+    /// Weighted operators left in FP32 (the first layers, the classifier when asked, and the
+    /// most sensitive ones when asked).
+    #[serde(default)]
+    pub kept_fp32: Vec<String>,
 }
 
 /// A manifest's `output.spatial_features`: a rank-4 tensor before global pooling (any block:

@@ -4,6 +4,7 @@
 pub mod datasets;
 pub mod db;
 pub mod hostile;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -222,4 +223,23 @@ pub fn quiet_graft(args: &[&str]) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_graft"));
     command.args(args).env("RUST_LOG", "warn").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     command
+}
+
+/// Classifies `img0.png` with `model` on `base_url` every 20 ms until it answers `status`
+/// (fails past `limit`); how long that took.
+pub async fn until_classify_status(
+    base_url: &str,
+    model: &str,
+    status: u16,
+    limit: std::time::Duration,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let answered = post_image(base_url, model, "image/png", "img0.png").await.status();
+        if answered == status {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{base_url}: {model} still answers {answered} after {limit:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -83,15 +83,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     layouts.sort_by_key(|l| (l.sessions, l.threads));
     layouts.dedup();
     let raw = crate::raw::measure(&settings, &manifest, &env, device, &layouts)?;
-    println!("\n(a) raw ONNX Runtime (Rust, preprocessed input)");
-    for rate in &raw {
-        println!(
-            "    {:<22} batch {:>2}: {:>8.1} images/s",
-            rate.layout.to_string(),
-            rate.batch,
-            rate.images_per_second
-        );
-    }
+    print_raw("(a) raw ONNX Runtime (Rust, preprocessed input)", &raw);
     let best = |rates: &mut dyn Iterator<Item = &RawRate>| {
         rates.copied().max_by(|a, b| a.images_per_second.total_cmp(&b.images_per_second)).expect("batch sizes")
     };
@@ -136,15 +128,7 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
         None => None,
         Some(int8) => {
             let raw = crate::raw::measure(&settings, int8, &env, device, &layouts)?;
-            println!("\n(a) raw ONNX Runtime, {}", int8.name);
-            for rate in &raw {
-                println!(
-                    "    {:<22} batch {:>2}: {:>8.1} images/s",
-                    rate.layout.to_string(),
-                    rate.batch,
-                    rate.images_per_second
-                );
-            }
+            print_raw(&format!("(a) raw ONNX Runtime, {}", int8.name), &raw);
             let ceiling = ceiling(int8.clone()).await?;
             println!(
                 "(e) in-process pipeline, {}, c={CEILING_CONCURRENCY}: {:.1} images/s",
@@ -396,4 +380,17 @@ fn pillow_median_ms(settings: &BenchSettings, manifest: &Manifest) -> anyhow::Re
     let line = String::from_utf8_lossy(&output.stdout);
     let json: serde_json::Value = serde_json::from_str(line.trim().lines().last().unwrap_or("{}"))?;
     Ok(json["pillow_numpy_ms_median"].as_f64())
+}
+
+/// One raw ONNX Runtime table: images a second for each layout and batch size.
+fn print_raw(title: &str, rates: &[RawRate]) {
+    println!("\n{title}");
+    for rate in rates {
+        println!(
+            "    {:<22} batch {:>2}: {:>8.1} images/s",
+            rate.layout.to_string(),
+            rate.batch,
+            rate.images_per_second
+        );
+    }
 }
