@@ -35,6 +35,7 @@ COPY proto proto
 COPY csrc csrc
 COPY src src
 COPY migrations migrations
+COPY console console
 RUN cargo build --release --locked --bin graft
 
 FROM scratch AS binary-build

@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test api-fuzz v2-clients deploy-check docker-test lint openapi ort models fixtures keras-models bench bench-int8 bench-int8-heads bench-v2 bench-perf-analyzer bench-train bench-localize bench-tune soak fuzz clean
+.PHONY: all build release run test api-fuzz v2-clients console-test deploy-check docker-test lint openapi ort models fixtures keras-models bench bench-int8 bench-int8-heads bench-v2 bench-perf-analyzer bench-train bench-localize bench-tune soak fuzz clean
 
 all: build
 
@@ -33,12 +33,13 @@ run: ort models
 
 ## Every test: unit, integration over HTTP, preprocessing parity, the real model when present,
 ## then Schemathesis against a live graft.
-test: ort fixtures .venv-schemathesis/.installed .venv-v2clients/.installed .venv-s3/.installed
+test: ort fixtures .venv-schemathesis/.installed .venv-v2clients/.installed .venv-s3/.installed .venv-console/.installed
 	$(CARGO) test --all-targets
 	$(CARGO) test --features otlp --test otlp
 	$(MAKE) --no-print-directory deploy-check
 	$(MAKE) --no-print-directory api-fuzz
 	$(MAKE) --no-print-directory v2-clients
+	$(MAKE) --no-print-directory console-test
 
 ## Schemathesis against a live graft (the debug build, fixture models, an API key), from
 ## its served /openapi.json: fails on any 5xx or answer the description does not list.
@@ -82,6 +83,19 @@ deploy-check: .venv-deploy/.installed
 .venv-s3/.installed: tests/s3/requirements.txt
 	$(PYTHON) -m venv .venv-s3
 	.venv-s3/bin/pip install --quiet -r tests/s3/requirements.txt
+	touch $@
+
+## The web console in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright)
+## against a live graft; screenshots of every page at 1280×800 and 390×844 land in
+## target/console-screenshots/.
+console-test: .venv-console/.installed fixtures
+	$(CARGO) build --quiet
+	.venv-console/bin/python tests/console/run_console.py --graft target/debug/graft \
+		--fixtures $(FIXTURES) --screenshots target/console-screenshots
+
+.venv-console/.installed: tests/console/requirements.txt
+	$(PYTHON) -m venv .venv-console
+	.venv-console/bin/pip install --quiet -r tests/console/requirements.txt
 	touch $@
 
 .venv-schemathesis/.installed: tests/api_fuzz/requirements.txt

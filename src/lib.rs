@@ -9,6 +9,7 @@
 pub mod api;
 pub mod codec;
 pub mod config;
+pub mod console;
 pub mod data;
 pub mod error;
 pub mod finetune;

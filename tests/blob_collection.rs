@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use common::db::both_databases;
 use graft::store::{
-    BlobStore, Db, GcReport, IngestionLease, ItemRecord, JobRecord, NewDataset, TrainedModelRecord, collect, image_key,
-    now_ms, remove_unreferenced_image,
+    BlobStore, Db, GcReport, IngestionLease, ItemRecord, JobOutcome, JobRecord, NewDataset, TrainedModelRecord,
+    collect, image_key, now_ms, remove_unreferenced_image,
 };
 use serde_json::json;
 
@@ -69,7 +69,11 @@ async fn model_with_head(db: &Db, job_id: &str, head: &str) {
         tuned_base_blob: None,
         geometry: None,
     };
-    assert!(db.complete_job(job_id, "w", &json!({}), &record).await.unwrap());
+    assert!(
+        db.complete_job(job_id, "w", JobOutcome { evaluation: &json!({}), misclassified: &json!([]) }, &record)
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test]

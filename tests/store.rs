@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::db::{both_databases, fresh_postgres_url};
-use graft::store::{Db, ItemRecord, JobRecord, JobState, NewDataset, TrainedModelRecord, now_ms};
+use graft::store::{Db, ItemRecord, JobOutcome, JobRecord, JobState, NewDataset, TrainedModelRecord, now_ms};
 use serde_json::json;
 
 fn item(sha: &str, class_idx: i64, split: &str) -> ItemRecord {
@@ -170,20 +170,45 @@ async fn leases_heartbeats_and_takeover() {
         assert!(!db.set_progress("j1", "w1", &json!({"phase": "x"})).await.unwrap());
 
         // Completion registers the model once, atomically.
-        assert!(db.complete_job("j1", "w2", &json!({"accuracy": 1.0}), &model("m", "j1")).await.unwrap(), "{backend}");
+        assert_eq!(db.job_misclassified("j1").await.unwrap(), None, "{backend}: nothing before success");
+        let wrong = json!([{"sha256": "ab", "path": "x/1.png", "true_class": 0, "predicted_class": 1, "score": 0.75}]);
+        let outcome = JobOutcome { evaluation: &json!({"accuracy": 1.0}), misclassified: &wrong };
+        assert!(db.complete_job("j1", "w2", outcome, &model("m", "j1")).await.unwrap(), "{backend}");
         let done = db.job("j1").await.unwrap().unwrap();
         assert_eq!(done.state, JobState::Succeeded);
+        assert_eq!(done.evaluation, Some(json!({"accuracy": 1.0})), "{backend}");
+        assert_eq!(db.job_misclassified("j1").await.unwrap(), Some(wrong), "{backend}");
         let stored = db.trained_model("m").await.unwrap().unwrap();
         assert_eq!(stored.classes, ["a", "b"]);
         assert_eq!(stored.tuned_base_blob.as_deref(), Some("tuned/j1.onnx"), "{backend}");
         assert_eq!(stored.geometry.as_deref(), Some("pad"), "{backend}");
-        assert!(!db.complete_job("j1", "w2", &json!({}), &model("m2", "j1")).await.unwrap(), "{backend}: only once");
+        assert!(
+            !db.complete_job(
+                "j1",
+                "w2",
+                JobOutcome { evaluation: &json!({}), misclassified: &json!([]) },
+                &model("m2", "j1")
+            )
+            .await
+            .unwrap(),
+            "{backend}: only once"
+        );
         assert!(db.trained_model("m2").await.unwrap().is_none());
 
         // A duplicate model name fails the transaction and leaves the job running.
         db.insert_job(&job("j2", 2)).await.unwrap();
         db.claim_job("w3", 60_000, 3).await.unwrap().unwrap();
-        assert!(db.complete_job("j2", "w3", &json!({}), &model("m", "j2")).await.is_err(), "{backend}");
+        assert!(
+            db.complete_job(
+                "j2",
+                "w3",
+                JobOutcome { evaluation: &json!({}), misclassified: &json!([]) },
+                &model("m", "j2")
+            )
+            .await
+            .is_err(),
+            "{backend}"
+        );
         assert_eq!(db.job("j2").await.unwrap().unwrap().state, JobState::Running, "{backend}");
 
         // Handing a job back on a stop: queued again, no worker, the claim not counted; only

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::{Extension, Json};
 use futures_util::Stream;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::openapi::schema::Schema;
 use utoipa::openapi::{AllOfBuilder, RefOr};
@@ -20,7 +20,7 @@ use super::admission::Admission;
 use super::pagination::{Page, PageParams};
 use super::problem::Problem;
 use crate::error::Error;
-use crate::jobs::{JobFields, JobRefusal, Submission, submit};
+use crate::jobs::{JobFields, JobRefusal, MisclassifiedImage, Submission, submit};
 use crate::store::{EpochRow, JobRecord, JobState};
 use crate::train::TrainConfig;
 
@@ -118,6 +118,76 @@ pub async fn cancel_job(
     }
     let job = find(&state, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(describe(&state, job).await?)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MisclassifiedQuery {
+    /// Only images of this class (a row of the confusion matrix).
+    #[param(minimum = 0)]
+    true_class: Option<usize>,
+    /// Only images predicted as this class (a column of the confusion matrix).
+    #[param(minimum = 0)]
+    predicted_class: Option<usize>,
+    /// Images per page (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<i64>,
+    /// Images to skip: the `next_offset` of the page before.
+    #[param(minimum = 0, maximum = 1_000_000_000)]
+    offset: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MisclassifiedList {
+    /// The dataset the images belong to: thumbnails are under `/v1/datasets/{dataset_id}/items`.
+    dataset_id: String,
+    /// Class names by index.
+    classes: Vec<String>,
+    /// Misclassified images that match the filters, on every page.
+    total: usize,
+    /// In test order.
+    images: Vec<MisclassifiedImage>,
+    /// The `offset` of the next page; `null` on the last.
+    next_offset: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}/misclassified", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id"), MisclassifiedQuery),
+    responses(
+        (status = 200, description = "The test images the job's model gets wrong (a confusion-matrix cell with both filters)",
+            body = MisclassifiedList),
+        (status = 400, description = "`bad-request`: a query value is out of range", body = Problem),
+        (status = 404, description = "`not-found`: there is no such job", body = Problem),
+        (status = 409, description = "`conflict`: the job has not succeeded", body = Problem),
+    ))]
+pub async fn misclassified(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    query: Result<Query<MisclassifiedQuery>, QueryRejection>,
+) -> Result<Json<MisclassifiedList>, Error> {
+    let Query(query) = query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let page = Page::checked(query.limit, query.offset)?;
+    let job = find(&state, &id).await?;
+    if job.state != JobState::Succeeded {
+        return Err(Error::Conflict(format!("job {id} has not succeeded ({})", job.state.as_str())));
+    }
+    let classes: Vec<String> =
+        job.evaluation.as_ref().and_then(|e| serde_json::from_value(e["classes"].clone()).ok()).unwrap_or_default();
+    // A job that succeeded before graft stored these has none to list.
+    let stored = state.db.job_misclassified(&id).await?.unwrap_or_else(|| json!([]));
+    let all: Vec<MisclassifiedImage> =
+        serde_json::from_value(stored).map_err(|e| Error::Internal(format!("job {id}'s misclassified images: {e}")))?;
+    let matching: Vec<MisclassifiedImage> = all
+        .into_iter()
+        .filter(|m| query.true_class.is_none_or(|c| m.true_class == c))
+        .filter(|m| query.predicted_class.is_none_or(|c| m.predicted_class == c))
+        .collect();
+    let total = matching.len();
+    let mut images: Vec<MisclassifiedImage> =
+        matching.into_iter().skip(page.offset as usize).take(page.fetch() as usize).collect();
+    let next_offset = page.trim(&mut images);
+    Ok(Json(MisclassifiedList { dataset_id: job.dataset_id, classes, total, images, next_offset }))
 }
 
 /// Server-Sent Events: every event of the job from the start (or after `Last-Event-ID`),

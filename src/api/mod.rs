@@ -5,6 +5,7 @@ mod admission;
 pub mod auth;
 mod body_limits;
 mod classify;
+mod dataset_items;
 mod datasets;
 mod deadline;
 mod export;
@@ -69,6 +70,8 @@ pub fn app(state: AppState) -> Router {
     routes
         // The description and its browser; open like the health checks.
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::finish(spec)))
+        // The web console, a client of the routes above; open like the description.
+        .merge(crate::console::router())
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key))
@@ -78,6 +81,7 @@ pub fn app(state: AppState) -> Router {
             state.limits.body_read_timeout_seconds.max(1),
         )))
         .layer(Extension(admission::Admission::new(&state.limits)))
+        .layer(Extension(dataset_items::ThumbnailCache::new(dataset_items::THUMBNAIL_CACHE_BYTES)))
         .layer(CatchPanicLayer::custom(problem::panic_to_problem))
         .layer(PropagateRequestIdLayer::x_request_id())
         // Failures are logged where they are understood (problem.rs logs 500s); a 503 from
@@ -145,8 +149,11 @@ fn routes(limits: &Limits, datasets: &DatasetSettings) -> OpenApiRouter<AppState
     let api = OpenApiRouter::new()
         .merge(v2_models)
         .routes(routes!(datasets::get_dataset, datasets::delete_dataset))
+        .routes(routes!(dataset_items::list_items))
+        .routes(routes!(dataset_items::thumbnail))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
+        .routes(routes!(jobs::misclassified))
         .routes(routes!(models::list_models))
         .routes(routes!(models::get_model, models::delete_model))
         .routes(routes!(export::download_onnx))

@@ -34,8 +34,14 @@ pub struct Page {
 impl Page {
     pub fn from_query(query: Result<Query<PageParams>, QueryRejection>) -> Result<Self, Error> {
         let Query(params) = query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
-        let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-        let offset = params.offset.unwrap_or(0);
+        Self::checked(params.limit, params.offset)
+    }
+
+    /// The page `limit` and `offset` name (defaults: [`DEFAULT_LIMIT`], 0), or why not: for
+    /// list endpoints whose query has more than the two.
+    pub fn checked(limit: Option<i64>, offset: Option<i64>) -> Result<Self, Error> {
+        let limit = limit.unwrap_or(DEFAULT_LIMIT);
+        let offset = offset.unwrap_or(0);
         if !(1..=MAX_LIMIT).contains(&limit) {
             return Err(Error::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}; got {limit}")));
         }

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use super::context::{Failure, Run, Trained, compute_features, labels, train_failure};
 use super::evaluation::{
-    FeatureSummary, JobEvaluation, SolverReport, TestFigures, Timings, TrainingFacts, per_class, warnings,
+    FeatureSummary, JobEvaluation, SolverReport, TestFigures, Timings, TrainingFacts, misclassified, per_class,
+    warnings,
 };
 use super::finetune::fine_tune;
 use super::quantize::{int8_base, judge_trained_head, verdict};
@@ -100,10 +101,12 @@ pub(super) fn execute_classify(run: Run<'_>, dataset: DatasetRecord) -> Result<T
         // A served INT8 base is the model's tuned base: stored, served and exported as one.
         (trained.head, int8_base, evaluation)
     };
+    let misclassified = misclassified(&splits.test, &evaluation.test.test);
     let evaluation = evaluation.to_json();
     progress.event("evaluation", evaluation.clone());
     let geometry = spec.geometry();
-    Ok(Trained { head: TrainedHead::Classifier(head), classes: dataset.classes, evaluation, tuned_base, geometry })
+    let classes = dataset.classes;
+    Ok(Trained { head: TrainedHead::Classifier(head), classes, evaluation, tuned_base, geometry, misclassified })
 }
 
 /// The training data (every train variant, the validation rows) and the test rows, from

@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::runtime::Handle;
 
+use super::evaluation::MisclassifiedImage;
 use super::features::{FeatureError, FeatureRequest, FeatureStats, PixelSource, extract_features};
 use super::keys::checkpoint_key;
 use super::spec::JobSpec;
@@ -81,6 +82,8 @@ pub(super) struct Trained {
     pub tuned_base: Option<Vec<u8>>,
     /// How the head's images reach the base's input size; serving does the same.
     pub geometry: Geometry,
+    /// The test images the served model gets wrong.
+    pub misclassified: Vec<MisclassifiedImage>,
 }
 
 /// One job run as a pipeline sees it: everything but the dataset, which each pipeline

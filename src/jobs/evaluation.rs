@@ -2,10 +2,11 @@
 //! features came from and how long it took; after phase 2, phase 1's figures beside the tuned
 //! model's. Stored with the job and the trained model as JSON.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::features::FeatureStats;
+use crate::store::ItemRecord;
 use crate::train::{BoxMetrics, Evaluation, LocalizeHeadKind, LocalizeLoss, PathStep, Refit, Scaling, Solver};
 
 #[derive(Debug, Clone, Serialize)]
@@ -154,6 +155,37 @@ pub struct TrainingFacts<'a> {
     pub valid_per_class: Vec<(&'a str, usize)>,
     /// Whether the convex solver could have fitted this head (a linear classifier).
     pub convex_possible: bool,
+}
+
+/// A test image the served model got wrong: stored with the job, listed by
+/// `GET /v1/jobs/{id}/misclassified` (the confusion matrix's off-diagonal cells, image by image).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MisclassifiedImage {
+    /// The image's SHA-256: its thumbnail is `/v1/datasets/{dataset}/items/{sha256}/thumbnail`.
+    pub sha256: String,
+    /// Its path in the uploaded archive or folder.
+    pub path: String,
+    /// The class index it belongs to (a row of the confusion matrix).
+    pub true_class: usize,
+    /// The class index the model chose (a column of the confusion matrix).
+    pub predicted_class: usize,
+    /// The probability the model gave its choice.
+    pub score: f32,
+}
+
+/// The test images whose prediction is not their class, in test order.
+pub fn misclassified(test: &[&ItemRecord], evaluation: &Evaluation) -> Vec<MisclassifiedImage> {
+    test.iter()
+        .zip(&evaluation.predictions)
+        .filter(|(item, prediction)| item.class_idx as usize != prediction.class)
+        .map(|(item, prediction)| MisclassifiedImage {
+            sha256: item.sha256.clone(),
+            path: item.path.clone(),
+            true_class: item.class_idx as usize,
+            predicted_class: prediction.class,
+            score: prediction.score,
+        })
+        .collect()
 }
 
 /// Images per class in `labels`, by class name.

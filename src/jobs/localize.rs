@@ -8,7 +8,9 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::context::{Failure, Run, Trained, compute_features, labels, train_failure};
-use super::evaluation::{FeatureSummary, JobEvaluation, TestFigures, Timings, TrainingFacts, per_class, warnings};
+use super::evaluation::{
+    FeatureSummary, JobEvaluation, TestFigures, Timings, TrainingFacts, misclassified, per_class, warnings,
+};
 use super::features::variant_seed;
 use super::finetune::{SplitBoxes, fine_tune, spatial_tap};
 use super::quantize::judge_trained_head;
@@ -134,10 +136,11 @@ pub(super) fn execute_localize(run: Run<'_>, dataset: &DatasetRecord) -> Result<
             judge_trained_head(run, tuned_base.as_deref(), with_spatial, figures, &mut evaluation)?.or(tuned_base)
         }
     };
+    let misclassified = misclassified(&splits.test, &evaluation.test.test);
     let evaluation = evaluation.to_json();
     progress.event("evaluation", evaluation.clone());
     let (classes, geometry) = (dataset.classes.clone(), spec.geometry());
-    Ok(Trained { head: TrainedHead::Localizer(head), classes, evaluation, tuned_base, geometry })
+    Ok(Trained { head: TrainedHead::Localizer(head), classes, evaluation, tuned_base, geometry, misclassified })
 }
 
 /// The training target of `item`'s variant: its box moved with the variant's crop and

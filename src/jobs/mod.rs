@@ -18,7 +18,7 @@ mod worker;
 
 pub use context::JobContext;
 pub use estimate::{Footprint, JobShape, check as check_footprint, estimate as estimate_footprint};
-pub use evaluation::JobEvaluation;
+pub use evaluation::{JobEvaluation, MisclassifiedImage};
 pub use features::{FeatureRequest, FeatureStats, extract_features, feature_fingerprint};
 pub use finetune::{TunePlan, plan_tuning};
 pub use keys::{checkpoint_key, fine_tune_checkpoint_key, head_key, tuned_base_key};

@@ -20,7 +20,7 @@ use super::localize::execute_localize;
 use super::spec::JobSpec;
 use crate::serving::Task;
 use crate::serving::TrainedModel;
-use crate::store::{JobRecord, JobState, TrainedModelRecord, now_ms};
+use crate::store::{JobOutcome, JobRecord, JobState, TrainedModelRecord, now_ms};
 use crate::vision::Geometry;
 
 /// Runs `job` (already claimed by this worker) to its end.
@@ -188,7 +188,9 @@ async fn commit(ctx: &JobContext, job: &JobRecord, trained: Trained) -> Result<b
         tuned_base_blob: trained.tuned_base.as_ref().map(|_| tuned_key.clone()),
         geometry: (trained.geometry != Geometry::Model).then(|| trained.geometry.as_str().to_owned()),
     };
-    match ctx.db.complete_job(&job.id, &ctx.worker_id, &trained.evaluation, &record).await {
+    let misclassified = serde_json::to_value(&trained.misclassified).map_err(|e| e.to_string())?;
+    let outcome = JobOutcome { evaluation: &trained.evaluation, misclassified: &misclassified };
+    match ctx.db.complete_job(&job.id, &ctx.worker_id, outcome, &record).await {
         Ok(true) => {
             remove_checkpoints(&ctx.blobs, &job.id);
             let _ = ctx.db.append_event(&job.id, "state", &json!({"state": "succeeded", "model": record.name})).await;

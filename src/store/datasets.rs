@@ -241,19 +241,46 @@ impl Db {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(ItemRecord {
-                    sha256: r.try_get("sha256")?,
-                    class_idx: r.try_get("class_idx")?,
-                    split: r.try_get("split")?,
-                    path: r.try_get("path")?,
-                    width: r.try_get("width")?,
-                    height: r.try_get("height")?,
-                    bbox: r.try_get::<Option<String>, _>("bbox")?.as_deref().map(from_json).transpose()?,
-                })
-            })
-            .collect()
+        rows.into_iter().map(item_from_row).collect()
+    }
+
+    /// A page of a dataset's items, in a stable order (class, split, path), optionally of one
+    /// class and one split.
+    pub async fn dataset_items_page(
+        &self,
+        id: &str,
+        class_idx: Option<i64>,
+        split: Option<&str>,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<ItemRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sha256, class_idx, split, path, width, height, bbox FROM dataset_items \
+             WHERE dataset_id = $1 AND ($2 < 0 OR class_idx = $2) AND ($3 = '' OR split = $3) \
+             ORDER BY class_idx, split, path, sha256 LIMIT $4 OFFSET $5",
+        )
+        .bind(id)
+        .bind(class_idx.unwrap_or(-1))
+        .bind(split.unwrap_or(""))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(item_from_row).collect()
+    }
+
+    /// One item of a dataset, by its image's hash.
+    pub async fn dataset_item(&self, id: &str, sha256: &str) -> Result<Option<ItemRecord>, StoreError> {
+        sqlx::query(
+            "SELECT sha256, class_idx, split, path, width, height, bbox FROM dataset_items \
+             WHERE dataset_id = $1 AND sha256 = $2",
+        )
+        .bind(id)
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(item_from_row)
+        .transpose()
     }
 
     /// Deletes the dataset and its rows; returns the image hashes no other dataset uses
@@ -290,4 +317,16 @@ impl Db {
             .await?;
         Ok(row.try_get::<i64, _>("n")? > 0)
     }
+}
+
+fn item_from_row(r: AnyRow) -> Result<ItemRecord, StoreError> {
+    Ok(ItemRecord {
+        sha256: r.try_get("sha256")?,
+        class_idx: r.try_get("class_idx")?,
+        split: r.try_get("split")?,
+        path: r.try_get("path")?,
+        width: r.try_get("width")?,
+        height: r.try_get("height")?,
+        bbox: r.try_get::<Option<String>, _>("bbox")?.as_deref().map(from_json).transpose()?,
+    })
 }

@@ -140,6 +140,14 @@ pub struct Lease {
     pub cancel_requested: bool,
 }
 
+/// What a succeeded job stores beside its model: the evaluation, and the misclassified test
+/// images (kept out of the evaluation, which every job view carries, and read a page at a time).
+#[derive(Debug, Clone, Copy)]
+pub struct JobOutcome<'a> {
+    pub evaluation: &'a serde_json::Value,
+    pub misclassified: &'a serde_json::Value,
+}
+
 impl Db {
     pub async fn insert_job(&self, job: &JobRecord) -> Result<(), StoreError> {
         sqlx::query(
@@ -409,24 +417,35 @@ impl Db {
         Ok(updated.rows_affected() == 1)
     }
 
+    /// The misclassified test images a succeeded job stored (a JSON array); `None` when the
+    /// job does not exist, has not succeeded, or succeeded before they were stored.
+    pub async fn job_misclassified(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let row =
+            sqlx::query("SELECT misclassified FROM jobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        let text = row.map(|r| r.try_get::<Option<String>, _>("misclassified")).transpose()?.flatten();
+        text.as_deref().map(from_json).transpose()
+    }
+
     /// Marks the job succeeded and registers its model in one transaction. False (and
     /// nothing written) if this worker no longer holds the job.
     pub async fn complete_job(
         &self,
         id: &str,
         worker: &str,
-        evaluation: &serde_json::Value,
+        outcome: JobOutcome<'_>,
         model: &TrainedModelRecord,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE jobs SET state = 'succeeded', evaluation = $1, progress = '{\"phase\": \"succeeded\"}', \
-             finished_at = $2, lease_until = NULL WHERE id = $3 AND worker = $4 AND state = 'running'",
+             finished_at = $2, lease_until = NULL, misclassified = $5 \
+             WHERE id = $3 AND worker = $4 AND state = 'running'",
         )
-        .bind(evaluation.to_string())
+        .bind(outcome.evaluation.to_string())
         .bind(now_ms())
         .bind(id)
         .bind(worker)
+        .bind(outcome.misclassified.to_string())
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() != 1 {

@@ -13,6 +13,6 @@ pub use blob::{BlobEntry, BlobError, BlobStore, MULTIPART_FROM, SetAside};
 pub use datasets::{ClassCount, DatasetRecord, ItemRecord, NewDataset};
 pub use db::{Backend, Db, StoreError, now_ms, redact};
 pub use gc::{GcReport, collect, image_key, remove_unreferenced_image};
-pub use jobs::{EpochRow, JobEvent, JobRecord, JobState, Lease};
+pub use jobs::{EpochRow, JobEvent, JobOutcome, JobRecord, JobState, Lease};
 pub use models::{TRAINED_MODELS_CHANNEL, TrainedModelRecord};
 pub use references::{INGESTION_HEARTBEAT, INGESTION_STALE_MS, IngestionLease};

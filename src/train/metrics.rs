@@ -35,6 +35,17 @@ pub struct Evaluation {
     pub per_class: Vec<ClassMetrics>,
     /// `confusion[true][predicted]`.
     pub confusion: Vec<Vec<u64>>,
+    /// Each row's predicted class and its probability, in row order: what names the
+    /// misclassified rows. Not part of the reported figures.
+    #[serde(skip)]
+    pub predictions: Vec<Prediction>,
+}
+
+/// One row's predicted class (the first arg-max) and its probability.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Prediction {
+    pub class: usize,
+    pub score: f32,
 }
 
 /// Predictions and labels that do not belong together.
@@ -53,9 +64,12 @@ pub fn evaluate(probabilities: ArrayView2<f32>, labels: &[usize], k: usize) -> R
     let top_k = k.clamp(1, classes.max(1)).min(classes);
     let mut confusion = vec![vec![0u64; classes]; classes];
     let mut in_top_k = 0usize;
+    let mut predictions = Vec::with_capacity(labels.len());
     for (row, &label) in probabilities.axis_iter(Axis(0)).zip(labels) {
-        confusion[label][argmax(row)] += 1;
+        let class = argmax(row);
+        confusion[label][class] += 1;
         in_top_k += usize::from(rank(row, label) < top_k);
+        predictions.push(Prediction { class, score: row[class] });
     }
     let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
     Ok(Evaluation {
@@ -65,6 +79,7 @@ pub fn evaluate(probabilities: ArrayView2<f32>, labels: &[usize], k: usize) -> R
         top_k_accuracy: ratio(in_top_k as u64, labels.len() as u64),
         per_class: (0..classes).map(|c| class_metrics(&confusion, c)).collect(),
         confusion,
+        predictions,
     })
 }
 

@@ -34,7 +34,7 @@ pub use localize::{
     LossWeights, box_metrics, iou, localizer_scores, softplus, train_localizer,
 };
 pub(crate) use localize::{cross_entropy, label_tensors, sigmoid_tensor, tensor_error};
-pub use metrics::{ClassMetrics, Evaluation, LOG_LOSS_EPSILON, MetricsError, evaluate, log_loss};
+pub use metrics::{ClassMetrics, Evaluation, LOG_LOSS_EPSILON, MetricsError, Prediction, evaluate, log_loss};
 pub use optim::{BETA1, BETA2, EPSILON, OptimError, Optimizer, OptimizerState, Param, Rule};
 pub use standardize::{Scaling, Standardization};
 pub use trainer::{TrainOutcome, train};

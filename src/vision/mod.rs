@@ -7,6 +7,7 @@ mod decode;
 mod jpeg;
 mod preprocess;
 mod resample;
+mod thumbnail;
 mod turbo;
 
 pub use augment::{AugmentGeometry, Augmentation};
@@ -17,6 +18,7 @@ pub use preprocess::{
     ColorOrder, Geometry, Layout, Normalization, Preprocessing, ResizeMode, ResizePlan, preprocess_into, tensor_len,
 };
 pub use resample::SourceWindow;
+pub use thumbnail::{THUMBNAIL_SIZES, thumbnail_jpeg};
 
 /// One encoded image as the model's input tensor: decoded (reduced as far as the spec
 /// allows) and preprocessed, for callers that keep whole images rather than write into a
