@@ -13,6 +13,7 @@ Usage: run_console.py --graft target/debug/graft --fixtures tests/fixtures/gener
 """
 
 import argparse
+import base64
 import io
 import json
 import os
@@ -228,8 +229,25 @@ def check_classify(console: Console, fixtures: Path):
         const bar = document.querySelector('#try-results .bars li .bar');
         return bar.firstChild.getBoundingClientRect().width / bar.getBoundingClientRect().width; }""")
     assert abs(filled - best["score"]) < 0.02, (filled, best["score"])
+    # Dropped on the zone, and pasted: the same answer as the API's for those images.
+    for how, name in (("drop", "img0.png"), ("paste", "img2.png")):
+        want = json.loads((fixtures / "models" / "expected.json").read_text())["tiny_nchw"][name][0]["index"]
+        payload = base64.b64encode((fixtures / "images" / name).read_bytes()).decode()
+        page.evaluate("""([how, name, payload]) => {
+            const bytes = Uint8Array.from(atob(payload), c => c.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], name, { type: 'image/png' }));
+            if (how === 'drop') {
+                document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+            } else {
+                document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: data, bubbles: true }));
+            }
+        }""", [how, name, payload])
+        latest = page.locator("#try-results .result").first
+        expect(latest.locator(".latency")).to_contain_text(name)
+        expect(latest.locator(".top-label")).to_have_text(labels[want])
     console.shoot("models")
-    log(f"classify by upload: top label {labels[expected]!r}: ok")
+    log(f"classify by upload, drop and paste: top labels as the fixture script computed: ok")
 
 
 def check_localize(console: Console, graft: Graft):
@@ -381,6 +399,25 @@ def check_cancel(console: Console, graft: Graft, dataset_id: str):
     log("cancel: ok")
 
 
+def check_phase2(console: Console, graft: Graft, dataset_id: str):
+    """A job that also tunes the top of its base: its curves go on into phase 2, marked."""
+    page = console.page
+    job = graft.call("POST", "/v1/jobs", json.dumps({
+        "dataset": dataset_id, "base_model": "tune_blind", "name": "console-tuned", "freeze_base": False,
+        "epochs": 8, "learning_rate": 0.01, "early_stopping": None, "fine_tune": {"epochs": 4, "learning_rate": 0.01},
+    }).encode(), "application/json")
+    done = graft.wait_job(job["id"])
+    assert done["state"] == "succeeded", done
+    evaluation = done["evaluation"]
+    phase1, phase2 = evaluation["phase1"]["epochs_run"], evaluation["fine_tune"]["epochs_run"]
+    console.go(f"/jobs/{job['id']}")
+    expect(page.locator("#job-results table.heat")).to_be_visible()
+    expect(page.locator("circle.point-train_loss")).to_have_count(phase1 + phase2)
+    expect(page.locator("line.phase2-mark")).to_have_count(2)  # on the loss and the accuracy chart
+    console.shoot("job-phase2")
+    log(f"phase 2: {phase1} + {phase2} epochs plotted, phase 2 marked: ok")
+
+
 def check_keyboard(console: Console):
     """Tab moves through the page without getting stuck on one element."""
     page = console.page
@@ -412,7 +449,7 @@ def main():
         work = Path(work)
         models = work / "models"
         models.mkdir()
-        for folder in ("models", "spatial"):
+        for folder in ("models", "spatial", "tune"):
             for file in (fixtures / folder).iterdir():
                 if file.suffix in (".onnx", ".toml", ".tsv") and not (models / file.name).exists():
                     shutil.copy(file, models / file.name)
@@ -435,6 +472,7 @@ def main():
                     check_localize(console, graft)
                     dataset_id = check_dataset_and_job(console, graft, work)
                     check_cancel(console, graft, dataset_id)
+                    check_phase2(console, graft, dataset_id)
                     check_keyboard(console)
                     console.go("/settings")
                     expect(console.page.locator("#settings-key")).to_have_value(KEY)
