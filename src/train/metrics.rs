@@ -231,7 +231,20 @@ mod tests {
     fn evaluation_serialises() {
         let (p, y) = example();
         let e = evaluate(p.view(), &y, 2).unwrap();
-        let back: Evaluation = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
-        assert_eq!(back, e);
+        let text = serde_json::to_string(&e).unwrap();
+        let back: Evaluation = serde_json::from_str(&text).unwrap();
+        // The figures come back; the row-by-row predictions are not reported.
+        assert!(!text.contains("predictions"), "{text}");
+        assert_eq!(back, Evaluation { predictions: Vec::new(), ..e });
+    }
+
+    #[test]
+    fn each_row_keeps_its_predicted_class_and_probability() {
+        let p = array![[0.2f32, 0.7, 0.1], [0.5, 0.5, 0.0], [0.1, 0.1, 0.8]];
+        let e = evaluate(p.view(), &[1, 1, 0], 1).unwrap();
+        let got: Vec<(usize, f32)> = e.predictions.iter().map(|p| (p.class, p.score)).collect();
+        // The tie goes to the lower index, as the confusion matrix counts it.
+        assert_eq!(got, [(1, 0.7), (0, 0.5), (2, 0.8)]);
+        assert_eq!(e.confusion[1][0], 1);
     }
 }
