@@ -17,7 +17,7 @@ GRAFT_ARGS    ?=
 ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 export ORT_DYLIB_PATH
 
-.PHONY: all build release run test api-fuzz v2-clients console-test deploy-check docker-test lint openapi ort models fixtures keras-models bench bench-int8 bench-int8-heads bench-v2 bench-perf-analyzer bench-train bench-localize bench-tune soak fuzz clean
+.PHONY: all build release run test api-fuzz v2-clients console-test deploy-check docker-test lint openapi ort models fixtures keras-models bench bench-int8 bench-int8-heads bench-memory bench-v2 bench-perf-analyzer bench-train bench-localize bench-tune soak fuzz clean
 
 all: build
 
@@ -170,6 +170,12 @@ bench-int8: release models fixtures .venv-bench/.installed
 	.venv-bench/bin/python bench/photos.py target/bench/photos --count 512
 	target/release/graft models quantize $(BENCH_MODEL) --calibration target/bench/photos
 	target/release/graft-bench serving --model $(BENCH_MODEL) --precision int8 --python .venv-bench/bin/python $(BENCH_ARGS)
+
+## Memory of a server with EfficientNet-Lite0 and the Keras ResNet-50 and Xception (make
+## keras-models), layout by layout: idle RSS, c=8 throughput, RSS after load and after 51
+## unload/load cycles. About 6 minutes on 2 cores.
+bench-memory: release models
+	$(PYTHON) bench/memory.py --graft target/release/graft --models models $(BENCH_ARGS)
 
 ## The head's test accuracy on an INT8 base against FP32 (jobs with "quantize": true) on the
 ## bench-train data sets; about 3 minutes on 2 cores.

@@ -24,11 +24,20 @@ pub struct RuntimeSettings {
     /// Let idle ONNX Runtime threads spin-wait (off: they sleep and leave the cores to decoding and HTTP).
     #[arg(long, env = "GRAFT_ORT_SPIN", default_value_t = false)]
     pub ort_spin: bool,
+    /// Keep ONNX Runtime's CPU memory arena per session (off: activations are freed after each
+    /// run; about half the idle memory, a few per cent of throughput; see the README's memory section).
+    #[arg(long, env = "GRAFT_ORT_ARENA", default_value_t = false)]
+    pub ort_arena: bool,
 }
 
 impl RuntimeSettings {
     pub fn session_options(&self) -> SessionOptions {
-        SessionOptions { device: self.device, intra_threads: self.intra_threads, spin: self.ort_spin }
+        SessionOptions {
+            device: self.device,
+            intra_threads: self.intra_threads,
+            spin: self.ort_spin,
+            arena: self.ort_arena,
+        }
     }
 }
 

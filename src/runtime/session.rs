@@ -17,6 +17,9 @@ pub struct SessionOptions {
     pub intra_threads: usize,
     /// Let idle intra-op threads spin (lower latency alone, less CPU left for everything else).
     pub spin: bool,
+    /// Keep ONNX Runtime's CPU memory arena: each session holds on to the largest activations
+    /// it has needed (every batch size of the warm-up) instead of returning them after a run.
+    pub arena: bool,
 }
 
 impl SessionOptions {
@@ -133,6 +136,14 @@ pub fn open_session(
 /// and spinning as asked.
 fn builder(env: &Environment, options: &SessionOptions) -> ort::Result<SessionBuilder> {
     Session::builder(env)
+        // Without the arena (and the memory pattern planned over it), a run's activations are
+        // allocated and freed with the run: a model's idle sessions hold their weights only.
+        .and_then(|b| match options.arena {
+            true => Ok(b),
+            false => b.with_memory_pattern(false).map_err(Into::into).and_then(|b| {
+                b.with_execution_providers([ep::CPU::default().with_arena_allocator(false).build()]).map_err(Into::into)
+            }),
+        })
         .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
         .and_then(|b| b.with_intra_threads(options.intra_threads).map_err(Into::into))
         // Spinning intra-op threads burn the cores that decoding and HTTP need between runs.
@@ -180,7 +191,7 @@ mod tests {
     use super::*;
 
     fn cpu(intra_threads: usize) -> SessionOptions {
-        SessionOptions { device: Device::Cpu, intra_threads, spin: false }
+        SessionOptions { device: Device::Cpu, intra_threads, spin: false, arena: false }
     }
 
     #[test]
@@ -212,7 +223,7 @@ mod tests {
     fn one_instance_or_a_gpu_keeps_the_options_as_they_are() {
         let (each, whole) = cpu(0).for_instances(1);
         assert_eq!((each.intra_threads, whole.is_none()), (0, true));
-        let gpu = SessionOptions { device: Device::Cuda(0), intra_threads: 4, spin: false };
+        let gpu = SessionOptions { device: Device::Cuda(0), intra_threads: 4, spin: false, arena: false };
         let (each, whole) = gpu.for_instances(2);
         assert_eq!((each.intra_threads, whole.is_none()), (4, true));
     }

@@ -47,7 +47,7 @@ pub fn runtime() -> ort::environment::Environment {
 }
 
 pub fn cpu() -> SessionOptions {
-    SessionOptions { device: Device::Cpu, intra_threads: 1, spin: false }
+    SessionOptions { device: Device::Cpu, intra_threads: 1, spin: false, arena: false }
 }
 
 pub struct TestServer {

@@ -57,7 +57,12 @@ pub fn measure(
     };
     let mut rates = Vec::new();
     for &layout in layouts {
-        let options = SessionOptions { device, intra_threads: layout.threads, spin: settings.runtime.ort_spin };
+        let options = SessionOptions {
+            device,
+            intra_threads: layout.threads,
+            spin: settings.runtime.ort_spin,
+            arena: settings.runtime.ort_arena,
+        };
         let mut sessions = (0..layout.sessions)
             .map(|_| open_session(env, ModelSource::File(&manifest.file), &options))
             .collect::<Result<Vec<_>, _>>()?;

@@ -72,7 +72,12 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
     let env = init_runtime(&find_library(settings.runtime.ort_library.as_deref())?)?;
     let device = resolve_device(&env, settings.runtime.device)?;
     let instances = Batching { instances: settings.instances, ..Limits::default().batching() }.instances_on(device);
-    let options = SessionOptions { device, intra_threads: settings.threads, spin: settings.runtime.ort_spin };
+    let options = SessionOptions {
+        device,
+        intra_threads: settings.threads,
+        spin: settings.runtime.ort_spin,
+        arena: settings.runtime.ort_arena,
+    };
     let graft_layout = SessionLayout { sessions: instances, threads: options.for_instances(instances).0.intra_threads };
     let single = SessionLayout { sessions: 1, threads: settings.threads };
     // The ceiling does not depend on graft's choice: one session, two side by side, and graft's layout.
@@ -147,6 +152,9 @@ pub async fn run(settings: BenchSettings) -> anyhow::Result<()> {
         args.extend(["--max-batch-size".into(), best_batch.to_string()]);
         if settings.runtime.ort_spin {
             args.push("--ort-spin".into());
+        }
+        if settings.runtime.ort_arena {
+            args.push("--ort-arena".into());
         }
         args
     };

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Memory of a graft serving several models, layout by layout, measured from outside.
+
+For each layout it starts `graft serve` on a folder holding only the given models, and
+reports: the resident memory (VmRSS) once /readyz says ready, throughput with 8 concurrent
+clients on each model (a JPEG, top_k=1), the memory after that load, and — for the first
+layout — the memory after `--cycles` unload/load cycles over the models
+(`POST /v1/models/{m}/unload`, then `/load`). Ratios are against the first layout in the
+same run; the sizes of the model files are printed for the `÷ model files` column.
+
+Usage: memory.py --graft target/release/graft --models models --names efficientnet_lite0,resnet50,xception
+"""
+
+import argparse
+import http.client
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from graft_process import free_port, wait_ready  # noqa: E402
+
+LAYOUTS = {
+    "default": [],
+    "--ort-arena (before)": ["--ort-arena"],
+    "--model-instances 1": ["--model-instances", "1"],
+    "--model-instances 1 --ort-arena": ["--model-instances", "1", "--ort-arena"],
+}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def throughput(port: int, model: str, image: bytes, seconds: float, clients: int = 8) -> float:
+    done, stop, lock = [0], time.monotonic() + seconds, threading.Lock()
+
+    def client():
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while time.monotonic() < stop:
+            connection.request("POST", f"/v1/models/{model}/classify?top_k=1", image, {"content-type": "image/jpeg"})
+            answer = connection.getresponse()
+            answer.read()
+            if answer.status != 200:
+                sys.exit(f"{model}: HTTP {answer.status}")
+            with lock:
+                done[0] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return done[0] / (time.monotonic() - started)
+
+
+def post(port: int, path: str):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    connection.request("POST", path, b"")
+    answer = connection.getresponse()
+    answer.read()
+    if answer.status >= 300:
+        sys.exit(f"POST {path}: HTTP {answer.status}")
+
+
+def model_folder(models: Path, names: list[str], into: Path) -> int:
+    total = 0
+    for name in names:
+        manifest = models / f"{name}.toml"
+        spec = tomllib.loads(manifest.read_text())
+        shutil.copy(manifest, into / manifest.name)
+        onnx = models / spec["file"]
+        os.symlink(onnx.resolve(), into / spec["file"])
+        total += onnx.stat().st_size
+        labels = spec.get("output", {}).get("labels")
+        if labels and not (into / labels).exists():
+            shutil.copy(models / labels, into / labels)
+    return total
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--graft", default="target/release/graft")
+    parser.add_argument("--models", default="models")
+    parser.add_argument("--names", default="efficientnet_lite0,resnet50,xception")
+    parser.add_argument("--image", default="tests/fixtures/generated/images/china.jpg")
+    parser.add_argument("--seconds", type=float, default=12, help="of load per model and layout")
+    parser.add_argument("--cycles", type=int, default=51, help="unload/load cycles for the first layout")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help="which of: " + ", ".join(LAYOUTS))
+    args = parser.parse_args()
+    names = args.names.split(",")
+    image = Path(args.image).read_bytes()
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        folder = work / "models"
+        folder.mkdir()
+        files = model_folder(Path(args.models), names, folder)
+        print(f"models {', '.join(names)}: {files / 1e6:.0f} MB of ONNX files", flush=True)
+        for index, layout in enumerate(args.layouts.split(",")):
+            port = free_port()
+            data = work / f"data-{index}"
+            command = [args.graft, "serve", "--listen", f"127.0.0.1:{port}", "--model-dir", str(folder),
+                       "--data-dir", str(data), "--workers", "0", *LAYOUTS[layout]]
+            with open(work / f"graft-{index}.log", "w") as log:
+                server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+                try:
+                    wait_ready(f"http://127.0.0.1:{port}", server, 600)
+                    time.sleep(2)
+                    idle = rss_mb(server.pid)
+                    speeds = {name: throughput(port, name, image, args.seconds) for name in names}
+                    loaded = rss_mb(server.pid)
+                    churn = None
+                    if index == 0 and args.cycles:
+                        before = loaded
+                        for cycle in range(args.cycles):
+                            name = names[cycle % len(names)]
+                            post(port, f"/v1/models/{name}/unload")
+                            post(port, f"/v1/models/{name}/load")
+                        for name in names:
+                            throughput(port, name, image, 2)
+                        churn = (before, rss_mb(server.pid))
+                    rows.append((layout, idle, speeds, loaded, churn))
+                    speed_text = ", ".join(f"{n} {s:.1f}/s" for n, s in speeds.items())
+                    print(f"{layout}: idle {idle:.0f} MB ({idle * 1048576 / files:.2f}× files), {speed_text}, "
+                          f"after load {loaded:.0f} MB" + (f", after {args.cycles} unload/load cycles "
+                          f"{churn[1]:.0f} MB ({(churn[1] / churn[0] - 1) * 100:+.1f} %)" if churn else ""), flush=True)
+                finally:
+                    server.terminate()
+                    server.wait(timeout=60)
+    base = rows[0]
+    print("\n| layout | idle RSS | ÷ model files | after c=8 load | c=8 throughput ÷ first layout (" + ", ".join(names) + ") |")
+    print("|---|---|---|---|---|")
+    for layout, idle, speeds, loaded, _ in rows:
+        ratios = " / ".join(f"{speeds[n] / base[2][n]:.2f}" for n in names)
+        print(f"| {layout} | {idle:.0f} MB | {idle * 1048576 / files:.1f}× | {loaded:.0f} MB | {ratios} |")
+
+
+if __name__ == "__main__":
+    main()
