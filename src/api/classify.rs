@@ -145,7 +145,7 @@ pub(super) async fn run_request(
     params: Result<Query<ClassifyParams>, QueryRejection>,
     request: Request,
 ) -> Result<(usize, Vec<ImageOutputs>, Vec<ImageGeometry>), Error> {
-    let Query(params) = params.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let params = super::problem::read_query(params)?;
     let top_k = checked_top_k(params.top_k, target.classes())?;
     // Held until the answer: what the body announces (or the most it may be) counts
     // against the bytes all inference requests may have in reading and decoding.

@@ -111,7 +111,7 @@ pub async fn list_items(
     Path(id): Path<String>,
     query: Result<Query<ItemQuery>, QueryRejection>,
 ) -> Result<Json<ItemList>, Error> {
-    let Query(query) = query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let query = super::problem::read_query(query)?;
     let page = Page::checked(query.limit, query.offset)?;
     if let Some(split) = query.split.as_deref()
         && !matches!(split, "train" | "valid" | "test")
@@ -160,7 +160,7 @@ pub async fn thumbnail(
     query: Result<Query<ThumbnailQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, Error> {
-    let Query(query) = query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let query = super::problem::read_query(query)?;
     let size = query.size.unwrap_or(DEFAULT_THUMBNAIL_SIZE);
     if !THUMBNAIL_SIZES.contains(&size) {
         let (low, high) = (THUMBNAIL_SIZES.start(), THUMBNAIL_SIZES.end());

@@ -166,7 +166,7 @@ pub async fn misclassified(
     Path(id): Path<String>,
     query: Result<Query<MisclassifiedQuery>, QueryRejection>,
 ) -> Result<Json<MisclassifiedList>, Error> {
-    let Query(query) = query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let query = super::problem::read_query(query)?;
     let page = Page::checked(query.limit, query.offset)?;
     let job = find(&state, &id).await?;
     if job.state != JobState::Succeeded {

@@ -33,7 +33,7 @@ pub struct Page {
 
 impl Page {
     pub fn from_query(query: Result<Query<PageParams>, QueryRejection>) -> Result<Self, Error> {
-        let Query(params) = query.map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))?;
+        let params = super::problem::read_query(query)?;
         Self::checked(params.limit, params.offset)
     }
 

@@ -121,6 +121,15 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
     )
 }
 
+/// A query string's values, or a `bad-request` problem saying what was wrong with it.
+pub fn read_query<T>(
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Error> {
+    query
+        .map(|axum::extract::Query(values)| values)
+        .map_err(|e| Error::BadRequest(format!("invalid query: {}", e.body_text())))
+}
+
 pub fn panic_to_problem(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
     Problem::new(
