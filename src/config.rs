@@ -340,6 +340,11 @@ impl Limits {
             instances: self.model_instances,
         }
     }
+
+    /// What an image a request sends, or a stored one, may cost to decode.
+    pub fn decode_limits(&self) -> crate::vision::DecodeLimits {
+        crate::vision::DecodeLimits { max_pixels: self.max_pixels, max_jpeg_scans: self.max_jpeg_scans }
+    }
 }
 
 impl Default for Limits {

@@ -155,8 +155,7 @@ pub(super) async fn run_request(
         None => None,
     };
     let images = read_images(request, state.limits.max_images_per_request, state.limits.max_body_bytes).await?;
-    let decode_limits =
-        DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans };
+    let decode_limits = state.limits.decode_limits();
     let (outputs, geometry) =
         run_base(target.base(), target.preprocessing(), target.outputs_needed(), images, decode_limits).await?;
     Ok((top_k, outputs, geometry))

@@ -17,7 +17,7 @@ use super::pagination::Page;
 use super::problem::Problem;
 use crate::error::Error;
 use crate::store::{ItemRecord, image_key};
-use crate::vision::{DecodeLimits, THUMBNAIL_SIZES, thumbnail_jpeg};
+use crate::vision::{THUMBNAIL_SIZES, thumbnail_jpeg};
 
 /// Side of a thumbnail when the request names none.
 const DEFAULT_THUMBNAIL_SIZE: u32 = 160;
@@ -177,8 +177,7 @@ pub async fn thumbnail(
     let jpeg = match cache.0.get(&key) {
         Some(jpeg) => jpeg,
         None => {
-            let limits =
-                DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans };
+            let limits = state.limits.decode_limits();
             let (blobs, sha) = (state.blobs.clone(), key.0.clone());
             let made = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Error> {
                 let bytes = blobs.get(&image_key(&sha)).map_err(|e| Error::Internal(e.to_string()))?;

@@ -26,7 +26,6 @@ use crate::data::{
 };
 use crate::error::Error;
 use crate::store::{DatasetRecord, IngestionLease, ItemRecord, NewDataset, image_key, remove_unreferenced_image};
-use crate::vision::DecodeLimits;
 
 /// Longest text field of the upload form (name, seed, split, …): they are a few words.
 const MAX_FORM_FIELD_BYTES: usize = 64 * 1024;
@@ -139,7 +138,7 @@ pub async fn create_dataset(
     let split = options.split.unwrap_or_default();
     split.validate().map_err(Error::Unprocessable)?;
     let ingest_options = IngestOptions {
-        decode: DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans },
+        decode: state.limits.decode_limits(),
         seed: options.seed.unwrap_or(0),
         splits: split,
         min_images_per_class: options.min_images_per_class.unwrap_or(10),

@@ -13,7 +13,6 @@ use super::{BOX, FEATURES, PROBABILITIES};
 use crate::error::Error;
 use crate::runtime::ImageOutputs;
 use crate::serving::{LoadedModel, TrainedHead};
-use crate::vision::DecodeLimits;
 use crate::zoo::Labels;
 
 /// The input's description, as the request gives it.
@@ -205,7 +204,7 @@ async fn run_images(
         .enumerate()
         .map(|(i, bytes)| EncodedImage { source: format!("{}[{i}]", input.name), bytes })
         .collect();
-    let limits = DecodeLimits { max_pixels: state.limits.max_pixels, max_jpeg_scans: state.limits.max_jpeg_scans };
+    let limits = state.limits.decode_limits();
     let (outputs, _) = run_base(target.base(), target.preprocessing(), outputs_needed, encoded, limits).await?;
     Ok(outputs)
 }
