@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::runtime::{Batching, Device, SessionOptions};
+use crate::serving::{MemoryLimit, MemoryPolicy};
 
 /// Where ONNX Runtime comes from and which provider it runs on.
 #[derive(Debug, Clone, Args)]
@@ -28,6 +29,10 @@ pub struct RuntimeSettings {
     /// run; about half the idle memory, a few per cent of throughput; see the README's memory section).
     #[arg(long, env = "GRAFT_ORT_ARENA", default_value_t = false)]
     pub ort_arena: bool,
+    /// On the CPU, all sessions of a model read one optimised copy of its weights (false:
+    /// each session optimises and holds its own, as before; see the README's memory section).
+    #[arg(long, env = "GRAFT_SHARE_WEIGHTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub share_weights: bool,
 }
 
 impl RuntimeSettings {
@@ -57,6 +62,8 @@ pub struct EngineSettings {
     #[arg(long = "models", value_name = "NAMES", env = "GRAFT_MODELS", value_delimiter = ',')]
     pub serve_models: Vec<String>,
     #[command(flatten)]
+    pub memory: ModelMemorySettings,
+    #[command(flatten)]
     pub runtime: RuntimeSettings,
     #[command(flatten)]
     pub limits: Limits,
@@ -66,6 +73,40 @@ pub struct EngineSettings {
     pub workers: WorkerSettings,
     #[command(flatten)]
     pub gc: GcSettings,
+}
+
+/// How much memory the models may take, and which of them stay loaded.
+#[derive(Debug, Clone, Args)]
+pub struct ModelMemorySettings {
+    /// Memory all loaded models together may take: bytes (1500000000) or a share of the
+    /// memory this process may use (60%: of its cgroup's limit, else of the machine).
+    /// Models not pinned by --preload load on their first request, and the least recently
+    /// used of them are unloaded to make room. Default: no limit.
+    #[arg(long, env = "GRAFT_MAX_MODEL_MEMORY", value_name = "BYTES|PERCENT")]
+    pub max_model_memory: Option<MemoryLimit>,
+    /// Models loaded at start and never unloaded to make room, comma-separated (`none` for
+    /// none; manifests with `preload = true` are pinned too). Default: every model without
+    /// --max-model-memory, none with it.
+    #[arg(long, env = "GRAFT_PRELOAD", value_name = "NAMES", value_delimiter = ',')]
+    pub preload: Option<Vec<String>>,
+    /// Seconds a request waits for its model to load (on its first request, or after it was
+    /// unloaded to make room) before a 503 with Retry-After (1 to 600; keep it under
+    /// --request-timeout-seconds).
+    #[arg(long, env = "GRAFT_MODEL_LOAD_WAIT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub model_load_wait: u64,
+}
+
+impl ModelMemorySettings {
+    /// The registry's policy: Err when the budget cannot be worked out.
+    pub fn policy(&self) -> Result<MemoryPolicy, String> {
+        let budget = self.max_model_memory.map(MemoryLimit::bytes).transpose()?;
+        let preload = match (&self.preload, budget) {
+            (Some(names), _) => Some(names.iter().filter(|n| n.as_str() != "none").cloned().collect()),
+            (None, Some(_)) => Some(Vec::new()),
+            (None, None) => None,
+        };
+        Ok(MemoryPolicy { budget, preload, load_wait: std::time::Duration::from_secs(self.model_load_wait) })
+    }
 }
 
 /// What one `graft serve` process does; any number of each share one database and blob store.

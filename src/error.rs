@@ -8,8 +8,10 @@ use crate::vision::VisionError;
 pub enum Error {
     #[error("there is no model named {0:?}; GET /v1/models lists them")]
     UnknownModel(String),
-    #[error("model {name} is still loading; try again when GET /readyz answers 200")]
+    #[error("model {name} is still loading; try again in a moment")]
     ModelLoading { name: String },
+    #[error("model {name} cannot load within the memory budget: {reason}")]
+    ModelNoMemory { name: String, reason: String },
     #[error("model {name} failed to load: {reason}")]
     ModelFailed { name: String, reason: String },
     #[error("model {name} is unloaded; POST /v1/models/{name}/load loads it again")]
@@ -83,6 +85,7 @@ impl From<crate::serving::Unavailable> for Error {
             Unavailable::Loading(name) => Self::ModelLoading { name },
             Unavailable::Failed(name, reason) => Self::ModelFailed { name, reason },
             Unavailable::Unloaded(name) => Self::ModelUnloaded { name },
+            Unavailable::NoMemory(name, reason) => Self::ModelNoMemory { name, reason },
         }
     }
 }

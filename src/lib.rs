@@ -105,11 +105,21 @@ impl Engine {
         let (env, selected, options) =
             prepare_models(&settings.runtime, &settings.models.model_dir, &settings.serve_models)?;
         let (db, blobs) = open_storage(&settings.storage).await?;
-        let runtime = ModelRuntime { env, options, batching: settings.limits.batching() };
+        let runtime = ModelRuntime {
+            env,
+            options,
+            batching: settings.limits.batching(),
+            share_weights: settings.runtime.share_weights,
+        };
         Ok(Self {
             db,
             blobs,
-            registry: Arc::new(ModelRegistry::new(selected, runtime).with_model_dir(settings.models.model_dir.clone())),
+            registry: Arc::new(
+                ModelRegistry::new(selected, runtime)
+                    .with_model_dir(settings.models.model_dir.clone())
+                    .with_memory_policy(settings.memory.policy().map_err(anyhow::Error::msg)?)
+                    .map_err(anyhow::Error::msg)?,
+            ),
             settings: settings.clone(),
             wake_workers: Arc::new(tokio::sync::Notify::new()),
         })

@@ -11,6 +11,14 @@ use clap::{Parser, Subcommand};
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc is the process's malloc, ONNX Runtime's included. A background thread returns
+/// pages freed for a second (a model unloaded, a large batch's activations) to the system,
+/// so memory follows the models loaded; `MALLOC_CONF` in the environment adds to or
+/// overrides this.
+#[cfg(feature = "jemalloc")]
+#[unsafe(export_name = "malloc_conf")]
+static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 use graft::config::{EngineSettings, ModelSettings, RuntimeSettings, ServeSettings};
 use graft::onnx::quantize::{ActivationType, QuantizeOptions};
 use graft::quantize::Method;
@@ -313,9 +321,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let env = graft::runtime::init_runtime(&library)?;
             let mut options = runtime.session_options();
             options.device = graft::runtime::resolve_device(&env, options.device)?;
+            let share_weights = runtime.share_weights;
             let model = tokio::task::spawn_blocking(move || {
                 let batching = graft::config::Limits::default().batching();
-                graft::serving::load_model(&graft::serving::ModelRuntime { env, options, batching }, manifest)
+                let runtime = graft::serving::ModelRuntime { env, options, batching, share_weights };
+                graft::serving::load_model(&runtime, manifest)
             })
             .await?
             .map_err(|reason| anyhow::anyhow!("{name} does not match its manifest: {reason}"))?;

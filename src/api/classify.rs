@@ -91,14 +91,14 @@ impl Target {
 
 pub(super) async fn resolve(state: &AppState, name: &str) -> Result<Target, Error> {
     if state.registry.get(name).is_some() {
-        return Ok(Target::Pretrained(state.registry.ready(name)?));
+        return Ok(Target::Pretrained(state.registry.acquire(name).await?));
     }
     let model = trained_model(state, name).await?.ok_or_else(|| Error::UnknownModel(name.to_owned()))?;
     if let Some(key) = &model.record.tuned_base_blob {
         let base = tuned_base(state, &model, key).await?;
         return Ok(Target::Trained { base, model });
     }
-    let base = state.registry.ready(&model.record.base_model).map_err(|e| match e {
+    let base = state.registry.acquire(&model.record.base_model).await.map_err(|e| match e {
         Unavailable::Unknown(base) => {
             Error::ModelFailed { name: name.to_owned(), reason: format!("its base model {base} is not served here") }
         }

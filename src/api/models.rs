@@ -16,7 +16,7 @@ use super::problem::Problem;
 use crate::error::Error;
 use crate::runtime::TensorSpec;
 use crate::serving::{
-    LoadedModel, ModelState, ServingLayout, SpatialShape, TrainedHead, TrainedModel, TrainedModelError,
+    LoadedModel, ModelMemory, ModelState, ServingLayout, SpatialShape, TrainedHead, TrainedModel, TrainedModelError,
 };
 use crate::store::TrainedModelRecord;
 use crate::train::LocalizeHeadKind;
@@ -27,7 +27,7 @@ use crate::zoo::{Manifest, OutputKind, Quantization, SpatialFeatures};
     responses((status = 200, description = "Every pretrained model (with its state) and every trained model", body = ModelList)))]
 pub async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList>, Error> {
     let mut models: Vec<ModelView> =
-        state.registry.list().iter().map(|(manifest, model)| describe(manifest, model)).collect();
+        state.registry.list().iter().map(|(manifest, model)| describe(&state, manifest, model)).collect();
     // Models trained by workers in other processes appear once they are in the database.
     for record in state.db.trained_models().await? {
         let name = record.name.clone();
@@ -54,7 +54,7 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList
     ))]
 pub async fn get_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ModelView>, Error> {
     if let Some((manifest, model)) = state.registry.get(&name) {
-        return Ok(Json(describe(&manifest, &model)));
+        return Ok(Json(describe(&state, &manifest, &model)));
     }
     let model = trained_model(&state, &name).await?.ok_or(Error::UnknownModel(name))?;
     Ok(Json(describe_trained(&model)))
@@ -85,7 +85,7 @@ pub async fn load_model(State(state): State<AppState>, Path(name): Path<String>)
         .map_err(|e| Error::Internal(format!("loading stopped: {e}")))?
         .map_err(|reason| Error::Unprocessable(format!("{name} did not load: {reason}")))?;
     let (manifest, model) = state.registry.get(&name).ok_or_else(|| Error::UnknownModel(name.clone()))?;
-    Ok(Json(describe(&manifest, &model)))
+    Ok(Json(describe(&state, &manifest, &model)))
 }
 
 /// `POST /v1/models/{name}/unload`: new requests to the model get 503, those in flight
@@ -101,7 +101,7 @@ pub async fn unload_model(State(state): State<AppState>, Path(name): Path<String
         return Err(not_pretrained(&name));
     }
     let (manifest, model) = state.registry.get(&name).ok_or_else(|| Error::UnknownModel(name.clone()))?;
-    Ok(Json(describe(&manifest, &model)))
+    Ok(Json(describe(&state, &manifest, &model)))
 }
 
 fn not_pretrained(name: &str) -> Error {
@@ -181,13 +181,15 @@ fn describe_trained(model: &TrainedModel) -> ModelView {
         classes: record.classes.clone(),
         head,
         tuned_base: record.tuned_base_blob.is_some(),
+        tuned_base_bytes: model.tuned_base.resident().map(|(bytes, _)| bytes),
         created_at: record.created_at,
         evaluation: record.evaluation.clone(),
     })
 }
 
-fn describe(manifest: &Arc<Manifest>, state: &ModelState) -> ModelView {
+fn describe(app: &AppState, manifest: &Arc<Manifest>, state: &ModelState) -> ModelView {
     let pre = &manifest.preprocessing;
+    let memory = app.registry.memory(&manifest.name);
     let loaded = match state {
         ModelState::Ready(model) => Some(model.as_ref()),
         _ => None,
@@ -222,6 +224,7 @@ fn describe(manifest: &Arc<Manifest>, state: &ModelState) -> ModelView {
         max_batch_size: loaded.map(|m| m.runner.config().max_batch_size),
         sessions: loaded.map(|m| m.sessions),
         graph: loaded.map(|m| GraphView { inputs: m.inputs.clone(), outputs: m.outputs.clone() }),
+        memory,
         reason: match state {
             ModelState::Failed(reason) => Some(reason.clone()),
             _ => None,
@@ -274,7 +277,8 @@ pub struct PretrainedView {
     name: String,
     kind: PretrainedKind,
     description: String,
-    /// `loading`, `ready`, `failed` or `unloaded`.
+    /// `ready`; `standby` (not in memory: it loads on its first request), `loading`,
+    /// `failed` or `unloaded` (on request; `POST …/load` loads it again).
     #[schema(example = "ready")]
     status: &'static str,
     input: InputView,
@@ -297,6 +301,9 @@ pub struct PretrainedView {
     sessions: Option<ServingLayout>,
     #[serde(skip_serializing_if = "Option::is_none")]
     graph: Option<GraphView>,
+    /// What it holds in memory, and whether it is pinned there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<ModelMemory>,
     /// Why it failed to load.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
@@ -353,6 +360,10 @@ pub struct TrainedView {
     head: HeadView,
     /// Whether the job tuned the top of the base (the model serves on its own copy).
     tuned_base: bool,
+    /// Bytes its tuned base holds while loaded (it loads on the model's first request and
+    /// may be unloaded to make room under `--max-model-memory`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tuned_base_bytes: Option<u64>,
     /// Unix time in milliseconds.
     created_at: i64,
     /// The held-out metrics the job measured (accuracy, per-class precision and recall,

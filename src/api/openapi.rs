@@ -167,7 +167,10 @@ fn describe_inference(operation: &mut Operation) {
              `unprocessable`: no images, too many, or invalid base64",
         ),
         ("429", "`overloaded`: the model's queue is full or too many bytes are in flight"),
-        ("503", "`model-loading`, `model-failed`, `model-unloaded`: the model cannot serve now"),
+        (
+            "503",
+            "`model-loading` (its load took longer than `--model-load-wait`), `model-failed`, `model-unloaded`, `model-memory` (it does not fit `--max-model-memory` beside the pinned models): the model cannot serve now",
+        ),
     ];
     for (status, what) in answers {
         add_problem(operation, status, what);

@@ -66,6 +66,7 @@ impl From<&Error> for Problem {
             Error::ModelLoading { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model-loading"),
             Error::ModelFailed { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model-failed"),
             Error::ModelUnloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model-unloaded"),
+            Error::ModelNoMemory { .. } => (StatusCode::SERVICE_UNAVAILABLE, "model-memory"),
             Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type"),
             Error::Image { error: VisionError::UnsupportedFormat(_), .. } => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-image-format")

@@ -148,7 +148,7 @@ fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle
         .map_err(db)?
         .ok_or_else(|| failed("the dataset was deleted".into()))?;
     let items = handle.block_on(ctx.db.dataset_items(&job.dataset_id)).map_err(db)?;
-    let model = ctx.registry.ready(&job.base_model).map_err(|e| failed(format!("base {e}")))?;
+    let model = handle.block_on(ctx.registry.acquire(&job.base_model)).map_err(|e| failed(format!("base {e}")))?;
     let splits = Splits::of(&items);
     if splits.train.is_empty() {
         return Err(failed("the dataset's train split is empty".into()));

@@ -13,7 +13,8 @@ pub use runner::{
     BatchExecutor, Batching, ImageOutputs, InferenceError, ModelRunner, OrtExecutor, PendingInference, RunnerConfig,
 };
 pub use session::{
-    ModelSession, ModelSource, SessionError, SessionOptions, TensorSpec, open_session, resolve_device, save_optimized,
+    ModelSession, ModelSource, SessionError, SessionOptions, SharedGraph, TensorSpec, open_session, resolve_device,
+    save_optimized,
 };
 
 /// candle asks for its thread count before every matrix product and, unless

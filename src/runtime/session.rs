@@ -1,11 +1,13 @@
 //! Opening an ONNX Runtime session on the requested execution provider.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use ort::environment::Environment;
 use ort::ep;
+use ort::logging::LogLevel;
 use ort::session::Session;
-use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights, SessionBuilder};
 use ort::value::{TensorElementType, ValueType};
 
 use super::Device;
@@ -54,6 +56,9 @@ pub struct ModelSession {
     pub provider: &'static str,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// The serialised graph a shared session reads its weights from in place. Declared
+    /// after `session`, so it is dropped after it: ONNX Runtime holds pointers into it.
+    _graph: Option<Arc<[u8]>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,11 +102,60 @@ fn with_cuda(builder: SessionBuilder, device: i32) -> Result<SessionBuilder, Ses
         .map_err(|e| SessionError::Cuda { device, reason: e.to_string() })
 }
 
-/// Where a session's graph comes from: the file as it is, or edited bytes of it.
+/// Where a session's graph comes from: the file as it is, edited bytes of it, or a graph
+/// optimised once and shared by every session of a model.
 #[derive(Clone, Copy)]
 pub enum ModelSource<'a> {
     File(&'a Path),
     Edited { path: &'a Path, bytes: &'a [u8] },
+    Shared { path: &'a Path, graph: &'a SharedGraph },
+}
+
+/// A model's graph after ONNX Runtime's optimiser (constant folding, fusions, the CPU's
+/// blocked layouts), serialised once in ONNX Runtime's own format. Every session opened on
+/// it reads its weights in place from this one buffer and shares one container of
+/// prepacked weights, so a model's memory does not grow with its sessions. CPU only: the
+/// blocked layouts are this machine's, and the buffer is never written anywhere else.
+#[derive(Clone)]
+pub struct SharedGraph {
+    bytes: Arc<[u8]>,
+    prepacked: PrepackedWeights,
+}
+
+impl SharedGraph {
+    /// Optimises `source` as graft's sessions do (`options`) and keeps the result.
+    pub fn optimise(
+        env: &Environment,
+        source: ModelSource<'_>,
+        options: &SessionOptions,
+    ) -> Result<Self, SessionError> {
+        let path = source.path();
+        let load_error = |reason: String| SessionError::Load { path: path.display().to_string(), reason };
+        let out = tempfile::Builder::new().suffix(".ort").tempfile().map_err(|e| load_error(e.to_string()))?;
+        let mut builder = builder(env, options)
+            .and_then(|b| b.with_optimized_model_path(out.path()).map_err(Into::into))
+            .and_then(|b| b.with_config_entry("session.save_model_format", "ORT").map_err(Into::into))
+            // The blocked layouts draw a warning that the file suits this machine only; it is
+            // read back here and nowhere else.
+            .and_then(|b| b.with_log_level(LogLevel::Error).map_err(Into::into))
+            .map_err(|e| load_error(e.to_string()))?;
+        match source {
+            ModelSource::File(path) => builder.commit_from_file(path),
+            ModelSource::Edited { bytes, .. } => builder.commit_from_memory(bytes),
+            ModelSource::Shared { graph, .. } => return Ok(graph.clone()),
+        }
+        .map_err(|e| load_error(e.to_string()))?;
+        let bytes = fs_err::read(out.path()).map_err(|e| load_error(e.to_string()))?;
+        Ok(Self { bytes: bytes.into(), prepacked: PrepackedWeights::new() })
+    }
+}
+
+impl ModelSource<'_> {
+    fn path(&self) -> &Path {
+        match self {
+            Self::File(path) | Self::Edited { path, .. } | Self::Shared { path, .. } => path,
+        }
+    }
 }
 
 pub fn open_session(
@@ -109,9 +163,7 @@ pub fn open_session(
     source: ModelSource<'_>,
     options: &SessionOptions,
 ) -> Result<ModelSession, SessionError> {
-    let model = match source {
-        ModelSource::File(path) | ModelSource::Edited { path, .. } => path,
-    };
+    let model = source.path();
     let load_error = |reason: String| SessionError::Load { path: model.display().to_string(), reason };
     let base = || builder(env, options).map_err(|e| load_error(e.to_string()));
     // Callers normally pass the device resolve_device chose at start-up; Auto is resolved here otherwise.
@@ -123,13 +175,32 @@ pub fn open_session(
     let session = match source {
         ModelSource::File(path) => builder.commit_from_file(path),
         ModelSource::Edited { bytes, .. } => builder.commit_from_memory(bytes),
+        ModelSource::Shared { graph, .. } => {
+            shared(builder, graph).and_then(|mut b| b.commit_from_memory(&graph.bytes))
+        }
     }
     .map_err(|e| load_error(e.to_string()))?;
+    let graph = match source {
+        ModelSource::Shared { graph, .. } => Some(graph.bytes.clone()),
+        _ => None,
+    };
     let describe = |outlets: &[ort::value::Outlet]| outlets.iter().map(tensor_spec).collect::<Vec<_>>();
     let inputs = describe(session.inputs());
     let outputs = describe(session.outputs());
     tracing::info!(model = %model.display(), provider, "session ready");
-    Ok(ModelSession { session, provider, inputs, outputs })
+    Ok(ModelSession { session, provider, inputs, outputs, _graph: graph })
+}
+
+/// A builder that reads `graph` in place: already optimised (running the optimiser again
+/// would copy the weights it touches), weights pointing into the buffer, prepacked weights
+/// from the model's shared container.
+fn shared(builder: SessionBuilder, graph: &SharedGraph) -> ort::Result<SessionBuilder> {
+    builder
+        .with_optimization_level(GraphOptimizationLevel::Disable)
+        .map_err(Into::into)
+        .and_then(|b| b.with_config_entry("session.use_ort_model_bytes_directly", "1").map_err(Into::into))
+        .and_then(|b| b.with_config_entry("session.use_ort_model_bytes_for_initializers", "1").map_err(Into::into))
+        .and_then(|b| b.with_prepacked_weights(&graph.prepacked).map_err(Into::into))
 }
 
 /// A CPU session builder with graft's settings: full optimisation, the intra-op threads,

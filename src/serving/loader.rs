@@ -8,8 +8,8 @@ use ort::environment::Environment;
 
 use crate::onnx::expose_outputs;
 use crate::runtime::{
-    BatchExecutor, Batching, ImageOutputs, ModelRunner, ModelSession, ModelSource, OrtExecutor, RunnerConfig,
-    SessionOptions, TensorSpec, open_session,
+    BatchExecutor, Batching, Device, ImageOutputs, ModelRunner, ModelSession, ModelSource, OrtExecutor, RunnerConfig,
+    SessionOptions, SharedGraph, TensorSpec, open_session,
 };
 use crate::vision::Layout;
 use crate::zoo::{Labels, Manifest};
@@ -20,6 +20,9 @@ pub struct ModelRuntime {
     pub env: Environment,
     pub options: SessionOptions,
     pub batching: Batching,
+    /// On the CPU, optimise each model once and let all its sessions read that one graph
+    /// (one copy of the weights) instead of each optimising and holding its own.
+    pub share_weights: bool,
 }
 
 /// A model that answered its warm-up run and can serve.
@@ -139,10 +142,10 @@ impl SpatialShape {
 }
 
 /// Opens the model's sessions (one per instance), checks them against the manifest,
-/// warms each up at every batch size it will run, so no request pays for a first run,
-/// and starts the runner.
+/// warms each up with one image and with the largest batch, so no request pays for a
+/// first run, and starts the runner.
 pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<LoadedModel, String> {
-    let ModelRuntime { env, options, batching } = runtime;
+    let ModelRuntime { env, options, batching, share_weights } = runtime;
     if !manifest.file.is_file() {
         return Err(format!(
             "the model file {} is missing; run `graft models pull {}` to fetch it",
@@ -161,7 +164,7 @@ pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<Loa
             expose_outputs(&bytes, &tensors).map_err(|e| e.to_string())
         }),
     };
-    let source = match &edited {
+    let mut source = match &edited {
         Ok(bytes) => ModelSource::Edited { path: &manifest.file, bytes },
         Err(reason) => {
             tracing::warn!(model = %manifest.name, "serving without pooled features: {reason}");
@@ -170,6 +173,15 @@ pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<Loa
     };
     let instances = batching.instances_on(options.device);
     let (instance_options, whole_options) = options.for_instances(instances);
+    let shared = match *share_weights && options.device == Device::Cpu {
+        true => SharedGraph::optimise(env, source, &instance_options)
+            .inspect_err(|e| tracing::warn!(model = %manifest.name, "each session keeps its own weights: {e}"))
+            .ok(),
+        false => None,
+    };
+    if let Some(graph) = &shared {
+        source = ModelSource::Shared { path: &manifest.file, graph };
+    }
     let open = |options: &SessionOptions| open_session(env, source, options).map_err(|e| e.to_string());
     let mut sessions = (0..instances).map(|_| open(&instance_options)).collect::<Result<Vec<_>, _>>()?;
     let whole = whole_options.as_ref().map(open).transpose()?;
@@ -201,11 +213,14 @@ pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<Loa
     let image_len: usize = image_dims.iter().product();
     let mut features = edited.as_ref().map(|_| 0).map_err(Clone::clone);
     let mut spatial_dims = None;
-    // Every session runs every batch size once, before the runner takes requests, with
-    // every output (their shapes are learned here).
+    // Every session runs a lone image and the largest batch once, before the runner takes
+    // requests, with every output (their shapes are learned here). The sizes between cost a
+    // first run no more than a later one (no arena to grow by default), and warming each of
+    // them made a model's load — which a request may wait on — several times longer.
     let every_output = config.output_names.len();
+    let warm_up_batches: &[usize] = if max_batch_size > 1 { &[1, max_batch_size] } else { &[1] };
     for executor in executors.iter_mut().chain(whole.as_mut()) {
-        for batch in 1..=max_batch_size {
+        for &batch in warm_up_batches {
             let images = executor
                 .run(vec![0.0; image_len * batch], batch, every_output)
                 .map_err(|e| format!("warm-up failed: {e}"))?;

@@ -4,12 +4,14 @@
 
 mod follow;
 mod loader;
+mod memory;
 mod registry;
 mod trained;
 mod watch;
 
 pub use follow::{POLL_WITHOUT_NOTIFICATIONS, follow_trained_models};
 pub use loader::{ImageFeatures, LoadedModel, ModelRuntime, ServingLayout, SpatialShape, load_model};
-pub use registry::{ModelRegistry, ModelState, TrainedModelError, Unavailable};
-pub use trained::{Task, TrainedHead, TrainedModel};
+pub use memory::MemoryLimit;
+pub use registry::{MemoryPolicy, ModelMemory, ModelRegistry, ModelState, TrainedModelError, Unavailable};
+pub use trained::{Task, TrainedHead, TrainedModel, TunedBaseSlot};
 pub use watch::watch_models;

@@ -1,12 +1,15 @@
-//! The live registry: the configured models and their state (loading, ready with a warm
-//! session runner, or failed with the reason), the trained models served on them, and the
-//! ONNX Runtime settings every model loads with, given when the registry is made.
+//! The live registry: the configured models and their state (standby, loading, ready with a
+//! warm session runner, failed with the reason, or unloaded on request), the trained models
+//! served on them, and the memory they all take under `--max-model-memory`: models not pinned
+//! load on their first request, and the least recently used make room for a new one.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use super::loader::{LoadedModel, ModelRuntime, load_model};
+use super::memory::{FIRST_LOAD_ESTIMATE, Resident, make_room, retained_by};
 use super::trained::{TrainedHead, TrainedModel};
 use crate::runtime::{ModelSession, ModelSource, open_session};
 use crate::store::{BlobStore, TrainedModelRecord};
@@ -14,18 +17,22 @@ use crate::zoo::Manifest;
 
 #[derive(Clone)]
 pub enum ModelState {
+    /// Not in memory: it loads on its first request (not pinned, or unloaded to make room).
+    Standby,
     Loading,
     Ready(Arc<LoadedModel>),
     Failed(String),
-    /// Unloaded on request: its sessions are freed once the requests in flight end.
+    /// Unloaded on request: its sessions are freed once the requests in flight end, and it
+    /// stays unloaded until `POST /v1/models/{name}/load`.
     Unloaded,
 }
 
 impl ModelState {
-    pub const NAMES: [&'static str; 4] = ["loading", "ready", "failed", "unloaded"];
+    pub const NAMES: [&'static str; 5] = ["standby", "loading", "ready", "failed", "unloaded"];
 
     pub fn name(&self) -> &'static str {
         match self {
+            Self::Standby => "standby",
             Self::Loading => "loading",
             Self::Ready(_) => "ready",
             Self::Failed(_) => "failed",
@@ -45,15 +52,98 @@ pub enum Unavailable {
     Failed(String, String),
     #[error("model {0} is unloaded; POST /v1/models/{0}/load loads it")]
     Unloaded(String),
+    #[error("model {0} cannot load within the memory budget: {1}")]
+    NoMemory(String, String),
+}
+
+/// How models share memory: which stay loaded, the budget the others load under, and how
+/// long a request waits for a model to load.
+#[derive(Debug, Clone)]
+pub struct MemoryPolicy {
+    /// Bytes all loaded models together may take (`--max-model-memory`); none: no limit.
+    pub budget: Option<u64>,
+    /// Models loaded at start and never unloaded to make room; the others load on their
+    /// first request. `None`: every model (the default without a budget).
+    pub preload: Option<Vec<String>>,
+    /// How long a request waits for its model to load before a 503 with `Retry-After`.
+    pub load_wait: Duration,
+}
+
+impl Default for MemoryPolicy {
+    fn default() -> Self {
+        Self { budget: None, preload: None, load_wait: Duration::from_secs(30) }
+    }
+}
+
+/// A configured model's memory as `/v1/models` and the metrics show it.
+#[derive(utoipa::ToSchema, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ModelMemory {
+    /// Loaded at start and never unloaded to make room (`--preload`, manifest `preload`).
+    pub pinned: bool,
+    /// Bytes its sessions hold now (weights, prepacked weights, arenas when kept); 0 when
+    /// not loaded.
+    pub bytes: u64,
+    /// What its last load measured (or, before any, the estimate the budget plans with).
+    pub expected_bytes: u64,
+    /// Loads since the server started (reloads and loads after an unload included).
+    pub loads: u64,
+    /// Times it was unloaded to make room for another model.
+    pub evictions: u64,
+}
+
+struct Entry {
+    manifest: Arc<Manifest>,
+    state: ModelState,
+    pinned: bool,
+    /// Bytes its last load left allocated; kept while it is unloaded, to plan the next load.
+    measured: Option<u64>,
+    last_used: Instant,
+    loads: u64,
+    evictions: u64,
+}
+
+impl Entry {
+    fn expected_bytes(&self) -> u64 {
+        self.measured.unwrap_or_else(|| first_load_estimate(&self.manifest))
+    }
+
+    fn memory(&self) -> ModelMemory {
+        ModelMemory {
+            pinned: self.pinned,
+            bytes: if matches!(self.state, ModelState::Ready(_)) { self.expected_bytes() } else { 0 },
+            expected_bytes: self.expected_bytes(),
+            loads: self.loads,
+            evictions: self.evictions,
+        }
+    }
+}
+
+/// Whether `policy` keeps `manifest`'s model loaded: named by `--preload` (every model
+/// when it names none), or `preload = true` in the manifest.
+fn pins(policy: &MemoryPolicy, manifest: &Manifest) -> bool {
+    manifest.preload || policy.preload.as_ref().is_none_or(|names| names.contains(&manifest.name))
+}
+
+fn first_load_estimate(manifest: &Manifest) -> u64 {
+    let file = std::fs::metadata(&manifest.file).map_or(0, |m| m.len());
+    (file as f64 * FIRST_LOAD_ESTIMATE) as u64
 }
 
 pub struct ModelRegistry {
-    entries: RwLock<BTreeMap<String, (Arc<Manifest>, ModelState)>>,
+    entries: RwLock<BTreeMap<String, Entry>>,
     trained: RwLock<BTreeMap<String, Arc<TrainedModel>>>,
     /// How every model loads: the configured ones, tuned bases and the prefixes jobs open.
     runtime: ModelRuntime,
     /// Where `POST /v1/models/{name}/load` reads `{name}.toml` (none: only reloads).
     model_dir: Option<PathBuf>,
+    policy: MemoryPolicy,
+    /// One load at a time: each measures what it leaves allocated, makes room first, and
+    /// loads would only race for the cores.
+    loading: Mutex<()>,
+    /// Woken whenever a model's state changes, for the requests waiting on a load.
+    changed: tokio::sync::Notify,
+    /// Why the last load on demand of a model did not fit the budget, for its waiters.
+    refusals: Mutex<BTreeMap<String, String>>,
 }
 
 /// Why a trained model cannot serve.
@@ -77,21 +167,65 @@ fn record_state(name: &str, state: &ModelState) {
     }
 }
 
+/// `graft_model_memory_bytes{model}`: what a model (or a trained model's tuned base) holds.
+fn record_bytes(name: &str, bytes: u64) {
+    metrics::gauge!("graft_model_memory_bytes", "model" => name.to_owned()).set(bytes as f64);
+}
+
 impl ModelRegistry {
     /// Registers the models to serve, all in the loading state, to be loaded with `runtime`.
     pub fn new(manifests: impl IntoIterator<Item = Manifest>, runtime: ModelRuntime) -> Self {
         crate::telemetry::install();
-        let entries: BTreeMap<String, (Arc<Manifest>, ModelState)> =
-            manifests.into_iter().map(|m| (m.name.clone(), (Arc::new(m), ModelState::Loading))).collect();
+        let entries: BTreeMap<String, Entry> = manifests
+            .into_iter()
+            .map(|m| {
+                let entry = Entry {
+                    pinned: true,
+                    manifest: Arc::new(m),
+                    state: ModelState::Loading,
+                    measured: None,
+                    last_used: Instant::now(),
+                    loads: 0,
+                    evictions: 0,
+                };
+                (entry.manifest.name.clone(), entry)
+            })
+            .collect();
         for name in entries.keys() {
             record_state(name, &ModelState::Loading);
         }
-        Self { entries: RwLock::new(entries), trained: RwLock::default(), runtime, model_dir: None }
+        Self {
+            entries: RwLock::new(entries),
+            trained: RwLock::default(),
+            runtime,
+            model_dir: None,
+            policy: MemoryPolicy::default(),
+            loading: Mutex::new(()),
+            changed: tokio::sync::Notify::new(),
+            refusals: Mutex::default(),
+        }
     }
 
     /// The registry that loads new manifests from `dir` on request.
     pub fn with_model_dir(self, dir: PathBuf) -> Self {
         Self { model_dir: Some(dir), ..self }
+    }
+
+    /// The registry that keeps its models within `policy`: those it does not pin wait in
+    /// standby for their first request. Err names a `--preload` model that is not configured.
+    pub fn with_memory_policy(self, policy: MemoryPolicy) -> Result<Self, String> {
+        {
+            let mut entries = self.entries.write().expect("registry lock");
+            if let Some(names) = &policy.preload
+                && let Some(unknown) = names.iter().find(|n| !entries.contains_key(n.as_str()))
+            {
+                return Err(format!("--preload names {unknown}, which is not among the models served"));
+            }
+            for entry in entries.values_mut() {
+                entry.pinned = pins(&policy, &entry.manifest);
+            }
+        }
+        Ok(Self { policy, ..self })
     }
 
     /// The manifest to load `name` with: `{name}.toml` read afresh from the model folder
@@ -110,18 +244,29 @@ impl ModelRegistry {
     }
 
     pub fn get(&self, name: &str) -> Option<(Arc<Manifest>, ModelState)> {
-        self.entries.read().expect("registry lock").get(name).cloned()
+        self.entries.read().expect("registry lock").get(name).map(|e| (e.manifest.clone(), e.state.clone()))
     }
 
     pub fn list(&self) -> Vec<(Arc<Manifest>, ModelState)> {
-        self.entries.read().expect("registry lock").values().cloned().collect()
+        self.entries.read().expect("registry lock").values().map(|e| (e.manifest.clone(), e.state.clone())).collect()
+    }
+
+    /// The memory of the configured model `name`.
+    pub fn memory(&self, name: &str) -> Option<ModelMemory> {
+        self.entries.read().expect("registry lock").get(name).map(Entry::memory)
+    }
+
+    /// The `--max-model-memory` budget in bytes, if there is one.
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.policy.budget
     }
 
     pub fn set_state(&self, name: &str, state: ModelState) {
         if let Some(entry) = self.entries.write().expect("registry lock").get_mut(name) {
             record_state(name, &state);
-            entry.1 = state;
+            entry.state = state;
         }
+        self.changed.notify_waiters();
     }
 
     pub fn trained(&self, name: &str) -> Option<Arc<TrainedModel>> {
@@ -137,63 +282,252 @@ impl ModelRegistry {
     }
 
     pub fn remove_trained(&self, name: &str) -> Option<Arc<TrainedModel>> {
-        self.trained.write().expect("registry lock").remove(name)
+        let removed = self.trained.write().expect("registry lock").remove(name);
+        if removed.as_ref().is_some_and(|m| m.tuned_base.take().is_some()) {
+            record_bytes(&tuned_base_name(name), 0);
+        }
+        removed
     }
 
-    /// The loaded model `name`, or why it cannot be used.
+    /// The loaded model `name`, or why it cannot be used now (one in standby is not loaded:
+    /// `acquire` loads it).
     pub fn ready(&self, name: &str) -> Result<Arc<LoadedModel>, Unavailable> {
         match self.get(name) {
             None => Err(Unavailable::Unknown(name.to_owned())),
-            Some((_, ModelState::Loading)) => Err(Unavailable::Loading(name.to_owned())),
+            Some((_, ModelState::Loading | ModelState::Standby)) => Err(Unavailable::Loading(name.to_owned())),
             Some((_, ModelState::Failed(reason))) => Err(Unavailable::Failed(name.to_owned(), reason)),
             Some((_, ModelState::Unloaded)) => Err(Unavailable::Unloaded(name.to_owned())),
             Some((_, ModelState::Ready(model))) => Ok(model),
         }
     }
 
-    /// Ready when every registered model is ready, those unloaded on request aside.
+    /// The model `name` for a request: at once when it is loaded (it becomes the most
+    /// recently used), else once its load — started here when it is in standby — is done,
+    /// waiting at most the policy's `load_wait`.
+    pub async fn acquire(self: &Arc<Self>, name: &str) -> Result<Arc<LoadedModel>, Unavailable> {
+        let deadline = tokio::time::Instant::now() + self.policy.load_wait;
+        let mut waited_on_a_load = false;
+        loop {
+            // Registered before the state is read, so a change in between still wakes it.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(model) = self.touch_or_start_load(name, waited_on_a_load)? {
+                return Ok(model);
+            }
+            waited_on_a_load = true;
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(Unavailable::Loading(name.to_owned()));
+            }
+        }
+    }
+
+    /// A ready model, marked used now; `None` while it loads (its load started here when it
+    /// was in standby). A model back in standby after a load this request waited on did not
+    /// fit the budget: the reason is the answer.
+    fn touch_or_start_load(
+        self: &Arc<Self>,
+        name: &str,
+        waited_on_a_load: bool,
+    ) -> Result<Option<Arc<LoadedModel>>, Unavailable> {
+        let refusal = self.refusals.lock().expect("refusals lock").get(name).cloned();
+        if waited_on_a_load
+            && let Some(reason) = refusal
+            && matches!(self.get(name), Some((_, ModelState::Standby)))
+        {
+            return Err(Unavailable::NoMemory(name.to_owned(), reason));
+        }
+        let mut entries = self.entries.write().expect("registry lock");
+        let entry = entries.get_mut(name).ok_or_else(|| Unavailable::Unknown(name.to_owned()))?;
+        match &entry.state {
+            ModelState::Ready(model) => {
+                entry.last_used = Instant::now();
+                Ok(Some(model.clone()))
+            }
+            ModelState::Loading => Ok(None),
+            ModelState::Failed(reason) => Err(Unavailable::Failed(name.to_owned(), reason.clone())),
+            ModelState::Unloaded => Err(Unavailable::Unloaded(name.to_owned())),
+            ModelState::Standby => {
+                entry.state = ModelState::Loading;
+                record_state(name, &entry.state);
+                let (registry, manifest) = (self.clone(), (*entry.manifest).clone());
+                tokio::task::spawn_blocking(move || registry.load_on_demand(manifest));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Loads a model a request asked for; when it cannot fit, it goes back to standby and
+    /// the waiting requests get the reason.
+    fn load_on_demand(&self, manifest: Manifest) {
+        let name = manifest.name.clone();
+        if let Err(LoadRefusal::NoMemory(reason)) = self.load_within_budget(manifest) {
+            tracing::warn!(model = %name, "not loaded: {reason}");
+            if let Some(entry) = self.entries.write().expect("registry lock").get_mut(&name) {
+                entry.state = ModelState::Standby;
+                record_state(&name, &entry.state);
+            }
+            self.refusals.lock().expect("refusals lock").insert(name, reason);
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Ready when every registered model is ready, those unloaded on request or waiting in
+    /// standby for their first request aside.
     pub fn all_ready(&self) -> bool {
         self.entries
             .read()
             .expect("registry lock")
             .values()
-            .all(|(_, state)| matches!(state, ModelState::Ready(_) | ModelState::Unloaded))
+            .all(|e| matches!(e.state, ModelState::Ready(_) | ModelState::Unloaded | ModelState::Standby))
     }
 
     /// Loads (or reloads) `manifest`'s model, registering it when it is new. A model that is
     /// ready keeps serving while its new version loads, and is replaced only once that one
     /// is ready: a reload that fails leaves it serving. Any other model shows `loading`
-    /// meanwhile. Err is the reason the load failed.
+    /// meanwhile. Under a memory budget, the least recently used models that are not pinned
+    /// are unloaded first to make room. Err is the reason the load failed.
     pub fn load(&self, manifest: Manifest) -> Result<Arc<LoadedModel>, String> {
+        self.load_within_budget(manifest).map_err(|e| match e {
+            LoadRefusal::NoMemory(reason) | LoadRefusal::Failed(reason) => reason,
+        })
+    }
+
+    fn load_within_budget(&self, manifest: Manifest) -> Result<Arc<LoadedModel>, LoadRefusal> {
+        let _turn = self.loading.lock().expect("load lock");
         let name = manifest.name.clone();
         let manifest = Arc::new(manifest);
-        let serving = matches!(self.get(&name), Some((_, ModelState::Ready(_))));
-        if !serving {
-            self.entries.write().expect("registry lock").insert(name.clone(), (manifest.clone(), ModelState::Loading));
-            record_state(&name, &ModelState::Loading);
+        let (serving, expected, pinned) = {
+            let mut entries = self.entries.write().expect("registry lock");
+            let serving = entries.get(&name).is_some_and(|e| matches!(e.state, ModelState::Ready(_)));
+            let entry = entries.entry(name.clone()).or_insert_with(|| Entry {
+                pinned: pins(&self.policy, &manifest),
+                manifest: manifest.clone(),
+                state: ModelState::Loading,
+                measured: None,
+                last_used: Instant::now(),
+                loads: 0,
+                evictions: 0,
+            });
+            if !serving {
+                entry.state = ModelState::Loading;
+                record_state(&name, &entry.state);
+            }
+            let expected = entry.measured.unwrap_or_else(|| first_load_estimate(&manifest));
+            (serving, expected, entry.pinned)
+        };
+        self.changed.notify_waiters();
+        if let Err(reason) = self.make_room_for(&name, expected, true) {
+            if !pinned {
+                return Err(LoadRefusal::NoMemory(reason));
+            }
+            tracing::warn!(model = %name, "a pinned model loads over the memory budget: {reason}");
         }
-        let started = std::time::Instant::now();
-        let loaded = load_model(&self.runtime, manifest.clone());
+        self.refusals.lock().expect("refusals lock").remove(&name);
+        let started = Instant::now();
+        let (loaded, bytes) = retained_by(|| load_model(&self.runtime, manifest.clone()));
         metrics::gauge!("graft_model_load_seconds", "model" => name.clone()).set(started.elapsed().as_secs_f64());
-        match loaded {
+        let outcome = match loaded {
             Ok(model) => {
                 let model = Arc::new(model);
-                tracing::info!(model = %name, provider = model.provider, "model ready");
-                let state = ModelState::Ready(model.clone());
-                record_state(&name, &state);
-                self.entries.write().expect("registry lock").insert(name, (manifest, state));
-                Ok(model)
+                let bytes = bytes.unwrap_or(expected);
+                tracing::info!(model = %name, provider = model.provider, mb = bytes / 1_000_000, "model ready");
+                metrics::counter!("graft_model_loads_total", "model" => name.clone()).increment(1);
+                record_bytes(&name, bytes);
+                let mut entries = self.entries.write().expect("registry lock");
+                if let Some(entry) = entries.get_mut(&name) {
+                    entry.manifest = manifest;
+                    entry.state = ModelState::Ready(model.clone());
+                    entry.measured = Some(bytes);
+                    entry.last_used = Instant::now();
+                    entry.loads += 1;
+                    record_state(&name, &entry.state);
+                }
+                drop(entries);
+                // A first load is planned from the file's size; what it measured may not fit.
+                match self.make_room_for(&name, bytes, false) {
+                    Ok(()) => Ok(model),
+                    Err(reason) if pinned => {
+                        tracing::warn!(model = %name, "a pinned model is over the memory budget: {reason}");
+                        Ok(model)
+                    }
+                    Err(reason) => {
+                        if let Some(entry) = self.entries.write().expect("registry lock").get_mut(&name) {
+                            entry.state = ModelState::Standby;
+                            record_state(&name, &entry.state);
+                        }
+                        record_bytes(&name, 0);
+                        Err(LoadRefusal::NoMemory(reason))
+                    }
+                }
             }
             Err(reason) if serving => {
                 tracing::error!(model = %name, "reload refused, the loaded version keeps serving: {reason}");
-                Err(reason)
+                Err(LoadRefusal::Failed(reason))
             }
             Err(reason) => {
                 tracing::error!(model = %name, "model refused: {reason}");
                 self.set_state(&name, ModelState::Failed(reason.clone()));
-                Err(reason)
+                Err(LoadRefusal::Failed(reason))
             }
+        };
+        self.changed.notify_waiters();
+        outcome
+    }
+
+    /// Unloads the least recently used models that are not pinned (tuned bases included)
+    /// until `needed` more bytes for `loading` fit the budget. Err when even that is not
+    /// enough. `loading` itself stays; its loaded version counts only when `count_itself`
+    /// (before a reload, the old version serves until the new one is ready).
+    fn make_room_for(&self, loading: &str, needed: u64, count_itself: bool) -> Result<(), String> {
+        let Some(budget) = self.policy.budget else { return Ok(()) };
+        let mut residents = self.residents(loading);
+        if !count_itself {
+            residents.retain(|r| r.name != loading);
         }
+        let victims = make_room(&residents, needed, budget)?;
+        for victim in victims {
+            tracing::info!(model = %victim, loading, "unloaded to make room within --max-model-memory");
+            self.evict(&victim);
+        }
+        Ok(())
+    }
+
+    /// Everything that holds model memory now, `loading` aside (a reload's old version counts).
+    fn residents(&self, loading: &str) -> Vec<Resident> {
+        let entries = self.entries.read().expect("registry lock");
+        let configured = entries.iter().filter(|(_, e)| matches!(e.state, ModelState::Ready(_))).map(|(name, e)| {
+            Resident {
+                name: name.clone(),
+                bytes: e.expected_bytes(),
+                last_used: e.last_used,
+                // A reload's old version serves until the new one is ready: it cannot go.
+                pinned: e.pinned || name == loading,
+            }
+        });
+        let trained = self.trained.read().expect("registry lock");
+        let tuned = trained.iter().filter_map(|(name, model)| {
+            let (bytes, last_used) = model.tuned_base.resident()?;
+            Some(Resident { name: tuned_base_name(name), bytes, last_used, pinned: false })
+        });
+        configured.chain(tuned).collect()
+    }
+
+    /// Unloads `resident` (a configured model, or `{model}.tuned-base`) to make room: a
+    /// configured one goes to standby and loads again on its next request.
+    fn evict(&self, resident: &str) {
+        if let Some(model) = resident.strip_suffix(TUNED_BASE_SUFFIX) {
+            if let Some(trained) = self.trained(model) {
+                trained.tuned_base.take();
+            }
+        } else if let Some(entry) = self.entries.write().expect("registry lock").get_mut(resident) {
+            entry.state = ModelState::Standby;
+            entry.evictions += 1;
+            record_state(resident, &entry.state);
+        }
+        record_bytes(resident, 0);
+        metrics::counter!("graft_model_evictions_total", "model" => resident.to_owned()).increment(1);
+        self.changed.notify_waiters();
     }
 
     /// Unloads the configured model `name`: new requests get 503, the requests in flight
@@ -201,33 +535,31 @@ impl ModelRegistry {
     /// is configured.
     pub fn unload(&self, name: &str) -> bool {
         let unloaded = match self.entries.write().expect("registry lock").get_mut(name) {
-            Some(entry) => std::mem::replace(&mut entry.1, ModelState::Unloaded),
+            Some(entry) => std::mem::replace(&mut entry.state, ModelState::Unloaded),
             None => return false,
         };
         record_state(name, &ModelState::Unloaded);
+        record_bytes(name, 0);
         drop(unloaded);
+        self.changed.notify_waiters();
         tracing::info!(model = %name, "model unloaded");
         true
     }
 
-    /// Loads every registered model in turn, recording each outcome.
+    /// Loads every pinned model in turn, recording each outcome; the others wait in standby
+    /// for their first request.
     pub fn load_all(&self) {
+        if let Some(budget) = self.policy.budget {
+            metrics::gauge!("graft_model_memory_budget_bytes").set(budget as f64);
+        }
         for (manifest, _) in self.list() {
-            let started = std::time::Instant::now();
-            let loaded = load_model(&self.runtime, manifest.clone());
-            metrics::gauge!("graft_model_load_seconds", "model" => manifest.name.clone())
-                .set(started.elapsed().as_secs_f64());
-            let state = match loaded {
-                Ok(model) => {
-                    tracing::info!(model = %manifest.name, provider = model.provider, "model ready");
-                    ModelState::Ready(Arc::new(model))
-                }
-                Err(reason) => {
-                    tracing::error!(model = %manifest.name, "model refused: {reason}");
-                    ModelState::Failed(reason)
-                }
-            };
-            self.set_state(&manifest.name, state);
+            let pinned = self.memory(&manifest.name).is_some_and(|m| m.pinned);
+            if pinned {
+                let _ = self.load((*manifest).clone());
+            } else {
+                record_bytes(&manifest.name, 0);
+                self.set_state(&manifest.name, ModelState::Standby);
+            }
         }
     }
 
@@ -256,12 +588,18 @@ impl ModelRegistry {
         let manifest = Manifest { name: name.to_owned(), file, sha256, url: None, ..base.clone() };
         load_model(&self.runtime, Arc::new(manifest))
     }
+}
 
-    /// Loads `file`, a tuned copy of the base `base`, as the base the trained model `name`
-    /// is served on.
-    pub fn load_tuned_base(&self, base: &Manifest, name: &str, file: PathBuf) -> Result<LoadedModel, String> {
-        self.load_variant(base, &format!("{name}.tuned-base"), file, None)
-    }
+/// A trained model's tuned base is budgeted as `{model}.tuned-base`.
+const TUNED_BASE_SUFFIX: &str = ".tuned-base";
+
+fn tuned_base_name(model: &str) -> String {
+    format!("{model}{TUNED_BASE_SUFFIX}")
+}
+
+enum LoadRefusal {
+    NoMemory(String),
+    Failed(String),
 }
 
 impl ModelRegistry {
@@ -284,7 +622,8 @@ impl ModelRegistry {
     }
 
     /// The tuned copy of the base `model` was trained with (blob `key`), loaded off the async
-    /// runtime on its first request and kept with the model.
+    /// runtime on its first request (and after it was unloaded to make room), within the
+    /// memory budget like any model.
     pub async fn tuned_base(
         self: &Arc<Self>,
         model: &TrainedModel,
@@ -292,15 +631,32 @@ impl ModelRegistry {
         key: &str,
     ) -> Result<Arc<LoadedModel>, TrainedModelError> {
         let load = || async {
-            let base = self.ready(&model.record.base_model)?;
+            // The tuned copy stands in for the base: only the base's manifest is needed.
+            let (base, _) = self
+                .get(&model.record.base_model)
+                .ok_or_else(|| Unavailable::Unknown(model.record.base_model.clone()))?;
             let path = blobs.local_path(key).map_err(|e| TrainedModelError::TunedBase(e.to_string()))?;
             let (registry, name) = (self.clone(), model.record.name.clone());
-            tokio::task::spawn_blocking(move || registry.load_tuned_base(&base.manifest, &name, path))
+            tokio::task::spawn_blocking(move || registry.load_tuned_base(&base, &name, path))
                 .await
                 .map_err(|e| TrainedModelError::TunedBase(e.to_string()))?
-                .map(Arc::new)
                 .map_err(TrainedModelError::TunedBase)
         };
-        model.tuned_base.get_or_try_init(load).await.cloned()
+        model.tuned_base.get_or_load(load).await
+    }
+
+    /// Loads `file`, a tuned copy of the base `base`, as the base the trained model `name`
+    /// is served on, after making room for it; returns it with the bytes it took.
+    fn load_tuned_base(&self, base: &Manifest, name: &str, file: PathBuf) -> Result<(Arc<LoadedModel>, u64), String> {
+        let _turn = self.loading.lock().expect("load lock");
+        let resident = tuned_base_name(name);
+        let manifest = Manifest { name: resident.clone(), file, sha256: None, url: None, ..base.clone() };
+        self.make_room_for(&resident, first_load_estimate(&manifest), true)?;
+        let (loaded, bytes) = retained_by(|| load_model(&self.runtime, Arc::new(manifest.clone())));
+        let bytes = bytes.unwrap_or_else(|| first_load_estimate(&manifest));
+        let model = Arc::new(loaded?);
+        record_bytes(&resident, bytes);
+        metrics::counter!("graft_model_loads_total", "model" => resident).increment(1);
+        Ok((model, bytes))
     }
 }

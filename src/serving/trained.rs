@@ -2,8 +2,10 @@
 //! serves, and loading both from the blob store on first use — the head when a model trained
 //! elsewhere is first asked for, the tuned copy of its base on its first request.
 
+use std::future::Future;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -50,19 +52,71 @@ pub struct TrainedModel {
     pub record: TrainedModelRecord,
     pub head: TrainedHead,
     /// The tuned copy of the base (`record.tuned_base_blob`), loaded on the model's first
-    /// request, once, so that listing models or training them loads no extra session.
-    pub tuned_base: tokio::sync::OnceCell<Arc<LoadedModel>>,
+    /// request, so that listing models or training them loads no extra session.
+    pub tuned_base: TunedBaseSlot,
 }
 
 impl TrainedModel {
     pub fn new(record: TrainedModelRecord, head: TrainedHead) -> Self {
-        Self { record, head, tuned_base: tokio::sync::OnceCell::new() }
+        Self { record, head, tuned_base: TunedBaseSlot::default() }
     }
 
     /// How images reach the base's input for this model: the base's own way (`base`), or
     /// the geometry the job trained with (a localizer sees the whole image).
     pub fn preprocessing(&self, base: &Preprocessing) -> Preprocessing {
         self.record.geometry.as_deref().and_then(Geometry::parse).unwrap_or_default().apply(base)
+    }
+}
+
+/// Where a trained model keeps its tuned base while loaded: loaded once by the first request
+/// that needs it (the others wait for that load), and emptied to make room for other models.
+#[derive(Default)]
+pub struct TunedBaseSlot {
+    loaded: Mutex<Option<Loaded>>,
+    /// Held by the one load in progress.
+    loading: tokio::sync::Mutex<()>,
+}
+
+struct Loaded {
+    model: Arc<LoadedModel>,
+    bytes: u64,
+    last_used: Instant,
+}
+
+impl TunedBaseSlot {
+    /// The loaded base, marked used now; or the one `load` returns (with its bytes), kept.
+    pub async fn get_or_load<E, F: Future<Output = Result<(Arc<LoadedModel>, u64), E>>>(
+        &self,
+        load: impl FnOnce() -> F,
+    ) -> Result<Arc<LoadedModel>, E> {
+        if let Some(model) = self.touch() {
+            return Ok(model);
+        }
+        let _turn = self.loading.lock().await;
+        if let Some(model) = self.touch() {
+            return Ok(model);
+        }
+        let (model, bytes) = load().await?;
+        *self.loaded.lock().expect("tuned base lock") =
+            Some(Loaded { model: model.clone(), bytes, last_used: Instant::now() });
+        Ok(model)
+    }
+
+    fn touch(&self) -> Option<Arc<LoadedModel>> {
+        let mut loaded = self.loaded.lock().expect("tuned base lock");
+        let loaded = loaded.as_mut()?;
+        loaded.last_used = Instant::now();
+        Some(loaded.model.clone())
+    }
+
+    /// Its bytes and last use while it is loaded.
+    pub fn resident(&self) -> Option<(u64, Instant)> {
+        self.loaded.lock().expect("tuned base lock").as_ref().map(|l| (l.bytes, l.last_used))
+    }
+
+    /// Empties the slot; the sessions go with the last request that holds them.
+    pub fn take(&self) -> Option<Arc<LoadedModel>> {
+        self.loaded.lock().expect("tuned base lock").take().map(|l| l.model)
     }
 }
 

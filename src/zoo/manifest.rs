@@ -41,6 +41,9 @@ pub struct Manifest {
     pub cut_points: Vec<String>,
     /// `[quantization]`: an INT8 model's provenance and measured cost (`graft models quantize`).
     pub quantization: Option<Quantization>,
+    /// `preload = true`: loaded at start and never unloaded to make room under
+    /// `--max-model-memory`, whatever `--preload` names.
+    pub preload: bool,
 }
 
 /// How an INT8 (QDQ) model was made from its FP32 source, and what it measured.
@@ -102,6 +105,8 @@ struct RawManifest {
     output: RawOutput,
     tune: Option<RawTune>,
     quantization: Option<Quantization>,
+    #[serde(default)]
+    preload: bool,
 }
 
 #[derive(Deserialize)]
@@ -296,6 +301,7 @@ impl Manifest {
             spatial_features,
             cut_points,
             quantization: raw.quantization,
+            preload: raw.preload,
         })
     }
 }

@@ -37,7 +37,7 @@ pub fn json(path: &Path) -> serde_json::Value {
 /// The ONNX Runtime environment, from ORT_DYLIB_PATH (set by .cargo/config.toml).
 /// ONNX Runtime on the CPU with these session and batching settings.
 pub fn model_runtime(options: SessionOptions, batching: graft::runtime::Batching) -> ModelRuntime {
-    ModelRuntime { env: runtime(), options, batching }
+    ModelRuntime { env: runtime(), options, batching, share_weights: true }
 }
 
 pub fn runtime() -> ort::environment::Environment {
@@ -74,6 +74,16 @@ pub async fn start_server_on(
     data_dir: Arc<tempfile::TempDir>,
 ) -> TestServer {
     let registry = loaded_registry(model_dir, &limits).await;
+    serve_registry(registry, limits, database_url, data_dir).await
+}
+
+/// Serves `registry` (loaded as the caller wants) as [`start_server_on`] does.
+pub async fn serve_registry(
+    registry: Arc<ModelRegistry>,
+    limits: Limits,
+    database_url: &str,
+    data_dir: Arc<tempfile::TempDir>,
+) -> TestServer {
     let state = AppState {
         registry: registry.clone(),
         limits,
@@ -91,7 +101,7 @@ pub async fn start_server_on(
 /// Every manifest in `model_dir`, loaded and warmed up.
 pub async fn loaded_registry(model_dir: &Path, limits: &Limits) -> Arc<ModelRegistry> {
     let env = runtime();
-    let runtime = ModelRuntime { env, options: cpu(), batching: limits.batching() };
+    let runtime = ModelRuntime { env, options: cpu(), batching: limits.batching(), share_weights: true };
     let registry =
         Arc::new(ModelRegistry::new(load_manifest_dir(model_dir).unwrap(), runtime).with_model_dir(model_dir.into()));
     let loading = registry.clone();

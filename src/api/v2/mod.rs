@@ -24,7 +24,7 @@ use super::AppState;
 use super::classify::{Target, resolve};
 use super::problem::ProblemType;
 use crate::error::Error;
-use crate::serving::TrainedHead;
+use crate::serving::{ModelState, TrainedHead};
 use crate::vision::Layout;
 use crate::zoo::Manifest;
 use protocol::{
@@ -123,11 +123,15 @@ pub async fn model_version_metadata(
 #[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "v2",
     params(("model" = String, Path, description = "A pretrained or trained model")),
     responses(
-        (status = 200, description = "The model serves", body = ModelReady),
+        (status = 200, description = "The model serves (one in standby under `--max-model-memory` too: it loads on its first inference)", body = ModelReady),
         (status = 404, description = "No model has this name (or, under `/versions/{version}`, no such version)", body = ErrorResponse),
         (status = 503, description = "The model is loading, failed or unloaded", body = ModelReady),
     ))]
 pub async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, Error> {
+    // Asking is no reason to load it (and unload another to make room).
+    if let Some((_, ModelState::Standby)) = state.registry.get(&name) {
+        return Ok(Json(ModelReady { name, ready: true }).into_response());
+    }
     match resolve(&state, &name).await {
         Ok(_) => Ok(Json(ModelReady { name, ready: true }).into_response()),
         Err(Error::UnknownModel(name)) => Err(Error::UnknownModel(name)),

@@ -23,7 +23,7 @@ pub async fn measure(
     image: &[u8],
     (concurrency, requests): (usize, usize),
 ) -> anyhow::Result<LoadResult> {
-    let runtime = ModelRuntime { env: env.clone(), options, batching };
+    let runtime = ModelRuntime { env: env.clone(), options, batching, share_weights: true };
     let manifest = Arc::new(manifest.clone());
     let model = tokio::task::spawn_blocking(move || load_model(&runtime, manifest))
         .await?
