@@ -172,8 +172,9 @@ bench-int8: release models fixtures .venv-bench/.installed
 	target/release/graft-bench serving --model $(BENCH_MODEL) --precision int8 --python .venv-bench/bin/python $(BENCH_ARGS)
 
 ## Memory of a server with EfficientNet-Lite0 and the Keras ResNet-50 and Xception (make
-## keras-models), layout by layout: idle RSS, c=8 throughput, RSS after load and after 51
-## unload/load cycles. About 6 minutes on 2 cores.
+## keras-models), layout by layout: idle RSS and what each model holds, c=8 throughput, RSS
+## after load and after 51 unload/load cycles; then round-robin requests under a
+## --max-model-memory of 60 % of the default's idle RSS. About 10 minutes on 2 cores.
 bench-memory: release models
 	$(PYTHON) bench/memory.py --graft target/release/graft --models models $(BENCH_ARGS)
 

@@ -179,6 +179,8 @@ def main():
                     # jemalloc hands freed pages back within about a second; RSS is read after that.
                     time.sleep(3)
                     idle = rss_mb(server.pid)
+                    held = {m["name"]: m.get("memory", {}).get("bytes", 0) / 1e6
+                            for m in get_json(port, "/v1/models")["models"]}
                     speeds = {name: throughput(port, name, image, args.seconds) for name in names}
                     time.sleep(3)
                     loaded = rss_mb(server.pid)
@@ -195,7 +197,9 @@ def main():
                         churn = (before, rss_mb(server.pid))
                     rows.append((layout, idle, speeds, loaded, churn))
                     speed_text = ", ".join(f"{n} {s:.1f}/s" for n, s in speeds.items())
-                    print(f"{layout}: idle {idle:.0f} MB ({idle * 1048576 / files:.2f}× files), {speed_text}, "
+                    held_text = ", ".join(f"{n} {held.get(n, 0):.0f}" for n in names)
+                    print(f"{layout}: idle {idle:.0f} MB ({idle * 1048576 / files:.2f}× files; the models hold "
+                          f"{held_text} MB), {speed_text}, "
                           f"after load {loaded:.0f} MB" + (f", after {args.cycles} unload/load cycles "
                           f"{churn[1]:.0f} MB ({(churn[1] / churn[0] - 1) * 100:+.1f} %)" if churn else ""), flush=True)
                 finally:

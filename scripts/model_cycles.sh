@@ -2,7 +2,7 @@
 # Loads and unloads MODEL CYCLES times on a fresh `graft serve` (over its HTTP API) and prints
 # the server's RSS after start-up and after every unload and load, then the growth of the
 # last loaded and unloaded RSS over the first ones. Each unload is read after SETTLE seconds
-# (11 by default): jemalloc hands freed pages back to the system over about ten seconds, so
+# (11 by default): jemalloc hands freed pages back to the system within about a second, so
 # an RSS read at once still counts memory the process no longer uses.
 #   scripts/model_cycles.sh efficientnet_lite0 10
 set -euo pipefail
