@@ -238,6 +238,12 @@ async fn sessions_of_a_model_share_one_copy_of_its_weights() {
     assert!(shared_extra < file / 2, "a second shared session took {shared_extra} bytes (file: {file})");
     assert!(copies_extra > file * 4 / 5, "a second session with its own weights took {copies_extra} bytes");
     assert!((bytes(&shared_one) as i64) < file * 5 / 2, "one shared session: {} bytes", bytes(&shared_one));
+    // The shared graph is the model's weights, once: about the file (optimised, with the
+    // CPU's blocked layouts), and part of what the model holds.
+    let weights = shared_two.memory("efficientnet_lite0").unwrap().shared_weights_bytes.expect("shared") as i64;
+    assert!((file * 4 / 5..file * 3 / 2).contains(&weights), "shared graph {weights} bytes, file {file}");
+    assert!(weights < bytes(&shared_two) as i64);
+    assert_eq!(copies_two.memory("efficientnet_lite0").unwrap().shared_weights_bytes, None);
 
     // Same answers either way.
     let (a, b) = (serve(shared_two).await, serve(copies_two).await);

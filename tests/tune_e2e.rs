@@ -176,6 +176,12 @@ async fn tuning_the_top_block_learns_what_the_frozen_base_cannot() {
     let model: Value =
         client().get(format!("{url}/v1/models/tinted-tuned")).send().await.unwrap().json().await.unwrap();
     assert_eq!(model["tuned_base"], true, "{model}");
+    // Its tuned base, loaded by the first request, is memory the budget counts.
+    let tuned_bytes = model["tuned_base_bytes"].as_u64().expect("the tuned base is loaded");
+    assert!(tuned_bytes > 0, "{model}");
+    let metrics = client().get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let gauge = format!("graft_model_memory_bytes{{model=\"tinted-tuned.tuned-base\"}} {tuned_bytes}");
+    assert!(metrics.contains(&gauge), "no `{gauge}` in the metrics");
     // A server that did not train it (here: one that forgot it) loads the tuned base from the
     // database and the blob store, and answers the same.
     let before = scores(url, "tinted-tuned", &fresh[0].0).await;

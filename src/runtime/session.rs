@@ -123,6 +123,11 @@ pub struct SharedGraph {
 }
 
 impl SharedGraph {
+    /// The size of the optimised graph, weights included: what the sessions share.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
     /// Optimises `source` as graft's sessions do (`options`) and keeps the result.
     pub fn optimise(
         env: &Environment,

@@ -39,6 +39,9 @@ pub struct LoadedModel {
     /// The grid of the spatial feature map (manifest `spatial_features`), or why there is none.
     pub spatial: Result<SpatialShape, String>,
     pub sessions: ServingLayout,
+    /// The bytes of the optimised graph all its sessions read their weights from, when they
+    /// share one (`--share-weights`, on the CPU).
+    pub shared_weights_bytes: Option<u64>,
 }
 
 /// How a model's sessions run: `instances` side by side with `threads_each` ONNX Runtime
@@ -251,7 +254,18 @@ pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<Loa
     if let (Some(map), Err(reason)) = (&manifest.spatial_features, &spatial) {
         tracing::warn!(model = %manifest.name, tensor = %map.tensor, "no spatial features: {reason}");
     }
-    Ok(LoadedModel { manifest, labels, runner, provider, inputs, outputs, features, spatial, sessions: layout })
+    Ok(LoadedModel {
+        manifest,
+        labels,
+        runner,
+        provider,
+        inputs,
+        outputs,
+        features,
+        spatial,
+        sessions: layout,
+        shared_weights_bytes: shared.as_ref().map(SharedGraph::bytes),
+    })
 }
 
 /// Compares the session's graph inputs/outputs with the manifest. Returns the

@@ -83,6 +83,11 @@ pub struct ModelMemory {
     /// Bytes its sessions hold now (weights, prepacked weights, arenas when kept); 0 when
     /// not loaded.
     pub bytes: u64,
+    /// Of `bytes`, the optimised graph with the weights that all its sessions share (absent
+    /// when not loaded, or when each session holds its own copy); the rest is per session:
+    /// prepacked weights, kernels, and the arena when `--ort-arena` keeps one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_weights_bytes: Option<u64>,
     /// What its last load measured (or, before any, the estimate the budget plans with).
     pub expected_bytes: u64,
     /// Loads since the server started (reloads and loads after an unload included).
@@ -108,9 +113,14 @@ impl Entry {
     }
 
     fn memory(&self) -> ModelMemory {
+        let loaded = match &self.state {
+            ModelState::Ready(model) => Some(model),
+            _ => None,
+        };
         ModelMemory {
             pinned: self.pinned,
-            bytes: if matches!(self.state, ModelState::Ready(_)) { self.expected_bytes() } else { 0 },
+            bytes: if loaded.is_some() { self.expected_bytes() } else { 0 },
+            shared_weights_bytes: loaded.and_then(|m| m.shared_weights_bytes),
             expected_bytes: self.expected_bytes(),
             loads: self.loads,
             evictions: self.evictions,
