@@ -268,3 +268,27 @@ async fn sessions_of_a_model_share_one_copy_of_its_weights() {
         assert!((x["score"].as_f64().unwrap() - y["score"].as_f64().unwrap()).abs() < 1e-4, "{x} vs {y}");
     }
 }
+
+/// A request waits for its model's load at most `load_wait`: past it, 503 `model-loading`
+/// with Retry-After, while the load goes on and serves the next request.
+#[tokio::test]
+async fn a_load_longer_than_the_wait_is_a_503_and_the_load_goes_on() {
+    let dir = three_models();
+    // No model loads in a millisecond (each is opened, checked and warmed up).
+    let policy = MemoryPolicy { budget: None, preload: Some(vec![]), load_wait: Duration::from_millis(1) };
+    let (registry, server) = serve_under(dir.path(), policy).await;
+    let client = reqwest::Client::new();
+    let first = classify(&client, &server.url, "alpha").await;
+    assert_eq!(first.status(), 503);
+    assert_eq!(first.headers()["retry-after"], "1");
+    let problem: Value = first.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:graft:problem:model-loading");
+    // The load started by that request finishes on its own; the model then answers at once.
+    let started = std::time::Instant::now();
+    while registry.memory("alpha").unwrap().loads == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "alpha never finished loading");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(classify(&client, &server.url, "alpha").await.status(), 200);
+    assert_eq!(registry.memory("alpha").unwrap().loads, 1, "one load, not one per request");
+}

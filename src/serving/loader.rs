@@ -167,6 +167,9 @@ pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<Loa
             expose_outputs(&bytes, &tensors).map_err(|e| e.to_string())
         }),
     };
+    // Whether the feature tensors are outputs, kept apart from the edited bytes, which go
+    // as soon as a shared graph holds the model.
+    let exposed: Result<(), String> = edited.as_ref().map(drop).map_err(Clone::clone);
     let mut source = match &edited {
         Ok(bytes) => ModelSource::Edited { path: &manifest.file, bytes },
         Err(reason) => {
@@ -184,6 +187,7 @@ pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<Loa
     };
     if let Some(graph) = &shared {
         source = ModelSource::Shared { path: &manifest.file, graph };
+        drop(edited);
     }
     let open = |options: &SessionOptions| open_session(env, source, options).map_err(|e| e.to_string());
     let mut sessions = (0..instances).map(|_| open(&instance_options)).collect::<Result<Vec<_>, _>>()?;
@@ -199,7 +203,7 @@ pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<Loa
     let provider = sessions[0].provider;
     let (inputs, outputs) = (sessions[0].inputs.clone(), sessions[0].outputs.clone());
     let mut output_names = vec![manifest.output_name.clone()];
-    if edited.is_ok() {
+    if exposed.is_ok() {
         output_names.extend(manifest.features.clone());
         output_names.extend(spatial_tensor.map(str::to_owned));
     }
@@ -214,7 +218,7 @@ pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<Loa
     let mut executors: Vec<_> = sessions.drain(..).map(|session| OrtExecutor::new(session, &config)).collect();
     let mut whole = whole.map(|session| OrtExecutor::new(session, &config));
     let image_len: usize = image_dims.iter().product();
-    let mut features = edited.as_ref().map(|_| 0).map_err(Clone::clone);
+    let mut features = exposed.as_ref().map(|()| 0).map_err(Clone::clone);
     let mut spatial_dims = None;
     // Every session runs a lone image and the largest batch once, before the runner takes
     // requests, with every output (their shapes are learned here). The sizes between cost a
