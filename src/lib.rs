@@ -125,7 +125,8 @@ impl Engine {
         })
     }
 
-    /// Loads and warms every model, on a blocking thread.
+    /// Loads and warms every pinned model (every model without --max-model-memory), on a
+    /// blocking thread.
     async fn load_models(&self) {
         let registry = self.registry.clone();
         let _ = tokio::task::spawn_blocking(move || registry.load_all()).await;

@@ -199,6 +199,13 @@ async fn a_pinned_model_stays_and_a_model_that_cannot_fit_beside_it_is_refused()
     assert_eq!(classify(&client, &server.url, "beta").await.status(), 503);
     let beta = registry.memory("beta").unwrap();
     assert_eq!((beta.loads, beta.bytes), (1, 0));
+    // Asked for by name, it is refused the same way and stays in standby (not loading for
+    // good): the server stays ready.
+    let load = client.post(format!("{}/v1/models/beta/load", server.url)).send().await.unwrap();
+    assert_eq!(load.status(), 422);
+    assert!(load.text().await.unwrap().contains("pinned"));
+    assert_eq!(server.registry.get("beta").unwrap().1.name(), "standby");
+    assert_eq!(client.get(format!("{}/readyz", server.url)).send().await.unwrap().status(), 200);
 }
 
 /// Every session of a model reads one optimised copy of its weights: with the real

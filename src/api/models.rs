@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::runtime::TensorSpec;
 use crate::serving::{
     LoadedModel, ModelMemory, ModelState, ServingLayout, SpatialShape, TrainedHead, TrainedModel, TrainedModelError,
+    Unavailable,
 };
 use crate::store::TrainedModelRecord;
 use crate::train::LocalizeHeadKind;
@@ -153,8 +154,16 @@ async fn cached_or_load(state: &AppState, record: TrainedModelRecord) -> Result<
 }
 
 /// The tuned copy of the base a model was trained with, loaded on its first request.
-pub(super) async fn tuned_base(state: &AppState, model: &TrainedModel, key: &str) -> Result<Arc<LoadedModel>, Error> {
+pub(super) async fn tuned_base(
+    state: &AppState,
+    model: &Arc<TrainedModel>,
+    key: &str,
+) -> Result<Arc<LoadedModel>, Error> {
     state.registry.tuned_base(model, &state.blobs, key).await.map_err(|e| match e {
+        TrainedModelError::NoMemory(reason) => Error::ModelNoMemory { name: model.record.name.clone(), reason },
+        TrainedModelError::BaseUnavailable(Unavailable::Loading(_)) => {
+            Error::ModelLoading { name: model.record.name.clone() }
+        }
         TrainedModelError::BaseUnavailable(_) | TrainedModelError::TunedBase(_) => {
             Error::ModelFailed { name: model.record.name.clone(), reason: e.to_string() }
         }

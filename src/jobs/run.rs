@@ -139,6 +139,10 @@ async fn heartbeat(
     }
 }
 
+/// How long a job waits for its base to load (under `--max-model-memory` it may be in
+/// standby): longer than a request, which answers 503 instead.
+const BASE_LOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle) -> Result<Trained, Failure> {
     let failed = |reason: String| Failure::Failed(reason);
     let db = |reason: crate::store::StoreError| Failure::Failed(reason.to_string());
@@ -148,7 +152,9 @@ fn execute(ctx: &JobContext, job: &JobRecord, control: &Control, handle: &Handle
         .map_err(db)?
         .ok_or_else(|| failed("the dataset was deleted".into()))?;
     let items = handle.block_on(ctx.db.dataset_items(&job.dataset_id)).map_err(db)?;
-    let model = handle.block_on(ctx.registry.acquire(&job.base_model)).map_err(|e| failed(format!("base {e}")))?;
+    let model = handle
+        .block_on(ctx.registry.acquire_waiting(&job.base_model, BASE_LOAD_WAIT))
+        .map_err(|e| failed(format!("base {e}")))?;
     let splits = Splits::of(&items);
     if splits.train.is_empty() {
         return Err(failed("the dataset's train split is empty".into()));

@@ -57,7 +57,9 @@ pub struct ModelSession {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     /// The serialised graph a shared session reads its weights from in place. Declared
-    /// after `session`, so it is dropped after it: ONNX Runtime holds pointers into it.
+    /// after `session`, so it is dropped after it: ONNX Runtime holds pointers into it. For
+    /// the same reason neither the session nor a value it returns may outlive this struct:
+    /// callers copy outputs out (`OrtExecutor` does) and never clone the session's handle.
     _graph: Option<Arc<[u8]>>,
 }
 

@@ -221,13 +221,17 @@ pub fn load_model(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<Loa
     let mut features = exposed.as_ref().map(|()| 0).map_err(Clone::clone);
     let mut spatial_dims = None;
     // Every session runs a lone image and the largest batch once, before the runner takes
-    // requests, with every output (their shapes are learned here). The sizes between cost a
-    // first run no more than a later one (no arena to grow by default), and warming each of
-    // them made a model's load — which a request may wait on — several times longer.
+    // requests, with every output (their shapes are learned here). On the CPU the sizes
+    // between cost a first run no more than a later one (no arena to grow by default), and
+    // warming each of them made a model's load — which a request may wait on — several times
+    // longer; on a GPU, cuDNN picks its algorithms per shape on the first run: every size.
     let every_output = config.output_names.len();
-    let warm_up_batches: &[usize] = if max_batch_size > 1 { &[1, max_batch_size] } else { &[1] };
+    let warm_up_batches: Vec<usize> = match options.device {
+        Device::Cpu if max_batch_size > 1 => vec![1, max_batch_size],
+        _ => (1..=max_batch_size).collect(),
+    };
     for executor in executors.iter_mut().chain(whole.as_mut()) {
-        for &batch in warm_up_batches {
+        for &batch in &warm_up_batches {
             let images = executor
                 .run(vec![0.0; image_len * batch], batch, every_output)
                 .map_err(|e| format!("warm-up failed: {e}"))?;

@@ -116,19 +116,20 @@ pub struct Resident {
     pub pinned: bool,
 }
 
-/// The models to unload, least recently used first, so that `needed` more bytes fit in
-/// `budget`; Err says why no choice fits (pinned models hold too much).
-pub fn make_room(residents: &[Resident], needed: u64, budget: u64) -> Result<Vec<String>, String> {
+/// The models to unload (their places in `residents`), least recently used first, so that
+/// `needed` more bytes fit in `budget`; Err says why no choice fits (pinned models hold too
+/// much).
+pub fn make_room(residents: &[Resident], needed: u64, budget: u64) -> Result<Vec<usize>, String> {
     let mut used: u64 = residents.iter().map(|r| r.bytes).sum();
-    let mut candidates: Vec<&Resident> = residents.iter().filter(|r| !r.pinned).collect();
-    candidates.sort_by_key(|r| r.last_used);
+    let mut candidates: Vec<usize> = (0..residents.len()).filter(|&i| !residents[i].pinned).collect();
+    candidates.sort_by_key(|&i| residents[i].last_used);
     let mut victims = Vec::new();
     for candidate in candidates {
         if used.saturating_add(needed) <= budget {
             break;
         }
-        used -= candidate.bytes;
-        victims.push(candidate.name.clone());
+        used -= residents[candidate].bytes;
+        victims.push(candidate);
     }
     if used.saturating_add(needed) > budget {
         return Err(format!(
@@ -177,10 +178,11 @@ mod tests {
             resident("middle", 200, 300, false),
             resident("recent", 100, 10, false),
         ];
+        let names = |victims: Vec<usize>| victims.into_iter().map(|i| residents[i].name.as_str()).collect::<Vec<_>>();
         // 1,000 held; 250 more in a budget of 1,000 needs 250 freed: "old" (300) suffices.
-        assert_eq!(make_room(&residents, 250, 1000).unwrap(), ["old"]);
+        assert_eq!(names(make_room(&residents, 250, 1000).unwrap()), ["old"]);
         // 450 more: "old" then "middle" (500 freed), never the pinned one though it is older.
-        assert_eq!(make_room(&residents, 450, 1000).unwrap(), ["old", "middle"]);
+        assert_eq!(names(make_room(&residents, 450, 1000).unwrap()), ["old", "middle"]);
         // It fits already: nothing goes.
         assert!(make_room(&residents, 100, 1100).unwrap().is_empty());
         // Only the pinned 400 would be left: 700 cannot fit in 1,000.

@@ -128,8 +128,8 @@ impl Entry {
     }
 }
 
-/// Whether `policy` keeps `manifest`'s model loaded: named by `--preload` (every model
-/// when it names none), or `preload = true` in the manifest.
+/// Whether `policy` keeps `manifest`'s model loaded: named by its `preload` (every model
+/// when that is `None`, as without a budget), or `preload = true` in the manifest.
 fn pins(policy: &MemoryPolicy, manifest: &Manifest) -> bool {
     manifest.preload || policy.preload.as_ref().is_none_or(|names| names.contains(&manifest.name))
 }
@@ -167,6 +167,8 @@ pub enum TrainedModelError {
     BaseUnavailable(#[from] Unavailable),
     #[error("its tuned base does not load: {0}")]
     TunedBase(String),
+    #[error("its tuned base cannot load within the memory budget: {0}")]
+    NoMemory(String),
 }
 
 /// `graft_model_state{model, state}`: 1 for the model's state, 0 for the others.
@@ -231,8 +233,13 @@ impl ModelRegistry {
             {
                 return Err(format!("--preload names {unknown}, which is not among the models served"));
             }
-            for entry in entries.values_mut() {
+            for (name, entry) in entries.iter_mut() {
                 entry.pinned = pins(&policy, &entry.manifest);
+                if !entry.pinned {
+                    // Requests for it start its load from the first moment.
+                    entry.state = ModelState::Standby;
+                    record_state(name, &entry.state);
+                }
             }
         }
         Ok(Self { policy, ..self })
@@ -315,7 +322,17 @@ impl ModelRegistry {
     /// recently used), else once its load — started here when it is in standby — is done,
     /// waiting at most the policy's `load_wait`.
     pub async fn acquire(self: &Arc<Self>, name: &str) -> Result<Arc<LoadedModel>, Unavailable> {
-        let deadline = tokio::time::Instant::now() + self.policy.load_wait;
+        self.acquire_waiting(name, self.policy.load_wait).await
+    }
+
+    /// As `acquire`, waiting at most `wait` for a load (a training job waits longer than a
+    /// request).
+    pub async fn acquire_waiting(
+        self: &Arc<Self>,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Arc<LoadedModel>, Unavailable> {
+        let deadline = tokio::time::Instant::now() + wait;
         let mut waited_on_a_load = false;
         loop {
             // Registered before the state is read, so a change in between still wakes it.
@@ -340,7 +357,7 @@ impl ModelRegistry {
         name: &str,
         waited_on_a_load: bool,
     ) -> Result<Option<Arc<LoadedModel>>, Unavailable> {
-        let refusal = self.refusals.lock().expect("refusals lock").get(name).cloned();
+        let refusal = lock(&self.refusals).get(name).cloned();
         if waited_on_a_load
             && let Some(reason) = refusal
             && matches!(self.get(name), Some((_, ModelState::Standby)))
@@ -367,19 +384,10 @@ impl ModelRegistry {
         }
     }
 
-    /// Loads a model a request asked for; when it cannot fit, it goes back to standby and
-    /// the waiting requests get the reason.
+    /// Loads a model a request found in standby; the requests waiting on it learn the
+    /// outcome from its state (and, when it cannot fit, from `refusals`).
     fn load_on_demand(&self, manifest: Manifest) {
-        let name = manifest.name.clone();
-        if let Err(LoadRefusal::NoMemory(reason)) = self.load_within_budget(manifest) {
-            tracing::warn!(model = %name, "not loaded: {reason}");
-            if let Some(entry) = self.entries.write().expect("registry lock").get_mut(&name) {
-                entry.state = ModelState::Standby;
-                record_state(&name, &entry.state);
-            }
-            self.refusals.lock().expect("refusals lock").insert(name, reason);
-            self.changed.notify_waiters();
-        }
+        let _ = self.load_within_budget(manifest, true);
     }
 
     /// Ready when every registered model is ready, those unloaded on request or waiting in
@@ -394,21 +402,43 @@ impl ModelRegistry {
 
     /// Loads (or reloads) `manifest`'s model, registering it when it is new. A model that is
     /// ready keeps serving while its new version loads, and is replaced only once that one
-    /// is ready: a reload that fails leaves it serving. Any other model shows `loading`
-    /// meanwhile. Under a memory budget, the least recently used models that are not pinned
-    /// are unloaded first to make room. Err is the reason the load failed.
+    /// is ready: a reload that fails to load leaves it serving. Any other model shows
+    /// `loading` meanwhile. Under a memory budget, the least recently used models that are
+    /// not pinned are unloaded first to make room; a model that cannot fit is refused (and,
+    /// when its new version turns out too large once loaded, goes to standby). Err is why.
     pub fn load(&self, manifest: Manifest) -> Result<Arc<LoadedModel>, String> {
-        self.load_within_budget(manifest).map_err(|e| match e {
+        self.load_within_budget(manifest, false).map_err(|e| match e {
             LoadRefusal::NoMemory(reason) | LoadRefusal::Failed(reason) => reason,
         })
     }
 
-    fn load_within_budget(&self, manifest: Manifest) -> Result<Arc<LoadedModel>, LoadRefusal> {
-        let _turn = self.loading.lock().expect("load lock");
+    /// `--watch-models`' answer to a new or changed manifest: a model in memory is reloaded;
+    /// one in standby only takes the new manifest, and loads it on its next request.
+    pub fn refresh(&self, manifest: Manifest) -> Result<(), String> {
+        {
+            let mut entries = self.entries.write().expect("registry lock");
+            if let Some(entry) = entries.get_mut(&manifest.name)
+                && matches!(entry.state, ModelState::Standby)
+                && !pins(&self.policy, &manifest)
+            {
+                entry.manifest = Arc::new(manifest);
+                entry.measured = None;
+                return Ok(());
+            }
+        }
+        self.load(manifest).map(drop)
+    }
+
+    fn load_within_budget(&self, manifest: Manifest, on_demand: bool) -> Result<Arc<LoadedModel>, LoadRefusal> {
+        let _turn = lock(&self.loading);
         let name = manifest.name.clone();
         let manifest = Arc::new(manifest);
         let (serving, expected, pinned) = {
             let mut entries = self.entries.write().expect("registry lock");
+            if on_demand && let Some(Entry { state: ModelState::Ready(model), .. }) = entries.get(&name) {
+                // Loaded while this load waited its turn.
+                return Ok(model.clone());
+            }
             let serving = entries.get(&name).is_some_and(|e| matches!(e.state, ModelState::Ready(_)));
             let entry = entries.entry(name.clone()).or_insert_with(|| Entry {
                 pinned: pins(&self.policy, &manifest),
@@ -427,15 +457,16 @@ impl ModelRegistry {
             (serving, expected, entry.pinned)
         };
         self.changed.notify_waiters();
-        if let Err(reason) = self.make_room_for(&name, expected, true) {
+        let itself = Holder::Model(name.clone());
+        if let Err(reason) = self.make_room_for(&itself, expected, true) {
             if !pinned {
-                return Err(LoadRefusal::NoMemory(reason));
+                return Err(self.refuse(&name, serving, reason));
             }
             tracing::warn!(model = %name, "a pinned model loads over the memory budget: {reason}");
         }
-        self.refusals.lock().expect("refusals lock").remove(&name);
+        lock(&self.refusals).remove(&name);
         let started = Instant::now();
-        let (loaded, bytes) = retained_by(|| load_model(&self.runtime, manifest.clone()));
+        let (loaded, bytes) = retained_by(|| load_model_unwinding(&self.runtime, manifest.clone()));
         metrics::gauge!("graft_model_load_seconds", "model" => name.clone()).set(started.elapsed().as_secs_f64());
         let outcome = match loaded {
             Ok(model) => {
@@ -444,8 +475,7 @@ impl ModelRegistry {
                 tracing::info!(model = %name, provider = model.provider, mb = bytes / 1_000_000, "model ready");
                 metrics::counter!("graft_model_loads_total", "model" => name.clone()).increment(1);
                 record_bytes(&name, bytes);
-                let mut entries = self.entries.write().expect("registry lock");
-                if let Some(entry) = entries.get_mut(&name) {
+                if let Some(entry) = self.entries.write().expect("registry lock").get_mut(&name) {
                     entry.manifest = manifest;
                     entry.state = ModelState::Ready(model.clone());
                     entry.measured = Some(bytes);
@@ -453,22 +483,14 @@ impl ModelRegistry {
                     entry.loads += 1;
                     record_state(&name, &entry.state);
                 }
-                drop(entries);
                 // A first load is planned from the file's size; what it measured may not fit.
-                match self.make_room_for(&name, bytes, false) {
+                match self.make_room_for(&itself, bytes, false) {
                     Ok(()) => Ok(model),
                     Err(reason) if pinned => {
                         tracing::warn!(model = %name, "a pinned model is over the memory budget: {reason}");
                         Ok(model)
                     }
-                    Err(reason) => {
-                        if let Some(entry) = self.entries.write().expect("registry lock").get_mut(&name) {
-                            entry.state = ModelState::Standby;
-                            record_state(&name, &entry.state);
-                        }
-                        record_bytes(&name, 0);
-                        Err(LoadRefusal::NoMemory(reason))
-                    }
+                    Err(reason) => Err(self.refuse(&name, false, reason)),
                 }
             }
             Err(reason) if serving => {
@@ -485,58 +507,79 @@ impl ModelRegistry {
         outcome
     }
 
+    /// Records why `name` cannot load within the budget, for the requests waiting on it, and
+    /// puts it in standby — before waking them, so none of them starts the load again; a
+    /// version that serves (`serving`) keeps serving.
+    fn refuse(&self, name: &str, serving: bool, reason: String) -> LoadRefusal {
+        tracing::warn!(model = %name, "not loaded: {reason}");
+        lock(&self.refusals).insert(name.to_owned(), reason.clone());
+        if !serving && let Some(entry) = self.entries.write().expect("registry lock").get_mut(name) {
+            entry.state = ModelState::Standby;
+            record_state(name, &entry.state);
+            record_bytes(name, 0);
+        }
+        self.changed.notify_waiters();
+        LoadRefusal::NoMemory(reason)
+    }
+
     /// Unloads the least recently used models that are not pinned (tuned bases included)
     /// until `needed` more bytes for `loading` fit the budget. Err when even that is not
     /// enough. `loading` itself stays; its loaded version counts only when `count_itself`
     /// (before a reload, the old version serves until the new one is ready).
-    fn make_room_for(&self, loading: &str, needed: u64, count_itself: bool) -> Result<(), String> {
+    fn make_room_for(&self, loading: &Holder, needed: u64, count_itself: bool) -> Result<(), String> {
         let Some(budget) = self.policy.budget else { return Ok(()) };
-        let mut residents = self.residents(loading);
-        if !count_itself {
-            residents.retain(|r| r.name != loading);
+        let (mut holders, mut residents) = self.residents();
+        for (holder, resident) in holders.iter().zip(residents.iter_mut()) {
+            // A reload's old version serves until the new one is ready: it cannot go.
+            resident.pinned |= holder == loading;
         }
-        let victims = make_room(&residents, needed, budget)?;
-        for victim in victims {
-            tracing::info!(model = %victim, loading, "unloaded to make room within --max-model-memory");
-            self.evict(&victim);
+        if !count_itself && let Some(at) = holders.iter().position(|h| h == loading) {
+            holders.remove(at);
+            residents.remove(at);
+        }
+        for victim in make_room(&residents, needed, budget)? {
+            tracing::info!(model = %residents[victim].name, for_model = %loading.name(), "unloaded to make room within --max-model-memory");
+            self.evict(&holders[victim]);
         }
         Ok(())
     }
 
-    /// Everything that holds model memory now, `loading` aside (a reload's old version counts).
-    fn residents(&self, loading: &str) -> Vec<Resident> {
+    /// Everything that holds model memory now: configured models and tuned bases.
+    fn residents(&self) -> (Vec<Holder>, Vec<Resident>) {
         let entries = self.entries.read().expect("registry lock");
         let configured = entries.iter().filter(|(_, e)| matches!(e.state, ModelState::Ready(_))).map(|(name, e)| {
-            Resident {
-                name: name.clone(),
-                bytes: e.expected_bytes(),
-                last_used: e.last_used,
-                // A reload's old version serves until the new one is ready: it cannot go.
-                pinned: e.pinned || name == loading,
-            }
+            let resident =
+                Resident { name: name.clone(), bytes: e.expected_bytes(), last_used: e.last_used, pinned: e.pinned };
+            (Holder::Model(name.clone()), resident)
         });
         let trained = self.trained.read().expect("registry lock");
         let tuned = trained.iter().filter_map(|(name, model)| {
             let (bytes, last_used) = model.tuned_base.resident()?;
-            Some(Resident { name: tuned_base_name(name), bytes, last_used, pinned: false })
+            let resident = Resident { name: tuned_base_name(name), bytes, last_used, pinned: false };
+            Some((Holder::TunedBase(name.clone()), resident))
         });
-        configured.chain(tuned).collect()
+        configured.chain(tuned).unzip()
     }
 
-    /// Unloads `resident` (a configured model, or `{model}.tuned-base`) to make room: a
-    /// configured one goes to standby and loads again on its next request.
-    fn evict(&self, resident: &str) {
-        if let Some(model) = resident.strip_suffix(TUNED_BASE_SUFFIX) {
-            if let Some(trained) = self.trained(model) {
-                trained.tuned_base.take();
+    /// Unloads `holder` to make room: a configured model goes to standby and loads again on
+    /// its next request; a tuned base loads again on its model's next request.
+    fn evict(&self, holder: &Holder) {
+        match holder {
+            Holder::TunedBase(model) => {
+                if let Some(trained) = self.trained(model) {
+                    trained.tuned_base.take();
+                }
             }
-        } else if let Some(entry) = self.entries.write().expect("registry lock").get_mut(resident) {
-            entry.state = ModelState::Standby;
-            entry.evictions += 1;
-            record_state(resident, &entry.state);
+            Holder::Model(name) => {
+                if let Some(entry) = self.entries.write().expect("registry lock").get_mut(name) {
+                    entry.state = ModelState::Standby;
+                    entry.evictions += 1;
+                    record_state(name, &entry.state);
+                }
+            }
         }
-        record_bytes(resident, 0);
-        metrics::counter!("graft_model_evictions_total", "model" => resident.to_owned()).increment(1);
+        record_bytes(&holder.name(), 0);
+        metrics::counter!("graft_model_evictions_total", "model" => holder.name()).increment(1);
         self.changed.notify_waiters();
     }
 
@@ -563,12 +606,9 @@ impl ModelRegistry {
             metrics::gauge!("graft_model_memory_budget_bytes").set(budget as f64);
         }
         for (manifest, _) in self.list() {
-            let pinned = self.memory(&manifest.name).is_some_and(|m| m.pinned);
-            if pinned {
-                let _ = self.load((*manifest).clone());
-            } else {
-                record_bytes(&manifest.name, 0);
-                self.set_state(&manifest.name, ModelState::Standby);
+            match self.memory(&manifest.name) {
+                Some(memory) if memory.pinned => drop(self.load((*manifest).clone())),
+                _ => record_bytes(&manifest.name, 0),
             }
         }
     }
@@ -601,15 +641,49 @@ impl ModelRegistry {
 }
 
 /// A trained model's tuned base is budgeted as `{model}.tuned-base`.
-const TUNED_BASE_SUFFIX: &str = ".tuned-base";
-
 fn tuned_base_name(model: &str) -> String {
-    format!("{model}{TUNED_BASE_SUFFIX}")
+    format!("{model}.tuned-base")
+}
+
+/// What holds model memory: a configured model, or the tuned base of a trained one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Holder {
+    Model(String),
+    TunedBase(String),
+}
+
+impl Holder {
+    /// As the metrics and the logs name it.
+    fn name(&self) -> String {
+        match self {
+            Self::Model(name) => name.clone(),
+            Self::TunedBase(model) => tuned_base_name(model),
+        }
+    }
 }
 
 enum LoadRefusal {
     NoMemory(String),
     Failed(String),
+}
+
+/// The registry's mutexes guard bookkeeping that a panicking load leaves consistent (`()`,
+/// or a map written in one call): a panic elsewhere must not stop every later load.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `load_model`, with a panic inside ONNX Runtime's bindings or the warm-up turned into a
+/// failed load instead of a model left loading for good.
+fn load_model_unwinding(runtime: &ModelRuntime, manifest: Arc<Manifest>) -> Result<LoadedModel, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load_model(runtime, manifest))).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        Err(format!("loading stopped with a panic: {message}"))
+    })
 }
 
 impl ModelRegistry {
@@ -633,10 +707,10 @@ impl ModelRegistry {
 
     /// The tuned copy of the base `model` was trained with (blob `key`), loaded off the async
     /// runtime on its first request (and after it was unloaded to make room), within the
-    /// memory budget like any model.
+    /// memory budget like any model, waiting at most the policy's `load_wait`.
     pub async fn tuned_base(
         self: &Arc<Self>,
-        model: &TrainedModel,
+        model: &Arc<TrainedModel>,
         blobs: &BlobStore,
         key: &str,
     ) -> Result<Arc<LoadedModel>, TrainedModelError> {
@@ -646,27 +720,44 @@ impl ModelRegistry {
                 .get(&model.record.base_model)
                 .ok_or_else(|| Unavailable::Unknown(model.record.base_model.clone()))?;
             let path = blobs.local_path(key).map_err(|e| TrainedModelError::TunedBase(e.to_string()))?;
-            let (registry, name) = (self.clone(), model.record.name.clone());
-            tokio::task::spawn_blocking(move || registry.load_tuned_base(&base, &name, path))
+            let (registry, trained) = (self.clone(), model.clone());
+            tokio::task::spawn_blocking(move || registry.load_tuned_base(&base, &trained, path))
                 .await
                 .map_err(|e| TrainedModelError::TunedBase(e.to_string()))?
-                .map_err(TrainedModelError::TunedBase)
         };
-        model.tuned_base.get_or_load(load).await
+        let name = model.record.name.clone();
+        tokio::time::timeout(self.policy.load_wait, model.tuned_base.get_or_load(load))
+            .await
+            .unwrap_or(Err(TrainedModelError::BaseUnavailable(Unavailable::Loading(tuned_base_name(&name)))))
     }
 
-    /// Loads `file`, a tuned copy of the base `base`, as the base the trained model `name`
-    /// is served on, after making room for it; returns it with the bytes it took.
-    fn load_tuned_base(&self, base: &Manifest, name: &str, file: PathBuf) -> Result<(Arc<LoadedModel>, u64), String> {
-        let _turn = self.loading.lock().expect("load lock");
-        let resident = tuned_base_name(name);
-        let manifest = Manifest { name: resident.clone(), file, sha256: None, url: None, ..base.clone() };
-        self.make_room_for(&resident, first_load_estimate(&manifest), true)?;
-        let (loaded, bytes) = retained_by(|| load_model(&self.runtime, Arc::new(manifest.clone())));
-        let bytes = bytes.unwrap_or_else(|| first_load_estimate(&manifest));
-        let model = Arc::new(loaded?);
-        record_bytes(&resident, bytes);
-        metrics::counter!("graft_model_loads_total", "model" => resident).increment(1);
-        Ok((model, bytes))
+    /// Loads `file`, a tuned copy of the base `base`, as the base `model` is served on, after
+    /// making room for it, and puts it in the model's slot (a load that outlives the request
+    /// that started it still serves the next); returns it with the bytes it took.
+    fn load_tuned_base(
+        &self,
+        base: &Manifest,
+        model: &TrainedModel,
+        file: PathBuf,
+    ) -> Result<(Arc<LoadedModel>, u64), TrainedModelError> {
+        let _turn = lock(&self.loading);
+        if let Some(loaded) = model.tuned_base.loaded() {
+            return Ok(loaded);
+        }
+        let itself = Holder::TunedBase(model.record.name.clone());
+        let manifest = Manifest { name: itself.name(), file, sha256: None, url: None, ..base.clone() };
+        let expected = model.tuned_base.measured().unwrap_or_else(|| first_load_estimate(&manifest));
+        self.make_room_for(&itself, expected, true).map_err(TrainedModelError::NoMemory)?;
+        let (loaded, bytes) = retained_by(|| load_model_unwinding(&self.runtime, Arc::new(manifest.clone())));
+        let tuned = Arc::new(loaded.map_err(TrainedModelError::TunedBase)?);
+        let bytes = bytes.unwrap_or(expected);
+        model.tuned_base.store(tuned.clone(), bytes);
+        if let Err(reason) = self.make_room_for(&itself, bytes, false) {
+            model.tuned_base.take();
+            return Err(TrainedModelError::NoMemory(reason));
+        }
+        record_bytes(&itself.name(), bytes);
+        metrics::counter!("graft_model_loads_total", "model" => itself.name()).increment(1);
+        Ok((tuned, bytes))
     }
 }

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -75,6 +76,8 @@ pub struct TunedBaseSlot {
     loaded: Mutex<Option<Loaded>>,
     /// Held by the one load in progress.
     loading: tokio::sync::Mutex<()>,
+    /// What its last load measured (0: never loaded), kept to plan the next load.
+    measured: AtomicU64,
 }
 
 struct Loaded {
@@ -97,9 +100,24 @@ impl TunedBaseSlot {
             return Ok(model);
         }
         let (model, bytes) = load().await?;
-        *self.loaded.lock().expect("tuned base lock") =
-            Some(Loaded { model: model.clone(), bytes, last_used: Instant::now() });
+        self.store(model.clone(), bytes);
         Ok(model)
+    }
+
+    /// Keeps `model`, which took `bytes`, as the loaded base.
+    pub fn store(&self, model: Arc<LoadedModel>, bytes: u64) {
+        self.measured.store(bytes, Ordering::Relaxed);
+        *self.loaded.lock().expect("tuned base lock") = Some(Loaded { model, bytes, last_used: Instant::now() });
+    }
+
+    /// The loaded base with its bytes, not marked used.
+    pub fn loaded(&self) -> Option<(Arc<LoadedModel>, u64)> {
+        self.loaded.lock().expect("tuned base lock").as_ref().map(|l| (l.model.clone(), l.bytes))
+    }
+
+    /// What its last load measured, also after it was unloaded.
+    pub fn measured(&self) -> Option<u64> {
+        Some(self.measured.load(Ordering::Relaxed)).filter(|&bytes| bytes > 0)
     }
 
     fn touch(&self) -> Option<Arc<LoadedModel>> {

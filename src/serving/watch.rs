@@ -1,5 +1,6 @@
 //! `--watch-models`: the model folder polled for manifests that appear, change or go. A new
-//! or changed manifest (or model file) is loaded; a removed manifest's model is unloaded.
+//! or changed manifest (or model file) is loaded (a model in standby under
+//! `--max-model-memory` takes it on its next load); a removed manifest's model is unloaded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ pub async fn watch_models(registry: Arc<ModelRegistry>, dir: PathBuf, every: Dur
             };
             let registry = registry.clone();
             tracing::info!(model = %name, "--watch-models: loading");
-            let _ = tokio::task::spawn_blocking(move || registry.load(manifest)).await;
+            let _ = tokio::task::spawn_blocking(move || registry.refresh(manifest)).await;
         }
         for name in seen.keys().filter(|name| !now.contains_key(*name)) {
             tracing::info!(model = %name, "--watch-models: the manifest is gone; unloading");

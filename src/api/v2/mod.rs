@@ -22,6 +22,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::classify::{Target, resolve};
+use super::models::trained_model;
 use super::problem::ProblemType;
 use crate::error::Error;
 use crate::serving::{ModelState, TrainedHead};
@@ -128,15 +129,18 @@ pub async fn model_version_metadata(
         (status = 503, description = "The model is loading, failed or unloaded", body = ModelReady),
     ))]
 pub async fn model_ready(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response, Error> {
-    // Asking is no reason to load it (and unload another to make room).
-    if let Some((_, ModelState::Standby)) = state.registry.get(&name) {
-        return Ok(Json(ModelReady { name, ready: true }).into_response());
-    }
-    match resolve(&state, &name).await {
-        Ok(_) => Ok(Json(ModelReady { name, ready: true }).into_response()),
-        Err(Error::UnknownModel(name)) => Err(Error::UnknownModel(name)),
-        Err(_) => Ok((StatusCode::SERVICE_UNAVAILABLE, Json(ModelReady { name, ready: false })).into_response()),
-    }
+    // Read from the states, loading nothing: asking is no reason to load a model (and unload
+    // another to make room), nor to wait for one.
+    let serves = |state: Option<ModelState>| matches!(state, Some(ModelState::Ready(_) | ModelState::Standby));
+    let ready = match state.registry.get(&name) {
+        Some((_, model)) => serves(Some(model)),
+        None => {
+            let model = trained_model(&state, &name).await?.ok_or_else(|| Error::UnknownModel(name.clone()))?;
+            serves(state.registry.get(&model.record.base_model).map(|(_, base)| base))
+        }
+    };
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((status, Json(ModelReady { name, ready })).into_response())
 }
 
 /// Described as the unversioned route is (`openapi::describe_versions` copies its answers).
