@@ -6,7 +6,8 @@ reports: the resident memory (VmRSS) once /readyz says ready, throughput with 8 
 clients on each model (a JPEG, top_k=1), the memory after that load, and — for the first
 layout — the memory after `--cycles` unload/load cycles over the models
 (`POST /v1/models/{m}/unload`, then `/load`). Ratios are against the first layout in the
-same run; the sizes of the model files are printed for the `÷ model files` column.
+same run; the sizes of the model files are printed for the `÷ model files` column. With
+`--c1-seconds`, also one client at a time per model (what the lone-batch session is for).
 
 Then, unless `--budget-share 0`, a server with `--max-model-memory` set to that share of the
 first layout's idle RSS takes `--budget-requests` requests from 3 clients that go round the
@@ -37,6 +38,7 @@ LAYOUTS = {
     "--share-weights false": ["--share-weights", "false"],
     "--ort-arena (before)": ["--ort-arena"],
     "--model-instances 1": ["--model-instances", "1"],
+    "--intra-threads 1 (no lone-batch session)": ["--intra-threads", "1"],
     "--model-instances 1 --ort-arena": ["--model-instances", "1", "--ort-arena"],
 }
 
@@ -157,6 +159,8 @@ def main():
     parser.add_argument("--budget-share", type=float, default=0.6,
                         help="--max-model-memory as a share of the first layout's idle RSS (0: no budget run)")
     parser.add_argument("--budget-requests", type=int, default=60)
+    parser.add_argument("--c1-seconds", type=float, default=0,
+                        help="also measure one client at a time for this long per model (0: not)")
     args = parser.parse_args()
     names = args.names.split(",")
     image = Path(args.image).read_bytes()
@@ -182,6 +186,9 @@ def main():
                     held = {m["name"]: m.get("memory", {}).get("bytes", 0) / 1e6
                             for m in get_json(port, "/v1/models")["models"]}
                     speeds = {name: throughput(port, name, image, args.seconds) for name in names}
+                    if args.c1_seconds > 0:
+                        lone = {name: throughput(port, name, image, args.c1_seconds, clients=1) for name in names}
+                        print(f"{layout}: c=1 " + ", ".join(f"{n} {s:.1f}/s" for n, s in lone.items()), flush=True)
                     time.sleep(3)
                     loaded = rss_mb(server.pid)
                     churn = None
