@@ -7,7 +7,7 @@ use ort::environment::Environment;
 use ort::ep;
 use ort::logging::LogLevel;
 use ort::session::Session;
-use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights, SessionBuilder};
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::value::{TensorElementType, ValueType};
 
 use super::Device;
@@ -115,13 +115,12 @@ pub enum ModelSource<'a> {
 
 /// A model's graph after ONNX Runtime's optimiser (constant folding, fusions, the CPU's
 /// blocked layouts), serialised once in ONNX Runtime's own format. Every session opened on
-/// it reads its weights in place from this one buffer and shares one container of
-/// prepacked weights, so a model's memory does not grow with its sessions. CPU only: the
-/// blocked layouts are this machine's, and the buffer is never written anywhere else.
+/// it reads its weights in place from this one buffer, so a model's weights are not copied
+/// per session. CPU only: the blocked layouts are this machine's, and the buffer is never
+/// written anywhere else.
 #[derive(Clone)]
 pub struct SharedGraph {
     bytes: Arc<[u8]>,
-    prepacked: PrepackedWeights,
 }
 
 impl SharedGraph {
@@ -136,24 +135,11 @@ impl SharedGraph {
         source: ModelSource<'_>,
         options: &SessionOptions,
     ) -> Result<Self, SessionError> {
-        let path = source.path();
-        let load_error = |reason: String| SessionError::Load { path: path.display().to_string(), reason };
+        let load_error = |reason: String| SessionError::Load { path: source.path().display().to_string(), reason };
         let out = tempfile::Builder::new().suffix(".ort").tempfile().map_err(|e| load_error(e.to_string()))?;
-        let mut builder = builder(env, options)
-            .and_then(|b| b.with_optimized_model_path(out.path()).map_err(Into::into))
-            .and_then(|b| b.with_config_entry("session.save_model_format", "ORT").map_err(Into::into))
-            // The blocked layouts draw a warning that the file suits this machine only; it is
-            // read back here and nowhere else.
-            .and_then(|b| b.with_log_level(LogLevel::Error).map_err(Into::into))
-            .map_err(|e| load_error(e.to_string()))?;
-        match source {
-            ModelSource::File(path) => builder.commit_from_file(path),
-            ModelSource::Edited { bytes, .. } => builder.commit_from_memory(bytes),
-            ModelSource::Shared { graph, .. } => return Ok(graph.clone()),
-        }
-        .map_err(|e| load_error(e.to_string()))?;
+        write_optimized(env, source, options, out.path(), SavedFormat::Ort)?;
         let bytes = fs_err::read(out.path()).map_err(|e| load_error(e.to_string()))?;
-        Ok(Self { bytes: bytes.into(), prepacked: PrepackedWeights::new() })
+        Ok(Self { bytes: bytes.into() })
     }
 }
 
@@ -182,9 +168,7 @@ pub fn open_session(
     let session = match source {
         ModelSource::File(path) => builder.commit_from_file(path),
         ModelSource::Edited { bytes, .. } => builder.commit_from_memory(bytes),
-        ModelSource::Shared { graph, .. } => {
-            shared(builder, graph).and_then(|mut b| b.commit_from_memory(&graph.bytes))
-        }
+        ModelSource::Shared { graph, .. } => shared(builder).and_then(|mut b| b.commit_from_memory(&graph.bytes)),
     }
     .map_err(|e| load_error(e.to_string()))?;
     let graph = match source {
@@ -198,16 +182,14 @@ pub fn open_session(
     Ok(ModelSession { session, provider, inputs, outputs, _graph: graph })
 }
 
-/// A builder that reads `graph` in place: already optimised (running the optimiser again
-/// would copy the weights it touches), weights pointing into the buffer, prepacked weights
-/// from the model's shared container.
-fn shared(builder: SessionBuilder, graph: &SharedGraph) -> ort::Result<SessionBuilder> {
+/// A builder that reads a shared graph in place: already optimised (running the optimiser
+/// again would copy the weights it touches), weights pointing into the buffer.
+fn shared(builder: SessionBuilder) -> ort::Result<SessionBuilder> {
     builder
         .with_optimization_level(GraphOptimizationLevel::Disable)
         .map_err(Into::into)
         .and_then(|b| b.with_config_entry("session.use_ort_model_bytes_directly", "1").map_err(Into::into))
         .and_then(|b| b.with_config_entry("session.use_ort_model_bytes_for_initializers", "1").map_err(Into::into))
-        .and_then(|b| b.with_prepacked_weights(&graph.prepacked).map_err(Into::into))
 }
 
 /// A CPU session builder with graft's settings: full optimisation, the intra-op threads,
@@ -232,7 +214,7 @@ fn builder(env: &Environment, options: &SessionOptions) -> ort::Result<SessionBu
 }
 
 /// Writes the graph ONNX Runtime runs for `bytes` — after its optimiser, as graft's
-/// sessions optimise — to `out`, on the CPU.
+/// sessions optimise — to `out` as ONNX, on the CPU.
 pub fn save_optimized(
     env: &Environment,
     path: &Path,
@@ -240,11 +222,42 @@ pub fn save_optimized(
     options: &SessionOptions,
     out: &Path,
 ) -> Result<(), SessionError> {
+    write_optimized(env, ModelSource::Edited { path, bytes }, options, out, SavedFormat::Onnx)
+}
+
+/// The format ONNX Runtime writes an optimised graph in.
+#[derive(Clone, Copy, PartialEq)]
+enum SavedFormat {
+    Onnx,
+    /// ONNX Runtime's own, which sessions can read their weights from in place.
+    Ort,
+}
+
+/// Optimises `source` as graft's sessions do (`options`) and writes the result to `out`.
+fn write_optimized(
+    env: &Environment,
+    source: ModelSource<'_>,
+    options: &SessionOptions,
+    out: &Path,
+    format: SavedFormat,
+) -> Result<(), SessionError> {
+    let save = |mut b: SessionBuilder| match source {
+        ModelSource::File(path) => b.commit_from_file(path),
+        ModelSource::Edited { bytes, .. } => b.commit_from_memory(bytes),
+        ModelSource::Shared { graph, .. } => b.commit_from_memory(&graph.bytes),
+    };
     builder(env, options)
         .and_then(|b| b.with_optimized_model_path(out).map_err(Into::into))
-        .and_then(|mut b| b.commit_from_memory(bytes))
+        .and_then(|b| match format {
+            SavedFormat::Onnx => Ok(b),
+            SavedFormat::Ort => b.with_config_entry("session.save_model_format", "ORT").map_err(Into::into),
+        })
+        // The blocked layouts draw a warning that the file suits this machine only; it is
+        // read back on this machine and nowhere else.
+        .and_then(|b| b.with_log_level(LogLevel::Error).map_err(Into::into))
+        .and_then(save)
         .map(drop)
-        .map_err(|e| SessionError::Load { path: path.display().to_string(), reason: e.to_string() })
+        .map_err(|e| SessionError::Load { path: source.path().display().to_string(), reason: e.to_string() })
 }
 
 fn tensor_spec(outlet: &ort::value::Outlet) -> TensorSpec {
