@@ -108,6 +108,25 @@ struct Entry {
 }
 
 impl Entry {
+    /// A model just registered: loading, never loaded.
+    fn new(manifest: Arc<Manifest>, pinned: bool) -> Self {
+        Self {
+            manifest,
+            state: ModelState::Loading,
+            pinned,
+            measured: None,
+            last_used: Instant::now(),
+            loads: 0,
+            evictions: 0,
+        }
+    }
+
+    /// Puts the model `name` (this entry's) in `state`, as `graft_model_state` says too.
+    fn enter(&mut self, name: &str, state: ModelState) {
+        record_state(name, &state);
+        self.state = state;
+    }
+
     fn expected_bytes(&self) -> u64 {
         self.measured.unwrap_or_else(|| first_load_estimate(&self.manifest))
     }
@@ -191,15 +210,7 @@ impl ModelRegistry {
         let entries: BTreeMap<String, Entry> = manifests
             .into_iter()
             .map(|m| {
-                let entry = Entry {
-                    pinned: true,
-                    manifest: Arc::new(m),
-                    state: ModelState::Loading,
-                    measured: None,
-                    last_used: Instant::now(),
-                    loads: 0,
-                    evictions: 0,
-                };
+                let entry = Entry::new(Arc::new(m), true);
                 (entry.manifest.name.clone(), entry)
             })
             .collect();
@@ -237,8 +248,7 @@ impl ModelRegistry {
                 entry.pinned = pins(&policy, &entry.manifest);
                 if !entry.pinned {
                     // Requests for it start its load from the first moment.
-                    entry.state = ModelState::Standby;
-                    record_state(name, &entry.state);
+                    entry.enter(name, ModelState::Standby);
                 }
             }
         }
@@ -280,8 +290,7 @@ impl ModelRegistry {
 
     pub fn set_state(&self, name: &str, state: ModelState) {
         if let Some(entry) = self.entries.write().expect("registry lock").get_mut(name) {
-            record_state(name, &state);
-            entry.state = state;
+            entry.enter(name, state);
         }
         self.changed.notify_waiters();
     }
@@ -375,8 +384,7 @@ impl ModelRegistry {
             ModelState::Failed(reason) => Err(Unavailable::Failed(name.to_owned(), reason.clone())),
             ModelState::Unloaded => Err(Unavailable::Unloaded(name.to_owned())),
             ModelState::Standby => {
-                entry.state = ModelState::Loading;
-                record_state(name, &entry.state);
+                entry.enter(name, ModelState::Loading);
                 let (registry, manifest) = (self.clone(), (*entry.manifest).clone());
                 tokio::task::spawn_blocking(move || registry.load_on_demand(manifest));
                 Ok(None)
@@ -440,18 +448,11 @@ impl ModelRegistry {
                 return Ok(model.clone());
             }
             let serving = entries.get(&name).is_some_and(|e| matches!(e.state, ModelState::Ready(_)));
-            let entry = entries.entry(name.clone()).or_insert_with(|| Entry {
-                pinned: pins(&self.policy, &manifest),
-                manifest: manifest.clone(),
-                state: ModelState::Loading,
-                measured: None,
-                last_used: Instant::now(),
-                loads: 0,
-                evictions: 0,
-            });
+            let entry = entries
+                .entry(name.clone())
+                .or_insert_with(|| Entry::new(manifest.clone(), pins(&self.policy, &manifest)));
             if !serving {
-                entry.state = ModelState::Loading;
-                record_state(&name, &entry.state);
+                entry.enter(&name, ModelState::Loading);
             }
             let expected = entry.measured.unwrap_or_else(|| first_load_estimate(&manifest));
             (serving, expected, entry.pinned)
@@ -477,11 +478,10 @@ impl ModelRegistry {
                 record_bytes(&name, bytes);
                 if let Some(entry) = self.entries.write().expect("registry lock").get_mut(&name) {
                     entry.manifest = manifest;
-                    entry.state = ModelState::Ready(model.clone());
+                    entry.enter(&name, ModelState::Ready(model.clone()));
                     entry.measured = Some(bytes);
                     entry.last_used = Instant::now();
                     entry.loads += 1;
-                    record_state(&name, &entry.state);
                 }
                 // A first load is planned from the file's size; what it measured may not fit.
                 match self.make_room_for(&itself, bytes, false) {
@@ -514,8 +514,7 @@ impl ModelRegistry {
         tracing::warn!(model = %name, "not loaded: {reason}");
         lock(&self.refusals).insert(name.to_owned(), reason.clone());
         if !serving && let Some(entry) = self.entries.write().expect("registry lock").get_mut(name) {
-            entry.state = ModelState::Standby;
-            record_state(name, &entry.state);
+            entry.enter(name, ModelState::Standby);
             record_bytes(name, 0);
         }
         self.changed.notify_waiters();
@@ -572,9 +571,8 @@ impl ModelRegistry {
             }
             Holder::Model(name) => {
                 if let Some(entry) = self.entries.write().expect("registry lock").get_mut(name) {
-                    entry.state = ModelState::Standby;
+                    entry.enter(name, ModelState::Standby);
                     entry.evictions += 1;
-                    record_state(name, &entry.state);
                 }
             }
         }
